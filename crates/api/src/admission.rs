@@ -1,0 +1,532 @@
+//! The typed pass every object takes before it is stored: decode into the
+//! kind's k8s-openapi type (so a wrong type is named by its field path),
+//! refuse fields the kind doesn't have, apply defaults, validate, and encode
+//! back to JSON.
+
+use k8s_openapi::api::{
+    apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch,
+    coordination::v1 as coordination, core::v1 as core, networking::v1 as networking,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::{de::DeserializeOwned, Serialize};
+use serde_json::Value;
+
+use crate::validation::{self as check, Errors};
+use crate::{defaults, Error, FieldError, KindInfo, MAX_OBJECT_BYTES};
+
+/// What skiff enforces for one kind beyond its schema.
+trait Rules: Serialize + DeserializeOwned + k8s_openapi::Metadata<Ty = ObjectMeta> {
+    /// Namespaces and Services are DNS names themselves: their names must be
+    /// DNS labels rather than subdomains.
+    const LABEL_NAME: bool = false;
+    fn apply_defaults(&mut self) {}
+    fn validate(&self, _errs: &mut Errors) {}
+}
+
+impl Rules for core::Namespace {
+    const LABEL_NAME: bool = true;
+    fn apply_defaults(&mut self) {
+        let status = self.status.get_or_insert_with(Default::default);
+        status.phase.get_or_insert_with(|| "Active".into());
+    }
+}
+
+impl Rules for core::Node {}
+
+impl Rules for core::Pod {
+    fn apply_defaults(&mut self) {
+        if let Some(spec) = self.spec.as_mut() {
+            defaults::pod_spec(spec);
+        }
+        let status = self.status.get_or_insert_with(Default::default);
+        status.phase.get_or_insert_with(|| "Pending".into());
+    }
+    fn validate(&self, errs: &mut Errors) {
+        match &self.spec {
+            Some(spec) => check::pod_spec(spec, "spec", errs),
+            None => errs.add("spec", "required"),
+        }
+    }
+}
+
+impl Rules for core::Service {
+    const LABEL_NAME: bool = true;
+    fn apply_defaults(&mut self) {
+        defaults::service(self.spec.get_or_insert_with(Default::default));
+    }
+    fn validate(&self, errs: &mut Errors) {
+        if let Some(spec) = &self.spec {
+            check::service_spec(spec, errs);
+        }
+    }
+}
+
+impl Rules for core::Endpoints {}
+
+impl Rules for core::ConfigMap {
+    fn validate(&self, errs: &mut Errors) {
+        check::data_keys(self.data.iter().flat_map(|d| d.keys()), "data", errs);
+        check::data_keys(
+            self.binary_data.iter().flat_map(|d| d.keys()),
+            "binaryData",
+            errs,
+        );
+    }
+}
+
+impl Rules for core::Secret {
+    fn apply_defaults(&mut self) {
+        self.type_.get_or_insert_with(|| "Opaque".into());
+    }
+    fn validate(&self, errs: &mut Errors) {
+        check::data_keys(self.data.iter().flat_map(|d| d.keys()), "data", errs);
+        check::data_keys(
+            self.string_data.iter().flat_map(|d| d.keys()),
+            "stringData",
+            errs,
+        );
+    }
+}
+
+impl Rules for core::ServiceAccount {}
+impl Rules for core::Event {}
+impl Rules for core::PersistentVolume {}
+impl Rules for core::PersistentVolumeClaim {}
+
+impl Rules for apps::Deployment {
+    fn apply_defaults(&mut self) {
+        defaults::deployment(&mut self.spec);
+    }
+    fn validate(&self, errs: &mut Errors) {
+        let spec = &self.spec;
+        check::non_negative(spec.replicas, "spec.replicas", errs);
+        check::workload_selector(&spec.selector, &spec.template, "spec", errs);
+        check::deployment_strategy(spec.strategy.as_ref(), "spec.strategy", errs);
+        template_spec(
+            spec.template.spec.as_ref(),
+            "spec.template.spec",
+            &["Always"],
+            errs,
+        );
+    }
+}
+
+impl Rules for apps::ReplicaSet {
+    fn apply_defaults(&mut self) {
+        defaults::replica_set(&mut self.spec);
+    }
+    fn validate(&self, errs: &mut Errors) {
+        let spec = &self.spec;
+        check::non_negative(spec.replicas, "spec.replicas", errs);
+        match &spec.template {
+            Some(t) => {
+                check::workload_selector(&spec.selector, t, "spec", errs);
+                template_spec(t.spec.as_ref(), "spec.template.spec", &["Always"], errs);
+            }
+            None => errs.add("spec.template", "required"),
+        }
+    }
+}
+
+impl Rules for apps::DaemonSet {
+    fn apply_defaults(&mut self) {
+        defaults::daemon_set(&mut self.spec);
+    }
+    fn validate(&self, errs: &mut Errors) {
+        let spec = &self.spec;
+        check::workload_selector(&spec.selector, &spec.template, "spec", errs);
+        template_spec(
+            spec.template.spec.as_ref(),
+            "spec.template.spec",
+            &["Always"],
+            errs,
+        );
+    }
+}
+
+impl Rules for apps::StatefulSet {
+    fn apply_defaults(&mut self) {
+        defaults::stateful_set(&mut self.spec);
+    }
+    fn validate(&self, errs: &mut Errors) {
+        let spec = &self.spec;
+        check::non_negative(spec.replicas, "spec.replicas", errs);
+        check::workload_selector(&spec.selector, &spec.template, "spec", errs);
+        template_spec(
+            spec.template.spec.as_ref(),
+            "spec.template.spec",
+            &["Always"],
+            errs,
+        );
+    }
+}
+
+impl Rules for batch::Job {
+    fn apply_defaults(&mut self) {
+        if let Some(spec) = self.spec.as_mut() {
+            defaults::job(spec);
+        }
+    }
+    fn validate(&self, errs: &mut Errors) {
+        let Some(spec) = &self.spec else {
+            return errs.add("spec", "required");
+        };
+        check::non_negative(spec.parallelism, "spec.parallelism", errs);
+        check::non_negative(spec.completions, "spec.completions", errs);
+        check::non_negative(spec.backoff_limit, "spec.backoffLimit", errs);
+        template_spec(
+            spec.template.spec.as_ref(),
+            "spec.template.spec",
+            &["OnFailure", "Never"],
+            errs,
+        );
+    }
+}
+
+impl Rules for batch::CronJob {
+    fn apply_defaults(&mut self) {
+        defaults::cron_job(&mut self.spec);
+    }
+    fn validate(&self, errs: &mut Errors) {
+        let spec = &self.spec;
+        if spec.schedule.split_whitespace().count() != 5 && !spec.schedule.starts_with('@') {
+            errs.add(
+                "spec.schedule",
+                format!("{:?} is not a cron schedule of five fields", spec.schedule),
+            );
+        }
+        if let Some(job) = &spec.job_template.spec {
+            template_spec(
+                job.template.spec.as_ref(),
+                "spec.jobTemplate.spec.template.spec",
+                &["OnFailure", "Never"],
+                errs,
+            );
+        }
+    }
+}
+
+impl Rules for networking::Ingress {}
+impl Rules for coordination::Lease {}
+impl Rules for autoscaling::HorizontalPodAutoscaler {
+    fn validate(&self, errs: &mut Errors) {
+        let spec = &self.spec;
+        if spec.min_replicas.is_some_and(|m| m < 1) {
+            errs.add("spec.minReplicas", "must be at least 1");
+        }
+        if spec.max_replicas < spec.min_replicas.unwrap_or(1) {
+            errs.add(
+                "spec.maxReplicas",
+                "must be greater than or equal to minReplicas",
+            );
+        }
+    }
+}
+
+fn template_spec(
+    spec: Option<&core::PodSpec>,
+    path: &str,
+    restart_policies: &[&str],
+    errs: &mut Errors,
+) {
+    let Some(spec) = spec else {
+        return errs.add(path, "required");
+    };
+    check::pod_spec(spec, path, errs);
+    if let Some(p) = spec
+        .restart_policy
+        .as_deref()
+        .filter(|p| !restart_policies.contains(p))
+    {
+        errs.add(
+            format!("{path}.restartPolicy"),
+            format!(
+                "{p:?} is not allowed here: must be one of {}",
+                restart_policies.join(", ")
+            ),
+        );
+    }
+}
+
+/// Decodes JSON into a typed object; a wrong type is reported with the path
+/// of its field (`spec.replicas: invalid type: string "three", expected i32`).
+pub fn decode_typed<T: DeserializeOwned>(value: &Value) -> Result<T, Error> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        Error::field(path, e.into_inner().to_string())
+    })
+}
+
+/// Paths in `given` that the typed round trip dropped: fields the kind
+/// doesn't have. Nulls count as absent, as they do in Kubernetes.
+fn unknown_fields(given: &Value, known: &Value, path: &str, out: &mut Vec<FieldError>) {
+    match (given, known) {
+        (Value::Object(g), Value::Object(k)) => {
+            for (key, value) in g {
+                let child = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                match k.get(key) {
+                    None if !value.is_null() => out.push(FieldError::new(child, "unknown field")),
+                    Some(kv) => unknown_fields(value, kv, &child, out),
+                    None => {}
+                }
+            }
+        }
+        (Value::Array(g), Value::Array(k)) => {
+            for (i, (gv, kv)) in g.iter().zip(k).enumerate() {
+                unknown_fields(gv, kv, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn typed_pass<T: Rules>(value: Value) -> Result<Value, Error> {
+    let mut obj: T = decode_typed(&value)?;
+    let known = serde_json::to_value(&obj).map_err(|e| Error::field("", e.to_string()))?;
+    let mut errors = Vec::new();
+    unknown_fields(&value, &known, "", &mut errors);
+    obj.apply_defaults();
+    let mut errs = Errors::default();
+    check::metadata(obj.metadata(), T::LABEL_NAME, &mut errs);
+    obj.validate(&mut errs);
+    errors.extend(errs.0);
+    if !errors.is_empty() {
+        return Err(Error::Invalid(errors));
+    }
+    serde_json::to_value(&obj).map_err(|e| Error::field("", e.to_string()))
+}
+
+/// Runs the typed pass for `info`'s kind on an object: checks its size,
+/// apiVersion and kind, decodes, defaults and validates it, and returns the
+/// normalized JSON to store.
+pub fn normalize(info: &KindInfo, mut value: Value, encoded_len: usize) -> Result<Value, Error> {
+    if encoded_len > MAX_OBJECT_BYTES {
+        return Err(Error::TooLarge {
+            size: encoded_len,
+            limit: MAX_OBJECT_BYTES,
+        });
+    }
+    let Some(root) = value.as_object_mut() else {
+        return Err(Error::field("", "an object must be a JSON/YAML mapping"));
+    };
+    match root.get("apiVersion") {
+        None | Some(Value::Null) => {
+            root.insert("apiVersion".into(), info.api_version.into());
+        }
+        Some(Value::String(v)) if v == info.api_version => {}
+        Some(other) => {
+            return Err(Error::WrongApiVersion {
+                kind: info.kind.into(),
+                api_version: other
+                    .as_str()
+                    .map_or_else(|| other.to_string(), str::to_string),
+                expected: info.api_version.into(),
+            })
+        }
+    }
+    match root.get("kind") {
+        None | Some(Value::Null) => {
+            root.insert("kind".into(), info.kind.into());
+        }
+        Some(Value::String(k)) if k == info.kind => {}
+        Some(other) => {
+            return Err(Error::field(
+                "kind",
+                format!("{other} does not match the requested kind {}", info.kind),
+            ))
+        }
+    }
+    match info.kind {
+        "Namespace" => typed_pass::<core::Namespace>(value),
+        "Node" => typed_pass::<core::Node>(value),
+        "Pod" => typed_pass::<core::Pod>(value),
+        "Service" => typed_pass::<core::Service>(value),
+        "Endpoints" => typed_pass::<core::Endpoints>(value),
+        "ConfigMap" => typed_pass::<core::ConfigMap>(value),
+        "Secret" => typed_pass::<core::Secret>(value),
+        "ServiceAccount" => typed_pass::<core::ServiceAccount>(value),
+        "Event" => typed_pass::<core::Event>(value),
+        "PersistentVolume" => typed_pass::<core::PersistentVolume>(value),
+        "PersistentVolumeClaim" => typed_pass::<core::PersistentVolumeClaim>(value),
+        "Deployment" => typed_pass::<apps::Deployment>(value),
+        "ReplicaSet" => typed_pass::<apps::ReplicaSet>(value),
+        "DaemonSet" => typed_pass::<apps::DaemonSet>(value),
+        "StatefulSet" => typed_pass::<apps::StatefulSet>(value),
+        "Job" => typed_pass::<batch::Job>(value),
+        "CronJob" => typed_pass::<batch::CronJob>(value),
+        "Ingress" => typed_pass::<networking::Ingress>(value),
+        "Lease" => typed_pass::<coordination::Lease>(value),
+        "HorizontalPodAutoscaler" => typed_pass::<autoscaling::HorizontalPodAutoscaler>(value),
+        other => Err(Error::UnknownKind(other.into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn run(kind: &str, v: Value) -> Result<Value, Error> {
+        normalize(KindInfo::by_kind(kind).unwrap(), v, 100)
+    }
+
+    fn deployment() -> Value {
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "default", "labels": {"app": "web"}},
+            "spec": {
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                             "spec": {"containers": [{"name": "web", "image": "nginx:1.27", "ports": [{"containerPort": 80}]}]}}
+            }
+        })
+    }
+
+    #[test]
+    fn defaults_a_deployment() {
+        let d = run("Deployment", deployment()).unwrap();
+        assert_eq!(d["spec"]["replicas"], 1);
+        assert_eq!(d["spec"]["strategy"]["type"], "RollingUpdate");
+        assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
+        assert_eq!(d["spec"]["revisionHistoryLimit"], 10);
+        let c = &d["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(c["ports"][0]["protocol"], "TCP");
+        assert_eq!(d["spec"]["template"]["spec"]["restartPolicy"], "Always");
+    }
+
+    #[test]
+    fn names_the_field_of_a_wrong_type() {
+        let mut d = deployment();
+        d["spec"]["replicas"] = json!("three");
+        let err = run("Deployment", d).unwrap_err().to_string();
+        assert!(
+            err.starts_with("spec.replicas: invalid type: string \"three\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refuses_unknown_fields() {
+        let mut d = deployment();
+        d["spec"]["replicaz"] = json!(3);
+        d["spec"]["template"]["spec"]["containers"][0]["imagee"] = json!("x");
+        let err = run("Deployment", d).unwrap_err().to_string();
+        assert!(err.contains("spec.replicaz: unknown field"), "{err}");
+        assert!(
+            err.contains("spec.template.spec.containers[0].imagee: unknown field"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refuses_a_selector_that_misses_the_template() {
+        let mut d = deployment();
+        d["spec"]["selector"]["matchLabels"]["app"] = json!("other");
+        let err = run("Deployment", d).unwrap_err().to_string();
+        assert!(
+            err.contains("spec.template.metadata.labels: `selector` does not match"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refuses_negative_replicas_and_zero_surge_with_zero_unavailable() {
+        let mut d = deployment();
+        d["spec"]["replicas"] = json!(-1);
+        d["spec"]["strategy"] = json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": "0%"}});
+        let err = run("Deployment", d).unwrap_err().to_string();
+        assert!(
+            err.contains("spec.replicas: -1 must be greater than or equal to 0"),
+            "{err}"
+        );
+        assert!(
+            err.contains(
+                "spec.strategy.rollingUpdate.maxUnavailable: may not be 0 when maxSurge is 0"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refuses_bad_names_and_labels() {
+        let mut d = deployment();
+        d["metadata"]["name"] = json!("Web_App");
+        d["metadata"]["labels"] = json!({"bad key": "x"});
+        let err = run("Deployment", d).unwrap_err().to_string();
+        assert!(
+            err.contains("metadata.name: \"Web_App\" is not a valid DNS-1123 subdomain"),
+            "{err}"
+        );
+        assert!(err.contains("metadata.labels[\"bad key\"]"), "{err}");
+    }
+
+    #[test]
+    fn refuses_wrong_api_version_and_size() {
+        let mut d = deployment();
+        d["apiVersion"] = json!("v1");
+        assert!(matches!(
+            run("Deployment", d),
+            Err(Error::WrongApiVersion { .. })
+        ));
+        let big = normalize(
+            KindInfo::by_kind("ConfigMap").unwrap(),
+            json!({}),
+            MAX_OBJECT_BYTES + 1,
+        );
+        assert!(matches!(big, Err(Error::TooLarge { .. })));
+    }
+
+    #[test]
+    fn validates_pods_and_tolerations() {
+        let pod = json!({"metadata": {"name": "p"}, "spec": {
+            "containers": [{"name": "a", "image": ""}, {"name": "a", "image": "x"}],
+            "tolerations": [{"key": "k", "operator": "Sometimes"}],
+            "restartPolicy": "Maybe"}});
+        let err = run("Pod", pod).unwrap_err().to_string();
+        assert!(err.contains("spec.containers[0].image: required"), "{err}");
+        assert!(
+            err.contains("spec.containers[1].name: duplicate container name"),
+            "{err}"
+        );
+        assert!(
+            err.contains("spec.tolerations[0].operator: unsupported value \"Sometimes\""),
+            "{err}"
+        );
+        assert!(
+            err.contains("spec.restartPolicy: unsupported value \"Maybe\""),
+            "{err}"
+        );
+        let ok = run("Pod", json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "busybox"}]}})).unwrap();
+        assert_eq!(ok["status"]["phase"], "Pending");
+        assert_eq!(ok["spec"]["containers"][0]["imagePullPolicy"], "Always");
+    }
+
+    #[test]
+    fn defaults_and_validates_services() {
+        let svc = run(
+            "Service",
+            json!({"metadata": {"name": "web"}, "spec": {"ports": [{"port": 80}]}}),
+        )
+        .unwrap();
+        assert_eq!(svc["spec"]["type"], "ClusterIP");
+        assert_eq!(svc["spec"]["ports"][0]["targetPort"], 80);
+        let err = run("Service", json!({"metadata": {"name": "web"}, "spec": {"ports": [{"port": 80, "nodePort": 80}, {"port": 70000}]}}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("spec.ports[0].name: required"), "{err}");
+        assert!(
+            err.contains("spec.ports[0].nodePort: 80 is outside"),
+            "{err}"
+        );
+        assert!(
+            err.contains("spec.ports[1].port: 70000 is not a valid port"),
+            "{err}"
+        );
+    }
+}

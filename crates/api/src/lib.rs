@@ -1,0 +1,29 @@
+//! skiff's resource model, shared by every component: the generated gRPC API,
+//! the registry of kinds skiff serves, and the pure (no IO) rules the apiserver
+//! applies to an object before storing it — decoding with field paths,
+//! defaulting, validation — plus label and field selectors.
+#![forbid(unsafe_code)]
+
+pub mod admission;
+mod defaults;
+mod error;
+pub mod kinds;
+pub mod meta;
+pub mod quantity;
+pub mod selector;
+mod validation;
+
+pub use admission::{decode_typed, normalize};
+pub use error::{Error, FieldError};
+pub use kinds::{KindInfo, KINDS};
+pub use selector::{FieldSelector, LabelSelector};
+
+/// The largest object the apiserver stores, as Kubernetes allows (etcd's
+/// default request limit is 1.5 MiB).
+pub const MAX_OBJECT_BYTES: usize = 1_572_864;
+
+/// Code generated from `proto/skiff/v1/objects.proto`.
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("skiff.v1");
+}
