@@ -4,8 +4,8 @@
 //! back to JSON.
 
 use k8s_openapi::api::{
-    apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch,
-    coordination::v1 as coordination, core::v1 as core, networking::v1 as networking,
+    apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch, coordination::v1 as coordination,
+    core::v1 as core, networking::v1 as networking,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{de::DeserializeOwned, Serialize};
@@ -66,11 +66,7 @@ impl Rules for core::Endpoints {}
 impl Rules for core::ConfigMap {
     fn validate(&self, errs: &mut Errors) {
         check::data_keys(self.data.iter().flat_map(|d| d.keys()), "data", errs);
-        check::data_keys(
-            self.binary_data.iter().flat_map(|d| d.keys()),
-            "binaryData",
-            errs,
-        );
+        check::data_keys(self.binary_data.iter().flat_map(|d| d.keys()), "binaryData", errs);
     }
 }
 
@@ -80,11 +76,7 @@ impl Rules for core::Secret {
     }
     fn validate(&self, errs: &mut Errors) {
         check::data_keys(self.data.iter().flat_map(|d| d.keys()), "data", errs);
-        check::data_keys(
-            self.string_data.iter().flat_map(|d| d.keys()),
-            "stringData",
-            errs,
-        );
+        check::data_keys(self.string_data.iter().flat_map(|d| d.keys()), "stringData", errs);
     }
 }
 
@@ -102,12 +94,7 @@ impl Rules for apps::Deployment {
         check::non_negative(spec.replicas, "spec.replicas", errs);
         check::workload_selector(&spec.selector, &spec.template, "spec", errs);
         check::deployment_strategy(spec.strategy.as_ref(), "spec.strategy", errs);
-        template_spec(
-            spec.template.spec.as_ref(),
-            "spec.template.spec",
-            &["Always"],
-            errs,
-        );
+        template_spec(spec.template.spec.as_ref(), "spec.template.spec", &["Always"], errs);
     }
 }
 
@@ -135,12 +122,7 @@ impl Rules for apps::DaemonSet {
     fn validate(&self, errs: &mut Errors) {
         let spec = &self.spec;
         check::workload_selector(&spec.selector, &spec.template, "spec", errs);
-        template_spec(
-            spec.template.spec.as_ref(),
-            "spec.template.spec",
-            &["Always"],
-            errs,
-        );
+        template_spec(spec.template.spec.as_ref(), "spec.template.spec", &["Always"], errs);
     }
 }
 
@@ -152,12 +134,7 @@ impl Rules for apps::StatefulSet {
         let spec = &self.spec;
         check::non_negative(spec.replicas, "spec.replicas", errs);
         check::workload_selector(&spec.selector, &spec.template, "spec", errs);
-        template_spec(
-            spec.template.spec.as_ref(),
-            "spec.template.spec",
-            &["Always"],
-            errs,
-        );
+        template_spec(spec.template.spec.as_ref(), "spec.template.spec", &["Always"], errs);
     }
 }
 
@@ -174,12 +151,7 @@ impl Rules for batch::Job {
         check::non_negative(spec.parallelism, "spec.parallelism", errs);
         check::non_negative(spec.completions, "spec.completions", errs);
         check::non_negative(spec.backoff_limit, "spec.backoffLimit", errs);
-        template_spec(
-            spec.template.spec.as_ref(),
-            "spec.template.spec",
-            &["OnFailure", "Never"],
-            errs,
-        );
+        template_spec(spec.template.spec.as_ref(), "spec.template.spec", &["OnFailure", "Never"], errs);
     }
 }
 
@@ -190,10 +162,7 @@ impl Rules for batch::CronJob {
     fn validate(&self, errs: &mut Errors) {
         let spec = &self.spec;
         if spec.schedule.split_whitespace().count() != 5 && !spec.schedule.starts_with('@') {
-            errs.add(
-                "spec.schedule",
-                format!("{:?} is not a cron schedule of five fields", spec.schedule),
-            );
+            errs.add("spec.schedule", format!("{:?} is not a cron schedule of five fields", spec.schedule));
         }
         if let Some(job) = &spec.job_template.spec {
             template_spec(
@@ -215,35 +184,20 @@ impl Rules for autoscaling::HorizontalPodAutoscaler {
             errs.add("spec.minReplicas", "must be at least 1");
         }
         if spec.max_replicas < spec.min_replicas.unwrap_or(1) {
-            errs.add(
-                "spec.maxReplicas",
-                "must be greater than or equal to minReplicas",
-            );
+            errs.add("spec.maxReplicas", "must be greater than or equal to minReplicas");
         }
     }
 }
 
-fn template_spec(
-    spec: Option<&core::PodSpec>,
-    path: &str,
-    restart_policies: &[&str],
-    errs: &mut Errors,
-) {
+fn template_spec(spec: Option<&core::PodSpec>, path: &str, restart_policies: &[&str], errs: &mut Errors) {
     let Some(spec) = spec else {
         return errs.add(path, "required");
     };
     check::pod_spec(spec, path, errs);
-    if let Some(p) = spec
-        .restart_policy
-        .as_deref()
-        .filter(|p| !restart_policies.contains(p))
-    {
+    if let Some(p) = spec.restart_policy.as_deref().filter(|p| !restart_policies.contains(p)) {
         errs.add(
             format!("{path}.restartPolicy"),
-            format!(
-                "{p:?} is not allowed here: must be one of {}",
-                restart_policies.join(", ")
-            ),
+            format!("{p:?} is not allowed here: must be one of {}", restart_policies.join(", ")),
         );
     }
 }
@@ -264,11 +218,7 @@ fn unknown_fields(given: &Value, known: &Value, path: &str, out: &mut Vec<FieldE
     match (given, known) {
         (Value::Object(g), Value::Object(k)) => {
             for (key, value) in g {
-                let child = if path.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{path}.{key}")
-                };
+                let child = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
                 match k.get(key) {
                     None if !value.is_null() => out.push(FieldError::new(child, "unknown field")),
                     Some(kv) => unknown_fields(value, kv, &child, out),
@@ -306,10 +256,7 @@ fn typed_pass<T: Rules>(value: Value) -> Result<Value, Error> {
 /// normalized JSON to store.
 pub fn normalize(info: &KindInfo, mut value: Value, encoded_len: usize) -> Result<Value, Error> {
     if encoded_len > MAX_OBJECT_BYTES {
-        return Err(Error::TooLarge {
-            size: encoded_len,
-            limit: MAX_OBJECT_BYTES,
-        });
+        return Err(Error::TooLarge { size: encoded_len, limit: MAX_OBJECT_BYTES });
     }
     let Some(root) = value.as_object_mut() else {
         return Err(Error::field("", "an object must be a JSON/YAML mapping"));
@@ -322,9 +269,7 @@ pub fn normalize(info: &KindInfo, mut value: Value, encoded_len: usize) -> Resul
         Some(other) => {
             return Err(Error::WrongApiVersion {
                 kind: info.kind.into(),
-                api_version: other
-                    .as_str()
-                    .map_or_else(|| other.to_string(), str::to_string),
+                api_version: other.as_str().map_or_else(|| other.to_string(), str::to_string),
                 expected: info.api_version.into(),
             })
         }
@@ -335,10 +280,7 @@ pub fn normalize(info: &KindInfo, mut value: Value, encoded_len: usize) -> Resul
         }
         Some(Value::String(k)) if k == info.kind => {}
         Some(other) => {
-            return Err(Error::field(
-                "kind",
-                format!("{other} does not match the requested kind {}", info.kind),
-            ))
+            return Err(Error::field("kind", format!("{other} does not match the requested kind {}", info.kind)))
         }
     }
     match info.kind {
@@ -405,10 +347,7 @@ mod tests {
         let mut d = deployment();
         d["spec"]["replicas"] = json!("three");
         let err = run("Deployment", d).unwrap_err().to_string();
-        assert!(
-            err.starts_with("spec.replicas: invalid type: string \"three\""),
-            "{err}"
-        );
+        assert!(err.starts_with("spec.replicas: invalid type: string \"three\""), "{err}");
     }
 
     #[test]
@@ -418,10 +357,7 @@ mod tests {
         d["spec"]["template"]["spec"]["containers"][0]["imagee"] = json!("x");
         let err = run("Deployment", d).unwrap_err().to_string();
         assert!(err.contains("spec.replicaz: unknown field"), "{err}");
-        assert!(
-            err.contains("spec.template.spec.containers[0].imagee: unknown field"),
-            "{err}"
-        );
+        assert!(err.contains("spec.template.spec.containers[0].imagee: unknown field"), "{err}");
     }
 
     #[test]
@@ -429,28 +365,18 @@ mod tests {
         let mut d = deployment();
         d["spec"]["selector"]["matchLabels"]["app"] = json!("other");
         let err = run("Deployment", d).unwrap_err().to_string();
-        assert!(
-            err.contains("spec.template.metadata.labels: `selector` does not match"),
-            "{err}"
-        );
+        assert!(err.contains("spec.template.metadata.labels: `selector` does not match"), "{err}");
     }
 
     #[test]
     fn refuses_negative_replicas_and_zero_surge_with_zero_unavailable() {
         let mut d = deployment();
         d["spec"]["replicas"] = json!(-1);
-        d["spec"]["strategy"] = json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": "0%"}});
+        d["spec"]["strategy"] =
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": "0%"}});
         let err = run("Deployment", d).unwrap_err().to_string();
-        assert!(
-            err.contains("spec.replicas: -1 must be greater than or equal to 0"),
-            "{err}"
-        );
-        assert!(
-            err.contains(
-                "spec.strategy.rollingUpdate.maxUnavailable: may not be 0 when maxSurge is 0"
-            ),
-            "{err}"
-        );
+        assert!(err.contains("spec.replicas: -1 must be greater than or equal to 0"), "{err}");
+        assert!(err.contains("spec.strategy.rollingUpdate.maxUnavailable: may not be 0 when maxSurge is 0"), "{err}");
     }
 
     #[test]
@@ -459,10 +385,7 @@ mod tests {
         d["metadata"]["name"] = json!("Web_App");
         d["metadata"]["labels"] = json!({"bad key": "x"});
         let err = run("Deployment", d).unwrap_err().to_string();
-        assert!(
-            err.contains("metadata.name: \"Web_App\" is not a valid DNS-1123 subdomain"),
-            "{err}"
-        );
+        assert!(err.contains("metadata.name: \"Web_App\" is not a valid DNS-1123 subdomain"), "{err}");
         assert!(err.contains("metadata.labels[\"bad key\"]"), "{err}");
     }
 
@@ -470,15 +393,8 @@ mod tests {
     fn refuses_wrong_api_version_and_size() {
         let mut d = deployment();
         d["apiVersion"] = json!("v1");
-        assert!(matches!(
-            run("Deployment", d),
-            Err(Error::WrongApiVersion { .. })
-        ));
-        let big = normalize(
-            KindInfo::by_kind("ConfigMap").unwrap(),
-            json!({}),
-            MAX_OBJECT_BYTES + 1,
-        );
+        assert!(matches!(run("Deployment", d), Err(Error::WrongApiVersion { .. })));
+        let big = normalize(KindInfo::by_kind("ConfigMap").unwrap(), json!({}), MAX_OBJECT_BYTES + 1);
         assert!(matches!(big, Err(Error::TooLarge { .. })));
     }
 
@@ -490,43 +406,29 @@ mod tests {
             "restartPolicy": "Maybe"}});
         let err = run("Pod", pod).unwrap_err().to_string();
         assert!(err.contains("spec.containers[0].image: required"), "{err}");
-        assert!(
-            err.contains("spec.containers[1].name: duplicate container name"),
-            "{err}"
-        );
-        assert!(
-            err.contains("spec.tolerations[0].operator: unsupported value \"Sometimes\""),
-            "{err}"
-        );
-        assert!(
-            err.contains("spec.restartPolicy: unsupported value \"Maybe\""),
-            "{err}"
-        );
-        let ok = run("Pod", json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "busybox"}]}})).unwrap();
+        assert!(err.contains("spec.containers[1].name: duplicate container name"), "{err}");
+        assert!(err.contains("spec.tolerations[0].operator: unsupported value \"Sometimes\""), "{err}");
+        assert!(err.contains("spec.restartPolicy: unsupported value \"Maybe\""), "{err}");
+        let ok =
+            run("Pod", json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "busybox"}]}}))
+                .unwrap();
         assert_eq!(ok["status"]["phase"], "Pending");
         assert_eq!(ok["spec"]["containers"][0]["imagePullPolicy"], "Always");
     }
 
     #[test]
     fn defaults_and_validates_services() {
-        let svc = run(
-            "Service",
-            json!({"metadata": {"name": "web"}, "spec": {"ports": [{"port": 80}]}}),
-        )
-        .unwrap();
+        let svc = run("Service", json!({"metadata": {"name": "web"}, "spec": {"ports": [{"port": 80}]}})).unwrap();
         assert_eq!(svc["spec"]["type"], "ClusterIP");
         assert_eq!(svc["spec"]["ports"][0]["targetPort"], 80);
-        let err = run("Service", json!({"metadata": {"name": "web"}, "spec": {"ports": [{"port": 80, "nodePort": 80}, {"port": 70000}]}}))
-            .unwrap_err()
-            .to_string();
+        let err = run(
+            "Service",
+            json!({"metadata": {"name": "web"}, "spec": {"ports": [{"port": 80, "nodePort": 80}, {"port": 70000}]}}),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("spec.ports[0].name: required"), "{err}");
-        assert!(
-            err.contains("spec.ports[0].nodePort: 80 is outside"),
-            "{err}"
-        );
-        assert!(
-            err.contains("spec.ports[1].port: 70000 is not a valid port"),
-            "{err}"
-        );
+        assert!(err.contains("spec.ports[0].nodePort: 80 is outside"), "{err}");
+        assert!(err.contains("spec.ports[1].port: 70000 is not a valid port"), "{err}");
     }
 }

@@ -26,10 +26,7 @@ fn container(c: &mut core::Container) {
     if c.image_pull_policy.is_none() {
         c.image_pull_policy = Some(image_pull_policy(c.image.as_deref().unwrap_or("")).to_string());
     }
-    set_if_none(
-        &mut c.termination_message_path,
-        "/dev/termination-log".into(),
-    );
+    set_if_none(&mut c.termination_message_path, "/dev/termination-log".into());
     set_if_none(&mut c.termination_message_policy, "File".into());
     for p in c.ports.iter_mut().flatten() {
         set_if_none(&mut p.protocol, "TCP".into());
@@ -43,12 +40,7 @@ pub(crate) fn pod_spec(spec: &mut core::PodSpec) {
     set_if_none(&mut spec.termination_grace_period_seconds, 30);
     set_if_none(&mut spec.security_context, Default::default());
     set_if_none(&mut spec.enable_service_links, true);
-    for c in spec
-        .init_containers
-        .iter_mut()
-        .flatten()
-        .chain(spec.containers.iter_mut())
-    {
+    for c in spec.init_containers.iter_mut().flatten().chain(spec.containers.iter_mut()) {
         container(c);
     }
     for t in spec.tolerations.iter_mut().flatten() {
@@ -141,10 +133,7 @@ mod tests {
         assert_eq!(image_pull_policy("nginx:latest"), "Always");
         assert_eq!(image_pull_policy("nginx:1.27"), "IfNotPresent");
         assert_eq!(image_pull_policy("127.0.0.1:5000/busybox"), "Always");
-        assert_eq!(
-            image_pull_policy("127.0.0.1:5000/busybox:1"),
-            "IfNotPresent"
-        );
+        assert_eq!(image_pull_policy("127.0.0.1:5000/busybox:1"), "IfNotPresent");
         assert_eq!(image_pull_policy("busybox@sha256:abc"), "IfNotPresent");
     }
 }

@@ -10,10 +10,7 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            path: path.into(),
-            message: message.into(),
-        }
+        Self { path: path.into(), message: message.into() }
     }
 }
 
@@ -33,21 +30,13 @@ pub enum Error {
     #[error("unknown kind {0:?}")]
     UnknownKind(String),
     #[error("apiVersion {api_version:?} does not serve kind {kind} (expected {expected:?})")]
-    WrongApiVersion {
-        kind: String,
-        api_version: String,
-        expected: String,
-    },
+    WrongApiVersion { kind: String, api_version: String, expected: String },
     #[error("{}", join(.0))]
     Invalid(Vec<FieldError>),
     #[error("object is {size} bytes, more than the limit of {limit} bytes")]
     TooLarge { size: usize, limit: usize },
     #[error("invalid {what} selector {selector:?}: {reason}")]
-    Selector {
-        what: &'static str,
-        selector: String,
-        reason: String,
-    },
+    Selector { what: &'static str, selector: String, reason: String },
 }
 
 impl Error {
@@ -57,9 +46,5 @@ impl Error {
 }
 
 fn join(errors: &[FieldError]) -> String {
-    errors
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
+    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }

@@ -23,14 +23,7 @@ const fn kind(
     short_names: &'static [&'static str],
     has_status: bool,
 ) -> KindInfo {
-    KindInfo {
-        kind,
-        api_version,
-        plural,
-        namespaced,
-        short_names,
-        has_status,
-    }
+    KindInfo { kind, api_version, plural, namespaced, short_names, has_status }
 }
 
 pub static KINDS: &[KindInfo] = &[
@@ -41,75 +34,19 @@ pub static KINDS: &[KindInfo] = &[
     kind("Endpoints", "v1", "endpoints", true, &["ep"], false),
     kind("ConfigMap", "v1", "configmaps", true, &["cm"], false),
     kind("Secret", "v1", "secrets", true, &[], false),
-    kind(
-        "ServiceAccount",
-        "v1",
-        "serviceaccounts",
-        true,
-        &["sa"],
-        false,
-    ),
+    kind("ServiceAccount", "v1", "serviceaccounts", true, &["sa"], false),
     kind("Event", "v1", "events", true, &["ev"], false),
-    kind(
-        "PersistentVolume",
-        "v1",
-        "persistentvolumes",
-        false,
-        &["pv"],
-        true,
-    ),
-    kind(
-        "PersistentVolumeClaim",
-        "v1",
-        "persistentvolumeclaims",
-        true,
-        &["pvc"],
-        true,
-    ),
-    kind(
-        "Deployment",
-        "apps/v1",
-        "deployments",
-        true,
-        &["deploy"],
-        true,
-    ),
+    kind("PersistentVolume", "v1", "persistentvolumes", false, &["pv"], true),
+    kind("PersistentVolumeClaim", "v1", "persistentvolumeclaims", true, &["pvc"], true),
+    kind("Deployment", "apps/v1", "deployments", true, &["deploy"], true),
     kind("ReplicaSet", "apps/v1", "replicasets", true, &["rs"], true),
     kind("DaemonSet", "apps/v1", "daemonsets", true, &["ds"], true),
-    kind(
-        "StatefulSet",
-        "apps/v1",
-        "statefulsets",
-        true,
-        &["sts"],
-        true,
-    ),
+    kind("StatefulSet", "apps/v1", "statefulsets", true, &["sts"], true),
     kind("Job", "batch/v1", "jobs", true, &[], true),
     kind("CronJob", "batch/v1", "cronjobs", true, &["cj"], true),
-    kind(
-        "Ingress",
-        "networking.k8s.io/v1",
-        "ingresses",
-        true,
-        &["ing"],
-        true,
-    ),
-    kind(
-        "Lease",
-        "coordination.k8s.io/v1",
-        "leases",
-        true,
-        &[],
-        false,
-    ),
-    kind(
-        "HorizontalPodAutoscaler",
-        "autoscaling/v2",
-        "horizontalpodautoscalers",
-        true,
-        &["hpa"],
-        true,
-    ),
+    kind("Ingress", "networking.k8s.io/v1", "ingresses", true, &["ing"], true),
+    kind("Lease", "coordination.k8s.io/v1", "leases", true, &[], false),
+    kind("HorizontalPodAutoscaler", "autoscaling/v2", "horizontalpodautoscalers", true, &["hpa"], true),
 ];
 
 impl KindInfo {
@@ -118,18 +55,13 @@ impl KindInfo {
     pub fn lookup(name: &str) -> Option<&'static KindInfo> {
         let lower = name.to_ascii_lowercase();
         KINDS.iter().find(|k| {
-            k.kind.eq_ignore_ascii_case(&lower)
-                || k.plural == lower
-                || k.short_names.contains(&lower.as_str())
+            k.kind.eq_ignore_ascii_case(&lower) || k.plural == lower || k.short_names.contains(&lower.as_str())
         })
     }
 
     /// Finds a kind by its exact `kind` name, as carried in requests and objects.
     pub fn by_kind(kind: &str) -> Result<&'static KindInfo, crate::Error> {
-        KINDS
-            .iter()
-            .find(|k| k.kind == kind)
-            .ok_or_else(|| crate::Error::UnknownKind(kind.to_string()))
+        KINDS.iter().find(|k| k.kind == kind).ok_or_else(|| crate::Error::UnknownKind(kind.to_string()))
     }
 
     /// The etcd key prefix that holds every object of this kind, or those of
@@ -164,10 +96,7 @@ mod tests {
         assert_eq!(KindInfo::lookup("deploy").unwrap().kind, "Deployment");
         assert_eq!(KindInfo::lookup("Pods").unwrap().kind, "Pod");
         assert_eq!(KindInfo::lookup("ingress").unwrap().kind, "Ingress");
-        assert_eq!(
-            KindInfo::lookup("hpa").unwrap().api_version,
-            "autoscaling/v2"
-        );
+        assert_eq!(KindInfo::lookup("hpa").unwrap().api_version, "autoscaling/v2");
         assert!(KindInfo::lookup("widget").is_none());
     }
 

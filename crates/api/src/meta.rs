@@ -5,10 +5,7 @@ use serde_json::{Map, Value};
 
 /// `metadata.<field>` as a string, or "" when absent.
 pub fn str_field<'a>(obj: &'a Value, field: &str) -> &'a str {
-    obj.get("metadata")
-        .and_then(|m| m.get(field))
-        .and_then(Value::as_str)
-        .unwrap_or("")
+    obj.get("metadata").and_then(|m| m.get(field)).and_then(Value::as_str).unwrap_or("")
 }
 
 pub fn name(obj: &Value) -> &str {
@@ -37,9 +34,7 @@ pub fn metadata_mut(obj: &mut Value) -> &mut Map<String, Value> {
         *obj = Value::Object(Map::new());
     }
     let root = obj.as_object_mut().expect("just made an object");
-    let meta = root
-        .entry("metadata")
-        .or_insert_with(|| Value::Object(Map::new()));
+    let meta = root.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
     if !meta.is_object() {
         *meta = Value::Object(Map::new());
     }
@@ -55,9 +50,7 @@ pub fn remove(obj: &mut Value, field: &str) -> Option<Value> {
 }
 
 pub fn labels(obj: &Value) -> Option<&Map<String, Value>> {
-    obj.get("metadata")
-        .and_then(|m| m.get("labels"))
-        .and_then(Value::as_object)
+    obj.get("metadata").and_then(|m| m.get("labels")).and_then(Value::as_object)
 }
 
 pub fn finalizers(obj: &Value) -> Vec<&str> {

@@ -5,9 +5,7 @@
 /// and leave room for memory in bytes up to exabytes.
 pub fn parse_milli(q: &str) -> Result<i128, String> {
     let q = q.trim();
-    let split = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
-        .unwrap_or(q.len());
+    let split = q.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-')).unwrap_or(q.len());
     let (number, suffix) = q.split_at(split);
     if number.is_empty() || number == "+" || number == "-" {
         return Err(format!("quantity {q:?} has no number"));
@@ -30,9 +28,7 @@ pub fn parse_milli(q: &str) -> Result<i128, String> {
         "Pi" => (1 << 50, 1),
         "Ei" => (1 << 60, 1),
         s if s.starts_with(['e', 'E']) => {
-            let exp: u32 = s[1..]
-                .parse()
-                .map_err(|_| format!("quantity {q:?} has a bad exponent"))?;
+            let exp: u32 = s[1..].parse().map_err(|_| format!("quantity {q:?} has a bad exponent"))?;
             if exp > 18 {
                 return Err(format!("quantity {q:?} is too large"));
             }
@@ -45,10 +41,7 @@ pub fn parse_milli(q: &str) -> Result<i128, String> {
         None => (false, number.trim_start_matches('+')),
     };
     let (int_part, frac_part) = digits.split_once('.').unwrap_or((digits, ""));
-    if !int_part
-        .chars()
-        .chain(frac_part.chars())
-        .all(|c| c.is_ascii_digit())
+    if !int_part.chars().chain(frac_part.chars()).all(|c| c.is_ascii_digit())
         || (int_part.is_empty() && frac_part.is_empty())
     {
         return Err(format!("quantity {q:?} is not a number"));

@@ -35,11 +35,7 @@ impl LabelSelector {
 
     /// Parses the string form used by `-l` and the API.
     pub fn parse(selector: &str) -> Result<Self, Error> {
-        let err = |reason: String| Error::Selector {
-            what: "label",
-            selector: selector.into(),
-            reason,
-        };
+        let err = |reason: String| Error::Selector { what: "label", selector: selector.into(), reason };
         let mut requirements = Vec::new();
         for term in split_terms(selector) {
             let term = term.trim();
@@ -122,16 +118,10 @@ fn parse_label_term(term: &str) -> Result<Requirement, String> {
         return Ok(Requirement::DoesNotExist(checked_key(key.trim())?));
     }
     if let Some((k, v)) = term.split_once("!=") {
-        return Ok(Requirement::NotEquals(
-            checked_key(k.trim())?,
-            checked_value(v.trim())?,
-        ));
+        return Ok(Requirement::NotEquals(checked_key(k.trim())?, checked_value(v.trim())?));
     }
     if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
-        return Ok(Requirement::Equals(
-            checked_key(k.trim())?,
-            checked_value(v.trim())?,
-        ));
+        return Ok(Requirement::Equals(checked_key(k.trim())?, checked_value(v.trim())?));
     }
     for (op, negate) in [(" notin ", true), (" in ", false)] {
         if let Some((k, rest)) = term.split_once(op) {
@@ -139,33 +129,22 @@ fn parse_label_term(term: &str) -> Result<Requirement, String> {
                 .trim()
                 .strip_prefix('(')
                 .and_then(|r| r.strip_suffix(')'))
-                .ok_or_else(|| {
-                    format!("{term:?}: expected a (value, ...) list after {}", op.trim())
-                })?;
-            let values = list
-                .split(',')
-                .map(|v| checked_value(v.trim()))
-                .collect::<Result<Vec<_>, _>>()?;
+                .ok_or_else(|| format!("{term:?}: expected a (value, ...) list after {}", op.trim()))?;
+            let values = list.split(',').map(|v| checked_value(v.trim())).collect::<Result<Vec<_>, _>>()?;
             let key = checked_key(k.trim())?;
-            return Ok(if negate {
-                Requirement::NotIn(key, values)
-            } else {
-                Requirement::In(key, values)
-            });
+            return Ok(if negate { Requirement::NotIn(key, values) } else { Requirement::In(key, values) });
         }
     }
     Ok(Requirement::Exists(checked_key(term)?))
 }
 
 fn checked_key(key: &str) -> Result<String, String> {
-    crate::validation::label_key_problem(key)
-        .map_or(Ok(key.to_string()), |p| Err(format!("key {key:?}: {p}")))
+    crate::validation::label_key_problem(key).map_or(Ok(key.to_string()), |p| Err(format!("key {key:?}: {p}")))
 }
 
 fn checked_value(value: &str) -> Result<String, String> {
-    crate::validation::label_value_problem(value).map_or(Ok(value.to_string()), |p| {
-        Err(format!("value {value:?}: {p}"))
-    })
+    crate::validation::label_value_problem(value)
+        .map_or(Ok(value.to_string()), |p| Err(format!("value {value:?}: {p}")))
 }
 
 /// Fields every kind can be selected on, and those a few kinds add
@@ -175,17 +154,10 @@ fn selectable_field(kind: &str, field: &str) -> bool {
         || match kind {
             "Pod" => matches!(
                 field,
-                "spec.nodeName"
-                    | "spec.schedulerName"
-                    | "spec.restartPolicy"
-                    | "status.phase"
-                    | "status.podIP"
+                "spec.nodeName" | "spec.schedulerName" | "spec.restartPolicy" | "status.phase" | "status.podIP"
             ),
             "Node" => field == "spec.unschedulable",
-            "Event" => {
-                field.starts_with("involvedObject.")
-                    || matches!(field, "reason" | "type" | "source")
-            }
+            "Event" => field.starts_with("involvedObject.") || matches!(field, "reason" | "type" | "source"),
             "Secret" => field == "type",
             "Namespace" => field == "status.phase",
             _ => false,
@@ -200,11 +172,7 @@ pub struct FieldSelector {
 
 impl FieldSelector {
     pub fn parse(kind: &str, selector: &str) -> Result<Self, Error> {
-        let err = |reason: String| Error::Selector {
-            what: "field",
-            selector: selector.into(),
-            reason,
-        };
+        let err = |reason: String| Error::Selector { what: "field", selector: selector.into(), reason };
         let mut terms = Vec::new();
         for term in selector.split(',').map(str::trim).filter(|t| !t.is_empty()) {
             let (field, equal, value) = if let Some((f, v)) = term.split_once("!=") {
@@ -246,33 +214,17 @@ mod tests {
     use serde_json::json;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
     fn parses_every_operator() {
-        let s = LabelSelector::parse(
-            "app=web, tier in (fe,be),env!=prod,!canary,track, zone notin (a)",
-        )
-        .unwrap();
+        let s = LabelSelector::parse("app=web, tier in (fe,be),env!=prod,!canary,track, zone notin (a)").unwrap();
         assert!(s.matches(&labels(&[("app", "web"), ("tier", "fe"), ("track", "x")])));
         assert!(!s.matches(&labels(&[("app", "web"), ("tier", "db"), ("track", "x")])));
-        assert!(!s.matches(&labels(&[
-            ("app", "web"),
-            ("tier", "fe"),
-            ("track", "x"),
-            ("canary", "1")
-        ])));
+        assert!(!s.matches(&labels(&[("app", "web"), ("tier", "fe"), ("track", "x"), ("canary", "1")])));
         assert!(!s.matches(&labels(&[("app", "web"), ("tier", "fe")])));
-        assert!(!s.matches(&labels(&[
-            ("app", "web"),
-            ("tier", "fe"),
-            ("track", "x"),
-            ("zone", "a")
-        ])));
+        assert!(!s.matches(&labels(&[("app", "web"), ("tier", "fe"), ("track", "x"), ("zone", "a")])));
         assert!(LabelSelector::parse("").unwrap().matches(&labels(&[])));
     }
 
@@ -296,25 +248,16 @@ mod tests {
         assert!(s.matches(&labels(&[("app", "web"), ("tier", "fe")])));
         assert!(!s.matches(&labels(&[("app", "web")])));
         let bad: metav1::LabelSelector =
-            serde_json::from_value(json!({"matchExpressions": [{"key": "t", "operator": "Near"}]}))
-                .unwrap();
+            serde_json::from_value(json!({"matchExpressions": [{"key": "t", "operator": "Near"}]})).unwrap();
         assert!(LabelSelector::from_k8s(&bad).is_err());
     }
 
     #[test]
     fn field_selectors_match_json() {
         let pod = json!({"metadata": {"name": "p", "namespace": "d"}, "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}});
-        assert!(
-            FieldSelector::parse("Pod", "spec.nodeName=n1,status.phase!=Pending")
-                .unwrap()
-                .matches_object(&pod)
-        );
-        assert!(!FieldSelector::parse("Pod", "spec.nodeName=n2")
-            .unwrap()
-            .matches_object(&pod));
-        assert!(FieldSelector::parse("Pod", "spec.nodeName=")
-            .unwrap()
-            .matches_object(&json!({})));
+        assert!(FieldSelector::parse("Pod", "spec.nodeName=n1,status.phase!=Pending").unwrap().matches_object(&pod));
+        assert!(!FieldSelector::parse("Pod", "spec.nodeName=n2").unwrap().matches_object(&pod));
+        assert!(FieldSelector::parse("Pod", "spec.nodeName=").unwrap().matches_object(&json!({})));
         assert!(FieldSelector::parse("ConfigMap", "spec.nodeName=n1").is_err());
         assert!(FieldSelector::parse("Pod", "nonsense").is_err());
     }

@@ -31,9 +31,7 @@ pub(crate) fn dns_label_problem(s: &str) -> Option<String> {
     if s.len() > DNS_LABEL_MAX {
         return Some(format!("must be no more than {DNS_LABEL_MAX} characters"));
     }
-    let ok_chars = s
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ok_chars = s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     let ok_ends = s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
         && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
     (!(ok_chars && ok_ends)).then(|| {
@@ -44,9 +42,7 @@ pub(crate) fn dns_label_problem(s: &str) -> Option<String> {
 /// Why `s` is not a DNS-1123 subdomain (`web.example-1`), if it is not.
 pub(crate) fn dns_subdomain_problem(s: &str) -> Option<String> {
     if s.len() > DNS_SUBDOMAIN_MAX {
-        return Some(format!(
-            "must be no more than {DNS_SUBDOMAIN_MAX} characters"
-        ));
+        return Some(format!("must be no more than {DNS_SUBDOMAIN_MAX} characters"));
     }
     if s.is_empty() || s.split('.').any(|part| dns_label_problem(part).is_some()) {
         return Some(format!(
@@ -59,26 +55,20 @@ pub(crate) fn dns_subdomain_problem(s: &str) -> Option<String> {
 fn qualified_name_problem(name: &str) -> Option<String> {
     let ok = !name.is_empty()
         && name.len() <= DNS_LABEL_MAX
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        && name
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric())
-        && name
-            .bytes()
-            .last()
-            .is_some_and(|b| b.is_ascii_alphanumeric());
-    (!ok).then(|| "must be 1-63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit".to_string())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && name.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
+    (!ok).then(|| {
+        "must be 1-63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit".to_string()
+    })
 }
 
 /// Why `key` is not a valid label or annotation key (`[prefix/]name`).
 pub(crate) fn label_key_problem(key: &str) -> Option<String> {
     match key.split_once('/') {
-        Some((prefix, name)) => dns_subdomain_problem(prefix)
-            .map(|p| format!("prefix {p}"))
-            .or_else(|| qualified_name_problem(name)),
+        Some((prefix, name)) => {
+            dns_subdomain_problem(prefix).map(|p| format!("prefix {p}")).or_else(|| qualified_name_problem(name))
+        }
         None => qualified_name_problem(key),
     }
 }
@@ -100,11 +90,7 @@ pub(crate) fn metadata(meta: &ObjectMeta, label_names: bool, errs: &mut Errors) 
     match meta.name.as_deref() {
         None | Some("") => errs.add("metadata.name", "required"),
         Some(name) => {
-            let problem = if label_names {
-                dns_label_problem(name)
-            } else {
-                dns_subdomain_problem(name)
-            };
+            let problem = if label_names { dns_label_problem(name) } else { dns_subdomain_problem(name) };
             if let Some(p) = problem {
                 errs.add("metadata.name", p);
             }
@@ -145,23 +131,14 @@ pub(crate) fn labels(labels: Option<&BTreeMap<String, String>>, path: &str, errs
 fn one_of(value: Option<&str>, allowed: &[&str], path: &str, errs: &mut Errors) {
     if let Some(v) = value {
         if !allowed.contains(&v) {
-            errs.add(
-                path,
-                format!(
-                    "unsupported value {v:?}: must be one of {}",
-                    allowed.join(", ")
-                ),
-            );
+            errs.add(path, format!("unsupported value {v:?}: must be one of {}", allowed.join(", ")));
         }
     }
 }
 
 fn port(value: i32, path: &str, errs: &mut Errors) {
     if !(1..=65535).contains(&value) {
-        errs.add(
-            path,
-            format!("{value} is not a valid port number (1-65535)"),
-        );
+        errs.add(path, format!("{value} is not a valid port number (1-65535)"));
     }
 }
 
@@ -193,24 +170,11 @@ fn container(c: &core::Container, path: &str, errs: &mut Errors) {
         errs,
     );
     for (i, p) in c.ports.iter().flatten().enumerate() {
-        port(
-            p.container_port,
-            &format!("{path}.ports[{i}].containerPort"),
-            errs,
-        );
-        one_of(
-            p.protocol.as_deref(),
-            &["TCP", "UDP", "SCTP"],
-            &format!("{path}.ports[{i}].protocol"),
-            errs,
-        );
+        port(p.container_port, &format!("{path}.ports[{i}].containerPort"), errs);
+        one_of(p.protocol.as_deref(), &["TCP", "UDP", "SCTP"], &format!("{path}.ports[{i}].protocol"), errs);
     }
     if let Some(r) = &c.resources {
-        quantities(
-            r.requests.as_ref(),
-            &format!("{path}.resources.requests"),
-            errs,
-        );
+        quantities(r.requests.as_ref(), &format!("{path}.resources.requests"), errs);
         quantities(r.limits.as_ref(), &format!("{path}.resources.limits"), errs);
     }
     for (i, e) in c.env.iter().flatten().enumerate() {
@@ -222,10 +186,7 @@ fn container(c: &core::Container, path: &str, errs: &mut Errors) {
 
 pub(crate) fn pod_spec(spec: &core::PodSpec, path: &str, errs: &mut Errors) {
     if spec.containers.is_empty() {
-        errs.add(
-            format!("{path}.containers"),
-            "at least one container is required",
-        );
+        errs.add(format!("{path}.containers"), "at least one container is required");
     }
     let mut names = HashSet::new();
     let all = spec
@@ -241,52 +202,27 @@ pub(crate) fn pod_spec(spec: &core::PodSpec, path: &str, errs: &mut Errors) {
         *i += 1;
         container(c, &cpath, errs);
         if !names.insert(c.name.as_str()) {
-            errs.add(
-                format!("{cpath}.name"),
-                format!("duplicate container name {:?}", c.name),
-            );
+            errs.add(format!("{cpath}.name"), format!("duplicate container name {:?}", c.name));
         }
     }
-    one_of(
-        spec.restart_policy.as_deref(),
-        &["Always", "OnFailure", "Never"],
-        &format!("{path}.restartPolicy"),
-        errs,
-    );
+    one_of(spec.restart_policy.as_deref(), &["Always", "OnFailure", "Never"], &format!("{path}.restartPolicy"), errs);
     for (i, t) in spec.tolerations.iter().flatten().enumerate() {
         let tpath = format!("{path}.tolerations[{i}]");
-        one_of(
-            t.operator.as_deref(),
-            &["Exists", "Equal"],
-            &format!("{tpath}.operator"),
-            errs,
-        );
+        one_of(t.operator.as_deref(), &["Exists", "Equal"], &format!("{tpath}.operator"), errs);
         one_of(
             t.effect.as_deref().filter(|e| !e.is_empty()),
             &["NoSchedule", "PreferNoSchedule", "NoExecute"],
             &format!("{tpath}.effect"),
             errs,
         );
-        if t.operator.as_deref() == Some("Exists")
-            && t.value.as_deref().is_some_and(|v| !v.is_empty())
-        {
-            errs.add(
-                format!("{tpath}.value"),
-                "must be empty when operator is Exists",
-            );
+        if t.operator.as_deref() == Some("Exists") && t.value.as_deref().is_some_and(|v| !v.is_empty()) {
+            errs.add(format!("{tpath}.value"), "must be empty when operator is Exists");
         }
     }
-    labels(
-        spec.node_selector.as_ref(),
-        &format!("{path}.nodeSelector"),
-        errs,
-    );
+    labels(spec.node_selector.as_ref(), &format!("{path}.nodeSelector"), errs);
     if let Some(g) = spec.termination_grace_period_seconds {
         if g < 0 {
-            errs.add(
-                format!("{path}.terminationGracePeriodSeconds"),
-                "must not be negative",
-            );
+            errs.add(format!("{path}.terminationGracePeriodSeconds"), "must not be negative");
         }
     }
 }
@@ -305,39 +241,19 @@ pub(crate) fn workload_selector(
     path: &str,
     errs: &mut Errors,
 ) {
-    let empty = selector
-        .match_labels
-        .as_ref()
-        .is_none_or(BTreeMap::is_empty)
-        && selector
-            .match_expressions
-            .as_ref()
-            .is_none_or(Vec::is_empty);
+    let empty = selector.match_labels.as_ref().is_none_or(BTreeMap::is_empty)
+        && selector.match_expressions.as_ref().is_none_or(Vec::is_empty);
     if empty {
-        errs.add(
-            format!("{path}.selector"),
-            "required: an empty selector would select every pod",
-        );
+        errs.add(format!("{path}.selector"), "required: an empty selector would select every pod");
         return;
     }
-    labels(
-        selector.match_labels.as_ref(),
-        &format!("{path}.selector.matchLabels"),
-        errs,
-    );
+    labels(selector.match_labels.as_ref(), &format!("{path}.selector.matchLabels"), errs);
     match LabelSelector::from_k8s(selector) {
         Err(e) => errs.add(format!("{path}.selector"), e.to_string()),
         Ok(sel) => {
-            let template_labels = template
-                .metadata
-                .as_ref()
-                .and_then(|m| m.labels.clone())
-                .unwrap_or_default();
+            let template_labels = template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
             if !sel.matches(&template_labels) {
-                errs.add(
-                    format!("{path}.template.metadata.labels"),
-                    "`selector` does not match template `labels`",
-                );
+                errs.add(format!("{path}.template.metadata.labels"), "`selector` does not match template `labels`");
             }
         }
     }
@@ -358,89 +274,45 @@ fn int_or_percent(v: Option<&IntOrString>, path: &str, errs: &mut Errors) -> Opt
         IntOrString::String(s) => match s.strip_suffix('%').and_then(|n| n.parse::<u32>().ok()) {
             Some(p) if p <= 100 => Some(p == 0),
             _ => {
-                errs.add(
-                    path,
-                    format!("{s:?} must be an integer or a percentage from 0% to 100%"),
-                );
+                errs.add(path, format!("{s:?} must be an integer or a percentage from 0% to 100%"));
                 None
             }
         },
     }
 }
 
-pub(crate) fn deployment_strategy(
-    s: Option<&apps::DeploymentStrategy>,
-    path: &str,
-    errs: &mut Errors,
-) {
+pub(crate) fn deployment_strategy(s: Option<&apps::DeploymentStrategy>, path: &str, errs: &mut Errors) {
     let Some(s) = s else { return };
-    one_of(
-        s.type_.as_deref(),
-        &["RollingUpdate", "Recreate"],
-        &format!("{path}.type"),
-        errs,
-    );
+    one_of(s.type_.as_deref(), &["RollingUpdate", "Recreate"], &format!("{path}.type"), errs);
     if let Some(ru) = &s.rolling_update {
         if s.type_.as_deref() == Some("Recreate") {
-            errs.add(
-                format!("{path}.rollingUpdate"),
-                "may not be set when type is Recreate",
-            );
+            errs.add(format!("{path}.rollingUpdate"), "may not be set when type is Recreate");
         }
-        let surge_zero = int_or_percent(
-            ru.max_surge.as_ref(),
-            &format!("{path}.rollingUpdate.maxSurge"),
-            errs,
-        );
-        let unavail_zero = int_or_percent(
-            ru.max_unavailable.as_ref(),
-            &format!("{path}.rollingUpdate.maxUnavailable"),
-            errs,
-        );
+        let surge_zero = int_or_percent(ru.max_surge.as_ref(), &format!("{path}.rollingUpdate.maxSurge"), errs);
+        let unavail_zero =
+            int_or_percent(ru.max_unavailable.as_ref(), &format!("{path}.rollingUpdate.maxUnavailable"), errs);
         if surge_zero == Some(true) && unavail_zero == Some(true) {
-            errs.add(
-                format!("{path}.rollingUpdate.maxUnavailable"),
-                "may not be 0 when maxSurge is 0",
-            );
+            errs.add(format!("{path}.rollingUpdate.maxUnavailable"), "may not be 0 when maxSurge is 0");
         }
     }
 }
 
 pub(crate) fn service_spec(spec: &core::ServiceSpec, errs: &mut Errors) {
-    one_of(
-        spec.type_.as_deref(),
-        &["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"],
-        "spec.type",
-        errs,
-    );
-    one_of(
-        spec.session_affinity.as_deref(),
-        &["None", "ClientIP"],
-        "spec.sessionAffinity",
-        errs,
-    );
+    one_of(spec.type_.as_deref(), &["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"], "spec.type", errs);
+    one_of(spec.session_affinity.as_deref(), &["None", "ClientIP"], "spec.sessionAffinity", errs);
     let ports = spec.ports.as_deref().unwrap_or_default();
-    if ports.is_empty()
-        && spec.type_.as_deref() != Some("ExternalName")
-        && spec.cluster_ip.as_deref() != Some("None")
-    {
+    if ports.is_empty() && spec.type_.as_deref() != Some("ExternalName") && spec.cluster_ip.as_deref() != Some("None") {
         errs.add("spec.ports", "at least one port is required");
     }
     let mut names = HashSet::new();
     for (i, p) in ports.iter().enumerate() {
         let path = format!("spec.ports[{i}]");
         port(p.port, &format!("{path}.port"), errs);
-        one_of(
-            p.protocol.as_deref(),
-            &["TCP", "UDP", "SCTP"],
-            &format!("{path}.protocol"),
-            errs,
-        );
+        one_of(p.protocol.as_deref(), &["TCP", "UDP", "SCTP"], &format!("{path}.protocol"), errs);
         match p.name.as_deref() {
-            None | Some("") if ports.len() > 1 => errs.add(
-                format!("{path}.name"),
-                "required when a service has more than one port",
-            ),
+            None | Some("") if ports.len() > 1 => {
+                errs.add(format!("{path}.name"), "required when a service has more than one port")
+            }
             Some(n) if !n.is_empty() => {
                 if let Some(problem) = dns_label_problem(n) {
                     errs.add(format!("{path}.name"), problem);
@@ -453,10 +325,7 @@ pub(crate) fn service_spec(spec: &core::ServiceSpec, errs: &mut Errors) {
         }
         if let Some(np) = p.node_port.filter(|np| *np != 0) {
             if !(30000..=32767).contains(&np) {
-                errs.add(
-                    format!("{path}.nodePort"),
-                    format!("{np} is outside the node port range 30000-32767"),
-                );
+                errs.add(format!("{path}.nodePort"), format!("{np} is outside the node port range 30000-32767"));
             }
         }
         if let Some(IntOrString::Int(t)) = &p.target_port {
@@ -470,13 +339,9 @@ pub(crate) fn data_keys<'a>(keys: impl Iterator<Item = &'a String>, path: &str, 
     for k in keys {
         let ok = !k.is_empty()
             && k.len() <= DNS_SUBDOMAIN_MAX
-            && k.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
         if !ok {
-            errs.add(
-                format!("{path}[{k:?}]"),
-                "a key must consist of letters, digits, '-', '_' or '.'",
-            );
+            errs.add(format!("{path}[{k:?}]"), "a key must consist of letters, digits, '-', '_' or '.'");
         }
     }
 }
