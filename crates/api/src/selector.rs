@@ -147,21 +147,52 @@ fn checked_value(value: &str) -> Result<String, String> {
         .map_or(Ok(value.to_string()), |p| Err(format!("value {value:?}: {p}")))
 }
 
-/// Fields every kind can be selected on, and those a few kinds add
-/// (the ones Kubernetes supports and controllers rely on).
-fn selectable_field(kind: &str, field: &str) -> bool {
-    matches!(field, "metadata.name" | "metadata.namespace")
-        || match kind {
-            "Pod" => matches!(
-                field,
-                "spec.nodeName" | "spec.schedulerName" | "spec.restartPolicy" | "status.phase" | "status.podIP"
-            ),
-            "Node" => field == "spec.unschedulable",
-            "Event" => field.starts_with("involvedObject.") || matches!(field, "reason" | "type" | "source"),
-            "Secret" => field == "type",
-            "Namespace" => field == "status.phase",
-            _ => false,
-        }
+/// The fields a kind can be selected on: every kind's name and namespace,
+/// and those Kubernetes supports for a few kinds that controllers rely on.
+pub fn selectable_fields(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "Pod" => &[
+            "metadata.name",
+            "metadata.namespace",
+            "spec.nodeName",
+            "spec.schedulerName",
+            "spec.restartPolicy",
+            "status.phase",
+            "status.podIP",
+        ],
+        "Node" => &["metadata.name", "metadata.namespace", "spec.unschedulable"],
+        "Event" => &[
+            "metadata.name",
+            "metadata.namespace",
+            "involvedObject.kind",
+            "involvedObject.name",
+            "involvedObject.namespace",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "type",
+        ],
+        "Secret" => &["metadata.name", "metadata.namespace", "type"],
+        "Namespace" => &["metadata.name", "metadata.namespace", "status.phase"],
+        _ => &["metadata.name", "metadata.namespace"],
+    }
+}
+
+/// The values of `kind`'s selectable fields in `obj`, as strings ("" when
+/// absent), for caches that keep them beside the encoded object.
+pub fn field_values(kind: &str, obj: &Value) -> Vec<(&'static str, String)> {
+    selectable_fields(kind).iter().map(|f| (*f, field_string(obj, f))).collect()
+}
+
+/// A field's value as a selector compares it: "" when absent.
+fn field_string(obj: &Value, field: &str) -> String {
+    match meta::lookup(obj, field) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Bool(b)) => b.to_string(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => String::new(),
+    }
 }
 
 /// A parsed field selector: a conjunction of `field=value` / `field!=value`.
@@ -183,7 +214,7 @@ impl FieldSelector {
                 return Err(err(format!("{term:?} is not field=value or field!=value")));
             };
             let field = field.trim();
-            if !selectable_field(kind, field) {
+            if !selectable_fields(kind).contains(&field) {
                 return Err(err(format!("field {field:?} is not supported for {kind}")));
             }
             terms.push((field.to_string(), equal, value.trim().to_string()));
@@ -196,15 +227,12 @@ impl FieldSelector {
     }
 
     pub fn matches_object(&self, obj: &Value) -> bool {
-        self.terms.iter().all(|(field, equal, want)| {
-            let have = match meta::lookup(obj, field) {
-                Some(Value::String(s)) => s.clone(),
-                Some(Value::Bool(b)) => b.to_string(),
-                Some(Value::Number(n)) => n.to_string(),
-                _ => String::new(),
-            };
-            (have == *want) == *equal
-        })
+        self.matches(|field| field_string(obj, field))
+    }
+
+    /// Matches against field values looked up by `get` ("" when absent).
+    pub fn matches(&self, get: impl Fn(&str) -> String) -> bool {
+        self.terms.iter().all(|(field, equal, want)| (get(field) == *want) == *equal)
     }
 }
 

@@ -1,1 +1,220 @@
-//! placeholder
+//! The one way to start a skiff cluster: real etcd and skiff services as
+//! child processes, with their state, logs and pid files under one
+//! directory. Integration tests, benchmarks and `skiffctl up` all use it.
+//!
+//! Services are the binaries cargo built next to the running executable (or
+//! in `$SKIFF_BIN_DIR`): run `cargo build --bins` before the tests.
+#![forbid(unsafe_code)]
+
+mod process;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use process::{stop_detached, Process};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{name} not found in {dir}: build it first with `cargo build --bins` (or set SKIFF_BIN_DIR)")]
+    BinaryMissing { name: String, dir: String },
+    #[error("{what} at {path}")]
+    Io {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting {name}")]
+    Spawn {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{name} exited before it was ready ({status}); last log lines:\n{log_tail}")]
+    Exited { name: String, status: String, log_tail: String },
+    #[error("{name} was not ready after {timeout:?}; last log lines:\n{log_tail}")]
+    NotReady { name: String, timeout: Duration, log_tail: String },
+    #[error(transparent)]
+    Client(#[from] skiff_client::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+/// Where cargo put the skiff binaries: `$SKIFF_BIN_DIR`, else the folder of
+/// the running executable (its parent for test binaries in `deps/`).
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SKIFF_BIN_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().map(Path::to_path_buf).unwrap_or(dir)
+    } else {
+        dir
+    }
+}
+
+pub fn binary(name: &str) -> Result<PathBuf> {
+    let dir = bin_dir();
+    let path = dir.join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::BinaryMissing { name: name.into(), dir: dir.display().to_string() })
+    }
+}
+
+/// How to start a cluster.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    /// Keep state here instead of a temp dir that is removed on drop.
+    pub state_dir: Option<PathBuf>,
+    /// Leave the processes running when the `Cluster` is dropped (for
+    /// `skiffctl up`); `stop_detached(state_dir)` stops them.
+    pub detach: bool,
+    /// Fixed address for the apiserver's gRPC API (default: a free port).
+    pub apiserver_listen: Option<SocketAddr>,
+    /// Extra apiserver flags.
+    pub apiserver_args: Vec<String>,
+}
+
+/// etcd and an apiserver, running.
+pub struct Cluster {
+    _temp: Option<tempfile::TempDir>,
+    dir: PathBuf,
+    detach: bool,
+    pub etcd: Process,
+    etcd_endpoint: String,
+    apiserver: Option<Process>,
+    apiserver_listen: SocketAddr,
+    apiserver_metrics: SocketAddr,
+    apiserver_args: Vec<String>,
+}
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Cluster {
+    /// etcd and an apiserver in a fresh temp dir, stopped on drop.
+    pub async fn start() -> Result<Self> {
+        Self::start_with(ClusterOptions::default()).await
+    }
+
+    pub async fn start_with(options: ClusterOptions) -> Result<Self> {
+        let (temp, dir) = match options.state_dir {
+            Some(d) => (None, d),
+            None => {
+                let t = tempfile::Builder::new().prefix("skiff-").tempdir().map_err(|source| Error::Io {
+                    what: "creating a temp dir",
+                    path: "$TMPDIR".into(),
+                    source,
+                })?;
+                let p = t.path().to_path_buf();
+                (Some(t), p)
+            }
+        };
+        for sub in ["logs", "pids", "etcd"] {
+            let p = dir.join(sub);
+            std::fs::create_dir_all(&p).map_err(|source| Error::Io {
+                what: "creating",
+                path: p.display().to_string(),
+                source,
+            })?;
+        }
+        let etcd_endpoint = format!("http://127.0.0.1:{}", free_port());
+        let peer = format!("http://127.0.0.1:{}", free_port());
+        let etcd = Process::spawn(
+            "etcd",
+            Path::new("etcd"),
+            &[
+                "--name=default",
+                &format!("--data-dir={}", dir.join("etcd").display()),
+                &format!("--listen-client-urls={etcd_endpoint}"),
+                &format!("--advertise-client-urls={etcd_endpoint}"),
+                &format!("--listen-peer-urls={peer}"),
+                &format!("--initial-advertise-peer-urls={peer}"),
+                &format!("--initial-cluster=default={peer}"),
+                "--logger=zap",
+                "--log-level=warn",
+            ],
+            &dir,
+            options.detach,
+        )?;
+        let etcd_addr: SocketAddr = etcd_endpoint.trim_start_matches("http://").parse().expect("loopback address");
+        etcd.wait_http_ok(etcd_addr, "/health", READY_TIMEOUT).await?;
+
+        let apiserver_listen =
+            options.apiserver_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
+        let apiserver_metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut cluster = Cluster {
+            _temp: temp,
+            dir,
+            detach: options.detach,
+            etcd,
+            etcd_endpoint,
+            apiserver: None,
+            apiserver_listen,
+            apiserver_metrics,
+            apiserver_args: options.apiserver_args,
+        };
+        cluster.start_apiserver().await?;
+        Ok(cluster)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn etcd_endpoint(&self) -> &str {
+        &self.etcd_endpoint
+    }
+
+    /// `http://HOST:PORT` of the apiserver's gRPC API.
+    pub fn server(&self) -> String {
+        format!("http://{}", self.apiserver_listen)
+    }
+
+    /// Address of the apiserver's /metrics, /healthz and /readyz.
+    pub fn apiserver_metrics(&self) -> SocketAddr {
+        self.apiserver_metrics
+    }
+
+    pub fn client(&self) -> skiff_client::Client {
+        skiff_client::Client::new(&self.server()).expect("the cluster's own address is valid")
+    }
+
+    /// Starts the apiserver (again) on the same addresses and waits for
+    /// /readyz.
+    pub async fn start_apiserver(&mut self) -> Result<()> {
+        let bin = binary("skiff-apiserver")?;
+        let mut args = vec![
+            format!("--etcd-endpoints={}", self.etcd_endpoint),
+            format!("--listen={}", self.apiserver_listen),
+            format!("--metrics-listen={}", self.apiserver_metrics),
+        ];
+        args.extend(self.apiserver_args.iter().cloned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let p = Process::spawn("skiff-apiserver", &bin, &args, &self.dir, self.detach)?;
+        p.wait_http_ok(self.apiserver_metrics, "/readyz", READY_TIMEOUT).await?;
+        self.apiserver = Some(p);
+        Ok(())
+    }
+
+    /// Stops the apiserver (SIGTERM, then SIGKILL after a grace period).
+    pub fn stop_apiserver(&mut self) {
+        if let Some(mut p) = self.apiserver.take() {
+            p.stop(Duration::from_secs(10));
+        }
+    }
+
+    pub async fn restart_apiserver(&mut self) -> Result<()> {
+        self.stop_apiserver();
+        self.start_apiserver().await
+    }
+}

@@ -1,1 +1,132 @@
-//! placeholder
+//! skiff-apiserver: the only component that talks to etcd. It validates,
+//! defaults and stores objects, and serves lists and watches from a watch
+//! cache so that many watchers cost etcd one watch per kind.
+#![forbid(unsafe_code)]
+
+mod cache;
+mod error;
+mod registry;
+mod service;
+mod storage;
+mod watch;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use skiff_api::proto::objects_server::ObjectsServer;
+use skiff_api::KINDS;
+use skiff_telemetry::prometheus::{HistogramOpts, HistogramVec, IntGauge};
+use skiff_telemetry::{GrpcMetrics, Metrics, Readiness};
+use tokio::sync::watch as signal;
+
+pub use error::Error;
+
+/// Flags of `skiff-apiserver`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// etcd client URLs, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    pub etcd_endpoints: Vec<String>,
+    /// Address of the gRPC API.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    pub listen: SocketAddr,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "127.0.0.1:6444")]
+    pub metrics_listen: SocketAddr,
+    /// Events each kind's watch cache keeps for watches that resume.
+    #[arg(long, default_value_t = 10_000)]
+    pub watch_cache_events: usize,
+    /// How often an idle filtered watch gets a bookmark.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub bookmark_interval: Duration,
+}
+
+/// Parses `500ms`, `5s`, `2m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 500ms, 5s or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?} has an unknown unit (use ms, s or m)")),
+    }
+}
+
+/// The largest request the API accepts: above the 1.5 MiB object limit so
+/// that an oversized object gets a message naming that limit.
+const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Runs the apiserver until `shutdown` resolves, then drains: watches end
+/// with UNAVAILABLE so clients reconnect elsewhere, in-flight calls finish.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let grpc = GrpcMetrics::register(&metrics)?;
+    let etcd_latency = metrics.register(HistogramVec::new(
+        HistogramOpts::new("skiff_apiserver_etcd_request_duration_seconds", "Latency of etcd calls by operation")
+            .buckets(skiff_telemetry::DURATION_BUCKETS.to_vec()),
+        &["operation"],
+    )?)?;
+    let watchers = metrics.register(IntGauge::new("skiff_apiserver_watchers", "Open client watches")?)?;
+    let readiness = Readiness::new();
+
+    let (stop_tx, stop_rx) = signal::channel(false);
+    let http_stop = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let (metrics_addr, http) =
+        skiff_telemetry::serve_http(config.metrics_listen, metrics.registry().clone(), readiness.clone(), http_stop)
+            .await?;
+    tracing::info!(%metrics_addr, "serving metrics and health");
+
+    let storage = storage::Storage::connect(&config.etcd_endpoints, etcd_latency).await?;
+    let mut caches = HashMap::new();
+    let mut synced = Vec::new();
+    for info in KINDS {
+        let cache = cache::WatchCache::new(info, config.watch_cache_events);
+        let (ready_tx, ready_rx) = signal::channel(false);
+        tokio::spawn(cache.clone().run(storage.clone(), ready_tx, stop_rx.clone()));
+        synced.push(ready_rx);
+        caches.insert(info.kind, cache);
+    }
+    let registry = Arc::new(registry::Registry::new(storage, caches));
+    for mut rx in synced {
+        let _ = rx.wait_for(|r| *r).await;
+    }
+    registry.ensure_system_namespaces().await?;
+
+    let service = service::ObjectsService {
+        registry,
+        metrics: grpc,
+        watchers,
+        shutdown: stop_rx.clone(),
+        bookmark_interval: config.bookmark_interval,
+    };
+    let server = ObjectsServer::new(service)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    tracing::info!(addr = %listener.local_addr()?, "serving the object API");
+    readiness.set_ready();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let drain = async move {
+        shutdown.await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    };
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(server)
+        .serve_with_incoming_shutdown(incoming, drain)
+        .await?;
+    let _ = http.await;
+    Ok(())
+}

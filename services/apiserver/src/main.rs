@@ -1,1 +1,21 @@
-fn main() {}
+use clap::Parser;
+
+/// skiff's API server: stores objects in etcd and serves them over gRPC.
+#[derive(Parser)]
+#[command(name = "skiff-apiserver", version)]
+struct Cli {
+    #[command(flatten)]
+    config: skiff_apiserver::Config,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let telemetry = skiff_telemetry::init("skiff-apiserver")?;
+    let result = skiff_apiserver::run(cli.config, skiff_telemetry::shutdown_signal()).await;
+    if let Err(e) = &result {
+        tracing::error!(error = format!("{e:#}"), "skiff-apiserver failed");
+    }
+    telemetry.shutdown().await;
+    result
+}

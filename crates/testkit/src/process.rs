@@ -1,0 +1,176 @@
+//! Child processes with their log in `<dir>/logs/NAME.log` and pid in
+//! `<dir>/pids/NAME.pid`; killed on drop unless detached.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{Error, Result};
+
+pub struct Process {
+    name: String,
+    child: Option<Child>,
+    log: PathBuf,
+    pid_file: PathBuf,
+    detach: bool,
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).stderr(Stdio::null()).status();
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// The status code of `GET path` on `addr`, if it answers.
+fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).ok()?;
+    let head = std::str::from_utf8(&buf[..n]).ok()?;
+    head.split_whitespace().nth(1)?.parse().ok()
+}
+
+impl Process {
+    pub fn spawn(name: &str, program: &Path, args: &[&str], dir: &Path, detach: bool) -> Result<Self> {
+        let log = dir.join("logs").join(format!("{name}.log"));
+        let pid_file = dir.join("pids").join(format!("{name}.pid"));
+        let io_err = |what, path: &Path| {
+            let path = path.display().to_string();
+            move |source| Error::Io { what, path, source }
+        };
+        let out = std::fs::File::create(&log).map_err(io_err("creating log", &log))?;
+        let err = out.try_clone().map_err(io_err("opening log", &log))?;
+        let mut cmd = Command::new(program);
+        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+        if detach {
+            // Its own process group: a Ctrl-C at the terminal that ran
+            // `skiffctl up` must not take the cluster down with it.
+            use std::os::unix::process::CommandExt;
+            cmd.process_group(0);
+        }
+        let child = cmd.spawn().map_err(|source| Error::Spawn { name: name.into(), source })?;
+        std::fs::write(&pid_file, child.id().to_string()).map_err(io_err("writing pid file", &pid_file))?;
+        Ok(Self { name: name.into(), child: Some(child), log, pid_file, detach })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Waits until `GET path` on `addr` answers 200, failing early if the
+    /// process exits.
+    pub async fn wait_http_ok(&self, addr: SocketAddr, path: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let probe = tokio::task::spawn_blocking({
+                let path = path.to_string();
+                move || http_status(addr, &path)
+            });
+            if probe.await.ok().flatten() == Some(200) {
+                return Ok(());
+            }
+            if let Some(status) = self.exit_status() {
+                return Err(Error::Exited { name: self.name.clone(), status, log_tail: log_tail(&self.log) });
+            }
+            if Instant::now() > deadline {
+                return Err(Error::NotReady { name: self.name.clone(), timeout, log_tail: log_tail(&self.log) });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn exit_status(&self) -> Option<String> {
+        // try_wait needs &mut; a zero-signal probe tells the same without it.
+        let pid = self.pid()?;
+        let alive = Command::new("kill").arg("-0").arg(pid.to_string()).stderr(Stdio::null()).status();
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+            .unwrap_or(true);
+        match alive {
+            Ok(s) if s.success() && !zombie => None,
+            _ => Some("exited".into()),
+        }
+    }
+
+    /// SIGTERM, then SIGKILL if it is still running after `grace`.
+    pub fn stop(&mut self, grace: Duration) {
+        let Some(mut child) = self.child.take() else { return };
+        signal(child.id(), "TERM");
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                let _ = std::fs::remove_file(&self.pid_file);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_file(&self.pid_file);
+    }
+
+    /// SIGKILL at once: a crash, as tests of recovery need.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_file(&self.pid_file);
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if !self.detach {
+            self.stop(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Stops every process whose pid file is under `<state_dir>/pids`, in
+/// reverse start order (services before etcd). Returns their names.
+pub fn stop_detached(state_dir: &Path) -> Result<Vec<String>> {
+    let pids = state_dir.join("pids");
+    let entries = match std::fs::read_dir(&pids) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(Error::Io { what: "reading", path: pids.display().to_string(), source }),
+    };
+    let mut found: Vec<(std::time::SystemTime, String, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.path().file_stem()?.to_string_lossy().into_owned();
+            let modified = e.metadata().and_then(|m| m.modified()).ok()?;
+            Some((modified, name, e.path()))
+        })
+        .collect();
+    found.sort();
+    let mut stopped = Vec::new();
+    for (_, name, path) in found.into_iter().rev() {
+        if let Some(pid) = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<u32>().ok()) {
+            signal(pid, "TERM");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && Path::new(&format!("/proc/{pid}")).exists() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if Path::new(&format!("/proc/{pid}")).exists() {
+                signal(pid, "KILL");
+            }
+            stopped.push(name);
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    Ok(stopped)
+}

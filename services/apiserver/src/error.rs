@@ -1,0 +1,108 @@
+use skiff_api::KindInfo;
+use tonic::{Code, Status};
+
+/// Why an API call failed. Each variant maps to one gRPC status in
+/// `From<Error> for Status`, the only place that mapping happens.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Model(#[from] skiff_api::Error),
+    #[error("{kind} {name:?} is invalid: {source}")]
+    Invalid {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: skiff_api::Error,
+    },
+    #[error("{what} is not valid JSON: {source}")]
+    BadJson {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{resource} {name:?} not found")]
+    NotFound { resource: String, name: String },
+    #[error("{resource} {name:?} already exists")]
+    AlreadyExists { resource: String, name: String },
+    #[error(
+        "operation cannot be fulfilled on {resource} {name:?}: the object has been modified; \
+         apply your changes to the latest version and try again"
+    )]
+    Conflict { resource: String, name: String },
+    #[error("namespace {0:?} not found")]
+    NamespaceNotFound(String),
+    #[error("namespace {0:?} is being terminated: no new objects may be created in it")]
+    NamespaceTerminating(String),
+    #[error("resourceVersion {requested} is too old (etcd has compacted up to {compacted}): relist")]
+    Expired { requested: i64, compacted: i64 },
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("etcd {op} failed")]
+    Etcd {
+        op: &'static str,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error("the etcd watch closed")]
+    WatchClosed,
+    #[error("stored object {key} is not valid JSON")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the apiserver is shutting down")]
+    ShuttingDown,
+}
+
+/// The resource name Kubernetes uses in messages: `deployments.apps`, `pods`.
+pub fn resource_name(info: &KindInfo) -> String {
+    match info.api_version.split_once('/') {
+        Some((group, _)) => format!("{}.{}", info.plural, group),
+        None => info.plural.to_string(),
+    }
+}
+
+impl Error {
+    pub fn not_found(info: &KindInfo, name: &str) -> Self {
+        Error::NotFound { resource: resource_name(info), name: name.into() }
+    }
+    pub fn conflict(info: &KindInfo, name: &str) -> Self {
+        Error::Conflict { resource: resource_name(info), name: name.into() }
+    }
+    pub fn already_exists(info: &KindInfo, name: &str) -> Self {
+        Error::AlreadyExists { resource: resource_name(info), name: name.into() }
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            Error::Model(_) | Error::Invalid { .. } | Error::BadJson { .. } | Error::BadRequest(_) => {
+                Code::InvalidArgument
+            }
+            Error::NotFound { .. } | Error::NamespaceNotFound(_) => Code::NotFound,
+            Error::AlreadyExists { .. } => Code::AlreadyExists,
+            Error::Conflict { .. } => Code::Aborted,
+            Error::NamespaceTerminating(_) | Error::Forbidden(_) => Code::FailedPrecondition,
+            Error::Expired { .. } => Code::OutOfRange,
+            Error::Etcd { .. } | Error::WatchClosed | Error::ShuttingDown => Code::Unavailable,
+            Error::Corrupt { .. } => Code::Internal,
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        let mut message = e.to_string();
+        // Name the cause too: "etcd get failed: connection refused".
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            if !message.contains(&s.to_string()) {
+                message = format!("{message}: {s}");
+            }
+            source = s.source();
+        }
+        Status::new(e.code(), message)
+    }
+}

@@ -1,0 +1,358 @@
+//! The life of an object: what create, update, patch and delete do to it
+//! before and after etcd — server-set metadata, status kept apart from spec,
+//! generation, compare-and-swap on resourceVersion, finalizers.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::Value;
+use skiff_api::{meta, normalize, KindInfo, MAX_OBJECT_BYTES};
+
+use crate::cache::{Filter, WatchCache};
+use crate::storage::{Storage, Stored, Swap};
+use crate::Error;
+
+/// Namespaces that exist from the start and may not be deleted.
+pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// Attempts at a patch or delete that lost a compare-and-swap race before
+/// giving up with a conflict.
+const CAS_ATTEMPTS: usize = 8;
+
+/// How long a list waits for the cache to catch up with this apiserver's
+/// own last write before serving what it has.
+const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(3);
+
+pub struct Registry {
+    pub storage: Storage,
+    caches: HashMap<&'static str, Arc<WatchCache>>,
+    last_write: HashMap<&'static str, AtomicI64>,
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn parse(body: &[u8], what: &'static str) -> Result<Value, Error> {
+    serde_json::from_slice(body).map_err(|source| Error::BadJson { what, source })
+}
+
+/// `obj` as clients see it: stamped with its resourceVersion.
+fn stamped(mut obj: Value, revision: i64) -> Bytes {
+    meta::set(&mut obj, "resourceVersion", revision.to_string());
+    serde_json::to_vec(&obj).unwrap_or_default().into()
+}
+
+/// Random suffix for generateName, from the alphabet Kubernetes uses (no
+/// vowels, so no words).
+fn name_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    uuid::Uuid::new_v4().as_bytes()[..5].iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
+}
+
+/// Everything but metadata and status: a change here bumps generation.
+fn spec_of(obj: &Value) -> Vec<(&String, &Value)> {
+    obj.as_object()
+        .map(|m| m.iter().filter(|(k, _)| !matches!(k.as_str(), "metadata" | "status")).collect())
+        .unwrap_or_default()
+}
+
+impl Registry {
+    pub fn new(storage: Storage, caches: HashMap<&'static str, Arc<WatchCache>>) -> Self {
+        let last_write = caches.keys().map(|k| (*k, AtomicI64::new(0))).collect();
+        Self { storage, caches, last_write }
+    }
+
+    pub fn cache(&self, info: &KindInfo) -> &Arc<WatchCache> {
+        &self.caches[info.kind]
+    }
+
+    fn note_write(&self, info: &KindInfo, revision: i64) {
+        self.last_write[info.kind].fetch_max(revision, Ordering::Relaxed);
+    }
+
+    /// The namespace an object lives in: the request's, which the object's
+    /// own `metadata.namespace` must agree with; none for cluster-scoped kinds.
+    fn namespace_of(info: &KindInfo, requested: &str, obj: &mut Value) -> Result<String, Error> {
+        if !info.namespaced {
+            meta::remove(obj, "namespace");
+            return Ok(String::new());
+        }
+        let declared = meta::namespace(obj).to_string();
+        let ns = match (requested, declared.as_str()) {
+            ("", "") => "default".to_string(),
+            ("", d) => d.to_string(),
+            (r, "") => r.to_string(),
+            (r, d) if r == d => r.to_string(),
+            (r, d) => {
+                return Err(Error::BadRequest(format!(
+                    "metadata.namespace: {d:?} does not match the namespace of the request ({r:?})"
+                )))
+            }
+        };
+        meta::set(obj, "namespace", ns.clone());
+        Ok(ns)
+    }
+
+    fn invalid<'a>(info: &'static KindInfo, name: &'a str) -> impl FnOnce(skiff_api::Error) -> Error + 'a {
+        move |source| Error::Invalid { kind: info.kind, name: name.to_string(), source }
+    }
+
+    async fn check_namespace(&self, ns: &str) -> Result<(), Error> {
+        let info = KindInfo::by_kind("Namespace")?;
+        let key = info.key("", ns);
+        let terminating = match self.cache(info).get(&key) {
+            Some(cached) => parse(&cached.json, "stored namespace")?,
+            None => match self.storage.get(&key).await? {
+                Some(stored) => parse(&stored.value, "stored namespace")?,
+                None => return Err(Error::NamespaceNotFound(ns.into())),
+            },
+        };
+        if !meta::str_field(&terminating, "deletionTimestamp").is_empty() {
+            return Err(Error::NamespaceTerminating(ns.into()));
+        }
+        Ok(())
+    }
+
+    pub async fn create(&self, kind: &str, namespace: &str, body: &[u8]) -> Result<Bytes, Error> {
+        let info = KindInfo::by_kind(kind)?;
+        if body.len() > MAX_OBJECT_BYTES {
+            return Err(skiff_api::Error::TooLarge { size: body.len(), limit: MAX_OBJECT_BYTES }.into());
+        }
+        let mut obj = parse(body, "the object")?;
+        if !obj.is_object() {
+            return Err(Error::BadRequest("the object must be a JSON object".into()));
+        }
+        let ns = Self::namespace_of(info, namespace, &mut obj)?;
+        if meta::name(&obj).is_empty() {
+            let prefix = meta::str_field(&obj, "generateName").to_string();
+            if !prefix.is_empty() {
+                meta::set(&mut obj, "name", format!("{prefix}{}", name_suffix()));
+            }
+        }
+        for server_set in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds"] {
+            meta::remove(&mut obj, server_set);
+        }
+        meta::set(&mut obj, "uid", uuid::Uuid::new_v4().to_string());
+        meta::set(&mut obj, "creationTimestamp", now());
+        meta::set(&mut obj, "generation", 1);
+        // Nodes report their own status when they register; for every
+        // other kind status is the controllers' to write.
+        if info.has_status && info.kind != "Node" {
+            if let Some(root) = obj.as_object_mut() {
+                root.remove("status");
+            }
+        }
+        let name = meta::name(&obj).to_string();
+        let obj = normalize(info, obj, body.len()).map_err(Self::invalid(info, &name))?;
+        if info.namespaced {
+            self.check_namespace(&ns).await?;
+        }
+        let key = info.key(&ns, &name);
+        let encoded = serde_json::to_vec(&obj).map_err(|source| Error::Corrupt { key: key.clone(), source })?;
+        match self.storage.put_if(&key, encoded, 0).await? {
+            Swap::Done { revision } => {
+                self.note_write(info, revision);
+                Ok(stamped(obj, revision))
+            }
+            Swap::Lost => Err(Error::already_exists(info, &name)),
+        }
+    }
+
+    pub async fn get(&self, kind: &str, namespace: &str, name: &str) -> Result<Bytes, Error> {
+        let info = KindInfo::by_kind(kind)?;
+        let (_, stored, current) = self.read(info, namespace, name).await?;
+        Ok(stamped(current, stored.mod_revision))
+    }
+
+    async fn read(
+        &self,
+        info: &'static KindInfo,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(String, Stored, Value), Error> {
+        if name.is_empty() {
+            return Err(Error::BadRequest("name: required".into()));
+        }
+        let key = info.key(namespace, name);
+        let stored = self.storage.get(&key).await?.ok_or_else(|| Error::not_found(info, name))?;
+        let value =
+            serde_json::from_slice(&stored.value).map_err(|source| Error::Corrupt { key: key.clone(), source })?;
+        Ok((key, stored, value))
+    }
+
+    /// Serves a list from the watch cache once it holds this apiserver's own
+    /// latest write of the kind.
+    pub async fn list(&self, info: &'static KindInfo, filter: &Filter) -> (Vec<Bytes>, i64) {
+        let cache = self.cache(info);
+        let wanted = self.last_write[info.kind].load(Ordering::Relaxed);
+        if cache.revision() < wanted {
+            cache.wait_for(wanted, READ_YOUR_WRITES_WAIT).await;
+        }
+        cache.list(filter)
+    }
+
+    /// Update (spec and metadata) or UpdateStatus (status only).
+    pub async fn update(&self, kind: &str, namespace: &str, body: &[u8], status_only: bool) -> Result<Bytes, Error> {
+        let info = KindInfo::by_kind(kind)?;
+        if body.len() > MAX_OBJECT_BYTES {
+            return Err(skiff_api::Error::TooLarge { size: body.len(), limit: MAX_OBJECT_BYTES }.into());
+        }
+        let mut new = parse(body, "the object")?;
+        let ns = Self::namespace_of(info, namespace, &mut new)?;
+        let name = meta::name(&new).to_string();
+        let (key, stored, current) = self.read(info, &ns, &name).await?;
+        let requested = meta::resource_version(&new);
+        if !requested.is_empty() && requested != stored.mod_revision.to_string() {
+            return Err(Error::conflict(info, &name));
+        }
+        let next = if status_only {
+            let mut next = current.clone();
+            set_status(&mut next, new.get("status").cloned());
+            next
+        } else {
+            if info.has_status {
+                set_status(&mut new, current.get("status").cloned());
+            }
+            new
+        };
+        self.commit(info, &key, &name, stored, current, next, body.len()).await
+    }
+
+    /// Applies a JSON merge patch to spec and metadata, retrying when another
+    /// write slips in between read and write (unless the patch pins a
+    /// resourceVersion).
+    pub async fn patch(&self, kind: &str, namespace: &str, name: &str, body: &[u8]) -> Result<Bytes, Error> {
+        let info = KindInfo::by_kind(kind)?;
+        let patch = parse(body, "the patch")?;
+        if !patch.is_object() {
+            return Err(Error::BadRequest("a merge patch must be a JSON object".into()));
+        }
+        let pinned = meta::resource_version(&patch).to_string();
+        for _ in 0..CAS_ATTEMPTS {
+            let (key, stored, current) = self.read(info, namespace, name).await?;
+            if !pinned.is_empty() && pinned != stored.mod_revision.to_string() {
+                return Err(Error::conflict(info, name));
+            }
+            let mut next = current.clone();
+            json_patch::merge(&mut next, &patch);
+            if info.has_status {
+                set_status(&mut next, current.get("status").cloned());
+            }
+            let size = serde_json::to_vec(&next).map(|v| v.len()).unwrap_or(0);
+            match self.commit(info, &key, name, stored, current, next, size).await {
+                Err(Error::Conflict { .. }) if pinned.is_empty() => continue,
+                other => return other,
+            }
+        }
+        Err(Error::conflict(info, name))
+    }
+
+    /// Writes `next` over `current` if nothing else wrote in between. Keeps
+    /// what the server owns, bumps generation on a spec change, skips
+    /// no-op writes, and completes a pending deletion once the last
+    /// finalizer is gone.
+    #[allow(clippy::too_many_arguments)]
+    async fn commit(
+        &self,
+        info: &'static KindInfo,
+        key: &str,
+        name: &str,
+        stored: Stored,
+        current: Value,
+        mut next: Value,
+        size: usize,
+    ) -> Result<Bytes, Error> {
+        for owned in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
+            match current.get("metadata").and_then(|m| m.get(owned)) {
+                Some(v) => meta::set(&mut next, owned, v.clone()),
+                None => {
+                    meta::remove(&mut next, owned);
+                }
+            }
+        }
+        meta::set(&mut next, "name", name);
+        meta::remove(&mut next, "resourceVersion");
+        let mut next = normalize(info, next, size).map_err(Self::invalid(info, name))?;
+        if next == current {
+            return Ok(stamped(current, stored.mod_revision));
+        }
+        if spec_of(&next) != spec_of(&current) {
+            let generation = current.get("metadata").and_then(|m| m.get("generation")).and_then(Value::as_i64);
+            meta::set(&mut next, "generation", generation.unwrap_or(0) + 1);
+        }
+        let deleting = !meta::str_field(&next, "deletionTimestamp").is_empty();
+        let swap = if deleting && meta::finalizers(&next).is_empty() {
+            self.storage.delete_if(key, stored.mod_revision).await?
+        } else {
+            let encoded = serde_json::to_vec(&next).map_err(|source| Error::Corrupt { key: key.into(), source })?;
+            self.storage.put_if(key, encoded, stored.mod_revision).await?
+        };
+        match swap {
+            Swap::Done { revision } => {
+                self.note_write(info, revision);
+                Ok(stamped(next, revision))
+            }
+            Swap::Lost => Err(Error::conflict(info, name)),
+        }
+    }
+
+    /// Deletes an object, or marks it with deletionTimestamp while
+    /// finalizers remain; returns its last state.
+    pub async fn delete(&self, kind: &str, namespace: &str, name: &str, precondition: &str) -> Result<Bytes, Error> {
+        let info = KindInfo::by_kind(kind)?;
+        if info.kind == "Namespace" && SYSTEM_NAMESPACES.contains(&name) {
+            return Err(Error::Forbidden(format!("namespace {name:?} is a system namespace and may not be deleted")));
+        }
+        for _ in 0..CAS_ATTEMPTS {
+            let (key, stored, mut current) = self.read(info, namespace, name).await?;
+            if !precondition.is_empty() && precondition != stored.mod_revision.to_string() {
+                return Err(Error::conflict(info, name));
+            }
+            let swap = if meta::finalizers(&current).is_empty() {
+                self.storage.delete_if(&key, stored.mod_revision).await?
+            } else if meta::str_field(&current, "deletionTimestamp").is_empty() {
+                meta::set(&mut current, "deletionTimestamp", now());
+                meta::set(&mut current, "deletionGracePeriodSeconds", 0);
+                let encoded =
+                    serde_json::to_vec(&current).map_err(|source| Error::Corrupt { key: key.clone(), source })?;
+                self.storage.put_if(&key, encoded, stored.mod_revision).await?
+            } else {
+                return Ok(stamped(current, stored.mod_revision));
+            };
+            match swap {
+                Swap::Done { revision } => {
+                    self.note_write(info, revision);
+                    return Ok(stamped(current, revision));
+                }
+                Swap::Lost if precondition.is_empty() => continue,
+                Swap::Lost => break,
+            }
+        }
+        Err(Error::conflict(info, name))
+    }
+
+    /// Creates the system namespaces that are missing.
+    pub async fn ensure_system_namespaces(&self) -> Result<(), Error> {
+        for ns in SYSTEM_NAMESPACES {
+            let body = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+            match self.create("Namespace", "", body.to_string().as_bytes()).await {
+                Ok(_) | Err(Error::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn set_status(obj: &mut Value, status: Option<Value>) {
+    if let Some(root) = obj.as_object_mut() {
+        match status {
+            Some(s) => root.insert("status".into(), s),
+            None => root.remove("status"),
+        };
+    }
+}

@@ -1,0 +1,159 @@
+//! The gRPC `Objects` service: decodes requests, calls the registry, and
+//! records metrics. Errors become statuses through `From<Error> for Status`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use skiff_api::proto::{
+    objects_server::Objects, CreateRequest, DeleteRequest, GetRequest, ListReply, ListRequest, ObjectReply,
+    PatchRequest, UpdateRequest, WatchEvent, WatchRequest,
+};
+use skiff_api::{FieldSelector, KindInfo, LabelSelector};
+use skiff_telemetry::prometheus::IntGauge;
+use skiff_telemetry::{grpc_code_label, GrpcMetrics};
+use tokio::sync::{mpsc, watch as signal};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use crate::cache::Filter;
+use crate::registry::Registry;
+use crate::watch::{self, WatchParams};
+use crate::Error;
+
+pub struct ObjectsService {
+    pub registry: Arc<Registry>,
+    pub metrics: GrpcMetrics,
+    pub watchers: IntGauge,
+    pub shutdown: signal::Receiver<bool>,
+    pub bookmark_interval: Duration,
+}
+
+/// Events buffered per watcher before the sender waits for the client.
+const WATCH_BUFFER: usize = 256;
+
+fn filter(info: &KindInfo, namespace: &str, labels: &str, fields: &str) -> Result<Filter, Error> {
+    Ok(Filter {
+        key_prefix: info.key_prefix(Some(namespace)),
+        labels: LabelSelector::parse(labels)?,
+        fields: FieldSelector::parse(info.kind, fields)?,
+    })
+}
+
+impl ObjectsService {
+    /// Runs one call inside a span, counting it by method, kind and code.
+    async fn call<T>(
+        &self,
+        method: &'static str,
+        kind: &str,
+        metadata: &tonic::metadata::MetadataMap,
+        fut: impl Future<Output = Result<T, Error>>,
+    ) -> Result<Response<T>, Status> {
+        let span = tracing::info_span!("rpc", method, kind);
+        skiff_telemetry::set_remote_parent(&span, metadata);
+        let started = Instant::now();
+        let result = fut.instrument(span).await;
+        let code = result.as_ref().map_or_else(|e| e.code(), |_| tonic::Code::Ok);
+        self.metrics.observe(method, kind, grpc_code_label(code), started.elapsed());
+        match result {
+            Ok(v) => Ok(Response::new(v)),
+            Err(e) => {
+                if code == tonic::Code::Unavailable || code == tonic::Code::Internal {
+                    tracing::warn!(method, kind, error = %e, "request failed");
+                }
+                Err(e.into())
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Objects for ObjectsService {
+    async fn create(&self, req: Request<CreateRequest>) -> Result<Response<ObjectReply>, Status> {
+        let (meta, _, r) = req.into_parts();
+        self.call("Create", &r.kind, &meta, async {
+            Ok(ObjectReply { object: self.registry.create(&r.kind, &r.namespace, &r.object).await? })
+        })
+        .await
+    }
+
+    async fn get(&self, req: Request<GetRequest>) -> Result<Response<ObjectReply>, Status> {
+        let (meta, _, r) = req.into_parts();
+        self.call("Get", &r.kind, &meta, async {
+            Ok(ObjectReply { object: self.registry.get(&r.kind, &r.namespace, &r.name).await? })
+        })
+        .await
+    }
+
+    async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListReply>, Status> {
+        let (meta, _, r) = req.into_parts();
+        self.call("List", &r.kind, &meta, async {
+            let info = KindInfo::by_kind(&r.kind)?;
+            let filter = filter(info, &r.namespace, &r.label_selector, &r.field_selector)?;
+            let (items, revision) = self.registry.list(info, &filter).await;
+            Ok(ListReply { items, resource_version: revision.to_string() })
+        })
+        .await
+    }
+
+    type WatchStream = ReceiverStream<Result<WatchEvent, Status>>;
+
+    async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let (meta, _, r) = req.into_parts();
+        self.call("Watch", &r.kind, &meta, async {
+            let info = KindInfo::by_kind(&r.kind)?;
+            let filter = filter(info, &r.namespace, &r.label_selector, &r.field_selector)?;
+            let cache = self.registry.cache(info).clone();
+            let from = match r.resource_version.as_str() {
+                "" | "0" => cache.revision(),
+                rv => rv
+                    .parse::<i64>()
+                    .map_err(|_| Error::BadRequest(format!("resourceVersion: {rv:?} is not a resource version")))?,
+            };
+            let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+            let params = WatchParams {
+                filter,
+                watchers: self.watchers.clone(),
+                from,
+                bookmark_interval: self.bookmark_interval,
+            };
+            watch::spawn(cache, self.registry.storage.clone(), params, tx, self.shutdown.clone());
+            Ok(ReceiverStream::new(rx))
+        })
+        .await
+    }
+
+    async fn update(&self, req: Request<UpdateRequest>) -> Result<Response<ObjectReply>, Status> {
+        let (meta, _, r) = req.into_parts();
+        self.call("Update", &r.kind, &meta, async {
+            Ok(ObjectReply { object: self.registry.update(&r.kind, &r.namespace, &r.object, false).await? })
+        })
+        .await
+    }
+
+    async fn update_status(&self, req: Request<UpdateRequest>) -> Result<Response<ObjectReply>, Status> {
+        let (meta, _, r) = req.into_parts();
+        self.call("UpdateStatus", &r.kind, &meta, async {
+            Ok(ObjectReply { object: self.registry.update(&r.kind, &r.namespace, &r.object, true).await? })
+        })
+        .await
+    }
+
+    async fn patch(&self, req: Request<PatchRequest>) -> Result<Response<ObjectReply>, Status> {
+        let (meta, _, r) = req.into_parts();
+        self.call("Patch", &r.kind, &meta, async {
+            Ok(ObjectReply { object: self.registry.patch(&r.kind, &r.namespace, &r.name, &r.patch).await? })
+        })
+        .await
+    }
+
+    async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<ObjectReply>, Status> {
+        let (meta, _, r) = req.into_parts();
+        self.call("Delete", &r.kind, &meta, async {
+            let object = self.registry.delete(&r.kind, &r.namespace, &r.name, &r.resource_version).await?;
+            Ok(ObjectReply { object })
+        })
+        .await
+    }
+}
