@@ -1,1 +1,32 @@
-fn main() {}
+//! skiff-bench: one scenario per figure the issues name, each printing
+//! `name: value unit` lines, with its baseline measured in the same run.
+//!
+//! The scenarios start services from the binaries beside this one: run
+//! `cargo build --release --bins` first.
+#![forbid(unsafe_code)]
+
+mod report;
+mod scenarios;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "skiff-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Object API: creates/s and p99 create latency at N concurrent clients,
+    /// and update-to-watchers fan-out latency, each beside raw etcd.
+    Api(scenarios::api::Options),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().scenario {
+        Scenario::Api(o) => scenarios::api::run(o).await,
+    }
+}
