@@ -1,1 +1,22 @@
-//! placeholder
+//! The one way skiff components and the CLI talk to the apiserver: a typed
+//! client over the generic `Objects` gRPC API, where to find the server, and
+//! the controller machinery built on it (informers, the work queue, leader
+//! election).
+#![forbid(unsafe_code)]
+
+mod client;
+pub mod config;
+mod error;
+#[cfg(test)]
+mod fake_server;
+pub mod informer;
+pub mod leader;
+pub mod workqueue;
+
+pub use client::{Api, Client, ListParams, ObjectList, WatchEvent};
+pub use error::Error;
+pub use informer::{key_of, Informer, InformerEvent, Object, Store};
+pub use leader::{LeaderElector, LeaseTimings};
+pub use workqueue::{Backoff, WorkQueue};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

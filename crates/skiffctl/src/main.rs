@@ -1,1 +1,43 @@
-fn main() {}
+//! `skiffctl`, skiff's kubectl: apply manifests, get, describe and delete
+//! objects. Each command is one file under `commands/` calling the client.
+#![forbid(unsafe_code)]
+
+mod commands;
+mod describe;
+mod manifest;
+mod merge;
+mod resource;
+mod table;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use commands::{AlreadyReported, Command, Globals};
+
+#[derive(Debug, Parser)]
+#[command(name = "skiffctl", version, about = "Control a skiff cluster")]
+struct Cli {
+    /// The apiserver, http://HOST:PORT (else SKIFF_SERVER, else the config file).
+    #[arg(long, global = true)]
+    server: Option<String>,
+    /// The namespace for namespaced kinds.
+    #[arg(short = 'n', long, global = true, default_value = "default")]
+    namespace: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let globals = Globals { server: cli.server, namespace: cli.namespace };
+    match commands::run(&globals, cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        // Already explained on stderr, one line per failure.
+        Err(e) if e.is::<AlreadyReported>() => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {}", commands::error_message(&e));
+            ExitCode::FAILURE
+        }
+    }
+}

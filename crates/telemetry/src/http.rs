@@ -36,24 +36,14 @@ pub async fn serve_http(
     readiness: Readiness,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(SocketAddr, JoinHandle<()>), Error> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::BindHttp { addr, source })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|source| Error::HttpLocalAddr { source })?;
+    let listener = TcpListener::bind(addr).await.map_err(|source| Error::BindHttp { addr, source })?;
+    let bound = listener.local_addr().map_err(|source| Error::HttpLocalAddr { source })?;
 
-    let app = router(AppState {
-        registry,
-        readiness,
-    });
+    let app = router(AppState { registry, readiness });
     let handle = tokio::spawn(async move {
         // Failing here means the accept loop itself broke; the binary's own
         // shutdown path is the right owner of that, so report and end.
-        if let Err(error) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
+        if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
             tracing::error!(%error, addr = %bound, "operational HTTP server failed");
         }
     });
@@ -111,8 +101,7 @@ mod tests {
     /// to EOF instead of parsing lengths or chunks.
     async fn get(addr: SocketAddr, path: &str) -> Reply {
         let mut stream = TcpStream::connect(addr).await.expect("connect");
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.expect("write");
         let mut raw = String::new();
         tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut raw))
@@ -122,31 +111,15 @@ mod tests {
 
         let (head, body) = raw.split_once("\r\n\r\n").expect("header terminator");
         let (status_line, headers) = head.split_once("\r\n").unwrap_or((head, ""));
-        let status = status_line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .expect("status code");
-        Reply {
-            status,
-            headers: headers.to_ascii_lowercase(),
-            body: body.to_owned(),
-        }
+        let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status code");
+        Reply { status, headers: headers.to_ascii_lowercase(), body: body.to_owned() }
     }
 
-    async fn start(
-        registry: Registry,
-        readiness: Readiness,
-    ) -> (SocketAddr, JoinHandle<()>, oneshot::Sender<()>) {
+    async fn start(registry: Registry, readiness: Readiness) -> (SocketAddr, JoinHandle<()>, oneshot::Sender<()>) {
         let (stop, stopped) = oneshot::channel::<()>();
-        let (addr, handle) = serve_http(
-            "127.0.0.1:0".parse().expect("addr"),
-            registry,
-            readiness,
-            async move {
-                let _ = stopped.await;
-            },
-        )
+        let (addr, handle) = serve_http("127.0.0.1:0".parse().expect("addr"), registry, readiness, async move {
+            let _ = stopped.await;
+        })
         .await
         .expect("serve_http");
         (addr, handle, stop)
@@ -163,23 +136,13 @@ mod tests {
 
         let reply = get(addr, "/metrics").await;
         assert_eq!(reply.status, 200);
+        assert!(reply.headers.contains("content-type: text/plain; version=0.0.4"), "headers: {}", reply.headers);
         assert!(
-            reply
-                .headers
-                .contains("content-type: text/plain; version=0.0.4"),
-            "headers: {}",
-            reply.headers
-        );
-        assert!(
-            reply.body.contains(
-                r#"skiff_grpc_requests_total{code="OK",kind="unary",method="/skiff.v1.Nodes/List"} 1"#
-            ),
+            reply.body.contains(r#"skiff_grpc_requests_total{code="OK",kind="unary",method="/skiff.v1.Nodes/List"} 1"#),
             "body: {}",
             reply.body
         );
-        assert!(reply
-            .body
-            .contains("# TYPE skiff_grpc_request_duration_seconds histogram"));
+        assert!(reply.body.contains("# TYPE skiff_grpc_request_duration_seconds histogram"));
 
         stop.send(()).expect("server still running");
         tokio::time::timeout(Duration::from_secs(10), handle)
@@ -216,9 +179,7 @@ mod tests {
     async fn bind_failure_names_the_address() {
         let taken = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = taken.local_addr().expect("addr");
-        let err = serve_http(addr, Registry::new(), Readiness::new(), async {})
-            .await
-            .expect_err("address is in use");
+        let err = serve_http(addr, Registry::new(), Readiness::new(), async {}).await.expect_err("address is in use");
         match err {
             Error::BindHttp { addr: got, .. } => assert_eq!(got, addr),
             other => panic!("expected BindHttp, got {other:?}"),

@@ -31,9 +31,7 @@ pub use crate::error::Error;
 pub use crate::http::serve_http;
 pub use crate::logging::{init, TelemetryGuard};
 pub use crate::metrics::{grpc_code_label, GrpcMetrics, Metrics, DURATION_BUCKETS};
-pub use crate::propagation::{
-    extract_trace_context, inject_trace_context, set_remote_parent, TraceInterceptor,
-};
+pub use crate::propagation::{extract_trace_context, inject_trace_context, set_remote_parent, TraceInterceptor};
 pub use crate::readiness::Readiness;
 pub use crate::signal::shutdown_signal;
 

@@ -11,10 +11,8 @@ use crate::Error;
 ///
 /// Roughly 1-2.5-5 per decade: fine enough to tell a cache hit from an etcd
 /// round trip, and few enough that the series count per label set stays low.
-pub const DURATION_BUCKETS: &[f64] = &[
-    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
-];
+pub const DURATION_BUCKETS: &[f64] =
+    &[0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 // === impl Metrics ===
 
@@ -41,10 +39,7 @@ impl Metrics {
     {
         self.registry
             .register(Box::new(collector.clone()))
-            .map_err(|source| Error::RegisterMetric {
-                name: collector_name(&collector),
-                source,
-            })?;
+            .map_err(|source| Error::RegisterMetric { name: collector_name(&collector), source })?;
         Ok(collector)
     }
 
@@ -61,12 +56,7 @@ impl From<Registry> for Metrics {
 }
 
 fn collector_name(collector: &dyn Collector) -> String {
-    collector
-        .desc()
-        .iter()
-        .map(|d| d.fq_name.as_str())
-        .collect::<Vec<_>>()
-        .join(",")
+    collector.desc().iter().map(|d| d.fq_name.as_str()).collect::<Vec<_>>().join(",")
 }
 
 // === impl GrpcMetrics ===
@@ -94,19 +84,13 @@ impl GrpcMetrics {
             Opts::new(REQUESTS, "gRPC requests completed, by method, kind and status code."),
             &["method", "kind", "code"],
         )
-        .map_err(|source| Error::CreateMetric {
-            name: REQUESTS.to_owned(),
-            source,
-        })?;
+        .map_err(|source| Error::CreateMetric { name: REQUESTS.to_owned(), source })?;
         let request_duration_seconds = HistogramVec::new(
             HistogramOpts::new(DURATION, "gRPC request latency in seconds, by method and kind.")
                 .buckets(DURATION_BUCKETS.to_vec()),
             &["method", "kind"],
         )
-        .map_err(|source| Error::CreateMetric {
-            name: DURATION.to_owned(),
-            source,
-        })?;
+        .map_err(|source| Error::CreateMetric { name: DURATION.to_owned(), source })?;
 
         Ok(Self {
             requests_total: metrics.register(requests_total)?,
@@ -118,12 +102,8 @@ impl GrpcMetrics {
     pub fn observe(&self, method: &str, kind: &str, code: &str, elapsed: Duration) {
         // The label counts match the vectors built above, so these lookups
         // cannot fail on arity; the label values themselves are free-form.
-        self.requests_total
-            .with_label_values(&[method, kind, code])
-            .inc();
-        self.request_duration_seconds
-            .with_label_values(&[method, kind])
-            .observe(elapsed.as_secs_f64());
+        self.requests_total.with_label_values(&[method, kind, code]).inc();
+        self.request_duration_seconds.with_label_values(&[method, kind]).observe(elapsed.as_secs_f64());
     }
 }
 
@@ -158,9 +138,7 @@ mod tests {
     use prometheus::{IntGauge, TextEncoder};
 
     fn render(metrics: &Metrics) -> String {
-        TextEncoder::new()
-            .encode_to_string(&metrics.registry().gather())
-            .expect("text encoding")
+        TextEncoder::new().encode_to_string(&metrics.registry().gather()).expect("text encoding")
     }
 
     #[test]
@@ -172,20 +150,16 @@ mod tests {
         grpc.observe("/skiff.v1.Pods/Get", "unary", "OK", Duration::from_millis(7));
         grpc.observe("/skiff.v1.Pods/Get", "unary", "NOT_FOUND", Duration::from_micros(50));
 
-        let ok = grpc
-            .requests_total
-            .with_label_values(&["/skiff.v1.Pods/Get", "unary", "OK"]);
+        let ok = grpc.requests_total.with_label_values(&["/skiff.v1.Pods/Get", "unary", "OK"]);
         assert_eq!(ok.get(), 2);
-        let hist = grpc
-            .request_duration_seconds
-            .with_label_values(&["/skiff.v1.Pods/Get", "unary"]);
+        let hist = grpc.request_duration_seconds.with_label_values(&["/skiff.v1.Pods/Get", "unary"]);
         assert_eq!(hist.get_sample_count(), 3);
         assert!((hist.get_sample_sum() - 0.01005).abs() < 1e-9);
 
         let text = render(&metrics);
-        assert!(text.contains(
-            r#"skiff_grpc_requests_total{code="NOT_FOUND",kind="unary",method="/skiff.v1.Pods/Get"} 1"#
-        ));
+        assert!(
+            text.contains(r#"skiff_grpc_requests_total{code="NOT_FOUND",kind="unary",method="/skiff.v1.Pods/Get"} 1"#)
+        );
         // 3ms and 7ms land in the 10ms bucket, 50µs already in the first one.
         assert!(text.contains(
             r#"skiff_grpc_request_duration_seconds_bucket{kind="unary",method="/skiff.v1.Pods/Get",le="0.0001"} 1"#
@@ -211,8 +185,7 @@ mod tests {
         watchers.set(4);
         assert!(render(&metrics).contains("skiff_apiserver_watchers 4"));
 
-        let again = metrics
-            .register(IntGauge::new("skiff_apiserver_watchers", "Open watches.").expect("gauge"));
+        let again = metrics.register(IntGauge::new("skiff_apiserver_watchers", "Open watches.").expect("gauge"));
         match again {
             Err(Error::RegisterMetric { name, .. }) => {
                 assert_eq!(name, "skiff_apiserver_watchers")
@@ -222,19 +195,13 @@ mod tests {
 
         // A second GrpcMetrics in the same registry collides the same way.
         GrpcMetrics::register(&metrics).expect("first grpc metrics");
-        assert!(matches!(
-            GrpcMetrics::register(&metrics),
-            Err(Error::RegisterMetric { .. })
-        ));
+        assert!(matches!(GrpcMetrics::register(&metrics), Err(Error::RegisterMetric { .. })));
     }
 
     #[test]
     fn code_labels_are_canonical() {
         assert_eq!(grpc_code_label(tonic::Code::Ok), "OK");
         assert_eq!(grpc_code_label(tonic::Code::NotFound), "NOT_FOUND");
-        assert_eq!(
-            grpc_code_label(tonic::Status::unavailable("down").code()),
-            "UNAVAILABLE"
-        );
+        assert_eq!(grpc_code_label(tonic::Status::unavailable("down").code()), "UNAVAILABLE");
     }
 }

@@ -91,10 +91,7 @@ impl Extractor for MetadataExtractor<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry::propagation::text_map_propagator::TextMapPropagator as _;
-    use opentelemetry::trace::{
-        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
-    };
+    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
     use opentelemetry_sdk::propagation::TraceContextPropagator;
     use tonic::service::Interceptor;
 
@@ -125,11 +122,33 @@ mod tests {
         let sc = span.span_context();
         assert!(sc.is_valid());
         assert!(sc.is_remote());
-        assert_eq!(
-            sc.trace_id(),
-            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("trace id")
-        );
+        assert_eq!(sc.trace_id(), TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("trace id"));
         assert_eq!(sc.span_id(), SpanId::from_hex("00f067aa0ba902b7").expect("span id"));
+    }
+
+    #[test]
+    fn current_tracing_span_is_what_gets_injected() {
+        use opentelemetry::trace::TracerProvider as _;
+        use tracing_subscriber::layer::SubscriberExt as _;
+
+        // An SDK provider with no exporter still assigns real ids; a scoped
+        // subscriber keeps this test off the process-wide one.
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let subscriber =
+            tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("client_call");
+            let _entered = span.enter();
+            let cx = tracing::Span::current().context();
+            let trace_id = cx.span().span_context().trace_id();
+            assert_ne!(trace_id, TraceId::INVALID);
+
+            let mut metadata = MetadataMap::new();
+            inject_with(&TraceContextPropagator::new(), &cx, &mut metadata);
+            let traceparent = metadata.get("traceparent").and_then(|v| v.to_str().ok()).expect("traceparent injected");
+            assert!(traceparent.starts_with(&format!("00-{trace_id}-")), "{traceparent}");
+        });
     }
 
     #[test]
@@ -150,19 +169,14 @@ mod tests {
         injector.set("good", "line\nbreak".to_owned());
         injector.set("tracestate", "a=b".to_owned());
         assert_eq!(metadata.len(), 1);
-        assert_eq!(
-            metadata.get("tracestate").and_then(|v| v.to_str().ok()),
-            Some("a=b")
-        );
+        assert_eq!(metadata.get("tracestate").and_then(|v| v.to_str().ok()), Some("a=b"));
     }
 
     #[test]
     fn without_otlp_the_global_calls_are_harmless_no_ops() {
         // No test in this crate installs a global propagator, so this
         // exercises the default no-op one.
-        let request = TraceInterceptor
-            .call(tonic::Request::new(()))
-            .expect("interceptor never rejects");
+        let request = TraceInterceptor.call(tonic::Request::new(())).expect("interceptor never rejects");
         assert!(request.metadata().get("traceparent").is_none());
 
         let cx = extract_trace_context(request.metadata());

@@ -25,9 +25,7 @@ impl Readiness {
     /// A handle that reports not ready with the reason "starting".
     pub fn new() -> Self {
         let (state, _) = watch::channel(State::NotReady("starting".to_owned()));
-        Self {
-            state: Arc::new(state),
-        }
+        Self { state: Arc::new(state) }
     }
 
     /// Reports ready.

@@ -28,3 +28,28 @@ pub async fn shutdown_signal() {
         () = wait_for(SignalKind::terminate(), "SIGTERM") => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn resolves_on_sigterm() {
+        let signal = shutdown_signal();
+        tokio::pin!(signal);
+        // The first poll registers both handlers; from then on SIGTERM no
+        // longer terminates the test process but wakes the future instead.
+        assert!(tokio::time::timeout(Duration::from_millis(20), &mut signal).await.is_err());
+
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &std::process::id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+
+        tokio::time::timeout(Duration::from_secs(10), signal)
+            .await
+            .expect("shutdown_signal did not resolve on SIGTERM");
+    }
+}

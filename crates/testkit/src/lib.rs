@@ -81,6 +81,8 @@ pub struct ClusterOptions {
     pub detach: bool,
     /// Fixed address for the apiserver's gRPC API (default: a free port).
     pub apiserver_listen: Option<SocketAddr>,
+    /// Fixed loopback ports for etcd's clients and peers (default: free ports).
+    pub etcd_ports: Option<(u16, u16)>,
     /// Extra apiserver flags.
     pub apiserver_args: Vec<String>,
 }
@@ -127,8 +129,9 @@ impl Cluster {
                 source,
             })?;
         }
-        let etcd_endpoint = format!("http://127.0.0.1:{}", free_port());
-        let peer = format!("http://127.0.0.1:{}", free_port());
+        let (client_port, peer_port) = options.etcd_ports.unwrap_or_else(|| (free_port(), free_port()));
+        let etcd_endpoint = format!("http://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
         let etcd = Process::spawn(
             "etcd",
             Path::new("etcd"),

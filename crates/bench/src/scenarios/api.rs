@@ -38,7 +38,10 @@ const STREAMS_PER_CONNECTION: usize = 100;
 
 pub async fn run(o: Options) -> anyhow::Result<()> {
     let cluster = Cluster::start_with(ClusterOptions::default()).await?;
-    println!("# {} clients x {} creates; {} watchers x {} rounds", o.clients, o.creates_per_client, o.watchers, o.rounds);
+    println!(
+        "# {} clients x {} creates; {} watchers x {} rounds",
+        o.clients, o.creates_per_client, o.watchers, o.rounds
+    );
     let payload = "x".repeat(512);
 
     let (skiff_rate, skiff_p99) = skiff_creates(&cluster, &o, &payload).await?;

@@ -1,0 +1,68 @@
+//! `skiffctl describe KIND [NAME...]`: each object (every one in the
+//! namespace when none is named) with the Events about it.
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+use serde_json::Value;
+use skiff_api::{meta, KindInfo};
+use skiff_client::{Client, ListParams};
+
+use super::{error_message, AlreadyReported, Globals};
+use crate::{describe, resource};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The kind, e.g. pods, deploy, svc, nodes.
+    pub kind: String,
+    /// Objects to describe (every one in the namespace when none is named).
+    pub names: Vec<String>,
+    /// Describe the objects whose labels match (instead of names).
+    #[arg(short = 'l', long = "selector", conflicts_with = "names")]
+    pub selector: Option<String>,
+}
+
+pub async fn run(globals: &Globals, args: Args) -> Result<()> {
+    let info = resource::lookup(&args.kind)?;
+    let namespace = resource::scope(info, &globals.namespace);
+    let client = globals.client()?;
+    let mut failed = false;
+    let objects = if args.names.is_empty() {
+        let params = ListParams::default().labels(args.selector.as_deref().unwrap_or(""));
+        client.list(info.kind, namespace, &params).await?.items
+    } else {
+        let mut objects = Vec::new();
+        for name in &args.names {
+            match client.get(info.kind, namespace, name).await {
+                Ok(obj) => objects.push(obj),
+                Err(e) => {
+                    eprintln!("error: {}", error_message(&e.into()));
+                    failed = true;
+                }
+            }
+        }
+        objects
+    };
+    for (i, obj) in objects.iter().enumerate() {
+        let events = events_about(&client, info, obj).await?;
+        if i > 0 {
+            println!();
+        }
+        print!("{}", describe::describe(info, obj, &events, Utc::now()));
+    }
+    if failed {
+        return Err(AlreadyReported.into());
+    }
+    Ok(())
+}
+
+/// The Events whose involvedObject is `obj`, from its namespace (from every
+/// namespace for a cluster-scoped object).
+async fn events_about(client: &Client, info: &KindInfo, obj: &Value) -> Result<Vec<Value>> {
+    let name = meta::name(obj);
+    let fields = format!("involvedObject.name={name},involvedObject.kind={}", info.kind);
+    let list = client
+        .list("Event", meta::namespace(obj), &ListParams::default().fields(&fields))
+        .await
+        .with_context(|| format!("listing the events of {}", resource::object_ref(info, name)))?;
+    Ok(list.items)
+}

@@ -1,0 +1,69 @@
+//! Naming kinds and objects the way kubectl prints them.
+
+use anyhow::{anyhow, Result};
+use skiff_api::KindInfo;
+
+/// The kind a command-line name (`po`, `deploy`, `services`) stands for.
+pub fn lookup(name: &str) -> Result<&'static KindInfo> {
+    KindInfo::lookup(name).ok_or_else(|| anyhow!("the server doesn't have a resource type {name:?}"))
+}
+
+/// The API group, "" for the core group.
+pub fn group(info: &KindInfo) -> &'static str {
+    info.api_version.rsplit_once('/').map_or("", |(group, _)| group)
+}
+
+/// `deployment.apps` or `pod`: the kind kubectl names in its messages.
+pub fn kind_ref(info: &KindInfo) -> String {
+    let kind = info.kind.to_ascii_lowercase();
+    match group(info) {
+        "" => kind,
+        group => format!("{kind}.{group}"),
+    }
+}
+
+/// `deployment.apps/web`, as printed by `apply` and `get -o name`.
+pub fn object_ref(info: &KindInfo, name: &str) -> String {
+    format!("{}/{name}", kind_ref(info))
+}
+
+/// `deployment.apps "web"`, as printed by `delete`.
+pub fn quoted_ref(info: &KindInfo, name: &str) -> String {
+    format!("{} {name:?}", kind_ref(info))
+}
+
+/// The namespace a request for this kind goes to: none for cluster-scoped kinds.
+pub fn scope<'a>(info: &KindInfo, namespace: &'a str) -> &'a str {
+    if info.namespaced {
+        namespace
+    } else {
+        ""
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_kind_dot_group_slash_name() {
+        assert_eq!(object_ref(lookup("deploy").unwrap(), "web"), "deployment.apps/web");
+        assert_eq!(object_ref(lookup("po").unwrap(), "web-1"), "pod/web-1");
+        assert_eq!(object_ref(lookup("ns").unwrap(), "demo"), "namespace/demo");
+        assert_eq!(object_ref(lookup("ing").unwrap(), "x"), "ingress.networking.k8s.io/x");
+        assert_eq!(object_ref(lookup("hpa").unwrap(), "h"), "horizontalpodautoscaler.autoscaling/h");
+        assert_eq!(quoted_ref(lookup("deployments").unwrap(), "web"), "deployment.apps \"web\"");
+        assert_eq!(quoted_ref(lookup("cm").unwrap(), "cfg"), "configmap \"cfg\"");
+    }
+
+    #[test]
+    fn unknown_kinds_are_named() {
+        assert_eq!(lookup("widgets").unwrap_err().to_string(), "the server doesn't have a resource type \"widgets\"");
+    }
+
+    #[test]
+    fn cluster_scoped_kinds_have_no_namespace() {
+        assert_eq!(scope(lookup("no").unwrap(), "default"), "");
+        assert_eq!(scope(lookup("svc").unwrap(), "demo"), "demo");
+    }
+}

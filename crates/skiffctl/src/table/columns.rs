@@ -1,0 +1,336 @@
+//! The columns kubectl shows for each kind after NAME, and how each cell is
+//! read from the object. Kinds without their own columns show AGE only.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::{age, object_age, parse_time};
+
+pub(super) fn header(kind: &str, wide: bool) -> &'static [&'static str] {
+    match (kind, wide) {
+        ("Pod", false) => &["READY", "STATUS", "RESTARTS", "AGE"],
+        ("Pod", true) => &["READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"],
+        ("Deployment", false) => &["READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+        ("Deployment", true) => &["READY", "UP-TO-DATE", "AVAILABLE", "AGE", "CONTAINERS", "IMAGES", "SELECTOR"],
+        ("ReplicaSet", false) => &["DESIRED", "CURRENT", "READY", "AGE"],
+        ("ReplicaSet", true) => &["DESIRED", "CURRENT", "READY", "AGE", "CONTAINERS", "IMAGES", "SELECTOR"],
+        ("StatefulSet", false) => &["READY", "AGE"],
+        ("StatefulSet", true) => &["READY", "AGE", "CONTAINERS", "IMAGES"],
+        ("DaemonSet", _) => &["DESIRED", "CURRENT", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+        ("Service", false) => &["TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"],
+        ("Service", true) => &["TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE", "SELECTOR"],
+        ("Node", false) => &["STATUS", "ROLES", "AGE", "VERSION"],
+        ("Node", true) => &["STATUS", "ROLES", "AGE", "VERSION", "INTERNAL-IP", "OS-IMAGE", "CONTAINER-RUNTIME"],
+        ("Namespace", _) => &["STATUS", "AGE"],
+        ("ConfigMap", _) => &["DATA", "AGE"],
+        ("Secret", _) => &["TYPE", "DATA", "AGE"],
+        ("Event", _) => &["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+        _ => &["AGE"],
+    }
+}
+
+pub(super) fn cells(kind: &str, obj: &Value, wide: bool, now: DateTime<Utc>) -> Vec<String> {
+    let mut cells = match kind {
+        "Pod" => pod(obj, now),
+        "Deployment" => vec![
+            format!("{}/{}", int(obj, "/status/readyReplicas"), replicas(obj)),
+            int(obj, "/status/updatedReplicas").to_string(),
+            int(obj, "/status/availableReplicas").to_string(),
+            object_age(obj, now),
+        ],
+        "ReplicaSet" => vec![
+            replicas(obj).to_string(),
+            int(obj, "/status/replicas").to_string(),
+            int(obj, "/status/readyReplicas").to_string(),
+            object_age(obj, now),
+        ],
+        "StatefulSet" => vec![format!("{}/{}", int(obj, "/status/readyReplicas"), replicas(obj)), object_age(obj, now)],
+        "DaemonSet" => vec![
+            int(obj, "/status/desiredNumberScheduled").to_string(),
+            int(obj, "/status/currentNumberScheduled").to_string(),
+            int(obj, "/status/numberReady").to_string(),
+            int(obj, "/status/updatedNumberScheduled").to_string(),
+            int(obj, "/status/numberAvailable").to_string(),
+            object_age(obj, now),
+        ],
+        "Service" => service(obj, now),
+        "Node" => node(obj, now),
+        "Namespace" => vec![text(obj, "/status/phase", "Active"), object_age(obj, now)],
+        "ConfigMap" => vec![(len(obj, "data") + len(obj, "binaryData")).to_string(), object_age(obj, now)],
+        "Secret" => vec![text(obj, "/type", "Opaque"), len(obj, "data").to_string(), object_age(obj, now)],
+        "Event" => event(obj, now),
+        _ => vec![object_age(obj, now)],
+    };
+    if wide {
+        cells.extend(wide_cells(kind, obj));
+    }
+    cells
+}
+
+fn wide_cells(kind: &str, obj: &Value) -> Vec<String> {
+    match kind {
+        "Pod" => vec![text(obj, "/status/podIP", "<none>"), text(obj, "/spec/nodeName", "<none>")],
+        "Deployment" | "ReplicaSet" => {
+            let (names, images) = containers(obj.pointer("/spec/template/spec/containers"));
+            vec![names, images, selector(obj.pointer("/spec/selector"))]
+        }
+        "StatefulSet" => {
+            let (names, images) = containers(obj.pointer("/spec/template/spec/containers"));
+            vec![names, images]
+        }
+        "Service" => vec![map_selector(obj.pointer("/spec/selector"))],
+        "Node" => vec![
+            node_address(obj, "InternalIP"),
+            text(obj, "/status/nodeInfo/osImage", "<unknown>"),
+            text(obj, "/status/nodeInfo/containerRuntimeVersion", "<unknown>"),
+        ],
+        _ => Vec::new(),
+    }
+}
+
+// === cells by kind ===
+
+/// READY, STATUS, RESTARTS, AGE, worked out as kubectl's pod printer does.
+fn pod(obj: &Value, now: DateTime<Utc>) -> Vec<String> {
+    let total = obj.pointer("/spec/containers").and_then(Value::as_array).map_or(0, Vec::len);
+    let statuses = array(obj, "/status/containerStatuses");
+    let ready = statuses.iter().filter(|s| s.get("ready").and_then(Value::as_bool) == Some(true)).count();
+    let restarts: i64 = statuses.iter().map(|s| s.get("restartCount").and_then(Value::as_i64).unwrap_or(0)).sum();
+    let last_restart = statuses
+        .iter()
+        .filter_map(|s| parse_time(s.pointer("/lastState/terminated/finishedAt").and_then(Value::as_str)))
+        .max();
+    let restarts = match last_restart {
+        Some(t) => format!("{restarts} ({} ago)", super::human_duration((now - t).num_seconds())),
+        None => restarts.to_string(),
+    };
+    vec![format!("{ready}/{total}"), pod_status(obj), restarts, object_age(obj, now)]
+}
+
+/// The STATUS column: the pod's reason or phase, overridden by a failing
+/// init container or the first waiting or terminated container's reason,
+/// and `Terminating` once deleted.
+pub fn pod_status(obj: &Value) -> String {
+    let mut reason = text(obj, "/status/reason", "");
+    if reason.is_empty() {
+        reason = text(obj, "/status/phase", "Unknown");
+    }
+    for init in array(obj, "/status/initContainerStatuses") {
+        let state = init.get("state");
+        if let Some(term) = state.and_then(|s| s.get("terminated")) {
+            if term.get("exitCode").and_then(Value::as_i64).unwrap_or(0) != 0 {
+                reason = format!("Init:{}", str_or(term.get("reason"), "Error"));
+                break;
+            }
+        } else if let Some(waiting) = state.and_then(|s| s.get("waiting")) {
+            let why = str_or(waiting.get("reason"), "");
+            if !why.is_empty() && why != "PodInitializing" {
+                reason = format!("Init:{why}");
+                break;
+            }
+        }
+    }
+    for status in array(obj, "/status/containerStatuses").iter().rev() {
+        let state = status.get("state");
+        if let Some(why) = state.and_then(|s| s.pointer("/waiting/reason")).and_then(Value::as_str) {
+            if !why.is_empty() {
+                reason = why.to_string();
+            }
+        } else if let Some(term) = state.and_then(|s| s.get("terminated")) {
+            reason = match term.get("reason").and_then(Value::as_str) {
+                Some(why) if !why.is_empty() => why.to_string(),
+                _ => format!("ExitCode:{}", term.get("exitCode").and_then(Value::as_i64).unwrap_or(0)),
+            };
+        }
+    }
+    if obj.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
+        reason = if reason == "NodeLost" { "Unknown".into() } else { "Terminating".into() };
+    }
+    reason
+}
+
+fn service(obj: &Value, now: DateTime<Utc>) -> Vec<String> {
+    let ty = text(obj, "/spec/type", "ClusterIP");
+    let cluster_ip = text(obj, "/spec/clusterIP", "<none>");
+    let mut external: Vec<String> = array(obj, "/spec/externalIPs").iter().filter_map(str_owned).collect();
+    if ty == "LoadBalancer" {
+        external.extend(
+            array(obj, "/status/loadBalancer/ingress")
+                .iter()
+                .filter_map(|i| i.get("ip").or_else(|| i.get("hostname")).and_then(str_owned)),
+        );
+    }
+    let external = match (external.is_empty(), ty.as_str()) {
+        (false, _) => external.join(","),
+        (true, "LoadBalancer") => "<pending>".to_string(),
+        (true, "ExternalName") => text(obj, "/spec/externalName", "<none>"),
+        (true, _) => "<none>".to_string(),
+    };
+    let ports: Vec<String> = array(obj, "/spec/ports")
+        .iter()
+        .map(|p| {
+            let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
+            let protocol = str_or(p.get("protocol"), "TCP");
+            match p.get("nodePort").and_then(Value::as_i64) {
+                Some(node_port) if node_port != 0 => format!("{port}:{node_port}/{protocol}"),
+                _ => format!("{port}/{protocol}"),
+            }
+        })
+        .collect();
+    let ports = if ports.is_empty() { "<none>".to_string() } else { ports.join(",") };
+    vec![ty, cluster_ip, external, ports, object_age(obj, now)]
+}
+
+fn node(obj: &Value, now: DateTime<Utc>) -> Vec<String> {
+    let ready = array(obj, "/status/conditions")
+        .iter()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
+        .and_then(|c| c.get("status").and_then(Value::as_str));
+    let mut status = match ready {
+        Some("True") => "Ready".to_string(),
+        Some("False") => "NotReady".to_string(),
+        _ => "Unknown".to_string(),
+    };
+    if obj.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true) {
+        status.push_str(",SchedulingDisabled");
+    }
+    let mut roles: Vec<&str> = skiff_api::meta::labels(obj)
+        .into_iter()
+        .flat_map(|labels| labels.keys())
+        .filter_map(|k| k.strip_prefix("node-role.kubernetes.io/"))
+        .filter(|r| !r.is_empty())
+        .collect();
+    roles.sort_unstable();
+    let roles = if roles.is_empty() { "<none>".to_string() } else { roles.join(",") };
+    vec![status, roles, object_age(obj, now), text(obj, "/status/nodeInfo/kubeletVersion", "")]
+}
+
+fn node_address(obj: &Value, ty: &str) -> String {
+    array(obj, "/status/addresses")
+        .iter()
+        .find(|a| a.get("type").and_then(Value::as_str) == Some(ty))
+        .and_then(|a| a.get("address").and_then(str_owned))
+        .unwrap_or_else(|| "<none>".to_string())
+}
+
+/// LAST SEEN (with `(xN over AGE)` for repeats), TYPE, REASON, OBJECT, MESSAGE.
+fn event(obj: &Value, now: DateTime<Utc>) -> Vec<String> {
+    let object = format!(
+        "{}/{}",
+        text(obj, "/involvedObject/kind", "").to_ascii_lowercase(),
+        text(obj, "/involvedObject/name", "")
+    );
+    vec![
+        last_seen(obj, now),
+        text(obj, "/type", ""),
+        text(obj, "/reason", ""),
+        object,
+        text(obj, "/message", "").trim().to_string(),
+    ]
+}
+
+/// How long ago an Event was last seen, with `(xN over AGE)` for repeats.
+pub fn last_seen(obj: &Value, now: DateTime<Utc>) -> String {
+    let last_seen = age(event_time(obj), now);
+    match obj.get("count").and_then(Value::as_i64).unwrap_or(1) {
+        count if count > 1 => {
+            let first = ["/firstTimestamp", "/metadata/creationTimestamp"].iter().find_map(|p| str_at(obj, p));
+            format!("{last_seen} (x{count} over {})", age(first, now))
+        }
+        _ => last_seen,
+    }
+}
+
+/// When an Event was last seen: its lastTimestamp, eventTime, or creation.
+pub fn event_time(obj: &Value) -> Option<&str> {
+    ["/lastTimestamp", "/eventTime", "/firstTimestamp", "/metadata/creationTimestamp"]
+        .iter()
+        .find_map(|p| str_at(obj, p))
+}
+
+// === reading fields ===
+
+fn str_at<'a>(obj: &'a Value, pointer: &str) -> Option<&'a str> {
+    obj.pointer(pointer).and_then(Value::as_str).filter(|s| !s.is_empty())
+}
+
+fn text(obj: &Value, pointer: &str, default: &str) -> String {
+    str_at(obj, pointer).unwrap_or(default).to_string()
+}
+
+fn str_or<'a>(v: Option<&'a Value>, default: &'a str) -> &'a str {
+    v.and_then(Value::as_str).unwrap_or(default)
+}
+
+fn str_owned(v: &Value) -> Option<String> {
+    v.as_str().map(str::to_string)
+}
+
+fn int(obj: &Value, pointer: &str) -> i64 {
+    obj.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
+}
+
+/// `spec.replicas`, which Kubernetes defaults to 1.
+fn replicas(obj: &Value) -> i64 {
+    obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1)
+}
+
+fn array<'a>(obj: &'a Value, pointer: &str) -> &'a [Value] {
+    obj.pointer(pointer).and_then(Value::as_array).map_or(&[], Vec::as_slice)
+}
+
+fn len(obj: &Value, field: &str) -> usize {
+    obj.get(field).and_then(Value::as_object).map_or(0, |m| m.len())
+}
+
+/// Container names and images, comma-joined.
+fn containers(list: Option<&Value>) -> (String, String) {
+    let list = list.and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
+    let names: Vec<&str> = list.iter().map(|c| str_or(c.get("name"), "")).collect();
+    let images: Vec<&str> = list.iter().map(|c| str_or(c.get("image"), "")).collect();
+    (names.join(","), images.join(","))
+}
+
+/// A LabelSelector (`matchLabels` and `matchExpressions`) as a string.
+pub fn selector(sel: Option<&Value>) -> String {
+    let Some(sel) = sel else { return "<none>".to_string() };
+    let mut terms: Vec<String> = sel
+        .get("matchLabels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    for expr in sel.get("matchExpressions").and_then(Value::as_array).into_iter().flatten() {
+        let key = str_or(expr.get("key"), "");
+        let values: Vec<&str> =
+            expr.get("values").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+        terms.push(match str_or(expr.get("operator"), "") {
+            "In" => format!("{key} in ({})", values.join(",")),
+            "NotIn" => format!("{key} notin ({})", values.join(",")),
+            "Exists" => key.to_string(),
+            "DoesNotExist" => format!("!{key}"),
+            op => format!("{key} {op} ({})", values.join(",")),
+        });
+    }
+    if terms.is_empty() {
+        "<none>".to_string()
+    } else {
+        terms.join(",")
+    }
+}
+
+/// A plain `key: value` selector (a Service's) as a string.
+fn map_selector(sel: Option<&Value>) -> String {
+    let terms: Vec<String> = sel
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    if terms.is_empty() {
+        "<none>".to_string()
+    } else {
+        terms.join(",")
+    }
+}
