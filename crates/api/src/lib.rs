@@ -22,6 +22,11 @@ pub use selector::{FieldSelector, LabelSelector};
 /// default request limit is 1.5 MiB).
 pub const MAX_OBJECT_BYTES: usize = 1_572_864;
 
+/// Why `name` is not a valid object name (a DNS-1123 subdomain), if it is not.
+pub fn validation_problem_for_name(name: &str) -> Option<String> {
+    validation::dns_subdomain_problem(name)
+}
+
 /// Code generated from `proto/skiff/v1/objects.proto`.
 pub mod proto {
     #![allow(clippy::all, missing_docs)]

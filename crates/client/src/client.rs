@@ -185,6 +185,21 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Binds a pending pod to a node (the scheduler's one write). Fails with
+    /// FAILED_PRECONDITION when the pod is already bound or was replaced
+    /// (`uid` differs).
+    pub async fn bind(&self, namespace: &str, name: &str, node_name: &str, uid: &str) -> Result<Value> {
+        let req = proto::BindRequest {
+            namespace: namespace.into(),
+            name: name.into(),
+            node_name: node_name.into(),
+            uid: uid.into(),
+        };
+        decode("Pod", &self.objects.clone().bind(req).await?.into_inner().object)
+    }
+}
+
 fn encode<T: Serialize>(kind: &str, object: &T) -> Result<bytes::Bytes> {
     serde_json::to_vec(object).map(Into::into).map_err(|source| Error::Encode { kind: kind.into(), source })
 }

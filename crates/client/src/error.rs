@@ -59,6 +59,11 @@ impl Error {
     pub fn is_expired(&self) -> bool {
         self.code() == Some(Code::OutOfRange)
     }
+    /// The object is in a state that forbids the call (a pod already bound,
+    /// a namespace terminating): retrying the same call will not help.
+    pub fn is_precondition_failed(&self) -> bool {
+        self.code() == Some(Code::FailedPrecondition)
+    }
     pub fn is_invalid(&self) -> bool {
         self.code() == Some(Code::InvalidArgument)
     }

@@ -7,6 +7,7 @@
 mod client;
 pub mod config;
 mod error;
+pub mod events;
 #[cfg(test)]
 mod fake_server;
 pub mod informer;
@@ -15,6 +16,7 @@ pub mod workqueue;
 
 pub use client::{Api, Client, ListParams, ObjectList, WatchEvent};
 pub use error::Error;
+pub use events::{EventRecorder, EventType, ObjectRef};
 pub use informer::{key_of, Informer, InformerEvent, Object, Store};
 pub use leader::{LeaderElector, LeaseTimings};
 pub use workqueue::{Backoff, WorkQueue};

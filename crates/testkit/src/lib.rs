@@ -87,17 +87,30 @@ pub struct ClusterOptions {
     pub apiserver_args: Vec<String>,
 }
 
-/// etcd and an apiserver, running.
+/// etcd, an apiserver and any services started on them, running.
+///
+/// Fields drop in order: services first, then the apiserver, etcd, and last
+/// the temp dir they kept their state in.
 pub struct Cluster {
+    services: Vec<Service>,
+    apiserver: Option<Process>,
+    pub etcd: Process,
     _temp: Option<tempfile::TempDir>,
     dir: PathBuf,
     detach: bool,
-    pub etcd: Process,
     etcd_endpoint: String,
-    apiserver: Option<Process>,
     apiserver_listen: SocketAddr,
     apiserver_metrics: SocketAddr,
     apiserver_args: Vec<String>,
+}
+
+/// A skiff service (scheduler, controller-manager, kubelet…) started by
+/// [`Cluster::start_service`].
+pub struct Service {
+    pub id: String,
+    pub process: Process,
+    /// Its /metrics, /healthz and /readyz.
+    pub metrics: SocketAddr,
 }
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -156,6 +169,7 @@ impl Cluster {
             options.apiserver_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
         let apiserver_metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut cluster = Cluster {
+            services: Vec::new(),
             _temp: temp,
             dir,
             detach: options.detach,
@@ -219,5 +233,39 @@ impl Cluster {
     pub async fn restart_apiserver(&mut self) -> Result<()> {
         self.stop_apiserver();
         self.start_apiserver().await
+    }
+
+    /// Starts the skiff service `binary` against this cluster as `id` (its
+    /// log is `logs/ID.log`), passing `--server` and `--metrics-listen` before
+    /// `args`, and waits until its /healthz answers. Every skiff service
+    /// takes those two flags.
+    pub async fn start_service(&mut self, id: &str, binary: &str, args: &[String]) -> Result<SocketAddr> {
+        let bin = self::binary(binary)?;
+        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut all = vec![format!("--server={}", self.server()), format!("--metrics-listen={metrics}")];
+        all.extend(args.iter().cloned());
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let process = Process::spawn(id, &bin, &all, &self.dir, self.detach)?;
+        process.wait_http_ok(metrics, "/healthz", READY_TIMEOUT).await?;
+        self.services.push(Service { id: id.to_string(), process, metrics });
+        Ok(metrics)
+    }
+
+    pub fn service(&self, id: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.id == id)
+    }
+
+    /// Stops service `id` gracefully (SIGTERM, then SIGKILL after 10s).
+    pub fn stop_service(&mut self, id: &str) {
+        if let Some(i) = self.services.iter().position(|s| s.id == id) {
+            self.services.remove(i).process.stop(Duration::from_secs(10));
+        }
+    }
+
+    /// Kills service `id` at once, as a crash would.
+    pub fn kill_service(&mut self, id: &str) {
+        if let Some(i) = self.services.iter().position(|s| s.id == id) {
+            self.services.remove(i).process.kill();
+        }
     }
 }

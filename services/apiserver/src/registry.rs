@@ -335,6 +335,42 @@ impl Registry {
         Err(Error::conflict(info, name))
     }
 
+    /// Binds a pod to a node: one compare-and-swap that sets spec.nodeName
+    /// and PodScheduled=True, refused if the pod is bound already.
+    pub async fn bind(&self, namespace: &str, name: &str, node: &str, uid: &str) -> Result<Bytes, Error> {
+        let info = KindInfo::by_kind("Pod")?;
+        if let Some(problem) = skiff_api::validation_problem_for_name(node) {
+            return Err(Error::BadRequest(format!("nodeName: {problem}")));
+        }
+        for _ in 0..CAS_ATTEMPTS {
+            let (key, stored, current) = self.read(info, namespace, name).await?;
+            if !uid.is_empty() && meta::str_field(&current, "uid") != uid {
+                return Err(Error::Forbidden(format!(
+                    "pod {namespace}/{name} has a different uid than the one scheduled"
+                )));
+            }
+            if !meta::str_field(&current, "deletionTimestamp").is_empty() {
+                return Err(Error::Forbidden(format!("pod {namespace}/{name} is being deleted")));
+            }
+            let bound = current.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default();
+            if !bound.is_empty() {
+                return Err(Error::Forbidden(format!("pod {namespace}/{name} is already assigned to node {bound:?}")));
+            }
+            let mut next = current.clone();
+            next["spec"]["nodeName"] = Value::String(node.to_string());
+            set_condition(&mut next, "PodScheduled", "True", "", "");
+            let encoded = serde_json::to_vec(&next).map_err(|source| Error::Corrupt { key: key.clone(), source })?;
+            match self.storage.put_if(&key, encoded, stored.mod_revision).await? {
+                Swap::Done { revision } => {
+                    self.note_write(info, revision);
+                    return Ok(stamped(next, revision));
+                }
+                Swap::Lost => continue,
+            }
+        }
+        Err(Error::conflict(info, name))
+    }
+
     /// Creates the system namespaces that are missing.
     pub async fn ensure_system_namespaces(&self) -> Result<(), Error> {
         for ns in SYSTEM_NAMESPACES {
@@ -346,6 +382,27 @@ impl Registry {
         }
         Ok(())
     }
+}
+
+/// Sets one entry of status.conditions, keeping the others.
+fn set_condition(obj: &mut Value, type_: &str, status: &str, reason: &str, message: &str) {
+    let mut condition = serde_json::json!({"type": type_, "status": status, "lastTransitionTime": now()});
+    if !reason.is_empty() {
+        condition["reason"] = reason.into();
+    }
+    if !message.is_empty() {
+        condition["message"] = message.into();
+    }
+    if !obj["status"].is_object() {
+        obj["status"] = serde_json::json!({});
+    }
+    let conditions = &mut obj["status"]["conditions"];
+    if !conditions.is_array() {
+        *conditions = Value::Array(Vec::new());
+    }
+    let list = conditions.as_array_mut().expect("just made an array");
+    list.retain(|c| c["type"] != type_);
+    list.push(condition);
 }
 
 fn set_status(obj: &mut Value, status: Option<Value>) {

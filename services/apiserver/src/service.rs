@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use skiff_api::proto::{
-    objects_server::Objects, CreateRequest, DeleteRequest, GetRequest, ListReply, ListRequest, ObjectReply,
-    PatchRequest, UpdateRequest, WatchEvent, WatchRequest,
+    objects_server::Objects, BindRequest, CreateRequest, DeleteRequest, GetRequest, ListReply, ListRequest,
+    ObjectReply, PatchRequest, UpdateRequest, WatchEvent, WatchRequest,
 };
 use skiff_api::{FieldSelector, KindInfo, LabelSelector};
 use skiff_telemetry::prometheus::IntGauge;
@@ -153,6 +153,14 @@ impl Objects for ObjectsService {
         self.call("Delete", &r.kind, &meta, async {
             let object = self.registry.delete(&r.kind, &r.namespace, &r.name, &r.resource_version).await?;
             Ok(ObjectReply { object })
+        })
+        .await
+    }
+
+    async fn bind(&self, req: Request<BindRequest>) -> Result<Response<ObjectReply>, Status> {
+        let (meta, _, r) = req.into_parts();
+        self.call("Bind", "Pod", &meta, async {
+            Ok(ObjectReply { object: self.registry.bind(&r.namespace, &r.name, &r.node_name, &r.uid).await? })
         })
         .await
     }
