@@ -239,4 +239,8 @@ impl objects_server::Objects for FakeApiserver {
         let obj = st.record(Type::Deleted, key, obj);
         Ok(reply(&obj))
     }
+
+    async fn bind(&self, _: Request<proto::BindRequest>) -> Result<Response<proto::ObjectReply>, Status> {
+        Err(Status::unimplemented("the fake apiserver does not bind pods"))
+    }
 }
