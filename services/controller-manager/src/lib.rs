@@ -1,0 +1,1 @@
+//! skiff-controller-manager (being built).

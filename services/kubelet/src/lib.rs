@@ -1,0 +1,1 @@
+//! skiff-kubelet (being built).
