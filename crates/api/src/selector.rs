@@ -227,12 +227,12 @@ impl FieldSelector {
     }
 
     pub fn matches_object(&self, obj: &Value) -> bool {
-        self.matches(|field| field_string(obj, field))
+        self.matches(|field| std::borrow::Cow::Owned(field_string(obj, field)))
     }
 
     /// Matches against field values looked up by `get` ("" when absent).
-    pub fn matches(&self, get: impl Fn(&str) -> String) -> bool {
-        self.terms.iter().all(|(field, equal, want)| (get(field) == *want) == *equal)
+    pub fn matches<'a>(&self, get: impl Fn(&str) -> std::borrow::Cow<'a, str>) -> bool {
+        self.terms.iter().all(|(field, equal, want)| (get(field) == want.as_str()) == *equal)
     }
 }
 

@@ -197,6 +197,10 @@ impl Cluster {
         format!("http://{}", self.apiserver_listen)
     }
 
+    pub fn apiserver_pid(&self) -> Option<u32> {
+        self.apiserver.as_ref().and_then(Process::pid)
+    }
+
     /// Address of the apiserver's /metrics, /healthz and /readyz.
     pub fn apiserver_metrics(&self) -> SocketAddr {
         self.apiserver_metrics

@@ -26,6 +26,8 @@ pub struct CachedObject {
     pub key: String,
     pub json: Bytes,
     pub revision: i64,
+    /// metadata.deletionTimestamp is set.
+    pub deleting: bool,
     labels: BTreeMap<String, String>,
     fields: Vec<(&'static str, String)>,
 }
@@ -41,8 +43,9 @@ impl CachedObject {
             .map(|l| l.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
             .unwrap_or_default();
         let fields = skiff_api::selector::field_values(info.kind, &value);
+        let deleting = !meta::str_field(&value, "deletionTimestamp").is_empty();
         let json = serde_json::to_vec(&value).map_err(|source| Error::Corrupt { key: key.clone(), source })?.into();
-        Ok(Self { key, json, revision, labels, fields })
+        Ok(Self { key, json, revision, deleting, labels, fields })
     }
 }
 
@@ -73,9 +76,9 @@ impl Filter {
     pub fn matches(&self, o: &CachedObject) -> bool {
         o.key.starts_with(&self.key_prefix)
             && self.labels.matches(&o.labels)
-            && self
-                .fields
-                .matches(|f| o.fields.iter().find(|(n, _)| *n == f).map(|(_, v)| v.clone()).unwrap_or_default())
+            && self.fields.matches(|f| {
+                std::borrow::Cow::Borrowed(o.fields.iter().find(|(n, _)| *n == f).map_or("", |(_, v)| v.as_str()))
+            })
     }
 
     /// The event this watcher sees, if any: an object that stops matching is

@@ -104,14 +104,17 @@ impl Registry {
     async fn check_namespace(&self, ns: &str) -> Result<(), Error> {
         let info = KindInfo::by_kind("Namespace")?;
         let key = info.key("", ns);
-        let terminating = match self.cache(info).get(&key) {
-            Some(cached) => parse(&cached.json, "stored namespace")?,
+        let deleting = match self.cache(info).get(&key) {
+            Some(cached) => cached.deleting,
+            // Not cached yet (created a moment ago elsewhere): ask etcd.
             None => match self.storage.get(&key).await? {
-                Some(stored) => parse(&stored.value, "stored namespace")?,
+                Some(stored) => {
+                    !meta::str_field(&parse(&stored.value, "stored namespace")?, "deletionTimestamp").is_empty()
+                }
                 None => return Err(Error::NamespaceNotFound(ns.into())),
             },
         };
-        if !meta::str_field(&terminating, "deletionTimestamp").is_empty() {
+        if deleting {
             return Err(Error::NamespaceTerminating(ns.into()));
         }
         Ok(())
@@ -145,6 +148,10 @@ impl Registry {
             if let Some(root) = obj.as_object_mut() {
                 root.remove("status");
             }
+        }
+        if info.kind == "Namespace" {
+            add_namespace_finalizer(&mut obj);
+            obj["status"] = serde_json::json!({"phase": "Active"});
         }
         let name = meta::name(&obj).to_string();
         let obj = normalize(info, obj, body.len()).map_err(Self::invalid(info, &name))?;
@@ -212,11 +219,17 @@ impl Registry {
         let next = if status_only {
             let mut next = current.clone();
             set_status(&mut next, new.get("status").cloned());
+            // A Namespace's UpdateStatus doubles as Kubernetes' `finalize`
+            // subresource: the one way to change spec.finalizers.
+            if info.kind == "Namespace" {
+                next["spec"]["finalizers"] = new.pointer("/spec/finalizers").cloned().unwrap_or(Value::Null);
+            }
             next
         } else {
             if info.has_status {
                 set_status(&mut new, current.get("status").cloned());
             }
+            keep_namespace_finalizers(info, &current, &mut new);
             new
         };
         self.commit(info, &key, &name, stored, current, next, body.len()).await
@@ -242,6 +255,7 @@ impl Registry {
             if info.has_status {
                 set_status(&mut next, current.get("status").cloned());
             }
+            keep_namespace_finalizers(info, &current, &mut next);
             let size = serde_json::to_vec(&next).map(|v| v.len()).unwrap_or(0);
             match self.commit(info, &key, name, stored, current, next, size).await {
                 Err(Error::Conflict { .. }) if pinned.is_empty() => continue,
@@ -285,7 +299,7 @@ impl Registry {
             meta::set(&mut next, "generation", generation.unwrap_or(0) + 1);
         }
         let deleting = !meta::str_field(&next, "deletionTimestamp").is_empty();
-        let swap = if deleting && meta::finalizers(&next).is_empty() {
+        let swap = if deleting && !has_finalizers(info, &next) {
             self.storage.delete_if(key, stored.mod_revision).await?
         } else {
             let encoded = serde_json::to_vec(&next).map_err(|source| Error::Corrupt { key: key.into(), source })?;
@@ -312,11 +326,18 @@ impl Registry {
             if !precondition.is_empty() && precondition != stored.mod_revision.to_string() {
                 return Err(Error::conflict(info, name));
             }
-            let swap = if meta::finalizers(&current).is_empty() {
+            // An empty namespace has nothing for the namespace controller to
+            // clean up, so its `kubernetes` finalizer would only add a round trip.
+            let empty_namespace =
+                info.kind == "Namespace" && meta::finalizers(&current).is_empty() && self.namespace_is_empty(name);
+            let swap = if !has_finalizers(info, &current) || empty_namespace {
                 self.storage.delete_if(&key, stored.mod_revision).await?
             } else if meta::str_field(&current, "deletionTimestamp").is_empty() {
                 meta::set(&mut current, "deletionTimestamp", now());
                 meta::set(&mut current, "deletionGracePeriodSeconds", 0);
+                if info.kind == "Namespace" {
+                    current["status"]["phase"] = Value::String("Terminating".into());
+                }
                 let encoded =
                     serde_json::to_vec(&current).map_err(|source| Error::Corrupt { key: key.clone(), source })?;
                 self.storage.put_if(&key, encoded, stored.mod_revision).await?
@@ -333,6 +354,18 @@ impl Registry {
             }
         }
         Err(Error::conflict(info, name))
+    }
+
+    /// Whether the watch caches hold no object in namespace `ns`.
+    fn namespace_is_empty(&self, ns: &str) -> bool {
+        skiff_api::KINDS.iter().filter(|info| info.namespaced).all(|info| {
+            let filter = Filter {
+                key_prefix: info.key_prefix(Some(ns)),
+                labels: skiff_api::LabelSelector::everything(),
+                fields: skiff_api::FieldSelector::default(),
+            };
+            self.cache(info).list(&filter).0.is_empty()
+        })
     }
 
     /// Binds a pod to a node: one compare-and-swap that sets spec.nodeName
@@ -382,6 +415,53 @@ impl Registry {
         }
         Ok(())
     }
+}
+
+/// The finalizer the namespace controller removes once a terminating
+/// namespace is empty (Kubernetes keeps it in `spec.finalizers`).
+const NAMESPACE_FINALIZER: &str = "kubernetes";
+
+fn add_namespace_finalizer(obj: &mut Value) {
+    if !obj["spec"].is_object() {
+        obj["spec"] = serde_json::json!({});
+    }
+    let finalizers = &mut obj["spec"]["finalizers"];
+    if !finalizers.is_array() {
+        *finalizers = Value::Array(Vec::new());
+    }
+    let list = finalizers.as_array_mut().expect("just made an array");
+    if !list.iter().any(|f| f == NAMESPACE_FINALIZER) {
+        list.push(NAMESPACE_FINALIZER.into());
+    }
+}
+
+/// Update and Patch leave a Namespace's spec.finalizers as they were, as in
+/// Kubernetes: only the namespace controller (through UpdateStatus) clears them.
+fn keep_namespace_finalizers(info: &KindInfo, current: &Value, next: &mut Value) {
+    if info.kind != "Namespace" {
+        return;
+    }
+    match current.pointer("/spec/finalizers") {
+        Some(f) => {
+            if !next["spec"].is_object() {
+                next["spec"] = serde_json::json!({});
+            }
+            next["spec"]["finalizers"] = f.clone();
+        }
+        None => {
+            if let Some(spec) = next.get_mut("spec").and_then(Value::as_object_mut) {
+                spec.remove("finalizers");
+            }
+        }
+    }
+}
+
+/// Whether anything still holds the object back from deletion: its
+/// metadata.finalizers, and for a Namespace also spec.finalizers.
+fn has_finalizers(info: &KindInfo, obj: &Value) -> bool {
+    let spec_finalizers = info.kind == "Namespace"
+        && obj.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
+    spec_finalizers || !meta::finalizers(obj).is_empty()
 }
 
 /// Sets one entry of status.conditions, keeping the others.

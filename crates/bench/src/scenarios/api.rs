@@ -9,13 +9,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use serde_json::json;
-use skiff_client::{Client, ListParams, WatchEvent};
+use skiff_api::proto::{self, objects_client::ObjectsClient};
+use skiff_client::Client;
 use skiff_testkit::{Cluster, ClusterOptions};
 use tokio::sync::Barrier;
 
-use crate::report::{figure, histogram, ms, ratio, record};
+use crate::report::{figure, histogram, ms, proc_usage, ratio, record};
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
@@ -44,14 +44,23 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     );
     let payload = "x".repeat(512);
 
+    let apiserver = cluster.apiserver_pid().unwrap_or(0);
+    let etcd = cluster.etcd.pid().unwrap_or(0);
+    let creates = (o.clients * o.creates_per_client) as f64;
+    let (api_cpu0, etcd_cpu0) = (proc_usage(apiserver).0, proc_usage(etcd).0);
     let (skiff_rate, skiff_p99) = skiff_creates(&cluster, &o, &payload).await?;
+    let (api_cpu1, etcd_cpu1) = (proc_usage(apiserver).0, proc_usage(etcd).0);
     let (etcd_rate, etcd_p99) = etcd_puts(&cluster, &o, &payload).await?;
+    let etcd_cpu2 = proc_usage(etcd).0;
     figure("api_create_throughput", skiff_rate, "creates/s");
     figure("api_create_p99", skiff_p99, "ms");
     figure("etcd_put_throughput", etcd_rate, "puts/s");
     figure("etcd_put_p99", etcd_p99, "ms");
     ratio("api_create_throughput_vs_etcd", skiff_rate, etcd_rate);
     ratio("api_create_p99_vs_etcd", skiff_p99, etcd_p99);
+    figure("api_create_cpu_apiserver", (api_cpu1 - api_cpu0) * 1e6 / creates, "us/create");
+    figure("api_create_cpu_etcd", (etcd_cpu1 - etcd_cpu0) * 1e6 / creates, "us/create");
+    figure("etcd_put_cpu_etcd", (etcd_cpu2 - etcd_cpu1) * 1e6 / creates, "us/put");
 
     let skiff_fanout = skiff_fanout(&cluster, &o).await?;
     let etcd_fanout = etcd_fanout(&cluster, &o).await?;
@@ -60,6 +69,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     figure("etcd_watch_fanout_p50", etcd_fanout.0, "ms");
     figure("etcd_watch_fanout_max", etcd_fanout.1, "ms");
     ratio("api_watch_fanout_p50_vs_etcd", skiff_fanout.0, etcd_fanout.0);
+    figure("apiserver_rss", proc_usage(apiserver).1, "MiB");
     Ok(())
 }
 
@@ -146,24 +156,29 @@ fn summarize(mut rounds: Vec<f64>) -> (f64, f64) {
 async fn skiff_fanout(cluster: &Cluster, o: &Options) -> anyhow::Result<(f64, f64)> {
     let writer = cluster.client();
     writer.create("ConfigMap", "default", &json!({"metadata": {"name": "fanout"}, "data": {"n": "0"}})).await?;
+    // Raw gRPC streams: like the etcd watchers below, the watchers only
+    // receive the event and don't decode the object, so the two figures
+    // measure the same thing — the servers' fan-out.
     let connections = o.watchers.div_ceil(STREAMS_PER_CONNECTION);
-    let clients = (0..connections).map(|_| Client::new(&cluster.server())).collect::<Result<Vec<_>, _>>()?;
-    let params = ListParams::default().fields("metadata.name=fanout");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
-    let mut streams = Vec::new();
-    for i in 0..o.watchers {
-        let stream = clients[i % connections].watch("ConfigMap", "default", &params, "").await?;
-        streams.push(stream);
+    let mut clients = Vec::new();
+    for _ in 0..connections {
+        clients.push(ObjectsClient::connect(cluster.server()).await?);
     }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
     let mut tasks = Vec::new();
-    for mut stream in streams {
+    for i in 0..o.watchers {
+        let req = proto::WatchRequest {
+            kind: "ConfigMap".into(),
+            namespace: "default".into(),
+            field_selector: "metadata.name=fanout".into(),
+            ..Default::default()
+        };
+        let mut stream = clients[i % connections].watch(req).await?.into_inner();
         let tx = tx.clone();
         tasks.push(tokio::spawn(async move {
-            while let Some(Ok(ev)) = stream.next().await {
-                if let WatchEvent::Modified(_) = ev {
-                    if tx.send(Instant::now()).is_err() {
-                        return;
-                    }
+            while let Ok(Some(ev)) = stream.message().await {
+                if ev.r#type == proto::watch_event::Type::Modified as i32 && tx.send(Instant::now()).is_err() {
+                    return;
                 }
             }
         }));
