@@ -1,5 +1,10 @@
 use clap::Parser;
 
+// The apiserver allocates and frees many small buffers per request (JSON,
+// HTTP/2 frames); mimalloc serves that pattern with less CPU than glibc's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// skiff's API server: stores objects in etcd and serves them over gRPC.
 #[derive(Parser)]
 #[command(name = "skiff-apiserver", version)]

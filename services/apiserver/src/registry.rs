@@ -221,9 +221,7 @@ impl Registry {
             set_status(&mut next, new.get("status").cloned());
             // A Namespace's UpdateStatus doubles as Kubernetes' `finalize`
             // subresource: the one way to change spec.finalizers.
-            if info.kind == "Namespace" {
-                next["spec"]["finalizers"] = new.pointer("/spec/finalizers").cloned().unwrap_or(Value::Null);
-            }
+            keep_namespace_finalizers(info, &new, &mut next);
             next
         } else {
             if info.has_status {
@@ -435,8 +433,9 @@ fn add_namespace_finalizer(obj: &mut Value) {
     }
 }
 
-/// Update and Patch leave a Namespace's spec.finalizers as they were, as in
-/// Kubernetes: only the namespace controller (through UpdateStatus) clears them.
+/// Copies a Namespace's spec.finalizers from `current` to `next`. Update and
+/// Patch keep them as they were, as in Kubernetes; UpdateStatus takes them
+/// from the request, so the namespace controller can clear them.
 fn keep_namespace_finalizers(info: &KindInfo, current: &Value, next: &mut Value) {
     if info.kind != "Namespace" {
         return;
