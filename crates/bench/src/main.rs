@@ -22,11 +22,16 @@ enum Scenario {
     /// Object API: creates/s and p99 create latency at N concurrent clients,
     /// and update-to-watchers fan-out latency, each beside raw etcd.
     Api(scenarios::api::Options),
+    /// Scheduler and controllers on 5,000 hollow nodes: pods/s and p99
+    /// create-to-bound for 30,000 pods, a 10,000-replica Deployment's time to
+    /// available, and control-plane memory.
+    Scheduler(scenarios::scheduler::Options),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
         Scenario::Api(o) => scenarios::api::run(o).await,
+        Scenario::Scheduler(o) => scenarios::scheduler::run(o).await,
     }
 }
