@@ -1,1 +1,193 @@
-//! skiff-scheduler (being built).
+//! skiff-scheduler: places pending pods on nodes, after kube-scheduler and
+//! built for throughput.
+//!
+//! - Informers on Pods (all of them: bound ones fill the node cache,
+//!   pending ones feed the queue) and Nodes; handlers in `scheduler` only
+//!   update the [`cache`] and the [`queue`].
+//! - One scheduling cycle at a time: [`algorithm`] runs the [`framework`]'s
+//!   filter and score [`plugins`] over enough feasible nodes (not all of
+//!   them on big clusters), the pod is assumed on the winner at once, and
+//!   the Bind runs in the background, several at a time.
+//! - A pod no node fits gets PodScheduled=False and a FailedScheduling
+//!   Event, and waits parked until a node or pod change may make it fit.
+//! - Only the holder of the `skiff-scheduler` Lease schedules.
+#![forbid(unsafe_code)]
+
+pub mod algorithm;
+pub mod cache;
+mod error;
+pub mod framework;
+mod metrics;
+pub mod plugins;
+pub mod queue;
+pub mod resources;
+mod scheduler;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use skiff_client::{Client, Informer, LeaderElector, LeaseTimings, ListParams};
+use skiff_telemetry::{Metrics, Readiness};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub use error::Error;
+pub use scheduler::{is_pending, Options, Scheduler};
+
+/// Flags of `skiff-scheduler`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// The apiserver (`http://HOST:PORT`); else `SKIFF_SERVER` or the config file.
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "127.0.0.1:10259")]
+    pub metrics_listen: SocketAddr,
+    /// Take the lease before scheduling, so only one replica schedules.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub leader_elect: bool,
+    /// This replica's name in the lease (default: hostname_pid).
+    #[arg(long)]
+    pub leader_elect_identity: Option<String>,
+    /// The Lease replicas compete for.
+    #[arg(long, default_value = "skiff-scheduler")]
+    pub lease_name: String,
+    /// The Lease's namespace.
+    #[arg(long, default_value = "kube-system")]
+    pub lease_namespace: String,
+    /// How long others wait after the leader's last renewal before taking over.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// How long the leader tries to renew before it stops scheduling.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub renew_deadline: Duration,
+    /// How often to try to acquire or renew the lease.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub retry_period: Duration,
+    /// Binds and status writes in flight at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
+    pub bind_workers: u16,
+    /// Share of nodes to find feasible before scoring, 1-100; 0 adapts to
+    /// the cluster size (50% less 1% per 125 nodes, at least 5%), and at
+    /// least 100 nodes are always looked at.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub percentage_of_nodes_to_score: u32,
+    /// Unschedulable pods parked this long are retried even if no event
+    /// suggested they might fit now.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub unschedulable_flush_interval: Duration,
+    /// Record a Normal `Scheduled` Event for each bound pod (one more write per pod).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub record_scheduled_events: bool,
+}
+
+/// Parses `500ms`, `5s`, `2m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 500ms, 5s or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?} has an unknown unit (use ms, s or m)")),
+    }
+}
+
+/// This replica's default lease identity: the host name and the pid.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "skiff-scheduler".into());
+    format!("{host}_{}", std::process::id())
+}
+
+/// Runs the scheduler until `shutdown` resolves, or until it loses the
+/// lease (an error: the process should exit and start over, as
+/// kube-scheduler does, since its cache may hold assumptions of a leader).
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let client = Client::from_env(config.server.as_deref()).map_err(Error::Connect)?;
+    let metrics = Metrics::new();
+    let scheduler_metrics = metrics::SchedulerMetrics::register(&metrics)?;
+    let readiness = Readiness::new();
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let (metrics_addr, http) =
+        skiff_telemetry::serve_http(config.metrics_listen, metrics.registry().clone(), readiness.clone(), stopped())
+            .await
+            .map_err(Error::from)?;
+    tracing::info!(%metrics_addr, "serving metrics and health");
+
+    let pod_informer = Informer::new(client.api::<Pod>(""), ListParams::default());
+    let node_informer = Informer::new(client.api::<Node>(""), ListParams::default());
+    let (pod_store, node_store) = (pod_informer.store(), node_informer.store());
+    let options = Options {
+        bind_workers: usize::from(config.bind_workers),
+        percentage_of_nodes_to_score: config.percentage_of_nodes_to_score,
+        unschedulable_flush_interval: config.unschedulable_flush_interval,
+        record_scheduled_events: config.record_scheduled_events,
+    };
+    let scheduler = Arc::new(Scheduler::new(client.clone(), pod_store.clone(), scheduler_metrics, options));
+
+    let mut tasks = JoinSet::new();
+    let (pod_events, node_events) = (pod_informer.subscribe(), node_informer.subscribe());
+    tasks.spawn(pod_informer.run(stopped()));
+    tasks.spawn(node_informer.run(stopped()));
+    tasks.spawn(scheduler.clone().handle_events(pod_events, node_events, stopped()));
+
+    let result = async {
+        tokio::pin!(shutdown);
+        let synced = async {
+            pod_store.wait_synced().await.map_err(|source| Error::CacheSync { kind: "Pod", source })?;
+            node_store.wait_synced().await.map_err(|source| Error::CacheSync { kind: "Node", source })
+        };
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            synced = synced => synced?,
+        }
+        readiness.set_ready();
+        tracing::info!(pods = pod_store.len(), nodes = node_store.len(), "caches synced");
+
+        if !config.leader_elect {
+            tokio::select! {
+                _ = &mut shutdown => {}
+                _ = scheduler.clone().schedule_loop() => {}
+            }
+            return Ok(());
+        }
+        let identity = config.leader_elect_identity.clone().unwrap_or_else(default_identity);
+        let timings = LeaseTimings {
+            lease_duration: config.lease_duration,
+            renew_deadline: config.renew_deadline,
+            retry_period: config.retry_period,
+        };
+        let elector = LeaderElector::new(client.api::<Lease>(&config.lease_namespace), &config.lease_name, &identity)
+            .with_timings(timings)
+            .map_err(Error::LeaderConfig)?;
+        tracing::info!(%identity, lease = %config.lease_name, "waiting for leadership");
+        elector.run(scheduler.clone().schedule_loop(), &mut shutdown).await.map_err(|source| Error::Leadership {
+            lease: format!("{}/{}", config.lease_namespace, config.lease_name),
+            source,
+        })
+    }
+    .await;
+
+    readiness.set_not_ready("shutting down");
+    scheduler.shutdown();
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    let _ = http.await;
+    result.map_err(Into::into)
+}
