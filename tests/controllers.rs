@@ -1,1 +1,711 @@
-//! Integration tests: controllers (being written).
+//! The controller-manager against a real etcd and apiserver: Deployments
+//! become ReplicaSets become pods, rolling updates keep within maxSurge and
+//! maxUnavailable, rollbacks reuse the old ReplicaSet, the garbage collector
+//! removes what a deleted owner leaves, orphans are adopted, nodes that stop
+//! sending heartbeats are tainted and drained, and deleting a namespace
+//! deletes its contents.
+//!
+//! No scheduler or kubelet runs here: a small stand-in ([`FakeKubelet`])
+//! binds pods and marks them Running and Ready, as hollow nodes would.
+//!
+//! Build first: `cargo build -p skiff-apiserver -p skiff-controller-manager`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{json, Value};
+use skiff_client::{Client, ListParams, WatchEvent};
+use skiff_testkit::Cluster;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinHandle;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A cluster with a controller-manager using short timings.
+async fn cluster() -> (Cluster, SocketAddr) {
+    let mut cluster = Cluster::start().await.expect("cluster");
+    let args: Vec<String> = [
+        "--lease-duration=4s",
+        "--renew-deadline=3s",
+        "--retry-period=500ms",
+        "--node-monitor-grace-period=3s",
+        "--default-unreachable-toleration-seconds=2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let metrics = cluster
+        .start_service("controller-manager", "skiff-controller-manager", &args)
+        .await
+        .expect("controller-manager starts (build it with `cargo build -p skiff-controller-manager`)");
+    (cluster, metrics)
+}
+
+/// Polls `check` every 150ms until it returns `Some`, failing after `WAIT`.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+fn name(obj: &Value) -> &str {
+    obj["metadata"]["name"].as_str().unwrap_or_default()
+}
+
+fn uid(obj: &Value) -> &str {
+    obj["metadata"]["uid"].as_str().unwrap_or_default()
+}
+
+fn controller_uid(obj: &Value) -> Option<&str> {
+    obj["metadata"]["ownerReferences"]
+        .as_array()?
+        .iter()
+        .find(|r| r["controller"] == true)
+        .and_then(|r| r["uid"].as_str())
+}
+
+fn is_ready(pod: &Value) -> bool {
+    pod["status"]["conditions"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+}
+
+fn image(pod: &Value) -> &str {
+    pod["spec"]["containers"][0]["image"].as_str().unwrap_or_default()
+}
+
+fn deployment(name: &str, replicas: i64, image: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "c", "image": image}]}
+            }
+        }
+    })
+}
+
+async fn list(client: &Client, kind: &str, ns: &str, labels: &str) -> Vec<Value> {
+    client.list(kind, ns, &ListParams::default().labels(labels)).await.expect("list").items
+}
+
+/// Pods, ReplicaSets, … of `kind` in `ns` controlled by the object with `owner_uid`.
+async fn owned(client: &Client, kind: &str, ns: &str, owner_uid: &str) -> Vec<Value> {
+    list(client, kind, ns, "").await.into_iter().filter(|o| controller_uid(o) == Some(owner_uid)).collect()
+}
+
+/// Binds a pod to `node` (if not bound yet) and reports it Running and Ready.
+async fn make_ready(client: &Client, ns: &str, pod: &Value, node: &str) {
+    let mut pod = pod.clone();
+    if pod["spec"]["nodeName"].as_str().unwrap_or_default().is_empty() {
+        match client.bind(ns, name(&pod), node, uid(&pod)).await {
+            Ok(bound) => pod = bound,
+            Err(_) => return, // deleted or bound meanwhile: the next round sees it
+        }
+    }
+    let now = "2024-01-01T00:00:00Z";
+    pod["status"]["phase"] = json!("Running");
+    pod["status"]["conditions"] = json!([
+        {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+        {"type": "Ready", "status": "True", "lastTransitionTime": now},
+    ]);
+    let _ = client.update_status("Pod", ns, &pod).await;
+}
+
+/// Stands in for the scheduler and the kubelets: every pod matching
+/// `labels` in `ns` is bound and marked Ready shortly after it appears.
+struct FakeKubelet(JoinHandle<()>);
+
+impl FakeKubelet {
+    fn start(client: Client, ns: &'static str, labels: &'static str) -> Self {
+        Self(tokio::spawn(async move {
+            loop {
+                for pod in list(&client, "Pod", ns, labels).await {
+                    if !is_ready(&pod) && pod["metadata"]["deletionTimestamp"].is_null() {
+                        make_ready(&client, ns, &pod, "node-1").await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }))
+    }
+}
+
+impl Drop for FakeKubelet {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One HTTP GET, for the controller-manager's /metrics and /readyz.
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.expect("write");
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.expect("read");
+    body
+}
+
+#[tokio::test]
+async fn deployment_creates_and_scales_pods_through_a_replicaset() {
+    let (cluster, metrics) = cluster().await;
+    let client = cluster.client();
+    let d = client.create("Deployment", "default", &deployment("web", 50, "web:1")).await.unwrap();
+
+    let rs = eventually("one replica set owned by the deployment", || async {
+        let rses = owned(&client, "ReplicaSet", "default", uid(&d)).await;
+        (rses.len() == 1).then(|| rses[0].clone())
+    })
+    .await;
+    let hash = rs["metadata"]["labels"]["pod-template-hash"].as_str().expect("pod-template-hash label").to_string();
+    assert_eq!(name(&rs), format!("web-{hash}"));
+    assert_eq!(rs["spec"]["replicas"], 50);
+    assert_eq!(rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "1");
+    assert_eq!(rs["metadata"]["ownerReferences"][0]["blockOwnerDeletion"], true);
+
+    eventually("50 pods", || async { (owned(&client, "Pod", "default", uid(&rs)).await.len() == 50).then_some(()) })
+        .await;
+    // Expectations keep a lagging cache from creating more.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pods = owned(&client, "Pod", "default", uid(&rs)).await;
+    assert_eq!(pods.len(), 50, "no duplicates");
+    assert_eq!(list(&client, "Pod", "default", "").await.len(), 50);
+    for pod in &pods {
+        assert!(name(pod).starts_with(&format!("{}-", name(&rs))), "{}", name(pod));
+        assert_eq!(pod["metadata"]["labels"]["app"], "web");
+        assert_eq!(pod["metadata"]["labels"]["pod-template-hash"], hash.as_str());
+        assert_eq!(pod["metadata"]["ownerReferences"][0]["kind"], "ReplicaSet");
+    }
+
+    // Make 10 ready: the statuses follow.
+    for pod in &pods[..10] {
+        make_ready(&client, "default", pod, "node-1").await;
+    }
+    eventually("replica set and deployment status", || async {
+        let rs = client.get("ReplicaSet", "default", name(&rs)).await.unwrap();
+        let d = client.get("Deployment", "default", "web").await.unwrap();
+        let ok = rs["status"]["replicas"] == 50
+            && rs["status"]["readyReplicas"] == 10
+            && rs["status"]["availableReplicas"] == 10
+            && rs["status"]["fullyLabeledReplicas"] == 50
+            && d["status"]["replicas"] == 50
+            && d["status"]["updatedReplicas"] == 50
+            && d["status"]["availableReplicas"] == 10
+            && d["status"]["unavailableReplicas"] == 40
+            && d["status"]["observedGeneration"] == d["metadata"]["generation"];
+        ok.then_some(())
+    })
+    .await;
+
+    // Scale down: the not-ready ones go first.
+    let mut scaled = client.get("Deployment", "default", "web").await.unwrap();
+    scaled["spec"]["replicas"] = json!(12);
+    client.update("Deployment", "default", &scaled).await.unwrap();
+    let left = eventually("12 pods", || async {
+        let pods = owned(&client, "Pod", "default", uid(&rs)).await;
+        (pods.len() == 12).then_some(pods)
+    })
+    .await;
+    assert_eq!(left.iter().filter(|p| is_ready(p)).count(), 10, "the ready pods were kept");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(owned(&client, "Pod", "default", uid(&rs)).await.len(), 12);
+
+    // Events, metrics, readiness and the lease.
+    let events = list(&client, "Event", "default", "").await;
+    let reasons: Vec<&str> = events.iter().filter_map(|e| e["reason"].as_str()).collect();
+    for reason in ["ScalingReplicaSet", "SuccessfulCreate", "SuccessfulDelete"] {
+        assert!(reasons.contains(&reason), "event {reason} in {reasons:?}");
+    }
+    let body = http_get(metrics, "/metrics").await;
+    assert!(body.contains(r#"skiff_controller_reconcile_total{controller="replicaset",result="success"}"#), "{body}");
+    assert!(body.contains(r#"skiff_controller_reconcile_duration_seconds_count{controller="deployment"}"#));
+    assert!(http_get(metrics, "/readyz").await.starts_with("HTTP/1.1 200"));
+    let lease = client.get("Lease", "kube-system", "skiff-controller-manager").await.unwrap();
+    assert!(!lease["spec"]["holderIdentity"].as_str().unwrap_or_default().is_empty());
+}
+
+/// Pod counts seen through a watch during a rollout.
+#[derive(Debug, Default)]
+struct Observed {
+    max_pods: usize,
+    min_ready: usize,
+    events: usize,
+}
+
+/// Follows the pods matching `labels` from `version` on, recording the
+/// most pods and the fewest ready ones at any point, until `stop`.
+fn observe(
+    client: Client,
+    labels: &'static str,
+    version: String,
+    initial: Vec<Value>,
+) -> (tokio::sync::oneshot::Sender<()>, JoinHandle<Observed>) {
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let mut pods: HashMap<String, bool> = initial.iter().map(|p| (name(p).to_string(), is_ready(p))).collect();
+        let mut seen = Observed { max_pods: pods.len(), min_ready: pods.values().filter(|r| **r).count(), events: 0 };
+        let params = ListParams::default().labels(labels);
+        let mut watch = Box::pin(client.watch("Pod", "default", &params, &version).await.expect("watch"));
+        loop {
+            tokio::select! {
+                _ = &mut stopped => return seen,
+                ev = watch.next() => {
+                    match ev.expect("watch open").expect("watch event") {
+                        WatchEvent::Added(p) | WatchEvent::Modified(p) => {
+                            pods.insert(name(&p).to_string(), is_ready(&p));
+                        }
+                        WatchEvent::Deleted(p) => {
+                            pods.remove(name(&p));
+                        }
+                        WatchEvent::Bookmark(_) => continue,
+                    }
+                    seen.events += 1;
+                    seen.max_pods = seen.max_pods.max(pods.len());
+                    seen.min_ready = seen.min_ready.min(pods.values().filter(|r| **r).count());
+                }
+            }
+        }
+    });
+    (stop, task)
+}
+
+#[tokio::test]
+async fn rolling_update_stays_within_surge_and_unavailability_and_undo_restores_the_old_replicaset() {
+    let (cluster, _) = cluster().await;
+    let client = cluster.client();
+    let _kubelet = FakeKubelet::start(client.clone(), "default", "app=roll");
+    // 10 replicas, 25%/25%: at most 13 pods, at least 8 ready.
+    client.create("Deployment", "default", &deployment("roll", 10, "roll:1")).await.unwrap();
+    let d = eventually("first rollout complete", || async {
+        let d = client.get("Deployment", "default", "roll").await.unwrap();
+        let ready = list(&client, "Pod", "default", "app=roll").await.iter().filter(|p| is_ready(p)).count();
+        (d["status"]["availableReplicas"] == 10 && ready == 10).then_some(d)
+    })
+    .await;
+    let first_rs = owned(&client, "ReplicaSet", "default", uid(&d)).await.remove(0);
+    assert_eq!(d["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "1");
+    let available = d["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Available").cloned();
+    assert_eq!(available.unwrap()["status"], "True");
+
+    let start = client.list("Pod", "default", &ListParams::default().labels("app=roll")).await.unwrap();
+    let (stop, observer) = observe(client.clone(), "app=roll", start.resource_version, start.items);
+    let mut updated = d.clone();
+    updated["spec"]["template"]["spec"]["containers"][0]["image"] = json!("roll:2");
+    client.update("Deployment", "default", &updated).await.unwrap();
+
+    eventually("rollout to roll:2 complete", || async {
+        let pods = list(&client, "Pod", "default", "app=roll").await;
+        let d = client.get("Deployment", "default", "roll").await.unwrap();
+        let done = pods.len() == 10
+            && pods.iter().all(|p| image(p) == "roll:2" && is_ready(p))
+            && d["status"]["updatedReplicas"] == 10
+            && d["status"]["availableReplicas"] == 10
+            && d["status"]["replicas"] == 10;
+        done.then_some(())
+    })
+    .await;
+    stop.send(()).unwrap();
+    let seen = observer.await.unwrap();
+    assert!(seen.events > 20, "the watch saw the rollout: {seen:?}");
+    assert!(seen.max_pods <= 13, "never more than replicas + maxSurge pods: {seen:?}");
+    assert!(seen.min_ready >= 8, "never fewer than replicas - maxUnavailable ready: {seen:?}");
+
+    let rses = owned(&client, "ReplicaSet", "default", uid(&d)).await;
+    assert_eq!(rses.len(), 2);
+    let old = rses.iter().find(|rs| name(rs) == name(&first_rs)).unwrap();
+    assert_eq!(old["spec"]["replicas"], 0);
+    let new = rses.iter().find(|rs| name(rs) != name(&first_rs)).unwrap();
+    assert_eq!(new["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "2");
+    let d = client.get("Deployment", "default", "roll").await.unwrap();
+    assert_eq!(d["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "2");
+    let progressing =
+        d["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Progressing").cloned();
+    assert_eq!(progressing.unwrap()["reason"], "NewReplicaSetAvailable");
+
+    // Undo: the old template back (as `skiffctl rollout undo` writes it).
+    let mut undo = d.clone();
+    let mut template = old["spec"]["template"].clone();
+    template["metadata"]["labels"].as_object_mut().unwrap().remove("pod-template-hash");
+    undo["spec"]["template"] = template;
+    client.update("Deployment", "default", &undo).await.unwrap();
+    eventually("rolled back to roll:1 on the first replica set", || async {
+        let pods = list(&client, "Pod", "default", "app=roll").await;
+        let rs = client.get("ReplicaSet", "default", name(&first_rs)).await.ok()?;
+        let done = pods.len() == 10
+            && pods.iter().all(|p| image(p) == "roll:1" && is_ready(p) && controller_uid(p) == Some(uid(&first_rs)))
+            && rs["spec"]["replicas"] == 10;
+        done.then_some(())
+    })
+    .await;
+    let rses = owned(&client, "ReplicaSet", "default", uid(&d)).await;
+    assert_eq!(rses.len(), 2, "the old replica set was reused, not recreated");
+    let reused = rses.iter().find(|rs| name(rs) == name(&first_rs)).unwrap();
+    assert_eq!(reused["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "3");
+    let d = eventually("deployment revision 3", || async {
+        let d = client.get("Deployment", "default", "roll").await.unwrap();
+        (d["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "3").then_some(d)
+    })
+    .await;
+    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], "roll:1");
+}
+
+#[tokio::test]
+async fn recreate_paused_and_history_limit() {
+    let (cluster, _) = cluster().await;
+    let client = cluster.client();
+    let _kubelet = FakeKubelet::start(client.clone(), "default", "app=rec");
+    let mut body = deployment("rec", 4, "rec:1");
+    body["spec"]["strategy"] = json!({"type": "Recreate"});
+    body["spec"]["revisionHistoryLimit"] = json!(1);
+    let d = client.create("Deployment", "default", &body).await.unwrap();
+    eventually("4 ready", || async {
+        let pods = list(&client, "Pod", "default", "app=rec").await;
+        (pods.len() == 4 && pods.iter().all(is_ready)).then_some(())
+    })
+    .await;
+
+    // Recreate: the old pods are all gone before a new one exists.
+    let start = client.list("Pod", "default", &ListParams::default().labels("app=rec")).await.unwrap();
+    let params = ListParams::default().labels("app=rec");
+    let mut watch = Box::pin(client.watch("Pod", "default", &params, &start.resource_version).await.unwrap());
+    for version in ["rec:2", "rec:3"] {
+        let mut next = client.get("Deployment", "default", "rec").await.unwrap();
+        next["spec"]["template"]["spec"]["containers"][0]["image"] = json!(version);
+        client.update("Deployment", "default", &next).await.unwrap();
+        eventually("recreated", || async {
+            let pods = list(&client, "Pod", "default", "app=rec").await;
+            (pods.len() == 4 && pods.iter().all(|p| image(p) == version && is_ready(p))).then_some(())
+        })
+        .await;
+    }
+    let mut live: HashMap<String, String> =
+        start.items.iter().map(|p| (name(p).to_string(), image(p).to_string())).collect();
+    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(500), watch.next()).await {
+        match ev.unwrap() {
+            WatchEvent::Added(p) => {
+                assert!(live.values().all(|img| img == image(&p)), "a {} pod while {live:?} live", image(&p));
+                live.insert(name(&p).to_string(), image(&p).to_string());
+            }
+            WatchEvent::Deleted(p) => {
+                live.remove(name(&p));
+            }
+            _ => {}
+        }
+    }
+
+    // History limit 1: rec:1's replica set is gone, rec:2's kept.
+    let rses = eventually("old replica sets cleaned up", || async {
+        let rses = owned(&client, "ReplicaSet", "default", uid(&d)).await;
+        (rses.len() == 2).then_some(rses)
+    })
+    .await;
+    let images: Vec<&str> = rses.iter().map(|rs| image(&rs["spec"]["template"])).collect();
+    assert!(images.contains(&"rec:2") && images.contains(&"rec:3"), "{images:?}");
+
+    // Paused: a template change rolls nothing, a scale still applies.
+    let mut paused = client.get("Deployment", "default", "rec").await.unwrap();
+    paused["spec"]["paused"] = json!(true);
+    paused["spec"]["replicas"] = json!(6);
+    paused["spec"]["template"]["spec"]["containers"][0]["image"] = json!("rec:4");
+    client.update("Deployment", "default", &paused).await.unwrap();
+    eventually("scaled to 6 while paused", || async {
+        let pods = list(&client, "Pod", "default", "app=rec").await;
+        (pods.len() == 6).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pods = list(&client, "Pod", "default", "app=rec").await;
+    assert!(pods.iter().all(|p| image(p) == "rec:3"), "no rollout while paused");
+    let d = client.get("Deployment", "default", "rec").await.unwrap();
+    let progressing =
+        d["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Progressing").cloned();
+    assert_eq!(progressing.unwrap()["reason"], "DeploymentPaused");
+}
+
+#[tokio::test]
+async fn progress_deadline_exceeded_when_pods_never_become_ready() {
+    let (cluster, _) = cluster().await;
+    let client = cluster.client();
+    let mut body = deployment("stuck", 2, "stuck:1");
+    body["spec"]["progressDeadlineSeconds"] = json!(2);
+    client.create("Deployment", "default", &body).await.unwrap();
+    let condition = eventually("ProgressDeadlineExceeded", || async {
+        let d = client.get("Deployment", "default", "stuck").await.unwrap();
+        let c = d["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Progressing")?.clone();
+        (c["reason"] == "ProgressDeadlineExceeded").then_some(c)
+    })
+    .await;
+    assert_eq!(condition["status"], "False");
+    let d = client.get("Deployment", "default", "stuck").await.unwrap();
+    let available = d["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Available").cloned();
+    assert_eq!(available.unwrap()["status"], "False");
+}
+
+#[tokio::test]
+async fn deleting_a_deployment_collects_its_replicasets_and_pods() {
+    let (cluster, _) = cluster().await;
+    let client = cluster.client();
+    let d = client.create("Deployment", "default", &deployment("gone", 5, "gone:1")).await.unwrap();
+    eventually("5 pods", || async { (list(&client, "Pod", "default", "app=gone").await.len() == 5).then_some(()) })
+        .await;
+    assert_eq!(owned(&client, "ReplicaSet", "default", uid(&d)).await.len(), 1);
+    client.delete("Deployment", "default", "gone").await.unwrap();
+    eventually("replica sets and pods collected", || async {
+        let rses = list(&client, "ReplicaSet", "default", "app=gone").await;
+        let pods = list(&client, "Pod", "default", "app=gone").await;
+        (rses.is_empty() && pods.is_empty()).then_some(())
+    })
+    .await;
+
+    // Orphan propagation: the finalizer makes the collector strip the
+    // references instead, and the pods stay.
+    let d = client.create("Deployment", "default", &deployment("kept", 3, "kept:1")).await.unwrap();
+    eventually("3 pods", || async { (list(&client, "Pod", "default", "app=kept").await.len() == 3).then_some(()) })
+        .await;
+    let rs = owned(&client, "ReplicaSet", "default", uid(&d)).await.remove(0);
+    client.patch("ReplicaSet", "default", name(&rs), &json!({"metadata": {"finalizers": ["orphan"]}})).await.unwrap();
+    client.delete("ReplicaSet", "default", name(&rs)).await.unwrap();
+    // The deployment makes a new replica set, which adopts the orphans.
+    eventually("orphaned pods adopted by the replacement replica set", || async {
+        // The replacement has the same name (the same template hash).
+        let gone = match client.get("ReplicaSet", "default", name(&rs)).await {
+            Ok(now) => uid(&now) != uid(&rs),
+            Err(e) => e.is_not_found(),
+        };
+        let pods = list(&client, "Pod", "default", "app=kept").await;
+        let adopted = pods.len() == 3 && pods.iter().all(|p| controller_uid(p).is_some_and(|u| u != uid(&rs)));
+        (gone && adopted).then_some(())
+    })
+    .await;
+
+    // Foreground: the deployment stays until its replica sets and pods are gone.
+    client
+        .patch("Deployment", "default", "kept", &json!({"metadata": {"finalizers": ["foregroundDeletion"]}}))
+        .await
+        .unwrap();
+    let marked = client.delete("Deployment", "default", "kept").await.unwrap();
+    assert!(marked["metadata"]["deletionTimestamp"].is_string());
+    eventually("foreground deletion finished", || async {
+        let gone = client.get("Deployment", "default", "kept").await.is_err_and(|e| e.is_not_found());
+        let rses = list(&client, "ReplicaSet", "default", "app=kept").await;
+        let pods = list(&client, "Pod", "default", "app=kept").await;
+        if gone {
+            assert!(rses.is_empty() && pods.is_empty(), "owner went before its dependents");
+        }
+        gone.then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn replicaset_adopts_a_matching_orphan_and_releases_a_relabelled_pod() {
+    let (cluster, _) = cluster().await;
+    let client = cluster.client();
+    let orphan = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "orphan", "labels": {"app": "adopt"}},
+        "spec": {"containers": [{"name": "c", "image": "adopt:1"}]}});
+    client.create("Pod", "default", &orphan).await.unwrap();
+    let rs = json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": "adopter"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "adopt"}},
+                 "template": {"metadata": {"labels": {"app": "adopt"}},
+                              "spec": {"containers": [{"name": "c", "image": "adopt:1"}]}}}});
+    let rs = client.create("ReplicaSet", "default", &rs).await.unwrap();
+    eventually("orphan adopted and one pod created", || async {
+        let pods = list(&client, "Pod", "default", "app=adopt").await;
+        let adopted = client.get("Pod", "default", "orphan").await.ok()?;
+        let owner = adopted["metadata"]["ownerReferences"][0].clone();
+        let ok = pods.len() == 2
+            && owner["uid"] == uid(&rs)
+            && owner["controller"] == true
+            && owner["blockOwnerDeletion"] == true
+            && pods.iter().all(|p| controller_uid(p) == Some(uid(&rs)));
+        ok.then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(list(&client, "Pod", "default", "app=adopt").await.len(), 2);
+
+    // Relabelled: released, and replaced.
+    client.patch("Pod", "default", "orphan", &json!({"metadata": {"labels": {"app": "elsewhere"}}})).await.unwrap();
+    eventually("released and replaced", || async {
+        let released = client.get("Pod", "default", "orphan").await.ok()?;
+        let pods = list(&client, "Pod", "default", "app=adopt").await;
+        (controller_uid(&released).is_none() && pods.len() == 2).then_some(())
+    })
+    .await;
+}
+
+/// Keeps a node's lease fresh until dropped.
+struct Heartbeat(JoinHandle<()>);
+
+impl Heartbeat {
+    fn start(client: Client, node: &'static str) -> Self {
+        Self(tokio::spawn(async move {
+            loop {
+                let now = chrono_now();
+                let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": node},
+                    "spec": {"holderIdentity": node, "leaseDurationSeconds": 40, "renewTime": now}});
+                match client.get("Lease", "kube-node-lease", node).await {
+                    Ok(mut current) => {
+                        current["spec"]["renewTime"] = json!(now);
+                        let _ = client.update("Lease", "kube-node-lease", &current).await;
+                    }
+                    Err(_) => {
+                        let _ = client.create("Lease", "kube-node-lease", &lease).await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }))
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Now as a MicroTime string.
+fn chrono_now() -> String {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let secs = since.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        since.subsec_micros()
+    )
+}
+
+fn node_pod(name: &str, tolerations: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "on-node"}},
+        "spec": {"nodeName": "node-a", "tolerations": tolerations,
+                 "containers": [{"name": "c", "image": "x:1"}]}})
+}
+
+fn taints(node: &Value) -> Vec<String> {
+    node["spec"]["taints"]
+        .as_array()
+        .map(|t| {
+            t.iter()
+                .map(|t| format!("{}:{}", t["key"].as_str().unwrap_or(""), t["effect"].as_str().unwrap_or("")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_node_without_heartbeats_is_tainted_and_its_pods_evicted() {
+    let (cluster, _) = cluster().await;
+    let client = cluster.client();
+    let beat = Heartbeat::start(client.clone(), "node-a");
+    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
+        "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}]}});
+    client.create("Node", "", &node).await.unwrap();
+    client.create("Pod", "default", &node_pod("plain", json!([]))).await.unwrap();
+    let forever = json!([{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"}]);
+    client.create("Pod", "default", &node_pod("stays", forever)).await.unwrap();
+    let briefly = json!([{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 1}]);
+    client.create("Pod", "default", &node_pod("brief", briefly)).await.unwrap();
+
+    // While the lease is renewed nothing happens.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let n = client.get("Node", "", "node-a").await.unwrap();
+    assert!(taints(&n).is_empty(), "{:?}", taints(&n));
+    assert_eq!(list(&client, "Pod", "default", "app=on-node").await.len(), 3);
+
+    drop(beat);
+    let n = eventually("Ready=Unknown and the unreachable taint", || async {
+        let n = client.get("Node", "", "node-a").await.unwrap();
+        let ready = n["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Ready")?.clone();
+        (ready["status"] == "Unknown" && taints(&n).contains(&"node.kubernetes.io/unreachable:NoExecute".into()))
+            .then_some((n, ready))
+    })
+    .await;
+    assert_eq!(n.1["reason"], "NodeStatusUnknown");
+    assert!(n.0["spec"]["taints"][0]["timeAdded"].is_string());
+
+    eventually("pods without a lasting toleration evicted", || async {
+        let mut names: Vec<String> =
+            list(&client, "Pod", "default", "app=on-node").await.iter().map(|p| name(p).to_string()).collect();
+        names.sort();
+        (names == ["stays"]).then_some(())
+    })
+    .await;
+    let events = list(&client, "Event", "", "").await;
+    assert!(events.iter().any(|e| e["reason"] == "NodeNotReady"), "NodeNotReady event");
+    assert!(events.iter().any(|e| e["reason"] == "TaintManagerEviction"), "eviction event");
+
+    // Heartbeats again: the taint goes, the tolerating pod is still there.
+    let _beat = Heartbeat::start(client.clone(), "node-a");
+    eventually("taint removed", || async {
+        let n = client.get("Node", "", "node-a").await.unwrap();
+        taints(&n).is_empty().then_some(())
+    })
+    .await;
+    assert!(client.get("Pod", "default", "stays").await.is_ok());
+}
+
+#[tokio::test]
+async fn deleting_a_namespace_deletes_its_contents_then_the_namespace() {
+    let (cluster, _) = cluster().await;
+    let client = cluster.client();
+    let ns = client.create("Namespace", "", &json!({"metadata": {"name": "doomed"}})).await.unwrap();
+    assert_eq!(ns["spec"]["finalizers"], json!(["kubernetes"]));
+    assert_eq!(ns["status"]["phase"], "Active");
+    client.create("Deployment", "doomed", &deployment("app", 3, "app:1")).await.unwrap();
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"}, "data": {"k": "v"}});
+    client.create("ConfigMap", "doomed", &cm).await.unwrap();
+    eventually("3 pods in the namespace", || async {
+        (list(&client, "Pod", "doomed", "").await.len() == 3).then_some(())
+    })
+    .await;
+
+    let marked = client.delete("Namespace", "", "doomed").await.unwrap();
+    assert!(marked["metadata"]["deletionTimestamp"].is_string(), "a namespace with contents is only marked");
+    assert_eq!(marked["status"]["phase"], "Terminating");
+    let err = client.create("ConfigMap", "doomed", &json!({"metadata": {"name": "late"}})).await.unwrap_err();
+    assert!(err.is_precondition_failed(), "{err}");
+
+    eventually("namespace and its contents gone", || async {
+        let gone = client.get("Namespace", "", "doomed").await.is_err_and(|e| e.is_not_found());
+        gone.then_some(())
+    })
+    .await;
+    for kind in ["Pod", "ReplicaSet", "Deployment", "ConfigMap"] {
+        assert!(list(&client, kind, "doomed", "").await.is_empty(), "{kind} left behind");
+    }
+}

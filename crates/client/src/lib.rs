@@ -6,6 +6,7 @@
 
 mod client;
 pub mod config;
+pub mod controller;
 mod error;
 pub mod events;
 #[cfg(test)]
@@ -15,6 +16,7 @@ pub mod leader;
 pub mod workqueue;
 
 pub use client::{Api, Client, ListParams, ObjectList, WatchEvent};
+pub use controller::{run_controller, Action, CacheSync, Controller, Outcome, Reconcile};
 pub use error::Error;
 pub use events::{EventRecorder, EventType, ObjectRef};
 pub use informer::{key_of, Informer, InformerEvent, Object, Store};

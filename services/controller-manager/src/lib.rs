@@ -1,1 +1,170 @@
-//! skiff-controller-manager (being built).
+//! skiff-controller-manager: the built-in controllers that turn
+//! Deployments into ReplicaSets into Pods, collect garbage, watch node
+//! heartbeats and empty terminating namespaces.
+//!
+//! One set of informers feeds every controller ([`informers`]); the
+//! controllers run only while this replica holds the
+//! `kube-system/skiff-controller-manager` lease, so several replicas may run
+//! and exactly one acts. Each controller is a [`skiff_client::Reconcile`]
+//! in its own file under [`controllers`].
+#![forbid(unsafe_code)]
+
+pub mod controllers;
+mod error;
+mod expectations;
+mod informers;
+mod metrics;
+mod util;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use skiff_client::{Client, LeaderElector, LeaseTimings};
+use skiff_telemetry::{Metrics, Readiness};
+use tokio::sync::watch;
+
+pub use error::Error;
+
+/// The Lease in kube-system that replicas compete for.
+pub const LEASE_NAME: &str = "skiff-controller-manager";
+
+/// Flags of `skiff-controller-manager`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// The apiserver (`http://HOST:PORT`); default from SKIFF_SERVER or the config file.
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "127.0.0.1:10257")]
+    pub metrics_listen: SocketAddr,
+    /// Run controllers only while holding the lease (false: always, for a single replica).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// How long other candidates wait after the last renewal before taking the lease.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// How long the leader keeps trying to renew before it steps down.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub renew_deadline: Duration,
+    /// How often to try to acquire or renew the lease.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub retry_period: Duration,
+    /// Workers per controller (keys reconciled at once).
+    #[arg(long, default_value_t = 5)]
+    pub workers: usize,
+    /// Pods a ReplicaSet creates or deletes in one sync at most.
+    #[arg(long, default_value_t = 500)]
+    pub burst_replicas: usize,
+    /// A node whose lease is older than this is marked Ready=Unknown and tainted unreachable.
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    pub node_monitor_grace_period: Duration,
+    /// How long pods without their own toleration stay on an unreachable node.
+    #[arg(long, default_value_t = 300)]
+    pub default_unreachable_toleration_seconds: i64,
+    /// How long pods without their own toleration stay on a not-ready node.
+    #[arg(long, default_value_t = 300)]
+    pub default_not_ready_toleration_seconds: i64,
+}
+
+/// Parses `500ms`, `5s`, `2m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 500ms, 5s or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?} has an unknown unit (use ms, s or m)")),
+    }
+}
+
+/// Resolves when `rx` turns true (or its sender is gone).
+pub(crate) async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Runs until `shutdown` resolves (or leadership is lost, which is an error:
+/// the process exits and a supervisor restarts it as a fresh candidate).
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let client = Client::from_env(config.server.as_deref())?;
+    let metrics = Metrics::new();
+    let reconcile_metrics = metrics::ReconcileMetrics::register(&metrics)?;
+    let readiness = Readiness::new();
+    readiness.set_not_ready("caches not synced");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (metrics_addr, http) = skiff_telemetry::serve_http(
+        config.metrics_listen,
+        metrics.registry().clone(),
+        readiness.clone(),
+        stopped(stop_rx.clone()),
+    )
+    .await?;
+    tracing::info!(%metrics_addr, "serving metrics and health");
+
+    let (informers, runners) = informers::Informers::start(&client, stop_rx.clone());
+    let ready = {
+        let informers = informers.clone();
+        let readiness = readiness.clone();
+        async move {
+            if informers.wait_synced().await.is_ok() {
+                tracing::info!("caches synced");
+                readiness.set_ready();
+            }
+        }
+    };
+    let ready = tokio::spawn(ready);
+
+    let controllers = controllers::Context {
+        client: client.clone(),
+        caches: informers,
+        metrics: reconcile_metrics,
+        workers: config.workers,
+        burst_replicas: config.burst_replicas.max(1),
+        node_monitor_grace_period: config.node_monitor_grace_period,
+        default_unreachable_toleration_seconds: config.default_unreachable_toleration_seconds,
+        default_not_ready_toleration_seconds: config.default_not_ready_toleration_seconds,
+    };
+    let on_leading = controllers::run_all(controllers, stop_rx.clone());
+
+    let result = if config.leader_elect {
+        let identity = identity();
+        let timings = LeaseTimings {
+            lease_duration: config.lease_duration,
+            renew_deadline: config.renew_deadline,
+            retry_period: config.retry_period,
+        };
+        let elector =
+            LeaderElector::new(client.api::<Lease>("kube-system"), LEASE_NAME, &identity).with_timings(timings)?;
+        tracing::info!(%identity, lease = LEASE_NAME, "waiting for leadership");
+        elector.run(on_leading, shutdown).await.map_err(anyhow::Error::from)
+    } else {
+        tokio::select! {
+            _ = on_leading => {}
+            _ = shutdown => {}
+        }
+        Ok(())
+    };
+    tracing::info!("shutting down");
+    readiness.set_not_ready("shutting down");
+    let _ = stop_tx.send(true);
+    ready.abort();
+    for runner in runners {
+        let _ = runner.await;
+    }
+    let _ = http.await;
+    result
+}
+
+/// A candidate name unique per process: host name plus a random suffix.
+fn identity() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "skiff".into());
+    format!("{host}_{:08x}", rand::random::<u32>())
+}

@@ -1,0 +1,100 @@
+//! The controllers, one per file, and the wiring that feeds each one keys:
+//! every controller gets its own work queue, a task per watched kind that
+//! maps informer events to keys (handlers map, they never decide or call
+//! the API), and a [`skiff_client::Controller`] running its reconciles.
+//!
+//! Not here yet: Job, CronJob, DaemonSet, StatefulSet, Endpoints and the
+//! HorizontalPodAutoscaler controllers.
+
+pub mod deployment;
+pub mod garbage_collector;
+pub mod namespace;
+pub mod node_lifecycle;
+pub mod replicaset;
+pub mod taint_eviction;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use skiff_client::{Client, Controller, InformerEvent, Object, Reconcile, Store, WorkQueue};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::informers::Informers;
+use crate::metrics::ReconcileMetrics;
+
+/// What every controller may need.
+#[derive(Clone)]
+pub struct Context {
+    pub client: Client,
+    pub caches: Informers,
+    pub metrics: ReconcileMetrics,
+    pub workers: usize,
+    pub burst_replicas: usize,
+    pub node_monitor_grace_period: Duration,
+    pub default_unreachable_toleration_seconds: i64,
+    pub default_not_ready_toleration_seconds: i64,
+}
+
+/// Runs every controller until `stop` turns true. Dropping the future (the
+/// lease was lost) stops them all: every task lives in one `JoinSet`.
+pub async fn run_all(ctx: Context, stop: watch::Receiver<bool>) {
+    let mut set = JoinSet::new();
+    replicaset::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
+    deployment::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
+    garbage_collector::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
+    node_lifecycle::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
+    taint_eviction::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
+    namespace::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
+    while let Some(done) = set.join_next().await {
+        if let Err(error) = done {
+            if error.is_panic() {
+                tracing::error!(%error, "a controller task panicked");
+            }
+        }
+    }
+}
+
+/// Where a controller's tasks go.
+pub struct Wiring<'a> {
+    set: &'a mut JoinSet<()>,
+    stop: &'a watch::Receiver<bool>,
+}
+
+impl Wiring<'_> {
+    /// Feeds every event of `store` to `handler` (which enqueues keys) until stop.
+    pub fn on_events<K: Object>(&mut self, store: &Store<K>, handler: impl Fn(InformerEvent<K>) + Send + 'static) {
+        let mut events = store.subscribe();
+        let stop = self.stop.clone();
+        self.set.spawn(async move {
+            let stopped = crate::stopped(stop);
+            tokio::pin!(stopped);
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return,
+                    event = events.recv() => match event {
+                        Some(event) => handler(event),
+                        None => return,
+                    },
+                }
+            }
+        });
+    }
+
+    /// Runs `reconciler` over `queue` once every cache has synced.
+    pub fn run<R: Reconcile>(&mut self, ctx: &Context, reconciler: R, queue: WorkQueue<String>) {
+        let metrics = ctx.metrics.clone();
+        let mut controller = Controller::new(Arc::new(reconciler), queue)
+            .workers(ctx.workers)
+            .observe(move |name, outcome, elapsed| metrics.observe(name, outcome, elapsed));
+        for cache in ctx.caches.all() {
+            controller = controller.wait_for(cache);
+        }
+        let stop = self.stop.clone();
+        self.set.spawn(async move {
+            if let Err(error) = controller.run(crate::stopped(stop)).await {
+                tracing::error!(controller = R::NAME, %error, "controller stopped");
+            }
+        });
+    }
+}

@@ -1,0 +1,190 @@
+//! Node lifecycle: watches node heartbeats (Leases named after the node in
+//! kube-node-lease) and marks nodes whose heartbeat stopped.
+//!
+//! A node whose last heartbeat is older than `--node-monitor-grace-period`
+//! gets its Ready condition set to Unknown (reason NodeStatusUnknown) and the
+//! taint `node.kubernetes.io/unreachable:NoExecute`; when heartbeats resume
+//! the taint goes (the kubelet sets Ready=True itself). A node whose kubelet
+//! reports Ready=False gets `node.kubernetes.io/not-ready:NoExecute`. Pods
+//! on tainted nodes are the taint-eviction controller's business.
+//!
+//! The last heartbeat is the latest of the lease's renewTime, the Ready
+//! condition's lastHeartbeatTime, the node's creation and this controller's
+//! start, so a restarted controller-manager gives every node a full grace
+//! period before judging it.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, NodeCondition, Taint};
+use skiff_client::{Action, Client, EventRecorder, EventType, ObjectRef, Reconcile, Store, WorkQueue};
+
+use super::{Context, Wiring};
+use crate::error::{Error, Result};
+use crate::informers::NODE_LEASE_NAMESPACE;
+use crate::util::{self, millis};
+
+pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
+pub const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
+
+pub struct NodeLifecycleController {
+    client: Client,
+    nodes: Store<Node>,
+    leases: Store<Lease>,
+    grace: Duration,
+    started_ms: i64,
+    recorder: EventRecorder,
+}
+
+pub fn start(ctx: &Context, w: &mut Wiring<'_>) {
+    let queue = WorkQueue::new();
+    {
+        let queue = queue.clone();
+        w.on_events(&ctx.caches.nodes, move |ev| queue.add(ev.key()));
+    }
+    {
+        // A lease is named after its node.
+        let queue = queue.clone();
+        w.on_events(&ctx.caches.node_leases, move |ev| {
+            if let Some(name) = ev.object().metadata.name.clone() {
+                queue.add(name);
+            }
+        });
+    }
+    let controller = NodeLifecycleController {
+        client: ctx.client.clone(),
+        nodes: ctx.caches.nodes.clone(),
+        leases: ctx.caches.node_leases.clone(),
+        grace: ctx.node_monitor_grace_period,
+        started_ms: millis(&util::now()),
+        recorder: EventRecorder::new(ctx.client.clone(), "node-controller"),
+    };
+    w.run(ctx, controller, queue);
+}
+
+fn ready_condition(node: &Node) -> Option<&NodeCondition> {
+    node.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready")
+}
+
+fn has_taint(node: &Node, key: &str) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|t| t.iter().any(|t| t.key == key && t.effect == "NoExecute"))
+}
+
+impl Reconcile for NodeLifecycleController {
+    const NAME: &'static str = "nodelifecycle";
+    type Error = Error;
+
+    async fn reconcile(&self, name: &str) -> Result<Action> {
+        let Some(node) = self.nodes.get(name) else { return Ok(Action::done()) };
+        let lease_renewed = self
+            .leases
+            .get(&format!("{NODE_LEASE_NAMESPACE}/{name}"))
+            .and_then(|l| l.spec.as_ref()?.renew_time.as_ref().map(|t| millis(&t.0)));
+        let ready = ready_condition(&node);
+        let last = [
+            lease_renewed,
+            ready.and_then(|c| c.last_heartbeat_time.as_ref()).map(|t| millis(&t.0)),
+            node.metadata.creation_timestamp.as_ref().map(|t| millis(&t.0)),
+            Some(self.started_ms),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(0);
+        let grace_ms = self.grace.as_millis() as i64;
+        let now_ms = millis(&util::now());
+        let ready_status = ready.map(|c| c.status.as_str()).unwrap_or("Unknown");
+
+        if now_ms - last > grace_ms {
+            if ready.is_none_or(|c| c.status != "Unknown") {
+                self.mark_unknown(&node).await?;
+            }
+            self.set_taints(&node, Some(UNREACHABLE_TAINT)).await?;
+            return Ok(Action::done());
+        }
+        let wanted = (ready_status == "False").then_some(NOT_READY_TAINT);
+        self.set_taints(&node, wanted).await?;
+        // Heartbeats are events, their absence is not: look again when this
+        // one would go stale.
+        Ok(Action::requeue(Duration::from_millis((last + grace_ms - now_ms).max(0) as u64 + 100)))
+    }
+}
+
+impl NodeLifecycleController {
+    async fn mark_unknown(&self, node: &Node) -> Result<()> {
+        let mut updated = node.clone();
+        let status = updated.status.get_or_insert_with(Default::default);
+        let conditions = status.conditions.get_or_insert_with(Vec::new);
+        let now = util::now_time();
+        let message = "Kubelet stopped posting node status.".to_string();
+        match conditions.iter_mut().find(|c| c.type_ == "Ready") {
+            Some(c) => {
+                c.status = "Unknown".into();
+                c.reason = Some("NodeStatusUnknown".into());
+                c.message = Some(message);
+                c.last_transition_time = Some(now);
+            }
+            None => conditions.push(NodeCondition {
+                type_: "Ready".into(),
+                status: "Unknown".into(),
+                reason: Some("NodeStatusUnknown".into()),
+                message: Some(message),
+                last_transition_time: Some(now),
+                ..Default::default()
+            }),
+        }
+        let name = util::name(&node.metadata).to_string();
+        self.client.api::<Node>("").update_status(&updated).await.map_err(|source| Error::UpdateStatus {
+            kind: "Node",
+            key: name.clone(),
+            source,
+        })?;
+        tracing::info!(node = %name, "node stopped sending heartbeats: Ready=Unknown");
+        let msg = format!("Node {name} status is now: NodeNotReady");
+        if let Err(error) = self.recorder.record(&ObjectRef::of(node), EventType::Normal, "NodeNotReady", &msg).await {
+            tracing::debug!(%error, "recording event failed");
+        }
+        Ok(())
+    }
+
+    /// Makes `wanted` the node's only lifecycle taint (unreachable or
+    /// not-ready), keeping every other taint and the time a kept one was added.
+    async fn set_taints(&self, node: &Node, wanted: Option<&str>) -> Result<()> {
+        let lifecycle = [UNREACHABLE_TAINT, NOT_READY_TAINT];
+        let present_ok = wanted.is_none_or(|w| has_taint(node, w));
+        let stray = lifecycle.iter().any(|k| Some(*k) != wanted && has_taint(node, k));
+        if present_ok && !stray {
+            return Ok(());
+        }
+        let mut updated = node.clone();
+        let spec = updated.spec.get_or_insert_with(Default::default);
+        let taints = spec.taints.get_or_insert_with(Vec::new);
+        taints.retain(|t| {
+            !(lifecycle.contains(&t.key.as_str()) && t.effect == "NoExecute" && Some(t.key.as_str()) != wanted)
+        });
+        if let Some(key) = wanted {
+            if !taints.iter().any(|t| t.key == key && t.effect == "NoExecute") {
+                taints.push(Taint {
+                    key: key.into(),
+                    effect: "NoExecute".into(),
+                    time_added: Some(util::now_time()),
+                    value: None,
+                });
+            }
+        }
+        if taints.is_empty() {
+            spec.taints = None;
+        }
+        let name = util::name(&node.metadata).to_string();
+        self.client.api::<Node>("").update(&updated).await.map_err(|source| Error::Update {
+            kind: "Node",
+            key: name.clone(),
+            source,
+        })?;
+        tracing::info!(node = %name, taint = ?wanted, "node taints updated");
+        Ok(())
+    }
+}

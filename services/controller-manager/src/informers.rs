@@ -1,0 +1,72 @@
+//! The one set of informers every controller reads from, so that each kind
+//! is listed and watched once per process however many controllers use it.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use skiff_client::{CacheSync, Client, Informer, ListParams, Object, Store};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Namespace of the node heartbeats.
+pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
+
+/// Read access to every cache. Cheap to clone.
+#[derive(Clone)]
+pub struct Informers {
+    pub pods: Store<Pod>,
+    pub replicasets: Store<ReplicaSet>,
+    pub deployments: Store<Deployment>,
+    pub nodes: Store<Node>,
+    /// Node heartbeats, in kube-node-lease only.
+    pub node_leases: Store<Lease>,
+    pub namespaces: Store<Namespace>,
+}
+
+impl Informers {
+    /// Starts every informer; they run until `stop` turns true.
+    pub fn start(client: &Client, stop: watch::Receiver<bool>) -> (Self, Vec<JoinHandle<()>>) {
+        let mut runners = Vec::new();
+        let informers = Self {
+            pods: spawn(client.api::<Pod>(""), &stop, &mut runners),
+            replicasets: spawn(client.api::<ReplicaSet>(""), &stop, &mut runners),
+            deployments: spawn(client.api::<Deployment>(""), &stop, &mut runners),
+            nodes: spawn(client.api::<Node>(""), &stop, &mut runners),
+            node_leases: spawn(client.api::<Lease>(NODE_LEASE_NAMESPACE), &stop, &mut runners),
+            namespaces: spawn(client.api::<Namespace>(""), &stop, &mut runners),
+        };
+        (informers, runners)
+    }
+
+    /// Every cache, for controllers to wait on.
+    pub fn all(&self) -> Vec<Arc<dyn CacheSync>> {
+        vec![
+            Arc::new(self.pods.clone()),
+            Arc::new(self.replicasets.clone()),
+            Arc::new(self.deployments.clone()),
+            Arc::new(self.nodes.clone()),
+            Arc::new(self.node_leases.clone()),
+            Arc::new(self.namespaces.clone()),
+        ]
+    }
+
+    pub async fn wait_synced(&self) -> skiff_client::Result<()> {
+        for cache in self.all() {
+            cache.wait_synced().await?;
+        }
+        Ok(())
+    }
+}
+
+fn spawn<K: Object>(
+    api: skiff_client::Api<K>,
+    stop: &watch::Receiver<bool>,
+    runners: &mut Vec<JoinHandle<()>>,
+) -> Store<K> {
+    let informer = Informer::new(api, ListParams::default());
+    let store = informer.store();
+    runners.push(tokio::spawn(informer.run(crate::stopped(stop.clone()))));
+    store
+}
