@@ -63,7 +63,10 @@ fn pod(w: &mut Writer, obj: &Value, now: DateTime<Utc>) {
         let status = statuses.iter().find(|s| s.get("name").and_then(Value::as_str) == Some(name));
         container(w, 2, c, Some(status.unwrap_or(&Value::Null)), now);
     }
-    conditions(w, obj, &["Type", "Status"]);
+    // kubectl shows Type and Status only; a condition that explains itself
+    // (PodScheduled=False: why no node fits) gets its reason and message too.
+    let explained = array(obj, "/status/conditions").iter().any(|c| str_at(c, "/message").is_some());
+    conditions(w, obj, if explained { &["Type", "Status", "Reason", "Message"] } else { &["Type", "Status"] });
 }
 
 fn deployment(w: &mut Writer, obj: &Value, now: DateTime<Utc>) {
@@ -371,6 +374,39 @@ Events:
   Normal   Scheduled   5m    scheduler   assigned demo/web-1 to n1
 ";
         assert_eq!(text, want);
+    }
+
+    #[test]
+    fn describes_why_a_pod_is_not_scheduled() {
+        let pod = json!({
+            "metadata": {"name": "big", "namespace": "demo", "creationTimestamp": "2024-05-01T11:59:00Z"},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+            "status": {"phase": "Pending", "conditions": [{
+                "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "message": "0/3 nodes are available: 3 Insufficient cpu."
+            }]}
+        });
+        let events = [json!({
+            "type": "Warning", "reason": "FailedScheduling", "message": "0/3 nodes are available: 3 Insufficient cpu.",
+            "source": {"component": "default-scheduler"}, "count": 3,
+            "firstTimestamp": "2024-05-01T11:59:00Z", "lastTimestamp": "2024-05-01T11:59:50Z"
+        })];
+        let text = describe(info("po"), &pod, &events, now());
+        assert!(text.contains("\nNode:         <none>\n"), "{text}");
+        assert!(
+            text.contains(
+                "\nConditions:\n  Type           Status   Reason          Message\n  \
+                 ----           ------   ------          -------\n  \
+                 PodScheduled   False    Unschedulable   0/3 nodes are available: 3 Insufficient cpu.\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "  Warning   FailedScheduling   10s (x3 over 60s)   default-scheduler   0/3 nodes are available: 3 Insufficient cpu.\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -50,6 +50,33 @@ pub fn three_way(live: &Value, last: Option<&Value>, desired: &Value) -> Value {
     }
 }
 
+/// The JSON merge patch (RFC 7386) that turns `from` into `to`: changed
+/// and new fields, `null` for the ones `to` lacks, maps diffed key by key,
+/// anything else (lists included) replaced whole.
+pub fn patch_between(from: &Value, to: &Value) -> Value {
+    match (from, to) {
+        (Value::Object(from), Value::Object(to)) => {
+            let mut patch = Map::new();
+            for key in from.keys().filter(|k| !to.contains_key(*k)) {
+                patch.insert(key.clone(), Value::Null);
+            }
+            for (key, want) in to {
+                match from.get(key) {
+                    Some(was) if was == want => {}
+                    Some(was @ Value::Object(_)) if want.is_object() => {
+                        patch.insert(key.clone(), patch_between(was, want));
+                    }
+                    _ => {
+                        patch.insert(key.clone(), want.clone());
+                    }
+                }
+            }
+            Value::Object(patch)
+        }
+        _ => to.clone(),
+    }
+}
+
 /// The field that identifies each item of `items`, if every item is an
 /// object with a distinct scalar value for it.
 fn merge_key(items: &[Value]) -> Option<&'static str> {
@@ -90,6 +117,40 @@ pub fn record_last_applied(obj: &mut Value, manifest: &Value) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn patch_between_turns_one_object_into_the_other() {
+        let from = json!({"metadata": {"labels": {"app": "web", "extra": "x"}},
+                          "spec": {"containers": [{"name": "web", "image": "v2"}], "dnsPolicy": "ClusterFirst"}});
+        let to = json!({"metadata": {"labels": {"app": "web"}, "annotations": {"a": "1"}},
+                        "spec": {"containers": [{"name": "web", "image": "v1"}], "dnsPolicy": "ClusterFirst"}});
+        let patch = patch_between(&from, &to);
+        assert_eq!(
+            patch,
+            json!({"metadata": {"labels": {"extra": null}, "annotations": {"a": "1"}},
+                   "spec": {"containers": [{"name": "web", "image": "v1"}]}})
+        );
+        let mut patched = from.clone();
+        json_merge(&mut patched, &patch);
+        assert_eq!(patched, to);
+        assert_eq!(patch_between(&to, &to), json!({}));
+    }
+
+    /// RFC 7386, to check patches against.
+    fn json_merge(target: &mut Value, patch: &Value) {
+        match (target.as_object_mut(), patch.as_object()) {
+            (Some(t), Some(p)) => {
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        json_merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+            _ => *target = patch.clone(),
+        }
+    }
 
     #[test]
     fn keeps_what_others_set_and_replaces_what_the_manifest_sets() {

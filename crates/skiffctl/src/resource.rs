@@ -32,6 +32,22 @@ pub fn quoted_ref(info: &KindInfo, name: &str) -> String {
     format!("{} {name:?}", kind_ref(info))
 }
 
+/// The object a command names, as `KIND/NAME` (one word) or `KIND NAME`
+/// (two), as kubectl accepts both.
+pub fn parse_target(words: &[String]) -> Result<(&'static KindInfo, String)> {
+    let (kind, name) = match words {
+        [one] => {
+            one.split_once('/').ok_or_else(|| anyhow!("name the object as KIND/NAME or KIND NAME, not {one:?}"))?
+        }
+        [kind, name] if !name.contains('/') => (kind.as_str(), name.as_str()),
+        _ => return Err(anyhow!("name one object, as KIND/NAME or KIND NAME")),
+    };
+    if name.is_empty() {
+        return Err(anyhow!("the object in {kind:?} has no name"));
+    }
+    Ok((lookup(kind)?, name.to_string()))
+}
+
 /// The namespace a request for this kind goes to: none for cluster-scoped kinds.
 pub fn scope<'a>(info: &KindInfo, namespace: &'a str) -> &'a str {
     if info.namespaced {
@@ -54,6 +70,20 @@ mod tests {
         assert_eq!(object_ref(lookup("hpa").unwrap(), "h"), "horizontalpodautoscaler.autoscaling/h");
         assert_eq!(quoted_ref(lookup("deployments").unwrap(), "web"), "deployment.apps \"web\"");
         assert_eq!(quoted_ref(lookup("cm").unwrap(), "cfg"), "configmap \"cfg\"");
+    }
+
+    #[test]
+    fn targets_are_kind_slash_name_or_two_words() {
+        let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (info, name) = parse_target(&words(&["deploy/web"])).unwrap();
+        assert_eq!((info.kind, name.as_str()), ("Deployment", "web"));
+        let (info, name) = parse_target(&words(&["deployment", "api"])).unwrap();
+        assert_eq!((info.kind, name.as_str()), ("Deployment", "api"));
+        assert!(parse_target(&words(&["web"])).is_err());
+        assert!(parse_target(&words(&["deploy/"])).is_err());
+        assert!(parse_target(&words(&["deploy/a", "b"])).is_err());
+        assert!(parse_target(&words(&[])).is_err());
+        assert!(parse_target(&words(&["widgets/x"])).unwrap_err().to_string().contains("widgets"));
     }
 
     #[test]

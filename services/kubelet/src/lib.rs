@@ -1,1 +1,142 @@
-//! skiff-kubelet (being built).
+//! skiff-kubelet: the node agent.
+//!
+//! Two modes share this crate. The real kubelet (containerd over CRI) is a
+//! later piece of work and will live beside [`hollow`]; what exists now is
+//! the hollow mode (as kwok does it): `--hollow-nodes N` registers N fake
+//! Nodes from one process, keeps their Leases and status fresh, and marks
+//! pods bound to them Running without starting anything. It lets the
+//! scheduler, controllers and apiserver be driven at 5,000 nodes and
+//! 150,000 pods on one machine.
+#![forbid(unsafe_code)]
+
+mod error;
+pub mod hollow;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use error::Error;
+
+/// Flags of `skiff-kubelet`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// The apiserver, http://HOST:PORT (else SKIFF_SERVER, else the config file).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "127.0.0.1:10248")]
+    pub metrics_listen: SocketAddr,
+    /// Run N hollow (fake) nodes in this process instead of a real kubelet.
+    #[arg(long, default_value_t = 0)]
+    pub hollow_nodes: usize,
+    /// Hollow node names are this prefix and a four-digit index: hollow-0000.
+    #[arg(long, default_value = "hollow-")]
+    pub node_name_prefix: String,
+    /// CPU capacity of each hollow node.
+    #[arg(long, default_value = "8")]
+    pub cpu: String,
+    /// Memory capacity of each hollow node.
+    #[arg(long, default_value = "32Gi")]
+    pub memory: String,
+    /// Pods each hollow node takes.
+    #[arg(long, default_value_t = 110)]
+    pub max_pods: u32,
+    /// The first K hollow nodes have 4 `nvidia.com/gpu` and the label skiff.io/gpu=true.
+    #[arg(long, default_value_t = 0)]
+    pub gpu_nodes: usize,
+    /// Extra labels on every hollow node: k=v,k2=v2.
+    #[arg(long, value_parser = parse_labels, default_value = "")]
+    pub node_labels: Labels,
+    /// How often each node renews its Lease in kube-node-lease.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// How often each node writes its status (Ready's lastHeartbeatTime).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub status_interval: Duration,
+    /// The range fake pod IPs come from; each node gets its own slice of it.
+    #[arg(long, default_value = "10.128.0.0/9")]
+    pub pod_cidr_base: String,
+    /// The range hollow nodes' InternalIPs come from, one address per node.
+    #[arg(long, default_value = "172.16.0.0/12")]
+    pub node_ip_base: String,
+}
+
+/// Node labels from `--node-labels`, sorted by key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Labels(pub BTreeMap<String, String>);
+
+/// Runs the kubelet until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    if config.hollow_nodes == 0 {
+        return Err(Error::RealKubeletMissing.into());
+    }
+    hollow::run(config, shutdown).await
+}
+
+/// Parses `500ms`, `5s`, `2m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 500ms, 5s or 2m"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" | "" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        _ => return Err(format!("{s:?} has an unknown unit (use ms, s or m)")),
+    };
+    if d.is_zero() {
+        return Err(format!("{s:?} must be longer than zero"));
+    }
+    Ok(d)
+}
+
+/// Parses `k=v,k2=v2` (empty for none), checking keys and values as label
+/// keys and values.
+pub fn parse_labels(s: &str) -> Result<Labels, String> {
+    let mut labels = BTreeMap::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').ok_or_else(|| format!("{pair:?} is not key=value"))?;
+        // The label selector parser applies the apiserver's own rules.
+        skiff_api::selector::LabelSelector::parse(&format!("{k}={v}")).map_err(|e| format!("label {pair:?}: {e}"))?;
+        labels.insert(k.to_string(), v.to_string());
+    }
+    Ok(Labels(labels))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("1h").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn labels() {
+        let l = parse_labels("zone=a, tier=web").unwrap();
+        assert_eq!(l.0.into_iter().collect::<Vec<_>>(), [("tier".into(), "web".into()), ("zone".into(), "a".into())]);
+        assert_eq!(parse_labels("").unwrap(), Labels::default());
+        assert!(parse_labels("novalue").is_err());
+        assert!(parse_labels("bad key=x").is_err());
+    }
+
+    #[tokio::test]
+    async fn without_hollow_nodes_says_the_real_kubelet_is_missing() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            config: Config,
+        }
+        let cli = Cli::parse_from(["skiff-kubelet"]);
+        let err = run(cli.config, async {}).await.unwrap_err();
+        assert_eq!(err.to_string(), "the real kubelet is not built yet; use --hollow-nodes N");
+    }
+}

@@ -2,14 +2,19 @@
 //! prints what kubectl would.
 
 pub mod apply;
+pub mod cordon;
 pub mod create;
 pub mod delete;
 pub mod describe;
+pub mod drain;
 pub mod get;
+pub mod rollout;
+pub mod scale;
 pub mod up;
 pub mod version;
 
 use std::fmt;
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 use skiff_api::{meta, KindInfo};
@@ -31,6 +36,16 @@ pub enum Command {
     Delete(delete::Args),
     /// Create an object from arguments.
     Create(create::Args),
+    /// Set the replicas of a deployment, replicaset or statefulset.
+    Scale(scale::Args),
+    /// Follow, list, undo, pause or resume a deployment's rollouts.
+    Rollout(rollout::Args),
+    /// Mark a node unschedulable.
+    Cordon(cordon::Args),
+    /// Mark a node schedulable again.
+    Uncordon(cordon::Args),
+    /// Cordon a node and delete its pods, waiting until they are gone.
+    Drain(drain::Args),
     /// Start a local cluster in the background and point skiffctl at it.
     Up(up::UpArgs),
     /// Stop the local cluster `up` started.
@@ -46,6 +61,11 @@ pub async fn run(globals: &Globals, command: Command) -> Result<()> {
         Command::Describe(args) => describe::run(globals, args).await,
         Command::Delete(args) => delete::run(globals, args).await,
         Command::Create(args) => create::run(globals, args).await,
+        Command::Scale(args) => scale::run(globals, args).await,
+        Command::Rollout(args) => rollout::run(globals, args).await,
+        Command::Cordon(args) => cordon::cordon(globals, args).await,
+        Command::Uncordon(args) => cordon::uncordon(globals, args).await,
+        Command::Drain(args) => drain::run(globals, args).await,
         Command::Up(args) => up::up(args).await,
         Command::Down(args) => up::down(args).await,
         Command::Version => {
@@ -105,6 +125,20 @@ pub fn error_message(err: &anyhow::Error) -> String {
         }
     }
     parts.join(": ")
+}
+
+/// Parses a `--timeout` like `500ms`, `30s`, `5m`, `1h` (a bare number is
+/// seconds; 0 means no limit to the commands that take one).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 30s or 5m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("{s:?} has an unknown unit (use ms, s, m or h)")),
+    }
 }
 
 /// The object a manifest document stands for.
@@ -202,6 +236,17 @@ mod tests {
         assert_eq!(error_message(&err), "the apiserver is unavailable: etcd is down");
         let err = anyhow::anyhow!("inner").context("outer");
         assert_eq!(error_message(&err), "outer: inner");
+    }
+
+    #[test]
+    fn durations_take_the_usual_units() {
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("m").is_err());
     }
 
     #[test]

@@ -1,0 +1,48 @@
+//! What can go wrong in the kubelet, one variant per failed step.
+
+/// The kubelet's errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the real kubelet is not built yet; use --hollow-nodes N")]
+    RealKubeletMissing,
+    #[error("--{flag}: {reason}")]
+    InvalidFlag { flag: &'static str, reason: String },
+    #[error("registering node {node}")]
+    RegisterNode {
+        node: String,
+        #[source]
+        source: skiff_client::Error,
+    },
+    #[error("writing the status of node {node}")]
+    UpdateNodeStatus {
+        node: String,
+        #[source]
+        source: skiff_client::Error,
+    },
+    #[error("renewing the lease of node {node}")]
+    RenewLease {
+        node: String,
+        #[source]
+        source: skiff_client::Error,
+    },
+    #[error("marking pod {pod} running")]
+    UpdatePodStatus {
+        pod: String,
+        #[source]
+        source: skiff_client::Error,
+    },
+    #[error("deleting pod {pod}")]
+    DeletePod {
+        pod: String,
+        #[source]
+        source: skiff_client::Error,
+    },
+    #[error("node {node} has no pod IP left in {cidr}")]
+    PodIpsExhausted { node: String, cidr: String },
+    #[error("starting the metrics endpoint")]
+    Telemetry(#[from] skiff_telemetry::Error),
+    #[error("registering metric")]
+    Metric(#[from] skiff_telemetry::prometheus::Error),
+    #[error(transparent)]
+    Client(#[from] skiff_client::Error),
+}

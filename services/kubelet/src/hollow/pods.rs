@@ -1,0 +1,354 @@
+//! Pods on hollow nodes: a bound pod is marked Running (with a pod IP from
+//! its node's slice) as if its containers had started, and a pod being
+//! deleted is removed for good, as a kubelet does once its containers have
+//! stopped.
+//!
+//! One Pod informer watches bound pods in every namespace; its events only
+//! map a pod on one of our nodes to its key in a work queue, and a few
+//! workers reconcile keys from the informer's cache.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::{json, Value};
+use skiff_client::{key_of, Backoff, Informer, InformerEvent, ListParams, Store, WorkQueue};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use super::{now_time, stopped, Hollow};
+use crate::Error;
+
+/// Workers marking pods Running: enough that a burst of 10,000 bound pods
+/// keeps the apiserver busy, few enough not to queue up on it.
+const WORKERS: usize = 16;
+
+/// Retries of a failed pod write back off from 5ms to at most 30s.
+const BACKOFF: Backoff = Backoff { base: Duration::from_millis(5), max: Duration::from_secs(30) };
+
+/// Follows the pods bound to our nodes until stopped. A node in `revived`
+/// has come back from being stopped: its pods are looked at again.
+pub(super) async fn run(hollow: Hollow, mut revived: mpsc::UnboundedReceiver<usize>, stop: watch::Receiver<bool>) {
+    // Pending pods are none of a kubelet's business: only bound ones come.
+    let params = ListParams::default().fields("spec.nodeName!=");
+    let informer = Informer::new(hollow.client.api::<Pod>(""), params);
+    let store = informer.store();
+    let mut events = informer.subscribe();
+    let queue = WorkQueue::<String>::with_backoff(BACKOFF);
+
+    let mut tasks = JoinSet::new();
+    tasks.spawn(informer.run(stopped(stop.clone())));
+    tasks.spawn({
+        let (hollow, queue) = (hollow.clone(), queue.clone());
+        async move {
+            while let Some(event) = events.recv().await {
+                if let Some(key) = key_if_ours(&hollow, &event) {
+                    queue.add(key);
+                }
+            }
+        }
+    });
+    tasks.spawn({
+        let (hollow, queue, store) = (hollow.clone(), queue.clone(), store.clone());
+        async move {
+            while let Some(node) = revived.recv().await {
+                let name = hollow.fleet.name(node);
+                for pod in store.list().iter().filter(|p| node_name(p) == Some(name)) {
+                    queue.add(key_of(pod.as_ref()));
+                }
+            }
+        }
+    });
+
+    // Workers start once the cache holds every bound pod and the addresses
+    // of those already Running (after a restart) are taken, so that no new
+    // pod gets one of them.
+    tokio::select! {
+        _ = stopped(stop.clone()) => {}
+        synced = store.wait_synced() => {
+            if synced.is_ok() {
+                tracing::info!(pods = store.len(), "pod cache synced");
+                reserve_running(&hollow, &store);
+                for _ in 0..WORKERS {
+                    tasks.spawn(worker(hollow.clone(), store.clone(), queue.clone()));
+                }
+            }
+            stopped(stop).await;
+        }
+    }
+    queue.shutdown();
+    // The informer and the feed end on the stop signal; the revived channel
+    // closes with the control loop; workers end with the queue.
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Takes note of the addresses pods already Running on our nodes hold (a
+/// restart), before any worker hands out new ones that could collide.
+fn reserve_running(hollow: &Hollow, store: &Store<Pod>) {
+    for pod in store.list() {
+        if let (Some(node), Step::Keep(ip)) = (node_name(&pod).and_then(|n| hollow.fleet.index_of(n)), next_step(&pod))
+        {
+            hollow.fleet.pod_ips.reserve(&key_of(pod.as_ref()), node, ip);
+        }
+    }
+}
+
+fn node_name(pod: &Pod) -> Option<&str> {
+    pod.spec.as_ref().and_then(|s| s.node_name.as_deref())
+}
+
+/// The key of the pod an event is about, when it is bound to one of ours.
+fn key_if_ours(hollow: &Hollow, event: &InformerEvent<Pod>) -> Option<String> {
+    let pod = event.object();
+    node_name(pod).and_then(|n| hollow.fleet.index_of(n)).map(|_| key_of(pod.as_ref()))
+}
+
+async fn worker(hollow: Hollow, store: Store<Pod>, queue: WorkQueue<String>) {
+    while let Some(key) = queue.get().await {
+        match reconcile(&hollow, &store, &key).await {
+            Ok(()) => queue.forget(&key),
+            Err(error) => {
+                hollow.metrics.errors.with_label_values(&["pod"]).inc();
+                tracing::warn!(pod = %key, error = format!("{error:#}"), "pod sync failed, retrying");
+                queue.add_rate_limited(key.clone());
+            }
+        }
+        queue.done(&key);
+    }
+}
+
+/// Brings one pod where a kubelet would: Running once bound, gone once
+/// deleted. Reads the cache; idempotent.
+async fn reconcile(hollow: &Hollow, store: &Store<Pod>, key: &str) -> Result<(), Error> {
+    let fleet = &hollow.fleet;
+    let Some(pod) = store.get(key) else {
+        fleet.pod_ips.release(key);
+        return Ok(());
+    };
+    let Some(node) = node_name(&pod).and_then(|n| fleet.index_of(n)) else {
+        fleet.pod_ips.release(key);
+        return Ok(());
+    };
+    // A dead host changes nothing; reviving the node queues its pods again.
+    if fleet.is_stopped(node) {
+        return Ok(());
+    }
+    let (namespace, name) = key.split_once('/').unwrap_or(("", key));
+    match next_step(&pod) {
+        Step::Nothing => Ok(()),
+        Step::Keep(ip) => {
+            fleet.pod_ips.reserve(key, node, ip);
+            Ok(())
+        }
+        Step::Delete => {
+            // The containers "stopped" at once: remove the pod for good.
+            match hollow.client.delete("Pod", namespace, name).await {
+                Ok(_) => hollow.metrics.pods_deleted.inc(),
+                Err(e) if e.is_not_found() => {}
+                Err(source) => return Err(Error::DeletePod { pod: key.to_string(), source }),
+            }
+            fleet.pod_ips.release(key);
+            Ok(())
+        }
+        Step::Start => {
+            let ip = fleet.pod_ips.allocate(key, node).ok_or_else(|| Error::PodIpsExhausted {
+                node: fleet.name(node).to_string(),
+                cidr: fleet.pod_ips.node_cidr(node).to_string(),
+            })?;
+            let obj = json!({
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": name,
+                    "namespace": namespace,
+                    // From the cache: a stale copy loses with a conflict and
+                    // is retried once the informer has the new one.
+                    "resourceVersion": pod.metadata.resource_version,
+                },
+                "status": running_status(&pod, ip, fleet.node_ip(node), &now_time()),
+            });
+            match hollow.client.update_status("Pod", namespace, &obj).await {
+                Ok(_) => {
+                    hollow.metrics.pods_running.inc();
+                    tracing::debug!(pod = key, %ip, "pod running");
+                    Ok(())
+                }
+                Err(e) if e.is_not_found() => {
+                    fleet.pod_ips.release(key);
+                    Ok(())
+                }
+                Err(source) => Err(Error::UpdatePodStatus { pod: key.to_string(), source }),
+            }
+        }
+    }
+}
+
+/// What a bound pod on a running node needs next.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// Finished (Succeeded or Failed): nothing runs any more.
+    Nothing,
+    /// Running already with this address: remember it is taken.
+    Keep(Ipv4Addr),
+    /// Being deleted: delete it for good.
+    Delete,
+    /// Not started yet: mark it Running.
+    Start,
+}
+
+fn next_step(pod: &Pod) -> Step {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return Step::Delete;
+    }
+    let status = pod.status.as_ref();
+    let ip = status.and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse().ok());
+    match (status.and_then(|s| s.phase.as_deref()), ip) {
+        (Some("Succeeded" | "Failed"), _) => Step::Nothing,
+        (Some("Running"), Some(ip)) => Step::Keep(ip),
+        _ => Step::Start,
+    }
+}
+
+/// The status of a pod whose containers all started at `now` and are ready.
+fn running_status(pod: &Pod, ip: Ipv4Addr, host_ip: Ipv4Addr, now: &str) -> Value {
+    let uid = pod.metadata.uid.as_deref().unwrap_or("");
+    let spec = pod.spec.as_ref();
+    let container_id = |name: &str| format!("hollow://{uid}/{name}");
+    let image_id = |image: &str| format!("hollow://{image}");
+    let containers: Vec<Value> = spec
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|c| {
+            let image = c.image.as_deref().unwrap_or("");
+            json!({
+                "name": c.name, "ready": true, "started": true, "restartCount": 0,
+                "state": {"running": {"startedAt": now}},
+                "image": image, "imageID": image_id(image), "containerID": container_id(&c.name),
+            })
+        })
+        .collect();
+    let init_containers: Vec<Value> = spec
+        .and_then(|s| s.init_containers.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .map(|c| {
+            let image = c.image.as_deref().unwrap_or("");
+            json!({
+                "name": c.name, "ready": true, "restartCount": 0,
+                "state": {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": now, "finishedAt": now}},
+                "image": image, "imageID": image_id(image), "containerID": container_id(&c.name),
+            })
+        })
+        .collect();
+    // PodScheduled was set by the bind; keep when that happened.
+    let scheduled_at = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "PodScheduled"))
+        .and_then(|c| c.last_transition_time.as_ref())
+        .and_then(|t| serde_json::to_value(t).ok())
+        .unwrap_or_else(|| now.into());
+    let condition = |ty: &str, at: &Value| json!({"type": ty, "status": "True", "lastTransitionTime": at});
+    let now_value = Value::from(now);
+    let mut status = json!({
+        "phase": "Running",
+        "podIP": ip.to_string(),
+        "podIPs": [{"ip": ip.to_string()}],
+        "hostIP": host_ip.to_string(),
+        "hostIPs": [{"ip": host_ip.to_string()}],
+        "startTime": now,
+        "conditions": [
+            condition("PodScheduled", &scheduled_at),
+            condition("Initialized", &now_value),
+            condition("ContainersReady", &now_value),
+            condition("Ready", &now_value),
+        ],
+        "containerStatuses": containers,
+    });
+    if !init_containers.is_empty() {
+        status["initContainerStatuses"] = init_containers.into();
+    }
+    if let Some(qos) = pod.status.as_ref().and_then(|s| s.qos_class.as_deref()) {
+        status["qosClass"] = qos.into();
+    }
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(value: Value) -> Pod {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn bound() -> Value {
+        json!({
+            "metadata": {"name": "web-1", "namespace": "demo", "uid": "u-1", "resourceVersion": "7"},
+            "spec": {
+                "nodeName": "hollow-0001",
+                "initContainers": [{"name": "setup", "image": "busybox"}],
+                "containers": [{"name": "web", "image": "nginx:1"}, {"name": "side", "image": "envoy"}]
+            },
+            "status": {"phase": "Pending", "conditions": [
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": "2024-05-01T11:00:00Z"}
+            ]}
+        })
+    }
+
+    #[test]
+    fn decides_what_a_kubelet_would_do_next() {
+        assert_eq!(next_step(&pod(bound())), Step::Start);
+        let mut running = bound();
+        running["status"] = json!({"phase": "Running", "podIP": "10.128.1.2"});
+        assert_eq!(next_step(&pod(running.clone())), Step::Keep(Ipv4Addr::new(10, 128, 1, 2)));
+        running["status"]["podIP"] = json!("");
+        assert_eq!(next_step(&pod(running.clone())), Step::Start, "running without an address is fixed");
+        running["metadata"]["deletionTimestamp"] = json!("2024-05-01T12:00:00Z");
+        assert_eq!(next_step(&pod(running)), Step::Delete);
+        let mut done = bound();
+        done["status"]["phase"] = json!("Succeeded");
+        assert_eq!(next_step(&pod(done)), Step::Nothing);
+    }
+
+    #[test]
+    fn running_status_has_ready_containers_and_addresses() {
+        let p = pod(bound());
+        let s = running_status(&p, Ipv4Addr::new(10, 128, 1, 2), Ipv4Addr::new(172, 16, 0, 2), "2024-05-01T12:00:00Z");
+        assert_eq!(s["phase"], "Running");
+        assert_eq!(s["podIP"], "10.128.1.2");
+        assert_eq!(s["hostIP"], "172.16.0.2");
+        assert_eq!(s["startTime"], "2024-05-01T12:00:00Z");
+        let types: Vec<&str> =
+            s["conditions"].as_array().unwrap().iter().map(|c| c["type"].as_str().unwrap()).collect();
+        assert_eq!(types, ["PodScheduled", "Initialized", "ContainersReady", "Ready"]);
+        assert!(s["conditions"].as_array().unwrap().iter().all(|c| c["status"] == "True"));
+        assert_eq!(s["conditions"][0]["lastTransitionTime"], "2024-05-01T11:00:00Z", "bind time kept");
+        let web = &s["containerStatuses"][0];
+        assert_eq!((&web["name"], &web["ready"], &web["started"]), (&json!("web"), &json!(true), &json!(true)));
+        assert_eq!(web["containerID"], "hollow://u-1/web");
+        assert_eq!(web["imageID"], "hollow://nginx:1");
+        assert_eq!(web["state"]["running"]["startedAt"], "2024-05-01T12:00:00Z");
+        assert_eq!(s["containerStatuses"].as_array().unwrap().len(), 2);
+        assert_eq!(s["initContainerStatuses"][0]["state"]["terminated"]["reason"], "Completed");
+    }
+
+    #[test]
+    fn running_status_passes_the_apiservers_admission() {
+        let mut p = bound();
+        p["apiVersion"] = json!("v1");
+        p["kind"] = json!("Pod");
+        let status = running_status(
+            &pod(p.clone()),
+            Ipv4Addr::new(10, 0, 0, 2),
+            Ipv4Addr::new(10, 0, 0, 1),
+            "2024-05-01T12:00:00Z",
+        );
+        p["status"] = status;
+        let size = p.to_string().len();
+        let normalized = skiff_api::normalize(skiff_api::KindInfo::by_kind("Pod").unwrap(), p, size).expect("valid");
+        assert_eq!(normalized["status"]["containerStatuses"][1]["name"], "side");
+    }
+}
