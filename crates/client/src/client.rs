@@ -17,6 +17,9 @@ use crate::{Error, Result};
 pub struct ListParams {
     pub label_selector: String,
     pub field_selector: String,
+    /// Items per page fetched from the server (0: the default, 500). `list`
+    /// always returns every item; pages keep each message small.
+    pub page_size: i64,
 }
 
 impl ListParams {
@@ -55,6 +58,10 @@ impl<T> WatchEvent<T> {
         }
     }
 }
+
+/// Items per List page: large lists arrive as several messages well under
+/// the message size limit.
+const DEFAULT_PAGE_SIZE: i64 = 500;
 
 /// A cheap-to-clone handle to the apiserver.
 #[derive(Clone)]
@@ -103,16 +110,33 @@ impl Client {
         decode(kind, &self.objects.clone().get(req).await?.into_inner().object)
     }
 
+    /// Every object of `kind` (in `namespace`, or all namespaces for ""),
+    /// fetched page by page from one snapshot.
     pub async fn list(&self, kind: &str, namespace: &str, params: &ListParams) -> Result<ObjectList<Value>> {
-        let req = proto::ListRequest {
-            kind: kind.into(),
-            namespace: namespace.into(),
-            label_selector: params.label_selector.clone(),
-            field_selector: params.field_selector.clone(),
-        };
-        let reply = self.objects.clone().list(req).await?.into_inner();
-        let items = reply.items.iter().map(|b| decode(kind, b)).collect::<Result<_>>()?;
-        Ok(ObjectList { items, resource_version: reply.resource_version })
+        let mut items = Vec::new();
+        let mut resource_version = String::new();
+        let mut continue_token = String::new();
+        loop {
+            let req = proto::ListRequest {
+                kind: kind.into(),
+                namespace: namespace.into(),
+                label_selector: params.label_selector.clone(),
+                field_selector: params.field_selector.clone(),
+                limit: if params.page_size > 0 { params.page_size } else { DEFAULT_PAGE_SIZE },
+                continue_token: std::mem::take(&mut continue_token),
+            };
+            let reply = self.objects.clone().list(req).await?.into_inner();
+            for b in &reply.items {
+                items.push(decode(kind, b)?);
+            }
+            if resource_version.is_empty() {
+                resource_version = reply.resource_version;
+            }
+            if reply.continue_token.is_empty() {
+                return Ok(ObjectList { items, resource_version });
+            }
+            continue_token = reply.continue_token;
+        }
     }
 
     /// Changes after `resource_version` ("" for from now on). The stream

@@ -173,7 +173,7 @@ impl objects_server::Objects for FakeApiserver {
             .filter(|(k, _)| matches(&req.kind, &req.namespace, k))
             .map(|(_, v)| serde_json::to_vec(v).unwrap_or_default().into())
             .collect();
-        Ok(Response::new(proto::ListReply { items, resource_version: st.revision.to_string() }))
+        Ok(Response::new(proto::ListReply { items, resource_version: st.revision.to_string(), ..Default::default() }))
     }
 
     type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::WatchEvent, Status>> + Send + 'static>>;

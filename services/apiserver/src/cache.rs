@@ -106,6 +106,14 @@ struct State {
     feed: broadcast::Sender<Arc<CacheEvent>>,
 }
 
+/// One page of a list.
+pub struct Page {
+    pub items: Vec<Bytes>,
+    pub revision: i64,
+    /// Where the next page starts (inclusive), when more may follow.
+    pub next: Option<String>,
+}
+
 /// A client watch attached to the cache: events to replay, then the feed.
 pub struct Subscription {
     pub replay: Vec<Arc<CacheEvent>>,
@@ -158,6 +166,34 @@ impl WatchCache {
             .map(|(_, o)| o.json.clone())
             .collect();
         (items, state.revision)
+    }
+
+    /// Up to `limit` objects passing `filter`, from key `start` on, and the
+    /// key the next page starts at if any keys remain. With `at` set, only
+    /// if the cache still shows that revision (a later page of a list must
+    /// show the same snapshot as its first).
+    pub fn page(&self, filter: &Filter, start: &str, limit: usize, at: Option<i64>) -> Option<Page> {
+        let state = self.read();
+        if at.is_some_and(|r| r != state.revision) {
+            return None;
+        }
+        let mut items = Vec::new();
+        let mut next = None;
+        let mut range = state.objects.range(start.to_string()..).take_while(|(k, _)| k.starts_with(&filter.key_prefix));
+        for (key, o) in range.by_ref() {
+            if filter.matches(o) {
+                items.push(o.json.clone());
+                if items.len() >= limit {
+                    next = Some(format!("{key}\0"));
+                    break;
+                }
+            }
+        }
+        // Past the last key of the range there is nothing to continue with.
+        if next.is_some() && range.next().is_none() {
+            next = None;
+        }
+        Some(Page { items, revision: state.revision, next })
     }
 
     pub fn get(&self, key: &str) -> Option<Arc<CachedObject>> {

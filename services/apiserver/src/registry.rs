@@ -11,7 +11,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use skiff_api::{meta, normalize, KindInfo, MAX_OBJECT_BYTES};
 
-use crate::cache::{Filter, WatchCache};
+use crate::cache::{CachedObject, Filter, Page, WatchCache};
 use crate::storage::{Storage, Stored, Swap};
 use crate::Error;
 
@@ -192,14 +192,67 @@ impl Registry {
     }
 
     /// Serves a list from the watch cache once it holds this apiserver's own
-    /// latest write of the kind.
-    pub async fn list(&self, info: &'static KindInfo, filter: &Filter) -> (Vec<Bytes>, i64) {
+    /// latest write of the kind. With a limit, in pages of one snapshot: a
+    /// later page comes from the cache while it still shows that revision,
+    /// else from etcd at that revision.
+    pub async fn list(
+        &self,
+        info: &'static KindInfo,
+        filter: &Filter,
+        limit: usize,
+        continue_token: &str,
+    ) -> Result<Page, Error> {
         let cache = self.cache(info);
-        let wanted = self.last_write[info.kind].load(Ordering::Relaxed);
-        if cache.revision() < wanted {
-            cache.wait_for(wanted, READ_YOUR_WRITES_WAIT).await;
+        if continue_token.is_empty() {
+            let wanted = self.last_write[info.kind].load(Ordering::Relaxed);
+            if cache.revision() < wanted {
+                cache.wait_for(wanted, READ_YOUR_WRITES_WAIT).await;
+            }
+            let limit = if limit == 0 { usize::MAX } else { limit };
+            return Ok(cache.page(filter, &filter.key_prefix, limit, None).expect("an unpinned page always answers"));
         }
-        cache.list(filter)
+        let (revision, start) = continue_token
+            .split_once(':')
+            .and_then(|(r, k)| Some((r.parse::<i64>().ok()?, k)))
+            .filter(|(_, k)| k.starts_with(&filter.key_prefix))
+            .ok_or_else(|| Error::BadRequest(format!("continue: {continue_token:?} is not a token this list gave")))?;
+        let limit = if limit == 0 { usize::MAX } else { limit };
+        if let Some(page) = cache.page(filter, start, limit, Some(revision)) {
+            return Ok(page);
+        }
+        self.page_from_etcd(info, filter, start, limit, revision).await
+    }
+
+    async fn page_from_etcd(
+        &self,
+        info: &'static KindInfo,
+        filter: &Filter,
+        start: &str,
+        limit: usize,
+        revision: i64,
+    ) -> Result<Page, Error> {
+        let end = prefix_end(&filter.key_prefix);
+        let mut start = start.to_string();
+        let mut items = Vec::new();
+        loop {
+            let batch = limit.saturating_sub(items.len()).clamp(1, 1000) as i64;
+            let (kvs, more) = self.storage.list_range(&start, &end, batch, revision).await?;
+            for (i, (key, stored)) in kvs.iter().enumerate() {
+                let object = CachedObject::decode(info, key.clone(), &stored.value, stored.mod_revision)?;
+                if filter.matches(&object) {
+                    items.push(object.json);
+                }
+                if items.len() >= limit {
+                    let rest = more || i + 1 < kvs.len();
+                    let next = rest.then(|| format!("{key}\0"));
+                    return Ok(Page { items, revision, next });
+                }
+            }
+            match kvs.last() {
+                Some((key, _)) if more => start = format!("{key}\0"),
+                _ => return Ok(Page { items, revision, next: None }),
+            }
+        }
     }
 
     /// Update (spec and metadata) or UpdateStatus (status only).
@@ -461,6 +514,18 @@ fn has_finalizers(info: &KindInfo, obj: &Value) -> bool {
     let spec_finalizers = info.kind == "Namespace"
         && obj.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
     spec_finalizers || !meta::finalizers(obj).is_empty()
+}
+
+/// The first key after every key that starts with `prefix`.
+fn prefix_end(prefix: &str) -> String {
+    let mut bytes = prefix.as_bytes().to_vec();
+    while let Some(last) = bytes.pop() {
+        if last < 0xff {
+            bytes.push(last + 1);
+            break;
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// Sets one entry of status.conditions, keeping the others.

@@ -91,8 +91,10 @@ impl Objects for ObjectsService {
         self.call("List", &r.kind, &meta, async {
             let info = KindInfo::by_kind(&r.kind)?;
             let filter = filter(info, &r.namespace, &r.label_selector, &r.field_selector)?;
-            let (items, revision) = self.registry.list(info, &filter).await;
-            Ok(ListReply { items, resource_version: revision.to_string() })
+            let limit = usize::try_from(r.limit.max(0)).unwrap_or(usize::MAX);
+            let page = self.registry.list(info, &filter, limit, &r.continue_token).await?;
+            let continue_token = page.next.map(|k| format!("{}:{k}", page.revision)).unwrap_or_default();
+            Ok(ListReply { items: page.items, resource_version: page.revision.to_string(), continue_token })
         })
         .await
     }

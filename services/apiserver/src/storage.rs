@@ -82,6 +82,36 @@ impl Storage {
         Ok((items, revision))
     }
 
+    /// Keys in `[start, end)` as they were at `revision`, at most `limit`
+    /// of them, and whether more follow. Fails as expired once etcd has
+    /// compacted `revision`.
+    pub async fn list_range(
+        &self,
+        start: &str,
+        end: &str,
+        limit: i64,
+        revision: i64,
+    ) -> Result<(Vec<(String, Stored)>, bool), Error> {
+        let _t = self.timer("list");
+        let options = GetOptions::new().with_range(end).with_limit(limit).with_revision(revision);
+        let resp = match self.client.kv_client().get(start, Some(options)).await {
+            Ok(resp) => resp,
+            Err(etcd_client::Error::GRpcStatus(s)) if s.code() == tonic::Code::OutOfRange => {
+                return Err(Error::Expired { requested: revision, compacted: 0 })
+            }
+            Err(source) => return Err(Error::Etcd { op: "list", source }),
+        };
+        let items = resp
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                (key, Stored { value: Bytes::copy_from_slice(kv.value()), mod_revision: kv.mod_revision() })
+            })
+            .collect();
+        Ok((items, resp.more()))
+    }
+
     /// Writes `value` at `key` if the key's mod_revision is still
     /// `expected` (0 = the key must not exist).
     pub async fn put_if(&self, key: &str, value: Vec<u8>, expected: i64) -> Result<Swap, Error> {
