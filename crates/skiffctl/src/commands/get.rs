@@ -58,6 +58,7 @@ pub async fn run(globals: &Globals, args: Args) -> Result<()> {
     let params = ListParams {
         label_selector: args.selector.clone().unwrap_or_default(),
         field_selector: args.field_selector.clone().unwrap_or_default(),
+        ..Default::default()
     };
 
     let view = View { info, output: args.output, all_namespaces: args.all_namespaces };

@@ -16,6 +16,10 @@ pub struct UpArgs {
     /// Address of the apiserver's gRPC API.
     #[arg(long, default_value = "127.0.0.1:6443")]
     pub listen: SocketAddr,
+    /// Also start this many hollow (simulated) nodes: pods scheduled to them
+    /// are reported Running without containers.
+    #[arg(long, default_value_t = 0)]
+    pub hollow_nodes: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -52,10 +56,23 @@ pub async fn up(args: UpArgs) -> Result<()> {
         etcd_ports: Some(ETCD_PORTS),
         ..Default::default()
     };
-    let cluster = Cluster::start_with(options).await.context("starting the cluster")?;
+    let mut cluster = Cluster::start_with(options).await.context("starting the cluster")?;
+    cluster.start_service("scheduler", "skiff-scheduler", &[]).await.context("starting the scheduler")?;
+    cluster
+        .start_service("controller-manager", "skiff-controller-manager", &[])
+        .await
+        .context("starting the controller-manager")?;
+    if args.hollow_nodes > 0 {
+        let nodes = format!("--hollow-nodes={}", args.hollow_nodes);
+        cluster.start_service("kubelet", "skiff-kubelet", &[nodes]).await.context("starting hollow nodes")?;
+    }
     let config = ClientConfig { server: cluster.server() };
     let path = config.save()?;
     println!("skiff is up: apiserver {} (address written to {})", cluster.server(), path.display());
+    println!("running: etcd, skiff-apiserver, skiff-scheduler, skiff-controller-manager");
+    if args.hollow_nodes > 0 {
+        println!("{} hollow nodes (simulated: pods on them run no containers)", args.hollow_nodes);
+    }
     println!("state and logs: {}; stop with `skiffctl down`", state_dir.display());
     Ok(())
 }
