@@ -2,17 +2,22 @@
 //! child processes, with their state, logs and pid files under one
 //! directory. Integration tests, benchmarks and `skiffctl up` all use it.
 //!
+//! [`runtime`] adds the container side of a node: a local registry with
+//! test images built here, and containerd (CRI) pulling from it.
+//!
 //! Services are the binaries cargo built next to the running executable (or
 //! in `$SKIFF_BIN_DIR`): run `cargo build --bins` before the tests.
 #![forbid(unsafe_code)]
 
 mod process;
+pub mod runtime;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use process::{stop_detached, Process};
+pub use runtime::{Runtime, RuntimeOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -35,6 +40,20 @@ pub enum Error {
     Exited { name: String, status: String, log_tail: String },
     #[error("{name} was not ready after {timeout:?}; last log lines:\n{log_tail}")]
     NotReady { name: String, timeout: Duration, log_tail: String },
+    #[error("{what}: `{command}` failed ({status}): {stderr}")]
+    Command { what: String, command: String, status: String, stderr: String },
+    #[error("connecting to the CRI socket {socket}")]
+    CriConnect {
+        socket: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("CRI call failed: {what}")]
+    Cri {
+        what: &'static str,
+        #[source]
+        source: tonic::Status,
+    },
     #[error(transparent)]
     Client(#[from] skiff_client::Error),
 }
@@ -85,14 +104,18 @@ pub struct ClusterOptions {
     pub etcd_ports: Option<(u16, u16)>,
     /// Extra apiserver flags.
     pub apiserver_args: Vec<String>,
+    /// Also start a registry with the test images and containerd (CRI):
+    /// see [`Cluster::runtime`]. None (the default) keeps the cluster cheap.
+    pub runtime: Option<RuntimeOptions>,
 }
 
 /// etcd, an apiserver and any services started on them, running.
 ///
-/// Fields drop in order: services first, then the apiserver, etcd, and last
-/// the temp dir they kept their state in.
+/// Fields drop in order: services first, then containerd and the registry,
+/// the apiserver, etcd, and last the temp dir they kept their state in.
 pub struct Cluster {
     services: Vec<Service>,
+    runtime: Option<Runtime>,
     apiserver: Option<Process>,
     pub etcd: Process,
     _temp: Option<tempfile::TempDir>,
@@ -170,6 +193,7 @@ impl Cluster {
         let apiserver_metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut cluster = Cluster {
             services: Vec::new(),
+            runtime: None,
             _temp: temp,
             dir,
             detach: options.detach,
@@ -181,7 +205,20 @@ impl Cluster {
             apiserver_args: options.apiserver_args,
         };
         cluster.start_apiserver().await?;
+        if let Some(runtime) = &options.runtime {
+            cluster.runtime = Some(Runtime::start(&cluster.dir, runtime, cluster.detach).await?);
+        }
         Ok(cluster)
+    }
+
+    /// The registry and containerd, when [`ClusterOptions::runtime`] asked
+    /// for them.
+    pub fn runtime(&self) -> Option<&Runtime> {
+        self.runtime.as_ref()
+    }
+
+    pub fn runtime_mut(&mut self) -> Option<&mut Runtime> {
+        self.runtime.as_mut()
     }
 
     pub fn dir(&self) -> &Path {

@@ -21,7 +21,7 @@ fn signal(pid: u32, sig: &str) {
     let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).stderr(Stdio::null()).status();
 }
 
-fn log_tail(path: &Path) -> String {
+pub(crate) fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
@@ -91,7 +91,7 @@ impl Process {
         }
     }
 
-    fn exit_status(&self) -> Option<String> {
+    pub(crate) fn exit_status(&self) -> Option<String> {
         // try_wait needs &mut; a zero-signal probe tells the same without it.
         let pid = self.pid()?;
         let alive = Command::new("kill").arg("-0").arg(pid.to_string()).stderr(Stdio::null()).status();
@@ -159,18 +159,34 @@ pub fn stop_detached(state_dir: &Path) -> Result<Vec<String>> {
     found.sort();
     let mut stopped = Vec::new();
     for (_, name, path) in found.into_iter().rev() {
-        if let Some(pid) = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<u32>().ok()) {
-            signal(pid, "TERM");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline && Path::new(&format!("/proc/{pid}")).exists() {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if Path::new(&format!("/proc/{pid}")).exists() {
-                signal(pid, "KILL");
-            }
+        if stop_pid_file(&path) {
             stopped.push(name);
         }
-        let _ = std::fs::remove_file(&path);
     }
     Ok(stopped)
+}
+
+/// Stops the process named in pid file `path` (SIGTERM, SIGKILL after 10s)
+/// and removes the file. False if the file held no pid.
+pub(crate) fn stop_pid_file(path: &Path) -> bool {
+    let pid = std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse::<u32>().ok());
+    if let Some(pid) = pid {
+        signal(pid, "TERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && running(pid) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if running(pid) {
+            signal(pid, "KILL");
+        }
+    }
+    let _ = std::fs::remove_file(path);
+    pid.is_some()
+}
+
+/// Whether `pid` exists and has not exited: a zombie (exited, not yet
+/// reaped by a parent that is still running, as in a test) counts as gone.
+pub(crate) fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| !s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
 }
