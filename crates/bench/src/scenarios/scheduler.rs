@@ -61,7 +61,9 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         ("hollow_kubelet", cluster.service("kubelet").and_then(|s| s.process.pid())),
         ("etcd", cluster.etcd.pid()),
     ] {
-        figure(&format!("{name}_rss"), proc_usage(pid.unwrap_or(0)).1, "MiB");
+        let (cpu, rss) = proc_usage(pid.unwrap_or(0));
+        figure(&format!("{name}_rss"), rss, "MiB");
+        figure(&format!("{name}_cpu"), cpu, "s");
     }
     Ok(())
 }
