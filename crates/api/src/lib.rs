@@ -6,6 +6,7 @@
 
 pub mod admission;
 mod defaults;
+pub mod duration;
 mod error;
 pub mod kinds;
 pub mod meta;
@@ -14,6 +15,7 @@ pub mod selector;
 mod validation;
 
 pub use admission::{decode_typed, normalize};
+pub use duration::parse_duration;
 pub use error::{Error, FieldError};
 pub use kinds::{KindInfo, KINDS};
 pub use selector::{FieldSelector, LabelSelector};
@@ -27,7 +29,7 @@ pub fn validation_problem_for_name(name: &str) -> Option<String> {
     validation::dns_subdomain_problem(name)
 }
 
-/// Code generated from `proto/skiff/v1/objects.proto`.
+/// Code generated from `proto/skiff/v1/objects.proto` and `kubelet.proto`.
 pub mod proto {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("skiff.v1");

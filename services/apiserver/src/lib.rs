@@ -10,6 +10,7 @@ mod service;
 mod storage;
 mod watch;
 
+use skiff_api::parse_duration;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,18 +42,6 @@ pub struct Config {
     /// How often an idle filtered watch gets a bookmark.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub bookmark_interval: Duration,
-}
-
-/// Parses `500ms`, `5s`, `2m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 500ms, 5s or 2m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{s:?} has an unknown unit (use ms, s or m)")),
-    }
 }
 
 /// The largest request the API accepts: above the 1.5 MiB object limit so

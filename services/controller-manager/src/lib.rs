@@ -16,6 +16,7 @@ mod informers;
 mod metrics;
 mod util;
 
+use skiff_api::parse_duration;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -66,18 +67,6 @@ pub struct Config {
     /// How long pods without their own toleration stay on a not-ready node.
     #[arg(long, default_value_t = 300)]
     pub default_not_ready_toleration_seconds: i64,
-}
-
-/// Parses `500ms`, `5s`, `2m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 500ms, 5s or 2m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{s:?} has an unknown unit (use ms, s or m)")),
-    }
 }
 
 /// Resolves when `rx` turns true (or its sender is gone).

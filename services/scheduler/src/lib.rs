@@ -23,6 +23,7 @@ pub mod queue;
 pub mod resources;
 mod scheduler;
 
+use skiff_api::parse_duration;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -83,18 +84,6 @@ pub struct Config {
     /// Record a Normal `Scheduled` Event for each bound pod (one more write per pod).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub record_scheduled_events: bool,
-}
-
-/// Parses `500ms`, `5s`, `2m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 500ms, 5s or 2m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{s:?} has an unknown unit (use ms, s or m)")),
-    }
 }
 
 /// This replica's default lease identity: the host name and the pid.

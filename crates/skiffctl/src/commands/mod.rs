@@ -13,8 +13,8 @@ pub mod scale;
 pub mod up;
 pub mod version;
 
+pub use skiff_api::parse_duration;
 use std::fmt;
-use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 use skiff_api::{meta, KindInfo};
@@ -125,20 +125,6 @@ pub fn error_message(err: &anyhow::Error) -> String {
         }
     }
     parts.join(": ")
-}
-
-/// Parses a `--timeout` like `500ms`, `30s`, `5m`, `1h` (a bare number is
-/// seconds; 0 means no limit to the commands that take one).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 30s or 5m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("{s:?} has an unknown unit (use ms, s, m or h)")),
-    }
 }
 
 /// The object a manifest document stands for.
