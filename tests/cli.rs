@@ -2,28 +2,8 @@
 //! Kubernetes, listing them, and reporting bad documents one by one.
 
 use std::path::Path;
-use std::process::Output;
 
 use skiff_testkit::Cluster;
-
-fn skiffctl(cluster: &Cluster, args: &[&str], stdin: Option<&str>) -> Output {
-    use std::io::Write;
-    let bin = skiff_testkit::binary("skiffctl").expect("skiffctl built");
-    let mut child = std::process::Command::new(bin)
-        .arg("--server")
-        .arg(cluster.server())
-        .args(args)
-        .env_remove("SKIFF_SERVER")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run skiffctl");
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
-    drop(input);
-    child.wait_with_output().unwrap()
-}
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -33,14 +13,14 @@ fn text(b: &[u8]) -> String {
 async fn apply_sample_app_then_get_it() {
     let cluster = Cluster::start().await.expect("cluster");
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sample-app.yaml");
-    let out = skiffctl(&cluster, &["apply", "-f", sample.to_str().unwrap()], None);
+    let out = cluster.skiffctl(&["apply", "-f", sample.to_str().unwrap()], None).unwrap();
     assert!(out.status.success(), "apply failed: {}", text(&out.stderr));
     let stdout = text(&out.stdout);
     for line in ["namespace/demo created", "deployment.apps/web created", "service/web created"] {
         assert!(stdout.contains(line), "{line:?} in {stdout}");
     }
 
-    let out = skiffctl(&cluster, &["get", "deploy", "-n", "demo"], None);
+    let out = cluster.skiffctl(&["get", "deploy", "-n", "demo"], None).unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let table = text(&out.stdout);
     assert!(
@@ -49,14 +29,14 @@ async fn apply_sample_app_then_get_it() {
     );
     assert!(table.lines().nth(1).unwrap().starts_with("web "), "{table}");
 
-    let out = skiffctl(&cluster, &["get", "deploy", "-n", "demo", "-o", "json"], None);
+    let out = cluster.skiffctl(&["get", "deploy", "-n", "demo", "-o", "json"], None).unwrap();
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("-o json prints JSON");
     assert_eq!(list["kind"], "DeploymentList");
     assert_eq!(list["items"][0]["metadata"]["name"], "web");
     assert_eq!(list["items"][0]["spec"]["replicas"], 2);
 
     // Applying the same file again changes nothing.
-    let out = skiffctl(&cluster, &["apply", "-f", sample.to_str().unwrap()], None);
+    let out = cluster.skiffctl(&["apply", "-f", sample.to_str().unwrap()], None).unwrap();
     assert!(out.status.success());
     assert!(text(&out.stdout).contains("deployment.apps/web unchanged"), "{}", text(&out.stdout));
 }
@@ -96,7 +76,7 @@ apiVersion: v1
 kind: ConfigMap
 metadata: {name: good-two}
 "#;
-    let out = skiffctl(&cluster, &["apply", "-f", "-"], Some(manifest));
+    let out = cluster.skiffctl(&["apply", "-f", "-"], Some(manifest)).unwrap();
     assert!(!out.status.success(), "exit status is non-zero when a document fails");
     let stderr = text(&out.stderr);
     assert!(stderr.contains("document 2 (Deployment bad-replicas)") && stderr.contains("spec.replicas"), "{stderr}");
@@ -109,11 +89,11 @@ metadata: {name: good-two}
     let client = cluster.client();
     assert!(client.get("Deployment", "default", "bad-replicas").await.unwrap_err().is_not_found());
 
-    let out = skiffctl(&cluster, &["apply", "-f", "-"], Some("kind: ConfigMap\nmetadata: {name: [unclosed\n"));
+    let out = cluster.skiffctl(&["apply", "-f", "-"], Some("kind: ConfigMap\nmetadata: {name: [unclosed\n")).unwrap();
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("document 1"), "{}", text(&out.stderr));
 
-    let out = skiffctl(&cluster, &["get", "deploy", "missing"], None);
+    let out = cluster.skiffctl(&["get", "deploy", "missing"], None).unwrap();
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("not found"), "{}", text(&out.stderr));
 }

@@ -11,18 +11,15 @@
 //! Build first: `cargo build -p skiff-apiserver -p skiff-controller-manager`.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{json, Value};
 use skiff_client::{Client, ListParams, WatchEvent};
-use skiff_testkit::Cluster;
+use skiff_testkit::{eventually, Cluster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
-
-const WAIT: Duration = Duration::from_secs(60);
 
 /// A cluster with a controller-manager using short timings.
 async fn cluster() -> (Cluster, SocketAddr) {
@@ -42,22 +39,6 @@ async fn cluster() -> (Cluster, SocketAddr) {
         .await
         .expect("controller-manager starts (build it with `cargo build -p skiff-controller-manager`)");
     (cluster, metrics)
-}
-
-/// Polls `check` every 150ms until it returns `Some`, failing after `WAIT`.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(150)).await;
-    }
 }
 
 fn name(obj: &Value) -> &str {

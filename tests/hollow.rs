@@ -6,7 +6,6 @@
 //! them. Neither the scheduler nor the controllers are needed: the tests
 //! bind pods themselves.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::process::Output;
 use std::time::Duration;
@@ -17,11 +16,10 @@ use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use serde_json::json;
 use skiff_client::{Client, ListParams};
-use skiff_testkit::Cluster;
+use skiff_testkit::{eventually, Cluster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const NODES: usize = 5;
-const WAIT: Duration = Duration::from_secs(60);
 
 /// A cluster with five hollow nodes (the first with GPUs) renewing their
 /// Leases every second; returns it with the kubelet's metrics address.
@@ -43,22 +41,6 @@ fn hollow_args() -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect()
-}
-
-/// Polls `check` every 200ms until it returns Some, failing after WAIT.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 fn name(i: usize) -> String {
@@ -308,17 +290,6 @@ async fn a_node_stopped_through_hollow_control_stops_heartbeats_until_revived() 
 
 // === skiffctl ===
 
-fn skiffctl(cluster: &Cluster, args: &[&str]) -> Output {
-    let bin = skiff_testkit::binary("skiffctl").expect("skiffctl built");
-    std::process::Command::new(bin)
-        .arg("--server")
-        .arg(cluster.server())
-        .args(args)
-        .env_remove("SKIFF_SERVER")
-        .output()
-        .expect("run skiffctl")
-}
-
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -340,24 +311,26 @@ async fn skiffctl_cordons_drains_scales_and_pauses() {
     wait_all_ready(&client).await;
     let node = name(0);
 
-    assert_eq!(ok(&skiffctl(&cluster, &["cordon", &node])), format!("node/{node} cordoned\n"));
+    assert_eq!(ok(&cluster.skiffctl(&["cordon", &node], None).unwrap()), format!("node/{node} cordoned\n"));
     assert!(unschedulable(&client, &node).await);
-    let table = ok(&skiffctl(&cluster, &["get", "nodes"]));
+    let table = ok(&cluster.skiffctl(&["get", "nodes"], None).unwrap());
     assert!(table.lines().next().unwrap().split_whitespace().eq(["NAME", "STATUS", "ROLES", "AGE", "VERSION"]));
     let row = table.lines().find(|l| l.starts_with(&node)).unwrap().split_whitespace().collect::<Vec<_>>();
     assert_eq!((row[1], row[2], row[4]), ("Ready,SchedulingDisabled", "<none>", "skiff-hollow"), "{table}");
-    assert_eq!(ok(&skiffctl(&cluster, &["uncordon", &node])), format!("node/{node} uncordoned\n"));
+    assert_eq!(ok(&cluster.skiffctl(&["uncordon", &node], None).unwrap()), format!("node/{node} uncordoned\n"));
     assert!(!unschedulable(&client, &node).await);
 
     // Drain: a pod without a controller holds it up unless --force.
     let drained = name(3);
     create_bound(&client, "bare", &drained).await;
-    let out = skiffctl(&cluster, &["drain", &drained, "--timeout", "60s"]);
+    let out = cluster.skiffctl(&["drain", &drained, "--timeout", "60s"], None).unwrap();
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("cannot delete Pods that declare no controller"), "{}", text(&out.stderr));
     assert!(unschedulable(&client, &drained).await, "drain cordons first");
     assert!(client.api::<Pod>("default").get("bare").await.is_ok(), "nothing deleted when refused");
-    let stdout = ok(&skiffctl(&cluster, &["drain", &drained, "--force", "--ignore-daemonsets", "--timeout", "60s"]));
+    let stdout = ok(&cluster
+        .skiffctl(&["drain", &drained, "--force", "--ignore-daemonsets", "--timeout", "60s"], None)
+        .unwrap());
     assert!(stdout.contains("pod/bare deleted") && stdout.contains(&format!("node/{drained} drained")), "{stdout}");
     assert!(client.api::<Pod>("default").get("bare").await.unwrap_err().is_not_found());
 
@@ -373,18 +346,30 @@ async fn skiffctl_cordons_drains_scales_and_pauses() {
     .unwrap();
     let deployments = client.api::<Deployment>("default");
     deployments.create(&web).await.unwrap();
-    assert_eq!(ok(&skiffctl(&cluster, &["scale", "deploy", "web", "--replicas", "3"])), "deployment.apps/web scaled\n");
+    assert_eq!(
+        ok(&cluster.skiffctl(&["scale", "deploy", "web", "--replicas", "3"], None).unwrap()),
+        "deployment.apps/web scaled\n"
+    );
     assert_eq!(deployments.get("web").await.unwrap().spec.replicas, Some(3));
-    assert_eq!(ok(&skiffctl(&cluster, &["scale", "deployment/web", "--replicas=2"])), "deployment.apps/web scaled\n");
+    assert_eq!(
+        ok(&cluster.skiffctl(&["scale", "deployment/web", "--replicas=2"], None).unwrap()),
+        "deployment.apps/web scaled\n"
+    );
     assert_eq!(deployments.get("web").await.unwrap().spec.replicas, Some(2));
 
-    assert_eq!(ok(&skiffctl(&cluster, &["rollout", "pause", "deploy/web"])), "deployment.apps/web paused\n");
+    assert_eq!(
+        ok(&cluster.skiffctl(&["rollout", "pause", "deploy/web"], None).unwrap()),
+        "deployment.apps/web paused\n"
+    );
     assert_eq!(deployments.get("web").await.unwrap().spec.paused, Some(true));
-    let out = skiffctl(&cluster, &["rollout", "undo", "deployment", "web"]);
+    let out = cluster.skiffctl(&["rollout", "undo", "deployment", "web"], None).unwrap();
     assert!(!out.status.success() && text(&out.stderr).contains("paused"), "{}", text(&out.stderr));
-    assert_eq!(ok(&skiffctl(&cluster, &["rollout", "resume", "deployment", "web"])), "deployment.apps/web resumed\n");
+    assert_eq!(
+        ok(&cluster.skiffctl(&["rollout", "resume", "deployment", "web"], None).unwrap()),
+        "deployment.apps/web resumed\n"
+    );
     assert_ne!(deployments.get("web").await.unwrap().spec.paused, Some(true));
 
-    let out = skiffctl(&cluster, &["scale", "svc", "web", "--replicas", "1"]);
+    let out = cluster.skiffctl(&["scale", "svc", "web", "--replicas", "1"], None).unwrap();
     assert!(!out.status.success());
 }

@@ -4,34 +4,16 @@
 //! for a node that fits; two replicas bind every pod exactly once.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{json, Value};
 use skiff_client::{Client, ListParams, WatchEvent};
-use skiff_testkit::Cluster;
+use skiff_testkit::{eventually, Cluster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const NS: &str = "default";
-const WAIT: Duration = Duration::from_secs(60);
-
-/// Polls `check` every 150ms until it yields a value, failing after `WAIT`.
-async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(150)).await;
-    }
-}
 
 fn node(name: &str, allocatable: Value, labels: Value, spec: Value, ready: bool) -> Value {
     json!({
@@ -116,7 +98,7 @@ async fn pods_land_only_on_nodes_that_fit() {
     )
     .await;
     let metrics = cluster.start_service("scheduler", "skiff-scheduler", &scheduler_args("only")).await.expect("start");
-    wait_for("/readyz", || async { (http_get(metrics, "/readyz").await == "ok").then_some(()) }).await;
+    eventually("/readyz", || async { (http_get(metrics, "/readyz").await == "ok").then_some(()) }).await;
 
     let mut expected: BTreeMap<String, Vec<&str>> = BTreeMap::new();
     for i in 0..3 {
@@ -162,13 +144,13 @@ async fn pods_land_only_on_nodes_that_fit() {
     client.create("Pod", NS, &pod("intolerant", json!({}), json!({"nodeSelector": {"role": "infra"}}))).await.unwrap();
 
     for (name, allowed) in &expected {
-        let bound = wait_for(&format!("{name} bound"), || node_of(&client, name)).await;
+        let bound = eventually(&format!("{name} bound"), || node_of(&client, name)).await;
         assert!(allowed.contains(&bound.as_str()), "{name} landed on {bound}, allowed {allowed:?}");
         let p = client.get("Pod", NS, name).await.unwrap();
         let scheduled = p["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "PodScheduled");
         assert_eq!(scheduled.unwrap()["status"], "True", "{name}");
     }
-    let message = wait_for("intolerant reported unschedulable", || async {
+    let message = eventually("intolerant reported unschedulable", || async {
         let p = client.get("Pod", NS, "intolerant").await.ok()?;
         let c = p["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "PodScheduled")?.clone();
         (c["status"] == "False").then(|| c["message"].as_str().unwrap_or_default().to_string())
@@ -220,7 +202,7 @@ async fn unschedulable_pod_is_told_why_and_scheduled_once_a_node_fits() {
         cluster.start_service("scheduler", "skiff-scheduler", &["--leader-elect=false".into()]).await.expect("start");
 
     let want = "0/3 nodes are available: 2 Insufficient cpu, 1 node(s) had untolerated taint {key: value}.";
-    let conditions = wait_for("PodScheduled=False", || async {
+    let conditions = eventually("PodScheduled=False", || async {
         let p = client.get("Pod", NS, "big").await.ok()?;
         let cs = p["status"]["conditions"].as_array()?.clone();
         cs.iter().any(|c| c["type"] == "PodScheduled" && c["status"] == "False").then_some(cs)
@@ -230,7 +212,7 @@ async fn unschedulable_pod_is_told_why_and_scheduled_once_a_node_fits() {
     assert_eq!(scheduled["reason"], "Unschedulable");
     assert_eq!(scheduled["message"], want);
 
-    let event = wait_for("FailedScheduling event", || async {
+    let event = eventually("FailedScheduling event", || async {
         let events = client.list("Event", NS, &ListParams::default()).await.ok()?;
         events.items.into_iter().find(|e| e["involvedObject"]["name"] == "big" && e["reason"] == "FailedScheduling")
     })
@@ -249,7 +231,7 @@ async fn unschedulable_pod_is_told_why_and_scheduled_once_a_node_fits() {
     assert_eq!(node_of(&client, "big").await, None);
 
     create_nodes(&client, &[node("c", cpu("8"), json!({}), json!({}), true)]).await;
-    let bound = wait_for("big bound after node c came", || node_of(&client, "big")).await;
+    let bound = eventually("big bound after node c came", || node_of(&client, "big")).await;
     assert_eq!(bound, "c");
     let p = client.get("Pod", NS, "big").await.unwrap();
     let cs = p["status"]["conditions"].as_array().unwrap();
@@ -303,7 +285,7 @@ async fn two_replicas_bind_every_pod_exactly_once() {
         let lease = client.get("Lease", "kube-system", "skiff-scheduler").await.ok()?;
         lease["spec"]["holderIdentity"].as_str().map(str::to_string)
     };
-    let first = wait_for("a leader", leader).await;
+    let first = eventually("a leader", leader).await;
     assert!(first == "sched-a" || first == "sched-b", "{first}");
 
     for i in 0..PODS / 2 {
@@ -311,7 +293,7 @@ async fn two_replicas_bind_every_pod_exactly_once() {
     }
     // Let the leader bind some, then kill it mid-stream: the other replica
     // must take over without binding anything twice.
-    wait_for("some pods bound", || async {
+    eventually("some pods bound", || async {
         let list = client.list("Pod", NS, &ListParams::default().fields("spec.nodeName!=")).await.ok()?;
         (list.items.len() >= PODS / 4).then_some(())
     })
@@ -321,13 +303,13 @@ async fn two_replicas_bind_every_pod_exactly_once() {
     for i in PODS / 2..PODS {
         client.create("Pod", NS, &pod(&format!("p{i:03}"), json!({"cpu": "100m"}), Value::Null)).await.unwrap();
     }
-    wait_for("every pod bound", || async {
+    eventually("every pod bound", || async {
         let list = client.list("Pod", NS, &ListParams::default()).await.ok()?;
         let bound = list.items.iter().filter(|p| !p["spec"]["nodeName"].as_str().unwrap_or_default().is_empty());
         (bound.count() == PODS).then_some(())
     })
     .await;
-    assert_eq!(wait_for("new leader", leader).await, survivor.0);
+    assert_eq!(eventually("new leader", leader).await, survivor.0);
 
     // Give the watch a moment to deliver the last binds, then stop it.
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -90,6 +90,27 @@ pub fn binary(name: &str) -> Result<PathBuf> {
     }
 }
 
+/// How long [`eventually`] waits: generous, since tests run in parallel on
+/// small machines and assert that things happen, never how fast.
+pub const EVENTUALLY: Duration = Duration::from_secs(90);
+
+/// Polls `check` every 200ms until it yields a value. Panics naming `what`
+/// after [`EVENTUALLY`]: for tests.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + EVENTUALLY;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// How to start a cluster.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterOptions {
@@ -241,6 +262,28 @@ impl Cluster {
     /// Address of the apiserver's /metrics, /healthz and /readyz.
     pub fn apiserver_metrics(&self) -> SocketAddr {
         self.apiserver_metrics
+    }
+
+    /// Runs the built `skiffctl` against this cluster, with `stdin` as its
+    /// input, and returns what it printed and its exit status.
+    pub fn skiffctl(&self, args: &[&str], stdin: Option<&str>) -> Result<std::process::Output> {
+        use std::io::Write;
+        use std::process::Stdio;
+        let bin = binary("skiffctl")?;
+        let mut child = std::process::Command::new(bin)
+            .arg("--server")
+            .arg(self.server())
+            .args(args)
+            .env_remove("SKIFF_SERVER")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| Error::Spawn { name: "skiffctl".into(), source })?;
+        if let Some(mut input) = child.stdin.take() {
+            let _ = input.write_all(stdin.unwrap_or("").as_bytes());
+        }
+        child.wait_with_output().map_err(|source| Error::Spawn { name: "skiffctl".into(), source })
     }
 
     pub fn client(&self) -> skiff_client::Client {
