@@ -199,11 +199,26 @@ impl Client {
     /// Deletes an object; returns its last state (with deletionTimestamp set
     /// when finalizers keep it for now).
     pub async fn delete(&self, kind: &str, namespace: &str, name: &str) -> Result<Value> {
+        self.delete_with_grace(kind, namespace, name, None).await
+    }
+
+    /// Deletes an object with a grace period. For a Pod bound to a node,
+    /// `None` marks it for its kubelet (deletionTimestamp after the pod's
+    /// terminationGracePeriodSeconds) and `Some(0)` deletes it now: the
+    /// kubelet's final delete once the containers stopped.
+    pub async fn delete_with_grace(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        grace_period_seconds: Option<i64>,
+    ) -> Result<Value> {
         let req = proto::DeleteRequest {
             kind: kind.into(),
             namespace: namespace.into(),
             name: name.into(),
             resource_version: String::new(),
+            grace_period_seconds,
         };
         decode(kind, &self.objects.clone().delete(req).await?.into_inner().object)
     }

@@ -12,7 +12,7 @@ mod table;
 use std::process::ExitCode;
 
 use clap::Parser;
-use commands::{AlreadyReported, Command, Globals};
+use commands::{AlreadyReported, Command, ExitStatus, Globals};
 
 #[derive(Debug, Parser)]
 #[command(name = "skiffctl", version, about = "Control a skiff cluster")]
@@ -35,6 +35,8 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         // Already explained on stderr, one line per failure.
         Err(e) if e.is::<AlreadyReported>() => ExitCode::FAILURE,
+        // The exit status of a command run elsewhere (exec), passed on.
+        Err(e) if e.is::<ExitStatus>() => ExitCode::from(e.downcast_ref::<ExitStatus>().map_or(1, |s| s.0)),
         Err(e) => {
             eprintln!("error: {}", commands::error_message(&e));
             ExitCode::FAILURE

@@ -55,6 +55,12 @@ pub enum Error {
     },
     #[error("the apiserver is shutting down")]
     ShuttingDown,
+    #[error("pod {pod:?} is not scheduled to a node yet")]
+    PodNotScheduled { pod: String },
+    #[error("container {container:?} is not valid for pod {pod:?}")]
+    ContainerNotInPod { pod: String, container: String },
+    #[error("the kubelet of node {node:?} is unreachable: {reason}")]
+    KubeletUnreachable { node: String, reason: String },
 }
 
 /// The resource name Kubernetes uses in messages: `deployments.apps`, `pods`.
@@ -81,12 +87,16 @@ impl Error {
             Error::Model(_) | Error::Invalid { .. } | Error::BadJson { .. } | Error::BadRequest(_) => {
                 Code::InvalidArgument
             }
-            Error::NotFound { .. } | Error::NamespaceNotFound(_) => Code::NotFound,
+            Error::NotFound { .. } | Error::NamespaceNotFound(_) | Error::ContainerNotInPod { .. } => Code::NotFound,
             Error::AlreadyExists { .. } => Code::AlreadyExists,
             Error::Conflict { .. } => Code::Aborted,
-            Error::NamespaceTerminating(_) | Error::Forbidden(_) => Code::FailedPrecondition,
+            Error::NamespaceTerminating(_) | Error::Forbidden(_) | Error::PodNotScheduled { .. } => {
+                Code::FailedPrecondition
+            }
             Error::Expired { .. } => Code::OutOfRange,
-            Error::Etcd { .. } | Error::WatchClosed | Error::ShuttingDown => Code::Unavailable,
+            Error::Etcd { .. } | Error::WatchClosed | Error::ShuttingDown | Error::KubeletUnreachable { .. } => {
+                Code::Unavailable
+            }
             Error::Corrupt { .. } => Code::Internal,
         }
     }

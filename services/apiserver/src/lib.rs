@@ -5,6 +5,7 @@
 
 mod cache;
 mod error;
+mod proxy;
 mod registry;
 mod service;
 mod storage;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use skiff_api::proto::objects_server::ObjectsServer;
+use skiff_api::proto::pod_proxy_server::PodProxyServer;
 use skiff_api::KINDS;
 use skiff_telemetry::prometheus::{HistogramOpts, HistogramVec, IntGauge};
 use skiff_telemetry::{GrpcMetrics, Metrics, Readiness};
@@ -92,6 +94,13 @@ pub async fn run(
     }
     registry.ensure_system_namespaces().await?;
 
+    // Logs and exec, streamed through to the pod's kubelet (proxy.rs).
+    let pod_proxy = PodProxyServer::new(proxy::PodProxyService {
+        registry: registry.clone(),
+        metrics: grpc.clone(),
+        shutdown: stop_rx.clone(),
+        kubelets: proxy::Kubelets::default(),
+    });
     let service = service::ObjectsService {
         registry,
         metrics: grpc,
@@ -114,6 +123,7 @@ pub async fn run(
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(server)
+        .add_service(pod_proxy)
         .serve_with_incoming_shutdown(incoming, drain)
         .await?;
     let _ = http.await;

@@ -350,7 +350,7 @@ impl Registry {
             meta::set(&mut next, "generation", generation.unwrap_or(0) + 1);
         }
         let deleting = !meta::str_field(&next, "deletionTimestamp").is_empty();
-        let swap = if deleting && !has_finalizers(info, &next) {
+        let swap = if deleting && !has_finalizers(info, &next) && !awaits_kubelet(info, &next) {
             self.storage.delete_if(key, stored.mod_revision).await?
         } else {
             let encoded = serde_json::to_vec(&next).map_err(|source| Error::Corrupt { key: key.into(), source })?;
@@ -367,7 +367,21 @@ impl Registry {
 
     /// Deletes an object, or marks it with deletionTimestamp while
     /// finalizers remain; returns its last state.
-    pub async fn delete(&self, kind: &str, namespace: &str, name: &str, precondition: &str) -> Result<Bytes, Error> {
+    ///
+    /// A Pod bound to a Ready node is deleted gracefully, as in Kubernetes:
+    /// the Delete only marks it (deletionTimestamp `grace` seconds ahead,
+    /// deletionGracePeriodSeconds), its kubelet stops the containers within
+    /// that time and then deletes it for good with `grace` 0. `grace` None
+    /// (or negative) means the pod's terminationGracePeriodSeconds.
+    pub async fn delete(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        precondition: &str,
+        grace: Option<i64>,
+    ) -> Result<Bytes, Error> {
+        let grace = grace.filter(|g| *g >= 0);
         let info = KindInfo::by_kind(kind)?;
         if info.kind == "Namespace" && SYSTEM_NAMESPACES.contains(&name) {
             return Err(Error::Forbidden(format!("namespace {name:?} is a system namespace and may not be deleted")));
@@ -381,14 +395,26 @@ impl Registry {
             // clean up, so its `kubernetes` finalizer would only add a round trip.
             let empty_namespace =
                 info.kind == "Namespace" && meta::finalizers(&current).is_empty() && self.namespace_is_empty(name);
-            let swap = if !has_finalizers(info, &current) || empty_namespace {
+            // Only a kubelet can stop a bound pod's containers, so only its
+            // final delete (grace 0) removes the pod.
+            let graceful = info.kind == "Pod" && grace != Some(0) && self.has_live_kubelet(&current);
+            let swap = if (!has_finalizers(info, &current) && !graceful) || empty_namespace {
                 self.storage.delete_if(&key, stored.mod_revision).await?
             } else if meta::str_field(&current, "deletionTimestamp").is_empty() {
-                meta::set(&mut current, "deletionTimestamp", now());
-                meta::set(&mut current, "deletionGracePeriodSeconds", 0);
+                let seconds = if graceful { grace.unwrap_or_else(|| termination_grace(&current)) } else { 0 };
+                let at = chrono::Utc::now() + chrono::Duration::seconds(seconds);
+                meta::set(&mut current, "deletionTimestamp", at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+                meta::set(&mut current, "deletionGracePeriodSeconds", seconds);
                 if info.kind == "Namespace" {
                     current["status"]["phase"] = Value::String("Terminating".into());
                 }
+                let encoded =
+                    serde_json::to_vec(&current).map_err(|source| Error::Corrupt { key: key.clone(), source })?;
+                self.storage.put_if(&key, encoded, stored.mod_revision).await?
+            } else if grace == Some(0) && awaits_kubelet(info, &current) {
+                // The kubelet is done but finalizers remain: the update that
+                // removes the last one deletes the pod.
+                meta::set(&mut current, "deletionGracePeriodSeconds", 0);
                 let encoded =
                     serde_json::to_vec(&current).map_err(|source| Error::Corrupt { key: key.clone(), source })?;
                 self.storage.put_if(&key, encoded, stored.mod_revision).await?
@@ -405,6 +431,23 @@ impl Registry {
             }
         }
         Err(Error::conflict(info, name))
+    }
+
+    /// Whether a pod is bound to a node whose kubelet can finish its
+    /// deletion: the Node exists and is Ready. A pod on a missing or
+    /// unreachable node is deleted at once instead of waiting forever (as
+    /// Kubernetes' pod garbage collector force-deletes such pods).
+    fn has_live_kubelet(&self, pod: &Value) -> bool {
+        let node = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default();
+        if node.is_empty() {
+            return false;
+        }
+        let Ok(info) = KindInfo::by_kind("Node") else { return false };
+        let Some(cached) = self.cache(info).get(&info.key("", node)) else { return false };
+        let Ok(node) = serde_json::from_slice::<Value>(&cached.json) else { return false };
+        node.pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
     }
 
     /// Whether the watch caches hold no object in namespace `ns`.
@@ -510,6 +553,24 @@ fn keep_namespace_finalizers(info: &KindInfo, current: &Value, next: &mut Value)
 
 /// Whether anything still holds the object back from deletion: its
 /// metadata.finalizers, and for a Namespace also spec.finalizers.
+/// Whether a deleting object is a bound Pod whose kubelet has not yet
+/// deleted it for good (deletionGracePeriodSeconds still above 0): the
+/// update that removes its last finalizer must not delete it.
+fn awaits_kubelet(info: &KindInfo, obj: &Value) -> bool {
+    let grace = obj.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(0);
+    info.kind == "Pod" && is_bound(obj) && grace > 0
+}
+
+/// Whether a Pod is bound to a node (spec.nodeName set).
+fn is_bound(pod: &Value) -> bool {
+    pod.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty())
+}
+
+/// A pod's terminationGracePeriodSeconds (Kubernetes' default 30).
+fn termination_grace(pod: &Value) -> i64 {
+    pod.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(30).max(0)
+}
+
 fn has_finalizers(info: &KindInfo, obj: &Value) -> bool {
     let spec_finalizers = info.kind == "Namespace"
         && obj.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|a| !a.is_empty());

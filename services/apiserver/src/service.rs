@@ -153,7 +153,10 @@ impl Objects for ObjectsService {
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<ObjectReply>, Status> {
         let (meta, _, r) = req.into_parts();
         self.call("Delete", &r.kind, &meta, async {
-            let object = self.registry.delete(&r.kind, &r.namespace, &r.name, &r.resource_version).await?;
+            let object = self
+                .registry
+                .delete(&r.kind, &r.namespace, &r.name, &r.resource_version, r.grace_period_seconds)
+                .await?;
             Ok(ObjectReply { object })
         })
         .await

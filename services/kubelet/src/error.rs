@@ -3,8 +3,27 @@
 /// The kubelet's errors.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("the real kubelet is not built yet; use --hollow-nodes N")]
-    RealKubeletMissing,
+    #[error("CRI {op}: {}", source.message())]
+    Cri {
+        op: &'static str,
+        #[source]
+        source: tonic::Status,
+    },
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Volume(String),
+    #[error("writing the status of pod {pod}")]
+    WritePodStatus {
+        pod: String,
+        #[source]
+        source: skiff_client::Error,
+    },
     #[error("--{flag}: {reason}")]
     InvalidFlag { flag: &'static str, reason: String },
     #[error("registering node {node}")]

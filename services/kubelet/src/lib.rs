@@ -1,16 +1,28 @@
 //! skiff-kubelet: the node agent.
 //!
-//! Two modes share this crate. The real kubelet (containerd over CRI) is a
-//! later piece of work and will live beside [`hollow`]; what exists now is
-//! the hollow mode (as kwok does it): `--hollow-nodes N` registers N fake
-//! Nodes from one process, keeps their Leases and status fresh, and marks
-//! pods bound to them Running without starting anything. It lets the
-//! scheduler, controllers and apiserver be driven at 5,000 nodes and
-//! 150,000 pods on one machine.
+//! Two modes share this crate:
+//!
+//! - the real kubelet (the default): registers this host as a Node and runs
+//!   the pods bound to it in containerd through CRI. [`kubelet`] wires it:
+//!   [`node`] (registration, Lease, conditions), [`pods`] (informer, work
+//!   queue, one sync of a pod at a time), [`runtime`] (the CRI calls behind
+//!   a trait), [`probes`] and [`volumes`];
+//! - hollow mode (as kwok does it): `--hollow-nodes N` registers N fake
+//!   Nodes from one process, keeps their Leases and status fresh, and marks
+//!   pods bound to them Running without starting anything. It lets the
+//!   scheduler, controllers and apiserver be driven at 5,000 nodes and
+//!   150,000 pods on one machine.
 #![forbid(unsafe_code)]
 
 mod error;
 pub mod hollow;
+pub mod kubelet;
+pub mod node;
+pub mod pods;
+pub mod probes;
+pub mod runtime;
+pub mod server;
+pub mod volumes;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -61,18 +73,73 @@ pub struct Config {
     /// The range hollow nodes' InternalIPs come from, one address per node.
     #[arg(long, default_value = "172.16.0.0/12")]
     pub node_ip_base: String,
+
+    // --- the real kubelet ---
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// This node's InternalIP (default: the first non-loopback IPv4 address).
+    #[arg(long)]
+    pub node_ip: Option<std::net::Ipv4Addr>,
+    /// Port of the kubelet API (logs, exec, stats) on the node's IP; 0 picks
+    /// a free one. The apiserver finds it on the Node (daemonEndpoints).
+    #[arg(long, default_value_t = 10250)]
+    pub kubelet_port: u16,
+    /// The CRI socket of containerd.
+    #[arg(long, default_value = "unix:///run/containerd/containerd.sock")]
+    pub container_runtime_endpoint: String,
+    /// This node's pod CIDR (spec.podCIDR), as the CNI config hands out.
+    #[arg(long)]
+    pub pod_cidr: Option<String>,
+    /// Where container logs go: <dir>/<namespace>_<pod>_<uid>/<container>/<restarts>.log.
+    #[arg(long, default_value = "/var/log/pods")]
+    pub pod_log_dir: std::path::PathBuf,
+    /// The kubelet's own state: pod volumes under <dir>/pods/<uid>/volumes.
+    #[arg(long, default_value = "/var/lib/skiff-kubelet")]
+    pub root_dir: std::path::PathBuf,
+    /// Extended resources this node offers beside what it detects: k=v,k2=v2.
+    #[arg(long, value_parser = parse_resources, default_value = "")]
+    pub extended_resources: Labels,
+    /// First wait before restarting a crashed container; doubles per crash.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub crash_backoff_initial: Duration,
+    /// Longest wait before restarting a crashed container.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub crash_backoff_max: Duration,
+    /// How often the containers' states are listed from the runtime to see
+    /// exits (as Kubernetes' PLEG relist).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub relist_interval: Duration,
+    /// MemoryPressure is True when less memory than this is available.
+    #[arg(long, default_value = "100Mi")]
+    pub eviction_memory_available: String,
+    /// DiskPressure is True when less than this percentage of the root
+    /// dir's filesystem is free.
+    #[arg(long, default_value_t = 10)]
+    pub eviction_disk_free_percent: u8,
 }
 
 /// Node labels from `--node-labels`, sorted by key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Labels(pub BTreeMap<String, String>);
 
-/// Runs the kubelet until `shutdown` resolves.
+/// Runs the kubelet until `shutdown` resolves: hollow nodes with
+/// `--hollow-nodes N`, else the real kubelet.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     if config.hollow_nodes == 0 {
-        return Err(Error::RealKubeletMissing.into());
+        return kubelet::run(config, shutdown).await;
     }
     hollow::run(config, shutdown).await
+}
+
+/// Parses extended resources `vendor.example/thing=4,…`: the names as
+/// label keys, the values as quantities.
+pub fn parse_resources(s: &str) -> Result<Labels, String> {
+    let labels = parse_labels(s)?;
+    for (k, v) in &labels.0 {
+        skiff_api::quantity::parse_milli(v).map_err(|e| format!("resource {k}: {e}"))?;
+    }
+    Ok(labels)
 }
 
 /// Parses `500ms`, `5s`, `2m`.
@@ -127,16 +194,24 @@ mod tests {
         assert!(parse_labels("bad key=x").is_err());
     }
 
+    #[test]
+    fn extended_resources() {
+        let r = parse_resources("example.com/fpga=2").unwrap();
+        assert_eq!(r.0.get("example.com/fpga").map(String::as_str), Some("2"));
+        assert!(parse_resources("example.com/fpga=lots").is_err());
+    }
+
     #[tokio::test]
-    async fn without_hollow_nodes_says_the_real_kubelet_is_missing() {
+    async fn a_bad_runtime_endpoint_is_refused() {
         use clap::Parser;
         #[derive(Parser)]
         struct Cli {
             #[command(flatten)]
             config: Config,
         }
-        let cli = Cli::parse_from(["skiff-kubelet"]);
+        let cli =
+            Cli::parse_from(["skiff-kubelet", "--container-runtime-endpoint=tcp://x", "--server=http://127.0.0.1:1"]);
         let err = run(cli.config, async {}).await.unwrap_err();
-        assert_eq!(err.to_string(), "the real kubelet is not built yet; use --hollow-nodes N");
+        assert!(err.to_string().starts_with("--container-runtime-endpoint:"), "{err}");
     }
 }

@@ -1,7 +1,7 @@
 use clap::Parser;
 
-/// skiff's node agent. Today only its hollow mode: `--hollow-nodes N` fakes
-/// N nodes for scale tests.
+/// skiff's node agent: runs this node's pods in containerd through CRI, or
+/// with `--hollow-nodes N` fakes N nodes for scale tests.
 #[derive(Parser)]
 #[command(name = "skiff-kubelet", version)]
 struct Cli {

@@ -7,7 +7,9 @@ pub mod create;
 pub mod delete;
 pub mod describe;
 pub mod drain;
+pub mod exec;
 pub mod get;
+pub mod logs;
 pub mod rollout;
 pub mod scale;
 pub mod up;
@@ -15,10 +17,13 @@ pub mod version;
 
 pub use skiff_api::parse_duration;
 use std::fmt;
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
+use skiff_api::proto::pod_proxy_client::PodProxyClient;
 use skiff_api::{meta, KindInfo};
 use skiff_client::Client;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::manifest::Document;
 use crate::resource;
@@ -46,6 +51,10 @@ pub enum Command {
     Uncordon(cordon::Args),
     /// Cordon a node and delete its pods, waiting until they are gone.
     Drain(drain::Args),
+    /// Print the logs of a container in a pod.
+    Logs(logs::Args),
+    /// Run a command in a container of a pod.
+    Exec(exec::Args),
     /// Start a local cluster in the background and point skiffctl at it.
     Up(up::UpArgs),
     /// Stop the local cluster `up` started.
@@ -66,6 +75,8 @@ pub async fn run(globals: &Globals, command: Command) -> Result<()> {
         Command::Cordon(args) => cordon::cordon(globals, args).await,
         Command::Uncordon(args) => cordon::uncordon(globals, args).await,
         Command::Drain(args) => drain::run(globals, args).await,
+        Command::Logs(args) => logs::run(globals, args).await,
+        Command::Exec(args) => exec::run(globals, args).await,
         Command::Up(args) => up::up(args).await,
         Command::Down(args) => up::down(args).await,
         Command::Version => {
@@ -86,7 +97,41 @@ impl Globals {
     pub fn client(&self) -> Result<Client> {
         Ok(Client::from_env(self.server.as_deref())?)
     }
+
+    /// The apiserver's PodProxy service (logs, exec), on its own channel:
+    /// the object client keeps its channel to itself.
+    pub fn pod_proxy(&self) -> Result<PodProxyClient<Channel>> {
+        let server = skiff_client::config::resolve_server(self.server.as_deref())?;
+        let endpoint = Endpoint::from_shared(server.clone())
+            .map_err(|e| anyhow!("invalid apiserver address {server:?}: {e}"))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true);
+        Ok(PodProxyClient::new(endpoint.connect_lazy()))
+    }
 }
+
+/// A PodProxy failure as one line: the apiserver's (or kubelet's) message,
+/// or that the apiserver could not be reached at all.
+pub fn proxy_error(status: tonic::Status) -> anyhow::Error {
+    // A status made on this side carries the transport error as its source.
+    if std::error::Error::source(&status).is_some() {
+        return anyhow!("the apiserver is unavailable: {}", status.message());
+    }
+    anyhow!("{}", status.message())
+}
+
+/// The command ran and wants skiffctl to exit with this status (exec
+/// passes on the remote command's), having printed all it had to.
+#[derive(Debug)]
+pub struct ExitStatus(pub u8);
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "command exited with status {}", self.0)
+    }
+}
+
+impl std::error::Error for ExitStatus {}
 
 /// The command failed and has already said why on stderr (for example one
 /// line per failed document): exit non-zero without printing more.

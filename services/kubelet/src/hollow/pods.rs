@@ -142,7 +142,7 @@ async fn reconcile(hollow: &Hollow, store: &Store<Pod>, key: &str) -> Result<(),
         }
         Step::Delete => {
             // The containers "stopped" at once: remove the pod for good.
-            match hollow.client.delete("Pod", namespace, name).await {
+            match hollow.client.delete_with_grace("Pod", namespace, name, Some(0)).await {
                 Ok(_) => hollow.metrics.pods_deleted.inc(),
                 Err(e) if e.is_not_found() => {}
                 Err(source) => return Err(Error::DeletePod { pod: key.to_string(), source }),

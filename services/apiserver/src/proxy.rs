@@ -1,0 +1,286 @@
+//! `skiff.v1.PodProxy`: a pod's logs and exec, streamed through to the
+//! kubelet of the pod's node (proto/skiff/v1/kubelet.proto), so clients
+//! only ever talk to the apiserver.
+//!
+//! A call looks up the pod (it must be bound to a node), settles which
+//! container it means (the only one when none is named), looks up the Node
+//! for its kubelet endpoint (the InternalIP address and
+//! status.daemonEndpoints.kubeletEndpoint.Port), and passes the call on
+//! over a channel kept per node. Errors the kubelet answers pass through;
+//! a kubelet that can't be reached is UNAVAILABLE naming the node.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use serde_json::Value;
+use skiff_api::proto::kubelet_client::KubeletClient;
+use skiff_api::proto::pod_proxy_server::PodProxy;
+use skiff_api::proto::{exec_input, ExecInput, ExecOutput, LogChunk, LogsRequest};
+use skiff_telemetry::{grpc_code_label, GrpcMetrics};
+use tokio::sync::watch as signal;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+use crate::registry::Registry;
+use crate::Error;
+
+/// How long dialing a kubelet may take before the call fails.
+const KUBELET_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct PodProxyService {
+    pub registry: Arc<Registry>,
+    pub metrics: GrpcMetrics,
+    pub shutdown: signal::Receiver<bool>,
+    pub kubelets: Kubelets,
+}
+
+/// One lazily connected channel per node, redialed when the node
+/// advertises a different endpoint.
+#[derive(Default)]
+pub struct Kubelets {
+    channels: Mutex<HashMap<String, (String, Channel)>>,
+}
+
+impl Kubelets {
+    fn channel(&self, node: &str, endpoint: &str) -> Result<Channel, Error> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((known, channel)) = channels.get(node) {
+            if known == endpoint {
+                return Ok(channel.clone());
+            }
+        }
+        let channel = Endpoint::from_shared(endpoint.to_string())
+            .map_err(|e| unreachable(node, format!("bad endpoint {endpoint}: {e}")))?
+            .connect_timeout(KUBELET_CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(node.to_string(), (endpoint.to_string(), channel.clone()));
+        Ok(channel)
+    }
+}
+
+fn unreachable(node: &str, reason: String) -> Error {
+    Error::KubeletUnreachable { node: node.to_string(), reason }
+}
+
+/// Where a call goes: the kubelet of the pod's node, and the container.
+struct Target {
+    node: String,
+    endpoint: String,
+    container: String,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+impl PodProxyService {
+    async fn resolve(&self, namespace: &str, pod: &str, container: &str) -> Result<Target, Error> {
+        let pod_obj: Value = parse(&self.registry.get("Pod", namespace, pod).await?)?;
+        let node = pod_obj.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default();
+        if node.is_empty() {
+            return Err(Error::PodNotScheduled { pod: pod.to_string() });
+        }
+        let container = pick_container(&pod_obj, pod, container)?;
+        let node_obj: Value = match self.registry.get("Node", "", node).await {
+            Ok(bytes) => parse(&bytes)?,
+            Err(Error::NotFound { .. }) => return Err(unreachable(node, "the node does not exist".into())),
+            Err(e) => return Err(e),
+        };
+        let endpoint = kubelet_endpoint(&node_obj).map_err(|reason| unreachable(node, reason))?;
+        Ok(Target { node: node.to_string(), endpoint, container })
+    }
+
+    fn kubelet(&self, target: &Target) -> Result<KubeletClient<Channel>, Error> {
+        Ok(KubeletClient::new(self.kubelets.channel(&target.node, &target.endpoint)?))
+    }
+
+    /// Ends `stream` with UNAVAILABLE when the apiserver drains, as watches
+    /// do, so a followed log never holds up shutdown and its client knows
+    /// the log did not end there.
+    fn until_shutdown<T: Send + 'static>(
+        &self,
+        stream: impl Stream<Item = Result<T, Status>> + Send + 'static,
+    ) -> BoxStream<T> {
+        let mut stop = self.shutdown.clone();
+        let stopped = self.shutdown.clone();
+        let cut = stream.take_until(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        });
+        let farewell = futures::stream::once(async move { *stopped.borrow() })
+            .filter_map(|stopped| std::future::ready(stopped.then(|| Err(Error::ShuttingDown.into()))));
+        Box::pin(cut.chain(farewell))
+    }
+
+    /// Counts a call by method and outcome, as the Objects service does.
+    fn observe<T>(&self, method: &'static str, started: Instant, result: &Result<T, Status>) {
+        let code = result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
+        self.metrics.observe(method, "Pod", grpc_code_label(code), started.elapsed());
+    }
+}
+
+fn parse(bytes: &[u8]) -> Result<Value, Error> {
+    serde_json::from_slice(bytes).map_err(|source| Error::BadJson { what: "stored object", source })
+}
+
+/// The container a call means: the one named (it must be in the pod), else
+/// the pod's only container.
+fn pick_container(pod: &Value, pod_name: &str, wanted: &str) -> Result<String, Error> {
+    let names = |field: &str| -> Vec<String> {
+        pod.pointer(&format!("/spec/{field}"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.get("name").and_then(Value::as_str).map(String::from))
+            .collect()
+    };
+    let containers = names("containers");
+    if wanted.is_empty() {
+        return match containers.as_slice() {
+            [only] => Ok(only.clone()),
+            _ => Err(Error::BadRequest(format!(
+                "a container name must be specified for pod {pod_name:?}, choose one of: [{}]",
+                containers.join(" ")
+            ))),
+        };
+    }
+    if containers.iter().chain(names("initContainers").iter()).any(|c| c == wanted) {
+        Ok(wanted.to_string())
+    } else {
+        Err(Error::ContainerNotInPod { pod: pod_name.to_string(), container: wanted.to_string() })
+    }
+}
+
+/// `http://<InternalIP>:<kubelet port>` of a Node, or why there is none.
+fn kubelet_endpoint(node: &Value) -> Result<String, String> {
+    let port = node
+        .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
+        .and_then(Value::as_i64)
+        .filter(|p| (1..=65535).contains(p))
+        .ok_or("the node advertises no kubelet port (status.daemonEndpoints.kubeletEndpoint.Port)")?;
+    let addresses = node.pointer("/status/addresses").and_then(Value::as_array).into_iter().flatten();
+    let ip = addresses
+        .filter(|a| a.get("type").and_then(Value::as_str) == Some("InternalIP"))
+        .find_map(|a| a.get("address").and_then(Value::as_str))
+        .ok_or("the node has no InternalIP address")?;
+    Ok(match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) => format!("http://[{v6}]:{port}"),
+        _ => format!("http://{ip}:{port}"),
+    })
+}
+
+/// A status from the kubelet call: the kubelet's own answers pass through;
+/// a local one (it carries the transport error as its source) means the
+/// kubelet could not be reached.
+fn from_kubelet(target: &Target, status: Status) -> Status {
+    if std::error::Error::source(&status).is_some() {
+        let reason = format!("{} ({})", status.message(), target.endpoint);
+        return unreachable(&target.node, reason).into();
+    }
+    status
+}
+
+#[tonic::async_trait]
+impl PodProxy for PodProxyService {
+    type LogsStream = BoxStream<LogChunk>;
+
+    async fn logs(&self, req: Request<LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        let started = Instant::now();
+        let (meta, _, mut r) = req.into_parts();
+        let span = tracing::info_span!("rpc", method = "Logs", kind = "Pod");
+        skiff_telemetry::set_remote_parent(&span, &meta);
+        let result = async {
+            let target = self.resolve(&r.namespace, &r.pod, &r.container).await?;
+            r.container = target.container.clone();
+            let mut request = Request::new(r);
+            skiff_telemetry::inject_trace_context(request.metadata_mut());
+            let reply = self.kubelet(&target)?.logs(request).await.map_err(|s| from_kubelet(&target, s))?;
+            Ok::<_, Status>(Response::new(self.until_shutdown(reply.into_inner())))
+        }
+        .instrument(span)
+        .await;
+        self.observe("Logs", started, &result);
+        result
+    }
+
+    type ExecStream = BoxStream<ExecOutput>;
+
+    async fn exec(&self, req: Request<Streaming<ExecInput>>) -> Result<Response<Self::ExecStream>, Status> {
+        let started = Instant::now();
+        let (meta, _, mut inbound) = req.into_parts();
+        let span = tracing::info_span!("rpc", method = "Exec", kind = "Pod");
+        skiff_telemetry::set_remote_parent(&span, &meta);
+        let result = async {
+            let mut start = match inbound.next().await {
+                Some(Ok(ExecInput { input: Some(exec_input::Input::Start(start)) })) => start,
+                Some(Err(status)) => return Err(status),
+                _ => return Err(Error::BadRequest("the first exec message must be the start".into()).into()),
+            };
+            let target = self.resolve(&start.namespace, &start.pod, &start.container).await?;
+            start.container = target.container.clone();
+            let first = ExecInput { input: Some(exec_input::Input::Start(start)) };
+            // The caller's later messages (stdin, resizes) follow the start;
+            // the stream ends where the caller's does or fails.
+            let rest = inbound.take_while(|m| std::future::ready(m.is_ok())).filter_map(|m| std::future::ready(m.ok()));
+            let mut request = Request::new(futures::stream::iter([first]).chain(rest));
+            skiff_telemetry::inject_trace_context(request.metadata_mut());
+            let reply = self.kubelet(&target)?.exec(request).await.map_err(|s| from_kubelet(&target, s))?;
+            Ok::<_, Status>(Response::new(self.until_shutdown(reply.into_inner())))
+        }
+        .instrument(span)
+        .await;
+        self.observe("Exec", started, &result);
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_only_container_is_the_default() {
+        let pod = json!({"spec": {"containers": [{"name": "app"}], "initContainers": [{"name": "init"}]}});
+        assert_eq!(pick_container(&pod, "web", "").unwrap(), "app");
+        assert_eq!(pick_container(&pod, "web", "init").unwrap(), "init");
+        let err = pick_container(&pod, "web", "nope").unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+        assert_eq!(err.to_string(), "container \"nope\" is not valid for pod \"web\"");
+        let two = json!({"spec": {"containers": [{"name": "a"}, {"name": "b"}]}});
+        let err = pick_container(&two, "web", "").unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert_eq!(err.to_string(), "a container name must be specified for pod \"web\", choose one of: [a b]");
+    }
+
+    #[test]
+    fn kubelet_endpoint_is_the_internal_ip_and_advertised_port() {
+        let node = json!({"status": {
+            "addresses": [{"type": "Hostname", "address": "n1"}, {"type": "InternalIP", "address": "10.0.0.5"}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        }});
+        assert_eq!(kubelet_endpoint(&node).unwrap(), "http://10.0.0.5:10250");
+        let v6 = json!({"status": {
+            "addresses": [{"type": "InternalIP", "address": "fd00::5"}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        }});
+        assert_eq!(kubelet_endpoint(&v6).unwrap(), "http://[fd00::5]:10250");
+        let no_port = json!({"status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.5"}]}});
+        assert!(kubelet_endpoint(&no_port).unwrap_err().contains("no kubelet port"));
+        let no_ip = json!({"status": {"daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}}}});
+        assert!(kubelet_endpoint(&no_ip).unwrap_err().contains("no InternalIP"));
+    }
+
+    #[tokio::test]
+    async fn channels_are_kept_per_node_and_endpoint() {
+        let kubelets = Kubelets::default();
+        kubelets.channel("n1", "http://127.0.0.1:1").unwrap();
+        kubelets.channel("n1", "http://127.0.0.1:1").unwrap();
+        kubelets.channel("n2", "http://127.0.0.1:2").unwrap();
+        assert_eq!(kubelets.channels.lock().unwrap().len(), 2);
+        kubelets.channel("n1", "http://127.0.0.1:3").unwrap();
+        assert_eq!(kubelets.channels.lock().unwrap()["n1"].0, "http://127.0.0.1:3");
+    }
+}

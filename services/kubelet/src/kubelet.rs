@@ -1,0 +1,97 @@
+//! The real kubelet: wires the node agent ([`crate::node`]) and the pod
+//! loop ([`crate::pods`]) to containerd's CRI socket and the apiserver,
+//! and serves /metrics, /healthz and /readyz (ready once the Node is
+//! registered).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use skiff_client::Client;
+use skiff_telemetry::{Metrics, Readiness};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::node::{self, NodeAgent};
+use crate::pods::sync::{PodSyncer, Settings};
+use crate::pods::{self, PodLoop, StoreObjects};
+use crate::runtime::{ContainerRuntime, CriRuntime};
+use crate::server;
+use crate::volumes::Volumes;
+use crate::{Config, Error};
+
+/// Runs the kubelet until `shutdown` resolves. Containers keep running
+/// when it stops: a restarted kubelet adopts them.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let runtime: Arc<dyn ContainerRuntime> = Arc::new(CriRuntime::connect(&config.container_runtime_endpoint)?);
+    let mut node = NodeAgent::new(&config)?;
+    if config.crash_backoff_initial > config.crash_backoff_max {
+        return Err(Error::InvalidFlag {
+            flag: "crash-backoff-initial",
+            reason: "must not be longer than --crash-backoff-max".into(),
+        }
+        .into());
+    }
+    let client = Client::from_env(config.server.as_deref())?;
+    let registry = Metrics::new();
+    let readiness = Readiness::new();
+    readiness.set_not_ready("registering the node");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (metrics_addr, http) =
+        skiff_telemetry::serve_http(config.metrics_listen, registry.registry().clone(), readiness.clone(), {
+            let mut stop = stop_rx.clone();
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }
+        })
+        .await
+        .map_err(Error::from)?;
+    tracing::info!(%metrics_addr, node = %node.name, ip = %node.ip, endpoint = %config.container_runtime_endpoint, "starting the kubelet");
+
+    // The kubelet API (logs, exec, stats) for the apiserver to proxy to, on
+    // the address the Node reports.
+    let socket = config.container_runtime_endpoint.trim_start_matches("unix://");
+    let cri = server::connect_cri(std::path::Path::new(socket)).await?;
+    let stopped = |mut stop: watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let api_addr = std::net::SocketAddr::from((node.ip, config.kubelet_port));
+    node.kubelet_port = server::serve(api_addr, cri.clone(), stopped(stop_rx.clone())).await?.port();
+    let node = Arc::new(node);
+
+    let (pods, config_maps, secrets) = pods::informers(&client, &node.name);
+    let objects = Arc::new(StoreObjects { config_maps: config_maps.store(), secrets: secrets.store() });
+    let settings = Settings {
+        node_name: node.name.clone(),
+        node_ip: node.ip.to_string(),
+        pod_log_dir: config.pod_log_dir.clone(),
+        backoff_initial: config.crash_backoff_initial,
+        backoff_max: config.crash_backoff_max,
+    };
+    let syncer = Arc::new(PodSyncer::new(runtime.clone(), objects, Volumes::new(&config.root_dir), settings));
+
+    let (registered_tx, mut registered_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let timing = node::Timing { lease: config.heartbeat_interval, status: config.status_interval };
+    tasks.spawn(node::run(client.clone(), runtime, node, timing, registered_tx, stop_rx.clone()));
+    tasks.spawn({
+        let mut stop = stop_rx.clone();
+        async move {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => {}
+                r = registered_rx.wait_for(|r| *r) => if r.is_ok() { readiness.set_ready() },
+            }
+        }
+    });
+    let stats = server::StatsMetrics::register(&registry)?;
+    tasks.spawn(stats.run(cri, config.status_interval, stopped(stop_rx.clone())));
+    let pod_loop = PodLoop { client, syncer, pods, config_maps, secrets, relist_interval: config.relist_interval };
+    tasks.spawn(pods::run(pod_loop, stop_rx));
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    let _ = http.await;
+    Ok(())
+}

@@ -1,0 +1,363 @@
+//! The pods bound to this node: informers on them (field selector
+//! `spec.nodeName=<node>`) and on the ConfigMaps and Secrets they use, a
+//! work queue of pod keys, and workers that each sync one pod at a time
+//! ([`sync::PodSyncer`]) and write what the sync reports through the API.
+//!
+//! Exits are noticed by a relist of the runtime every `--relist-interval`
+//! (Kubernetes' PLEG): a sandbox or container whose state changed, came or
+//! went queues its pod. The first relist after a start queues every pod
+//! the runtime still runs, so containers whose pod was deleted while the
+//! kubelet was down are removed, and running ones are adopted as they are.
+
+pub mod spec;
+pub mod status;
+pub mod sync;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use skiff_client::{
+    key_of, Backoff, Client, EventRecorder, EventType, Informer, InformerEvent, ListParams, ObjectRef, Store, WorkQueue,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::runtime::labels;
+use crate::Error;
+use sync::PodSyncer;
+
+/// Pods synced at once. A sync can wait out a grace period, so several.
+const WORKERS: usize = 8;
+/// Retries of a failing pod sync back off from 200ms to at most 30s.
+const BACKOFF: Backoff = Backoff { base: Duration::from_millis(200), max: Duration::from_secs(30) };
+
+/// ConfigMaps and Secrets by namespace and name, as syncs read them.
+pub trait Objects: Send + Sync {
+    fn config_map(&self, namespace: &str, name: &str) -> Option<Arc<ConfigMap>>;
+    fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>>;
+}
+
+/// [`Objects`] from informer caches.
+pub struct StoreObjects {
+    pub config_maps: Store<ConfigMap>,
+    pub secrets: Store<Secret>,
+}
+
+impl Objects for StoreObjects {
+    fn config_map(&self, namespace: &str, name: &str) -> Option<Arc<ConfigMap>> {
+        self.config_maps.get(&format!("{namespace}/{name}"))
+    }
+
+    fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
+        self.secrets.get(&format!("{namespace}/{name}"))
+    }
+}
+
+/// Everything the pod loops share.
+pub struct PodLoop {
+    pub client: Client,
+    pub syncer: Arc<PodSyncer>,
+    pub pods: Informer<Pod>,
+    pub config_maps: Informer<ConfigMap>,
+    pub secrets: Informer<Secret>,
+    pub relist_interval: Duration,
+}
+
+/// Informers for this node's pods and the ConfigMaps and Secrets they use.
+pub fn informers(client: &Client, node_name: &str) -> (Informer<Pod>, Informer<ConfigMap>, Informer<Secret>) {
+    let pods =
+        Informer::new(client.api::<Pod>(""), ListParams::default().fields(&format!("spec.nodeName={node_name}")));
+    let config_maps = Informer::new(client.api::<ConfigMap>(""), ListParams::default());
+    let secrets = Informer::new(client.api::<Secret>(""), ListParams::default());
+    (pods, config_maps, secrets)
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Runs the informers, the relist and the workers until stopped.
+pub async fn run(pl: PodLoop, stop: watch::Receiver<bool>) {
+    let pod_store = pl.pods.store();
+    let cm_store = pl.config_maps.store();
+    let secret_store = pl.secrets.store();
+    let queue = WorkQueue::<String>::with_backoff(BACKOFF);
+    let mut tasks = JoinSet::new();
+
+    let pod_events = pl.pods.subscribe();
+    let cm_events = pl.config_maps.subscribe();
+    let secret_events = pl.secrets.subscribe();
+    tasks.spawn(pl.pods.run(stopped(stop.clone())));
+    tasks.spawn(pl.config_maps.run(stopped(stop.clone())));
+    tasks.spawn(pl.secrets.run(stopped(stop.clone())));
+    tasks.spawn(feed_pods(pod_events, queue.clone()));
+    tasks.spawn(feed_users(cm_events, pod_store.clone(), queue.clone(), Uses::ConfigMap));
+    tasks.spawn(feed_users(secret_events, pod_store.clone(), queue.clone(), Uses::Secret));
+
+    // Workers start once every cache holds what the API has: a sync must
+    // never take a missing ConfigMap for a deleted one.
+    let synced = async {
+        pod_store.wait_synced().await?;
+        cm_store.wait_synced().await?;
+        secret_store.wait_synced().await
+    };
+    tokio::select! {
+        _ = stopped(stop.clone()) => {}
+        result = synced => {
+            if result.is_ok() {
+                tracing::info!(pods = pod_store.len(), "pod caches synced");
+                tasks.spawn(relist(pl.syncer.clone(), queue.clone(), pl.relist_interval, stop.clone()));
+                let recorder = EventRecorder::new(pl.client.clone(), "kubelet");
+                for _ in 0..WORKERS {
+                    tasks.spawn(worker(pl.client.clone(), pl.syncer.clone(), pod_store.clone(), queue.clone(), recorder.clone()));
+                }
+            }
+            stopped(stop).await;
+        }
+    }
+    queue.shutdown();
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn feed_pods(mut events: mpsc::UnboundedReceiver<InformerEvent<Pod>>, queue: WorkQueue<String>) {
+    while let Some(event) = events.recv().await {
+        queue.add(event.key());
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Uses {
+    ConfigMap,
+    Secret,
+}
+
+/// Maps a changed ConfigMap or Secret to the keys of the pods using it.
+async fn feed_users<K: skiff_client::Object>(
+    mut events: mpsc::UnboundedReceiver<InformerEvent<K>>,
+    pods: Store<Pod>,
+    queue: WorkQueue<String>,
+    kind: Uses,
+) {
+    while let Some(event) = events.recv().await {
+        let key = event.key();
+        let Some((ns, name)) = key.split_once('/') else { continue };
+        for pod in pods.list() {
+            if pod.metadata.namespace.as_deref() == Some(ns) && uses(&pod, kind, name) {
+                queue.add(key_of(pod.as_ref()));
+            }
+        }
+    }
+}
+
+/// Whether the pod's volumes, env or pull secrets name this object.
+fn uses(pod: &Pod, kind: Uses, name: &str) -> bool {
+    let Some(spec) = pod.spec.as_ref() else { return false };
+    let is = |n: Option<&str>| n == Some(name);
+    let volume = spec.volumes.iter().flatten().any(|v| match kind {
+        Uses::ConfigMap => is(v.config_map.as_ref().map(|c| c.name.as_str())),
+        Uses::Secret => is(v.secret.as_ref().and_then(|s| s.secret_name.as_deref())),
+    });
+    let containers = spec.containers.iter().chain(spec.init_containers.iter().flatten());
+    let env = containers.clone().flat_map(|c| c.env.iter().flatten()).any(|e| {
+        let from = e.value_from.as_ref();
+        match kind {
+            Uses::ConfigMap => is(from.and_then(|f| f.config_map_key_ref.as_ref()).map(|r| r.name.as_str())),
+            Uses::Secret => is(from.and_then(|f| f.secret_key_ref.as_ref()).map(|r| r.name.as_str())),
+        }
+    });
+    let env_from = containers.flat_map(|c| c.env_from.iter().flatten()).any(|f| match kind {
+        Uses::ConfigMap => is(f.config_map_ref.as_ref().map(|r| r.name.as_str())),
+        Uses::Secret => is(f.secret_ref.as_ref().map(|r| r.name.as_str())),
+    });
+    let pull = matches!(kind, Uses::Secret) && spec.image_pull_secrets.iter().flatten().any(|r| r.name == name);
+    volume || env || env_from || pull
+}
+
+/// Lists the runtime every `interval` and queues the pods whose
+/// sandboxes or containers changed state, appeared or went.
+async fn relist(syncer: Arc<PodSyncer>, queue: WorkQueue<String>, interval: Duration, stop: watch::Receiver<bool>) {
+    let mut last: HashMap<String, (i32, String)> = HashMap::new();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stopped(stop.clone()) => return,
+            _ = tick.tick() => {}
+        }
+        let rt = syncer.runtime.as_ref();
+        let (sandboxes, containers) = match (rt.list_sandboxes(&[]).await, rt.list_containers(&[]).await) {
+            (Ok(s), Ok(c)) => (s, c),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "listing the runtime failed");
+                continue;
+            }
+        };
+        let key = |l: &std::collections::HashMap<String, String>| {
+            Some(format!("{}/{}", l.get(labels::POD_NAMESPACE)?, l.get(labels::POD_NAME)?))
+        };
+        let mut now: HashMap<String, (i32, String)> = HashMap::new();
+        for s in &sandboxes {
+            if let Some(k) = key(&s.labels) {
+                now.insert(format!("s/{}", s.id), (s.state, k));
+            }
+        }
+        for c in &containers {
+            if let Some(k) = key(&c.labels) {
+                now.insert(format!("c/{}", c.id), (c.state, k));
+            }
+        }
+        for (id, (state, k)) in &now {
+            if last.get(id).map(|(s, _)| s) != Some(state) {
+                queue.add(k.clone());
+            }
+        }
+        for (id, (_, k)) in &last {
+            if !now.contains_key(id) {
+                queue.add(k.clone());
+            }
+        }
+        last = now;
+    }
+}
+
+async fn worker(
+    client: Client,
+    syncer: Arc<PodSyncer>,
+    store: Store<Pod>,
+    queue: WorkQueue<String>,
+    recorder: EventRecorder,
+) {
+    while let Some(key) = queue.get().await {
+        match sync_key(&client, &syncer, &store, &recorder, &key).await {
+            Ok(requeue) => {
+                queue.forget(&key);
+                if let Some(after) = requeue {
+                    queue.add_after(key.clone(), after);
+                }
+            }
+            Err(error) => {
+                let message = format!("{error:#}");
+                tracing::warn!(pod = %key, error = %message, "pod sync failed, retrying");
+                // One Event per failure streak, not one per retry.
+                if queue.num_requeues(&key) == 0 {
+                    if let Some(pod) = store.get(&key) {
+                        let _ = recorder
+                            .record(&ObjectRef::of(pod.as_ref()), EventType::Warning, "FailedSync", &message)
+                            .await;
+                    }
+                }
+                queue.add_rate_limited(key.clone());
+            }
+        }
+        queue.done(&key);
+    }
+}
+
+/// Syncs one pod key and writes the outcome; returns when to sync again.
+async fn sync_key(
+    client: &Client,
+    syncer: &PodSyncer,
+    store: &Store<Pod>,
+    recorder: &EventRecorder,
+    key: &str,
+) -> Result<Option<Duration>, Error> {
+    let (ns, name) = key.split_once('/').unwrap_or(("", key));
+    let Some(pod) = store.get(key) else {
+        syncer.remove_pod(ns, name).await?;
+        return Ok(None);
+    };
+    let out = syncer.sync(&pod).await?;
+    let about = ObjectRef::of(pod.as_ref());
+    for e in &out.events {
+        let ty = if e.warning { EventType::Warning } else { EventType::Normal };
+        if let Err(error) = recorder.record(&about, ty, e.reason, &e.message).await {
+            tracing::debug!(pod = %key, %error, "recording an event failed");
+        }
+    }
+    if out.delete {
+        match client.delete_with_grace("Pod", ns, name, Some(0)).await {
+            Ok(_) => tracing::info!(pod = %key, "pod stopped and deleted"),
+            Err(e) if e.is_not_found() => {}
+            Err(source) => return Err(Error::DeletePod { pod: key.to_string(), source }),
+        }
+        return Ok(None);
+    }
+    if let Some(status) = out.status {
+        let mut next = (*pod).clone();
+        next.status = Some(status);
+        match client.api::<Pod>(ns).update_status(&next).await {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(source) => return Err(Error::WritePodStatus { pod: key.to_string(), source }),
+        }
+    }
+    Ok(out.requeue)
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    /// [`Objects`] from maps the test fills.
+    #[derive(Default)]
+    pub struct MapObjects {
+        config_maps: Mutex<HashMap<String, Arc<ConfigMap>>>,
+        secrets: Mutex<HashMap<String, Arc<Secret>>>,
+    }
+
+    impl MapObjects {
+        pub fn put_config_map(&self, ns: &str, name: &str, data: &[(&str, &str)]) {
+            let mut cm = ConfigMap::default();
+            cm.metadata.name = Some(name.into());
+            cm.metadata.namespace = Some(ns.into());
+            cm.data = Some(data.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>());
+            self.config_maps.lock().unwrap().insert(format!("{ns}/{name}"), Arc::new(cm));
+        }
+
+        pub fn put_secret(&self, ns: &str, name: &str, data: &[(&str, &str)]) {
+            let mut s = Secret::default();
+            s.metadata.name = Some(name.into());
+            s.metadata.namespace = Some(ns.into());
+            s.data = Some(
+                data.iter()
+                    .map(|(k, v)| (k.to_string(), k8s_openapi::ByteString(v.as_bytes().to_vec())))
+                    .collect::<BTreeMap<_, _>>(),
+            );
+            self.secrets.lock().unwrap().insert(format!("{ns}/{name}"), Arc::new(s));
+        }
+    }
+
+    impl Objects for MapObjects {
+        fn config_map(&self, namespace: &str, name: &str) -> Option<Arc<ConfigMap>> {
+            self.config_maps.lock().unwrap().get(&format!("{namespace}/{name}")).cloned()
+        }
+
+        fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
+            self.secrets.lock().unwrap().get(&format!("{namespace}/{name}")).cloned()
+        }
+    }
+
+    #[test]
+    fn finds_the_pods_using_an_object() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "ns"},
+            "spec": {
+                "volumes": [{"name": "v", "configMap": {"name": "conf"}}],
+                "imagePullSecrets": [{"name": "regcred"}],
+                "containers": [{"name": "c", "image": "x", "env": [
+                    {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "pw", "key": "k"}}}
+                ]}]
+            }
+        }))
+        .unwrap();
+        assert!(uses(&pod, Uses::ConfigMap, "conf"));
+        assert!(!uses(&pod, Uses::ConfigMap, "other"));
+        assert!(uses(&pod, Uses::Secret, "pw"));
+        assert!(uses(&pod, Uses::Secret, "regcred"));
+        assert!(!uses(&pod, Uses::Secret, "conf"));
+    }
+}

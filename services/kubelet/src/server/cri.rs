@@ -1,0 +1,159 @@
+//! Dialing the container runtime and finding a pod's container in it by the
+//! Kubernetes labels the kubelet puts on every container it creates.
+
+use std::path::Path;
+
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::{Container, ContainerFilter, ContainerStatus, ContainerStatusRequest, ListContainersRequest};
+use tonic::transport::Channel;
+
+use super::ServerError;
+
+/// Labels (and one annotation) the kubelet sets on each container, as
+/// Kubernetes' kubelet does, so that CRI alone can answer "which container
+/// is pod P's container C".
+pub const LABEL_POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+pub const LABEL_POD_NAME: &str = "io.kubernetes.pod.name";
+pub const LABEL_POD_UID: &str = "io.kubernetes.pod.uid";
+pub const LABEL_CONTAINER_NAME: &str = "io.kubernetes.container.name";
+pub const ANNOTATION_RESTART_COUNT: &str = "io.kubernetes.container.restartCount";
+
+/// CRI replies carry exec output and long container lists: above tonic's
+/// 4 MiB default, as Kubernetes' kubelet allows.
+pub const MAX_CRI_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// A channel to the CRI socket at `socket` (containerd's
+/// `containerd.sock`). HTTP/2 over a unix socket: the URI is a placeholder,
+/// the connector always dials the socket.
+pub async fn connect(socket: &Path) -> Result<Channel, ServerError> {
+    let path = socket.to_path_buf();
+    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+        let path = path.clone();
+        async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+    });
+    tonic::transport::Endpoint::from_static("http://[::1]:50051")
+        .connect_with_connector(connector)
+        .await
+        .map_err(|source| ServerError::ConnectRuntime { socket: socket.display().to_string(), source })
+}
+
+pub fn runtime_client(channel: Channel) -> RuntimeServiceClient<Channel> {
+    RuntimeServiceClient::new(channel)
+        .max_decoding_message_size(MAX_CRI_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_CRI_MESSAGE_BYTES)
+}
+
+/// Which instance of a container a call means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Instance {
+    /// The latest one (running, or the last to have run).
+    Current,
+    /// The one before it: what `logs --previous` shows after a restart.
+    Previous,
+}
+
+/// Names a container of a pod.
+#[derive(Debug, Clone)]
+pub struct ContainerRef<'a> {
+    pub namespace: &'a str,
+    pub pod: &'a str,
+    pub container: &'a str,
+}
+
+/// The CRI container for `target`, newest attempt first.
+pub async fn find_container(
+    runtime: &mut RuntimeServiceClient<Channel>,
+    target: &ContainerRef<'_>,
+    instance: Instance,
+) -> Result<Container, ServerError> {
+    let filter = ContainerFilter {
+        label_selector: [
+            (LABEL_POD_NAMESPACE.to_string(), target.namespace.to_string()),
+            (LABEL_POD_NAME.to_string(), target.pod.to_string()),
+            (LABEL_CONTAINER_NAME.to_string(), target.container.to_string()),
+        ]
+        .into(),
+        ..Default::default()
+    };
+    let containers = runtime
+        .list_containers(ListContainersRequest { filter: Some(filter) })
+        .await
+        .map_err(|status| ServerError::Runtime { call: "ListContainers", status })?
+        .into_inner()
+        .containers;
+    pick(containers, instance).ok_or_else(|| {
+        let (namespace, pod, container) =
+            (target.namespace.to_string(), target.pod.to_string(), target.container.to_string());
+        match instance {
+            Instance::Current => ServerError::ContainerNotFound { namespace, pod, container },
+            Instance::Previous => ServerError::PreviousNotFound { namespace, pod, container },
+        }
+    })
+}
+
+pub async fn container_status(
+    runtime: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+) -> Result<ContainerStatus, ServerError> {
+    runtime
+        .container_status(ContainerStatusRequest { container_id: id.to_string(), verbose: false })
+        .await
+        .map_err(|status| ServerError::Runtime { call: "ContainerStatus", status })?
+        .into_inner()
+        .status
+        .ok_or(ServerError::Runtime { call: "ContainerStatus", status: tonic::Status::internal("no status in reply") })
+}
+
+/// The restart count of a container instance: the kubelet's annotation,
+/// else the CRI attempt (the kubelet sets both to the same number).
+fn attempt(c: &Container) -> u32 {
+    c.annotations
+        .get(ANNOTATION_RESTART_COUNT)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| c.metadata.as_ref().map_or(0, |m| m.attempt))
+}
+
+/// Newest attempt first (creation time breaks ties); the current instance
+/// is the first, the previous one the second.
+fn pick(mut containers: Vec<Container>, instance: Instance) -> Option<Container> {
+    containers.sort_by_key(|c| std::cmp::Reverse((attempt(c), c.created_at)));
+    let index = match instance {
+        Instance::Current => 0,
+        Instance::Previous => 1,
+    };
+    containers.into_iter().nth(index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_cri::v1::ContainerMetadata;
+
+    fn container(id: &str, attempt: u32, created_at: i64) -> Container {
+        Container {
+            id: id.into(),
+            metadata: Some(ContainerMetadata { name: "app".into(), attempt }),
+            created_at,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn current_is_the_newest_attempt_and_previous_the_one_before() {
+        let all = vec![container("a", 0, 10), container("c", 2, 30), container("b", 1, 20)];
+        assert_eq!(pick(all.clone(), Instance::Current).unwrap().id, "c");
+        assert_eq!(pick(all, Instance::Previous).unwrap().id, "b");
+        let one = vec![container("a", 0, 10)];
+        assert_eq!(pick(one.clone(), Instance::Current).unwrap().id, "a");
+        assert!(pick(one, Instance::Previous).is_none());
+        assert!(pick(vec![], Instance::Current).is_none());
+    }
+
+    #[test]
+    fn the_restart_count_annotation_wins_over_the_attempt() {
+        let mut older = container("old", 5, 10);
+        older.annotations.insert(ANNOTATION_RESTART_COUNT.into(), "0".into());
+        let newer = container("new", 1, 20);
+        assert_eq!(pick(vec![older, newer], Instance::Current).unwrap().id, "new");
+    }
+}

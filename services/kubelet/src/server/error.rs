@@ -1,0 +1,84 @@
+//! What can go wrong serving the Kubelet API, and the one place those errors
+//! become gRPC statuses.
+//!
+//! Kept apart from the crate's `Error` while the pod lifecycle is written
+//! beside this module, so the two don't edit one file; it can fold into it.
+
+use tonic::{Code, Status};
+
+/// The kubelet server's errors, one variant per failed step.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("connecting to the container runtime at {socket}")]
+    ConnectRuntime {
+        socket: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("binding the kubelet server to {addr}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("CRI {call} failed: {}", .status.message())]
+    Runtime { call: &'static str, status: Status },
+    #[error("container {container:?} not found in pod {namespace}/{pod}")]
+    ContainerNotFound { namespace: String, pod: String, container: String },
+    #[error("previous terminated container {container:?} in pod {namespace}/{pod} not found")]
+    PreviousNotFound { namespace: String, pod: String, container: String },
+    #[error("container {container:?} in pod {namespace}/{pod} is not running")]
+    NotRunning { namespace: String, pod: String, container: String },
+    #[error("container {container:?} has no log file")]
+    NoLogFile { container: String },
+    #[error("reading log file {path}")]
+    ReadLog {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unimplemented(String),
+    #[error("defining a metric")]
+    NewMetric(#[from] skiff_telemetry::prometheus::Error),
+    #[error("registering metrics")]
+    Metric(#[from] skiff_telemetry::Error),
+}
+
+impl ServerError {
+    pub fn code(&self) -> Code {
+        match self {
+            ServerError::ContainerNotFound { .. } | ServerError::PreviousNotFound { .. } => Code::NotFound,
+            ServerError::NotRunning { .. } | ServerError::NoLogFile { .. } => Code::FailedPrecondition,
+            ServerError::BadRequest(_) => Code::InvalidArgument,
+            ServerError::Unimplemented(_) => Code::Unimplemented,
+            // The runtime's own verdict (NOT_FOUND for a vanished container,
+            // UNKNOWN for a command that could not start) says most.
+            ServerError::Runtime { status, .. } => match status.code() {
+                Code::Ok => Code::Internal,
+                code => code,
+            },
+            ServerError::ConnectRuntime { .. } => Code::Unavailable,
+            ServerError::Bind { .. }
+            | ServerError::ReadLog { .. }
+            | ServerError::Metric(_)
+            | ServerError::NewMetric(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<ServerError> for Status {
+    fn from(e: ServerError) -> Self {
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            if !message.contains(&s.to_string()) {
+                message = format!("{message}: {s}");
+            }
+            source = s.source();
+        }
+        Status::new(e.code(), message)
+    }
+}

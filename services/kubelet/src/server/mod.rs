@@ -1,0 +1,156 @@
+//! The kubelet's own gRPC server, `skiff.v1.Kubelet` (proto/skiff/v1/kubelet.proto):
+//! container logs, exec and resource stats, answered from the container
+//! runtime over CRI. The apiserver's `PodProxy` dials it at the node's
+//! InternalIP and the port [`advertise`] puts on the Node; clients never
+//! talk to it directly.
+//!
+//! A pod's containers are found by the labels the kubelet sets on each
+//! ([`cri::LABEL_POD_NAMESPACE`], [`cri::LABEL_POD_NAME`],
+//! [`cri::LABEL_CONTAINER_NAME`]) and its restart count
+//! ([`cri::ANNOTATION_RESTART_COUNT`], else the CRI attempt).
+//!
+//! - [`logs`]: the CRI log file, parsed, tailed and followed;
+//! - [`exec`]: CRI ExecSync (interactive exec is not built yet);
+//! - [`stats`]: CRI ListContainerStats, also as Prometheus metrics
+//!   ([`StatsMetrics`]).
+
+pub mod cri;
+mod error;
+mod exec;
+pub mod logs;
+mod stats;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+
+use futures::Stream;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_openapi::api::core::v1::{DaemonEndpoint, Node, NodeDaemonEndpoints, NodeStatus};
+use skiff_api::proto::kubelet_server::{Kubelet, KubeletServer};
+use skiff_api::proto::{ExecInput, ExecOutput, LogChunk, LogsRequest, StatsReply, StatsRequest};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status, Streaming};
+
+pub use cri::connect as connect_cri;
+pub use error::ServerError;
+pub use stats::StatsMetrics;
+
+use cri::{ContainerRef, Instance};
+
+/// Chunks buffered per log stream before reading waits for the client.
+const LOG_BUFFER: usize = 16;
+
+/// Serves the Kubelet API on `addr` (port 0: any free one) until `shutdown`
+/// resolves, answering from the CRI runtime on `cri` (see [`connect_cri`]).
+/// Returns the address bound once it listens; the server runs in the
+/// background, and followed log streams end when `shutdown` does.
+pub async fn serve(
+    addr: SocketAddr,
+    cri: Channel,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<SocketAddr, ServerError> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
+    let bound = listener.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let service =
+        KubeletService { runtime: cri::runtime_client(cri), samples: stats::CpuSamples::default(), stopping: stop_rx };
+    let drain = async move {
+        shutdown.await;
+        // Followed logs end first: the server waits for open streams.
+        let _ = stop_tx.send(true);
+    };
+    tracing::info!(addr = %bound, "serving the kubelet API");
+    // Stops with `shutdown`: the server task owns nothing else.
+    tokio::spawn(async move {
+        let result = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(KubeletServer::new(service))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain)
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "the kubelet API server failed");
+        }
+    });
+    Ok(bound)
+}
+
+/// Puts the kubelet API's port on `node` (status.daemonEndpoints.kubeletEndpoint.Port),
+/// where the apiserver looks for it. The apiserver dials the node's
+/// `InternalIP` address, which the kubelet sets in status.addresses.
+pub fn advertise(node: &mut Node, port: u16) {
+    let status = node.status.get_or_insert_with(NodeStatus::default);
+    let endpoints = status.daemon_endpoints.get_or_insert_with(NodeDaemonEndpoints::default);
+    endpoints.kubelet_endpoint = Some(DaemonEndpoint { port: i32::from(port) });
+}
+
+// === impl KubeletService ===
+
+#[derive(Clone)]
+struct KubeletService {
+    runtime: RuntimeServiceClient<Channel>,
+    samples: stats::CpuSamples,
+    stopping: watch::Receiver<bool>,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Kubelet for KubeletService {
+    type LogsStream = ReceiverStream<Result<LogChunk, Status>>;
+
+    async fn logs(&self, req: Request<LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        let r = req.into_inner();
+        tracing::info!(namespace = %r.namespace, pod = %r.pod, container = %r.container, follow = r.follow, "logs");
+        let mut runtime = self.runtime.clone();
+        let target = ContainerRef { namespace: &r.namespace, pod: &r.pod, container: &r.container };
+        let instance = if r.previous { Instance::Previous } else { Instance::Current };
+        let container = cri::find_container(&mut runtime, &target, instance).await?;
+        let status = cri::container_status(&mut runtime, &container.id).await?;
+        if status.log_path.is_empty() {
+            return Err(ServerError::NoLogFile { container: r.container }.into());
+        }
+        let tail_lines = match r.tail_lines {
+            Some(n) if n < 0 => None,
+            Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+            None => None,
+        };
+        let options = logs::LogOptions { follow: r.follow, tail_lines, timestamps: r.timestamps };
+        let (tx, rx) = mpsc::channel(LOG_BUFFER);
+        // Ends when the log does, the client leaves (tx closes) or the
+        // server stops (`stopping`).
+        tokio::spawn(logs::stream_logs(runtime, container.id, status.log_path, options, tx, self.stopping.clone()));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type ExecStream = BoxStream<ExecOutput>;
+
+    async fn exec(&self, req: Request<Streaming<ExecInput>>) -> Result<Response<Self::ExecStream>, Status> {
+        let mut inbound = req.into_inner();
+        let start = exec::read_start(&mut inbound).await?;
+        tracing::info!(namespace = %start.namespace, pod = %start.pod, container = %start.container, "exec");
+        let outputs = exec::run_sync(&mut self.runtime.clone(), &start).await?;
+        Ok(Response::new(Box::pin(tokio_stream::iter(outputs.into_iter().map(Ok)))))
+    }
+
+    async fn stats(&self, req: Request<StatsRequest>) -> Result<Response<StatsReply>, Status> {
+        let pods = stats::pod_stats(&mut self.runtime.clone(), &self.samples, req.get_ref()).await?;
+        Ok(Response::new(StatsReply { pods }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertise_sets_the_kubelet_port() {
+        let mut node = Node::default();
+        advertise(&mut node, 10250);
+        let port =
+            node.status.as_ref().and_then(|s| s.daemon_endpoints.as_ref()).and_then(|d| d.kubelet_endpoint.as_ref());
+        assert_eq!(port.map(|p| p.port), Some(10250));
+    }
+}
