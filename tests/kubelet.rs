@@ -27,30 +27,18 @@ async fn cluster() -> Cluster {
     cluster
 }
 
-fn kubelet_args(cluster: &Cluster) -> Vec<String> {
-    let runtime = cluster.runtime().expect("a runtime");
-    let containerd = runtime.containerd();
-    vec![
-        format!("--node-name={NODE}"),
-        // Loopback as the node's address: the apiserver reaches the
-        // kubelet API there, and test traffic stays on this machine.
-        "--node-ip=127.0.0.1".into(),
-        "--kubelet-port=0".into(),
-        format!("--container-runtime-endpoint={}", containerd.endpoint()),
-        format!("--pod-cidr={}", containerd.pod_cidr()),
-        format!("--pod-log-dir={}", containerd.pod_log_dir().display()),
-        format!("--root-dir={}", cluster.dir().join("kubelet").display()),
-        "--crash-backoff-initial=1s".into(),
-        "--crash-backoff-max=4s".into(),
-        "--heartbeat-interval=1s".into(),
-        "--status-interval=5s".into(),
-        "--relist-interval=500ms".into(),
-    ]
-}
-
 async fn start_kubelet(cluster: &mut Cluster) {
-    let args = kubelet_args(cluster);
-    cluster.start_service("kubelet", "skiff-kubelet", &args).await.expect("start the kubelet");
+    let short_timings: Vec<String> = [
+        "--crash-backoff-initial=1s",
+        "--crash-backoff-max=4s",
+        "--heartbeat-interval=1s",
+        "--status-interval=5s",
+        "--relist-interval=500ms",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    cluster.start_kubelet(NODE, &short_timings).await.expect("start the kubelet");
 }
 
 fn image(cluster: &Cluster, name: &str) -> String {

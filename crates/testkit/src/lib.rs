@@ -56,6 +56,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Client(#[from] skiff_client::Error),
+    #[error("a kubelet needs a container runtime: start the cluster with ClusterOptions.runtime")]
+    NoRuntime,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -333,6 +335,25 @@ impl Cluster {
         process.wait_http_ok(metrics, "/healthz", READY_TIMEOUT).await?;
         self.services.push(Service { id: id.to_string(), process, metrics });
         Ok(metrics)
+    }
+
+    /// Starts a real kubelet named `node_name` on this cluster's runtime
+    /// (which must have been asked for), on loopback: the node's address is
+    /// 127.0.0.1 and its kubelet API takes a free port. `extra` flags come
+    /// last, so they can override (back-off times in tests, say).
+    pub async fn start_kubelet(&mut self, node_name: &str, extra: &[String]) -> Result<SocketAddr> {
+        let containerd = self.runtime().ok_or(Error::NoRuntime)?.containerd();
+        let mut args = vec![
+            format!("--node-name={node_name}"),
+            "--node-ip=127.0.0.1".to_string(),
+            "--kubelet-port=0".to_string(),
+            format!("--container-runtime-endpoint={}", containerd.endpoint()),
+            format!("--pod-cidr={}", containerd.pod_cidr()),
+            format!("--pod-log-dir={}", containerd.pod_log_dir().display()),
+            format!("--root-dir={}", self.dir.join("kubelet").display()),
+        ];
+        args.extend(extra.iter().cloned());
+        self.start_service("kubelet", "skiff-kubelet", &args).await
     }
 
     pub fn service(&self, id: &str) -> Option<&Service> {
