@@ -26,6 +26,9 @@ enum Scenario {
     /// create-to-bound for 30,000 pods, a 10,000-replica Deployment's time to
     /// available, and control-plane memory.
     Scheduler(scenarios::scheduler::Options),
+    /// Pod startup on one real node (containerd): create → Running p50/p99
+    /// over a steady stream of pods, beside driving CRI directly.
+    PodStartup(scenarios::pod_startup::Options),
 }
 
 #[tokio::main]
@@ -33,5 +36,6 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
         Scenario::Api(o) => scenarios::api::run(o).await,
         Scenario::Scheduler(o) => scenarios::scheduler::run(o).await,
+        Scenario::PodStartup(o) => scenarios::pod_startup::run(o).await,
     }
 }

@@ -1,2 +1,3 @@
 pub mod api;
+pub mod pod_startup;
 pub mod scheduler;
