@@ -463,3 +463,72 @@ async fn logs_and_exec_reach_containers_through_the_apiserver_and_kubelet() {
     assert_eq!(out.status.code(), Some(4), "exec passes the command's exit status on");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi from talker\n");
 }
+
+/// The output of `skiffctl args` with `stdin`: (exit code, stdout, stderr).
+fn skiffctl_with(cluster: &Cluster, args: &[&str], stdin: &str) -> (Option<i32>, String, String) {
+    let out = cluster.skiffctl(args, Some(stdin)).unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+#[tokio::test]
+async fn interactive_exec_and_top_through_the_apiserver_and_kubelet() {
+    let cluster = cluster().await;
+    let client = cluster.client();
+    let busybox = image(&cluster, BUSYBOX_IMAGE);
+    create_pod(
+        &client,
+        "shell",
+        json!({"containers": [{"name": "app", "image": busybox, "command": ["sleep", "3600"]}]}),
+    )
+    .await;
+    wait_ready(&client, "shell").await;
+
+    // -i: stdin reaches the command, and its end is the command's EOF.
+    let (code, out, err) = skiffctl_with(&cluster, &["exec", "-i", "shell", "--", "cat"], "hello\n");
+    assert_eq!((code, out.as_str()), (Some(0), "hello\n"), "stderr: {err}");
+    let (code, _, err) =
+        skiffctl_with(&cluster, &["exec", "-i", "shell", "--", "sh", "-c", "read x; exit 7"], "line\n");
+    assert_eq!(code, Some(7), "the exit status passes through: {err}");
+    let (code, out, err) =
+        skiffctl_with(&cluster, &["exec", "-i", "shell", "--", "sh", "-c", "cat; echo oops >&2; exit 2"], "a\nb\n");
+    assert_eq!((code, out.as_str(), err.as_str()), (Some(2), "a\nb\n", "oops\n"), "stdout and stderr apart");
+    // More than one SPDY frame, and more than a flow-control window, of input.
+    let big = "x".repeat(300_000);
+    let (code, out, err) = skiffctl_with(&cluster, &["exec", "-i", "shell", "--", "wc", "-c"], &big);
+    assert_eq!((code, out.trim()), (Some(0), "300000"), "stderr: {err}");
+
+    // -t without a local terminal: the command still gets a terminal (its
+    // output comes with the terminal's \r\n); nothing local goes raw.
+    let (code, out, err) =
+        skiffctl_with(&cluster, &["exec", "-t", "shell", "--", "sh", "-c", "test -t 1 && echo tty"], "");
+    assert_eq!((code, out.as_str()), (Some(0), "tty\r\n"), "stderr: {err}");
+    let (code, out, err) =
+        skiffctl_with(&cluster, &["exec", "-it", "shell", "--", "sh", "-c", "read x; echo \"got $x\"; exit 3"], "hi\n");
+    assert_eq!(code, Some(3), "stderr: {err}");
+    assert!(out.contains("got hi\r\n"), "stdout: {out:?}");
+    // Without -i/-t the non-interactive path still answers.
+    let (code, out, _) = skiffctl_with(&cluster, &["exec", "shell", "--", "echo", "plain"], "");
+    assert_eq!((code, out.as_str()), (Some(0), "plain\n"));
+
+    // top: the pod, its CPU in millicores and a memory working set above 0.
+    let memory_of = |out: &str| -> Option<String> {
+        let line = out.lines().find(|l| l.starts_with("shell "))?;
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        (cells.len() == 3 && cells[1].ends_with('m')).then(|| cells[2].to_string())
+    };
+    let (header, memory) = eventually("skiffctl top pod shows memory", || async {
+        let (code, out, _) = skiffctl_with(&cluster, &["top", "pod", "shell"], "");
+        let memory = memory_of(&out).filter(|m| code == Some(0) && !m.starts_with('0'))?;
+        Some((out.lines().next().unwrap_or_default().to_string(), memory))
+    })
+    .await;
+    assert_eq!(header.split_whitespace().collect::<Vec<_>>(), ["NAME", "CPU(cores)", "MEMORY(bytes)"]);
+    assert!(memory.ends_with("Ki") || memory.ends_with("Mi"), "memory {memory:?}");
+    let (code, out, err) = skiffctl_with(&cluster, &["top", "pod"], "");
+    assert_eq!(code, Some(0), "stderr: {err}");
+    assert!(memory_of(&out).is_some(), "the namespace's pods include shell: {out}");
+    let (code, _, err) = skiffctl_with(&cluster, &["top", "pod", "nope"], "");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not found"), "stderr: {err}");
+}

@@ -423,12 +423,12 @@ mod tests {
         assert_eq!(svc["spec"]["ports"][0]["targetPort"], 80);
         let err = run(
             "Service",
-            json!({"metadata": {"name": "web"}, "spec": {"ports": [{"port": 80, "nodePort": 80}, {"port": 70000}]}}),
+            json!({"metadata": {"name": "web"}, "spec": {"ports": [{"port": 80, "nodePort": 70000}, {"port": 70000}]}}),
         )
         .unwrap_err()
         .to_string();
         assert!(err.contains("spec.ports[0].name: required"), "{err}");
-        assert!(err.contains("spec.ports[0].nodePort: 80 is outside"), "{err}");
+        assert!(err.contains("spec.ports[0].nodePort: 70000 is not a valid port number"), "{err}");
         assert!(err.contains("spec.ports[1].port: 70000 is not a valid port"), "{err}");
     }
 }

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod cidr;
 mod defaults;
 pub mod duration;
 mod error;

@@ -323,10 +323,9 @@ pub(crate) fn service_spec(spec: &core::ServiceSpec, errs: &mut Errors) {
             }
             _ => {}
         }
-        if let Some(np) = p.node_port.filter(|np| *np != 0) {
-            if !(30000..=32767).contains(&np) {
-                errs.add(format!("{path}.nodePort"), format!("{np} is outside the node port range 30000-32767"));
-            }
+        // The node port range is the apiserver's flag: its allocator checks it.
+        if let Some(np) = p.node_port.filter(|np| !(0..=65535).contains(np)) {
+            errs.add(format!("{path}.nodePort"), format!("{np} is not a valid port number"));
         }
         if let Some(IntOrString::Int(t)) = &p.target_port {
             port(*t, &format!("{path}.targetPort"), errs);

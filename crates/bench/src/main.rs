@@ -29,6 +29,9 @@ enum Scenario {
     /// Pod startup on one real node (containerd): create → Running p50/p99
     /// over a steady stream of pods, beside driving CRI directly.
     PodStartup(scenarios::pod_startup::Options),
+    /// Cluster DNS: queries/s and p99 for Service names from concurrent UDP
+    /// clients, beside dnsmasq serving the same names from a hosts file.
+    Dns(scenarios::dns::Options),
 }
 
 #[tokio::main]
@@ -37,5 +40,6 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Api(o) => scenarios::api::run(o).await,
         Scenario::Scheduler(o) => scenarios::scheduler::run(o).await,
         Scenario::PodStartup(o) => scenarios::pod_startup::run(o).await,
+        Scenario::Dns(o) => scenarios::dns::run(o).await,
     }
 }

@@ -3,6 +3,7 @@
 //! cache so that many watchers cost etcd one watch per kind.
 #![forbid(unsafe_code)]
 
+mod allocator;
 mod cache;
 mod error;
 mod proxy;
@@ -44,6 +45,12 @@ pub struct Config {
     /// How often an idle filtered watch gets a bookmark.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub bookmark_interval: Duration,
+    /// The range Service cluster IPs come from (its tenth address is kept for the DNS Service).
+    #[arg(long, default_value = "10.43.0.0/16")]
+    pub service_cluster_ip_range: skiff_api::cidr::Cidr,
+    /// The range NodePort and LoadBalancer Services' node ports come from.
+    #[arg(long, default_value = "30000-32767")]
+    pub service_node_port_range: allocator::PortRange,
 }
 
 /// The largest request the API accepts: above the 1.5 MiB object limit so
@@ -88,7 +95,11 @@ pub async fn run(
         synced.push(ready_rx);
         caches.insert(info.kind, cache);
     }
-    let registry = Arc::new(registry::Registry::new(storage, caches));
+    let registry = Arc::new(registry::Registry::new(
+        storage,
+        caches,
+        allocator::Ranges { cluster_ips: config.service_cluster_ip_range, node_ports: config.service_node_port_range },
+    ));
     for mut rx in synced {
         let _ = rx.wait_for(|r| *r).await;
     }

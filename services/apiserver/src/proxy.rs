@@ -1,6 +1,6 @@
-//! `skiff.v1.PodProxy`: a pod's logs and exec, streamed through to the
-//! kubelet of the pod's node (proto/skiff/v1/kubelet.proto), so clients
-//! only ever talk to the apiserver.
+//! `skiff.v1.PodProxy`: a pod's logs, exec and stats, passed through to
+//! the kubelet of the pod's node (proto/skiff/v1/kubelet.proto), so
+//! clients only ever talk to the apiserver.
 //!
 //! A call looks up the pod (it must be bound to a node), settles which
 //! container it means (the only one when none is named), looks up the Node
@@ -8,8 +8,11 @@
 //! status.daemonEndpoints.kubeletEndpoint.Port), and passes the call on
 //! over a channel kept per node. Errors the kubelet answers pass through;
 //! a kubelet that can't be reached is UNAVAILABLE naming the node.
+//!
+//! Stats of a whole namespace ask each node that runs one of its pods,
+//! and keep only the pods the API knows there.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,13 +21,15 @@ use futures::{Stream, StreamExt};
 use serde_json::Value;
 use skiff_api::proto::kubelet_client::KubeletClient;
 use skiff_api::proto::pod_proxy_server::PodProxy;
-use skiff_api::proto::{exec_input, ExecInput, ExecOutput, LogChunk, LogsRequest};
+use skiff_api::proto::{exec_input, ExecInput, ExecOutput, LogChunk, LogsRequest, PodStats, StatsReply, StatsRequest};
+use skiff_api::{FieldSelector, KindInfo, LabelSelector};
 use skiff_telemetry::{grpc_code_label, GrpcMetrics};
 use tokio::sync::watch as signal;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use crate::cache::Filter;
 use crate::registry::Registry;
 use crate::Error;
 
@@ -84,13 +89,76 @@ impl PodProxyService {
             return Err(Error::PodNotScheduled { pod: pod.to_string() });
         }
         let container = pick_container(&pod_obj, pod, container)?;
+        let endpoint = self.node_endpoint(node).await?;
+        Ok(Target { node: node.to_string(), endpoint, container })
+    }
+
+    /// Where the kubelet of `node` serves.
+    async fn node_endpoint(&self, node: &str) -> Result<String, Error> {
         let node_obj: Value = match self.registry.get("Node", "", node).await {
             Ok(bytes) => parse(&bytes)?,
             Err(Error::NotFound { .. }) => return Err(unreachable(node, "the node does not exist".into())),
             Err(e) => return Err(e),
         };
-        let endpoint = kubelet_endpoint(&node_obj).map_err(|reason| unreachable(node, reason))?;
-        Ok(Target { node: node.to_string(), endpoint, container })
+        kubelet_endpoint(&node_obj).map_err(|reason| unreachable(node, reason))
+    }
+
+    /// Stats of one pod: from its node's kubelet.
+    async fn pod_stats(&self, r: StatsRequest) -> Result<Vec<PodStats>, Status> {
+        let pod_obj: Value = parse(&self.registry.get("Pod", &r.namespace, &r.pod).await?)?;
+        let node = pod_obj.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default();
+        if node.is_empty() {
+            return Err(Error::PodNotScheduled { pod: r.pod }.into());
+        }
+        let target =
+            Target { node: node.to_string(), endpoint: self.node_endpoint(node).await?, container: String::new() };
+        let mut request = Request::new(r);
+        skiff_telemetry::inject_trace_context(request.metadata_mut());
+        let reply = self.kubelet(&target)?.stats(request).await.map_err(|s| from_kubelet(&target, s))?;
+        Ok(reply.into_inner().pods)
+    }
+
+    /// Stats of every scheduled pod of a namespace (every namespace for
+    /// ""): one call per node that runs any, in turn; a node that fails is
+    /// logged and left out. Only pods the API holds on that node count.
+    async fn namespace_stats(&self, namespace: &str) -> Result<Vec<PodStats>, Status> {
+        let info = KindInfo::by_kind("Pod").map_err(Error::from)?;
+        let filter = Filter {
+            key_prefix: info.key_prefix(Some(namespace)),
+            labels: LabelSelector::everything(),
+            fields: FieldSelector::default(),
+        };
+        let page = self.registry.list(info, &filter, 0, "").await?;
+        // node → the (namespace, name) of its pods.
+        let mut by_node: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
+        for bytes in &page.items {
+            let pod = parse(bytes)?;
+            let field = |p: &str| pod.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string();
+            let node = field("/spec/nodeName");
+            if !node.is_empty() {
+                by_node.entry(node).or_default().insert((field("/metadata/namespace"), field("/metadata/name")));
+            }
+        }
+        let mut pods = Vec::new();
+        for (node, known) in by_node {
+            let result = async {
+                let target =
+                    Target { endpoint: self.node_endpoint(&node).await?, node: node.clone(), container: String::new() };
+                let mut request = Request::new(StatsRequest { namespace: namespace.to_string(), pod: String::new() });
+                skiff_telemetry::inject_trace_context(request.metadata_mut());
+                let reply = self.kubelet(&target)?.stats(request).await.map_err(|s| from_kubelet(&target, s))?;
+                Ok::<_, Status>(reply.into_inner().pods)
+            }
+            .await;
+            match result {
+                Ok(stats) => {
+                    pods.extend(stats.into_iter().filter(|p| known.contains(&(p.namespace.clone(), p.name.clone()))))
+                }
+                Err(status) => tracing::warn!(%node, error = %status.message(), "no stats from the node's kubelet"),
+            }
+        }
+        pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        Ok(pods)
     }
 
     fn kubelet(&self, target: &Target) -> Result<KubeletClient<Channel>, Error> {
@@ -232,6 +300,22 @@ impl PodProxy for PodProxyService {
         .instrument(span)
         .await;
         self.observe("Exec", started, &result);
+        result
+    }
+
+    async fn stats(&self, req: Request<StatsRequest>) -> Result<Response<StatsReply>, Status> {
+        let started = Instant::now();
+        let (meta, _, r) = req.into_parts();
+        let span = tracing::info_span!("rpc", method = "Stats", kind = "Pod");
+        skiff_telemetry::set_remote_parent(&span, &meta);
+        let result = async {
+            let pods =
+                if r.pod.is_empty() { self.namespace_stats(&r.namespace).await? } else { self.pod_stats(r).await? };
+            Ok::<_, Status>(Response::new(StatsReply { pods }))
+        }
+        .instrument(span)
+        .await;
+        self.observe("Stats", started, &result);
         result
     }
 }

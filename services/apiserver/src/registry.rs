@@ -11,6 +11,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use skiff_api::{meta, normalize, KindInfo, MAX_OBJECT_BYTES};
 
+use crate::allocator::{Allocation, Ranges, ServiceAllocator};
 use crate::cache::{CachedObject, Filter, Page, WatchCache};
 use crate::storage::{Storage, Stored, Swap};
 use crate::Error;
@@ -30,6 +31,8 @@ pub struct Registry {
     pub storage: Storage,
     caches: HashMap<&'static str, Arc<WatchCache>>,
     last_write: HashMap<&'static str, AtomicI64>,
+    /// Cluster IPs and node ports of Services (allocator.rs).
+    services: ServiceAllocator,
 }
 
 fn now() -> String {
@@ -61,9 +64,18 @@ fn spec_of(obj: &Value) -> Vec<(&String, &Value)> {
 }
 
 impl Registry {
-    pub fn new(storage: Storage, caches: HashMap<&'static str, Arc<WatchCache>>) -> Self {
+    pub fn new(storage: Storage, caches: HashMap<&'static str, Arc<WatchCache>>, service_ranges: Ranges) -> Self {
         let last_write = caches.keys().map(|k| (*k, AtomicI64::new(0))).collect();
-        Self { storage, caches, last_write }
+        Self { storage, caches, last_write, services: ServiceAllocator::new(service_ranges) }
+    }
+
+    /// For a Service write: the allocator's lock and what other Services hold.
+    async fn allocation(&self, info: &'static KindInfo) -> Option<Allocation<'_>> {
+        if info.kind != "Service" {
+            return None;
+        }
+        let last_write = self.last_write[info.kind].load(Ordering::Relaxed);
+        Some(self.services.begin(self.cache(info), last_write).await)
     }
 
     pub fn cache(&self, info: &KindInfo) -> &Arc<WatchCache> {
@@ -154,15 +166,22 @@ impl Registry {
             obj["status"] = serde_json::json!({"phase": "Active"});
         }
         let name = meta::name(&obj).to_string();
-        let obj = normalize(info, obj, body.len()).map_err(Self::invalid(info, &name))?;
+        let mut obj = normalize(info, obj, body.len()).map_err(Self::invalid(info, &name))?;
         if info.namespaced {
             self.check_namespace(&ns).await?;
         }
         let key = info.key(&ns, &name);
+        let mut allocation = self.allocation(info).await;
+        if let Some(a) = allocation.as_mut() {
+            a.assign(&key, &mut obj, None).map_err(Self::invalid(info, &name))?;
+        }
         let encoded = serde_json::to_vec(&obj).map_err(|source| Error::Corrupt { key: key.clone(), source })?;
         match self.storage.put_if(&key, encoded, 0).await? {
             Swap::Done { revision } => {
                 self.note_write(info, revision);
+                if let Some(a) = allocation {
+                    a.written(revision, false);
+                }
                 Ok(stamped(obj, revision))
             }
             Swap::Lost => Err(Error::already_exists(info, &name)),
@@ -342,6 +361,13 @@ impl Registry {
         meta::set(&mut next, "name", name);
         meta::remove(&mut next, "resourceVersion");
         let mut next = normalize(info, next, size).map_err(Self::invalid(info, name))?;
+        let mut allocation = None;
+        if spec_of(&next) != spec_of(&current) {
+            allocation = self.allocation(info).await;
+        }
+        if let Some(a) = allocation.as_mut() {
+            a.assign(key, &mut next, Some(&current)).map_err(Self::invalid(info, name))?;
+        }
         if next == current {
             return Ok(stamped(current, stored.mod_revision));
         }
@@ -350,7 +376,8 @@ impl Registry {
             meta::set(&mut next, "generation", generation.unwrap_or(0) + 1);
         }
         let deleting = !meta::str_field(&next, "deletionTimestamp").is_empty();
-        let swap = if deleting && !has_finalizers(info, &next) && !awaits_kubelet(info, &next) {
+        let removed = deleting && !has_finalizers(info, &next) && !awaits_kubelet(info, &next);
+        let swap = if removed {
             self.storage.delete_if(key, stored.mod_revision).await?
         } else {
             let encoded = serde_json::to_vec(&next).map_err(|source| Error::Corrupt { key: key.into(), source })?;
@@ -359,6 +386,9 @@ impl Registry {
         match swap {
             Swap::Done { revision } => {
                 self.note_write(info, revision);
+                if let Some(a) = allocation {
+                    a.written(revision, removed);
+                }
                 Ok(stamped(next, revision))
             }
             Swap::Lost => Err(Error::conflict(info, name)),

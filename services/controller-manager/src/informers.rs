@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service};
 use skiff_client::{CacheSync, Client, Informer, ListParams, Object, Store};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -23,6 +23,8 @@ pub struct Informers {
     /// Node heartbeats, in kube-node-lease only.
     pub node_leases: Store<Lease>,
     pub namespaces: Store<Namespace>,
+    pub services: Store<Service>,
+    pub endpoints: Store<Endpoints>,
 }
 
 impl Informers {
@@ -36,6 +38,8 @@ impl Informers {
             nodes: spawn(client.api::<Node>(""), &stop, &mut runners),
             node_leases: spawn(client.api::<Lease>(NODE_LEASE_NAMESPACE), &stop, &mut runners),
             namespaces: spawn(client.api::<Namespace>(""), &stop, &mut runners),
+            services: spawn(client.api::<Service>(""), &stop, &mut runners),
+            endpoints: spawn(client.api::<Endpoints>(""), &stop, &mut runners),
         };
         (informers, runners)
     }
@@ -49,6 +53,8 @@ impl Informers {
             Arc::new(self.nodes.clone()),
             Arc::new(self.node_leases.clone()),
             Arc::new(self.namespaces.clone()),
+            Arc::new(self.services.clone()),
+            Arc::new(self.endpoints.clone()),
         ]
     }
 

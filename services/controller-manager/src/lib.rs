@@ -1,6 +1,7 @@
 //! skiff-controller-manager: the built-in controllers that turn
 //! Deployments into ReplicaSets into Pods, collect garbage, watch node
-//! heartbeats and empty terminating namespaces.
+//! heartbeats, empty terminating namespaces, keep each Service's Endpoints
+//! and give every Node a pod CIDR.
 //!
 //! One set of informers feeds every controller ([`informers`]); the
 //! controllers run only while this replica holds the
@@ -67,6 +68,12 @@ pub struct Config {
     /// How long pods without their own toleration stay on a not-ready node.
     #[arg(long, default_value_t = 300)]
     pub default_not_ready_toleration_seconds: i64,
+    /// The pod network; each node gets a subnet of it as spec.podCIDR.
+    #[arg(long, default_value = "10.42.0.0/16")]
+    pub cluster_cidr: skiff_api::cidr::Cidr,
+    /// The prefix length of each node's pod subnet.
+    #[arg(long, default_value_t = 24)]
+    pub node_cidr_mask_size: u8,
 }
 
 /// Resolves when `rx` turns true (or its sender is gone).
@@ -77,6 +84,7 @@ pub(crate) async fn stopped(mut rx: watch::Receiver<bool>) {
 /// Runs until `shutdown` resolves (or leadership is lost, which is an error:
 /// the process exits and a supervisor restarts it as a fresh candidate).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let node_ipam = node_ipam_ranges(&config)?;
     let client = Client::from_env(config.server.as_deref())?;
     let metrics = Metrics::new();
     let reconcile_metrics = metrics::ReconcileMetrics::register(&metrics)?;
@@ -115,6 +123,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         node_monitor_grace_period: config.node_monitor_grace_period,
         default_unreachable_toleration_seconds: config.default_unreachable_toleration_seconds,
         default_not_ready_toleration_seconds: config.default_not_ready_toleration_seconds,
+        node_ipam,
     };
     let on_leading = controllers::run_all(controllers, stop_rx.clone());
 
@@ -145,6 +154,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     }
     let _ = http.await;
     result
+}
+
+/// `--cluster-cidr` split into `--node-cidr-mask-size` subnets: at least
+/// one, at most 2^16 of them (as Kubernetes allows).
+fn node_ipam_ranges(config: &Config) -> Result<controllers::node_ipam::Ranges, Error> {
+    let (cidr, mask) = (config.cluster_cidr, config.node_cidr_mask_size);
+    if mask > 32 || mask < cidr.prefix() || mask - cidr.prefix() > 16 {
+        return Err(Error::Flag {
+            flag: "--node-cidr-mask-size",
+            reason: format!(
+                "/{mask} subnets of {cidr}: must be between /{} and /{}",
+                cidr.prefix(),
+                (cidr.prefix() + 16).min(32)
+            ),
+        });
+    }
+    Ok(controllers::node_ipam::Ranges { cluster_cidr: cidr, node_mask: mask })
 }
 
 /// A candidate name unique per process: host name plus a random suffix.

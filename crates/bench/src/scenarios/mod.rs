@@ -1,3 +1,4 @@
 pub mod api;
+pub mod dns;
 pub mod pod_startup;
 pub mod scheduler;

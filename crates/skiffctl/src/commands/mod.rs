@@ -12,6 +12,7 @@ pub mod get;
 pub mod logs;
 pub mod rollout;
 pub mod scale;
+pub mod top;
 pub mod up;
 pub mod version;
 
@@ -55,6 +56,8 @@ pub enum Command {
     Logs(logs::Args),
     /// Run a command in a container of a pod.
     Exec(exec::Args),
+    /// Show CPU and memory use of pods.
+    Top(top::Args),
     /// Start a local cluster in the background and point skiffctl at it.
     Up(up::UpArgs),
     /// Stop the local cluster `up` started.
@@ -77,6 +80,7 @@ pub async fn run(globals: &Globals, command: Command) -> Result<()> {
         Command::Drain(args) => drain::run(globals, args).await,
         Command::Logs(args) => logs::run(globals, args).await,
         Command::Exec(args) => exec::run(globals, args).await,
+        Command::Top(args) => top::run(globals, args).await,
         Command::Up(args) => up::up(args).await,
         Command::Down(args) => up::down(args).await,
         Command::Version => {
@@ -98,7 +102,7 @@ impl Globals {
         Ok(Client::from_env(self.server.as_deref())?)
     }
 
-    /// The apiserver's PodProxy service (logs, exec), on its own channel:
+    /// The apiserver's PodProxy service (logs, exec, stats), on its own channel:
     /// the object client keeps its channel to itself.
     pub fn pod_proxy(&self) -> Result<PodProxyClient<Channel>> {
         let server = skiff_client::config::resolve_server(self.server.as_deref())?;

@@ -3,12 +3,14 @@
 //! maps informer events to keys (handlers map, they never decide or call
 //! the API), and a [`skiff_client::Controller`] running its reconciles.
 //!
-//! Not here yet: Job, CronJob, DaemonSet, StatefulSet, Endpoints and the
+//! Not here yet: Job, CronJob, DaemonSet, StatefulSet, EndpointSlice and the
 //! HorizontalPodAutoscaler controllers.
 
 pub mod deployment;
+pub mod endpoints;
 pub mod garbage_collector;
 pub mod namespace;
+pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod replicaset;
 pub mod taint_eviction;
@@ -34,6 +36,8 @@ pub struct Context {
     pub node_monitor_grace_period: Duration,
     pub default_unreachable_toleration_seconds: i64,
     pub default_not_ready_toleration_seconds: i64,
+    /// The pod network the node IPAM controller splits among nodes.
+    pub node_ipam: node_ipam::Ranges,
 }
 
 /// Runs every controller until `stop` turns true. Dropping the future (the
@@ -46,6 +50,8 @@ pub async fn run_all(ctx: Context, stop: watch::Receiver<bool>) {
     node_lifecycle::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     taint_eviction::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     namespace::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
+    endpoints::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
+    node_ipam::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     while let Some(done) = set.join_next().await {
         if let Err(error) = done {
             if error.is_panic() {

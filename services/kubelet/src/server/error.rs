@@ -39,8 +39,8 @@ pub enum ServerError {
     },
     #[error("{0}")]
     BadRequest(String),
-    #[error("{0}")]
-    Unimplemented(String),
+    #[error("exec: the runtime's streaming server at {url}: {reason}")]
+    Stream { url: String, reason: String },
     #[error("defining a metric")]
     NewMetric(#[from] skiff_telemetry::prometheus::Error),
     #[error("registering metrics")]
@@ -53,7 +53,7 @@ impl ServerError {
             ServerError::ContainerNotFound { .. } | ServerError::PreviousNotFound { .. } => Code::NotFound,
             ServerError::NotRunning { .. } | ServerError::NoLogFile { .. } => Code::FailedPrecondition,
             ServerError::BadRequest(_) => Code::InvalidArgument,
-            ServerError::Unimplemented(_) => Code::Unimplemented,
+            ServerError::Stream { .. } => Code::Unavailable,
             // The runtime's own verdict (NOT_FOUND for a vanished container,
             // UNKNOWN for a command that could not start) says most.
             ServerError::Runtime { status, .. } => match status.code() {

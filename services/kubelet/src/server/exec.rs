@@ -2,20 +2,24 @@
 //! no terminal) go through CRI `ExecSync`: the runtime runs the command to
 //! its end and hands back its output and exit code.
 //!
-//! Interactive ones (stdin or a terminal) need CRI `Exec`, which answers
-//! with a URL on the runtime's streaming server spoken to over SPDY or
-//! WebSocket (`v4.channel.k8s.io`). That bridge is not built yet: such
-//! calls fail with UNIMPLEMENTED and say so.
+//! Interactive ones (stdin or a terminal) go through CRI `Exec`, which
+//! answers with a URL on the runtime's streaming server; [`Session`] speaks
+//! to it over SPDY (`v4.channel.k8s.io`, see [`super::spdy`] for why not
+//! WebSocket) and bridges it to the gRPC streams: stdin and resizes in,
+//! stdout, stderr and the exit code out.
 
 use bytes::Bytes;
 use futures::StreamExt;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1::{ContainerState, ExecSyncRequest};
+use k8s_cri::v1::{ContainerState, ExecRequest, ExecSyncRequest};
+use serde_json::Value;
 use skiff_api::proto::{exec_input, exec_output, ExecInput, ExecOutput, ExecStart};
+use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
 use tonic::{Status, Streaming};
 
 use super::cri::{self, ContainerRef, Instance};
+use super::spdy::{self, Frame, FrameReader, FrameWriter};
 use super::ServerError;
 
 /// Reads the `ExecStart` every exec call begins with.
@@ -32,21 +36,19 @@ pub fn check(start: &ExecStart) -> Result<(), ServerError> {
     if start.command.is_empty() || start.command[0].is_empty() {
         return Err(ServerError::BadRequest("exec: a command is required".into()));
     }
-    if start.tty || start.stdin {
-        return Err(ServerError::Unimplemented(
-            "interactive exec (stdin or a terminal) is not supported yet: run the command without -i/-t".into(),
-        ));
-    }
     Ok(())
 }
 
-/// Runs the command to completion: its stdout, its stderr, then its exit
-/// code, as the messages of the reply.
-pub async fn run_sync(
+/// Whether the exec needs the runtime's streaming server.
+pub fn is_interactive(start: &ExecStart) -> bool {
+    start.tty || start.stdin
+}
+
+/// The running container `start` names.
+async fn running_container(
     runtime: &mut RuntimeServiceClient<Channel>,
     start: &ExecStart,
-) -> Result<Vec<ExecOutput>, ServerError> {
-    check(start)?;
+) -> Result<String, ServerError> {
     let target = ContainerRef { namespace: &start.namespace, pod: &start.pod, container: &start.container };
     let container = cri::find_container(runtime, &target, Instance::Current).await?;
     if container.state != ContainerState::ContainerRunning as i32 {
@@ -56,8 +58,19 @@ pub async fn run_sync(
             container: start.container.clone(),
         });
     }
+    Ok(container.id)
+}
+
+/// Runs the command to completion: its stdout, its stderr, then its exit
+/// code, as the messages of the reply.
+pub async fn run_sync(
+    runtime: &mut RuntimeServiceClient<Channel>,
+    start: &ExecStart,
+) -> Result<Vec<ExecOutput>, ServerError> {
+    check(start)?;
+    let container_id = running_container(runtime, start).await?;
     let reply = runtime
-        .exec_sync(ExecSyncRequest { container_id: container.id, cmd: start.command.clone(), timeout: 0 })
+        .exec_sync(ExecSyncRequest { container_id, cmd: start.command.clone(), timeout: 0 })
         .await
         .map_err(|status| ServerError::Runtime { call: "ExecSync", status })?
         .into_inner();
@@ -76,6 +89,256 @@ fn outputs(stdout: Vec<u8>, stderr: Vec<u8>, exit_code: i32) -> Vec<ExecOutput> 
     out
 }
 
+// === impl Session ===
+
+/// Ctrl-D: the default VEOF of a terminal in canonical mode.
+const TERMINAL_EOF: u8 = 0x04;
+
+/// The SPDY streams of one interactive exec (client stream ids are odd and
+/// rise in the order the streams open, as client-go opens them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Streams {
+    error: u32,
+    stdin: Option<u32>,
+    stdout: u32,
+    stderr: Option<u32>,
+    resize: Option<u32>,
+}
+
+impl Streams {
+    /// Error, stdin, stdout, stderr, resize: the ones the streaming server
+    /// waits for given the exec's options (a terminal has no stderr of its
+    /// own and takes resizes).
+    fn for_exec(stdin: bool, tty: bool) -> Self {
+        let mut next = 1;
+        let mut open = |wanted: bool| {
+            wanted.then(|| {
+                let id = next;
+                next += 2;
+                id
+            })
+        };
+        let error = open(true).unwrap_or(1);
+        let stdin = open(stdin);
+        let stdout = open(true).unwrap_or(3);
+        let stderr = open(!tty);
+        let resize = open(tty);
+        // `resize` is there exactly when the session has a terminal.
+        Self { error, stdin, stdout, stderr, resize }
+    }
+
+    fn all(&self) -> impl Iterator<Item = (u32, &'static str)> {
+        [
+            (Some(self.error), "error"),
+            (self.stdin, "stdin"),
+            (Some(self.stdout), "stdout"),
+            (self.stderr, "stderr"),
+            (self.resize, "resize"),
+        ]
+        .into_iter()
+        .filter_map(|(id, kind)| id.map(|id| (id, kind)))
+    }
+}
+
+/// An interactive exec connected to the runtime's streaming server, its
+/// streams opened; [`Session::run`] pumps it.
+pub struct Session {
+    reader: FrameReader,
+    writer: FrameWriter,
+    streams: Streams,
+}
+
+/// Stream handling that failed past the start: the call ends with it.
+fn stream_error(reason: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("exec: the runtime's stream failed: {reason}"))
+}
+
+impl Session {
+    /// Asks the runtime for the exec (CRI `Exec`), dials the URL it answers
+    /// and opens the streams: errors here are the call's own status.
+    pub async fn start(runtime: &mut RuntimeServiceClient<Channel>, start: &ExecStart) -> Result<Self, ServerError> {
+        check(start)?;
+        let container_id = running_container(runtime, start).await?;
+        let request = ExecRequest {
+            container_id,
+            cmd: start.command.clone(),
+            tty: start.tty,
+            stdin: start.stdin,
+            stdout: true,
+            // A terminal merges stderr into stdout; CRI refuses both.
+            stderr: !start.tty,
+        };
+        let url = runtime
+            .exec(request)
+            .await
+            .map_err(|status| ServerError::Runtime { call: "Exec", status })?
+            .into_inner()
+            .url;
+        let (reader, mut writer) = spdy::connect(&url).await?;
+        let streams = Streams::for_exec(start.stdin, start.tty);
+        for (id, kind) in streams.all() {
+            writer
+                .syn_stream(id, &[("streamType", kind)])
+                .await
+                .map_err(|e| ServerError::Stream { url: url.clone(), reason: format!("opening stream {kind}: {e}") })?;
+        }
+        Ok(Self { reader, writer, streams })
+    }
+
+    /// Bridges the session until the command ends, the client leaves
+    /// (`out` closes) or the kubelet stops: `inbound` stdin and resizes to
+    /// the runtime, its stdout and stderr to `out`, then the exit code.
+    pub async fn run(
+        self,
+        mut inbound: Streaming<ExecInput>,
+        out: mpsc::Sender<Result<ExecOutput, Status>>,
+        mut stopping: watch::Receiver<bool>,
+    ) {
+        let Session { reader, mut writer, streams } = self;
+        // Polled across loop turns, so a frame half read is never dropped.
+        let frames = futures::stream::unfold(reader, |mut r| async move {
+            let next = r.next().await.transpose()?;
+            Some((next, r))
+        });
+        let mut frames = std::pin::pin!(frames);
+        let mut stopped = std::pin::pin!(async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        });
+        let mut replies_pending = streams.all().count();
+        let mut inbound_open = true;
+        let mut status = Vec::new();
+        let send = |o| ExecOutput { output: Some(o) };
+        loop {
+            tokio::select! {
+                frame = frames.next() => match frame {
+                    None => break,
+                    Some(Err(e)) => {
+                        let _ = out.send(Err(stream_error(e))).await;
+                        return;
+                    }
+                    Some(Ok(Frame::Data { stream, fin, data })) => {
+                        if stream == streams.error {
+                            status.extend_from_slice(&data);
+                            if fin {
+                                break;
+                            }
+                            continue;
+                        }
+                        // Empty writes only say the server is ready.
+                        if data.is_empty() {
+                            continue;
+                        }
+                        let output = if stream == streams.stdout {
+                            exec_output::Output::Stdout(data)
+                        } else if Some(stream) == streams.stderr {
+                            exec_output::Output::Stderr(data)
+                        } else {
+                            continue;
+                        };
+                        if out.send(Ok(send(output))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Ok(Frame::Control { kind, payload, .. })) => match kind {
+                        spdy::kind::SYN_REPLY => replies_pending = replies_pending.saturating_sub(1),
+                        spdy::kind::PING => {
+                            if let Err(e) = writer.pong(&payload).await {
+                                tracing::debug!(error = %e, "exec: answering a ping");
+                            }
+                        }
+                        // The server is done: the status came before it.
+                        spdy::kind::GOAWAY => {
+                            tracing::debug!(status = ?spdy::status_code(&payload), "exec: the runtime went away");
+                            break;
+                        }
+                        spdy::kind::RST_STREAM if Frame::control_stream(&payload) == Some(streams.error) => break,
+                        _ => {}
+                    },
+                },
+                // Input waits until the server has taken every stream: it
+                // drops data on a stream it has not answered yet.
+                input = inbound.next(), if inbound_open && replies_pending == 0 => {
+                    if let Err(e) = forward(&mut writer, &streams, input, &mut inbound_open).await {
+                        // The server stopped reading (the command ended):
+                        // what it wrote back still comes.
+                        tracing::debug!(error = %e, "exec: writing to the runtime");
+                        inbound_open = false;
+                    }
+                }
+                _ = out.closed() => return,
+                () = &mut stopped => {
+                    let _ = out.send(Err(Status::unavailable("the kubelet is shutting down"))).await;
+                    return;
+                }
+            }
+        }
+        let last = match exit_code(&status) {
+            Ok(code) => Ok(send(exec_output::Output::ExitCode(code))),
+            Err(message) => Err(Status::unknown(message)),
+        };
+        let _ = out.send(last).await;
+    }
+}
+
+/// One message of the caller's: stdin to the stdin stream, a resize to the
+/// resize stream; the end of the caller's stream closes stdin.
+async fn forward(
+    writer: &mut FrameWriter,
+    streams: &Streams,
+    input: Option<Result<ExecInput, Status>>,
+    open: &mut bool,
+) -> std::io::Result<()> {
+    match input.and_then(Result::ok).and_then(|m| m.input) {
+        Some(exec_input::Input::Stdin(data)) => match streams.stdin {
+            Some(id) if !data.is_empty() => writer.data(id, &data, false).await,
+            _ => Ok(()),
+        },
+        Some(exec_input::Input::Resize(size)) => match streams.resize {
+            Some(id) => writer.data(id, &spdy::resize_message(size.width, size.height), false).await,
+            None => Ok(()),
+        },
+        // A second start means nothing now.
+        Some(exec_input::Input::Start(_)) => Ok(()),
+        // The caller's input ended (or failed): stdin reaches EOF. On a
+        // terminal that is its EOF character, as typed: closing stdin would
+        // hang the terminal up (containerd's shim closes the console when
+        // stdin closes) and lose what the command writes after.
+        None => {
+            *open = false;
+            match streams.stdin {
+                Some(id) if streams.resize.is_some() => writer.data(id, &[TERMINAL_EOF], false).await,
+                Some(id) => writer.data(id, &[], true).await,
+                None => Ok(()),
+            }
+        }
+    }
+}
+
+/// The exit code in the v4 status JSON of the error stream:
+/// `{"status":"Success"}` is 0; a `NonZeroExitCode` failure carries it as
+/// the `ExitCode` cause's message. Any other failure (the command could not
+/// start) is its message.
+fn exit_code(status: &[u8]) -> Result<i32, String> {
+    if status.is_empty() {
+        return Err("exec: the runtime's stream ended without the command's exit status".into());
+    }
+    let v: Value =
+        serde_json::from_slice(status).map_err(|_| format!("exec: {}", String::from_utf8_lossy(status).trim()))?;
+    if v["status"] == "Success" {
+        return Ok(0);
+    }
+    if v["reason"] == "NonZeroExitCode" {
+        let causes = v.pointer("/details/causes").and_then(Value::as_array).into_iter().flatten();
+        if let Some(code) = causes
+            .filter(|c| c["reason"] == "ExitCode")
+            .find_map(|c| c["message"].as_str().and_then(|m| m.trim().parse().ok()))
+        {
+            return Ok(code);
+        }
+    }
+    Err(v["message"].as_str().map_or_else(|| format!("exec failed: {v}"), String::from))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,14 +355,36 @@ mod tests {
     }
 
     #[test]
-    fn refuses_empty_commands_and_interactive_sessions() {
+    fn refuses_empty_commands() {
         assert!(check(&start(&["echo", "hi"], false, false)).is_ok());
+        assert!(check(&start(&["sh"], true, true)).is_ok());
         assert_eq!(check(&start(&[], false, false)).unwrap_err().code(), tonic::Code::InvalidArgument);
         assert_eq!(check(&start(&[""], false, false)).unwrap_err().code(), tonic::Code::InvalidArgument);
-        let err = check(&start(&["sh"], true, true)).unwrap_err();
-        assert_eq!(err.code(), tonic::Code::Unimplemented);
-        assert!(err.to_string().contains("interactive exec"), "{err}");
-        assert_eq!(check(&start(&["cat"], false, true)).unwrap_err().code(), tonic::Code::Unimplemented);
+        assert!(is_interactive(&start(&["cat"], false, true)));
+        assert!(is_interactive(&start(&["sh"], true, false)));
+        assert!(!is_interactive(&start(&["echo"], false, false)));
+    }
+
+    #[test]
+    fn streams_open_in_client_go_order() {
+        let s = Streams::for_exec(true, false);
+        assert_eq!(s, Streams { error: 1, stdin: Some(3), stdout: 5, stderr: Some(7), resize: None });
+        let s = Streams::for_exec(true, true);
+        assert_eq!(s, Streams { error: 1, stdin: Some(3), stdout: 5, stderr: None, resize: Some(7) });
+        let s = Streams::for_exec(false, true);
+        assert_eq!(s, Streams { error: 1, stdin: None, stdout: 3, stderr: None, resize: Some(5) });
+        assert_eq!(s.all().map(|(_, k)| k).collect::<Vec<_>>(), ["error", "stdout", "resize"]);
+    }
+
+    #[test]
+    fn exit_codes_come_from_the_v4_status() {
+        assert_eq!(exit_code(br#"{"metadata":{},"status":"Success"}"#), Ok(0));
+        let failed = br#"{"metadata":{},"status":"Failure","message":"command terminated with non-zero exit code: 7",
+            "reason":"NonZeroExitCode","details":{"causes":[{"reason":"ExitCode","message":"7"}]}}"#;
+        assert_eq!(exit_code(failed), Ok(7));
+        let internal = br#"{"status":"Failure","message":"executable file not found","reason":"InternalError"}"#;
+        assert_eq!(exit_code(internal), Err("executable file not found".into()));
+        assert!(exit_code(b"").unwrap_err().contains("without the command's exit status"));
     }
 
     #[test]

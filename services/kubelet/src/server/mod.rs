@@ -10,7 +10,8 @@
 //! ([`cri::ANNOTATION_RESTART_COUNT`], else the CRI attempt).
 //!
 //! - [`logs`]: the CRI log file, parsed, tailed and followed;
-//! - [`exec`]: CRI ExecSync (interactive exec is not built yet);
+//! - [`exec`]: CRI ExecSync, or for stdin and terminals CRI Exec and the
+//!   runtime's streaming server ([`spdy`]);
 //! - [`stats`]: CRI ListContainerStats, also as Prometheus metrics
 //!   ([`StatsMetrics`]).
 
@@ -18,6 +19,7 @@ pub mod cri;
 mod error;
 mod exec;
 pub mod logs;
+mod spdy;
 mod stats;
 
 use std::future::Future;
@@ -42,6 +44,8 @@ use cri::{ContainerRef, Instance};
 
 /// Chunks buffered per log stream before reading waits for the client.
 const LOG_BUFFER: usize = 16;
+/// Output messages buffered per interactive exec.
+const EXEC_BUFFER: usize = 16;
 
 /// Serves the Kubelet API on `addr` (port 0: any free one) until `shutdown`
 /// resolves, answering from the CRI runtime on `cri` (see [`connect_cri`]).
@@ -130,7 +134,18 @@ impl Kubelet for KubeletService {
     async fn exec(&self, req: Request<Streaming<ExecInput>>) -> Result<Response<Self::ExecStream>, Status> {
         let mut inbound = req.into_inner();
         let start = exec::read_start(&mut inbound).await?;
-        tracing::info!(namespace = %start.namespace, pod = %start.pod, container = %start.container, "exec");
+        tracing::info!(
+            namespace = %start.namespace, pod = %start.pod, container = %start.container,
+            stdin = start.stdin, tty = start.tty, "exec"
+        );
+        if exec::is_interactive(&start) {
+            let session = exec::Session::start(&mut self.runtime.clone(), &start).await?;
+            let (tx, rx) = mpsc::channel(EXEC_BUFFER);
+            // Ends with the command, when the client leaves (tx closes) or
+            // when the server stops (`stopping`).
+            tokio::spawn(session.run(inbound, tx, self.stopping.clone()));
+            return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
+        }
         let outputs = exec::run_sync(&mut self.runtime.clone(), &start).await?;
         Ok(Response::new(Box::pin(tokio_stream::iter(outputs.into_iter().map(Ok)))))
     }

@@ -1,0 +1,162 @@
+//! skiff-dns: the cluster's DNS server, after CoreDNS' kubernetes plugin.
+//!
+//! - Informers on Services, Endpoints and Pods feed the [`view`] loop,
+//!   which rebuilds the [`zone`] after each batch of changes and swaps it
+//!   in; queries are answered from memory, never from the API.
+//! - Names under `--cluster-domain` are answered by the zone (records,
+//!   NODATA, or NXDOMAIN with the SOA); everything else is [`forward`]ed to
+//!   the upstream resolvers. See [`handler`].
+//! - UDP and TCP on `--listen`, served once the informers have synced;
+//!   /readyz turns ready at the same moment.
+#![forbid(unsafe_code)]
+
+mod error;
+pub mod forward;
+pub mod handler;
+mod metrics;
+pub mod view;
+pub mod zone;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use hickory_proto::rr::Name;
+use hickory_server::Server;
+use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
+use skiff_api::parse_duration;
+use skiff_client::{Client, Informer, ListParams};
+use skiff_telemetry::{Metrics, Readiness};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub use error::Error;
+
+/// How long a TCP client may idle between queries before it is dropped.
+const TCP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest TCP response buffered per connection.
+const TCP_RESPONSE_BUFFER: usize = 64;
+
+/// Flags of `skiff-dns`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// The apiserver (`http://HOST:PORT`); else `SKIFF_SERVER` or the config file.
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "127.0.0.1:10254")]
+    pub metrics_listen: SocketAddr,
+    /// Where DNS is served, over UDP and TCP.
+    #[arg(long, default_value = "127.0.0.1:53")]
+    pub listen: SocketAddr,
+    /// The cluster's DNS domain: `<svc>.<ns>.svc.<domain>`, `<ip>.<ns>.pod.<domain>`.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Resolvers for other names, comma-separated `IP[:PORT]`
+    /// (default: the nameservers in /etc/resolv.conf).
+    #[arg(long, value_delimiter = ',')]
+    pub upstream: Vec<String>,
+    /// TTL of cluster records (and of their negative answers).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub ttl: Duration,
+}
+
+/// Runs skiff-dns until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let client = Client::from_env(config.server.as_deref()).map_err(Error::Connect)?;
+    let origin = Name::from_ascii(config.cluster_domain.trim_end_matches('.'))
+        .map_err(|source| Error::ClusterDomain { domain: config.cluster_domain.clone(), source })?;
+    let upstreams = upstreams(&config.upstream)?;
+    let ttl = u32::try_from(config.ttl.as_secs()).unwrap_or(u32::MAX);
+    let metrics = Metrics::new();
+    let dns_metrics = metrics::DnsMetrics::register(&metrics)?;
+    let readiness = Readiness::new();
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let (metrics_addr, http) =
+        skiff_telemetry::serve_http(config.metrics_listen, metrics.registry().clone(), readiness.clone(), stopped())
+            .await
+            .map_err(Error::from)?;
+    tracing::info!(%metrics_addr, "serving metrics and health");
+
+    // Bound now so a taken port fails at start; served only after sync, so
+    // no one gets NXDOMAIN from a zone not yet filled.
+    let udp = UdpSocket::bind(config.listen).await.map_err(|source| Error::Bind {
+        protocol: "UDP",
+        addr: config.listen,
+        source,
+    })?;
+    let tcp = TcpListener::bind(config.listen).await.map_err(|source| Error::Bind {
+        protocol: "TCP",
+        addr: config.listen,
+        source,
+    })?;
+    let forwarder = if upstreams.is_empty() {
+        tracing::warn!("no upstream resolvers: names outside the cluster domain get SERVFAIL");
+        None
+    } else {
+        Some(forward::Forwarder::new(&upstreams)?)
+    };
+
+    let svc_informer = Informer::new(client.api::<Service>(""), ListParams::default());
+    let eps_informer = Informer::new(client.api::<Endpoints>(""), ListParams::default());
+    let pod_informer = Informer::new(client.api::<Pod>(""), ListParams::default());
+    let stores =
+        view::Stores { services: svc_informer.store(), endpoints: eps_informer.store(), pods: pod_informer.store() };
+    let zone: handler::SharedZone = Arc::new(RwLock::new(Arc::new(zone::Zone::new(&origin, ttl, 0))));
+    let view = view::View::new(origin.clone(), ttl, stores.clone(), zone.clone(), dns_metrics.zone_names.clone());
+
+    let mut tasks = JoinSet::new();
+    let events = view.subscribe();
+    tasks.spawn(svc_informer.run(stopped()));
+    tasks.spawn(eps_informer.run(stopped()));
+    tasks.spawn(pod_informer.run(stopped()));
+
+    let result: Result<(), Error> = async {
+        tokio::pin!(shutdown);
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            synced = stores.wait_synced() => synced?,
+        }
+        view.rebuild();
+        tasks.spawn(view.run(events, stopped()));
+
+        let mut server = Server::new(handler::Handler::new(zone, forwarder, dns_metrics));
+        server.register_socket(udp);
+        server.register_listener(tcp, TCP_TIMEOUT, TCP_RESPONSE_BUFFER);
+        readiness.set_ready();
+        tracing::info!(listen = %config.listen, domain = %origin, ?upstreams, "serving DNS");
+        tokio::select! {
+            _ = &mut shutdown => {}
+            done = server.block_until_done() => done.map_err(Error::Serve)?,
+        }
+        readiness.set_not_ready("shutting down");
+        server.shutdown_gracefully().await.map_err(Error::Serve)
+    }
+    .await;
+
+    readiness.set_not_ready("shutting down");
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    let _ = http.await;
+    result.map_err(Into::into)
+}
+
+/// `--upstream`, or resolv.conf's nameservers when it is empty.
+fn upstreams(flag: &[String]) -> Result<Vec<SocketAddr>, Error> {
+    let given: Vec<&String> = flag.iter().filter(|s| !s.trim().is_empty()).collect();
+    if !given.is_empty() {
+        return given.into_iter().map(|s| forward::parse_upstream(s)).collect();
+    }
+    let text = std::fs::read_to_string(forward::RESOLV_CONF)
+        .map_err(|source| Error::ResolvConf { path: forward::RESOLV_CONF, source })?;
+    Ok(forward::parse_resolv_conf(&text))
+}
