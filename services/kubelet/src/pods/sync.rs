@@ -532,13 +532,15 @@ impl PodSyncer {
         true
     }
 
-    /// Starts a container that was created but not started.
-    async fn start_created(&self, memory: &mut PodMemory, out: &mut Outcome, c: &Container, id: &str) {
-        if let Err(e) = self.runtime.start_container(id).await {
-            let message = cri_message(&e);
-            out.event(true, "Failed", format!("Error: {message}"));
-            memory.waiting.insert(c.name.clone(), ("RunContainerError".into(), message));
-            out.requeue_after(self.settings.backoff_initial);
+    /// Starts a container that was created but not started; a failure
+    /// becomes its waiting reason. True when it started.
+    async fn start_created(&self, memory: &mut PodMemory, out: &mut Outcome, c: &Container, id: &str) -> bool {
+        match self.runtime.start_container(id).await {
+            Ok(()) => true,
+            Err(e) => {
+                failed(memory, out, c, "RunContainerError", cri_message(&e), self.settings.backoff_initial);
+                false
+            }
         }
     }
 
@@ -562,36 +564,20 @@ impl PodSyncer {
         };
         let config = match spec::container_config(start.ctx, c, &image, attempt) {
             Ok(config) => config,
-            Err(message) => {
-                out.event(true, "Failed", format!("Error: {message}"));
-                memory.waiting.insert(c.name.clone(), ("CreateContainerConfigError".into(), message));
-                out.requeue_after(RETRY);
-                return;
-            }
+            Err(message) => return failed(memory, out, c, "CreateContainerConfigError", message, RETRY),
         };
         let rt = self.runtime.as_ref();
         let id = match rt.create_container(start.sandbox_id, config, start.sandbox.clone()).await {
             Ok(id) => id,
             Err(e) => {
-                let message = cri_message(&e);
-                out.event(true, "Failed", format!("Error: {message}"));
-                memory.waiting.insert(c.name.clone(), ("CreateContainerError".into(), message));
-                out.requeue_after(self.settings.backoff_initial.max(Duration::from_secs(1)));
-                return;
+                let retry = self.settings.backoff_initial.max(Duration::from_secs(1));
+                return failed(memory, out, c, "CreateContainerError", cri_message(&e), retry);
             }
         };
         memory.probes.remove(&c.name);
-        match rt.start_container(&id).await {
-            Ok(()) => {
-                memory.waiting.remove(&c.name);
-                tracing::debug!(container = %c.name, %id, attempt, "container started");
-            }
-            Err(e) => {
-                let message = cri_message(&e);
-                out.event(true, "Failed", format!("Error: {message}"));
-                memory.waiting.insert(c.name.clone(), ("RunContainerError".into(), message));
-                out.requeue_after(self.settings.backoff_initial);
-            }
+        if self.start_created(memory, out, c, &id).await {
+            memory.waiting.remove(&c.name);
+            tracing::debug!(container = %c.name, %id, attempt, "container started");
         }
     }
 
@@ -680,6 +666,14 @@ fn default_pull_policy(image: &str) -> &'static str {
 }
 
 /// The runtime's own words for a failed call.
+/// A container that could not be created or started: a Warning Event, the
+/// reason it waits with, and when to try again.
+fn failed(memory: &mut PodMemory, out: &mut Outcome, c: &Container, reason: &str, message: String, retry: Duration) {
+    out.event(true, "Failed", format!("Error: {message}"));
+    memory.waiting.insert(c.name.clone(), (reason.to_string(), message));
+    out.requeue_after(retry);
+}
+
 fn cri_message(e: &Error) -> String {
     match e {
         Error::Cri { source, .. } => source.message().to_string(),
