@@ -92,16 +92,9 @@ impl Process {
     }
 
     pub(crate) fn exit_status(&self) -> Option<String> {
-        // try_wait needs &mut; a zero-signal probe tells the same without it.
+        // try_wait needs &mut; /proc tells the same without it.
         let pid = self.pid()?;
-        let alive = Command::new("kill").arg("-0").arg(pid.to_string()).stderr(Stdio::null()).status();
-        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
-            .unwrap_or(true);
-        match alive {
-            Ok(s) if s.success() && !zombie => None,
-            _ => Some("exited".into()),
-        }
+        (!running(pid)).then(|| "exited".into())
     }
 
     /// SIGTERM, then SIGKILL if it is still running after `grace`.
@@ -166,27 +159,33 @@ pub fn stop_detached(state_dir: &Path) -> Result<Vec<String>> {
     Ok(stopped)
 }
 
-/// Stops the process named in pid file `path` (SIGTERM, SIGKILL after 10s)
+/// Stops the process named in pid file `path` (SIGTERM, SIGKILL after 10s), waiting until it is gone,
 /// and removes the file. False if the file held no pid.
 pub(crate) fn stop_pid_file(path: &Path) -> bool {
     let pid = std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse::<u32>().ok());
     if let Some(pid) = pid {
-        signal(pid, "TERM");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline && running(pid) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if running(pid) {
-            signal(pid, "KILL");
+        for (sig, grace) in [("TERM", Duration::from_secs(10)), ("KILL", Duration::from_secs(5))] {
+            if !running(pid) {
+                break;
+            }
+            signal(pid, sig);
+            let deadline = Instant::now() + grace;
+            while Instant::now() < deadline && running(pid) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
     }
     let _ = std::fs::remove_file(path);
     pid.is_some()
 }
 
-/// Whether `pid` exists and has not exited: a zombie (exited, not yet
-/// reaped by a parent that is still running, as in a test) counts as gone.
+/// Whether `pid` exists and has not finished exiting. A zombie (exited, not
+/// yet reaped by a parent that is still running, as in a test) counts as
+/// gone only once its other threads are gone too: a multi-threaded process's
+/// leader turns zombie while its last thread may still hold its sockets open.
 pub(crate) fn running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| !s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let zombie = stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0);
+    !zombie || threads > 1
 }

@@ -1,0 +1,168 @@
+//! skiff-overlay: the node network agent, one per node.
+//!
+//! - [`wireguard`]: the pod network between nodes. A WireGuard interface
+//!   whose public key and endpoint are published on this node's Node, one
+//!   peer per other node with that node's podCIDR as allowed IPs, and a
+//!   route per peer CIDR. Kernel WireGuard where the module exists, else
+//!   userspace `wireguard-go`.
+//! - [`proxy`]: the Service data plane in one nftables table: ClusterIP
+//!   and NodePort DNAT to ready endpoints, session affinity, reject when no
+//!   endpoint is ready, masquerade where replies would otherwise go astray.
+//!   Each change is one nft transaction.
+//!
+//! Both are fed by informers on Nodes, Services and Endpoints and reconcile
+//! the whole desired state on every batch of changes (level-triggered).
+#![forbid(unsafe_code)]
+
+mod error;
+pub mod proxy;
+pub mod wireguard;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
+use skiff_api::cidr::Cidr;
+use skiff_client::{Client, EventRecorder, Informer, ListParams};
+use skiff_telemetry::{Metrics, Readiness};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub use error::Error;
+
+/// Flags of `skiff-overlay`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// The apiserver (`http://HOST:PORT`); else `SKIFF_SERVER` or the config file.
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "127.0.0.1:10256")]
+    pub metrics_listen: SocketAddr,
+    /// This node's name (its Node object, registered by the kubelet).
+    #[arg(long)]
+    pub node_name: String,
+    /// The cluster's pod network, from which every node's podCIDR is cut.
+    #[arg(long, default_value = "10.42.0.0/16")]
+    pub cluster_cidr: String,
+    /// Where the WireGuard private key is kept (mode 0600).
+    #[arg(long, default_value = "/var/lib/skiff/overlay")]
+    pub state_dir: PathBuf,
+    /// WireGuard: `auto` (kernel if the module loads, else userspace
+    /// wireguard-go), `kernel`, `userspace`, or `off` (services only).
+    #[arg(long, default_value = "auto")]
+    pub wireguard: wireguard::Mode,
+    /// Name of the WireGuard interface.
+    #[arg(long, default_value = "wg-skiff")]
+    pub wireguard_interface: String,
+    /// UDP port WireGuard listens on (published with the node's address).
+    #[arg(long, default_value_t = 51820)]
+    pub wireguard_port: u16,
+    /// MTU of the WireGuard interface (the link's minus 80 bytes of overhead).
+    #[arg(long, default_value_t = 1420)]
+    pub wireguard_mtu: u32,
+    /// The nftables table (family ip) skiff owns; replaced at start.
+    #[arg(long, default_value = "skiff")]
+    pub nft_table: String,
+}
+
+/// Runs skiff-overlay until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let client = Client::from_env(config.server.as_deref()).map_err(Error::Connect)?;
+    let cluster_cidr: Cidr = config.cluster_cidr.parse().map_err(|e| Error::Flag {
+        flag: "cluster-cidr",
+        value: config.cluster_cidr.clone(),
+        reason: format!("{e}"),
+    })?;
+    let metrics = Metrics::new();
+    let readiness = Readiness::new();
+    let recorder = EventRecorder::new(client.clone(), "skiff-overlay");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let (metrics_addr, http) =
+        skiff_telemetry::serve_http(config.metrics_listen, metrics.registry().clone(), readiness.clone(), stopped())
+            .await
+            .map_err(Error::from)?;
+    tracing::info!(%metrics_addr, "serving metrics and health");
+
+    let nodes = Informer::new(client.api::<Node>(""), ListParams::default());
+    let services = Informer::new(client.api::<Service>(""), ListParams::default());
+    let endpoints = Informer::new(client.api::<Endpoints>(""), ListParams::default());
+    let stores = proxy::Stores { nodes: nodes.store(), services: services.store(), endpoints: endpoints.store() };
+
+    let proxier = proxy::Proxier::new(
+        proxy::Options {
+            table: config.nft_table.clone(),
+            node_name: config.node_name.clone(),
+            cluster_cidr,
+            wireguard_interface: (config.wireguard != wireguard::Mode::Off)
+                .then(|| config.wireguard_interface.clone()),
+        },
+        stores.clone(),
+        &metrics,
+    )?;
+    let proxy_events = proxier.subscribe();
+    let mesh = match config.wireguard {
+        wireguard::Mode::Off => None,
+        mode => Some(
+            wireguard::Mesh::new(
+                wireguard::Options {
+                    mode,
+                    node_name: config.node_name.clone(),
+                    interface: config.wireguard_interface.clone(),
+                    listen_port: config.wireguard_port,
+                    mtu: config.wireguard_mtu,
+                    state_dir: config.state_dir.clone(),
+                    cluster_cidr,
+                },
+                client.clone(),
+                recorder.clone(),
+                stores.nodes.clone(),
+                &metrics,
+            )
+            .await?,
+        ),
+    };
+    let mesh_events = mesh.as_ref().map(wireguard::Mesh::subscribe);
+
+    let mut tasks = JoinSet::new();
+    tasks.spawn(nodes.run(stopped()));
+    tasks.spawn(services.run(stopped()));
+    tasks.spawn(endpoints.run(stopped()));
+
+    let result: Result<(), Error> = async {
+        tokio::pin!(shutdown);
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            synced = stores.wait_synced() => synced?,
+        }
+        let mut loops = JoinSet::new();
+        loops.spawn(proxier.run(proxy_events, stopped()));
+        if let (Some(mesh), Some(events)) = (mesh, mesh_events) {
+            loops.spawn(mesh.run(events, stopped()));
+        }
+        readiness.set_ready();
+        tracing::info!(node = %config.node_name, "overlay running");
+        tokio::select! {
+            _ = &mut shutdown => Ok(()),
+            Some(done) = loops.join_next() => match done {
+                Ok(result) => result,
+                Err(e) => Err(Error::Io { what: "overlay loop", path: String::new(), source: std::io::Error::other(e) }),
+            },
+        }
+    }
+    .await;
+
+    readiness.set_not_ready("shutting down");
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    let _ = http.await;
+    result.map_err(Into::into)
+}
