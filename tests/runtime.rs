@@ -251,7 +251,10 @@ async fn dropping_the_runtime_removes_running_pods() {
     let temp = tempfile::Builder::new().prefix("skiff-rt-").tempdir().unwrap();
     // The pieces one by one, as a kubelet test on several nodes might.
     let t = Instant::now();
-    let registry = Registry::start(temp.path(), skiff_testkit::free_port(), false).await.expect("start the registry");
+    let registry =
+        Registry::start(temp.path(), std::net::SocketAddr::from(([127, 0, 0, 1], skiff_testkit::free_port())), false)
+            .await
+            .expect("start the registry");
     eprintln!("registry ready in {:?}", t.elapsed());
     let t = Instant::now();
     ensure_test_images(&registry).await.expect("test images");

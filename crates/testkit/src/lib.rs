@@ -9,6 +9,8 @@
 //! in `$SKIFF_BIN_DIR`): run `cargo build --bins` before the tests.
 #![forbid(unsafe_code)]
 
+pub mod netns;
+mod network;
 mod process;
 pub mod runtime;
 
@@ -16,6 +18,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use network::{Network, NetworkOptions, NodeHost, DNS_SERVICE_IP};
 pub use process::{stop_detached, Process};
 pub use runtime::{Runtime, RuntimeOptions};
 
@@ -130,15 +133,21 @@ pub struct ClusterOptions {
     /// Also start a registry with the test images and containerd (CRI):
     /// see [`Cluster::runtime`]. None (the default) keeps the cluster cheap.
     pub runtime: Option<RuntimeOptions>,
+    /// Start a networked cluster instead: hosts as network namespaces, each
+    /// with containerd, a kubelet and skiff-overlay, plus the scheduler,
+    /// controller-manager and skiff-dns (see [`network`]). The apiserver
+    /// then listens on the hosts' LAN.
+    pub network: Option<NetworkOptions>,
 }
 
 /// etcd, an apiserver and any services started on them, running.
 ///
-/// Fields drop in order: services first, then containerd and the registry,
-/// the apiserver, etcd, and last the temp dir they kept their state in.
+/// Fields drop in order: services first, then containerd and the registry
+/// (or the hosts of a networked cluster), the apiserver, etcd, and last the temp dir they kept their state in.
 pub struct Cluster {
     services: Vec<Service>,
     runtime: Option<Runtime>,
+    network: Option<Network>,
     apiserver: Option<Process>,
     pub etcd: Process,
     _temp: Option<tempfile::TempDir>,
@@ -211,12 +220,14 @@ impl Cluster {
         let etcd_addr: SocketAddr = etcd_endpoint.trim_start_matches("http://").parse().expect("loopback address");
         etcd.wait_http_ok(etcd_addr, "/health", READY_TIMEOUT).await?;
 
-        let apiserver_listen =
-            options.apiserver_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
+        let lan = options.network.as_ref().map(|_| netns::Lan::create()).transpose()?;
+        let listen_ip = lan.as_ref().map_or(std::net::Ipv4Addr::LOCALHOST, netns::Lan::gateway);
+        let apiserver_listen = options.apiserver_listen.unwrap_or_else(|| SocketAddr::from((listen_ip, free_port())));
         let apiserver_metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut cluster = Cluster {
             services: Vec::new(),
             runtime: None,
+            network: None,
             _temp: temp,
             dir,
             detach: options.detach,
@@ -230,6 +241,9 @@ impl Cluster {
         cluster.start_apiserver().await?;
         if let Some(runtime) = &options.runtime {
             cluster.runtime = Some(Runtime::start(&cluster.dir, runtime, cluster.detach).await?);
+        }
+        if let (Some(lan), Some(network)) = (lan, &options.network) {
+            cluster.start_network(lan, network).await?;
         }
         Ok(cluster)
     }
@@ -326,12 +340,40 @@ impl Cluster {
     /// `args`, and waits until its /healthz answers. Every skiff service
     /// takes those two flags.
     pub async fn start_service(&mut self, id: &str, binary: &str, args: &[String]) -> Result<SocketAddr> {
+        self.spawn_service(None, id, binary, args).await
+    }
+
+    /// [`Cluster::start_service`] inside `host` of a networked cluster, its
+    /// metrics on the host's address. With `private_run` it gets its own
+    /// /run/wireguard (see [`netns::Host::spawn`]).
+    pub async fn start_service_in(
+        &mut self,
+        host: &netns::Host,
+        id: &str,
+        binary: &str,
+        args: &[String],
+        private_run: bool,
+    ) -> Result<SocketAddr> {
+        self.spawn_service(Some((host, private_run)), id, binary, args).await
+    }
+
+    async fn spawn_service(
+        &mut self,
+        host: Option<(&netns::Host, bool)>,
+        id: &str,
+        binary: &str,
+        args: &[String],
+    ) -> Result<SocketAddr> {
         let bin = self::binary(binary)?;
-        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let ip = host.map_or(std::net::Ipv4Addr::LOCALHOST, |(h, _)| h.ip());
+        let metrics = SocketAddr::from((ip, free_port()));
         let mut all = vec![format!("--server={}", self.server()), format!("--metrics-listen={metrics}")];
         all.extend(args.iter().cloned());
         let all: Vec<&str> = all.iter().map(String::as_str).collect();
-        let process = Process::spawn(id, &bin, &all, &self.dir, self.detach)?;
+        let process = match host {
+            Some((h, private_run)) => h.spawn(id, &bin, &all, &self.dir, private_run, self.detach)?,
+            None => Process::spawn(id, &bin, &all, &self.dir, self.detach)?,
+        };
         process.wait_http_ok(metrics, "/healthz", READY_TIMEOUT).await?;
         self.services.push(Service { id: id.to_string(), process, metrics });
         Ok(metrics)

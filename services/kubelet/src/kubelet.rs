@@ -67,6 +67,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         pod_log_dir: config.pod_log_dir.clone(),
         backoff_initial: config.crash_backoff_initial,
         backoff_max: config.crash_backoff_max,
+        dns: pods::dns::NodeDns {
+            cluster_dns: config.cluster_dns.clone(),
+            cluster_domain: config.cluster_domain.clone(),
+            host: pods::dns::HostResolv::read(&config.resolv_conf),
+        },
     };
     let syncer = Arc::new(PodSyncer::new(runtime.clone(), objects, Volumes::new(&config.root_dir), settings));
 

@@ -97,6 +97,16 @@ pub struct Config {
     /// The kubelet's own state: pod volumes under <dir>/pods/<uid>/volumes.
     #[arg(long, default_value = "/var/lib/skiff-kubelet")]
     pub root_dir: std::path::PathBuf,
+    /// The cluster DNS service's IP(s), written into pods' resolv.conf
+    /// (dnsPolicy ClusterFirst). Empty: pods get the node's resolv.conf.
+    #[arg(long, value_delimiter = ',')]
+    pub cluster_dns: Vec<std::net::Ipv4Addr>,
+    /// The cluster's DNS domain, the end of the pods' search path.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// The node's resolver config, for dnsPolicy Default and hostNetwork pods.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    pub resolv_conf: std::path::PathBuf,
     /// Extended resources this node offers beside what it detects: k=v,k2=v2.
     #[arg(long, value_parser = parse_resources, default_value = "")]
     pub extended_resources: Labels,

@@ -102,8 +102,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             table: config.nft_table.clone(),
             node_name: config.node_name.clone(),
             cluster_cidr,
-            wireguard_interface: (config.wireguard != wireguard::Mode::Off)
-                .then(|| config.wireguard_interface.clone()),
+            wireguard_interface: (config.wireguard != wireguard::Mode::Off).then(|| config.wireguard_interface.clone()),
         },
         stores.clone(),
         &metrics,

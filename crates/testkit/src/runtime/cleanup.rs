@@ -168,7 +168,7 @@ pub(super) fn remove_leftovers(ids: &[String]) {
 }
 
 /// Deletes network link `name` if it exists (the CNI bridge of this run).
-pub(super) fn delete_link(name: &str) {
+pub(crate) fn delete_link(name: &str) {
     if !name.is_empty() && Path::new("/sys/class/net").join(name).exists() {
         let ok = Command::new("ip").args(["link", "del", name]).stderr(Stdio::null()).status();
         if !ok.is_ok_and(|s| s.success()) {
@@ -181,14 +181,14 @@ pub(super) fn delete_link(name: &str) {
 /// a `skiff` comment. Docker's engine sets the FORWARD policy to DROP; its
 /// own chains are never touched.
 #[derive(Debug)]
-pub(super) struct ForwardRules {
+pub(crate) struct ForwardRules {
     rules: Vec<Vec<String>>,
 }
 
 impl ForwardRules {
     /// Inserts the rules; `None` (logged) if iptables is missing or refuses.
     /// The rules for `pod_cidr` on `bridge`, without touching iptables.
-    pub(super) fn of(pod_cidr: &str, bridge: &str) -> Self {
+    pub(crate) fn of(pod_cidr: &str, bridge: &str) -> Self {
         let comment = format!("skiff {bridge}");
         let rules = ["-s", "-d"]
             .iter()
@@ -199,7 +199,7 @@ impl ForwardRules {
         Self { rules }
     }
 
-    pub(super) fn add(pod_cidr: &str, bridge: &str) -> Option<Self> {
+    pub(crate) fn add(pod_cidr: &str, bridge: &str) -> Option<Self> {
         let mut added = Self { rules: Vec::new() };
         for rule in Self::of(pod_cidr, bridge).rules {
             let ok = Command::new("iptables")
@@ -218,7 +218,7 @@ impl ForwardRules {
         Some(added)
     }
 
-    pub(super) fn remove(self) {
+    pub(crate) fn remove(self) {
         for rule in &self.rules {
             let _ = Command::new("iptables").args(["-w", "-D", "FORWARD"]).args(rule).stderr(Stdio::null()).status();
         }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use super::cleanup::{self, ForwardRules};
 use super::netslot::NetSlot;
 use super::{io_err, Registry, PAUSE_IMAGE};
+use crate::netns::Host;
 use crate::{Error, Process, Result};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -31,6 +32,12 @@ pub struct ContainerdOptions {
     pub pod_cidr: Option<String>,
     /// CNI bridge name (at most 15 characters).
     pub bridge: Option<String>,
+    /// Run containerd (and so its pods) inside this host of a
+    /// [`crate::netns::Lan`] rather than in the root namespace. Pods then
+    /// reach other hosts through the overlay, which masquerades what leaves
+    /// the cluster, so CNI does no masquerading and leaves room for
+    /// WireGuard's 80 bytes in the MTU. Set `pod_cidr` and `bridge` too.
+    pub host: Option<Host>,
 }
 
 pub struct Containerd {
@@ -75,24 +82,27 @@ impl Containerd {
             std::fs::create_dir_all(&d).map_err(io_err("creating", &d))?;
         }
         let socket = root.join("containerd.sock");
-        write_config(&root, &cni, registry, &pod_cidr, &bridge)?;
-        // Read back by `stop_detached`, which has no `Containerd` to ask.
-        let network = dir.join(NETWORK_FILE);
-        std::fs::write(&network, format!("{pod_cidr} {bridge}\n")).map_err(io_err("writing", &network))?;
+        let network = Network { pod_cidr: &pod_cidr, bridge: &bridge, in_host: options.host.is_some() };
+        write_config(&root, &cni, registry, &network)?;
         let config = root.join("config.toml");
-        let process = Process::spawn(
-            "containerd",
-            Path::new("containerd"),
-            &["--config", &config.display().to_string()],
-            dir,
-            detach,
-        )?;
+        let args = ["--config", &config.display().to_string()];
+        let process = match &options.host {
+            Some(host) => host.spawn("containerd", Path::new("containerd"), &args, dir, false, detach)?,
+            None => {
+                // Read back by `stop_detached`, which has no `Containerd` to
+                // ask; a host's bridge goes with its namespace.
+                let file = dir.join(NETWORK_FILE);
+                std::fs::write(&file, format!("{pod_cidr} {bridge}\n")).map_err(io_err("writing", &file))?;
+                Process::spawn("containerd", Path::new("containerd"), &args, dir, detach)?
+            }
+        };
+        let in_host = options.host.is_some();
         let mut this = Self {
             process: Some(process),
             dir: dir.to_path_buf(),
             socket,
             pod_cidr,
-            bridge,
+            bridge: if in_host { String::new() } else { bridge },
             detach,
             forward: None,
             _slot: slot,
@@ -100,7 +110,9 @@ impl Containerd {
         this.wait_ready().await?;
         // Docker's FORWARD policy DROP would drop pod-to-pod traffic across
         // the bridge (bridge netfilter): accept our own CIDR explicitly.
-        this.forward = ForwardRules::add(&this.pod_cidr, &this.bridge);
+        if !in_host {
+            this.forward = ForwardRules::add(&this.pod_cidr, &this.bridge);
+        }
         if detach {
             let pid = this.pid();
             if let (Some(slot), Some(pid)) = (this._slot.as_mut(), pid) {
@@ -124,7 +136,8 @@ impl Containerd {
         &self.pod_cidr
     }
 
-    /// The CNI bridge pods are attached to (created with the first pod).
+    /// The CNI bridge pods are attached to (created with the first pod) in
+    /// the root namespace; empty for containerd in a host.
     pub fn bridge(&self) -> &str {
         &self.bridge
     }
@@ -244,7 +257,7 @@ pub(super) async fn stop_detached(dir: &Path) -> Result<bool> {
         let forward = cidr.as_deref().zip(bridge.as_deref()).map(|(c, b)| ForwardRules::of(c, b));
         after_stop(&dir, &socket, &ids, bridge.as_deref().unwrap_or(""), forward);
         if let Some(pid) = pid {
-            super::netslot::release_held_by(pid);
+            super::netslot::release_held_by("netslots", pid);
         }
     })
     .await
@@ -299,7 +312,14 @@ async fn cri_ready(socket: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn write_config(root: &Path, cni: &Path, registry: &Registry, pod_cidr: &str, bridge: &str) -> Result<()> {
+/// The pod network a containerd's CNI config describes.
+struct Network<'a> {
+    pod_cidr: &'a str,
+    bridge: &'a str,
+    in_host: bool,
+}
+
+fn write_config(root: &Path, cni: &Path, registry: &Registry, network: &Network<'_>) -> Result<()> {
     let r = root.display();
     let host = registry.host();
     let sandbox_image = registry.image(PAUSE_IMAGE);
@@ -351,9 +371,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     let path = certs.join("hosts.toml");
     std::fs::write(&path, hosts).map_err(io_err("writing", &path))?;
 
+    let (bridge, pod_cidr) = (network.bridge, network.pod_cidr);
+    let (ip_masq, mtu) = if network.in_host { (false, 1420) } else { (true, 1500) };
     let conflist = format!(
         r#"{{"cniVersion":"1.0.0","name":"skiff","plugins":[
- {{"type":"bridge","bridge":"{bridge}","isGateway":true,"ipMasq":true,"hairpinMode":true,
+ {{"type":"bridge","bridge":"{bridge}","isGateway":true,"ipMasq":{ip_masq},"hairpinMode":true,"mtu":{mtu},
   "ipam":{{"type":"host-local","ranges":[[{{"subnet":"{pod_cidr}"}}]],
           "routes":[{{"dst":"0.0.0.0/0"}}],"dataDir":"{ipam}"}}}},
  {{"type":"portmap","capabilities":{{"portMappings":true}}}}]}}

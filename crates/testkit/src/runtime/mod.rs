@@ -17,10 +17,10 @@
 //! containernetworking-plugins docker-registry skopeo umoci busybox-static`
 //! (`scripts/install-deps`).
 
-mod cleanup;
+pub(crate) mod cleanup;
 mod containerd;
 mod images;
-mod netslot;
+pub(crate) mod netslot;
 mod registry;
 
 use std::path::Path;
@@ -58,6 +58,7 @@ impl RuntimeOptions {
             containerd: ContainerdOptions {
                 pod_cidr: Some(DEFAULT_POD_CIDR.into()),
                 bridge: Some(DEFAULT_BRIDGE.into()),
+                host: None,
             },
         }
     }
@@ -76,7 +77,7 @@ impl Runtime {
     /// with its sandbox image in that registry. Everything lives under `dir`.
     pub async fn start(dir: &Path, options: &RuntimeOptions, detach: bool) -> Result<Self> {
         let port = options.registry_port.unwrap_or_else(crate::free_port);
-        let registry = Registry::start(dir, port, detach).await?;
+        let registry = Registry::start(dir, std::net::SocketAddr::from(([127, 0, 0, 1], port)), detach).await?;
         ensure_test_images(&registry).await?;
         let containerd = Containerd::start(dir, &registry, &options.containerd, detach).await?;
         Ok(Self { containerd, registry })
@@ -132,7 +133,7 @@ async fn run(what: &str, program: &str, args: &[&str]) -> Result<std::process::O
     }
 }
 
-fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> crate::Error {
+pub(crate) fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> crate::Error {
     let path = path.display().to_string();
     move |source| crate::Error::Io { what, path, source }
 }

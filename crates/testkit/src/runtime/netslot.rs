@@ -1,8 +1,10 @@
-//! Pod networks for runs side by side: each containerd a test starts gets
-//! its own pod CIDR and CNI bridge (`10.42.N.0/24` on `skiffN`), claimed
-//! with a file `/run/skiff/netslots/N` holding the claimant's pid. Two
-//! bridges with the same subnet in one network namespace would fight over
-//! the route, so parallel tests can't share one.
+//! Networks for runs side by side, claimed with a file
+//! `/run/skiff/<pool>/N` holding the claimant's pid: each containerd a test
+//! starts gets its own pod CIDR and CNI bridge (`10.42.N.0/24` on `skiffN`,
+//! pool `netslots`), each multi-host LAN its own subnet and bridge (pool
+//! `lanslots`, see [`crate::netns`]). Two bridges with the same subnet in
+//! one network namespace would fight over the route, so parallel tests
+//! can't share one.
 //!
 //! A claim whose pid is gone is stale and taken over (with the bridge a
 //! crashed run may have left, which the new owner then deletes).
@@ -12,41 +14,45 @@ use std::path::PathBuf;
 
 use crate::{Error, Result};
 
-/// Slots for tests start here, clear of `skiffctl up`'s 10.42.0.0/24 and of
-/// low node numbers.
-const FIRST: u16 = 100;
+/// Pod-network slots for tests start here, clear of `skiffctl up`'s
+/// 10.42.0.0/24 and of low node numbers.
+const POD_FIRST: u16 = 100;
 const LAST: u16 = 254;
 
-fn slot_dir() -> PathBuf {
+fn slot_dir(pool: &str) -> PathBuf {
     std::env::var_os("SKIFF_RUN_DIR")
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/run/skiff"))
-        .join("netslots")
+        .join(pool)
 }
 
 /// A claimed slot; the claim file goes on drop (unless kept for a detached run).
 #[derive(Debug)]
-pub(super) struct NetSlot {
+pub(crate) struct NetSlot {
     file: PathBuf,
-    pub(super) pod_cidr: String,
-    pub(super) bridge: String,
+    pub(crate) n: u16,
+    pub(crate) pod_cidr: String,
+    pub(crate) bridge: String,
     keep: bool,
 }
 
 impl NetSlot {
-    pub(super) fn claim() -> Result<Self> {
-        let dir = slot_dir();
+    /// A pod network: `10.42.N.0/24` on bridge `skiffN`.
+    pub(crate) fn claim() -> Result<Self> {
+        let mut slot = Self::claim_in("netslots", POD_FIRST)?;
+        (slot.pod_cidr, slot.bridge) = (format!("10.42.{}.0/24", slot.n), format!("skiff{}", slot.n));
+        Ok(slot)
+    }
+
+    /// Any free N from `first` to 254 in `pool`.
+    pub(crate) fn claim_in(pool: &str, first: u16) -> Result<Self> {
+        let dir = slot_dir(pool);
         std::fs::create_dir_all(&dir).map_err(super::io_err("creating", &dir))?;
-        for n in FIRST..=LAST {
+        for n in first..=LAST {
             let file = dir.join(n.to_string());
             if try_claim(&file) {
-                return Ok(Self {
-                    file,
-                    pod_cidr: format!("10.42.{n}.0/24"),
-                    bridge: format!("skiff{n}"),
-                    keep: false,
-                });
+                return Ok(Self { file, n, pod_cidr: String::new(), bridge: String::new(), keep: false });
             }
         }
         Err(Error::Io {
@@ -57,15 +63,15 @@ impl NetSlot {
     }
 
     /// Hands the claim to `pid` (a detached containerd that outlives us).
-    pub(super) fn hand_to(&mut self, pid: u32) {
+    pub(crate) fn hand_to(&mut self, pid: u32) {
         let _ = std::fs::write(&self.file, pid.to_string());
         self.keep = true;
     }
 }
 
-/// Frees the slot a detached containerd `pid` was handed, if any.
-pub(super) fn release_held_by(pid: u32) {
-    let Ok(entries) = std::fs::read_dir(slot_dir()) else { return };
+/// Frees the slot of `pool` that detached process `pid` was handed, if any.
+pub(crate) fn release_held_by(pool: &str, pid: u32) {
+    let Ok(entries) = std::fs::read_dir(slot_dir(pool)) else { return };
     for e in entries.flatten() {
         if std::fs::read_to_string(e.path()).is_ok_and(|s| s.trim() == pid.to_string()) {
             let _ = std::fs::remove_file(e.path());

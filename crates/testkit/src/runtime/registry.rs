@@ -19,12 +19,11 @@ pub struct Registry {
 impl Registry {
     /// Starts the registry on 127.0.0.1:`port` with its storage and config
     /// under `<dir>/registry`, and waits until `GET /v2/` answers 200.
-    pub async fn start(dir: &Path, port: u16, detach: bool) -> Result<Self> {
+    pub async fn start(dir: &Path, addr: SocketAddr, detach: bool) -> Result<Self> {
         let root = dir.join("registry");
         for d in [dir.join("logs"), dir.join("pids"), root.join("storage")] {
             std::fs::create_dir_all(&d).map_err(io_err("creating", &d))?;
         }
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let config = root.join("config.yml");
         let text = format!(
             "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",

@@ -9,6 +9,7 @@
 //! the runtime still runs, so containers whose pod was deleted while the
 //! kubelet was down are removed, and running ones are adopted as they are.
 
+pub mod dns;
 pub mod spec;
 pub mod status;
 pub mod sync;

@@ -8,6 +8,7 @@ use std::path::Path;
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod};
 use serde_json::Value;
 
+use super::dns::{dns_config, NodeDns};
 use super::Objects;
 use crate::runtime::{labels, proto};
 use crate::volumes::Prepared;
@@ -55,7 +56,7 @@ fn pod_labels(pod: &Pod) -> HashMap<String, String> {
     ])
 }
 
-pub fn sandbox_config(pod: &Pod, pod_log_dir: &Path, attempt: u32) -> proto::PodSandboxConfig {
+pub fn sandbox_config(pod: &Pod, pod_log_dir: &Path, dns: &NodeDns, attempt: u32) -> proto::PodSandboxConfig {
     let (uid, ns, name) = ids(pod);
     let mut sandbox_labels = pod_labels(pod);
     for (k, v) in pod.metadata.labels.iter().flatten() {
@@ -84,7 +85,7 @@ pub fn sandbox_config(pod: &Pod, pod_log_dir: &Path, attempt: u32) -> proto::Pod
         metadata: Some(proto::PodSandboxMetadata { name: name.into(), uid: uid.into(), namespace: ns.into(), attempt }),
         hostname: hostname(pod),
         log_directory: log_dir(pod_log_dir, pod).display().to_string(),
-        dns_config: None,
+        dns_config: Some(dns_config(pod, dns)),
         port_mappings,
         labels: sandbox_labels,
         annotations: pod.metadata.annotations.clone().unwrap_or_default().into_iter().collect(),
@@ -426,7 +427,7 @@ mod tests {
     #[test]
     fn sandbox_config_names_the_pod_and_maps_host_ports() {
         let p = pod();
-        let config = sandbox_config(&p, Path::new("/var/log/pods"), 1);
+        let config = sandbox_config(&p, Path::new("/var/log/pods"), &NodeDns::default(), 1);
         assert_eq!(config.hostname, "web");
         assert_eq!(config.log_directory, "/var/log/pods/ns_web_u1");
         assert_eq!(config.metadata.as_ref().unwrap().attempt, 1);

@@ -42,6 +42,7 @@ pub struct Settings {
     pub pod_log_dir: std::path::PathBuf,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    pub dns: super::dns::NodeDns,
 }
 
 /// An Event to record about the pod.
@@ -290,13 +291,14 @@ impl PodSyncer {
         let (sandbox_id, sandbox_config) = match ready_sandbox {
             Some(sb) => {
                 let attempt = sb.metadata.as_ref().map_or(0, |m| m.attempt);
-                (sb.id.clone(), spec::sandbox_config(pod, &self.settings.pod_log_dir, attempt))
+                (sb.id.clone(), spec::sandbox_config(pod, &self.settings.pod_log_dir, &self.settings.dns, attempt))
             }
             None => {
                 // A sandbox that died took its containers along: start a new
                 // one and the containers again in it.
                 let attempt = sandboxes.iter().filter_map(|s| s.metadata.as_ref()).map(|m| m.attempt + 1).max();
-                let config = spec::sandbox_config(pod, &self.settings.pod_log_dir, attempt.unwrap_or(0));
+                let config =
+                    spec::sandbox_config(pod, &self.settings.pod_log_dir, &self.settings.dns, attempt.unwrap_or(0));
                 let dir = std::path::PathBuf::from(&config.log_directory);
                 std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
                     what: "creating",
@@ -723,6 +725,7 @@ mod tests {
             pod_log_dir: root.join("logs"),
             backoff_initial: Duration::from_millis(200),
             backoff_max: Duration::from_millis(800),
+            dns: Default::default(),
         };
         PodSyncer::new(fake, objects, Volumes::new(root), settings)
     }

@@ -1,0 +1,224 @@
+//! A networked cluster: N hosts on one machine (network namespaces on a
+//! [`Lan`]), each with its own containerd, kubelet and skiff-overlay, and
+//! one control plane in the root namespace — scheduler, controller-manager
+//! and skiff-dns — reachable from every host at the LAN's gateway address.
+//! What `skiffctl up --nodes N` and every networked test start.
+//!
+//! Host `host-i` has pod CIDR `10.42.i.0/24` and address `172.31.N.(10+i)`;
+//! the registry, the apiserver and cluster DNS listen on the gateway
+//! `172.31.N.1`. The DNS Service `kube-system/kube-dns` has the fixed
+//! ClusterIP [`DNS_SERVICE_IP`] and, having no selector, an Endpoints object
+//! written here that points at skiff-dns on the gateway.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
+use serde_json::json;
+
+use crate::netns::{Host, Lan};
+use crate::runtime::{ensure_test_images, Containerd, ContainerdOptions, Registry};
+use crate::{Cluster, Error, Result};
+
+/// The cluster DNS service's ClusterIP, which kubelets write into pods.
+pub const DNS_SERVICE_IP: &str = "10.43.0.10";
+/// How long the hosts' nodes may take to turn Ready.
+const NODES_READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How to start a networked cluster ([`crate::ClusterOptions::network`]).
+#[derive(Debug, Clone, Default)]
+pub struct NetworkOptions {
+    /// How many hosts (nodes), each a network namespace.
+    pub hosts: usize,
+    /// Resolvers skiff-dns forwards other names to (`IP[:PORT]`); default
+    /// the root namespace's resolv.conf.
+    pub dns_upstream: Vec<String>,
+    /// Extra flags for every kubelet (shorter back-offs in tests, say).
+    pub kubelet_args: Vec<String>,
+}
+
+/// The hosts of a networked cluster and what runs beneath their kubelets.
+///
+/// Fields drop in order: containerds (removing their pods), the registry,
+/// then the LAN with the namespaces.
+pub struct Network {
+    hosts: Vec<NodeHost>,
+    registry: Registry,
+    lan: Lan,
+}
+
+/// One host and its containerd.
+pub struct NodeHost {
+    pub host: Host,
+    pub containerd: Containerd,
+}
+
+impl Network {
+    pub fn lan(&self) -> &Lan {
+        &self.lan
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn hosts(&self) -> &[NodeHost] {
+        &self.hosts
+    }
+
+    /// The host whose node is `name`.
+    pub fn host(&self, name: &str) -> Option<&NodeHost> {
+        self.hosts.iter().find(|h| h.host.name() == name)
+    }
+}
+
+impl Cluster {
+    /// Brings up the hosts of `options` on `lan`: registry, containerds,
+    /// control-plane services, skiff-dns, then a kubelet and an overlay per
+    /// host; returns once every node is Ready.
+    pub(crate) async fn start_network(&mut self, mut lan: Lan, options: &NetworkOptions) -> Result<()> {
+        let gateway = lan.gateway();
+        let registry =
+            Registry::start(&self.dir, SocketAddr::new(gateway.into(), crate::free_port()), self.detach).await?;
+        ensure_test_images(&registry).await?;
+        let mut hosts = Vec::new();
+        for i in 1..=options.hosts {
+            let host = lan.add_host(&format!("host-{i}"))?;
+            let dir = self.host_dir(&host)?;
+            let containerd_options = ContainerdOptions {
+                pod_cidr: Some(format!("10.42.{i}.0/24")),
+                bridge: Some("cni0".into()),
+                host: Some(host.clone()),
+            };
+            let containerd = Containerd::start(&dir, &registry, &containerd_options, self.detach).await?;
+            hosts.push(NodeHost { host, containerd });
+        }
+        self.network = Some(Network { hosts, registry, lan });
+
+        self.start_service("scheduler", "skiff-scheduler", &[]).await?;
+        self.start_service("controller-manager", "skiff-controller-manager", &[]).await?;
+        let mut dns_args = vec![format!("--listen={gateway}:53")];
+        if !options.dns_upstream.is_empty() {
+            dns_args.push(format!("--upstream={}", options.dns_upstream.join(",")));
+        }
+        self.start_service("dns", "skiff-dns", &dns_args).await?;
+        self.publish_dns_service(gateway).await?;
+
+        let hosts: Vec<Host> = self.network.iter().flat_map(|n| n.hosts.iter().map(|h| h.host.clone())).collect();
+        for host in &hosts {
+            self.start_node_agents(host, &options.kubelet_args).await?;
+        }
+        self.wait_nodes_ready(&hosts).await
+    }
+
+    /// The networked cluster's hosts, when [`crate::ClusterOptions::network`]
+    /// asked for them.
+    pub fn network(&self) -> Option<&Network> {
+        self.network.as_ref()
+    }
+
+    /// `<dir>/hosts/NAME`, with the logs and pids folders processes need.
+    fn host_dir(&self, host: &Host) -> Result<std::path::PathBuf> {
+        let dir = self.dir.join("hosts").join(host.name());
+        for sub in ["logs", "pids"] {
+            let p = dir.join(sub);
+            std::fs::create_dir_all(&p).map_err(crate::runtime::io_err("creating", &p))?;
+        }
+        Ok(dir)
+    }
+
+    /// The kubelet and skiff-overlay of `host`, as services
+    /// `kubelet-NAME` and `overlay-NAME`.
+    pub async fn start_node_agents(&mut self, host: &Host, kubelet_args: &[String]) -> Result<()> {
+        let node = self.network.as_ref().and_then(|n| n.host(host.name())).ok_or(Error::NoRuntime)?;
+        let containerd = &node.containerd;
+        let dir = self.dir.join("hosts").join(host.name());
+        let mut args = vec![
+            format!("--node-name={}", host.name()),
+            format!("--node-ip={}", host.ip()),
+            "--kubelet-port=10250".to_string(),
+            format!("--container-runtime-endpoint={}", containerd.endpoint()),
+            format!("--pod-cidr={}", containerd.pod_cidr()),
+            format!("--pod-log-dir={}", containerd.pod_log_dir().display()),
+            format!("--root-dir={}", dir.join("kubelet").display()),
+            format!("--cluster-dns={DNS_SERVICE_IP}"),
+        ];
+        args.extend(kubelet_args.iter().cloned());
+        self.start_service_in(host, &format!("kubelet-{}", host.name()), "skiff-kubelet", &args, false).await?;
+        let args = vec![
+            format!("--node-name={}", host.name()),
+            format!("--state-dir={}", dir.join("overlay").display()),
+            "--wireguard=auto".to_string(),
+        ];
+        self.start_service_in(host, &format!("overlay-{}", host.name()), "skiff-overlay", &args, true).await?;
+        Ok(())
+    }
+
+    /// `kube-system/kube-dns`: the fixed ClusterIP and, having no selector,
+    /// Endpoints naming skiff-dns on the gateway.
+    async fn publish_dns_service(&self, gateway: Ipv4Addr) -> Result<()> {
+        let ports =
+            json!([{"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]);
+        let service: Service = from_json(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": {"k8s-app": "kube-dns"}},
+            "spec": {"clusterIP": DNS_SERVICE_IP, "ports": ports},
+        }))?;
+        let endpoints: Endpoints = from_json(json!({
+            "apiVersion": "v1", "kind": "Endpoints",
+            "metadata": {"name": "kube-dns", "namespace": "kube-system"},
+            "subsets": [{"addresses": [{"ip": gateway.to_string()}], "ports": ports}],
+        }))?;
+        let client = self.client();
+        create_or_keep(client.api::<Service>("kube-system").create(&service).await)?;
+        create_or_keep(client.api::<Endpoints>("kube-system").create(&endpoints).await)?;
+        Ok(())
+    }
+
+    async fn wait_nodes_ready(&self, hosts: &[Host]) -> Result<()> {
+        let deadline = Instant::now() + NODES_READY_TIMEOUT;
+        let api = self.client().api::<Node>("");
+        loop {
+            let mut waiting = Vec::new();
+            for host in hosts {
+                let ready = api.get(host.name()).await.ok().is_some_and(|n| node_ready(&n));
+                if !ready {
+                    waiting.push(host.name().to_string());
+                }
+            }
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Error::NotReady {
+                    name: format!("nodes {}", waiting.join(", ")),
+                    timeout: NODES_READY_TIMEOUT,
+                    log_tail: String::new(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn node_ready(node: &Node) -> bool {
+    let conditions = node.status.as_ref().and_then(|s| s.conditions.as_ref());
+    conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T> {
+    serde_json::from_value(value).map_err(|e| Error::Io {
+        what: "building an object",
+        path: "kube-dns".into(),
+        source: std::io::Error::other(e),
+    })
+}
+
+/// Ok when created, or when it exists already (a restarted detached cluster).
+fn create_or_keep<T>(result: Result<T, skiff_client::Error>) -> Result<()> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_already_exists() => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
