@@ -3,16 +3,19 @@
 //! and names outside the cluster domain are forwarded to a fake upstream
 //! DNS server running in this test process.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::rdata::A;
-use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_proto::rr::{Name, RecordType};
 use serde_json::{json, Value};
 use skiff_client::Client;
 use skiff_testkit::{eventually, Cluster};
 use tokio::net::{TcpListener, UdpSocket};
+
+#[path = "support/upstream.rs"]
+mod upstream;
+use upstream::fake_upstream;
 
 const NS: &str = "default";
 
@@ -61,35 +64,6 @@ async fn expect_answers(server: SocketAddr, name: &str, rtype: RecordType, want:
         (reply.metadata.response_code == ResponseCode::NoError && answers(&reply) == want).then_some(())
     })
     .await;
-}
-
-/// A fake upstream: `www.example.test` A → 192.0.2.1, NXDOMAIN otherwise.
-/// Runs until the returned handle is aborted.
-async fn fake_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let Ok((n, from)) = socket.recv_from(&mut buf).await else { return };
-            let Ok(req) = Message::from_vec(&buf[..n]) else { continue };
-            let mut resp = Message::response(req.metadata.id, OpCode::Query);
-            resp.metadata.recursion_desired = req.metadata.recursion_desired;
-            resp.metadata.recursion_available = true;
-            resp.metadata.authoritative = true;
-            let Some(q) = req.queries.first().cloned() else { continue };
-            let name = q.name().to_lowercase().to_ascii();
-            if name == "www.example.test." && q.query_type() == RecordType::A {
-                let rec = Record::from_rdata(q.name().clone(), 60, RData::A(A(Ipv4Addr::new(192, 0, 2, 1))));
-                resp.add_answer(rec);
-            } else if name != "www.example.test." {
-                resp.metadata.response_code = ResponseCode::NXDomain;
-            }
-            resp.add_query(q);
-            let _ = socket.send_to(&resp.to_vec().unwrap(), from).await;
-        }
-    });
-    (addr, task)
 }
 
 fn service(name: &str, cluster_ip: &str, ports: Value) -> Value {

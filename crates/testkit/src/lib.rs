@@ -95,6 +95,23 @@ pub fn binary(name: &str) -> Result<PathBuf> {
     }
 }
 
+/// Stops everything a detached cluster (`skiffctl up`) left under
+/// `state_dir`: pods and containerd (through CRI, so CNI releases what it
+/// holds), the services, etcd, the registry, and a networked cluster's host
+/// namespaces last. Returns what it stopped; empty when nothing ran.
+pub async fn stop_detached_cluster(state_dir: &Path) -> Result<Vec<String>> {
+    let mut stopped = Vec::new();
+    if runtime::stop_detached_runtime(state_dir).await? {
+        stopped.push("containerd".to_string());
+    }
+    stopped.extend(network::stop_detached_hosts(state_dir).await?);
+    stopped.extend(stop_detached(state_dir)?);
+    if network::remove_detached_lan(state_dir) {
+        stopped.push("host namespaces".to_string());
+    }
+    Ok(stopped)
+}
+
 /// How long [`eventually`] waits: generous, since tests run in parallel on
 /// small machines and assert that things happen, never how fast.
 pub const EVENTUALLY: Duration = Duration::from_secs(90);
@@ -126,6 +143,9 @@ pub struct ClusterOptions {
     pub detach: bool,
     /// Fixed address for the apiserver's gRPC API (default: a free port).
     pub apiserver_listen: Option<SocketAddr>,
+    /// Fixed port for the apiserver on its default address (loopback, or
+    /// the LAN's gateway in a networked cluster).
+    pub apiserver_port: Option<u16>,
     /// Fixed loopback ports for etcd's clients and peers (default: free ports).
     pub etcd_ports: Option<(u16, u16)>,
     /// Extra apiserver flags.
@@ -222,7 +242,9 @@ impl Cluster {
 
         let lan = options.network.as_ref().map(|_| netns::Lan::create()).transpose()?;
         let listen_ip = lan.as_ref().map_or(std::net::Ipv4Addr::LOCALHOST, netns::Lan::gateway);
-        let apiserver_listen = options.apiserver_listen.unwrap_or_else(|| SocketAddr::from((listen_ip, free_port())));
+        let apiserver_listen = options
+            .apiserver_listen
+            .unwrap_or_else(|| SocketAddr::from((listen_ip, options.apiserver_port.unwrap_or_else(free_port))));
         let apiserver_metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut cluster = Cluster {
             services: Vec::new(),

@@ -101,10 +101,12 @@ impl Lan {
     }
 
     /// Leaves the namespaces and the bridge in place when dropped (for
-    /// `skiffctl up --nodes`), with the slot handed to `pid`.
-    pub fn detach(&mut self, pid: u32) {
+    /// `skiffctl up --nodes`), with the slot handed to `pid`; returns the
+    /// slot's number for [`remove_detached`].
+    pub fn detach(&mut self, pid: u32) -> u16 {
         self.detach = true;
         self.slot.hand_to(pid);
+        self.slot.n
     }
 }
 
@@ -123,9 +125,9 @@ impl Drop for Lan {
     }
 }
 
-/// Removes what a detached [`Lan`] left: the namespaces `skiffN-*` and
-/// bridge `sklanN` of the slot `pid` held, and its FORWARD rules.
-pub fn remove_detached(pid: u32, n: u16) {
+/// Removes what detached [`Lan`] number `n` left: its namespaces
+/// `skiffN-*`, bridge `sklanN`, FORWARD rules and slot.
+pub fn remove_detached(n: u16) {
     if let Ok(entries) = std::fs::read_dir("/run/netns") {
         let prefix = format!("skiff{n}-");
         for e in entries.flatten() {
@@ -138,7 +140,7 @@ pub fn remove_detached(pid: u32, n: u16) {
     let bridge = format!("sklan{n}");
     delete_link(&bridge);
     ForwardRules::of(&format!("172.31.{n}.0/24"), &bridge).remove();
-    crate::runtime::netslot::release_held_by(POOL, pid);
+    crate::runtime::netslot::release(POOL, n);
 }
 
 impl Host {

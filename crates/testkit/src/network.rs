@@ -22,6 +22,8 @@ use crate::{Cluster, Error, Result};
 
 /// The cluster DNS service's ClusterIP, which kubelets write into pods.
 pub const DNS_SERVICE_IP: &str = "10.43.0.10";
+/// The LAN slot of a detached networked cluster, under its state dir.
+const LAN_FILE: &str = "network/lan";
 /// How long the hosts' nodes may take to turn Ready.
 const NODES_READY_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -35,6 +37,8 @@ pub struct NetworkOptions {
     pub dns_upstream: Vec<String>,
     /// Extra flags for every kubelet (shorter back-offs in tests, say).
     pub kubelet_args: Vec<String>,
+    /// Extra flags for the controller-manager (shorter node grace periods).
+    pub controller_manager_args: Vec<String>,
 }
 
 /// The hosts of a networked cluster and what runs beneath their kubelets.
@@ -93,10 +97,20 @@ impl Cluster {
             let containerd = Containerd::start(&dir, &registry, &containerd_options, self.detach).await?;
             hosts.push(NodeHost { host, containerd });
         }
+        if self.detach {
+            // The namespaces outlive us; the slot is held by etcd, the
+            // last process a detached cluster stops.
+            let n = lan.detach(self.etcd.pid().unwrap_or_default());
+            let file = self.dir.join(LAN_FILE);
+            if let Some(parent) = file.parent() {
+                std::fs::create_dir_all(parent).map_err(crate::runtime::io_err("creating", parent))?;
+            }
+            std::fs::write(&file, n.to_string()).map_err(crate::runtime::io_err("writing", &file))?;
+        }
         self.network = Some(Network { hosts, registry, lan });
 
         self.start_service("scheduler", "skiff-scheduler", &[]).await?;
-        self.start_service("controller-manager", "skiff-controller-manager", &[]).await?;
+        self.start_service("controller-manager", "skiff-controller-manager", &options.controller_manager_args).await?;
         let mut dns_args = vec![format!("--listen={gateway}:53")];
         if !options.dns_upstream.is_empty() {
             dns_args.push(format!("--upstream={}", options.dns_upstream.join(",")));
@@ -221,4 +235,31 @@ fn create_or_keep<T>(result: Result<T, skiff_client::Error>) -> Result<()> {
         Err(e) if e.is_already_exists() => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Stops each host's containerd a detached networked cluster (`skiffctl up
+/// --nodes`) left under `state_dir`, its pods removed through CRI first.
+/// Returns what it stopped.
+pub(crate) async fn stop_detached_hosts(state_dir: &std::path::Path) -> Result<Vec<String>> {
+    let mut stopped = Vec::new();
+    if let Ok(hosts) = std::fs::read_dir(state_dir.join("hosts")) {
+        for host in hosts.flatten() {
+            if crate::runtime::stop_detached_containerd(&host.path()).await? {
+                stopped.push(format!("containerd on {}", host.file_name().to_string_lossy()));
+            }
+        }
+    }
+    Ok(stopped)
+}
+
+/// Removes the hosts' namespaces and LAN a detached networked cluster left
+/// under `state_dir`, once nothing runs in them. False if it left none.
+pub(crate) fn remove_detached_lan(state_dir: &std::path::Path) -> bool {
+    let lan = state_dir.join(LAN_FILE);
+    let Some(n) = std::fs::read_to_string(&lan).ok().and_then(|s| s.trim().parse::<u16>().ok()) else {
+        return false;
+    };
+    crate::netns::remove_detached(n);
+    let _ = std::fs::remove_file(&lan);
+    true
 }

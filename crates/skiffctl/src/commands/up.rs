@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use skiff_client::config::ClientConfig;
-use skiff_testkit::runtime::{ensure_test_images, stop_detached_runtime, RuntimeOptions};
-use skiff_testkit::{Cluster, ClusterOptions};
+use skiff_testkit::runtime::{ensure_test_images, RuntimeOptions};
+use skiff_testkit::{stop_detached_cluster, Cluster, ClusterOptions, NetworkOptions};
 
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
@@ -23,8 +23,15 @@ pub struct UpArgs {
     pub hollow_nodes: usize,
     /// Run no real node (no registry, containerd or kubelet): a control plane
     /// only, for machines without root or containerd.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "nodes")]
     pub no_node: bool,
+    /// Run this many nodes, each a host of its own (a network namespace)
+    /// with containerd, a kubelet and skiff-overlay: pods reach each other
+    /// across hosts over WireGuard, Services by ClusterIP and through
+    /// skiff-dns. The apiserver then listens on the hosts' LAN, at the
+    /// port of --listen.
+    #[arg(long)]
+    pub nodes: Option<usize>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -50,10 +57,12 @@ const ETCD_PORTS: (u16, u16) = (23790, 23800);
 pub async fn up(args: UpArgs) -> Result<()> {
     let state_dir = args.state_dir.unwrap_or_else(default_state_dir);
     // A cluster left running by an earlier `up` is replaced, keeping its data.
-    stop_detached_runtime(&state_dir).await?;
-    let stopped = skiff_testkit::stop_detached(&state_dir)?;
+    let stopped = stop_detached_cluster(&state_dir).await?;
     if !stopped.is_empty() {
         eprintln!("stopped the previous cluster ({})", stopped.join(", "));
+    }
+    if let Some(nodes) = args.nodes {
+        return up_hosts(state_dir, nodes, args.listen.port()).await;
     }
     let options = ClusterOptions {
         state_dir: Some(state_dir.clone()),
@@ -97,11 +106,46 @@ pub async fn up(args: UpArgs) -> Result<()> {
     Ok(())
 }
 
+/// `up --nodes N`: N hosts as network namespaces, the control plane and
+/// skiff-dns in this one, the apiserver on the hosts' LAN at `port`.
+async fn up_hosts(state_dir: PathBuf, nodes: usize, port: u16) -> Result<()> {
+    anyhow::ensure!((1..=9).contains(&nodes), "--nodes: between 1 and 9 hosts, not {nodes}");
+    let options = ClusterOptions {
+        state_dir: Some(state_dir.clone()),
+        detach: true,
+        etcd_ports: Some(ETCD_PORTS),
+        network: Some(NetworkOptions { hosts: nodes, ..Default::default() }),
+        apiserver_port: Some(port),
+        ..Default::default()
+    };
+    let cluster = Cluster::start_with(options).await.context("starting the cluster")?;
+    let config = ClientConfig { server: cluster.server() };
+    let path = config.save()?;
+    let network = cluster.network().context("the cluster has no hosts")?;
+    println!("skiff is up: apiserver {} (address written to {})", cluster.server(), path.display());
+    println!("running: etcd, skiff-apiserver, skiff-scheduler, skiff-controller-manager, skiff-dns");
+    for node in network.hosts() {
+        println!(
+            "node {} at {} (network namespace {}): containerd, skiff-kubelet, skiff-overlay; pods on {}",
+            node.host.name(),
+            node.host.ip(),
+            node.host.netns(),
+            node.containerd.pod_cidr()
+        );
+    }
+    println!(
+        "cluster DNS {} (skiff-dns on {}:53); registry {} holds busybox:latest and testserver:latest",
+        skiff_testkit::DNS_SERVICE_IP,
+        network.lan().gateway(),
+        network.registry().host()
+    );
+    println!("state and logs: {}; stop with `skiffctl down`", state_dir.display());
+    Ok(())
+}
+
 pub async fn down(args: DownArgs) -> Result<()> {
     let state_dir = args.state_dir.unwrap_or_else(default_state_dir);
-    // Pods first (over CRI, so CNI releases their addresses), then the rest.
-    stop_detached_runtime(&state_dir).await?;
-    let stopped = skiff_testkit::stop_detached(&state_dir)?;
+    let stopped = stop_detached_cluster(&state_dir).await?;
     if stopped.is_empty() {
         println!("nothing running under {}", state_dir.display());
     } else {

@@ -111,6 +111,12 @@ pub async fn stop_detached_runtime(state_dir: &Path) -> Result<bool> {
     Ok(found || registry_found)
 }
 
+/// Stops the containerd a detached run left under `dir` (one host's), as
+/// [`stop_detached_runtime`] does. False if `dir` has none.
+pub async fn stop_detached_containerd(dir: &Path) -> Result<bool> {
+    containerd::stop_detached(dir).await
+}
+
 // === helpers shared by the runtime modules ===
 
 /// Runs `program args…` to completion; fails with its stderr unless it exits 0.

@@ -69,6 +69,11 @@ impl NetSlot {
     }
 }
 
+/// Frees slot `n` of `pool`.
+pub(crate) fn release(pool: &str, n: u16) {
+    let _ = std::fs::remove_file(slot_dir(pool).join(n.to_string()));
+}
+
 /// Frees the slot of `pool` that detached process `pid` was handed, if any.
 pub(crate) fn release_held_by(pool: &str, pid: u32) {
     let Ok(entries) = std::fs::read_dir(slot_dir(pool)) else { return };

@@ -1,0 +1,269 @@
+//! Cluster networking on the multi-host harness: three hosts (network
+//! namespaces on one bridge), each with containerd, a kubelet and
+//! skiff-overlay; pods on them talk across hosts over WireGuard, reach
+//! Services by name and ClusterIP, and NodePorts answer on every host.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
+use skiff_testkit::netns::Host;
+use skiff_testkit::{eventually, Cluster, ClusterOptions, NetworkOptions};
+
+#[path = "support/upstream.rs"]
+mod upstream;
+
+async fn networked(hosts: usize, options: NetworkOptions) -> Cluster {
+    let network = NetworkOptions { hosts, ..options };
+    Cluster::start_with(ClusterOptions { network: Some(network), ..Default::default() })
+        .await
+        .expect("start a networked cluster")
+}
+
+fn apply(cluster: &Cluster, yaml: &str) {
+    let out = cluster.skiffctl(&["apply", "-f", "-"], Some(yaml)).unwrap();
+    assert!(out.status.success(), "apply failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Runs `sh -c script` in pod `ns/name`; its stdout when it exits 0.
+fn exec(cluster: &Cluster, ns: &str, pod: &str, script: &str) -> Option<String> {
+    let out = cluster.skiffctl(&["exec", "-n", ns, pod, "--", "sh", "-c", script], None).ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A GET from inside pod `ns/pod`; busybox 1.35's `wget -T` crashes, so
+/// `timeout` bounds it.
+fn pod_get(cluster: &Cluster, ns: &str, pod: &str, url: &str) -> Option<String> {
+    exec(cluster, ns, pod, &format!("timeout 5 wget -qO- {url}"))
+}
+
+fn busybox_pod(cluster: &Cluster, ns: &str, name: &str, node: &str) -> String {
+    let image = cluster.network().unwrap().registry().image("busybox:latest");
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: sh\n    image: {image}\n    command: [sleep, '3600']\n"
+    )
+}
+
+async fn running_pod(cluster: &Cluster, ns: &str, name: &str) -> Pod {
+    let api = cluster.client().api::<Pod>(ns);
+    eventually(&format!("pod {ns}/{name} running with an IP"), || async {
+        let pod = api.get(name).await.ok()?;
+        let status = pod.status.as_ref()?;
+        (status.phase.as_deref() == Some("Running") && status.pod_ip.is_some()).then_some(pod)
+    })
+    .await
+}
+
+fn pod_ip(pod: &Pod) -> String {
+    pod.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap()
+}
+
+fn node_of(pod: &Pod) -> String {
+    pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default()
+}
+
+/// Counters in host `host`'s namespace for what leaves by its LAN link:
+/// plain pod traffic (to the pod network) and WireGuard (UDP 51820).
+fn count_wire(host: &Host) {
+    let rules = "table ip wirecount {\n chain out {\n  type filter hook postrouting priority 0; policy accept;\n  oifname \"eth0\" ip daddr 10.42.0.0/16 counter comment \"plain\"\n  oifname \"eth0\" udp dport 51820 counter comment \"wireguard\"\n }\n}\n";
+    let mut child = host.command("nft").args(["-f", "-"]).stdin(std::process::Stdio::piped()).spawn().expect("run nft");
+    child.stdin.take().unwrap().write_all(rules.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success(), "installing the wire counters");
+}
+
+/// Packets counted by the rule commented `which` of [`count_wire`].
+fn wire_packets(host: &Host, which: &str) -> u64 {
+    let out = host.run("nft", &["list", "table", "ip", "wirecount"]).expect("list the wire counters");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = text.lines().find(|l| l.contains(&format!("comment \"{which}\""))).expect("counter rule");
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "packets").expect("packets field");
+    words[at + 1].parse().unwrap()
+}
+
+/// A pod on host-1 reaches a pod on host-2 by its IP, and what crossed
+/// the LAN was WireGuard only.
+#[tokio::test]
+async fn pods_reach_pods_on_other_hosts_over_wireguard() {
+    let cluster = networked(2, NetworkOptions::default()).await;
+    let ns = "default";
+    let server_image = cluster.network().unwrap().registry().image("testserver:latest");
+    apply(
+        &cluster,
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: server, namespace: {ns}}}\nspec:\n  nodeName: host-2\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: web\n    image: {server_image}\n    ports: [{{containerPort: 8080}}]\n"
+        ),
+    );
+    apply(&cluster, &busybox_pod(&cluster, ns, "client", "host-1"));
+    let server = running_pod(&cluster, ns, "server").await;
+    running_pod(&cluster, ns, "client").await;
+    let host1 = cluster.network().unwrap().host("host-1").unwrap().host.clone();
+    count_wire(&host1);
+
+    let url = format!("http://{}:8080/", pod_ip(&server));
+    let body =
+        eventually("client on host-1 reaches the server on host-2", || async { pod_get(&cluster, ns, "client", &url) })
+            .await;
+    assert!(body.contains("server"), "the answer names the server pod: {body}");
+    assert_eq!(wire_packets(&host1, "plain"), 0, "pod traffic left host-1 unencrypted");
+    assert!(wire_packets(&host1, "wireguard") > 0, "no WireGuard packets left host-1");
+}
+
+/// Raw HTTP/1.0 GET from this (root) namespace; None when nothing answers.
+fn http_get(addr: SocketAddr) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET / HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.starts_with("HTTP/1.1 200").then_some(out)
+}
+
+/// The backend pod that answered: testserver's body starts with
+/// `hostname: NAME`, and a pod's hostname is its name.
+fn answered_by(body: &str) -> String {
+    body.lines().find_map(|l| l.strip_prefix("hostname: ")).unwrap_or("").trim().to_string()
+}
+
+/// Which backends answer `url` from pod `client` over `tries` requests.
+fn backends_seen(cluster: &Cluster, ns: &str, client: &str, url: &str, tries: usize) -> BTreeSet<String> {
+    let script = format!("for i in $(seq {tries}); do timeout 5 wget -qO- {url} | head -n 1; done");
+    let out = exec(cluster, ns, client, &script).unwrap_or_default();
+    out.lines().map(answered_by).filter(|l| !l.is_empty()).collect()
+}
+
+async fn ready_addresses(cluster: &Cluster, ns: &str, name: &str) -> Vec<String> {
+    let eps = cluster.client().api::<Endpoints>(ns).get(name).await.ok();
+    let subsets = eps.and_then(|e| e.subsets).unwrap_or_default();
+    let mut ips: Vec<String> =
+        subsets.iter().flat_map(|s| s.addresses.iter().flatten().map(|a| a.ip.clone())).collect();
+    ips.sort();
+    ips
+}
+
+/// A Deployment across three hosts behind a NodePort Service: found by
+/// name through cluster DNS, balanced over every ready backend through the
+/// ClusterIP, reachable on every host's NodePort; an unready pod leaves the
+/// rotation, a killed host's pods leave the Endpoints, and names outside
+/// the cluster resolve through forwarding.
+#[tokio::test]
+async fn services_dns_and_node_ports_across_hosts() {
+    let (upstream, upstream_task) = upstream::fake_upstream().await;
+    let options = NetworkOptions {
+        dns_upstream: vec![upstream.to_string()],
+        controller_manager_args: vec![
+            "--node-monitor-grace-period=6s".into(),
+            "--default-unreachable-toleration-seconds=2".into(),
+        ],
+        ..Default::default()
+    };
+    let mut cluster = networked(3, options).await;
+    let ns = "default";
+    let image = cluster.network().unwrap().registry().image("testserver:latest");
+    apply(
+        &cluster,
+        &format!(
+            r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, namespace: {ns}}}
+spec:
+  replicas: 3
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: web
+        image: {image}
+        ports: [{{name: http, containerPort: 8080}}]
+        readinessProbe: {{httpGet: {{path: /healthz, port: 8080}}, periodSeconds: 1, failureThreshold: 1}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: {ns}}}
+spec:
+  type: NodePort
+  selector: {{app: web}}
+  ports: [{{name: http, port: 80, targetPort: http}}]
+"#
+        ),
+    );
+    apply(&cluster, &busybox_pod(&cluster, ns, "client", "host-1"));
+    running_pod(&cluster, ns, "client").await;
+    let pods = cluster.client().api::<Pod>(ns);
+    let web: Vec<Pod> = eventually("three ready web pods", || async {
+        let list = pods.list(&Default::default()).await.ok()?;
+        let web: Vec<Pod> =
+            list.items.into_iter().filter(|p| p.metadata.name.as_deref().unwrap_or("").starts_with("web-")).collect();
+        (web.len() == 3 && ready_addresses(&cluster, ns, "web").await.len() == 3).then_some(web)
+    })
+    .await;
+    let names: BTreeSet<String> = web.iter().filter_map(|p| p.metadata.name.clone()).collect();
+    let hosts: BTreeSet<String> = web.iter().map(node_of).collect();
+    assert!(hosts.len() >= 2, "the web pods were spread over hosts: {hosts:?}");
+    let svc = cluster.client().api::<Service>(ns).get("web").await.unwrap();
+    let spec = svc.spec.unwrap();
+    let cluster_ip = spec.cluster_ip.clone().unwrap();
+    let node_port = spec.ports.unwrap()[0].node_port.unwrap();
+
+    // DNS: the full name and the short one (search path) give the ClusterIP.
+    let lookup = eventually("web.default.svc.cluster.local resolves in a pod", || async {
+        exec(&cluster, ns, "client", "nslookup web.default.svc.cluster.local").filter(|o| o.contains(&cluster_ip))
+    })
+    .await;
+    assert!(lookup.contains("10.43.0.10"), "the pod asked the cluster DNS service: {lookup}");
+    let resolv = exec(&cluster, ns, "client", "cat /etc/resolv.conf").unwrap();
+    assert!(resolv.contains("nameserver 10.43.0.10"), "{resolv}");
+    assert!(resolv.contains("search default.svc.cluster.local svc.cluster.local cluster.local"), "{resolv}");
+    assert!(resolv.contains("ndots:5"), "{resolv}");
+
+    // Every ready backend answers through the ClusterIP, from any host.
+    let url = format!("http://{cluster_ip}/");
+    let seen = eventually("all three backends answer through the ClusterIP", || async {
+        let seen = backends_seen(&cluster, ns, "client", &url, 30);
+        (seen == names).then_some(seen)
+    })
+    .await;
+    assert_eq!(seen, names);
+
+    // The NodePort answers on every host's address.
+    for host in cluster.network().unwrap().hosts() {
+        let addr = SocketAddr::new(host.host.ip().into(), node_port as u16);
+        let body = eventually(&format!("NodePort {addr}"), || async { http_get(addr) }).await;
+        assert!(names.contains(&answered_by(&body)), "{addr} answered from a web pod: {body}");
+    }
+
+    // An unready backend leaves the rotation.
+    let sick = web.iter().find(|p| node_of(p) != "host-3").unwrap_or(&web[0]);
+    let sick_name = sick.metadata.name.clone().unwrap();
+    let sick_url = format!("http://{}:8080/fail-health", pod_ip(sick));
+    exec(&cluster, ns, "client", &format!("timeout 5 wget -qO- --post-data=x {sick_url}")).expect("fail-health");
+    eventually("the unready pod leaves the Endpoints", || async {
+        (!ready_addresses(&cluster, ns, "web").await.contains(&pod_ip(sick))).then_some(())
+    })
+    .await;
+    let seen = backends_seen(&cluster, ns, "client", &url, 20);
+    assert!(!seen.contains(&sick_name), "an unready pod still answered: {seen:?}");
+    assert!(!seen.is_empty(), "nothing answered through the ClusterIP");
+
+    // A killed host's pods leave the Endpoints.
+    let on_host3: Vec<String> = web.iter().filter(|p| node_of(p) == "host-3").map(pod_ip).collect();
+    cluster.kill_service("kubelet-host-3");
+    cluster.kill_service("overlay-host-3");
+    eventually("host-3's pods leave the Endpoints", || async {
+        let ready = ready_addresses(&cluster, ns, "web").await;
+        on_host3.iter().all(|ip| !ready.contains(ip)).then_some(())
+    })
+    .await;
+
+    // Names outside the cluster go to the upstream resolver.
+    let external = eventually("www.example.test resolves through forwarding", || async {
+        exec(&cluster, ns, "client", "nslookup www.example.test").filter(|o| o.contains("192.0.2.1"))
+    })
+    .await;
+    assert!(external.contains("192.0.2.1"));
+    upstream_task.abort();
+}
