@@ -618,7 +618,8 @@ async fn a_node_without_heartbeats_is_tainted_and_its_pods_evicted() {
     client.create("Node", "", &node).await.unwrap();
     client.create("Pod", "default", &node_pod("plain", json!([]))).await.unwrap();
     let forever = json!([{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"}]);
-    client.create("Pod", "default", &node_pod("stays", forever)).await.unwrap();
+    let stays = client.create("Pod", "default", &node_pod("stays", forever)).await.unwrap();
+    make_ready(&client, "default", &stays, "node-a").await;
     let briefly = json!([{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 1}]);
     client.create("Pod", "default", &node_pod("brief", briefly)).await.unwrap();
 
@@ -638,6 +639,13 @@ async fn a_node_without_heartbeats_is_tainted_and_its_pods_evicted() {
     .await;
     assert_eq!(n.1["reason"], "NodeStatusUnknown");
     assert!(n.0["spec"]["taints"][0]["timeAdded"].is_string());
+    // Its pods stop counting as ready at once, before any eviction.
+    eventually("the tolerating pod marked not ready", || async {
+        let pod = client.get("Pod", "default", "stays").await.ok()?;
+        let ready = pod["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Ready")?.clone();
+        (ready["status"] == "False" && ready["reason"] == "NodeNotReady").then_some(())
+    })
+    .await;
 
     eventually("pods without a lasting toleration evicted", || async {
         let mut names: Vec<String> =

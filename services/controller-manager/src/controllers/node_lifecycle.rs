@@ -6,7 +6,10 @@
 //! taint `node.kubernetes.io/unreachable:NoExecute`; when heartbeats resume
 //! the taint goes (the kubelet sets Ready=True itself). A node whose kubelet
 //! reports Ready=False gets `node.kubernetes.io/not-ready:NoExecute`. Pods
-//! on tainted nodes are the taint-eviction controller's business.
+//! on tainted nodes are the taint-eviction controller's business; until
+//! they go, the pods of an unreachable node are marked Ready=False (as
+//! Kubernetes' MarkPodsNotReady does), so Services stop sending them traffic
+//! at once rather than after the eviction.
 //!
 //! The last heartbeat is the latest of the lease's renewTime, the Ready
 //! condition's lastHeartbeatTime, the node's creation and this controller's
@@ -16,7 +19,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, NodeCondition, Taint};
+use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, Taint};
 use skiff_client::{Action, Client, EventRecorder, EventType, ObjectRef, Reconcile, Store, WorkQueue};
 
 use super::{Context, Wiring};
@@ -31,6 +34,7 @@ pub struct NodeLifecycleController {
     client: Client,
     nodes: Store<Node>,
     leases: Store<Lease>,
+    pods: Store<Pod>,
     grace: Duration,
     started_ms: i64,
     recorder: EventRecorder,
@@ -55,6 +59,7 @@ pub fn start(ctx: &Context, w: &mut Wiring<'_>) {
         client: ctx.client.clone(),
         nodes: ctx.caches.nodes.clone(),
         leases: ctx.caches.node_leases.clone(),
+        pods: ctx.caches.pods.clone(),
         grace: ctx.node_monitor_grace_period,
         started_ms: millis(&util::now()),
         recorder: EventRecorder::new(ctx.client.clone(), "node-controller"),
@@ -103,6 +108,7 @@ impl Reconcile for NodeLifecycleController {
                 self.mark_unknown(&node).await?;
             }
             self.set_taints(&node, Some(UNREACHABLE_TAINT)).await?;
+            self.mark_pods_not_ready(name).await?;
             return Ok(Action::done());
         }
         let wanted = (ready_status == "False").then_some(NOT_READY_TAINT);
@@ -146,6 +152,32 @@ impl NodeLifecycleController {
         let msg = format!("Node {name} status is now: NodeNotReady");
         if let Err(error) = self.recorder.record(&ObjectRef::of(node), EventType::Normal, "NodeNotReady", &msg).await {
             tracing::debug!(%error, "recording event failed");
+        }
+        Ok(())
+    }
+
+    /// Sets Ready=False on every pod of node `name` that still says True.
+    async fn mark_pods_not_ready(&self, name: &str) -> Result<()> {
+        let on_node = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name);
+        for pod in self.pods.list().into_iter().filter(|p| on_node(p)) {
+            let mut updated = (*pod).clone();
+            let conditions = updated.status.as_mut().and_then(|s| s.conditions.as_mut());
+            let Some(ready) = conditions.and_then(|c| c.iter_mut().find(|c| c.type_ == "Ready" && c.status == "True"))
+            else {
+                continue;
+            };
+            ready.status = "False".into();
+            ready.reason = Some("NodeNotReady".into());
+            ready.message = Some(format!("Node {name} is not responding"));
+            ready.last_transition_time = Some(util::now_time());
+            let key = skiff_client::key_of(&*pod);
+            let api = self.client.api::<Pod>(pod.metadata.namespace.as_deref().unwrap_or_default());
+            match api.update_status(&updated).await {
+                Ok(_) => tracing::info!(pod = %key, node = name, "marked pod not ready: its node is unreachable"),
+                // Changed or gone meanwhile: the next reconcile sees the new one.
+                Err(e) if e.is_conflict() || e.is_not_found() => {}
+                Err(source) => return Err(Error::UpdateStatus { kind: "Pod", key, source }),
+            }
         }
         Ok(())
     }
