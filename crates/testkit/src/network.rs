@@ -4,7 +4,8 @@
 //! and skiff-dns — reachable from every host at the LAN's gateway address.
 //! What `skiffctl up --nodes N` and every networked test start.
 //!
-//! Host `host-i` has pod CIDR `10.42.i.0/24` and address `172.31.N.(10+i)`;
+//! Host `host-i` has address `172.31.N.(10+i)` and the podCIDR the
+//! controller-manager assigns, which its kubelet writes into the CNI config;
 //! the registry, the apiserver and cluster DNS listen on the gateway
 //! `172.31.N.1`. The DNS Service `kube-system/kube-dns` has the fixed
 //! ClusterIP [`DNS_SERVICE_IP`] and, having no selector, an Endpoints object
@@ -89,11 +90,7 @@ impl Cluster {
         for i in 1..=options.hosts {
             let host = lan.add_host(&format!("host-{i}"))?;
             let dir = self.host_dir(&host)?;
-            let containerd_options = ContainerdOptions {
-                pod_cidr: Some(format!("10.42.{i}.0/24")),
-                bridge: Some("cni0".into()),
-                host: Some(host.clone()),
-            };
+            let containerd_options = ContainerdOptions { host: Some(host.clone()), ..Default::default() };
             let containerd = Containerd::start(&dir, &registry, &containerd_options, self.detach).await?;
             hosts.push(NodeHost { host, containerd });
         }
@@ -152,7 +149,8 @@ impl Cluster {
             format!("--node-ip={}", host.ip()),
             "--kubelet-port=10250".to_string(),
             format!("--container-runtime-endpoint={}", containerd.endpoint()),
-            format!("--pod-cidr={}", containerd.pod_cidr()),
+            format!("--cni-conf-dir={}", containerd.cni_conf_dir().display()),
+            format!("--cni-ipam-dir={}", containerd.cni_ipam_dir().display()),
             format!("--pod-log-dir={}", containerd.pod_log_dir().display()),
             format!("--root-dir={}", dir.join("kubelet").display()),
             format!("--cluster-dns={DNS_SERVICE_IP}"),

@@ -3,6 +3,12 @@
 /// The kubelet's errors.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("writing the CNI config {path}")]
+    CniConfig {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("CRI {op}: {}", source.message())]
     Cri {
         op: &'static str,

@@ -78,6 +78,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let (registered_tx, mut registered_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let timing = node::Timing { lease: config.heartbeat_interval, status: config.status_interval };
+    if let Some(conf_dir) = &config.cni_conf_dir {
+        let settings = node::cni::CniSettings {
+            conf_dir: conf_dir.clone(),
+            bridge: config.cni_bridge.clone(),
+            mtu: config.cni_mtu,
+            ipam_dir: config.cni_ipam_dir.clone(),
+        };
+        tasks.spawn(node::cni::run(client.clone(), node.name.clone(), settings, stop_rx.clone()));
+    }
     tasks.spawn(node::run(client.clone(), runtime, node, timing, registered_tx, stop_rx.clone()));
     tasks.spawn({
         let mut stop = stop_rx.clone();

@@ -91,6 +91,21 @@ pub struct Config {
     /// This node's pod CIDR (spec.podCIDR), as the CNI config hands out.
     #[arg(long)]
     pub pod_cidr: Option<String>,
+    /// Write the node's CNI config (a bridge with host-local IPAM on
+    /// spec.podCIDR) into this dir — the runtime's CNI conf dir — once the
+    /// controller-manager assigns the podCIDR. Unset: the runtime's CNI
+    /// config is someone else's.
+    #[arg(long)]
+    pub cni_conf_dir: Option<std::path::PathBuf>,
+    /// Bridge of the written CNI config.
+    #[arg(long, default_value = "cni0")]
+    pub cni_bridge: String,
+    /// MTU of the written CNI config: the overlay's (WireGuard takes 80 bytes).
+    #[arg(long, default_value_t = 1420)]
+    pub cni_mtu: u32,
+    /// host-local IPAM's dataDir in the written CNI config.
+    #[arg(long, default_value = "/var/lib/cni/networks")]
+    pub cni_ipam_dir: std::path::PathBuf,
     /// Where container logs go: <dir>/<namespace>_<pod>_<uid>/<container>/<restarts>.log.
     #[arg(long, default_value = "/var/log/pods")]
     pub pod_log_dir: std::path::PathBuf,

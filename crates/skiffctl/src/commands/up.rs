@@ -124,13 +124,14 @@ async fn up_hosts(state_dir: PathBuf, nodes: usize, port: u16) -> Result<()> {
     let network = cluster.network().context("the cluster has no hosts")?;
     println!("skiff is up: apiserver {} (address written to {})", cluster.server(), path.display());
     println!("running: etcd, skiff-apiserver, skiff-scheduler, skiff-controller-manager, skiff-dns");
+    let nodes = cluster.client().api::<k8s_openapi::api::core::v1::Node>("");
     for node in network.hosts() {
+        let pod_cidr = nodes.get(node.host.name()).await.ok().and_then(|n| n.spec?.pod_cidr).unwrap_or_default();
         println!(
-            "node {} at {} (network namespace {}): containerd, skiff-kubelet, skiff-overlay; pods on {}",
+            "node {} at {} (network namespace {}): containerd, skiff-kubelet, skiff-overlay; pods on {pod_cidr}",
             node.host.name(),
             node.host.ip(),
             node.host.netns(),
-            node.containerd.pod_cidr()
         );
     }
     println!(

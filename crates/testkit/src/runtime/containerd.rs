@@ -33,10 +33,10 @@ pub struct ContainerdOptions {
     /// CNI bridge name (at most 15 characters).
     pub bridge: Option<String>,
     /// Run containerd (and so its pods) inside this host of a
-    /// [`crate::netns::Lan`] rather than in the root namespace. Pods then
-    /// reach other hosts through the overlay, which masquerades what leaves
-    /// the cluster, so CNI does no masquerading and leaves room for
-    /// WireGuard's 80 bytes in the MTU. Set `pod_cidr` and `bridge` too.
+    /// [`crate::netns::Lan`] rather than in the root namespace. Its CNI
+    /// config is then the kubelet's to write (`--cni-conf-dir`
+    /// [`Containerd::cni_conf_dir`]) from the podCIDR the controller-manager
+    /// assigns; `pod_cidr` and `bridge` are ignored.
     pub host: Option<Host>,
 }
 
@@ -46,6 +46,7 @@ pub struct Containerd {
     socket: PathBuf,
     pod_cidr: String,
     bridge: String,
+    in_host: bool,
     detach: bool,
     forward: Option<ForwardRules>,
     // Dropped last: the slot is free only once the bridge is gone.
@@ -56,11 +57,12 @@ impl Containerd {
     /// Writes the config under `<dir>/containerd`, starts containerd and
     /// waits until its CRI service reports the runtime and network ready.
     pub async fn start(dir: &Path, registry: &Registry, options: &ContainerdOptions, detach: bool) -> Result<Self> {
-        let (slot, pod_cidr, bridge) = match (&options.pod_cidr, &options.bridge) {
-            (Some(cidr), bridge) => {
+        let (slot, pod_cidr, bridge) = match (&options.host, &options.pod_cidr, &options.bridge) {
+            (Some(_), _, _) => (None, String::new(), String::new()),
+            (None, Some(cidr), bridge) => {
                 (None, cidr.clone(), bridge.clone().unwrap_or_else(|| super::DEFAULT_BRIDGE.into()))
             }
-            (None, _) => {
+            (None, None, _) => {
                 let slot = NetSlot::claim()?;
                 let (cidr, bridge) = (slot.pod_cidr.clone(), slot.bridge.clone());
                 (Some(slot), cidr, bridge)
@@ -82,8 +84,10 @@ impl Containerd {
             std::fs::create_dir_all(&d).map_err(io_err("creating", &d))?;
         }
         let socket = root.join("containerd.sock");
-        let network = Network { pod_cidr: &pod_cidr, bridge: &bridge, in_host: options.host.is_some() };
-        write_config(&root, &cni, registry, &network)?;
+        write_config(&root, &cni, registry)?;
+        if options.host.is_none() {
+            write_conflist(&cni, &pod_cidr, &bridge)?;
+        }
         let config = root.join("config.toml");
         let args = ["--config", &config.display().to_string()];
         let process = match &options.host {
@@ -102,7 +106,8 @@ impl Containerd {
             dir: dir.to_path_buf(),
             socket,
             pod_cidr,
-            bridge: if in_host { String::new() } else { bridge },
+            bridge,
+            in_host,
             detach,
             forward: None,
             _slot: slot,
@@ -132,6 +137,7 @@ impl Containerd {
         format!("unix://{}", self.socket.display())
     }
 
+    /// The pod CIDR of its CNI config; empty for containerd in a host.
     pub fn pod_cidr(&self) -> &str {
         &self.pod_cidr
     }
@@ -140,6 +146,16 @@ impl Containerd {
     /// the root namespace; empty for containerd in a host.
     pub fn bridge(&self) -> &str {
         &self.bridge
+    }
+
+    /// The CNI config dir containerd reads (and reloads on change).
+    pub fn cni_conf_dir(&self) -> PathBuf {
+        self.dir.join("cni/net.d")
+    }
+
+    /// host-local IPAM's dataDir for this containerd's pods.
+    pub fn cni_ipam_dir(&self) -> PathBuf {
+        self.dir.join("cni/ipam")
     }
 
     /// Folder for pod logs (`PodSandboxConfig.log_directory`).
@@ -172,7 +188,9 @@ impl Containerd {
         let name = "containerd".to_string();
         let log_tail = || self.log_path().map(crate::process::log_tail).unwrap_or_default();
         loop {
-            let last = match cri_ready(&self.socket).await {
+            // In a host the network turns ready once the kubelet writes
+            // the CNI config, after the node has a podCIDR.
+            let last = match cri_ready(&self.socket, !self.in_host).await {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
             };
@@ -292,7 +310,7 @@ pub async fn cri_channel(socket: &Path) -> Result<tonic::transport::Channel> {
 }
 
 /// Ok once CRI `Status` reports RuntimeReady and NetworkReady.
-async fn cri_ready(socket: &Path) -> Result<(), String> {
+async fn cri_ready(socket: &Path, need_network: bool) -> Result<(), String> {
     use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
     if !socket.exists() {
         return Err("no socket yet".into());
@@ -304,22 +322,18 @@ async fn cri_ready(socket: &Path) -> Result<(), String> {
         .map_err(|e| e.message().to_string())?
         .into_inner();
     let conditions = status.status.map(|s| s.conditions).unwrap_or_default();
-    let not_ready: Vec<String> =
-        conditions.iter().filter(|c| !c.status).map(|c| format!("{}: {} {}", c.r#type, c.reason, c.message)).collect();
+    let not_ready: Vec<String> = conditions
+        .iter()
+        .filter(|c| !c.status && (need_network || c.r#type != "NetworkReady"))
+        .map(|c| format!("{}: {} {}", c.r#type, c.reason, c.message))
+        .collect();
     if conditions.is_empty() || !not_ready.is_empty() {
         return Err(format!("not ready: {}", not_ready.join("; ")));
     }
     Ok(())
 }
 
-/// The pod network a containerd's CNI config describes.
-struct Network<'a> {
-    pod_cidr: &'a str,
-    bridge: &'a str,
-    in_host: bool,
-}
-
-fn write_config(root: &Path, cni: &Path, registry: &Registry, network: &Network<'_>) -> Result<()> {
+fn write_config(root: &Path, cni: &Path, registry: &Registry) -> Result<()> {
     let r = root.display();
     let host = registry.host();
     let sandbox_image = registry.image(PAUSE_IMAGE);
@@ -371,11 +385,14 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     let path = certs.join("hosts.toml");
     std::fs::write(&path, hosts).map_err(io_err("writing", &path))?;
 
-    let (bridge, pod_cidr) = (network.bridge, network.pod_cidr);
-    let (ip_masq, mtu) = if network.in_host { (false, 1420) } else { (true, 1500) };
+    Ok(())
+}
+
+/// A bridge with host-local IPAM on `pod_cidr`, masquerading what leaves it.
+fn write_conflist(cni: &Path, pod_cidr: &str, bridge: &str) -> Result<()> {
     let conflist = format!(
         r#"{{"cniVersion":"1.0.0","name":"skiff","plugins":[
- {{"type":"bridge","bridge":"{bridge}","isGateway":true,"ipMasq":{ip_masq},"hairpinMode":true,"mtu":{mtu},
+ {{"type":"bridge","bridge":"{bridge}","isGateway":true,"ipMasq":true,"hairpinMode":true,
   "ipam":{{"type":"host-local","ranges":[[{{"subnet":"{pod_cidr}"}}]],
           "routes":[{{"dst":"0.0.0.0/0"}}],"dataDir":"{ipam}"}}}},
  {{"type":"portmap","capabilities":{{"portMappings":true}}}}]}}

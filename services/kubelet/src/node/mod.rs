@@ -7,6 +7,7 @@
 //! NetworkReady. MemoryPressure and DiskPressure compare what /proc/meminfo
 //! and statvfs of `--root-dir` say with the eviction thresholds.
 
+pub mod cni;
 pub mod resources;
 
 use std::collections::{BTreeMap, HashMap};
