@@ -102,7 +102,7 @@ pub fn binary(name: &str) -> Result<PathBuf> {
 pub async fn stop_detached_cluster(state_dir: &Path) -> Result<Vec<String>> {
     let mut stopped = Vec::new();
     if runtime::stop_detached_runtime(state_dir).await? {
-        stopped.push("containerd".to_string());
+        stopped.push("registry and local containerd".to_string());
     }
     stopped.extend(network::stop_detached_hosts(state_dir).await?);
     stopped.extend(stop_detached(state_dir)?);
