@@ -116,7 +116,7 @@ impl Drop for Lan {
             return;
         }
         for host in &self.hosts {
-            let _ = quiet("ip", &["netns", "del", &host.netns]);
+            delete_netns(&host.netns);
         }
         delete_link(&self.bridge);
         if let Some(rules) = self.forward.take() {
@@ -133,7 +133,7 @@ pub fn remove_detached(n: u16) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with(&prefix) {
-                let _ = quiet("ip", &["netns", "del", &name]);
+                delete_netns(&name);
             }
         }
     }
@@ -211,6 +211,17 @@ impl Host {
         all.extend_from_slice(args);
         Process::spawn(name, Path::new("nsenter"), &all, dir, detach)
     }
+}
+
+/// Kills whatever still runs in namespace `name` (a process a crashed parent
+/// left, such as wireguard-go), then deletes it.
+fn delete_netns(name: &str) {
+    if let Ok(out) = quiet("ip", &["netns", "pids", name]) {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-KILL", pid]).stderr(Stdio::null()).status();
+        }
+    }
+    let _ = quiet("ip", &["netns", "del", name]);
 }
 
 fn ip(args: &[&str]) -> Result<()> {
