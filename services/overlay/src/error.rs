@@ -7,6 +7,12 @@
 pub enum Error {
     #[error("connecting to the apiserver")]
     Connect(#[source] skiff_client::Error),
+    #[error("creating metric {name}")]
+    CreateMetric {
+        name: &'static str,
+        #[source]
+        source: skiff_telemetry::prometheus::Error,
+    },
     #[error("serving metrics and health")]
     Telemetry(#[from] skiff_telemetry::Error),
     #[error("invalid --{flag} {value:?}: {reason}")]

@@ -48,12 +48,31 @@ pub fn image_cache_dir() -> PathBuf {
     }
 }
 
+/// The images hold busybox and nothing else: a dynamically linked one
+/// (Debian's `busybox` rather than `busybox-static`) can't start in them.
+fn ensure_static(bin: &Path) -> Result<()> {
+    let head = std::fs::read(bin).map_err(io_err("reading", bin))?;
+    // A dynamic ELF names its loader in PT_INTERP, near the start.
+    let dynamic = head[..head.len().min(4096)].windows(7).any(|w| w == b"ld-linu");
+    if dynamic {
+        return Err(crate::Error::Command {
+            what: "building the test images".into(),
+            command: format!("file {}", bin.display()),
+            status: "dynamically linked".into(),
+            stderr: "the test images need a static busybox: apt-get install busybox-static (scripts/install-deps)"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
 /// Makes sure `registry` holds [`BUSYBOX_IMAGE`], [`PAUSE_IMAGE`] and
 /// [`TESTSERVER_IMAGE`] as built from the current binaries: builds them
 /// into the cache if missing, pushes them if the registry lacks this build.
 /// Idempotent. Needs `skiff-testserver` built (`cargo build -p skiff-testserver`).
 pub async fn ensure_test_images(registry: &Registry) -> Result<()> {
     let testserver = crate::binary(TESTSERVER_BIN)?;
+    ensure_static(Path::new(BUSYBOX_BIN))?;
     let _guard = BUILD.lock().await;
     let key = inputs_key(&[Path::new(BUSYBOX_BIN), &testserver])?;
     let layout = cached_layout(&key, &testserver).await?;

@@ -1,16 +1,45 @@
-//! The pod network between nodes over WireGuard. (Skeleton: filled in by
-//! the WireGuard work.)
+//! The pod network between nodes over WireGuard.
+//!
+//! Each node publishes its public key and endpoint (`InternalIP:port`) on
+//! its Node; every node peers with every other published node, the peer's
+//! allowed IPs being its podCIDR, and routes that CIDR into the interface.
+//! The interface carries a /32 of the node's own podCIDR (its network
+//! address: the CNI bridge takes .1) so that traffic the host itself sends
+//! into the tunnel has a source the peer's allowed IPs accept.
+//!
+//! Level-triggered: each batch of Node changes (and a periodic tick, which
+//! also notices a dead wireguard-go) reconciles annotations, peers and
+//! routes against the whole Node cache.
 
+mod device;
+mod key;
+mod link;
+pub mod peers;
+
+use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
+use serde_json::json;
 use skiff_api::cidr::Cidr;
-use skiff_client::{Client, EventRecorder, InformerEvent, Store};
+use skiff_client::{Client, EventRecorder, EventType, InformerEvent, ObjectRef, Store};
 use skiff_telemetry::Metrics;
 use tokio::sync::mpsc::UnboundedReceiver;
+use wireguard_control::Key;
 
+use crate::metrics::MeshMetrics;
 use crate::Error;
+use device::Device;
+use link::Netlink;
+use peers::{desired_peers, Peer, ENDPOINT_ANNOTATION, PUBLIC_KEY_ANNOTATION};
+
+/// How often the mesh is checked without a change (a dead wireguard-go,
+/// routes someone removed).
+const RESYNC: Duration = Duration::from_secs(10);
+/// Retry after a failed reconcile.
+const RETRY: Duration = Duration::from_secs(1);
 
 /// Which WireGuard implementation carries the mesh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -37,19 +66,45 @@ pub struct Options {
 
 pub struct Mesh {
     options: Options,
+    client: Client,
+    recorder: EventRecorder,
     nodes: Store<Node>,
+    key: Key,
+    device: Device,
+    netlink: Netlink,
+    metrics: MeshMetrics,
+    /// What the device was last configured with; None forces a configure.
+    applied: Option<Vec<Peer>>,
+    /// Rejections already reported, so each bad value gets one Event.
+    reported: HashSet<(String, String)>,
 }
 
 impl Mesh {
-    /// Loads (or creates) the node's key and brings the interface up.
+    /// Loads (or creates) the node's key and creates the interface.
     pub async fn new(
         options: Options,
-        _client: Client,
-        _recorder: EventRecorder,
+        client: Client,
+        recorder: EventRecorder,
         nodes: Store<Node>,
-        _metrics: &Metrics,
+        metrics: &Metrics,
     ) -> Result<Self, Error> {
-        Ok(Self { options, nodes })
+        let key = key::load_or_create(&options.state_dir)?;
+        let device = Device::create(options.mode, &options.interface).await?;
+        let metrics = MeshMetrics::register(metrics)?;
+        metrics.info.with_label_values(&[device.mode()]).set(1);
+        let netlink = Netlink::connect()?;
+        Ok(Self {
+            options,
+            client,
+            recorder,
+            nodes,
+            key,
+            device,
+            netlink,
+            metrics,
+            applied: None,
+            reported: HashSet::new(),
+        })
     }
 
     pub fn subscribe(&self) -> UnboundedReceiver<InformerEvent<Node>> {
@@ -58,12 +113,109 @@ impl Mesh {
 
     /// Keeps peers and routes equal to the other nodes until `shutdown`.
     pub async fn run(
-        self,
-        _events: UnboundedReceiver<InformerEvent<Node>>,
+        mut self,
+        mut events: UnboundedReceiver<InformerEvent<Node>>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), Error> {
-        tracing::warn!(interface = %self.options.interface, "WireGuard mesh not built yet");
-        shutdown.await;
+        tokio::pin!(shutdown);
+        loop {
+            let wait = match self.reconcile().await {
+                Ok(()) => RESYNC,
+                Err(error) => {
+                    self.metrics.errors.inc();
+                    tracing::warn!(error = format!("{error:#}"), "reconciling the WireGuard mesh");
+                    RETRY
+                }
+            };
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                event = events.recv() => if event.is_none() { return Ok(()) },
+                _ = tokio::time::sleep(wait) => {}
+            }
+            // Everything queued so far is in the store already.
+            while events.try_recv().is_ok() {}
+        }
+    }
+
+    async fn reconcile(&mut self) -> Result<(), Error> {
+        let Some(node) = self.nodes.get(&self.options.node_name) else {
+            tracing::debug!(node = %self.options.node_name, "waiting for this node to be registered");
+            return Ok(());
+        };
+        let (Some(own_cidr), Some(ip)) = (pod_cidr(&node), internal_ip(&node)) else {
+            tracing::debug!(node = %self.options.node_name, "waiting for this node's podCIDR and InternalIP");
+            return Ok(());
+        };
+        self.publish(&node, &format!("{ip}:{}", self.options.listen_port)).await?;
+        if self.device.gone() {
+            self.device.restart().await?;
+            self.applied = None;
+        }
+
+        let nodes = self.nodes.list();
+        let (peers, rejected) = desired_peers(nodes.iter().map(|n| n.as_ref()), &self.options.node_name);
+        self.report(&rejected).await;
+        if self.applied.as_ref() != Some(&peers) {
+            self.device.configure(&self.key, self.options.listen_port, &peers).await?;
+            tracing::info!(peers = ?peers.iter().map(|p| p.node.as_str()).collect::<Vec<_>>(), "WireGuard peers set");
+            self.applied = Some(peers.clone());
+        }
+        self.metrics.peers.set(peers.len() as i64);
+
+        let interface = self.device.interface();
+        let index = self
+            .netlink
+            .index(&interface)
+            .await?
+            .ok_or_else(|| Error::WireGuard { what: format!("interface {interface} vanished") })?;
+        self.netlink.up(index, self.options.mtu).await?;
+        let own = own_cidr.nth(0).unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+        self.netlink.ensure_address(index, own).await?;
+        let routes: BTreeSet<Cidr> = peers.iter().map(|p| p.pod_cidr).collect();
+        self.netlink.sync_routes(index, &routes).await
+    }
+
+    /// Puts this node's public key and endpoint on its Node, if they differ.
+    async fn publish(&self, node: &Node, endpoint: &str) -> Result<(), Error> {
+        let public = self.key.get_public().to_base64();
+        let annotations = node.metadata.annotations.as_ref();
+        let current = |k: &str| annotations.and_then(|a| a.get(k)).map(String::as_str);
+        if current(PUBLIC_KEY_ANNOTATION) == Some(public.as_str()) && current(ENDPOINT_ANNOTATION) == Some(endpoint) {
+            return Ok(());
+        }
+        let patch =
+            json!({"metadata": {"annotations": {PUBLIC_KEY_ANNOTATION: public, ENDPOINT_ANNOTATION: endpoint}}});
+        self.client.api::<Node>("").patch(&self.options.node_name, &patch).await.map_err(|source| Error::Api {
+            what: format!("publishing node {}'s WireGuard key", self.options.node_name),
+            source,
+        })?;
+        tracing::info!(endpoint, "published this node's WireGuard key and endpoint");
         Ok(())
     }
+
+    /// One Warning Event per node and bad value; never fails the reconcile.
+    async fn report(&mut self, rejected: &[peers::Rejected]) {
+        for r in rejected {
+            if !self.reported.insert((r.node.clone(), r.message.clone())) {
+                continue;
+            }
+            tracing::warn!(node = %r.node, reason = r.reason, "{}: left out of the WireGuard mesh", r.message);
+            let Some(node) = self.nodes.get(&r.node) else { continue };
+            let message = format!("{} (seen by {}): left out of the WireGuard mesh", r.message, self.options.node_name);
+            if let Err(error) =
+                self.recorder.record(&ObjectRef::of(&*node), EventType::Warning, r.reason, &message).await
+            {
+                tracing::debug!(%error, "recording event failed");
+            }
+        }
+    }
+}
+
+fn pod_cidr(node: &Node) -> Option<Cidr> {
+    node.spec.as_ref()?.pod_cidr.as_deref()?.parse().ok()
+}
+
+fn internal_ip(node: &Node) -> Option<String> {
+    let addresses = node.status.as_ref()?.addresses.as_ref()?;
+    addresses.iter().find(|a| a.type_ == "InternalIP").map(|a| a.address.clone())
 }
