@@ -9,6 +9,8 @@ pub enum Error {
     Connect(#[source] skiff_client::Error),
     #[error("serving metrics and health")]
     Telemetry(#[from] skiff_telemetry::Error),
+    #[error("registering metrics")]
+    Metrics(#[source] skiff_telemetry::Error),
     #[error("invalid --{flag} {value:?}: {reason}")]
     Flag { flag: &'static str, value: String, reason: String },
     #[error("waiting for the {kind} informer to sync")]
