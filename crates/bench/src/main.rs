@@ -32,6 +32,10 @@ enum Scenario {
     /// Cluster DNS: queries/s and p99 for Service names from concurrent UDP
     /// clients, beside dnsmasq serving the same names from a hosts file.
     Dns(scenarios::dns::Options),
+    /// Service data plane: skiff-overlay's initial sync of 1,000 and 10,000
+    /// Services into nftables and Endpoints-change-to-kernel p50/p99, beside
+    /// applying the same one-service change with `nft -f`.
+    ServiceRules(scenarios::service_rules::Options),
 }
 
 #[tokio::main]
@@ -41,5 +45,6 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Scheduler(o) => scenarios::scheduler::run(o).await,
         Scenario::PodStartup(o) => scenarios::pod_startup::run(o).await,
         Scenario::Dns(o) => scenarios::dns::run(o).await,
+        Scenario::ServiceRules(o) => scenarios::service_rules::run(o).await,
     }
 }

@@ -74,7 +74,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let cluster_cidr: Cidr = config.cluster_cidr.parse().map_err(|e| Error::Flag {
         flag: "cluster-cidr",
         value: config.cluster_cidr.clone(),
-        reason: e.to_string(),
+        reason: e,
     })?;
     let metrics = Metrics::new();
     let readiness = Readiness::new();

@@ -1,7 +1,9 @@
 //! skiff-overlay's own metrics, next to the shared ones in skiff-telemetry.
 
-use skiff_telemetry::prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts};
-use skiff_telemetry::Metrics;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use skiff_telemetry::prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts};
+use skiff_telemetry::{Metrics, DURATION_BUCKETS};
 
 use crate::Error;
 
@@ -39,42 +41,49 @@ impl MeshMetrics {
 /// The service proxy.
 #[derive(Clone)]
 pub struct ProxyMetrics {
-    /// `skiff_overlay_proxy_sync_duration_seconds`: one sync, computing and
-    /// applying the nft transaction.
-    pub sync_duration: Histogram,
-    /// `skiff_overlay_proxy_service_ports`: service ports programmed.
-    pub service_ports: IntGauge,
-    /// `skiff_overlay_proxy_sync_errors_total`.
-    pub errors: IntCounter,
+    /// `skiff_overlay_proxy_sync_duration_seconds`: computing and applying one sync.
+    duration: Histogram,
+    /// `skiff_overlay_proxy_services_programmed`: service ports in the table.
+    programmed: IntGauge,
+    /// `skiff_overlay_proxy_sync_errors_total`: syncs whose nft transaction failed.
+    errors: IntCounter,
     /// `skiff_overlay_proxy_last_sync_timestamp_seconds`.
-    pub last_sync: IntGauge,
-    /// `skiff_overlay_proxy_syncs_total`: successful syncs.
-    pub syncs: IntCounter,
+    last_sync: Gauge,
 }
 
 impl ProxyMetrics {
     pub fn register(metrics: &Metrics) -> Result<Self, Error> {
         const DURATION: &str = "skiff_overlay_proxy_sync_duration_seconds";
-        const PORTS: &str = "skiff_overlay_proxy_service_ports";
+        const PROGRAMMED: &str = "skiff_overlay_proxy_services_programmed";
         const ERRORS: &str = "skiff_overlay_proxy_sync_errors_total";
         const LAST: &str = "skiff_overlay_proxy_last_sync_timestamp_seconds";
-        const SYNCS: &str = "skiff_overlay_proxy_syncs_total";
-        let buckets = vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-        let sync_duration = Histogram::with_opts(
-            HistogramOpts::new(DURATION, "Service proxy syncs (rules computed and applied), in seconds.")
-                .buckets(buckets),
+        let duration = Histogram::with_opts(
+            HistogramOpts::new(DURATION, "Time to compute and apply one sync of the nftables table, in seconds.")
+                .buckets(DURATION_BUCKETS.to_vec()),
         )
         .map_err(err(DURATION))?;
-        let service_ports = IntGauge::new(PORTS, "Service ports with rules in nftables.").map_err(err(PORTS))?;
-        let errors = IntCounter::new(ERRORS, "Service proxy syncs that failed.").map_err(err(ERRORS))?;
-        let last_sync = IntGauge::new(LAST, "Unix time of the last successful sync.").map_err(err(LAST))?;
-        let syncs = IntCounter::new(SYNCS, "Successful service proxy syncs.").map_err(err(SYNCS))?;
+        let programmed =
+            IntGauge::new(PROGRAMMED, "Service ports in the nftables table after the last successful sync.")
+                .map_err(err(PROGRAMMED))?;
+        let errors = IntCounter::new(ERRORS, "Syncs whose nft transaction failed.").map_err(err(ERRORS))?;
+        let last_sync = Gauge::new(LAST, "Unix time of the last successful sync.").map_err(err(LAST))?;
         Ok(Self {
-            sync_duration: metrics.register(sync_duration)?,
-            service_ports: metrics.register(service_ports)?,
+            duration: metrics.register(duration)?,
+            programmed: metrics.register(programmed)?,
             errors: metrics.register(errors)?,
             last_sync: metrics.register(last_sync)?,
-            syncs: metrics.register(syncs)?,
         })
+    }
+
+    pub fn synced(&self, elapsed: Duration, service_ports: usize) {
+        self.duration.observe(elapsed.as_secs_f64());
+        self.programmed.set(service_ports as i64);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        self.last_sync.set(now.as_secs_f64());
+    }
+
+    pub fn failed(&self, elapsed: Duration) {
+        self.duration.observe(elapsed.as_secs_f64());
+        self.errors.inc();
     }
 }

@@ -2,3 +2,4 @@ pub mod api;
 pub mod dns;
 pub mod pod_startup;
 pub mod scheduler;
+pub mod service_rules;
