@@ -148,11 +148,15 @@ async fn ready_addresses(cluster: &Cluster, ns: &str, name: &str) -> Vec<String>
 /// ClusterIP, reachable on every host's NodePort; an unready pod leaves the
 /// rotation, a killed host's pods leave the Endpoints, and names outside
 /// the cluster resolve through forwarding.
-#[tokio::test]
+// Multi-threaded: the fake upstream answers on this runtime while the test
+// waits on skiffctl exec, which blocks its thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_dns_and_node_ports_across_hosts() {
     let (upstream, upstream_task) = upstream::fake_upstream().await;
     let options = NetworkOptions {
         dns_upstream: vec![upstream.to_string()],
+        // Heartbeats well inside the grace period: a live node never looks dead.
+        kubelet_args: vec!["--heartbeat-interval=1s".into()],
         controller_manager_args: vec![
             "--node-monitor-grace-period=6s".into(),
             "--default-unreachable-toleration-seconds=2".into(),
@@ -237,7 +241,7 @@ spec:
     }
 
     // An unready backend leaves the rotation.
-    let sick = web.iter().find(|p| node_of(p) != "host-3").unwrap_or(&web[0]);
+    let sick = web.iter().find(|p| node_of(p) == "host-1").unwrap_or(&web[0]);
     let sick_name = sick.metadata.name.clone().unwrap();
     let sick_url = format!("http://{}:8080/fail-health", pod_ip(sick));
     exec(&cluster, ns, "client", &format!("timeout 5 wget -qO- --post-data=x {sick_url}")).expect("fail-health");
@@ -249,13 +253,20 @@ spec:
     assert!(!seen.contains(&sick_name), "an unready pod still answered: {seen:?}");
     assert!(!seen.is_empty(), "nothing answered through the ClusterIP");
 
-    // A killed host's pods leave the Endpoints.
-    let on_host3: Vec<String> = web.iter().filter(|p| node_of(p) == "host-3").map(pod_ip).collect();
-    cluster.kill_service("kubelet-host-3");
-    cluster.kill_service("overlay-host-3");
-    eventually("host-3's pods leave the Endpoints", || async {
+    // A killed host's pods leave the Endpoints: one that runs a ready
+    // backend, not the client's.
+    let victim = web
+        .iter()
+        .find(|p| p.metadata.name != sick.metadata.name && node_of(p) != "host-1")
+        .map(node_of)
+        .expect("a ready backend off the client's host");
+    let on_victim: Vec<String> = web.iter().filter(|p| node_of(p) == victim).map(pod_ip).collect();
+    eprintln!("killing {victim} with backends {on_victim:?}");
+    cluster.kill_service(&format!("kubelet-{victim}"));
+    cluster.kill_service(&format!("overlay-{victim}"));
+    eventually(&format!("{victim}'s pods leave the Endpoints"), || async {
         let ready = ready_addresses(&cluster, ns, "web").await;
-        on_host3.iter().all(|ip| !ready.contains(ip)).then_some(())
+        on_victim.iter().all(|ip| !ready.contains(ip)).then_some(())
     })
     .await;
 
