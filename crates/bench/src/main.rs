@@ -36,6 +36,9 @@ enum Scenario {
     /// Services into nftables and Endpoints-change-to-kernel p50/p99, beside
     /// applying the same one-service change with `nft -f`.
     ServiceRules(scenarios::service_rules::Options),
+    /// Pod-to-pod TCP throughput between two hosts over the WireGuard
+    /// overlay, beside the raw link between the same hosts (iperf3).
+    OverlayThroughput(scenarios::overlay_throughput::Options),
 }
 
 #[tokio::main]
@@ -46,5 +49,6 @@ async fn main() -> anyhow::Result<()> {
         Scenario::PodStartup(o) => scenarios::pod_startup::run(o).await,
         Scenario::Dns(o) => scenarios::dns::run(o).await,
         Scenario::ServiceRules(o) => scenarios::service_rules::run(o).await,
+        Scenario::OverlayThroughput(o) => scenarios::overlay_throughput::run(o).await,
     }
 }

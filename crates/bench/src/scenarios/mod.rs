@@ -3,3 +3,4 @@ pub mod dns;
 pub mod pod_startup;
 pub mod scheduler;
 pub mod service_rules;
+pub mod overlay_throughput;

@@ -1,0 +1,104 @@
+//! Pod-to-pod throughput across hosts over skiff's WireGuard overlay,
+//! beside the raw link between the same two hosts, in the same run.
+//!
+//! Two hosts of a networked cluster (network namespaces on one bridge); a
+//! pod on each; iperf3 runs inside the pods' network namespaces (found
+//! through CRI) — so the overlay path is pod → bridge → WireGuard (userspace
+//! wireguard-go here) → LAN → WireGuard → bridge → pod — and then between
+//! the hosts' LAN addresses, unencrypted.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use skiff_testkit::runtime::cri::v1::runtime_service_client::RuntimeServiceClient;
+use skiff_testkit::runtime::cri::v1::{ListPodSandboxRequest, PodSandboxStatusRequest};
+use skiff_testkit::runtime::{cri_channel, BUSYBOX_IMAGE};
+use skiff_testkit::{eventually, Cluster, ClusterOptions, NetworkOptions};
+
+use crate::report::{figure, ratio};
+
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// Seconds each iperf3 run lasts.
+    #[arg(long, default_value_t = 5)]
+    seconds: u32,
+}
+
+pub async fn run(o: Options) -> anyhow::Result<()> {
+    let network = NetworkOptions { hosts: 2, ..Default::default() };
+    let cluster = Cluster::start_with(ClusterOptions { network: Some(network), ..Default::default() }).await?;
+    let hosts = cluster.network().expect("asked for hosts").hosts();
+    let image = cluster.network().expect("asked for hosts").registry().image(BUSYBOX_IMAGE);
+    let client = cluster.client();
+    for (name, node) in [("sender", "host-1"), ("receiver", "host-2")] {
+        let pod = json!({"metadata": {"name": name}, "spec": {"nodeName": node, "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "c", "image": image, "command": ["sleep", "3600"]}]}});
+        client.create("Pod", "default", &pod).await?;
+    }
+    let ip_of = |name: &'static str| {
+        let client = client.clone();
+        async move {
+            let pod = client.get("Pod", "default", name).await.ok()?;
+            let running = pod["status"]["phase"] == "Running";
+            running.then(|| pod["status"]["podIP"].as_str().map(str::to_string)).flatten()
+        }
+    };
+    let sender_ip = eventually("the sender pod running", || ip_of("sender")).await;
+    let receiver_ip = eventually("the receiver pod running", || ip_of("receiver")).await;
+    let sender_ns = pod_netns(&hosts[0].containerd.socket_path().to_path_buf(), &sender_ip).await?;
+    let receiver_ns = pod_netns(&hosts[1].containerd.socket_path().to_path_buf(), &receiver_ip).await?;
+    println!("# {}s iperf3 TCP, {sender_ip} (host-1) → {receiver_ip} (host-2), then host-1 → host-2 raw", o.seconds);
+
+    let overlay = iperf(&format!("--net={sender_ns}"), &format!("--net={receiver_ns}"), &receiver_ip, o.seconds)?;
+    let (a, b) = (&hosts[0].host, &hosts[1].host);
+    let raw = iperf(
+        &format!("--net={}", a.netns_path().display()),
+        &format!("--net={}", b.netns_path().display()),
+        &b.ip().to_string(),
+        o.seconds,
+    )?;
+    figure("overlay_pod_to_pod_throughput", overlay, "Mbit/s");
+    figure("raw_link_throughput", raw, "Mbit/s");
+    ratio("overlay_vs_raw_link", overlay, raw);
+    Ok(())
+}
+
+/// The network namespace of the sandbox whose pod IP is `ip`, from CRI's
+/// verbose status (containerd puts the runtime spec there).
+async fn pod_netns(socket: &std::path::Path, ip: &str) -> anyhow::Result<String> {
+    let mut cri = RuntimeServiceClient::new(cri_channel(socket).await?);
+    let sandboxes = cri.list_pod_sandbox(ListPodSandboxRequest { filter: None }).await?.into_inner().items;
+    for sandbox in sandboxes {
+        let request = PodSandboxStatusRequest { pod_sandbox_id: sandbox.id, verbose: true };
+        let status = cri.pod_sandbox_status(request).await?.into_inner();
+        if status.status.and_then(|s| s.network).is_none_or(|n| n.ip != ip) {
+            continue;
+        }
+        let info: Value = serde_json::from_str(status.info.get("info").map(String::as_str).unwrap_or("{}"))?;
+        let namespaces = info.pointer("/runtimeSpec/linux/namespaces").and_then(Value::as_array);
+        let path = namespaces
+            .and_then(|n| n.iter().find(|ns| ns["type"] == "network"))
+            .and_then(|ns| ns["path"].as_str())
+            .ok_or_else(|| anyhow::anyhow!("no network namespace in the sandbox status of {ip}"))?;
+        return Ok(path.to_string());
+    }
+    anyhow::bail!("no sandbox with IP {ip}")
+}
+
+/// Mbit/s received by an iperf3 server in netns `server` on `addr` from a
+/// client in netns `client`.
+fn iperf(client: &str, server: &str, addr: &str, seconds: u32) -> anyhow::Result<f64> {
+    let mut listener = Command::new("nsenter")
+        .args([server, "iperf3", "-s", "-1", "-B", addr])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    // The server needs a moment to listen; iperf3 -c fails fast otherwise.
+    std::thread::sleep(Duration::from_millis(500));
+    let out = Command::new("nsenter").args([client, "iperf3", "-c", addr, "-t", &seconds.to_string(), "-J"]).output()?;
+    let _ = listener.wait();
+    let report: Value = serde_json::from_slice(&out.stdout)?;
+    let bps = report.pointer("/end/sum_received/bits_per_second").and_then(Value::as_f64);
+    bps.map(|b| b / 1e6).ok_or_else(|| anyhow::anyhow!("iperf3 to {addr} gave no result: {}", report["error"]))
+}
