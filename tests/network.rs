@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Event, Node, Pod, Service};
 use skiff_testkit::netns::Host;
 use skiff_testkit::{eventually, Cluster, ClusterOptions, NetworkOptions};
 
@@ -109,6 +109,43 @@ async fn pods_reach_pods_on_other_hosts_over_wireguard() {
     assert!(body.contains("server"), "the answer names the server pod: {body}");
     assert_eq!(wire_packets(&host1, "plain"), 0, "pod traffic left host-1 unencrypted");
     assert!(wire_packets(&host1, "wireguard") > 0, "no WireGuard packets left host-1");
+
+    // A node joining is peered and routed; leaving, unrouted.
+    let routes = || String::from_utf8_lossy(&host1.run("ip", &["route"]).unwrap().stdout).into_owned();
+    let ghost_key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="; // any 32 bytes
+    create_node(&cluster, "ghost", ghost_key, "10.42.200.0/24").await;
+    eventually("host-1 routes the new node's pod CIDR into WireGuard", || async {
+        routes().contains("10.42.200.0/24 dev wg-skiff").then_some(())
+    })
+    .await;
+    cluster.client().api::<Node>("").delete("ghost").await.unwrap();
+    eventually("the route goes with the node", || async { (!routes().contains("10.42.200.0/24")).then_some(()) }).await;
+
+    // A node with a malformed key is reported and skipped; the mesh works on.
+    create_node(&cluster, "bogus", "not-a-key", "10.42.201.0/24").await;
+    eventually("a Warning Event about the bogus key", || async {
+        let events = cluster.client().api::<Event>("default").list(&Default::default()).await.ok()?;
+        events
+            .items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("InvalidWireGuardKey") && e.involved_object.name.as_deref() == Some("bogus")
+            })
+            .then_some(())
+    })
+    .await;
+    assert!(pod_get(&cluster, ns, "client", &url).is_some_and(|b| b.contains("server")), "the mesh broke");
+}
+
+/// A Node as an overlay would publish it, with `key` as its WireGuard key.
+async fn create_node(cluster: &Cluster, name: &str, key: &str, pod_cidr: &str) {
+    let node: Node = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "annotations": {
+            "skiff.io/wireguard-public-key": key, "skiff.io/wireguard-endpoint": "172.31.254.1:51820"}},
+        "spec": {"podCIDR": pod_cidr},
+    }))
+    .unwrap();
+    cluster.client().api::<Node>("").create(&node).await.unwrap();
 }
 
 /// Raw HTTP/1.0 GET from this (root) namespace; None when nothing answers.

@@ -1,6 +1,6 @@
 pub mod api;
 pub mod dns;
+pub mod overlay_throughput;
 pub mod pod_startup;
 pub mod scheduler;
 pub mod service_rules;
-pub mod overlay_throughput;

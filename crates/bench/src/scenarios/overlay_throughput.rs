@@ -96,7 +96,8 @@ fn iperf(client: &str, server: &str, addr: &str, seconds: u32) -> anyhow::Result
         .spawn()?;
     // The server needs a moment to listen; iperf3 -c fails fast otherwise.
     std::thread::sleep(Duration::from_millis(500));
-    let out = Command::new("nsenter").args([client, "iperf3", "-c", addr, "-t", &seconds.to_string(), "-J"]).output()?;
+    let out =
+        Command::new("nsenter").args([client, "iperf3", "-c", addr, "-t", &seconds.to_string(), "-J"]).output()?;
     let _ = listener.wait();
     let report: Value = serde_json::from_slice(&out.stdout)?;
     let bps = report.pointer("/end/sum_received/bits_per_second").and_then(Value::as_f64);
