@@ -46,8 +46,8 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     };
     let sender_ip = eventually("the sender pod running", || ip_of("sender")).await;
     let receiver_ip = eventually("the receiver pod running", || ip_of("receiver")).await;
-    let sender_ns = pod_netns(&hosts[0].containerd.socket_path().to_path_buf(), &sender_ip).await?;
-    let receiver_ns = pod_netns(&hosts[1].containerd.socket_path().to_path_buf(), &receiver_ip).await?;
+    let sender_ns = pod_netns(hosts[0].containerd.socket_path(), &sender_ip).await?;
+    let receiver_ns = pod_netns(hosts[1].containerd.socket_path(), &receiver_ip).await?;
     println!("# {}s iperf3 TCP, {sender_ip} (host-1) → {receiver_ip} (host-2), then host-1 → host-2 raw", o.seconds);
 
     let overlay = iperf(&format!("--net={sender_ns}"), &format!("--net={receiver_ns}"), &receiver_ip, o.seconds)?;
