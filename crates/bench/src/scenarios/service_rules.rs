@@ -56,7 +56,17 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         create_services(&client, created..n.max(created)).await?;
         created = created.max(n);
         println!("# created in {:.1} s", start.elapsed().as_secs_f64());
-        measure(&mut cluster, &client, &host, created, o.updates).await?;
+        if let Err(e) = measure(&mut cluster, &client, &host, created, o.updates).await {
+            if let Some(overlay) = cluster.service(OVERLAY) {
+                let log = std::fs::read_to_string(overlay.process.log_path()).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                eprintln!(
+                    "# skiff-overlay's log, last lines:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            return Err(e);
+        }
         cluster.stop_service(OVERLAY);
     }
     drop(cluster);
