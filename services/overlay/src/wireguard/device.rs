@@ -74,9 +74,24 @@ impl Device {
         }
     }
 
+    /// Resolves when the wireguard-go we started exits; never for kernel
+    /// WireGuard or a reused wireguard-go (the periodic check covers those).
+    /// Cancel-safe, so it can sit in a `select!` beside the event feed.
+    pub async fn exited(&mut self) {
+        match &mut self.userspace {
+            Some(child) => {
+                let _ = child.wait().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
     /// Starts wireguard-go again after it died.
     pub async fn restart(&mut self) -> Result<(), Error> {
         tracing::warn!(interface = %self.name, "wireguard-go is gone: starting it again");
+        // Forget the dead child first: if the start fails, `exited` must not
+        // keep resolving (a busy loop); `gone` then sees the missing socket.
+        self.userspace = None;
         self.userspace = start_userspace(&self.name.to_string()).await?;
         Ok(())
     }

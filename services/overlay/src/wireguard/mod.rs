@@ -131,6 +131,8 @@ impl Mesh {
                 _ = &mut shutdown => return Ok(()),
                 event = events.recv() => if event.is_none() { return Ok(()) },
                 _ = tokio::time::sleep(wait) => {}
+                // Its interface, peers and routes went with it: redo them now.
+                _ = self.device.exited() => {}
             }
             // Everything queued so far is in the store already.
             while events.try_recv().is_ok() {}
@@ -138,6 +140,12 @@ impl Mesh {
     }
 
     async fn reconcile(&mut self) -> Result<(), Error> {
+        // Before anything that may return early: a dead wireguard-go must be
+        // restarted even while this node waits for its podCIDR.
+        if self.device.gone() {
+            self.device.restart().await?;
+            self.applied = None;
+        }
         let Some(node) = self.nodes.get(&self.options.node_name) else {
             tracing::debug!(node = %self.options.node_name, "waiting for this node to be registered");
             return Ok(());
@@ -147,10 +155,6 @@ impl Mesh {
             return Ok(());
         };
         self.publish(&node, &format!("{ip}:{}", self.options.listen_port)).await?;
-        if self.device.gone() {
-            self.device.restart().await?;
-            self.applied = None;
-        }
 
         let nodes = self.nodes.list();
         let (peers, rejected) = desired_peers(nodes.iter().map(|n| n.as_ref()), &self.options.node_name);

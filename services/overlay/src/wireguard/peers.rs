@@ -100,4 +100,27 @@ mod tests {
         let reasons: Vec<(&str, &str)> = rejected.iter().map(|r| (r.node.as_str(), r.reason)).collect();
         assert_eq!(reasons, [("badkey", "InvalidWireGuardKey"), ("badendpoint", "InvalidWireGuardEndpoint")]);
     }
+
+    #[test]
+    fn nodes_without_a_pod_cidr_or_being_deleted_are_not_peers_yet() {
+        let key = Key::generate_private().get_public().to_base64();
+        let mut leaving = node("leaving", Some(&key), "172.31.1.12:51820", "10.42.2.0/24");
+        leaving.metadata.deletion_timestamp = serde_json::from_value(json!("2026-01-01T00:00:00Z")).unwrap();
+        let nodes = [node("no-cidr", Some(&key), "172.31.1.13:51820", ""), leaving];
+        assert_eq!(desired_peers(&nodes, "self"), (vec![], vec![]));
+    }
+
+    #[test]
+    fn a_bad_pod_cidr_is_rejected_and_peers_come_sorted_by_node() {
+        let key = Key::generate_private().get_public().to_base64();
+        let nodes = [
+            node("z", Some(&key), "172.31.1.14:51820", "10.42.4.0/24"),
+            node("m", Some(&key), "172.31.1.15:51820", "10.42.300.0/24"),
+            node("a", Some(&key), "172.31.1.12:51820", "10.42.2.0/24"),
+        ];
+        let (peers, rejected) = desired_peers(&nodes, "self");
+        assert_eq!(peers.iter().map(|p| p.node.as_str()).collect::<Vec<_>>(), ["a", "z"]);
+        assert_eq!(rejected.len(), 1);
+        assert_eq!((rejected[0].node.as_str(), rejected[0].reason), ("m", "InvalidPodCIDR"));
+    }
 }
