@@ -9,11 +9,13 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Endpoints, Event, Node, Pod, Service};
-use skiff_testkit::netns::Host;
 use skiff_testkit::{eventually, Cluster, ClusterOptions, NetworkOptions};
 
 #[path = "support/upstream.rs"]
 mod upstream;
+#[path = "support/wire.rs"]
+mod wire;
+use wire::{count_wire, wire_packets};
 
 async fn networked(hosts: usize, options: NetworkOptions) -> Cluster {
     let network = NetworkOptions { hosts, ..options };
@@ -62,25 +64,6 @@ fn pod_ip(pod: &Pod) -> String {
 
 fn node_of(pod: &Pod) -> String {
     pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default()
-}
-
-/// Counters in host `host`'s namespace for what leaves by its LAN link:
-/// plain pod traffic (to the pod network) and WireGuard (UDP 51820).
-fn count_wire(host: &Host) {
-    let rules = "table ip wirecount {\n chain out {\n  type filter hook postrouting priority 0; policy accept;\n  oifname \"eth0\" ip daddr 10.42.0.0/16 counter comment \"plain\"\n  oifname \"eth0\" udp dport 51820 counter comment \"wireguard\"\n }\n}\n";
-    let mut child = host.command("nft").args(["-f", "-"]).stdin(std::process::Stdio::piped()).spawn().expect("run nft");
-    child.stdin.take().unwrap().write_all(rules.as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success(), "installing the wire counters");
-}
-
-/// Packets counted by the rule commented `which` of [`count_wire`].
-fn wire_packets(host: &Host, which: &str) -> u64 {
-    let out = host.run("nft", &["list", "table", "ip", "wirecount"]).expect("list the wire counters");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let line = text.lines().find(|l| l.contains(&format!("comment \"{which}\""))).expect("counter rule");
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let at = words.iter().position(|w| *w == "packets").expect("packets field");
-    words[at + 1].parse().unwrap()
 }
 
 /// A pod on host-1 reaches a pod on host-2 by its IP, and what crossed

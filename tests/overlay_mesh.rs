@@ -8,7 +8,6 @@
 //! Needs root (namespaces, nft) and the binaries:
 //! `cargo build -p skiff-apiserver -p skiff-overlay --bins`.
 
-use std::io::Write;
 use std::net::SocketAddr;
 
 use serde_json::{json, Value};
@@ -17,6 +16,10 @@ use skiff_testkit::netns::{Host, Lan};
 use skiff_testkit::{eventually, free_port, Cluster, ClusterOptions};
 
 const IFACE: &str = "wg-skiff";
+#[path = "support/wire.rs"]
+mod wire;
+use wire::{count_wire, wire_packets};
+
 const KEY: &str = "skiff.io/wireguard-public-key";
 const ENDPOINT: &str = "skiff.io/wireguard-endpoint";
 
@@ -54,24 +57,6 @@ fn pings(from: &Host, to: &str) -> bool {
 
 fn routes(host: &Host) -> String {
     String::from_utf8_lossy(&host.run("ip", &["route"]).expect("ip route").stdout).into_owned()
-}
-
-/// Counters on what leaves `host` by its LAN link: plain traffic to the pod
-/// network (must stay 0) and WireGuard.
-fn count_wire(host: &Host) {
-    let rules = "table ip skiffwire {\n chain out {\n  type filter hook postrouting priority 0; policy accept;\n  oifname \"eth0\" ip daddr 10.42.0.0/16 counter comment \"plain\"\n  oifname \"eth0\" udp dport 51820 counter comment \"wireguard\"\n }\n}\n";
-    let mut child = host.command("nft").args(["-f", "-"]).stdin(std::process::Stdio::piped()).spawn().expect("run nft");
-    child.stdin.take().unwrap().write_all(rules.as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success(), "installing the wire counters");
-}
-
-fn wire_packets(host: &Host, which: &str) -> u64 {
-    let out = host.run("nft", &["list", "table", "ip", "skiffwire"]).expect("list the wire counters");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let line = text.lines().find(|l| l.contains(&format!("comment \"{which}\""))).expect("counter rule");
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let at = words.iter().position(|w| *w == "packets").expect("packets field");
-    words[at + 1].parse().unwrap()
 }
 
 fn scrape(host: &Host, metrics: SocketAddr) -> String {
