@@ -316,7 +316,7 @@ async fn bad_images_and_missing_commands_say_why() {
     assert!(event["message"].as_str().unwrap().contains("configmap \"late-config\" not found"), "{event}");
     let waiting = get_pod(&client, "needs-config").await.unwrap();
     assert_eq!(waiting["status"]["phase"], "Pending");
-    assert_eq!(container(&waiting, 0)["state"]["waiting"]["reason"], "ContainerCreating");
+    assert_eq!(container(&waiting, 0)["state"]["waiting"]["reason"], "ContainerCreating", "{waiting}");
     let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "late-config", "namespace": NS},
                     "data": {"k": "v"}});
     client.create("ConfigMap", NS, &cm).await.unwrap();

@@ -270,14 +270,8 @@ async fn sync_key(
         return Ok(None);
     };
     let out = syncer.sync(&pod).await?;
-    let about = ObjectRef::of(pod.as_ref());
-    for e in &out.events {
-        let ty = if e.warning { EventType::Warning } else { EventType::Normal };
-        if let Err(error) = recorder.record(&about, ty, e.reason, &e.message).await {
-            tracing::debug!(pod = %key, %error, "recording an event failed");
-        }
-    }
     if out.delete {
+        record_events(recorder, &pod, &out.events).await;
         match client.delete_with_grace("Pod", ns, name, Some(0)).await {
             Ok(_) => tracing::info!(pod = %key, "pod stopped and deleted"),
             Err(e) if e.is_not_found() => {}
@@ -294,7 +288,20 @@ async fn sync_key(
             Err(source) => return Err(Error::WritePodStatus { pod: key.to_string(), source }),
         }
     }
+    // After the status: whoever sees an Event finds the pod already in the
+    // state it explains (a FailedMount pod is ContainerCreating).
+    record_events(recorder, &pod, &out.events).await;
     Ok(out.requeue)
+}
+
+async fn record_events(recorder: &EventRecorder, pod: &Pod, events: &[sync::PodEvent]) {
+    let about = ObjectRef::of(pod);
+    for e in events {
+        let ty = if e.warning { EventType::Warning } else { EventType::Normal };
+        if let Err(error) = recorder.record(&about, ty, e.reason, &e.message).await {
+            tracing::debug!(pod = %about.name, %error, "recording an event failed");
+        }
+    }
 }
 
 #[cfg(test)]
