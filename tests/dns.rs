@@ -11,24 +11,13 @@ use hickory_proto::rr::{Name, RecordType};
 use serde_json::{json, Value};
 use skiff_client::Client;
 use skiff_testkit::{eventually, Cluster};
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::UdpSocket;
 
 #[path = "support/upstream.rs"]
 mod upstream;
 use upstream::fake_upstream;
 
 const NS: &str = "default";
-
-/// A loopback port free for both UDP and TCP right now.
-async fn free_port() -> u16 {
-    loop {
-        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if UdpSocket::bind(("127.0.0.1", port)).await.is_ok() {
-            return port;
-        }
-    }
-}
 
 /// One query over UDP; None when nothing came back within 2 s.
 async fn query(server: SocketAddr, name: &str, rtype: RecordType) -> Option<Message> {
@@ -78,7 +67,7 @@ async fn start() -> (Cluster, Client, SocketAddr, tokio::task::JoinHandle<()>) {
     let (upstream, upstream_task) = fake_upstream().await;
     let mut cluster = Cluster::start().await.expect("start cluster");
     let client = cluster.client();
-    let port = free_port().await;
+    let port = skiff_testkit::free_port();
     let args = [format!("--listen=127.0.0.1:{port}"), format!("--upstream={upstream}")];
     cluster.start_service("dns", "skiff-dns", &args).await.expect("start skiff-dns");
     (cluster, client, SocketAddr::from(([127, 0, 0, 1], port)), upstream_task)
@@ -180,7 +169,7 @@ async fn forwarding_failure_is_servfail() {
     // An upstream that never answers: a bound socket nobody reads.
     let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut cluster = Cluster::start().await.expect("start cluster");
-    let port = free_port().await;
+    let port = skiff_testkit::free_port();
     let args = [format!("--listen=127.0.0.1:{port}"), format!("--upstream={}", silent.local_addr().unwrap())];
     let metrics = cluster.start_service("dns", "skiff-dns", &args).await.expect("start skiff-dns");
     let dns = SocketAddr::from(([127, 0, 0, 1], port));

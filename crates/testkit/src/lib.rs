@@ -65,9 +65,36 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// A loopback port that was free a moment ago.
+/// Ports handed out by [`free_port`]: below Linux's ephemeral range
+/// (32768–60999), so no outgoing connection takes one between the check
+/// and the server's bind.
+const TEST_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A port free on loopback for TCP and UDP that no other caller in this
+/// process has been given. A port that the kernel handed out for binding
+/// port 0 could be handed out again at once (even to the same cluster, as
+/// etcd's client and peer port), or taken by an outgoing connection;
+/// a counter outside the ephemeral range has neither race. Each process
+/// starts at its own offset, so concurrent test binaries rarely meet, and
+/// a port something already listens on is skipped.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = u32::from(TEST_PORTS.end - TEST_PORTS.start);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % span,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let offset = NEXT.fetch_add(1, Ordering::SeqCst) % span;
+        let port = TEST_PORTS.start + offset as u16;
+        let loopback = std::net::Ipv4Addr::LOCALHOST;
+        if TcpListener::bind((loopback, port)).is_ok() && std::net::UdpSocket::bind((loopback, port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Where cargo put the skiff binaries: `$SKIFF_BIN_DIR`, else the folder of
