@@ -16,7 +16,7 @@ pub mod selector;
 mod validation;
 
 pub use admission::{decode_typed, normalize};
-pub use duration::parse_duration;
+pub use duration::{parse_duration, parse_period};
 pub use error::{Error, FieldError};
 pub use kinds::{KindInfo, KINDS};
 pub use selector::{FieldSelector, LabelSelector};

@@ -9,7 +9,8 @@
 //! - [`Metrics`] and [`GrpcMetrics`]: a Prometheus registry each service adds
 //!   its own collectors to, plus the request counters every gRPC server shares.
 //! - [`serve_http`] and [`Readiness`]: the `/metrics`, `/healthz` and `/readyz`
-//!   endpoints.
+//!   endpoints; [`ServiceOps`] starts them with a registry and a [`Stop`]
+//!   flag, the one way a service sets up and drains its operational side.
 //! - [`inject_trace_context`], [`extract_trace_context`], [`TraceInterceptor`]:
 //!   carrying trace context across gRPC hops.
 //! - [`shutdown_signal`]: the SIGINT/SIGTERM future that starts a drain.
@@ -23,6 +24,7 @@ mod error;
 mod http;
 mod logging;
 mod metrics;
+mod ops;
 mod propagation;
 mod readiness;
 mod signal;
@@ -31,6 +33,7 @@ pub use crate::error::Error;
 pub use crate::http::serve_http;
 pub use crate::logging::{init, TelemetryGuard};
 pub use crate::metrics::{grpc_code_label, GrpcMetrics, Metrics, DURATION_BUCKETS};
+pub use crate::ops::{ServiceOps, Stop};
 pub use crate::propagation::{extract_trace_context, inject_trace_context, set_remote_parent, TraceInterceptor};
 pub use crate::readiness::Readiness;
 pub use crate::signal::shutdown_signal;

@@ -12,7 +12,6 @@ mod service;
 mod storage;
 mod watch;
 
-use skiff_api::parse_duration;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,7 +21,7 @@ use skiff_api::proto::objects_server::ObjectsServer;
 use skiff_api::proto::pod_proxy_server::PodProxyServer;
 use skiff_api::KINDS;
 use skiff_telemetry::prometheus::{HistogramOpts, HistogramVec, IntGauge};
-use skiff_telemetry::{GrpcMetrics, Metrics, Readiness};
+use skiff_telemetry::{GrpcMetrics, ServiceOps};
 use tokio::sync::watch as signal;
 
 pub use error::Error;
@@ -43,7 +42,7 @@ pub struct Config {
     #[arg(long, default_value_t = 10_000)]
     pub watch_cache_events: usize,
     /// How often an idle filtered watch gets a bookmark.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = skiff_api::parse_period)]
     pub bookmark_interval: Duration,
     /// The range Service cluster IPs come from (its tenth address is kept for the DNS Service).
     #[arg(long, default_value = "10.43.0.0/16")]
@@ -63,27 +62,14 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let metrics = Metrics::new();
-    let grpc = GrpcMetrics::register(&metrics)?;
-    let etcd_latency = metrics.register(HistogramVec::new(
+    let ops = ServiceOps::start(config.metrics_listen).await?;
+    let grpc = GrpcMetrics::register(&ops.metrics)?;
+    let etcd_latency = ops.metrics.register(HistogramVec::new(
         HistogramOpts::new("skiff_apiserver_etcd_request_duration_seconds", "Latency of etcd calls by operation")
             .buckets(skiff_telemetry::DURATION_BUCKETS.to_vec()),
         &["operation"],
     )?)?;
-    let watchers = metrics.register(IntGauge::new("skiff_apiserver_watchers", "Open client watches")?)?;
-    let readiness = Readiness::new();
-
-    let (stop_tx, stop_rx) = signal::channel(false);
-    let http_stop = {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-    let (metrics_addr, http) =
-        skiff_telemetry::serve_http(config.metrics_listen, metrics.registry().clone(), readiness.clone(), http_stop)
-            .await?;
-    tracing::info!(%metrics_addr, "serving metrics and health");
+    let watchers = ops.metrics.register(IntGauge::new("skiff_apiserver_watchers", "Open client watches")?)?;
 
     let storage = storage::Storage::connect(&config.etcd_endpoints, etcd_latency).await?;
     let mut caches = HashMap::new();
@@ -91,7 +77,7 @@ pub async fn run(
     for info in KINDS {
         let cache = cache::WatchCache::new(info, config.watch_cache_events);
         let (ready_tx, ready_rx) = signal::channel(false);
-        tokio::spawn(cache.clone().run(storage.clone(), ready_tx, stop_rx.clone()));
+        tokio::spawn(cache.clone().run(storage.clone(), ready_tx, ops.stop.receiver()));
         synced.push(ready_rx);
         caches.insert(info.kind, cache);
     }
@@ -109,14 +95,14 @@ pub async fn run(
     let pod_proxy = PodProxyServer::new(proxy::PodProxyService {
         registry: registry.clone(),
         metrics: grpc.clone(),
-        shutdown: stop_rx.clone(),
+        shutdown: ops.stop.receiver(),
         kubelets: proxy::Kubelets::default(),
     });
     let service = service::ObjectsService {
         registry,
         metrics: grpc,
         watchers,
-        shutdown: stop_rx.clone(),
+        shutdown: ops.stop.receiver(),
         bookmark_interval: config.bookmark_interval,
     };
     let server = ObjectsServer::new(service)
@@ -124,12 +110,17 @@ pub async fn run(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "serving the object API");
-    readiness.set_ready();
+    ops.readiness.set_ready();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let drain = async move {
-        shutdown.await;
-        tracing::info!("shutting down");
-        let _ = stop_tx.send(true);
+    let drain = {
+        let (readiness, stop) = (ops.readiness.clone(), ops.stop.clone());
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            readiness.set_not_ready("shutting down");
+            // Ends open watches (UNAVAILABLE) so the server's drain can finish.
+            stop.raise();
+        }
     };
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -137,6 +128,6 @@ pub async fn run(
         .add_service(pod_proxy)
         .serve_with_incoming_shutdown(incoming, drain)
         .await?;
-    let _ = http.await;
+    ops.shutdown().await;
     Ok(())
 }

@@ -82,6 +82,21 @@ impl Registry {
         &self.caches[info.kind]
     }
 
+    /// The kind's watch cache once it shows this apiserver's own latest write
+    /// of the kind (waiting at most READ_YOUR_WRITES_WAIT). Every decision
+    /// read from a cache goes through here, so a client's write is never
+    /// undone by a read that came before it: a create in a namespace just
+    /// marked for deletion is refused, a pod on a Node just created waits
+    /// for its kubelet.
+    async fn cache_with_own_writes(&self, info: &KindInfo) -> &Arc<WatchCache> {
+        let cache = self.cache(info);
+        let wanted = self.last_write[info.kind].load(Ordering::Relaxed);
+        if cache.revision() < wanted {
+            cache.wait_for(wanted, READ_YOUR_WRITES_WAIT).await;
+        }
+        cache
+    }
+
     fn note_write(&self, info: &KindInfo, revision: i64) {
         self.last_write[info.kind].fetch_max(revision, Ordering::Relaxed);
     }
@@ -116,7 +131,7 @@ impl Registry {
     async fn check_namespace(&self, ns: &str) -> Result<(), Error> {
         let info = KindInfo::by_kind("Namespace")?;
         let key = info.key("", ns);
-        let deleting = match self.cache(info).get(&key) {
+        let deleting = match self.cache_with_own_writes(info).await.get(&key) {
             Some(cached) => cached.deleting,
             // Not cached yet (created a moment ago elsewhere): ask etcd.
             None => match self.storage.get(&key).await? {
@@ -221,12 +236,8 @@ impl Registry {
         limit: usize,
         continue_token: &str,
     ) -> Result<Page, Error> {
-        let cache = self.cache(info);
         if continue_token.is_empty() {
-            let wanted = self.last_write[info.kind].load(Ordering::Relaxed);
-            if cache.revision() < wanted {
-                cache.wait_for(wanted, READ_YOUR_WRITES_WAIT).await;
-            }
+            let cache = self.cache_with_own_writes(info).await;
             let limit = if limit == 0 { usize::MAX } else { limit };
             return Ok(cache.page(filter, &filter.key_prefix, limit, None).expect("an unpinned page always answers"));
         }
@@ -236,7 +247,7 @@ impl Registry {
             .filter(|(_, k)| k.starts_with(&filter.key_prefix))
             .ok_or_else(|| Error::BadRequest(format!("continue: {continue_token:?} is not a token this list gave")))?;
         let limit = if limit == 0 { usize::MAX } else { limit };
-        if let Some(page) = cache.page(filter, start, limit, Some(revision)) {
+        if let Some(page) = self.cache(info).page(filter, start, limit, Some(revision)) {
             return Ok(page);
         }
         self.page_from_etcd(info, filter, start, limit, revision).await
@@ -423,11 +434,12 @@ impl Registry {
             }
             // An empty namespace has nothing for the namespace controller to
             // clean up, so its `kubernetes` finalizer would only add a round trip.
-            let empty_namespace =
-                info.kind == "Namespace" && meta::finalizers(&current).is_empty() && self.namespace_is_empty(name);
+            let empty_namespace = info.kind == "Namespace"
+                && meta::finalizers(&current).is_empty()
+                && self.namespace_is_empty(name).await;
             // Only a kubelet can stop a bound pod's containers, so only its
             // final delete (grace 0) removes the pod.
-            let graceful = info.kind == "Pod" && grace != Some(0) && self.has_live_kubelet(&current);
+            let graceful = info.kind == "Pod" && grace != Some(0) && self.has_live_kubelet(&current).await;
             let swap = if (!has_finalizers(info, &current) && !graceful) || empty_namespace {
                 self.storage.delete_if(&key, stored.mod_revision).await?
             } else if meta::str_field(&current, "deletionTimestamp").is_empty() {
@@ -467,13 +479,13 @@ impl Registry {
     /// deletion: the Node exists and is Ready. A pod on a missing or
     /// unreachable node is deleted at once instead of waiting forever (as
     /// Kubernetes' pod garbage collector force-deletes such pods).
-    fn has_live_kubelet(&self, pod: &Value) -> bool {
+    async fn has_live_kubelet(&self, pod: &Value) -> bool {
         let node = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default();
         if node.is_empty() {
             return false;
         }
         let Ok(info) = KindInfo::by_kind("Node") else { return false };
-        let Some(cached) = self.cache(info).get(&info.key("", node)) else { return false };
+        let Some(cached) = self.cache_with_own_writes(info).await.get(&info.key("", node)) else { return false };
         let Ok(node) = serde_json::from_slice::<Value>(&cached.json) else { return false };
         node.pointer("/status/conditions")
             .and_then(Value::as_array)
@@ -481,15 +493,18 @@ impl Registry {
     }
 
     /// Whether the watch caches hold no object in namespace `ns`.
-    fn namespace_is_empty(&self, ns: &str) -> bool {
-        skiff_api::KINDS.iter().filter(|info| info.namespaced).all(|info| {
+    async fn namespace_is_empty(&self, ns: &str) -> bool {
+        for info in skiff_api::KINDS.iter().filter(|info| info.namespaced) {
             let filter = Filter {
                 key_prefix: info.key_prefix(Some(ns)),
                 labels: skiff_api::LabelSelector::everything(),
                 fields: skiff_api::FieldSelector::default(),
             };
-            self.cache(info).list(&filter).0.is_empty()
-        })
+            if !self.cache_with_own_writes(info).await.list(&filter).0.is_empty() {
+                return false;
+            }
+        }
+        true
     }
 
     /// Binds a pod to a node: one compare-and-swap that sets spec.nodeName

@@ -7,7 +7,7 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service};
 use skiff_client::{CacheSync, Client, Informer, ListParams, Object, Store};
-use tokio::sync::watch;
+use skiff_telemetry::Stop;
 use tokio::task::JoinHandle;
 
 /// Namespace of the node heartbeats.
@@ -28,8 +28,8 @@ pub struct Informers {
 }
 
 impl Informers {
-    /// Starts every informer; they run until `stop` turns true.
-    pub fn start(client: &Client, stop: watch::Receiver<bool>) -> (Self, Vec<JoinHandle<()>>) {
+    /// Starts every informer; they run until `stop` is raised.
+    pub fn start(client: &Client, stop: Stop) -> (Self, Vec<JoinHandle<()>>) {
         let mut runners = Vec::new();
         let informers = Self {
             pods: spawn(client.api::<Pod>(""), &stop, &mut runners),
@@ -66,13 +66,9 @@ impl Informers {
     }
 }
 
-fn spawn<K: Object>(
-    api: skiff_client::Api<K>,
-    stop: &watch::Receiver<bool>,
-    runners: &mut Vec<JoinHandle<()>>,
-) -> Store<K> {
+fn spawn<K: Object>(api: skiff_client::Api<K>, stop: &Stop, runners: &mut Vec<JoinHandle<()>>) -> Store<K> {
     let informer = Informer::new(api, ListParams::default());
     let store = informer.store();
-    runners.push(tokio::spawn(informer.run(crate::stopped(stop.clone()))));
+    runners.push(tokio::spawn(informer.run(stop.raised())));
     store
 }

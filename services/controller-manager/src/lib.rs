@@ -24,8 +24,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use skiff_client::{Client, LeaderElector, LeaseTimings};
-use skiff_telemetry::{Metrics, Readiness};
-use tokio::sync::watch;
+use skiff_telemetry::ServiceOps;
 
 pub use error::Error;
 
@@ -76,35 +75,19 @@ pub struct Config {
     pub node_cidr_mask_size: u8,
 }
 
-/// Resolves when `rx` turns true (or its sender is gone).
-pub(crate) async fn stopped(mut rx: watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
-}
-
 /// Runs until `shutdown` resolves (or leadership is lost, which is an error:
 /// the process exits and a supervisor restarts it as a fresh candidate).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let node_ipam = node_ipam_ranges(&config)?;
     let client = Client::from_env(config.server.as_deref())?;
-    let metrics = Metrics::new();
-    let reconcile_metrics = metrics::ReconcileMetrics::register(&metrics)?;
-    let readiness = Readiness::new();
-    readiness.set_not_ready("caches not synced");
+    let ops = ServiceOps::start(config.metrics_listen).await?;
+    let reconcile_metrics = metrics::ReconcileMetrics::register(&ops.metrics)?;
+    ops.readiness.set_not_ready("caches not synced");
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (metrics_addr, http) = skiff_telemetry::serve_http(
-        config.metrics_listen,
-        metrics.registry().clone(),
-        readiness.clone(),
-        stopped(stop_rx.clone()),
-    )
-    .await?;
-    tracing::info!(%metrics_addr, "serving metrics and health");
-
-    let (informers, runners) = informers::Informers::start(&client, stop_rx.clone());
+    let (informers, runners) = informers::Informers::start(&client, ops.stop.clone());
     let ready = {
         let informers = informers.clone();
-        let readiness = readiness.clone();
+        let readiness = ops.readiness.clone();
         async move {
             if informers.wait_synced().await.is_ok() {
                 tracing::info!("caches synced");
@@ -125,7 +108,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         default_not_ready_toleration_seconds: config.default_not_ready_toleration_seconds,
         node_ipam,
     };
-    let on_leading = controllers::run_all(controllers, stop_rx.clone());
+    let on_leading = controllers::run_all(controllers, ops.stop.clone());
 
     let result = if config.leader_elect {
         let identity = identity();
@@ -146,13 +129,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         Ok(())
     };
     tracing::info!("shutting down");
-    readiness.set_not_ready("shutting down");
-    let _ = stop_tx.send(true);
+    ops.shutdown().await;
     ready.abort();
     for runner in runners {
         let _ = runner.await;
     }
-    let _ = http.await;
     result
 }
 

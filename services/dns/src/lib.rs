@@ -27,9 +27,8 @@ use hickory_server::Server;
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use skiff_api::parse_duration;
 use skiff_client::{Client, Informer, ListParams};
-use skiff_telemetry::{Metrics, Readiness};
+use skiff_telemetry::ServiceOps;
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 pub use error::Error;
@@ -70,22 +69,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         .map_err(|source| Error::ClusterDomain { domain: config.cluster_domain.clone(), source })?;
     let upstreams = upstreams(&config.upstream)?;
     let ttl = u32::try_from(config.ttl.as_secs()).unwrap_or(u32::MAX);
-    let metrics = Metrics::new();
-    let dns_metrics = metrics::DnsMetrics::register(&metrics)?;
-    let readiness = Readiness::new();
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-    let (metrics_addr, http) =
-        skiff_telemetry::serve_http(config.metrics_listen, metrics.registry().clone(), readiness.clone(), stopped())
-            .await
-            .map_err(Error::from)?;
-    tracing::info!(%metrics_addr, "serving metrics and health");
+    let ops = ServiceOps::start(config.metrics_listen).await.map_err(Error::from)?;
+    let dns_metrics = metrics::DnsMetrics::register(&ops.metrics)?;
 
     // Bound now so a taken port fails at start; served only after sync, so
     // no one gets NXDOMAIN from a zone not yet filled.
@@ -116,9 +101,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 
     let mut tasks = JoinSet::new();
     let events = view.subscribe();
-    tasks.spawn(svc_informer.run(stopped()));
-    tasks.spawn(eps_informer.run(stopped()));
-    tasks.spawn(pod_informer.run(stopped()));
+    tasks.spawn(svc_informer.run(ops.stop.raised()));
+    tasks.spawn(eps_informer.run(ops.stop.raised()));
+    tasks.spawn(pod_informer.run(ops.stop.raised()));
 
     let result: Result<(), Error> = async {
         tokio::pin!(shutdown);
@@ -127,26 +112,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             synced = stores.wait_synced() => synced?,
         }
         view.rebuild();
-        tasks.spawn(view.run(events, stopped()));
+        tasks.spawn(view.run(events, ops.stop.raised()));
 
         let mut server = Server::new(handler::Handler::new(zone, forwarder, dns_metrics));
         server.register_socket(udp);
         server.register_listener(tcp, TCP_TIMEOUT, TCP_RESPONSE_BUFFER);
-        readiness.set_ready();
+        ops.readiness.set_ready();
         tracing::info!(listen = %config.listen, domain = %origin, ?upstreams, "serving DNS");
         tokio::select! {
             _ = &mut shutdown => {}
             done = server.block_until_done() => done.map_err(Error::Serve)?,
         }
-        readiness.set_not_ready("shutting down");
+        ops.readiness.set_not_ready("shutting down");
         server.shutdown_gracefully().await.map_err(Error::Serve)
     }
     .await;
 
-    readiness.set_not_ready("shutting down");
-    let _ = stop_tx.send(true);
+    ops.shutdown().await;
     while tasks.join_next().await.is_some() {}
-    let _ = http.await;
     result.map_err(Into::into)
 }
 

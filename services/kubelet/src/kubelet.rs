@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use skiff_client::Client;
-use skiff_telemetry::{Metrics, Readiness};
+use skiff_telemetry::ServiceOps;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -32,31 +32,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         .into());
     }
     let client = Client::from_env(config.server.as_deref())?;
-    let registry = Metrics::new();
-    let readiness = Readiness::new();
-    readiness.set_not_ready("registering the node");
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (metrics_addr, http) =
-        skiff_telemetry::serve_http(config.metrics_listen, registry.registry().clone(), readiness.clone(), {
-            let mut stop = stop_rx.clone();
-            async move {
-                let _ = stop.wait_for(|s| *s).await;
-            }
-        })
-        .await
-        .map_err(Error::from)?;
-    tracing::info!(%metrics_addr, node = %node.name, ip = %node.ip, endpoint = %config.container_runtime_endpoint, "starting the kubelet");
+    let ops = ServiceOps::start(config.metrics_listen).await.map_err(Error::from)?;
+    ops.readiness.set_not_ready("registering the node");
+    tracing::info!(node = %node.name, ip = %node.ip, endpoint = %config.container_runtime_endpoint, "starting the kubelet");
 
     // The kubelet API (logs, exec, stats) for the apiserver to proxy to, on
     // the address the Node reports.
     let socket = config.container_runtime_endpoint.trim_start_matches("unix://");
     let cri = server::connect_cri(std::path::Path::new(socket)).await?;
-    let stopped = |mut stop: watch::Receiver<bool>| async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
     let api_addr = std::net::SocketAddr::from((node.ip, config.kubelet_port));
-    node.kubelet_port = server::serve(api_addr, cri.clone(), stopped(stop_rx.clone())).await?.port();
+    node.kubelet_port = server::serve(api_addr, cri.clone(), ops.stop.raised()).await?.port();
     let node = Arc::new(node);
 
     let (pods, config_maps, secrets) = pods::informers(&client, &node.name);
@@ -85,27 +70,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             mtu: config.cni_mtu,
             ipam_dir: config.cni_ipam_dir.clone(),
         };
-        tasks.spawn(node::cni::run(client.clone(), node.name.clone(), settings, stop_rx.clone()));
+        tasks.spawn(node::cni::run(client.clone(), node.name.clone(), settings, ops.stop.clone()));
     }
-    tasks.spawn(node::run(client.clone(), runtime, node, timing, registered_tx, stop_rx.clone()));
+    tasks.spawn(node::run(client.clone(), runtime, node, timing, registered_tx, ops.stop.clone()));
     tasks.spawn({
-        let mut stop = stop_rx.clone();
+        let (stopped, readiness) = (ops.stop.raised(), ops.readiness.clone());
         async move {
             tokio::select! {
-                _ = stop.wait_for(|s| *s) => {}
+                _ = stopped => {}
                 r = registered_rx.wait_for(|r| *r) => if r.is_ok() { readiness.set_ready() },
             }
         }
     });
-    let stats = server::StatsMetrics::register(&registry)?;
-    tasks.spawn(stats.run(cri, config.status_interval, stopped(stop_rx.clone())));
+    let stats = server::StatsMetrics::register(&ops.metrics)?;
+    tasks.spawn(stats.run(cri, config.status_interval, ops.stop.raised()));
     let pod_loop = PodLoop { client, syncer, pods, config_maps, secrets, relist_interval: config.relist_interval };
-    tasks.spawn(pods::run(pod_loop, stop_rx));
+    tasks.spawn(pods::run(pod_loop, ops.stop.clone()));
 
     shutdown.await;
     tracing::info!("shutting down");
-    let _ = stop_tx.send(true);
+    ops.shutdown().await;
     while tasks.join_next().await.is_some() {}
-    let _ = http.await;
     Ok(())
 }

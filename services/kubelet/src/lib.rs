@@ -62,10 +62,10 @@ pub struct Config {
     #[arg(long, value_parser = parse_labels, default_value = "")]
     pub node_labels: Labels,
     /// How often each node renews its Lease in kube-node-lease.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = skiff_api::parse_period)]
     pub heartbeat_interval: Duration,
     /// How often each node writes its status (Ready's lastHeartbeatTime).
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = skiff_api::parse_period)]
     pub status_interval: Duration,
     /// The range fake pod IPs come from; each node gets its own slice of it.
     #[arg(long, default_value = "10.128.0.0/9")]
@@ -126,14 +126,14 @@ pub struct Config {
     #[arg(long, value_parser = parse_resources, default_value = "")]
     pub extended_resources: Labels,
     /// First wait before restarting a crashed container; doubles per crash.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = skiff_api::parse_period)]
     pub crash_backoff_initial: Duration,
     /// Longest wait before restarting a crashed container.
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = skiff_api::parse_period)]
     pub crash_backoff_max: Duration,
     /// How often the containers' states are listed from the runtime to see
     /// exits (as Kubernetes' PLEG relist).
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = skiff_api::parse_period)]
     pub relist_interval: Duration,
     /// MemoryPressure is True when less memory than this is available.
     #[arg(long, default_value = "100Mi")]
@@ -167,22 +167,6 @@ pub fn parse_resources(s: &str) -> Result<Labels, String> {
     Ok(labels)
 }
 
-/// Parses `500ms`, `5s`, `2m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 500ms, 5s or 2m"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" | "" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        _ => return Err(format!("{s:?} has an unknown unit (use ms, s or m)")),
-    };
-    if d.is_zero() {
-        return Err(format!("{s:?} must be longer than zero"));
-    }
-    Ok(d)
-}
-
 /// Parses `k=v,k2=v2` (empty for none), checking keys and values as label
 /// keys and values.
 pub fn parse_labels(s: &str) -> Result<Labels, String> {
@@ -199,16 +183,6 @@ pub fn parse_labels(s: &str) -> Result<Labels, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("1h").is_err());
-        assert!(parse_duration("s").is_err());
-    }
 
     #[test]
     fn labels() {

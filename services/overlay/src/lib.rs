@@ -26,8 +26,7 @@ use std::path::PathBuf;
 use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
 use skiff_api::cidr::Cidr;
 use skiff_client::{Client, EventRecorder, Informer, ListParams};
-use skiff_telemetry::{Metrics, Readiness};
-use tokio::sync::watch;
+use skiff_telemetry::ServiceOps;
 use tokio::task::JoinSet;
 
 pub use error::Error;
@@ -76,22 +75,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         value: config.cluster_cidr.clone(),
         reason: e,
     })?;
-    let metrics = Metrics::new();
-    let readiness = Readiness::new();
+    let ops = ServiceOps::start(config.metrics_listen).await.map_err(Error::from)?;
     let recorder = EventRecorder::new(client.clone(), "skiff-overlay");
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-    let (metrics_addr, http) =
-        skiff_telemetry::serve_http(config.metrics_listen, metrics.registry().clone(), readiness.clone(), stopped())
-            .await
-            .map_err(Error::from)?;
-    tracing::info!(%metrics_addr, "serving metrics and health");
 
     let nodes = Informer::new(client.api::<Node>(""), ListParams::default());
     let services = Informer::new(client.api::<Service>(""), ListParams::default());
@@ -106,7 +91,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             wireguard_interface: (config.wireguard != wireguard::Mode::Off).then(|| config.wireguard_interface.clone()),
         },
         stores.clone(),
-        &metrics,
+        &ops.metrics,
     )?;
     let proxy_events = proxier.subscribe();
     let mesh = match config.wireguard {
@@ -125,7 +110,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
                 client.clone(),
                 recorder.clone(),
                 stores.nodes.clone(),
-                &metrics,
+                &ops.metrics,
             )
             .await?,
         ),
@@ -133,9 +118,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let mesh_events = mesh.as_ref().map(wireguard::Mesh::subscribe);
 
     let mut tasks = JoinSet::new();
-    tasks.spawn(nodes.run(stopped()));
-    tasks.spawn(services.run(stopped()));
-    tasks.spawn(endpoints.run(stopped()));
+    tasks.spawn(nodes.run(ops.stop.raised()));
+    tasks.spawn(services.run(ops.stop.raised()));
+    tasks.spawn(endpoints.run(ops.stop.raised()));
 
     let result: Result<(), Error> = async {
         tokio::pin!(shutdown);
@@ -144,11 +129,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             synced = stores.wait_synced() => synced?,
         }
         let mut loops = JoinSet::new();
-        loops.spawn(proxier.run(proxy_events, stopped()));
+        loops.spawn(proxier.run(proxy_events, ops.stop.raised()));
         if let (Some(mesh), Some(events)) = (mesh, mesh_events) {
-            loops.spawn(mesh.run(events, stopped()));
+            loops.spawn(mesh.run(events, ops.stop.raised()));
         }
-        readiness.set_ready();
+        ops.readiness.set_ready();
         tracing::info!(node = %config.node_name, "overlay running");
         tokio::select! {
             _ = &mut shutdown => Ok(()),
@@ -160,9 +145,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     }
     .await;
 
-    readiness.set_not_ready("shutting down");
-    let _ = stop_tx.send(true);
+    ops.shutdown().await;
     while tasks.join_next().await.is_some() {}
-    let _ = http.await;
     result.map_err(Into::into)
 }

@@ -32,8 +32,7 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use skiff_client::{Client, Informer, LeaderElector, LeaseTimings, ListParams};
-use skiff_telemetry::{Metrics, Readiness};
-use tokio::sync::watch;
+use skiff_telemetry::ServiceOps;
 use tokio::task::JoinSet;
 
 pub use error::Error;
@@ -102,22 +101,8 @@ fn default_identity() -> String {
 /// kube-scheduler does, since its cache may hold assumptions of a leader).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let client = Client::from_env(config.server.as_deref()).map_err(Error::Connect)?;
-    let metrics = Metrics::new();
-    let scheduler_metrics = metrics::SchedulerMetrics::register(&metrics)?;
-    let readiness = Readiness::new();
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-    let (metrics_addr, http) =
-        skiff_telemetry::serve_http(config.metrics_listen, metrics.registry().clone(), readiness.clone(), stopped())
-            .await
-            .map_err(Error::from)?;
-    tracing::info!(%metrics_addr, "serving metrics and health");
+    let ops = ServiceOps::start(config.metrics_listen).await.map_err(Error::from)?;
+    let scheduler_metrics = metrics::SchedulerMetrics::register(&ops.metrics)?;
 
     let pod_informer = Informer::new(client.api::<Pod>(""), ListParams::default());
     let node_informer = Informer::new(client.api::<Node>(""), ListParams::default());
@@ -132,9 +117,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 
     let mut tasks = JoinSet::new();
     let (pod_events, node_events) = (pod_informer.subscribe(), node_informer.subscribe());
-    tasks.spawn(pod_informer.run(stopped()));
-    tasks.spawn(node_informer.run(stopped()));
-    tasks.spawn(scheduler.clone().handle_events(pod_events, node_events, stopped()));
+    tasks.spawn(pod_informer.run(ops.stop.raised()));
+    tasks.spawn(node_informer.run(ops.stop.raised()));
+    tasks.spawn(scheduler.clone().handle_events(pod_events, node_events, ops.stop.raised()));
 
     let result = async {
         tokio::pin!(shutdown);
@@ -146,7 +131,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             _ = &mut shutdown => return Ok(()),
             synced = synced => synced?,
         }
-        readiness.set_ready();
+        ops.readiness.set_ready();
         tracing::info!(pods = pod_store.len(), nodes = node_store.len(), "caches synced");
 
         if !config.leader_elect {
@@ -173,10 +158,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     }
     .await;
 
-    readiness.set_not_ready("shutting down");
     scheduler.shutdown();
-    let _ = stop_tx.send(true);
+    ops.shutdown().await;
     while tasks.join_next().await.is_some() {}
-    let _ = http.await;
     result.map_err(Into::into)
 }

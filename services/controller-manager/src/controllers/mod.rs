@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use skiff_client::{Client, Controller, InformerEvent, Object, Reconcile, Store, WorkQueue};
-use tokio::sync::watch;
+use skiff_telemetry::Stop;
 use tokio::task::JoinSet;
 
 use crate::informers::Informers;
@@ -40,9 +40,9 @@ pub struct Context {
     pub node_ipam: node_ipam::Ranges,
 }
 
-/// Runs every controller until `stop` turns true. Dropping the future (the
+/// Runs every controller until `stop` is raised. Dropping the future (the
 /// lease was lost) stops them all: every task lives in one `JoinSet`.
-pub async fn run_all(ctx: Context, stop: watch::Receiver<bool>) {
+pub async fn run_all(ctx: Context, stop: Stop) {
     let mut set = JoinSet::new();
     replicaset::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     deployment::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
@@ -64,16 +64,15 @@ pub async fn run_all(ctx: Context, stop: watch::Receiver<bool>) {
 /// Where a controller's tasks go.
 pub struct Wiring<'a> {
     set: &'a mut JoinSet<()>,
-    stop: &'a watch::Receiver<bool>,
+    stop: &'a Stop,
 }
 
 impl Wiring<'_> {
     /// Feeds every event of `store` to `handler` (which enqueues keys) until stop.
     pub fn on_events<K: Object>(&mut self, store: &Store<K>, handler: impl Fn(InformerEvent<K>) + Send + 'static) {
         let mut events = store.subscribe();
-        let stop = self.stop.clone();
+        let stopped = self.stop.raised();
         self.set.spawn(async move {
-            let stopped = crate::stopped(stop);
             tokio::pin!(stopped);
             loop {
                 tokio::select! {
@@ -96,9 +95,9 @@ impl Wiring<'_> {
         for cache in ctx.caches.all() {
             controller = controller.wait_for(cache);
         }
-        let stop = self.stop.clone();
+        let stopped = self.stop.raised();
         self.set.spawn(async move {
-            if let Err(error) = controller.run(crate::stopped(stop)).await {
+            if let Err(error) = controller.run(stopped).await {
                 tracing::error!(controller = R::NAME, %error, "controller stopped");
             }
         });

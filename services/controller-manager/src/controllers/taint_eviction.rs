@@ -141,18 +141,19 @@ impl Reconcile for TaintEvictionController {
         }
         let node_name = util::name(&node.metadata);
         tracing::info!(pod = key, node = node_name, taint = %taint.key, "evicting pod from tainted node");
-        match self.client.api::<Pod>(util::namespace(&pod.metadata)).delete(util::name(&pod.metadata)).await {
-            Ok(_) => {}
-            Err(e) if e.is_not_found() => return Ok(Action::done()),
-            Err(source) => return Err(Error::Delete { kind: "Pod".into(), key: key.into(), source }),
-        }
+        // The Event first, as Kubernetes' taint manager does: whoever sees
+        // the pod go finds why.
         let msg = format!("Marking for deletion Pod {key}");
         if let Err(error) =
             self.recorder.record(&ObjectRef::of(pod.as_ref()), EventType::Normal, "TaintManagerEviction", &msg).await
         {
             tracing::debug!(%error, "recording event failed");
         }
-        Ok(Action::done())
+        match self.client.api::<Pod>(util::namespace(&pod.metadata)).delete(util::name(&pod.metadata)).await {
+            Ok(_) => Ok(Action::done()),
+            Err(e) if e.is_not_found() => Ok(Action::done()),
+            Err(source) => Err(Error::Delete { kind: "Pod".into(), key: key.into(), source }),
+        }
     }
 }
 

@@ -6,9 +6,10 @@ use std::collections::HashSet;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use skiff_client::{Informer, ListParams};
-use tokio::sync::{mpsc, watch};
+use skiff_telemetry::Stop;
+use tokio::sync::mpsc;
 
-use super::{heartbeat, stopped, Fleet, Hollow};
+use super::{heartbeat, Fleet, Hollow};
 
 pub const CONTROL_NAMESPACE: &str = "kube-system";
 pub const CONTROL_NAME: &str = "hollow-control";
@@ -18,7 +19,7 @@ pub const STOPPED_KEY: &str = "stopped";
 /// Follows the ConfigMap until stopped: stops the nodes it lists and
 /// revives the ones taken off the list (sending each revived node to
 /// `revived`, so its pods are looked at again).
-pub(super) async fn run(hollow: Hollow, revived: mpsc::UnboundedSender<usize>, stop: watch::Receiver<bool>) {
+pub(super) async fn run(hollow: Hollow, revived: mpsc::UnboundedSender<usize>, stop: Stop) {
     let api = hollow.client.api::<ConfigMap>(CONTROL_NAMESPACE);
     let informer = Informer::new(api, ListParams::default().fields(&format!("metadata.name={CONTROL_NAME}")));
     let store = informer.store();
@@ -51,7 +52,7 @@ pub(super) async fn run(hollow: Hollow, revived: mpsc::UnboundedSender<usize>, s
             }
         }
     };
-    tokio::join!(informer.run(stopped(stop)), follow);
+    tokio::join!(informer.run(stop.raised()), follow);
 }
 
 /// The node names `data.stopped` lists (none without the ConfigMap).

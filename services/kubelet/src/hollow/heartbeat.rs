@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::sync::{watch, Semaphore};
+use skiff_telemetry::Stop;
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::registration::{node_object, node_status};
-use super::{now_micro, stopped, Hollow, IN_FLIGHT, LEASE_DURATION_SECONDS, LEASE_NAMESPACE};
+use super::{now_micro, Hollow, IN_FLIGHT, LEASE_DURATION_SECONDS, LEASE_NAMESPACE};
 use crate::Error;
 
 /// How often each node renews its Lease and rewrites its status.
@@ -28,7 +29,7 @@ const MIN_STEP: Duration = Duration::from_millis(10);
 
 /// Renews Leases and rewrites statuses until stopped. Stopped nodes are
 /// skipped.
-pub(super) async fn run(hollow: Hollow, timing: Timing, stop: watch::Receiver<bool>) {
+pub(super) async fn run(hollow: Hollow, timing: Timing, stop: Stop) {
     let leases = spread(hollow.clone(), timing.lease, stop.clone(), |h, node| async move {
         if let Err(error) = renew_lease(&h, node).await {
             h.metrics.errors.with_label_values(&["heartbeat"]).inc();
@@ -59,7 +60,7 @@ fn due(nodes: usize, steps: usize, step: usize) -> impl Iterator<Item = usize> {
 /// Calls `action` for each running node once every `period`, at the node's
 /// own offset, with at most [`IN_FLIGHT`] calls outstanding. A slow
 /// apiserver slows the loop down rather than piling up calls.
-async fn spread<F, Fut>(hollow: Hollow, period: Duration, stop: watch::Receiver<bool>, action: F)
+async fn spread<F, Fut>(hollow: Hollow, period: Duration, stop: Stop, action: F)
 where
     F: Fn(Hollow, usize) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
@@ -76,7 +77,7 @@ where
     let mut step = 0;
     loop {
         tokio::select! {
-            _ = stopped(stop.clone()) => return,
+            _ = stop.raised() => return,
             _ = ticker.tick() => {}
         }
         while in_flight.try_join_next().is_some() {}
@@ -85,7 +86,7 @@ where
                 continue;
             }
             let permit = tokio::select! {
-                _ = stopped(stop.clone()) => return,
+                _ = stop.raised() => return,
                 permit = permits.clone().acquire_owned() => match permit {
                     Ok(p) => p,
                     Err(_) => return,

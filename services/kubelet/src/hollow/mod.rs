@@ -45,8 +45,8 @@ use std::time::Duration;
 
 use chrono::{SecondsFormat, TimeZone, Utc};
 use skiff_client::Client;
-use skiff_telemetry::{Metrics, Readiness};
-use tokio::sync::{mpsc, watch};
+use skiff_telemetry::ServiceOps;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::{Config, Error, Labels};
@@ -66,28 +66,18 @@ pub const LEASE_DURATION_SECONDS: i64 = 40;
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let fleet = Arc::new(Fleet::new(&config)?);
     let client = Client::from_env(config.server.as_deref())?;
-    let registry = Metrics::new();
-    let metrics = HollowMetrics::register(&registry)?;
-    let readiness = Readiness::new();
-    readiness.set_not_ready("registering nodes");
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (metrics_addr, http) =
-        skiff_telemetry::serve_http(config.metrics_listen, registry.registry().clone(), readiness.clone(), {
-            let stop = stop_rx.clone();
-            async move { stopped(stop).await }
-        })
-        .await
-        .map_err(Error::from)?;
-    tracing::info!(%metrics_addr, nodes = fleet.len(), prefix = %config.node_name_prefix, "starting hollow nodes");
+    let ops = ServiceOps::start(config.metrics_listen).await.map_err(Error::from)?;
+    let metrics = HollowMetrics::register(&ops.metrics)?;
+    ops.readiness.set_not_ready("registering nodes");
+    tracing::info!(nodes = fleet.len(), prefix = %config.node_name_prefix, "starting hollow nodes");
 
     let hollow = Hollow { client, fleet, metrics };
     let (revive_tx, revive_rx) = mpsc::unbounded_channel();
     let mut tasks = JoinSet::new();
-    tasks.spawn(control::run(hollow.clone(), revive_tx, stop_rx.clone()));
-    tasks.spawn(pods::run(hollow.clone(), revive_rx, stop_rx.clone()));
+    tasks.spawn(control::run(hollow.clone(), revive_tx, ops.stop.clone()));
+    tasks.spawn(pods::run(hollow.clone(), revive_rx, ops.stop.clone()));
     tasks.spawn({
-        let (hollow, stop) = (hollow.clone(), stop_rx.clone());
+        let (hollow, stop, readiness) = (hollow.clone(), ops.stop.clone(), ops.readiness.clone());
         let timing = heartbeat::Timing { lease: config.heartbeat_interval, status: config.status_interval };
         async move {
             if registration::register_all(&hollow, stop.clone()).await {
@@ -100,15 +90,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 
     shutdown.await;
     tracing::info!("shutting down");
-    let _ = stop_tx.send(true);
+    ops.shutdown().await;
     while tasks.join_next().await.is_some() {}
-    let _ = http.await;
     Ok(())
-}
-
-/// Resolves once the stop flag is raised (or its sender is gone).
-async fn stopped(mut stop: watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// What every part of hollow mode shares. Cheap to clone.

@@ -13,10 +13,11 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{json, Value};
 use skiff_client::{key_of, Backoff, Informer, InformerEvent, ListParams, Store, WorkQueue};
-use tokio::sync::{mpsc, watch};
+use skiff_telemetry::Stop;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::{now_time, stopped, Hollow};
+use super::{now_time, Hollow};
 use crate::Error;
 
 /// Workers marking pods Running: enough that a burst of 10,000 bound pods
@@ -28,7 +29,7 @@ const BACKOFF: Backoff = Backoff { base: Duration::from_millis(5), max: Duration
 
 /// Follows the pods bound to our nodes until stopped. A node in `revived`
 /// has come back from being stopped: its pods are looked at again.
-pub(super) async fn run(hollow: Hollow, mut revived: mpsc::UnboundedReceiver<usize>, stop: watch::Receiver<bool>) {
+pub(super) async fn run(hollow: Hollow, mut revived: mpsc::UnboundedReceiver<usize>, stop: Stop) {
     // Pending pods are none of a kubelet's business: only bound ones come.
     let params = ListParams::default().fields("spec.nodeName!=");
     let informer = Informer::new(hollow.client.api::<Pod>(""), params);
@@ -37,7 +38,7 @@ pub(super) async fn run(hollow: Hollow, mut revived: mpsc::UnboundedReceiver<usi
     let queue = WorkQueue::<String>::with_backoff(BACKOFF);
 
     let mut tasks = JoinSet::new();
-    tasks.spawn(informer.run(stopped(stop.clone())));
+    tasks.spawn(informer.run(stop.raised()));
     tasks.spawn({
         let (hollow, queue) = (hollow.clone(), queue.clone());
         async move {
@@ -64,7 +65,7 @@ pub(super) async fn run(hollow: Hollow, mut revived: mpsc::UnboundedReceiver<usi
     // of those already Running (after a restart) are taken, so that no new
     // pod gets one of them.
     tokio::select! {
-        _ = stopped(stop.clone()) => {}
+        _ = stop.raised() => {}
         synced = store.wait_synced() => {
             if synced.is_ok() {
                 tracing::info!(pods = store.len(), "pod cache synced");
@@ -73,7 +74,7 @@ pub(super) async fn run(hollow: Hollow, mut revived: mpsc::UnboundedReceiver<usi
                     tasks.spawn(worker(hollow.clone(), store.clone(), queue.clone()));
                 }
             }
-            stopped(stop).await;
+            stop.raised().await;
         }
     }
     queue.shutdown();

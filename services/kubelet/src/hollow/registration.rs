@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{json, Map, Value};
-use tokio::sync::watch;
+use skiff_telemetry::Stop;
 
 use super::{heartbeat, now_time, Fleet, Hollow, IN_FLIGHT, RETRY_BASE, RETRY_MAX};
 use crate::Error;
@@ -18,13 +18,13 @@ const EPHEMERAL_STORAGE: &str = "100Gi";
 
 /// Registers every node, [`IN_FLIGHT`] at a time, retrying each until it
 /// succeeds. Returns false if stopped first.
-pub(super) async fn register_all(hollow: &Hollow, stop: watch::Receiver<bool>) -> bool {
+pub(super) async fn register_all(hollow: &Hollow, stop: Stop) -> bool {
     let all = futures::stream::iter(0..hollow.fleet.len())
         .map(|node| register_until_done(hollow, node))
         .buffer_unordered(IN_FLIGHT)
         .for_each(|()| async {});
     tokio::select! {
-        _ = super::stopped(stop) => false,
+        _ = stop.raised() => false,
         _ = all => true,
     }
 }

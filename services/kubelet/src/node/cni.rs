@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::Node;
 use skiff_client::{Client, Informer, ListParams};
-use tokio::sync::watch;
+use skiff_telemetry::Stop;
 
 use crate::Error;
 
@@ -70,18 +70,12 @@ impl CniSettings {
 
 /// Watches this node and writes the CNI config whenever its podCIDR is set
 /// or changes, until `stop`.
-pub async fn run(client: Client, node: String, settings: CniSettings, mut stop: watch::Receiver<bool>) {
+pub async fn run(client: Client, node: String, settings: CniSettings, stop: Stop) {
     let params = ListParams { field_selector: format!("metadata.name={node}"), ..Default::default() };
     let informer = Informer::new(client.api::<Node>(""), params);
     let store = informer.store();
     let mut events = informer.subscribe();
-    let stopped = {
-        let mut stop = stop.clone();
-        async move {
-            let _ = stop.wait_for(|s| *s).await;
-        }
-    };
-    tokio::spawn(informer.run(stopped));
+    tokio::spawn(informer.run(stop.raised()));
     loop {
         let cidr = store.get(&node).and_then(|n| n.spec.as_ref()?.pod_cidr.clone()).filter(|c| !c.is_empty());
         if let Some(cidr) = cidr {
@@ -94,7 +88,7 @@ pub async fn run(client: Client, node: String, settings: CniSettings, mut stop: 
             }
         }
         tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.raised() => return,
             event = events.recv() => if event.is_none() { return },
         }
         while events.try_recv().is_ok() {}

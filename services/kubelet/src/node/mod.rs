@@ -19,6 +19,7 @@ use std::time::Duration;
 use chrono::{SecondsFormat, Utc};
 use serde_json::{json, Value};
 use skiff_client::Client;
+use skiff_telemetry::Stop;
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
@@ -226,7 +227,7 @@ pub async fn run(
     node: Arc<NodeAgent>,
     timing: Timing,
     registered: watch::Sender<bool>,
-    mut stop: watch::Receiver<bool>,
+    stop: Stop,
 ) {
     let mut failures = 0u32;
     loop {
@@ -237,7 +238,7 @@ pub async fn run(
                 failures += 1;
                 tracing::warn!(error = format!("{error:#}"), ?delay, "node registration failed, retrying");
                 tokio::select! {
-                    _ = stop.wait_for(|s| *s) => return,
+                    _ = stop.raised() => return,
                     _ = tokio::time::sleep(delay) => {}
                 }
             }
@@ -252,7 +253,7 @@ pub async fn run(
     let mut last_health: Option<Health> = None;
     loop {
         tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.raised() => return,
             _ = lease_tick.tick() => {}
         }
         if let Err(error) = renew_lease(&client, &node.name).await {

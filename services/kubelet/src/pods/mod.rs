@@ -22,7 +22,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use skiff_client::{
     key_of, Backoff, Client, EventRecorder, EventType, Informer, InformerEvent, ListParams, ObjectRef, Store, WorkQueue,
 };
-use tokio::sync::{mpsc, watch};
+use skiff_telemetry::Stop;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::runtime::labels;
@@ -75,12 +76,8 @@ pub fn informers(client: &Client, node_name: &str) -> (Informer<Pod>, Informer<C
     (pods, config_maps, secrets)
 }
 
-async fn stopped(mut stop: watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
-
 /// Runs the informers, the relist and the workers until stopped.
-pub async fn run(pl: PodLoop, stop: watch::Receiver<bool>) {
+pub async fn run(pl: PodLoop, stop: Stop) {
     let pod_store = pl.pods.store();
     let cm_store = pl.config_maps.store();
     let secret_store = pl.secrets.store();
@@ -90,9 +87,9 @@ pub async fn run(pl: PodLoop, stop: watch::Receiver<bool>) {
     let pod_events = pl.pods.subscribe();
     let cm_events = pl.config_maps.subscribe();
     let secret_events = pl.secrets.subscribe();
-    tasks.spawn(pl.pods.run(stopped(stop.clone())));
-    tasks.spawn(pl.config_maps.run(stopped(stop.clone())));
-    tasks.spawn(pl.secrets.run(stopped(stop.clone())));
+    tasks.spawn(pl.pods.run(stop.raised()));
+    tasks.spawn(pl.config_maps.run(stop.raised()));
+    tasks.spawn(pl.secrets.run(stop.raised()));
     tasks.spawn(feed_pods(pod_events, queue.clone()));
     tasks.spawn(feed_users(cm_events, pod_store.clone(), queue.clone(), Uses::ConfigMap));
     tasks.spawn(feed_users(secret_events, pod_store.clone(), queue.clone(), Uses::Secret));
@@ -105,7 +102,7 @@ pub async fn run(pl: PodLoop, stop: watch::Receiver<bool>) {
         secret_store.wait_synced().await
     };
     tokio::select! {
-        _ = stopped(stop.clone()) => {}
+        _ = stop.raised() => {}
         result = synced => {
             if result.is_ok() {
                 tracing::info!(pods = pod_store.len(), "pod caches synced");
@@ -115,7 +112,7 @@ pub async fn run(pl: PodLoop, stop: watch::Receiver<bool>) {
                     tasks.spawn(worker(pl.client.clone(), pl.syncer.clone(), pod_store.clone(), queue.clone(), recorder.clone()));
                 }
             }
-            stopped(stop).await;
+            stop.raised().await;
         }
     }
     queue.shutdown();
@@ -178,13 +175,13 @@ fn uses(pod: &Pod, kind: Uses, name: &str) -> bool {
 
 /// Lists the runtime every `interval` and queues the pods whose
 /// sandboxes or containers changed state, appeared or went.
-async fn relist(syncer: Arc<PodSyncer>, queue: WorkQueue<String>, interval: Duration, stop: watch::Receiver<bool>) {
+async fn relist(syncer: Arc<PodSyncer>, queue: WorkQueue<String>, interval: Duration, stop: Stop) {
     let mut last: HashMap<String, (i32, String)> = HashMap::new();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = stopped(stop.clone()) => return,
+            _ = stop.raised() => return,
             _ = tick.tick() => {}
         }
         let rt = syncer.runtime.as_ref();
