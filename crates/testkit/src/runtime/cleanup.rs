@@ -133,7 +133,10 @@ fn unescape_mountinfo(s: &str) -> String {
 }
 
 /// Removes what CNI and runc keep outside the state dir for the given ids
-/// (normally gone already), then the shared folders if they are empty.
+/// (normally gone already). The folders they sit in (`/run/containerd/s`,
+/// `/var/lib/cni/results`, the `k8s.io` cgroup) stay even when empty: a
+/// containerd of another test may be about to put something in them, and
+/// removing one under it fails its next pod.
 pub(super) fn remove_leftovers(ids: &[String]) {
     if let Ok(results) = std::fs::read_dir("/var/lib/cni/results") {
         for e in results.flatten() {
@@ -150,20 +153,7 @@ pub(super) fn remove_leftovers(ids: &[String]) {
                 let _ = std::fs::remove_dir(ctrl.join(CRI_NAMESPACE).join(id));
                 let _ = std::fs::remove_dir(ctrl.join(id));
             }
-            let _ = std::fs::remove_dir(ctrl.join(CRI_NAMESPACE));
         }
-    }
-    // Empty folders only: another containerd may still use them.
-    for d in [
-        "/run/containerd/runc/k8s.io",
-        "/run/containerd/runc",
-        "/run/containerd/s",
-        "/run/containerd/fifo",
-        "/run/containerd",
-        "/var/lib/cni/results",
-        "/var/lib/cni",
-    ] {
-        let _ = std::fs::remove_dir(d);
     }
 }
 

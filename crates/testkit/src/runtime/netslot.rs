@@ -93,6 +93,16 @@ impl Drop for NetSlot {
 }
 
 fn try_claim(file: &PathBuf) -> bool {
+    // Taking over a stale claim is read, remove, create: two claimants doing
+    // it at once could both win. The pool's lock file makes it one at a time
+    // (flock excludes other threads' opens as well as other processes).
+    let lock = file.with_file_name(".lock");
+    let Ok(lock) = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock) else {
+        return false;
+    };
+    if lock.lock().is_err() {
+        return false;
+    }
     for _ in 0..2 {
         match std::fs::OpenOptions::new().write(true).create_new(true).open(file) {
             Ok(mut f) => {
@@ -101,7 +111,6 @@ fn try_claim(file: &PathBuf) -> bool {
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 let holder = std::fs::read_to_string(file).ok().and_then(|s| s.trim().parse::<u32>().ok());
-                // An empty file is a claim being written right now: leave it.
                 match holder {
                     Some(pid) if !crate::process::running(pid) => {
                         let _ = std::fs::remove_file(file);
