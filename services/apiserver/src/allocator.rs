@@ -27,10 +27,10 @@ use skiff_api::cidr::Cidr;
 use skiff_api::Error as ModelError;
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::cache::{Filter, WatchCache};
+use crate::cache::WatchCache;
 
 /// How long an allocation waits for the cache to show this apiserver's
-/// own last Service write (a delete that freed an IP, say).
+/// own last Service write.
 const CACHE_WAIT: Duration = Duration::from_secs(3);
 
 // === impl PortRange ===
@@ -317,77 +317,97 @@ struct Pending {
     used: Used,
 }
 
+/// What the allocator remembers between Service writes.
+#[derive(Default)]
+struct Ledger {
+    /// This apiserver's writes the cache may not show yet.
+    pending: Vec<Pending>,
+    /// What each cached Service holds, by key, with the revision it was
+    /// read at: only Services changed since the last write are decoded
+    /// again, so a write costs a pass over the keys, not a parse of every
+    /// Service (which made 10,000 creates take minutes).
+    cached: HashMap<String, (i64, Used)>,
+}
+
 /// Serializes Service writes in this apiserver and works out what is taken.
 pub struct ServiceAllocator {
     ranges: Ranges,
-    pending: Mutex<Vec<Pending>>,
+    ledger: Mutex<Ledger>,
 }
 
 /// A Service write in progress: holds the allocator's lock until dropped.
 pub struct Allocation<'a> {
     ranges: Ranges,
-    pending: MutexGuard<'a, Vec<Pending>>,
-    /// Every Service's holdings by key, from the cache and pending writes.
-    held: HashMap<String, Used>,
+    ledger: MutexGuard<'a, Ledger>,
     key: Option<String>,
     claimed: Used,
 }
 
 impl ServiceAllocator {
     pub fn new(ranges: Ranges) -> Self {
-        Self { ranges, pending: Mutex::new(Vec::new()) }
+        Self { ranges, ledger: Mutex::new(Ledger::default()) }
     }
 
     /// Starts a Service write: waits for the lock and for the cache to show
-    /// `last_write` (this apiserver's latest Service write), then reads what
-    /// every Service holds.
+    /// `last_write` (this apiserver's latest Service write: a delete frees
+    /// its IP for a create right after, which asks for it again), then
+    /// brings the ledger up to what the cache shows.
     pub async fn begin(&self, cache: &WatchCache, last_write: i64) -> Allocation<'_> {
-        let mut pending = self.pending.lock().await;
+        let mut ledger = self.ledger.lock().await;
         if cache.revision() < last_write {
             cache.wait_for(last_write, CACHE_WAIT).await;
         }
-        let filter = Filter {
-            key_prefix: cache.info.key_prefix(None),
-            labels: skiff_api::LabelSelector::everything(),
-            fields: skiff_api::FieldSelector::default(),
-        };
-        let (items, revision) = cache.list(&filter);
-        pending.retain(|p| p.revision > revision);
-        let mut held = HashMap::new();
-        for json in items {
-            if let Ok(svc) = serde_json::from_slice::<Value>(&json) {
-                let key = cache.info.key(skiff_api::meta::namespace(&svc), skiff_api::meta::name(&svc));
-                held.insert(key, Used::of(&svc));
-            }
-        }
-        // Newer than the cache: these win over what it shows.
-        for p in pending.iter() {
-            held.insert(p.key.clone(), p.used.clone());
-        }
-        Allocation { ranges: self.ranges, pending, held, key: None, claimed: Used::default() }
+        let (objects, revision) = cache.objects(&cache.info.key_prefix(None));
+        ledger.pending.retain(|p| p.revision > revision);
+        let mut previous = std::mem::take(&mut ledger.cached);
+        ledger.cached = objects
+            .into_iter()
+            .map(|o| {
+                let used = match previous.remove(&o.key) {
+                    Some((at, used)) if at == o.revision => used,
+                    _ => serde_json::from_slice::<Value>(&o.json).map(|svc| Used::of(&svc)).unwrap_or_default(),
+                };
+                (o.key.clone(), (o.revision, used))
+            })
+            .collect();
+        Allocation { ranges: self.ranges, ledger, key: None, claimed: Used::default() }
     }
 }
 
 impl Allocation<'_> {
     /// Assigns `svc` (stored at `key`; `old` its current state on update).
     pub fn assign(&mut self, key: &str, svc: &mut Value, old: Option<&Value>) -> Result<(), ModelError> {
-        let mut others = Used::default();
-        for (k, u) in &self.held {
-            if k != key {
-                others.extend(u);
-            }
-        }
+        let others = self.held_by_others(key);
         assign(&self.ranges, &others, svc, old, uuid::Uuid::new_v4().as_u128() as u64)?;
         self.key = Some(key.to_string());
         self.claimed = Used::of(svc);
         Ok(())
     }
 
+    /// What every Service but `key` holds: pending writes win over the cache.
+    fn held_by_others(&self, key: &str) -> Used {
+        let pending: HashMap<&str, &Used> = self.ledger.pending.iter().map(|p| (p.key.as_str(), &p.used)).collect();
+        let mut others = Used::default();
+        for (k, (_, used)) in &self.ledger.cached {
+            if k != key && !pending.contains_key(k.as_str()) {
+                others.extend(used);
+            }
+        }
+        for (k, used) in pending {
+            if k != key {
+                others.extend(used);
+            }
+        }
+        others
+    }
+
     /// The write went through at `revision` (a delete claims nothing).
     pub fn written(mut self, revision: i64, deleted: bool) {
         if let Some(key) = self.key.take() {
             let used = if deleted { Used::default() } else { std::mem::take(&mut self.claimed) };
-            self.pending.push(Pending { key, revision, used });
+            // Several writes of one key may be pending; the newest counts.
+            self.ledger.pending.retain(|p| p.key != key);
+            self.ledger.pending.push(Pending { key, revision, used });
         }
     }
 }
@@ -511,5 +531,56 @@ mod tests {
         let mut to_cluster_ip = svc(json!({"type": "ClusterIP", "ports": [{"port": 80, "nodePort": 31111}]}));
         assign(&ranges(), &used, &mut to_cluster_ip, Some(&old), 0).unwrap();
         assert!(Used::of(&to_cluster_ip).ports.is_empty());
+    }
+
+    fn cached(name: &str, ip: &str, revision: i64) -> std::sync::Arc<crate::cache::CachedObject> {
+        let info = skiff_api::KindInfo::by_kind("Service").unwrap();
+        let svc = json!({"metadata": {"name": name, "namespace": "default"}, "spec": {"clusterIP": ip}});
+        let stored = serde_json::to_vec(&svc).unwrap();
+        std::sync::Arc::new(
+            crate::cache::CachedObject::decode(info, info.key("default", name), &stored, revision).unwrap(),
+        )
+    }
+
+    fn ip_of(svc: &Value) -> String {
+        svc["spec"]["clusterIP"].as_str().unwrap().to_string()
+    }
+
+    #[tokio::test]
+    async fn writes_the_cache_does_not_show_yet_stay_taken_and_changed_services_are_read_again() {
+        use crate::cache::EventType;
+        let info = skiff_api::KindInfo::by_kind("Service").unwrap();
+        let cache = WatchCache::new(info, 16);
+        // A /29: addresses 1 to 6 can be given.
+        let allocator = ServiceAllocator::new(Ranges { cluster_ips: "10.43.0.0/29".parse().unwrap(), ..ranges() });
+        cache.apply(EventType::Added, cached("a", "10.43.0.1", 1));
+
+        // Five creates while the cache stays at revision 1: each sees the
+        // earlier ones as pending, so all six addresses end up distinct.
+        let mut given = vec!["10.43.0.1".to_string()];
+        for (n, name) in ["b", "c", "d", "e", "f"].iter().enumerate() {
+            let mut alloc = allocator.begin(&cache, 0).await;
+            let mut svc = svc(json!({}));
+            alloc.assign(&info.key("default", name), &mut svc, None).unwrap();
+            given.push(ip_of(&svc));
+            alloc.written(2 + n as i64, false);
+        }
+        let distinct: HashSet<&String> = given.iter().collect();
+        assert_eq!(distinct.len(), 6, "{given:?}");
+        let mut alloc = allocator.begin(&cache, 0).await;
+        assert!(err(alloc.assign(&info.key("default", "g"), &mut svc(json!({})), None)).contains("no free IP"));
+        drop(alloc);
+
+        // The cache catches up, and `a` moved to another address meanwhile
+        // (as a restore from backup might): the ledger reads `a` again.
+        cache.apply(EventType::Modified, cached("a", "10.43.0.2", 7));
+        let alloc = allocator.begin(&cache, 0).await;
+        assert!(alloc.ledger.pending.is_empty(), "the cache is past every pending write");
+        assert_eq!(alloc.ledger.cached.len(), 1);
+        let others = alloc.held_by_others(&info.key("default", "z"));
+        assert!(others.ips.contains(&"10.43.0.2".parse().unwrap()));
+        assert!(!others.ips.contains(&"10.43.0.1".parse().unwrap()), "10.43.0.1 was freed");
+        // What a Service holds does not count against itself.
+        assert!(alloc.held_by_others(&info.key("default", "a")).ips.is_empty());
     }
 }

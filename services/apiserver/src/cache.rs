@@ -168,6 +168,19 @@ impl WatchCache {
         (items, state.revision)
     }
 
+    /// Every object under `key_prefix`, shared rather than copied, and the
+    /// cache's revision.
+    pub fn objects(&self, key_prefix: &str) -> (Vec<Arc<CachedObject>>, i64) {
+        let state = self.read();
+        let objects = state
+            .objects
+            .range(key_prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(key_prefix))
+            .map(|(_, o)| o.clone())
+            .collect();
+        (objects, state.revision)
+    }
+
     /// Up to `limit` objects passing `filter`, from key `start` on, and the
     /// key the next page starts at if any keys remain. With `at` set, only
     /// if the cache still shows that revision (a later page of a list must
@@ -221,7 +234,7 @@ impl WatchCache {
         self.revision.send_replace(revision);
     }
 
-    fn apply(&self, kind: EventType, object: Arc<CachedObject>) {
+    pub(crate) fn apply(&self, kind: EventType, object: Arc<CachedObject>) {
         let revision = object.revision;
         let mut state = self.write();
         let prev = match kind {

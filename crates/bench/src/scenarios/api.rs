@@ -5,6 +5,9 @@
 //! clients putting values of the same size. Fan-out: `watchers` watches
 //! are open, one object is updated, and the time until every watcher has
 //! the event is measured; raw etcd gets the same number of etcd watches.
+//! Services: the same clients create `services` Services with no clusterIP,
+//! so each create allocates an IP among all the Services already there;
+//! the ConfigMap creates above are their baseline.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +34,9 @@ pub struct Options {
     /// Updates whose fan-out is timed.
     #[arg(long, default_value_t = 20)]
     rounds: usize,
+    /// Services created (spread over the clients) for the allocation figure.
+    #[arg(long, default_value_t = 10_000)]
+    services: usize,
 }
 
 /// Watch streams per connection: well under HTTP/2's usual stream limit.
@@ -61,6 +67,11 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     figure("api_create_cpu_apiserver", (api_cpu1 - api_cpu0) * 1e6 / creates, "us/create");
     figure("api_create_cpu_etcd", (etcd_cpu1 - etcd_cpu0) * 1e6 / creates, "us/create");
     figure("etcd_put_cpu_etcd", (etcd_cpu2 - etcd_cpu1) * 1e6 / creates, "us/put");
+
+    let (services, service_rate, service_p99) = service_creates(&cluster, &o).await?;
+    figure(&format!("api_service_create_throughput_{services}"), service_rate, "creates/s");
+    figure(&format!("api_service_create_p99_{services}"), service_p99, "ms");
+    ratio("api_service_create_throughput_vs_configmap", service_rate, skiff_rate);
 
     let skiff_fanout = skiff_fanout(&cluster, &o).await?;
     let etcd_fanout = etcd_fanout(&cluster, &o).await?;
@@ -124,6 +135,24 @@ async fn skiff_creates(cluster: &Cluster, o: &Options, payload: &str) -> anyhow:
         ((client, payload), r)
     })
     .await
+}
+
+/// Returns how many Services were created, creates/s and p99 in ms.
+async fn service_creates(cluster: &Cluster, o: &Options) -> anyhow::Result<(usize, f64, f64)> {
+    let clients = (0..o.clients).map(|_| Client::new(&cluster.server())).collect::<Result<Vec<_>, _>>()?;
+    for c in &clients {
+        c.get("Namespace", "", "default").await?;
+    }
+    let per_client = o.services.div_ceil(clients.len().max(1));
+    let total = per_client * clients.len();
+    let (rate, p99) = hammer(clients, per_client, |client, id, i| async move {
+        let svc = json!({"metadata": {"name": format!("bench-{id}-{i}")},
+                         "spec": {"ports": [{"port": 80, "targetPort": 8080}]}});
+        let r = client.create("Service", "default", &svc).await.map(|_| ()).map_err(Into::into);
+        (client, r)
+    })
+    .await?;
+    Ok((total, rate, p99))
 }
 
 async fn etcd_puts(cluster: &Cluster, o: &Options, payload: &str) -> anyhow::Result<(f64, f64)> {
