@@ -244,6 +244,8 @@ async fn crashes_back_off_oom_kills_and_liveness_restart() {
 
     // Past its memory limit: OOMKilled, then started again.
     let (_, hog_ip) = wait_ready(&client, "hog").await;
+    // No readiness probe: Ready doesn't mean the server listens yet.
+    http_ok("GET", &hog_ip, "/healthz").await;
     let _ = http("POST", &hog_ip, "/alloc?mb=64").await;
     let hog = eventually("hog OOMKilled and restarted", || async {
         let pod = get_pod(&client, "hog").await?;
