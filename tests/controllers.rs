@@ -21,19 +21,15 @@ use skiff_testkit::{eventually, Cluster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
-/// A cluster with a controller-manager using short timings.
+/// A cluster with a controller-manager using short node timings. Its
+/// leader election keeps the defaults: no test here fails over, and a short
+/// renew deadline missed on a loaded machine would stop the controllers.
 async fn cluster() -> (Cluster, SocketAddr) {
     let mut cluster = Cluster::start().await.expect("cluster");
-    let args: Vec<String> = [
-        "--lease-duration=4s",
-        "--renew-deadline=3s",
-        "--retry-period=500ms",
-        "--node-monitor-grace-period=3s",
-        "--default-unreachable-toleration-seconds=2",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args: Vec<String> = ["--node-monitor-grace-period=3s", "--default-unreachable-toleration-seconds=2"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let metrics = cluster
         .start_service("controller-manager", "skiff-controller-manager", &args)
         .await
