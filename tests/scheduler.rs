@@ -216,12 +216,16 @@ async fn unschedulable_pod_is_told_why_and_scheduled_once_a_node_fits() {
     assert_eq!(scheduled["reason"], "Unschedulable");
     assert_eq!(scheduled["message"], want);
 
-    let event = eventually("FailedScheduling event", || async {
+    // Matched on the message: each attempt records an Event, and one from
+    // an earlier attempt may say something else.
+    let event = eventually(&format!("FailedScheduling event {want:?}"), || async {
         let events = client.list("Event", NS, &ListParams::default()).await.ok()?;
-        events.items.into_iter().find(|e| e["involvedObject"]["name"] == "big" && e["reason"] == "FailedScheduling")
+        events
+            .items
+            .into_iter()
+            .find(|e| e["involvedObject"]["name"] == "big" && e["reason"] == "FailedScheduling" && e["message"] == want)
     })
     .await;
-    assert_eq!(event["message"], want);
     assert_eq!(event["type"], "Warning");
     assert_eq!(event["source"]["component"], "default-scheduler");
 
