@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use skiff_client::{Api, Error, Informer, InformerEvent, LeaderElector, LeaseTimings, ListParams, Store};
-use skiff_testkit::{Cluster, ClusterOptions};
+use skiff_testkit::{eventually, Cluster, ClusterOptions};
 use tokio::sync::{mpsc, oneshot, watch};
 
 fn config_map(name: &str, value: &str) -> ConfigMap {
@@ -194,10 +194,14 @@ async fn informer_survives_apiserver_restart_and_compaction_without_losing_event
 
 // === leader election ===
 
+const LEASE: Duration = Duration::from_secs(6);
+
+/// Short timings, but with a renew deadline that a loaded 2-core CI machine
+/// still meets (at 1.2 s a slow renewal could make the leader step down).
 fn fast() -> LeaseTimings {
     LeaseTimings {
-        lease_duration: Duration::from_secs(2),
-        renew_deadline: Duration::from_millis(1200),
+        lease_duration: LEASE,
+        renew_deadline: Duration::from_secs(4),
         retry_period: Duration::from_millis(200),
     }
 }
@@ -238,6 +242,11 @@ async fn holder(api: &Api<Lease>) -> String {
     lease.spec.and_then(|s| s.holder_identity).unwrap_or_default()
 }
 
+/// Milliseconds from `from` to `to`, two of the lease's timestamps.
+fn millis_between(from: &Option<MicroTime>, to: &Option<MicroTime>) -> i64 {
+    to.as_ref().unwrap().0.as_millisecond() - from.as_ref().unwrap().0.as_millisecond()
+}
+
 #[tokio::test]
 async fn two_leader_electors_take_turns_on_one_lease() {
     let cluster = Cluster::start().await.expect("cluster");
@@ -254,17 +263,27 @@ async fn two_leader_electors_take_turns_on_one_lease() {
     let b_run = tokio::spawn(b.run(leaders.work(), b_stopped));
 
     // Well past the lease duration: a renews, b waits.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    let term = LEASE.as_millis() as i64;
+    eventually("a renews past its first term", || async {
+        let spec = api.get("lock").await.ok()?.spec?;
+        (millis_between(&spec.acquire_time, &spec.renew_time) > term + 1000).then_some(())
+    })
+    .await;
     assert!(*a_leads.borrow() && !*b_leads.borrow());
     assert_eq!(holder(&api).await, "a");
 
-    // a stops and releases the lease: b takes over without waiting for expiry.
+    // a stops and releases the lease: b takes over without waiting for
+    // expiry, i.e. less than a lease duration after a's last renewal (at or
+    // after the one read here).
+    let a_renewed = api.get("lock").await.unwrap().spec.unwrap().renew_time;
     let _ = stop_a.send(());
     a_run.await.unwrap().unwrap();
-    until_leading(&mut b_leads, Duration::from_secs(2)).await;
+    until_leading(&mut b_leads, Duration::from_secs(20)).await;
     assert_eq!(holder(&api).await, "b");
     let lease = api.get("lock").await.unwrap().spec.unwrap();
     assert_eq!(lease.lease_transitions, Some(1));
+    let waited = millis_between(&a_renewed, &lease.acquire_time);
+    assert!(waited < term, "b waited {waited} ms after a's last renewal: the release was not used");
 
     // A third candidate, then b dies without releasing (its task is
     // aborted): c takes over once the lease has expired.
@@ -277,7 +296,7 @@ async fn two_leader_electors_take_turns_on_one_lease() {
     b_run.abort();
     let _ = b_run.await;
     drop(stop_b);
-    until_leading(&mut c_leads, Duration::from_secs(10)).await;
+    until_leading(&mut c_leads, Duration::from_secs(20)).await;
     assert_eq!(holder(&api).await, "c");
 
     let _ = stop_c.send(());

@@ -9,6 +9,9 @@ use serde_json::{json, Value};
 use skiff_client::{Client, ListParams};
 use skiff_testkit::{eventually, Cluster};
 
+/// The one node with GPUs (`--gpu-nodes=1`).
+const GPU_NODE: &str = "hollow-0000";
+
 fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
@@ -32,6 +35,13 @@ async fn full_cluster(nodes: usize) -> Cluster {
         )
         .await
         .expect("controller-manager");
+    // Workloads created before every node is Ready would pile on the first.
+    let client = cluster.client();
+    eventually("all hollow nodes Ready", || async {
+        let list = client.list("Node", "", &ListParams::default()).await.ok()?;
+        (list.items.iter().filter(|n| ready(n)).count() == nodes).then_some(())
+    })
+    .await;
     cluster
 }
 
@@ -48,11 +58,15 @@ async fn pods_of(client: &Client, app: &str) -> Vec<Value> {
     client.list("Pod", "default", &ListParams::default().labels(&format!("app={app}"))).await.unwrap().items
 }
 
+/// A pod's or a node's Ready condition is True.
+fn ready(obj: &Value) -> bool {
+    obj["status"]["conditions"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+}
+
 fn running_ready(pod: &Value) -> bool {
-    pod["status"]["phase"] == "Running"
-        && pod["status"]["conditions"]
-            .as_array()
-            .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+    pod["status"]["phase"] == "Running" && ready(pod)
 }
 
 fn image(pod: &Value) -> &str {
@@ -126,7 +140,13 @@ async fn pods_of_a_dead_node_are_recreated_elsewhere_and_gpu_pods_find_the_gpu_n
     for p in &pods {
         *per_node.entry(p["spec"]["nodeName"].as_str().unwrap().to_string()).or_default() += 1;
     }
-    let (victim, count) = per_node.iter().max_by_key(|(_, c)| **c).map(|(n, c)| (n.clone(), *c)).unwrap();
+    // Not the GPU node: the GPU pod below needs it alive.
+    let (victim, count) = per_node
+        .iter()
+        .filter(|(n, _)| n.as_str() != GPU_NODE)
+        .max_by_key(|(_, c)| **c)
+        .map(|(n, c)| (n.clone(), *c))
+        .unwrap();
     assert!(count > 0);
 
     client
@@ -162,7 +182,7 @@ async fn pods_of_a_dead_node_are_recreated_elsewhere_and_gpu_pods_find_the_gpu_n
     .await;
     assert!(moved.iter().all(|p| p["spec"]["nodeName"] != victim.as_str()));
 
-    // A GPU pod lands on the GPU node (hollow-0000) only.
+    // A GPU pod lands on the GPU node only.
     let gpu_pod = json!({"metadata": {"name": "trainer"}, "spec": {"containers": [{"name": "c", "image": "cuda:1",
         "resources": {"limits": {"nvidia.com/gpu": "1"}, "requests": {"nvidia.com/gpu": "1"}}}]}});
     client.create("Pod", "default", &gpu_pod).await.unwrap();
@@ -173,4 +193,5 @@ async fn pods_of_a_dead_node_are_recreated_elsewhere_and_gpu_pods_find_the_gpu_n
     .await;
     let gpu_node = client.get("Node", "", &node).await.unwrap();
     assert_eq!(gpu_node["status"]["allocatable"]["nvidia.com/gpu"], "4", "{node} has GPUs");
+    assert_eq!(node, GPU_NODE);
 }

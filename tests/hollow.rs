@@ -255,7 +255,7 @@ async fn pods_bound_to_hollow_nodes_run_and_are_removed_when_deleted() {
 
 #[tokio::test]
 async fn a_node_stopped_through_hollow_control_stops_heartbeats_until_revived() {
-    let (cluster, _) = hollow_cluster().await;
+    let (cluster, metrics) = hollow_cluster().await;
     let client = cluster.client();
     wait_all_ready(&client).await;
     let stopped = name(1);
@@ -270,8 +270,14 @@ async fn a_node_stopped_through_hollow_control_stops_heartbeats_until_revived() 
     let config_maps = client.api::<ConfigMap>("kube-system");
     config_maps.create(&control).await.unwrap();
 
-    // Once the node has taken it in, its Lease stays where it was while
+    // The kubelet has taken it in once it counts the node stopped (a still
+    // quiet Lease alone could be a slow apiserver). A renewal already in
+    // flight may land after that; then the Lease stays where it was while
     // another node's keeps moving.
+    eventually("the kubelet to count one node stopped", || async {
+        http_get(metrics, "/metrics").await.1.lines().any(|l| l == "skiff_hollow_nodes_stopped 1").then_some(())
+    })
+    .await;
     let frozen = eventually("the lease to stop moving", || async {
         let before = renew_time(&client, &stopped).await?;
         tokio::time::sleep(Duration::from_millis(2500)).await;

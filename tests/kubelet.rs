@@ -136,7 +136,9 @@ async fn node_registers_and_a_pod_serves_with_config_and_readiness() {
     assert_eq!(node["spec"]["podCIDR"], cluster.runtime().unwrap().containerd().pod_cidr());
     assert_eq!(condition(&node, "PIDPressure"), Some("False"));
     assert!(node["status"]["addresses"][0]["address"].as_str().is_some_and(|a| !a.is_empty()));
-    let lease = client.get("Lease", "kube-node-lease", NODE).await.expect("the node's Lease");
+    // The kubelet creates its Lease after the Node: wait for it.
+    let lease =
+        eventually("the node's Lease", || async { client.get("Lease", "kube-node-lease", NODE).await.ok() }).await;
     assert_eq!(lease["spec"]["holderIdentity"], NODE);
 
     let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web-config", "namespace": NS},
@@ -242,6 +244,8 @@ async fn crashes_back_off_oom_kills_and_liveness_restart() {
 
     // Past its memory limit: OOMKilled, then started again.
     let (_, hog_ip) = wait_ready(&client, "hog").await;
+    // No readiness probe: Ready doesn't mean the server listens yet.
+    http_ok("GET", &hog_ip, "/healthz").await;
     let _ = http("POST", &hog_ip, "/alloc?mb=64").await;
     let hog = eventually("hog OOMKilled and restarted", || async {
         let pod = get_pod(&client, "hog").await?;

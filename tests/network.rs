@@ -269,6 +269,13 @@ spec:
         (!ready_addresses(&cluster, ns, "web").await.contains(&pod_ip(sick))).then_some(())
     })
     .await;
+    // The client's host updates its rules on its own after the Endpoints
+    // change: wait until a sample leaves the sick pod out, then take another.
+    eventually("the ClusterIP stops sending to the unready pod", || async {
+        let seen = backends_seen(&cluster, ns, "client", &url, 20);
+        (!seen.is_empty() && !seen.contains(&sick_name)).then_some(())
+    })
+    .await;
     let seen = backends_seen(&cluster, ns, "client", &url, 20);
     assert!(!seen.contains(&sick_name), "an unready pod still answered: {seen:?}");
     assert!(!seen.is_empty(), "nothing answered through the ClusterIP");

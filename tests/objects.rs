@@ -8,7 +8,7 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use skiff_api::proto::{objects_client::ObjectsClient, CreateRequest};
 use skiff_client::{Client, ListParams, WatchEvent};
-use skiff_testkit::{Cluster, ClusterOptions};
+use skiff_testkit::{eventually, Cluster, ClusterOptions};
 
 fn name_of(v: &Value) -> &str {
     v["metadata"]["name"].as_str().unwrap_or_default()
@@ -241,6 +241,18 @@ async fn label_and_field_selectors() {
     assert!(matches!(&ev2, WatchEvent::Deleted(o) if name_of(o) == "web-1"), "{ev2:?}");
 }
 
+/// Waits until the apiserver's ConfigMap watch cache holds `revision`, so
+/// that compacting etcd can't leave it behind. A LIST waits for the cache to
+/// catch up with this apiserver's last write of the kind (for 3 s at most,
+/// hence the retry) and answers with the cache's revision.
+async fn cache_reaches(client: &Client, revision: i64) {
+    eventually("the watch cache to apply the last write", || async {
+        let list = client.list("ConfigMap", "default", &ListParams::default()).await.ok()?;
+        (list.resource_version.parse::<i64>().ok()? >= revision).then_some(())
+    })
+    .await;
+}
+
 async fn next_change<S>(w: &mut S) -> WatchEvent<Value>
 where
     S: futures::Stream<Item = skiff_client::Result<WatchEvent<Value>>> + Unpin,
@@ -316,6 +328,8 @@ async fn compacted_history_expires_and_a_relist_recovers() {
         client.create("ConfigMap", "default", &configmap(&format!("n-{i}"))).await.unwrap();
     }
     let latest = rv(&client.get("ConfigMap", "default", "n-4").await.unwrap());
+    // Else the watch below could still be served from the cache's history.
+    cache_reaches(&client, latest).await;
     let mut etcd = etcd_client::Client::connect([cluster.etcd_endpoint()], None).await.unwrap();
     etcd.compact(latest, None).await.unwrap();
 
@@ -465,6 +479,8 @@ async fn lists_come_in_pages_of_one_snapshot() {
     let second = raw.list(page(String::new())).await.unwrap().into_inner();
     client.create("ConfigMap", "default", &configmap("after")).await.unwrap();
     let latest = rv(&client.get("ConfigMap", "default", "after").await.unwrap());
+    // Else the cache could still show the second page's revision and serve it.
+    cache_reaches(&client, latest).await;
     let mut etcd = etcd_client::Client::connect([cluster.etcd_endpoint()], None).await.unwrap();
     etcd.compact(latest, None).await.unwrap();
     let err = raw.list(page(second.continue_token)).await.unwrap_err();

@@ -113,7 +113,9 @@ async fn two_hosts_mesh_over_userspace_wireguard() {
         (wg_show(pid_b, "allowed-ips").trim() == format!("{key_a}\t10.42.1.0/24")).then_some(())
     })
     .await;
-    assert!(routes(&a).contains(&format!("10.42.2.0/24 dev {IFACE}")), "{}", routes(&a));
+    // The overlay routes b's podCIDR after it configures the peer.
+    let route = format!("10.42.2.0/24 dev {IFACE}");
+    eventually("a routes b's podCIDR into WireGuard", || async { routes(&a).contains(&route).then_some(()) }).await;
 
     // Through the tunnel: b's WireGuard address, and an address of b's pod
     // network that only b's routing knows (a veth pair stands for a pod's
