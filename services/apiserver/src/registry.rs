@@ -237,9 +237,20 @@ impl Registry {
         continue_token: &str,
     ) -> Result<Page, Error> {
         if continue_token.is_empty() {
-            let cache = self.cache_with_own_writes(info).await;
             let limit = if limit == 0 { usize::MAX } else { limit };
-            return Ok(cache.page(filter, &filter.key_prefix, limit, None).expect("an unpinned page always answers"));
+            let cache = self.cache(info);
+            let wanted = self.last_write[info.kind].load(Ordering::Relaxed);
+            if cache.revision() >= wanted || cache.wait_for(wanted, READ_YOUR_WRITES_WAIT).await {
+                return Ok(cache
+                    .page(filter, &filter.key_prefix, limit, None)
+                    .expect("an unpinned page always answers"));
+            }
+            // The cache is stuck behind (its etcd watch lags or reconnects):
+            // rather than answer without the caller's own write, read etcd
+            // at that write's revision, as Kubernetes falls back to etcd
+            // when its cache is not fresh in time. Later pages follow it there.
+            tracing::warn!(kind = info.kind, wanted, cache = cache.revision(), "watch cache behind: listing from etcd");
+            return self.page_from_etcd(info, filter, &filter.key_prefix, limit, wanted).await;
         }
         let (revision, start) = continue_token
             .split_once(':')
