@@ -59,6 +59,21 @@ fn is_ready(pod: &Value) -> bool {
         .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
 }
 
+/// Reads, changes and writes back a Deployment as `kubectl edit` does,
+/// reading again when the write loses to the controller's own status write.
+async fn edit_deployment(client: &Client, name: &str, change: impl Fn(&mut Value)) {
+    for _ in 0..20 {
+        let mut d = client.get("Deployment", "default", name).await.unwrap();
+        change(&mut d);
+        match client.update("Deployment", "default", &d).await {
+            Ok(_) => return,
+            Err(e) if e.is_conflict() => continue,
+            Err(e) => panic!("updating deployment {name}: {e}"),
+        }
+    }
+    panic!("deployment {name}: 20 conflicts in a row");
+}
+
 fn image(pod: &Value) -> &str {
     pod["spec"]["containers"][0]["image"].as_str().unwrap_or_default()
 }
@@ -192,9 +207,7 @@ async fn deployment_creates_and_scales_pods_through_a_replicaset() {
     .await;
 
     // Scale down: the not-ready ones go first.
-    let mut scaled = client.get("Deployment", "default", "web").await.unwrap();
-    scaled["spec"]["replicas"] = json!(12);
-    client.update("Deployment", "default", &scaled).await.unwrap();
+    edit_deployment(&client, "web", |d| d["spec"]["replicas"] = json!(12)).await;
     let left = eventually("12 pods", || async {
         let pods = owned(&client, "Pod", "default", uid(&rs)).await;
         (pods.len() == 12).then_some(pods)
@@ -283,9 +296,8 @@ async fn rolling_update_stays_within_surge_and_unavailability_and_undo_restores_
 
     let start = client.list("Pod", "default", &ListParams::default().labels("app=roll")).await.unwrap();
     let (stop, observer) = observe(client.clone(), "app=roll", start.resource_version, start.items);
-    let mut updated = d.clone();
-    updated["spec"]["template"]["spec"]["containers"][0]["image"] = json!("roll:2");
-    client.update("Deployment", "default", &updated).await.unwrap();
+    edit_deployment(&client, "roll", |d| d["spec"]["template"]["spec"]["containers"][0]["image"] = json!("roll:2"))
+        .await;
 
     eventually("rollout to roll:2 complete", || async {
         let pods = list(&client, "Pod", "default", "app=roll").await;
@@ -317,11 +329,9 @@ async fn rolling_update_stays_within_surge_and_unavailability_and_undo_restores_
     assert_eq!(progressing.unwrap()["reason"], "NewReplicaSetAvailable");
 
     // Undo: the old template back (as `skiffctl rollout undo` writes it).
-    let mut undo = d.clone();
     let mut template = old["spec"]["template"].clone();
     template["metadata"]["labels"].as_object_mut().unwrap().remove("pod-template-hash");
-    undo["spec"]["template"] = template;
-    client.update("Deployment", "default", &undo).await.unwrap();
+    edit_deployment(&client, "roll", |d| d["spec"]["template"] = template.clone()).await;
     eventually("rolled back to roll:1 on the first replica set", || async {
         let pods = list(&client, "Pod", "default", "app=roll").await;
         let rs = client.get("ReplicaSet", "default", name(&first_rs)).await.ok()?;
@@ -363,9 +373,8 @@ async fn recreate_paused_and_history_limit() {
     let params = ListParams::default().labels("app=rec");
     let mut watch = Box::pin(client.watch("Pod", "default", &params, &start.resource_version).await.unwrap());
     for version in ["rec:2", "rec:3"] {
-        let mut next = client.get("Deployment", "default", "rec").await.unwrap();
-        next["spec"]["template"]["spec"]["containers"][0]["image"] = json!(version);
-        client.update("Deployment", "default", &next).await.unwrap();
+        edit_deployment(&client, "rec", |d| d["spec"]["template"]["spec"]["containers"][0]["image"] = json!(version))
+            .await;
         eventually("recreated", || async {
             let pods = list(&client, "Pod", "default", "app=rec").await;
             (pods.len() == 4 && pods.iter().all(|p| image(p) == version && is_ready(p))).then_some(())
@@ -397,11 +406,12 @@ async fn recreate_paused_and_history_limit() {
     assert!(images.contains(&"rec:2") && images.contains(&"rec:3"), "{images:?}");
 
     // Paused: a template change rolls nothing, a scale still applies.
-    let mut paused = client.get("Deployment", "default", "rec").await.unwrap();
-    paused["spec"]["paused"] = json!(true);
-    paused["spec"]["replicas"] = json!(6);
-    paused["spec"]["template"]["spec"]["containers"][0]["image"] = json!("rec:4");
-    client.update("Deployment", "default", &paused).await.unwrap();
+    edit_deployment(&client, "rec", |d| {
+        d["spec"]["paused"] = json!(true);
+        d["spec"]["replicas"] = json!(6);
+        d["spec"]["template"]["spec"]["containers"][0]["image"] = json!("rec:4");
+    })
+    .await;
     eventually("scaled to 6 while paused", || async {
         let pods = list(&client, "Pod", "default", "app=rec").await;
         (pods.len() == 6).then_some(())

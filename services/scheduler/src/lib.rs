@@ -131,6 +131,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             _ = &mut shutdown => return Ok(()),
             synced = synced => synced?,
         }
+        scheduler.prime(&node_store.list(), &pod_store.list());
         ops.readiness.set_ready();
         tracing::info!(pods = pod_store.len(), nodes = node_store.len(), "caches synced");
 

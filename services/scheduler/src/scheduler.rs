@@ -82,6 +82,22 @@ impl Scheduler {
 // === Events: informer changes into cache updates and queue moves ===
 
 impl Scheduler {
+    /// Loads every node and pod the informers hold into the cache. Called
+    /// once they have synced, before the first scheduling cycle: the events
+    /// carrying the same objects are applied by another task, and a cycle
+    /// that ran ahead of them would see no nodes, or nodes without the
+    /// requests of the pods already on them. Applying those events again
+    /// afterwards changes nothing.
+    pub fn prime(&self, nodes: &[Arc<Node>], pods: &[Arc<Pod>]) {
+        let mut cache = self.cache();
+        for node in nodes {
+            cache.set_node(node.clone());
+        }
+        for pod in pods {
+            cache.update_pod(pod);
+        }
+    }
+
     /// Applies informer events until both feeds close or `shutdown`
     /// resolves, and retries long-parked pods every so often.
     pub async fn handle_events(
