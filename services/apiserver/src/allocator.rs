@@ -20,7 +20,6 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
-use std::time::Duration;
 
 use serde_json::{json, Value};
 use skiff_api::cidr::Cidr;
@@ -28,10 +27,6 @@ use skiff_api::Error as ModelError;
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::cache::WatchCache;
-
-/// How long an allocation waits for the cache to show this apiserver's
-/// own last Service write.
-const CACHE_WAIT: Duration = Duration::from_secs(3);
 
 // === impl PortRange ===
 
@@ -348,15 +343,11 @@ impl ServiceAllocator {
         Self { ranges, ledger: Mutex::new(Ledger::default()) }
     }
 
-    /// Starts a Service write: waits for the lock and for the cache to show
-    /// `last_write` (this apiserver's latest Service write: a delete frees
-    /// its IP for a create right after, which asks for it again), then
-    /// brings the ledger up to what the cache shows.
-    pub async fn begin(&self, cache: &WatchCache, last_write: i64) -> Allocation<'_> {
+    /// Starts a Service write: waits for the lock, then brings the ledger up
+    /// to what `cache` shows. The caller hands a cache that shows its own
+    /// Service writes; the ones this allocator made since stay pending.
+    pub async fn begin(&self, cache: &WatchCache) -> Allocation<'_> {
         let mut ledger = self.ledger.lock().await;
-        if cache.revision() < last_write {
-            cache.wait_for(last_write, CACHE_WAIT).await;
-        }
         let (objects, revision) = cache.objects(&cache.info.key_prefix(None));
         ledger.pending.retain(|p| p.revision > revision);
         let mut previous = std::mem::take(&mut ledger.cached);
@@ -559,7 +550,7 @@ mod tests {
         // earlier ones as pending, so all six addresses end up distinct.
         let mut given = vec!["10.43.0.1".to_string()];
         for (n, name) in ["b", "c", "d", "e", "f"].iter().enumerate() {
-            let mut alloc = allocator.begin(&cache, 0).await;
+            let mut alloc = allocator.begin(&cache).await;
             let mut svc = svc(json!({}));
             alloc.assign(&info.key("default", name), &mut svc, None).unwrap();
             given.push(ip_of(&svc));
@@ -567,14 +558,14 @@ mod tests {
         }
         let distinct: HashSet<&String> = given.iter().collect();
         assert_eq!(distinct.len(), 6, "{given:?}");
-        let mut alloc = allocator.begin(&cache, 0).await;
+        let mut alloc = allocator.begin(&cache).await;
         assert!(err(alloc.assign(&info.key("default", "g"), &mut svc(json!({})), None)).contains("no free IP"));
         drop(alloc);
 
         // The cache catches up, and `a` moved to another address meanwhile
         // (as a restore from backup might): the ledger reads `a` again.
         cache.apply(EventType::Modified, cached("a", "10.43.0.2", 7));
-        let alloc = allocator.begin(&cache, 0).await;
+        let alloc = allocator.begin(&cache).await;
         assert!(alloc.ledger.pending.is_empty(), "the cache is past every pending write");
         assert_eq!(alloc.ledger.cached.len(), 1);
         let others = alloc.held_by_others(&info.key("default", "z"));

@@ -74,8 +74,9 @@ impl Registry {
         if info.kind != "Service" {
             return None;
         }
-        let last_write = self.last_write[info.kind].load(Ordering::Relaxed);
-        Some(self.services.begin(self.cache(info), last_write).await)
+        // A delete frees its IP for a create right after, which may ask for
+        // it again: the cache must show it.
+        Some(self.services.begin(self.cache_with_own_writes(info).await).await)
     }
 
     pub fn cache(&self, info: &KindInfo) -> &Arc<WatchCache> {
@@ -89,12 +90,17 @@ impl Registry {
     /// marked for deletion is refused, a pod on a Node just created waits
     /// for its kubelet.
     async fn cache_with_own_writes(&self, info: &KindInfo) -> &Arc<WatchCache> {
+        self.shows_own_writes(info).await;
+        self.cache(info)
+    }
+
+    /// Waits (at most READ_YOUR_WRITES_WAIT) until the kind's watch cache
+    /// shows this apiserver's own latest write of the kind; false if it
+    /// still does not.
+    async fn shows_own_writes(&self, info: &KindInfo) -> bool {
         let cache = self.cache(info);
         let wanted = self.last_write[info.kind].load(Ordering::Relaxed);
-        if cache.revision() < wanted {
-            cache.wait_for(wanted, READ_YOUR_WRITES_WAIT).await;
-        }
-        cache
+        cache.revision() >= wanted || cache.wait_for(wanted, READ_YOUR_WRITES_WAIT).await
     }
 
     fn note_write(&self, info: &KindInfo, revision: i64) {
@@ -239,8 +245,7 @@ impl Registry {
         if continue_token.is_empty() {
             let limit = if limit == 0 { usize::MAX } else { limit };
             let cache = self.cache(info);
-            let wanted = self.last_write[info.kind].load(Ordering::Relaxed);
-            if cache.revision() >= wanted || cache.wait_for(wanted, READ_YOUR_WRITES_WAIT).await {
+            if self.shows_own_writes(info).await {
                 return Ok(cache
                     .page(filter, &filter.key_prefix, limit, None)
                     .expect("an unpinned page always answers"));
@@ -249,6 +254,7 @@ impl Registry {
             // rather than answer without the caller's own write, read etcd
             // at that write's revision, as Kubernetes falls back to etcd
             // when its cache is not fresh in time. Later pages follow it there.
+            let wanted = self.last_write[info.kind].load(Ordering::Relaxed);
             tracing::warn!(kind = info.kind, wanted, cache = cache.revision(), "watch cache behind: listing from etcd");
             return self.page_from_etcd(info, filter, &filter.key_prefix, limit, wanted).await;
         }
