@@ -16,8 +16,11 @@ use skiff_testkit::netns::{Host, Lan};
 use skiff_testkit::{eventually, free_port, Cluster, ClusterOptions};
 
 const IFACE: &str = "wg-skiff";
+#[path = "support/metrics.rs"]
+mod metrics;
 #[path = "support/wire.rs"]
 mod wire;
+use metrics::scrape;
 use wire::{count_wire, wire_packets};
 
 const KEY: &str = "skiff.io/wireguard-public-key";
@@ -57,11 +60,6 @@ fn pings(from: &Host, to: &str) -> bool {
 
 fn routes(host: &Host) -> String {
     String::from_utf8_lossy(&host.run("ip", &["route"]).expect("ip route").stdout).into_owned()
-}
-
-fn scrape(host: &Host, metrics: SocketAddr) -> String {
-    let out = host.command("curl").args(["-s", &format!("http://{metrics}/metrics")]).output().expect("run curl");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The wireguard-go that process `pid` started (its child).

@@ -18,6 +18,10 @@ use skiff_client::Client;
 use skiff_testkit::netns::{Host, Lan};
 use skiff_testkit::{eventually, free_port, Cluster, ClusterOptions, Process};
 
+#[path = "support/metrics.rs"]
+mod metrics;
+use metrics::scrape;
+
 const CLUSTER_IP: &str = "10.43.7.10";
 const NODE_PORT: u16 = 30780;
 const BACKEND_PORT: u16 = 8080;
@@ -43,12 +47,6 @@ fn get(host: &Host, url: &str) -> Result<String, i32> {
 /// Which backends answered `tries` GETs (failures count as "error").
 fn answered(host: &Host, url: &str, tries: usize) -> BTreeSet<String> {
     (0..tries).map(|_| get(host, url).unwrap_or_else(|code| format!("error {code}"))).collect()
-}
-
-/// skiff-overlay's metrics, read from inside its host.
-fn scrape(host: &Host, metrics: SocketAddr) -> String {
-    let out = host.command("curl").args(["-s", &format!("http://{metrics}/metrics")]).output().expect("run curl");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn set(names: &[&str]) -> BTreeSet<String> {
