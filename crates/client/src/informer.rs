@@ -24,11 +24,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use rand::Rng;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::{mpsc, watch};
 
-use crate::{Api, Error, ListParams, Result, WatchEvent};
+use crate::{Api, Backoff, Error, ListParams, Result, Retry, WatchEvent};
 
 /// What an informer can cache: any k8s-openapi resource with standard
 /// metadata. Implemented for every such type; it only names the bounds once.
@@ -90,10 +89,10 @@ impl<K: Object> InformerEvent<K> {
     }
 }
 
-/// The first reconnect waits this long, doubling on each failure in a row up
-/// to `WATCH_BACKOFF_MAX`; any event received resets it.
-const WATCH_BACKOFF_BASE: Duration = Duration::from_millis(100);
-const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A relist or reconnect waits 100ms, doubling on each failure in a row up
+/// to 10s, jittered so that informers cut off at once do not reconnect in
+/// step; any event received ends the streak.
+const WATCH_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
 
 // === Store ===
 
@@ -333,7 +332,7 @@ impl<K: Object> Informer<K> {
 /// The list/watch loop. It never returns; the caller stops it by dropping
 /// it, which is safe at any await since each cache change is synchronous.
 async fn sync_forever<K: Object>(api: &Api<K>, params: &ListParams, writer: &Writer<K>) {
-    let mut backoff = Reconnect::new();
+    let mut backoff = Retry::new(WATCH_BACKOFF);
     // None: the cache must be (re)built from a list.
     let mut version: Option<String> = None;
     loop {
@@ -404,30 +403,6 @@ async fn sync_forever<K: Object>(api: &Api<K>, params: &ListParams, writer: &Wri
 }
 
 /// Jittered exponential back-off between reconnects.
-struct Reconnect {
-    next: Duration,
-}
-
-impl Reconnect {
-    fn new() -> Self {
-        Self { next: WATCH_BACKOFF_BASE }
-    }
-
-    fn reset(&mut self) {
-        self.next = WATCH_BACKOFF_BASE;
-    }
-
-    /// Sleeps for between half and all of the current delay (so that many
-    /// informers cut off at once do not reconnect in step), then doubles it.
-    async fn wait(&mut self) {
-        let full = self.next;
-        let half = full / 2;
-        let jitter = rand::rng().random_range(Duration::ZERO..=half);
-        tokio::time::sleep(half + jitter).await;
-        self.next = (full * 2).min(WATCH_BACKOFF_MAX);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -551,22 +526,6 @@ mod tests {
         tokio::task::yield_now().await;
         w.replace(Vec::new());
         assert!(waiter.await.unwrap());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn reconnect_backoff_doubles_with_jitter_and_caps() {
-        let mut b = Reconnect::new();
-        let mut expected = WATCH_BACKOFF_BASE;
-        for _ in 0..10 {
-            let start = tokio::time::Instant::now();
-            b.wait().await;
-            let waited = start.elapsed();
-            assert!(waited >= expected / 2 && waited <= expected, "{waited:?} vs {expected:?}");
-            expected = (expected * 2).min(WATCH_BACKOFF_MAX);
-        }
-        assert_eq!(b.next, WATCH_BACKOFF_MAX);
-        b.reset();
-        assert_eq!(b.next, WATCH_BACKOFF_BASE);
     }
 
     // === run loop, against the in-memory apiserver ===

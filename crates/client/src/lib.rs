@@ -4,6 +4,7 @@
 //! election).
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 mod client;
 pub mod config;
 pub mod controller;
@@ -15,12 +16,13 @@ pub mod informer;
 pub mod leader;
 pub mod workqueue;
 
+pub use backoff::{Backoff, Retry};
 pub use client::{Api, Client, ListParams, ObjectList, WatchEvent};
 pub use controller::{run_controller, Action, CacheSync, Controller, Outcome, Reconcile};
 pub use error::Error;
 pub use events::{EventRecorder, EventType, ObjectRef};
 pub use informer::{key_of, Informer, InformerEvent, Object, Store};
 pub use leader::{LeaderElector, LeaseTimings};
-pub use workqueue::{Backoff, WorkQueue};
+pub use workqueue::WorkQueue;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -21,30 +21,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// Per-key exponential back-off for [`WorkQueue::add_rate_limited`]: the
-/// n-th retry in a row waits `base * 2^n`, at most `max`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    pub base: Duration,
-    pub max: Duration,
-}
-
-impl Default for Backoff {
-    /// client-go's defaults: 5ms doubling to 1000s.
-    fn default() -> Self {
-        Self { base: Duration::from_millis(5), max: Duration::from_secs(1000) }
-    }
-}
-
-impl Backoff {
-    /// The wait before retry number `failures` (0 for the first).
-    pub fn delay(&self, failures: u32) -> Duration {
-        // In floating point so that a long failure streak saturates at `max`
-        // instead of overflowing.
-        let secs = self.base.as_secs_f64() * 2f64.powi(failures.min(1024) as i32);
-        Duration::from_secs_f64(secs.min(self.max.as_secs_f64()))
-    }
-}
+use crate::Backoff;
 
 /// A deduplicating queue of keys, shared by the handlers that add keys and
 /// the workers that process them. Cheap to clone.
@@ -523,16 +500,6 @@ mod tests {
         let start = Instant::now();
         assert_eq!(q.get().await.as_deref(), Some("a"));
         assert_eq!(start.elapsed(), Duration::from_millis(5));
-    }
-
-    #[test]
-    fn backoff_saturates() {
-        let b = Backoff::default();
-        assert_eq!(b.delay(0), Duration::from_millis(5));
-        assert_eq!(b.delay(1), Duration::from_millis(10));
-        assert_eq!(b.delay(10), Duration::from_millis(5 * 1024));
-        assert_eq!(b.delay(30), Duration::from_secs(1000));
-        assert_eq!(b.delay(u32::MAX), Duration::from_secs(1000));
     }
 
     #[tokio::test(start_paused = true)]

@@ -44,7 +44,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{SecondsFormat, TimeZone, Utc};
-use skiff_client::Client;
+use skiff_client::{Backoff, Client};
 use skiff_telemetry::ServiceOps;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -223,6 +223,5 @@ fn now_micro() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-/// Retries of a failed registration wait this long, doubling up to the max.
-const RETRY_BASE: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(10);
+/// Retries of a failed registration wait 100ms, doubling up to 10s.
+const REGISTER_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));

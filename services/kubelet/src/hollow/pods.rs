@@ -8,11 +8,14 @@
 //! workers reconcile keys from the informer's cache.
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{json, Value};
-use skiff_client::{key_of, Backoff, Informer, InformerEvent, ListParams, Store, WorkQueue};
+use skiff_client::{
+    key_of, Action, Backoff, Controller, Informer, InformerEvent, ListParams, Reconcile, Store, WorkQueue,
+};
 use skiff_telemetry::Stop;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -65,21 +68,18 @@ pub(super) async fn run(hollow: Hollow, mut revived: mpsc::UnboundedReceiver<usi
     // of those already Running (after a restart) are taken, so that no new
     // pod gets one of them.
     tokio::select! {
-        _ = stop.raised() => {}
+        _ = stop.raised() => queue.shutdown(),
         synced = store.wait_synced() => {
             if synced.is_ok() {
                 tracing::info!(pods = store.len(), "pod cache synced");
                 reserve_running(&hollow, &store);
-                for _ in 0..WORKERS {
-                    tasks.spawn(worker(hollow.clone(), store.clone(), queue.clone()));
-                }
             }
-            stop.raised().await;
+            let worker = Arc::new(HollowPods { hollow, store });
+            let _ = Controller::new(worker, queue).workers(WORKERS).run(stop.raised()).await;
         }
     }
-    queue.shutdown();
     // The informer and the feed end on the stop signal; the revived channel
-    // closes with the control loop; workers end with the queue.
+    // closes with the control loop.
     while tasks.join_next().await.is_some() {}
 }
 
@@ -104,17 +104,24 @@ fn key_if_ours(hollow: &Hollow, event: &InformerEvent<Pod>) -> Option<String> {
     node_name(pod).and_then(|n| hollow.fleet.index_of(n)).map(|_| key_of(pod.as_ref()))
 }
 
-async fn worker(hollow: Hollow, store: Store<Pod>, queue: WorkQueue<String>) {
-    while let Some(key) = queue.get().await {
-        match reconcile(&hollow, &store, &key).await {
-            Ok(()) => queue.forget(&key),
-            Err(error) => {
-                hollow.metrics.errors.with_label_values(&["pod"]).inc();
-                tracing::warn!(pod = %key, error = format!("{error:#}"), "pod sync failed, retrying");
-                queue.add_rate_limited(key.clone());
-            }
-        }
-        queue.done(&key);
+/// Marks the pods of our nodes Running or removes them, on the controller
+/// runner.
+struct HollowPods {
+    hollow: Hollow,
+    store: Store<Pod>,
+}
+
+impl Reconcile for HollowPods {
+    const NAME: &'static str = "hollow-pod";
+    type Error = Error;
+
+    async fn reconcile(&self, key: &str) -> Result<Action, Error> {
+        reconcile(&self.hollow, &self.store, key).await.map(|()| Action::done())
+    }
+
+    fn error_policy(&self, _key: &str, _error: &Error) -> Action {
+        self.hollow.metrics.errors.with_label_values(&["pod"]).inc();
+        Action::backoff()
     }
 }
 

@@ -1,13 +1,12 @@
 //! Registering the hollow nodes: each Node as a kubelet would create it,
 //! and its Lease.
 
-use std::time::Duration;
-
 use futures::StreamExt;
 use serde_json::{json, Map, Value};
+use skiff_client::Retry;
 use skiff_telemetry::Stop;
 
-use super::{heartbeat, now_time, Fleet, Hollow, IN_FLIGHT, RETRY_BASE, RETRY_MAX};
+use super::{heartbeat, now_time, Fleet, Hollow, IN_FLIGHT, REGISTER_BACKOFF};
 use crate::Error;
 
 /// The extended resource GPU nodes have, and how many.
@@ -30,7 +29,8 @@ pub(super) async fn register_all(hollow: &Hollow, stop: Stop) -> bool {
 }
 
 async fn register_until_done(hollow: &Hollow, node: usize) {
-    for failures in 0.. {
+    let mut retry = Retry::new(REGISTER_BACKOFF);
+    loop {
         match register(hollow, node).await {
             Ok(()) => {
                 hollow.metrics.nodes_registered.inc();
@@ -38,7 +38,7 @@ async fn register_until_done(hollow: &Hollow, node: usize) {
             }
             Err(error) => {
                 hollow.metrics.errors.with_label_values(&["register"]).inc();
-                let delay = retry_delay(failures);
+                let delay = retry.failed();
                 tracing::warn!(error = format!("{error:#}"), ?delay, "node registration failed, retrying");
                 tokio::time::sleep(delay).await;
             }
@@ -132,11 +132,6 @@ pub(super) fn node_status(fleet: &Fleet, node: usize) -> Value {
     })
 }
 
-/// How long the n-th retry in a row waits.
-fn retry_delay(failures: u32) -> Duration {
-    (RETRY_BASE * 2u32.saturating_pow(failures)).min(RETRY_MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,12 +207,5 @@ mod tests {
         assert!(err(&["--hollow-nodes=2", "--memory=lots"]).starts_with("--memory:"));
         assert!(err(&["--hollow-nodes=300", "--pod-cidr-base=10.42.0.0/16"]).starts_with("--pod-cidr-base:"));
         assert!(err(&["--hollow-nodes=1", "--node-name-prefix=Bad_"]).starts_with("--node-name-prefix:"));
-    }
-
-    #[test]
-    fn retries_back_off_to_a_cap() {
-        assert_eq!(retry_delay(0), Duration::from_millis(100));
-        assert_eq!(retry_delay(3), Duration::from_millis(800));
-        assert_eq!(retry_delay(30), RETRY_MAX);
     }
 }

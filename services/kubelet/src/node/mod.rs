@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
 use serde_json::{json, Value};
-use skiff_client::Client;
+use skiff_client::{Backoff, Client, Retry};
 use skiff_telemetry::Stop;
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
@@ -218,6 +218,9 @@ pub struct Timing {
     pub status: Duration,
 }
 
+/// Registration retries wait 200ms, doubling up to 10s.
+const REGISTER_BACKOFF: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+
 /// Registers the node (retrying until it succeeds), then renews the Lease
 /// and writes the status until stopped. `registered` turns true once the
 /// Node exists.
@@ -229,13 +232,12 @@ pub async fn run(
     registered: watch::Sender<bool>,
     stop: Stop,
 ) {
-    let mut failures = 0u32;
+    let mut retry = Retry::new(REGISTER_BACKOFF);
     loop {
         match register(&client, runtime.as_ref(), &node).await {
             Ok(()) => break,
             Err(error) => {
-                let delay = (Duration::from_millis(200) * 2u32.saturating_pow(failures)).min(Duration::from_secs(10));
-                failures += 1;
+                let delay = retry.failed();
                 tracing::warn!(error = format!("{error:#}"), ?delay, "node registration failed, retrying");
                 tokio::select! {
                     _ = stop.raised() => return,

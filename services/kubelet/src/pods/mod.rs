@@ -14,13 +14,14 @@ pub mod spec;
 pub mod status;
 pub mod sync;
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use skiff_client::{
-    key_of, Backoff, Client, EventRecorder, EventType, Informer, InformerEvent, ListParams, ObjectRef, Store, WorkQueue,
+    key_of, Action, Backoff, Client, Controller, EventRecorder, EventType, Informer, InformerEvent, ListParams,
+    ObjectRef, Reconcile, Store, WorkQueue,
 };
 use skiff_telemetry::Stop;
 use tokio::sync::mpsc;
@@ -93,29 +94,26 @@ pub async fn run(pl: PodLoop, stop: Stop) {
     tasks.spawn(feed_pods(pod_events, queue.clone()));
     tasks.spawn(feed_users(cm_events, pod_store.clone(), queue.clone(), Uses::ConfigMap));
     tasks.spawn(feed_users(secret_events, pod_store.clone(), queue.clone(), Uses::Secret));
+    // Keys the relist queues wait in the queue until the workers start.
+    tasks.spawn(relist(pl.syncer.clone(), queue.clone(), pl.relist_interval, stop.clone()));
 
+    let worker = PodWorker {
+        client: pl.client.clone(),
+        syncer: pl.syncer,
+        recorder: EventRecorder::new(pl.client, "kubelet"),
+        store: pod_store.clone(),
+        failing: Mutex::default(),
+    };
     // Workers start once every cache holds what the API has: a sync must
     // never take a missing ConfigMap for a deleted one.
-    let synced = async {
-        pod_store.wait_synced().await?;
-        cm_store.wait_synced().await?;
-        secret_store.wait_synced().await
-    };
-    tokio::select! {
-        _ = stop.raised() => {}
-        result = synced => {
-            if result.is_ok() {
-                tracing::info!(pods = pod_store.len(), "pod caches synced");
-                tasks.spawn(relist(pl.syncer.clone(), queue.clone(), pl.relist_interval, stop.clone()));
-                let recorder = EventRecorder::new(pl.client.clone(), "kubelet");
-                for _ in 0..WORKERS {
-                    tasks.spawn(worker(pl.client.clone(), pl.syncer.clone(), pod_store.clone(), queue.clone(), recorder.clone()));
-                }
-            }
-            stop.raised().await;
-        }
+    let controller = Controller::new(Arc::new(worker), queue)
+        .workers(WORKERS)
+        .wait_for(Arc::new(pod_store))
+        .wait_for(Arc::new(cm_store))
+        .wait_for(Arc::new(secret_store));
+    if let Err(error) = controller.run(stop.raised()).await {
+        tracing::warn!(%error, "pod caches never synced");
     }
-    queue.shutdown();
     while tasks.join_next().await.is_some() {}
 }
 
@@ -220,36 +218,37 @@ async fn relist(syncer: Arc<PodSyncer>, queue: WorkQueue<String>, interval: Dura
     }
 }
 
-async fn worker(
+/// Syncs the pods of this node, one key at a time, on the controller runner.
+struct PodWorker {
     client: Client,
     syncer: Arc<PodSyncer>,
     store: Store<Pod>,
-    queue: WorkQueue<String>,
     recorder: EventRecorder,
-) {
-    while let Some(key) = queue.get().await {
-        match sync_key(&client, &syncer, &store, &recorder, &key).await {
+    /// Keys whose last sync failed: one FailedSync Event per failure
+    /// streak, not one per retry.
+    failing: Mutex<HashSet<String>>,
+}
+
+impl Reconcile for PodWorker {
+    const NAME: &'static str = "pod";
+    type Error = Error;
+
+    async fn reconcile(&self, key: &str) -> Result<Action, Error> {
+        match sync_key(&self.client, &self.syncer, &self.store, &self.recorder, key).await {
             Ok(requeue) => {
-                queue.forget(&key);
-                if let Some(after) = requeue {
-                    queue.add_after(key.clone(), after);
-                }
+                self.failing.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+                Ok(requeue.map_or_else(Action::done, Action::requeue))
             }
             Err(error) => {
-                let message = format!("{error:#}");
-                tracing::warn!(pod = %key, error = %message, "pod sync failed, retrying");
-                // One Event per failure streak, not one per retry.
-                if queue.num_requeues(&key) == 0 {
-                    if let Some(pod) = store.get(&key) {
-                        let _ = recorder
-                            .record(&ObjectRef::of(pod.as_ref()), EventType::Warning, "FailedSync", &message)
-                            .await;
-                    }
+                let first = self.failing.lock().unwrap_or_else(|e| e.into_inner()).insert(key.to_string());
+                if let (true, Some(pod)) = (first, self.store.get(key)) {
+                    let message = format!("{error:#}");
+                    let about = ObjectRef::of(pod.as_ref());
+                    let _ = self.recorder.record(&about, EventType::Warning, "FailedSync", &message).await;
                 }
-                queue.add_rate_limited(key.clone());
+                Err(error)
             }
         }
-        queue.done(&key);
     }
 }
 
