@@ -91,6 +91,16 @@ impl<K: Object> CacheSync for Store<K> {
     }
 }
 
+/// Waits until every cache has synced: what a loop does before it trusts
+/// its caches. Fails with the first cache whose informer stopped before it
+/// synced (the error names its kind).
+pub async fn wait_all_synced(caches: &[&dyn CacheSync]) -> Result<()> {
+    for cache in caches {
+        cache.wait_synced().await?;
+    }
+    Ok(())
+}
+
 /// How one reconcile went, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -149,12 +159,8 @@ impl<R: Reconcile> Controller<R> {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let Controller { reconciler, queue, workers, caches, observer } = self;
         tokio::pin!(shutdown);
-        let synced = async {
-            for cache in &caches {
-                cache.wait_synced().await?;
-            }
-            Ok::<_, crate::Error>(())
-        };
+        let caches: Vec<&dyn CacheSync> = caches.iter().map(|c| c.as_ref()).collect();
+        let synced = wait_all_synced(&caches);
         tokio::select! {
             _ = &mut shutdown => {
                 queue.shutdown();

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+pub mod changes;
 mod client;
 pub mod config;
 pub mod controller;
@@ -18,7 +19,8 @@ pub mod workqueue;
 
 pub use backoff::{Backoff, Retry};
 pub use client::{Api, Client, ListParams, ObjectList, WatchEvent};
-pub use controller::{run_controller, Action, CacheSync, Controller, Outcome, Reconcile};
+pub use changes::Changes;
+pub use controller::{run_controller, wait_all_synced, Action, CacheSync, Controller, Outcome, Reconcile};
 pub use error::Error;
 pub use events::{EventRecorder, EventType, ObjectRef};
 pub use informer::{key_of, Informer, InformerEvent, Object, Store};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service};
-use skiff_client::{CacheSync, Client, Informer, ListParams, Object, Store};
+use skiff_client::{wait_all_synced, CacheSync, Client, Informer, ListParams, Object, Store};
 use skiff_telemetry::Stop;
 use tokio::task::JoinHandle;
 
@@ -59,10 +59,8 @@ impl Informers {
     }
 
     pub async fn wait_synced(&self) -> skiff_client::Result<()> {
-        for cache in self.all() {
-            cache.wait_synced().await?;
-        }
-        Ok(())
+        let all = self.all();
+        wait_all_synced(&all.iter().map(|c| c.as_ref()).collect::<Vec<_>>()).await
     }
 }
 

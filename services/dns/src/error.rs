@@ -37,12 +37,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("waiting for the {kind} informer to sync")]
-    CacheSync {
-        kind: &'static str,
-        #[source]
-        source: skiff_client::Error,
-    },
+    #[error("waiting for the informers to sync")]
+    CacheSync(#[source] skiff_client::Error),
     #[error("serving DNS")]
     Serve(#[source] hickory_resolver::net::NetError),
 }

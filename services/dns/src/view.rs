@@ -11,9 +11,8 @@ use std::sync::Arc;
 
 use hickory_proto::rr::Name;
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
-use skiff_client::{InformerEvent, Store};
+use skiff_client::{wait_all_synced, Changes, Store};
 use skiff_telemetry::prometheus::IntGauge;
-use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::handler::SharedZone;
 use crate::zone::Zone;
@@ -29,18 +28,8 @@ pub struct Stores {
 
 impl Stores {
     pub async fn wait_synced(&self) -> Result<(), Error> {
-        let sync = |kind| move |source| Error::CacheSync { kind, source };
-        self.services.wait_synced().await.map_err(sync("Service"))?;
-        self.endpoints.wait_synced().await.map_err(sync("Endpoints"))?;
-        self.pods.wait_synced().await.map_err(sync("Pod"))
+        wait_all_synced(&[&self.services, &self.endpoints, &self.pods]).await.map_err(Error::CacheSync)
     }
-}
-
-/// The three informer feeds.
-pub struct Events {
-    services: UnboundedReceiver<InformerEvent<Service>>,
-    endpoints: UnboundedReceiver<InformerEvent<Endpoints>>,
-    pods: UnboundedReceiver<InformerEvent<Pod>>,
 }
 
 pub struct View {
@@ -58,12 +47,11 @@ impl View {
     }
 
     /// Subscribes to the informers; call before they run so no change is missed.
-    pub fn subscribe(&self) -> Events {
-        Events {
-            services: self.stores.services.subscribe(),
-            endpoints: self.stores.endpoints.subscribe(),
-            pods: self.stores.pods.subscribe(),
-        }
+    pub fn subscribe(&self) -> Changes {
+        Changes::new()
+            .watch(self.stores.services.subscribe())
+            .watch(self.stores.endpoints.subscribe())
+            .watch(self.stores.pods.subscribe())
     }
 
     /// Builds the zone from the stores as they are and swaps it in.
@@ -91,23 +79,14 @@ impl View {
     }
 
     /// Rebuilds after every batch of changes until `shutdown` resolves or
-    /// the informers stop.
-    pub async fn run(self, mut events: Events, shutdown: impl Future<Output = ()>) {
+    /// every informer has stopped.
+    pub async fn run(self, mut changes: Changes, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
-            let open = tokio::select! {
+            tokio::select! {
                 _ = &mut shutdown => return,
-                e = events.services.recv() => e.is_some(),
-                e = events.endpoints.recv() => e.is_some(),
-                e = events.pods.recv() => e.is_some(),
-            };
-            if !open {
-                return;
+                changed = changes.changed() => if !changed { return },
             }
-            // Everything queued so far is in the stores already.
-            while events.services.try_recv().is_ok() {}
-            while events.endpoints.try_recv().is_ok() {}
-            while events.pods.try_recv().is_ok() {}
             self.rebuild();
         }
     }

@@ -14,12 +14,8 @@ pub enum Error {
     },
     #[error("serving metrics and health")]
     Telemetry(#[from] skiff_telemetry::Error),
-    #[error("waiting for the {kind} informer to sync")]
-    CacheSync {
-        kind: &'static str,
-        #[source]
-        source: skiff_client::Error,
-    },
+    #[error("waiting for the informers to sync")]
+    CacheSync(#[source] skiff_client::Error),
     #[error("invalid leader election settings")]
     LeaderConfig(#[source] skiff_client::Error),
     #[error("leader election on lease {lease}")]

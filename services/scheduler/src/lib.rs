@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use skiff_client::{Client, Informer, LeaderElector, LeaseTimings, ListParams};
+use skiff_client::{wait_all_synced, Client, Informer, LeaderElector, LeaseTimings, ListParams};
 use skiff_telemetry::ServiceOps;
 use tokio::task::JoinSet;
 
@@ -123,10 +123,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 
     let result = async {
         tokio::pin!(shutdown);
-        let synced = async {
-            pod_store.wait_synced().await.map_err(|source| Error::CacheSync { kind: "Pod", source })?;
-            node_store.wait_synced().await.map_err(|source| Error::CacheSync { kind: "Node", source })
-        };
+        let synced = async { wait_all_synced(&[&pod_store, &node_store]).await.map_err(Error::CacheSync) };
         tokio::select! {
             _ = &mut shutdown => return Ok(()),
             synced = synced => synced?,
