@@ -6,6 +6,7 @@
 
 pub mod admission;
 pub mod cidr;
+pub mod clock;
 mod defaults;
 pub mod duration;
 mod error;

@@ -66,7 +66,7 @@ impl EventRecorder {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         (&about.uid, &about.kind, reason, message, &self.component).hash(&mut hasher);
         let name = format!("{}.{:016x}", about.name, hasher.finish());
-        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let now = skiff_api::clock::now_rfc3339();
         let event = json!({
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"name": name, "namespace": namespace},

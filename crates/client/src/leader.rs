@@ -18,12 +18,13 @@
 //! takeover.
 
 use std::future::Future;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use rand::Rng;
+use skiff_api::clock;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -215,7 +216,7 @@ impl LeaderElector {
                         namespace: Some(self.api.namespace().to_string()).filter(|ns| !ns.is_empty()),
                         ..Default::default()
                     },
-                    spec: Some(acquired(None, &self.identity, duration, now())),
+                    spec: Some(acquired(None, &self.identity, duration, clock::now())),
                 };
                 return match self.api.create(&lease).await {
                     Ok(_) => Ok(Attempt::Held),
@@ -232,7 +233,7 @@ impl LeaderElector {
             tracing::warn!(lease = %self.lease_key(), "lease has no resourceVersion; not writing it");
             return Ok(Attempt::Raced);
         }
-        match decide(lease.spec.as_ref(), &self.identity, duration, now()) {
+        match decide(lease.spec.as_ref(), &self.identity, duration, clock::now()) {
             Decision::HeldBy(holder) => Ok(Attempt::HeldBy(holder)),
             Decision::Write(spec) => {
                 lease.spec = Some(spec);
@@ -254,7 +255,7 @@ impl LeaderElector {
             else {
                 return Ok(false);
             };
-            lease.spec = Some(released(spec, now()));
+            lease.spec = Some(released(spec, clock::now()));
             self.api.update(&lease).await.map(|_| true)
         };
         match tokio::time::timeout(self.timings.renew_deadline, attempt).await {
@@ -350,16 +351,6 @@ fn released(current: &LeaseSpec, now: Timestamp) -> LeaseSpec {
         renew_time: Some(MicroTime(now)),
         ..current.clone()
     }
-}
-
-/// The wall clock as a lease timestamp (jiff's own `Timestamp::now` needs
-/// its `std` feature, which k8s-openapi leaves off).
-fn now() -> Timestamp {
-    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let seconds = i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX);
-    // subsec_nanos is below 10^9, so it always fits.
-    let nanos = i32::try_from(since_epoch.subsec_nanos()).unwrap_or(0);
-    Timestamp::new(seconds, nanos).unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
 /// Whole seconds, rounded up so the lease never claims less than asked.
@@ -618,7 +609,7 @@ mod tests {
 
         // Someone overwrites the lease (as after a long pause of ours).
         let mut lease = api.get("lock").await.unwrap();
-        lease.spec = Some(acquired(lease.spec.as_ref(), "thief", Duration::from_secs(60), now()));
+        lease.spec = Some(acquired(lease.spec.as_ref(), "thief", Duration::from_secs(60), clock::now()));
         api.update(&lease).await.unwrap();
 
         let result = tokio::time::timeout(Duration::from_secs(2), run).await.expect("stepped down").unwrap();

@@ -18,8 +18,8 @@ pub mod leader;
 pub mod workqueue;
 
 pub use backoff::{Backoff, Retry};
-pub use client::{Api, Client, ListParams, ObjectList, WatchEvent};
 pub use changes::Changes;
+pub use client::{Api, Client, ListParams, ObjectList, WatchEvent};
 pub use controller::{run_controller, wait_all_synced, Action, CacheSync, Controller, Outcome, Reconcile};
 pub use error::Error;
 pub use events::{EventRecorder, EventType, ObjectRef};

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
-use skiff_api::{meta, normalize, KindInfo, MAX_OBJECT_BYTES};
+use skiff_api::{clock, meta, normalize, KindInfo, MAX_OBJECT_BYTES};
 
 use crate::allocator::{Allocation, Ranges, ServiceAllocator};
 use crate::cache::{CachedObject, Filter, Page, WatchCache};
@@ -33,10 +33,6 @@ pub struct Registry {
     last_write: HashMap<&'static str, AtomicI64>,
     /// Cluster IPs and node ports of Services (allocator.rs).
     services: ServiceAllocator,
-}
-
-fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 fn parse(body: &[u8], what: &'static str) -> Result<Value, Error> {
@@ -173,7 +169,7 @@ impl Registry {
             meta::remove(&mut obj, server_set);
         }
         meta::set(&mut obj, "uid", uuid::Uuid::new_v4().to_string());
-        meta::set(&mut obj, "creationTimestamp", now());
+        meta::set(&mut obj, "creationTimestamp", clock::now_rfc3339());
         meta::set(&mut obj, "generation", 1);
         // Nodes report their own status when they register; for every
         // other kind status is the controllers' to write.
@@ -653,7 +649,8 @@ fn prefix_end(prefix: &str) -> String {
 
 /// Sets one entry of status.conditions, keeping the others.
 fn set_condition(obj: &mut Value, type_: &str, status: &str, reason: &str, message: &str) {
-    let mut condition = serde_json::json!({"type": type_, "status": status, "lastTransitionTime": now()});
+    let mut condition =
+        serde_json::json!({"type": type_, "status": status, "lastTransitionTime": clock::now_rfc3339()});
     if !reason.is_empty() {
         condition["reason"] = reason.into();
     }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
@@ -16,16 +16,7 @@ use crate::error::{Error, Result};
 
 // === time ===
 
-/// The wall clock (jiff's own `Timestamp::now` needs a feature k8s-openapi
-/// leaves off).
-pub fn now() -> Timestamp {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    Timestamp::new(since.as_secs() as i64, since.subsec_nanos() as i32).unwrap_or(Timestamp::UNIX_EPOCH)
-}
-
-pub fn now_time() -> Time {
-    Time(now())
-}
+pub use skiff_api::clock::{now, now_time};
 
 pub fn millis(t: &Timestamp) -> i64 {
     t.as_millisecond()

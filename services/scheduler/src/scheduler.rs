@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod, PodCondition};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use skiff_client::{key_of, Client, EventRecorder, EventType, InformerEvent, ObjectRef, Store};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -356,7 +355,7 @@ pub fn set_condition(pod: &mut Pod, message: &str) -> bool {
             return false;
         }
     }
-    let now = Time(now());
+    let now = skiff_api::clock::now_time();
     match existing {
         Some(c) => {
             if c.status != "False" {
@@ -376,13 +375,6 @@ pub fn set_condition(pod: &mut Pod, message: &str) -> bool {
         }),
     }
     true
-}
-
-/// The wall clock as a k8s timestamp (jiff's `Timestamp::now` needs a jiff
-/// feature k8s-openapi does not enable); whole seconds, as the API stores.
-fn now() -> k8s_openapi::jiff::Timestamp {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    k8s_openapi::jiff::Timestamp::from_second(secs as i64).unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)
 }
 
 /// Holds `skiff_scheduler_leader` at 1 for as long as the loop runs.

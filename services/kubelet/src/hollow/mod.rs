@@ -213,15 +213,7 @@ impl Fleet {
     }
 }
 
-/// Now, as a metav1.Time (whole seconds).
-fn now_time() -> String {
-    Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-/// Now, as a metav1.MicroTime.
-fn now_micro() -> String {
-    Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true)
-}
+use skiff_api::clock::{now_rfc3339 as now_time, now_rfc3339_micros as now_micro};
 
 /// Retries of a failed registration wait 100ms, doubling up to 10s.
 const REGISTER_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));

@@ -16,7 +16,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{SecondsFormat, Utc};
 use serde_json::{json, Value};
 use skiff_client::{Backoff, Client, Retry};
 use skiff_telemetry::Stop;
@@ -204,10 +203,7 @@ fn os_image() -> String {
         .unwrap_or_else(|| "linux".into())
 }
 
-/// Now, as a metav1.Time (whole seconds).
-pub fn now_time() -> String {
-    Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
-}
+pub use skiff_api::clock::now_rfc3339 as now_time;
 
 // === the node loop ===
 
@@ -323,7 +319,7 @@ async fn report_status(client: &Client, node: &NodeAgent, health: &Health, versi
 
 /// Renews the node's Lease, creating it if it is missing.
 async fn renew_lease(client: &Client, name: &str) -> Result<(), Error> {
-    let now = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
+    let now = skiff_api::clock::now_rfc3339_micros();
     let spec = json!({"holderIdentity": name, "leaseDurationSeconds": LEASE_DURATION_SECONDS, "renewTime": now});
     let err = |source| Error::RenewLease { node: name.to_string(), source };
     match client.patch("Lease", LEASE_NAMESPACE, name, &json!({ "spec": spec })).await {
