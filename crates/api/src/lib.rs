@@ -15,6 +15,7 @@ pub mod meta;
 pub mod quantity;
 pub mod selector;
 mod validation;
+pub mod well_known;
 
 pub use admission::{decode_typed, normalize};
 pub use duration::{parse_duration, parse_period};

@@ -15,9 +15,7 @@ use crate::allocator::{Allocation, Ranges, ServiceAllocator};
 use crate::cache::{CachedObject, Filter, Page, WatchCache};
 use crate::storage::{Storage, Stored, Swap};
 use crate::Error;
-
-/// Namespaces that exist from the start and may not be deleted.
-pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+use skiff_api::well_known::{NAMESPACE_FINALIZER, SYSTEM_NAMESPACES};
 
 /// Attempts at a patch or delete that lost a compare-and-swap race before
 /// giving up with a conflict.
@@ -568,10 +566,6 @@ impl Registry {
         Ok(())
     }
 }
-
-/// The finalizer the namespace controller removes once a terminating
-/// namespace is empty (Kubernetes keeps it in `spec.finalizers`).
-const NAMESPACE_FINALIZER: &str = "kubernetes";
 
 fn add_namespace_finalizer(obj: &mut Value) {
     if !obj["spec"].is_object() {

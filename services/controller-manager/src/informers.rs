@@ -6,12 +6,10 @@ use std::sync::Arc;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service};
+use skiff_api::well_known::NODE_LEASE_NAMESPACE;
 use skiff_client::{wait_all_synced, CacheSync, Client, Informer, ListParams, Object, Store};
 use skiff_telemetry::Stop;
 use tokio::task::JoinHandle;
-
-/// Namespace of the node heartbeats.
-pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
 
 /// Read access to every cache. Cheap to clone.
 #[derive(Clone)]

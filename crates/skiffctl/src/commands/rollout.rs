@@ -14,13 +14,7 @@ use super::{parse_duration, Globals};
 use crate::merge::patch_between;
 use crate::resource;
 use crate::table::Table;
-
-/// The annotation the deployment controller numbers ReplicaSets with.
-pub const REVISION: &str = "deployment.kubernetes.io/revision";
-/// Why a revision was made, as `kubectl annotate` or `--record` set it.
-pub const CHANGE_CAUSE: &str = "kubernetes.io/change-cause";
-/// The label the deployment controller adds to tell its ReplicaSets apart.
-pub const POD_TEMPLATE_HASH: &str = "pod-template-hash";
+use skiff_api::well_known::{CHANGE_CAUSE_ANNOTATION, POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -104,7 +98,7 @@ pub async fn run(globals: &Globals, args: Args) -> Result<()> {
                 return Ok(());
             }
             println!("{object_ref}");
-            let mut table = Table::new(vec!["REVISION".into(), "CHANGE-CAUSE".into()]);
+            let mut table = Table::new(vec!["REVISION_ANNOTATION".into(), "CHANGE-CAUSE".into()]);
             table.rows.extend(rows.into_iter().map(|(rev, cause)| vec![rev.to_string(), cause]));
             print!("{}", table.render());
             Ok(())
@@ -233,15 +227,18 @@ fn controlled_by(obj: &Value, uid: &str) -> bool {
 }
 
 fn revision(rs: &Value) -> Option<i64> {
-    rs.pointer("/metadata/annotations").and_then(|a| a.get(REVISION)).and_then(Value::as_str)?.parse().ok()
+    rs.pointer("/metadata/annotations").and_then(|a| a.get(REVISION_ANNOTATION)).and_then(Value::as_str)?.parse().ok()
 }
 
-/// (REVISION, CHANGE-CAUSE) for each numbered ReplicaSet, oldest first.
+/// (REVISION_ANNOTATION, CHANGE-CAUSE) for each numbered ReplicaSet, oldest first.
 pub fn history(replica_sets: &[Value]) -> Vec<(i64, String)> {
     let mut rows: Vec<(i64, String)> = replica_sets
         .iter()
         .filter_map(|rs| {
-            let cause = rs.pointer("/metadata/annotations").and_then(|a| a.get(CHANGE_CAUSE)).and_then(Value::as_str);
+            let cause = rs
+                .pointer("/metadata/annotations")
+                .and_then(|a| a.get(CHANGE_CAUSE_ANNOTATION))
+                .and_then(Value::as_str);
             Some((revision(rs)?, cause.filter(|c| !c.is_empty()).unwrap_or("<none>").to_string()))
         })
         .collect();
@@ -265,7 +262,7 @@ pub fn undo_template(name: &str, replica_sets: &[Value], to_revision: i64) -> Re
     };
     let mut template = rs.pointer("/spec/template").cloned().unwrap_or_else(|| json!({}));
     if let Some(labels) = template.pointer_mut("/metadata/labels").and_then(Value::as_object_mut) {
-        labels.remove(POD_TEMPLATE_HASH);
+        labels.remove(POD_TEMPLATE_HASH_LABEL);
     }
     Ok((revision, template))
 }
@@ -339,15 +336,15 @@ mod tests {
     }
 
     fn rs(name: &str, revision: &str, image: &str, cause: Option<&str>) -> Value {
-        let mut annotations = json!({REVISION: revision});
+        let mut annotations = json!({REVISION_ANNOTATION: revision});
         if let Some(c) = cause {
-            annotations[CHANGE_CAUSE] = json!(c);
+            annotations[CHANGE_CAUSE_ANNOTATION] = json!(c);
         }
         json!({
             "metadata": {"name": name, "annotations": annotations,
                          "ownerReferences": [{"kind": "Deployment", "name": "web", "uid": "d-1", "controller": true}]},
             "spec": {"template": {
-                "metadata": {"labels": {"app": "web", POD_TEMPLATE_HASH: name}},
+                "metadata": {"labels": {"app": "web", POD_TEMPLATE_HASH_LABEL: name}},
                 "spec": {"containers": [{"name": "web", "image": image}]}
             }}
         })

@@ -10,7 +10,7 @@
 //!   left out for that port, so pods are grouped into subsets by the set of
 //!   ports they resolve to (Kubernetes' `RepackSubsets`).
 //! - Services without a selector are left alone: their Endpoints are the
-//!   user's. Endpoints this controller wrote carry [`MANAGED_BY`] and are
+//!   user's. Endpoints this controller wrote carry [`ENDPOINTS_MANAGED_BY_LABEL`] and are
 //!   deleted (by name, they have no owner) when their Service goes.
 //! - Writes happen only when the desired object differs from the cached one.
 
@@ -27,10 +27,8 @@ use skiff_client::{key_of, Action, Client, InformerEvent, Reconcile, Store, Work
 use super::{Context, Wiring};
 use crate::error::{Error, Result};
 use crate::util;
+use skiff_api::well_known::ENDPOINTS_MANAGED_BY_LABEL;
 
-/// Label on the Endpoints this controller manages (user-written ones for
-/// selector-less Services lack it and are never touched).
-pub const MANAGED_BY: &str = "endpoints.skiff.dev/managed-by";
 const MANAGER: &str = "endpoint-controller";
 /// Kubernetes marks the Endpoints of headless Services with this label.
 const HEADLESS: &str = "service.kubernetes.io/headless";
@@ -173,13 +171,13 @@ impl EndpointsController {
 }
 
 fn is_managed(ep: &Endpoints) -> bool {
-    ep.metadata.labels.as_ref().and_then(|l| l.get(MANAGED_BY)).is_some_and(|v| v == MANAGER)
+    ep.metadata.labels.as_ref().and_then(|l| l.get(ENDPOINTS_MANAGED_BY_LABEL)).is_some_and(|v| v == MANAGER)
 }
 
 /// The Service's labels, plus ours (and the headless mark).
 fn desired_labels(svc: &Service) -> BTreeMap<String, String> {
     let mut labels = svc.metadata.labels.clone().unwrap_or_default();
-    labels.insert(MANAGED_BY.into(), MANAGER.into());
+    labels.insert(ENDPOINTS_MANAGED_BY_LABEL.into(), MANAGER.into());
     if svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some("None") {
         labels.insert(HEADLESS.into(), String::new());
     } else {

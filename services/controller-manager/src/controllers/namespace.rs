@@ -18,8 +18,7 @@ use skiff_client::{Action, Client, ListParams, Reconcile, Store, WorkQueue};
 use super::{Context, Wiring};
 use crate::error::{Error, Result};
 use crate::util;
-
-pub const FINALIZER: &str = "kubernetes";
+use skiff_api::well_known::NAMESPACE_FINALIZER;
 
 /// How soon to look again while objects (held by their own finalizers, or
 /// being recreated by a controller that has not noticed yet) remain.
@@ -80,12 +79,13 @@ impl Reconcile for NamespaceController {
             return Ok(Action::requeue(RECHECK));
         }
         let finalizers = ns.spec.as_ref().and_then(|s| s.finalizers.as_ref());
-        if !finalizers.is_some_and(|f| f.iter().any(|f| f == FINALIZER)) {
+        if !finalizers.is_some_and(|f| f.iter().any(|f| f == NAMESPACE_FINALIZER)) {
             return Ok(Action::done());
         }
         let mut finalized = (*ns).clone();
         if let Some(spec) = finalized.spec.as_mut() {
-            spec.finalizers = Some(finalizers.into_iter().flatten().filter(|f| *f != FINALIZER).cloned().collect());
+            spec.finalizers =
+                Some(finalizers.into_iter().flatten().filter(|f| *f != NAMESPACE_FINALIZER).cloned().collect());
         }
         match self.client.api::<Namespace>("").update_status(&finalized).await {
             Ok(_) => {

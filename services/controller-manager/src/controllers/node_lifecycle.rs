@@ -24,11 +24,9 @@ use skiff_client::{Action, Client, EventRecorder, EventType, ObjectRef, Reconcil
 
 use super::{Context, Wiring};
 use crate::error::{Error, Result};
-use crate::informers::NODE_LEASE_NAMESPACE;
 use crate::util::{self, millis};
-
-pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
-pub const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
+use skiff_api::well_known::NODE_LEASE_NAMESPACE;
+use skiff_api::well_known::{NOT_READY_TAINT, UNREACHABLE_TAINT};
 
 pub struct NodeLifecycleController {
     client: Client,

@@ -16,10 +16,10 @@ use skiff_client::{
     key_of, Action, Client, EventRecorder, EventType, InformerEvent, ObjectRef, Reconcile, Store, WorkQueue,
 };
 
-use super::node_lifecycle::{NOT_READY_TAINT, UNREACHABLE_TAINT};
 use super::{Context, Wiring};
 use crate::error::{Error, Result};
 use crate::util::{self, millis};
+use skiff_api::well_known::{NOT_READY_TAINT, UNREACHABLE_TAINT};
 
 pub struct TaintEvictionController {
     client: Client,

@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::registration::{node_object, node_status};
-use super::{now_micro, Hollow, IN_FLIGHT, LEASE_DURATION_SECONDS, LEASE_NAMESPACE};
+use super::{Hollow, IN_FLIGHT};
 use crate::Error;
 
 /// How often each node renews its Lease and rewrites its status.
@@ -102,32 +102,9 @@ where
     }
 }
 
-/// Renews the node's Lease, creating it if it is missing.
+/// Renews the node's Lease as a real kubelet does, and counts it.
 pub(super) async fn renew_lease(hollow: &Hollow, node: usize) -> Result<(), Error> {
-    let name = hollow.fleet.name(node);
-    let now = now_micro();
-    let spec = json!({"holderIdentity": name, "leaseDurationSeconds": LEASE_DURATION_SECONDS, "renewTime": now});
-    let err = |source| Error::RenewLease { node: name.to_string(), source };
-    match hollow.client.patch("Lease", LEASE_NAMESPACE, name, &json!({ "spec": spec })).await {
-        Ok(_) => {}
-        Err(e) if e.is_not_found() => {
-            let mut spec = spec;
-            spec["acquireTime"] = now.into();
-            let lease = json!({
-                "apiVersion": "coordination.k8s.io/v1",
-                "kind": "Lease",
-                "metadata": {"name": name, "namespace": LEASE_NAMESPACE},
-                "spec": spec,
-            });
-            match hollow.client.create("Lease", LEASE_NAMESPACE, &lease).await {
-                // Created by an earlier try whose reply was lost: renewed anyway.
-                Ok(_) => {}
-                Err(e) if e.is_already_exists() => {}
-                Err(e) => return Err(err(e)),
-            }
-        }
-        Err(e) => return Err(err(e)),
-    }
+    crate::node::renew_lease(&hollow.client, hollow.fleet.name(node)).await?;
     hollow.metrics.heartbeats.inc();
     Ok(())
 }

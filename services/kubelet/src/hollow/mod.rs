@@ -57,11 +57,6 @@ use metrics::HollowMetrics;
 /// to register 5,000 nodes in seconds, few enough not to swamp the apiserver.
 pub const IN_FLIGHT: usize = 64;
 
-/// The namespace of node Leases, as in Kubernetes.
-pub const LEASE_NAMESPACE: &str = "kube-node-lease";
-/// How long a Lease holds without renewal: Kubernetes' default.
-pub const LEASE_DURATION_SECONDS: i64 = 40;
-
 /// Runs the hollow nodes until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let fleet = Arc::new(Fleet::new(&config)?);
@@ -213,7 +208,7 @@ impl Fleet {
     }
 }
 
-use skiff_api::clock::{now_rfc3339 as now_time, now_rfc3339_micros as now_micro};
+use skiff_api::clock::now_rfc3339 as now_time;
 
 /// Retries of a failed registration wait 100ms, doubling up to 10s.
 const REGISTER_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));

@@ -24,9 +24,8 @@ use tokio::time::MissedTickBehavior;
 
 use crate::runtime::ContainerRuntime;
 use crate::{Config, Error};
+use skiff_api::well_known::NODE_LEASE_NAMESPACE;
 
-/// The namespace of node Leases, as in Kubernetes.
-pub const LEASE_NAMESPACE: &str = "kube-node-lease";
 /// How long a Lease holds without renewal: Kubernetes' default.
 pub const LEASE_DURATION_SECONDS: i64 = 40;
 
@@ -318,11 +317,11 @@ async fn report_status(client: &Client, node: &NodeAgent, health: &Health, versi
 }
 
 /// Renews the node's Lease, creating it if it is missing.
-async fn renew_lease(client: &Client, name: &str) -> Result<(), Error> {
+pub(crate) async fn renew_lease(client: &Client, name: &str) -> Result<(), Error> {
     let now = skiff_api::clock::now_rfc3339_micros();
     let spec = json!({"holderIdentity": name, "leaseDurationSeconds": LEASE_DURATION_SECONDS, "renewTime": now});
     let err = |source| Error::RenewLease { node: name.to_string(), source };
-    match client.patch("Lease", LEASE_NAMESPACE, name, &json!({ "spec": spec })).await {
+    match client.patch("Lease", NODE_LEASE_NAMESPACE, name, &json!({ "spec": spec })).await {
         Ok(_) => Ok(()),
         Err(e) if e.is_not_found() => {
             let mut spec = spec;
@@ -330,10 +329,10 @@ async fn renew_lease(client: &Client, name: &str) -> Result<(), Error> {
             let lease = json!({
                 "apiVersion": "coordination.k8s.io/v1",
                 "kind": "Lease",
-                "metadata": {"name": name, "namespace": LEASE_NAMESPACE},
+                "metadata": {"name": name, "namespace": NODE_LEASE_NAMESPACE},
                 "spec": spec,
             });
-            match client.create("Lease", LEASE_NAMESPACE, &lease).await {
+            match client.create("Lease", NODE_LEASE_NAMESPACE, &lease).await {
                 Ok(_) => Ok(()),
                 Err(e) if e.is_already_exists() => Ok(()),
                 Err(e) => Err(err(e)),

@@ -3,6 +3,7 @@
 use crate::cache::NodeInfo;
 use crate::framework::{Filter, PodInfo, Unfit};
 use crate::plugins::tolerates;
+use skiff_api::well_known::UNSCHEDULABLE_TAINT;
 
 /// The node's Ready condition must be True.
 pub struct NodeReady;
@@ -27,9 +28,6 @@ impl Filter for NodeReady {
         }
     }
 }
-
-/// The taint key a pod tolerates to land on a cordoned node.
-const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
 
 /// `spec.unschedulable` (a cordon) keeps pods off unless they tolerate
 /// `node.kubernetes.io/unschedulable:NoSchedule`, as DaemonSet pods do.

@@ -40,9 +40,7 @@ use status::{calculate_status, is_complete, next_check};
 use super::{Context, Wiring};
 use crate::error::{Error, Result};
 use crate::util::{self, controller_ref, millis, Claimer};
-
-pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
-pub const HASH_LABEL: &str = "pod-template-hash";
+use skiff_api::well_known::{POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION};
 
 pub struct DeploymentController {
     client: Client,
@@ -174,7 +172,7 @@ fn is_recreate(d: &Deployment) -> bool {
 fn without_hash(template: &PodTemplateSpec) -> PodTemplateSpec {
     let mut t = template.clone();
     if let Some(labels) = t.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
-        labels.remove(HASH_LABEL);
+        labels.remove(POD_TEMPLATE_HASH_LABEL);
     }
     t
 }
@@ -455,9 +453,9 @@ impl DeploymentController {
         let next_revision = olds.iter().map(|rs| revision(rs)).max().unwrap_or(0) + 1;
         let mut template = s.template.clone();
         let template_meta = template.metadata.get_or_insert_with(Default::default);
-        template_meta.labels.get_or_insert_with(BTreeMap::new).insert(HASH_LABEL.into(), hash.clone());
+        template_meta.labels.get_or_insert_with(BTreeMap::new).insert(POD_TEMPLATE_HASH_LABEL.into(), hash.clone());
         let mut selector = d.spec.selector.clone();
-        selector.match_labels.get_or_insert_with(BTreeMap::new).insert(HASH_LABEL.into(), hash.clone());
+        selector.match_labels.get_or_insert_with(BTreeMap::new).insert(POD_TEMPLATE_HASH_LABEL.into(), hash.clone());
         let rs = ReplicaSet {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
@@ -646,7 +644,7 @@ mod tests {
         }))
         .unwrap();
         let mut labelled = t.clone();
-        labelled.metadata.as_mut().unwrap().labels.as_mut().unwrap().insert(HASH_LABEL.into(), "x".into());
+        labelled.metadata.as_mut().unwrap().labels.as_mut().unwrap().insert(POD_TEMPLATE_HASH_LABEL.into(), "x".into());
         assert_eq!(template_hash(&t, 0), template_hash(&labelled, 0));
         let mut other = t.clone();
         other.spec.as_mut().unwrap().containers[0].image = Some("a:2".into());

@@ -1,0 +1,45 @@
+//! Names that two or more components must spell alike: labels, annotations,
+//! finalizers, taints and namespaces that one writes and another reads. A
+//! typo in one copy is a silent disagreement, so each lives here once.
+//!
+//! Names Kubernetes defines keep its spelling; skiff's own live under the
+//! one domain `skiff.io`.
+
+/// The finalizer a Namespace carries until the namespace controller has
+/// emptied it (`spec.finalizers`).
+pub const NAMESPACE_FINALIZER: &str = "kubernetes";
+
+/// Namespaces that exist from the start and cannot be deleted.
+pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", NODE_LEASE_NAMESPACE];
+
+/// Where kubelets keep their nodes' heartbeat Leases.
+pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
+
+/// A Deployment's ReplicaSets carry their revision here; `rollout history`
+/// and `undo` read it.
+pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
+
+/// The label a Deployment adds to a ReplicaSet's selector and pods, with
+/// the hash of the pod template, so that two ReplicaSets never share pods.
+pub const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
+
+/// Why a Deployment changed (`kubectl annotate … kubernetes.io/change-cause`).
+pub const CHANGE_CAUSE_ANNOTATION: &str = "kubernetes.io/change-cause";
+
+/// Taints the node lifecycle controller puts on nodes and the scheduler
+/// and taint eviction honour.
+pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
+pub const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
+pub const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
+
+/// Endpoints the endpoints controller owns carry this label (as
+/// EndpointSlices carry `endpointslice.kubernetes.io/managed-by`).
+pub const ENDPOINTS_MANAGED_BY_LABEL: &str = "endpoints.skiff.io/managed-by";
+
+/// Nodes with GPUs are labelled so that workloads can select them.
+pub const GPU_LABEL: &str = "skiff.io/gpu";
+
+/// A node's WireGuard public key and endpoint, published by its overlay
+/// agent for the others to peer with.
+pub const WIREGUARD_PUBLIC_KEY_ANNOTATION: &str = "skiff.io/wireguard-public-key";
+pub const WIREGUARD_ENDPOINT_ANNOTATION: &str = "skiff.io/wireguard-endpoint";
