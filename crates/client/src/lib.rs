@@ -24,7 +24,7 @@ pub use controller::{run_controller, wait_all_synced, Action, CacheSync, Control
 pub use error::Error;
 pub use events::{EventRecorder, EventType, ObjectRef};
 pub use informer::{key_of, Informer, InformerEvent, Object, Store};
-pub use leader::{LeaderElector, LeaseTimings};
+pub use leader::{LeaderElectionFlags, LeaderElector, LeaseTimings};
 pub use workqueue::WorkQueue;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -22,13 +22,12 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use k8s_openapi::api::coordination::v1::Lease;
-use skiff_client::{Client, LeaderElector, LeaseTimings};
+use skiff_client::{Client, LeaderElectionFlags};
 use skiff_telemetry::ServiceOps;
 
 pub use error::Error;
 
-/// The Lease in kube-system that replicas compete for.
+/// The Lease replicas compete for, unless `--lease-name` says otherwise.
 pub const LEASE_NAME: &str = "skiff-controller-manager";
 
 /// Flags of `skiff-controller-manager`.
@@ -40,18 +39,8 @@ pub struct Config {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "127.0.0.1:10257")]
     pub metrics_listen: SocketAddr,
-    /// Run controllers only while holding the lease (false: always, for a single replica).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    pub leader_elect: bool,
-    /// How long other candidates wait after the last renewal before taking the lease.
-    #[arg(long, default_value = "15s", value_parser = parse_duration)]
-    pub lease_duration: Duration,
-    /// How long the leader keeps trying to renew before it steps down.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub renew_deadline: Duration,
-    /// How often to try to acquire or renew the lease.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
-    pub retry_period: Duration,
+    #[command(flatten)]
+    pub election: LeaderElectionFlags,
     /// Workers per controller (keys reconciled at once).
     #[arg(long, default_value_t = 5)]
     pub workers: usize,
@@ -110,23 +99,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     };
     let on_leading = controllers::run_all(controllers, ops.stop.clone());
 
-    let result = if config.leader_elect {
-        let identity = identity();
-        let timings = LeaseTimings {
-            lease_duration: config.lease_duration,
-            renew_deadline: config.renew_deadline,
-            retry_period: config.retry_period,
-        };
-        let elector =
-            LeaderElector::new(client.api::<Lease>("kube-system"), LEASE_NAME, &identity).with_timings(timings)?;
-        tracing::info!(%identity, lease = LEASE_NAME, "waiting for leadership");
-        elector.run(on_leading, shutdown).await.map_err(anyhow::Error::from)
-    } else {
-        tokio::select! {
-            _ = on_leading => {}
-            _ = shutdown => {}
+    let result = match config.election.elector(&client, LEASE_NAME)? {
+        Some(elector) => {
+            tracing::info!(identity = elector.identity(), lease = %elector.lease_key(), "waiting for leadership");
+            elector.run(on_leading, shutdown).await.map_err(anyhow::Error::from)
         }
-        Ok(())
+        None => {
+            tokio::select! {
+                _ = on_leading => {}
+                _ = shutdown => {}
+            }
+            Ok(())
+        }
     };
     tracing::info!("shutting down");
     ops.shutdown().await;
@@ -152,15 +136,4 @@ fn node_ipam_ranges(config: &Config) -> Result<controllers::node_ipam::Ranges, E
         });
     }
     Ok(controllers::node_ipam::Ranges { cluster_cidr: cidr, node_mask: mask })
-}
-
-/// A candidate name unique per process: host name plus a random suffix.
-fn identity() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "skiff".into());
-    format!("{host}_{:08x}", rand::random::<u32>())
 }

@@ -29,14 +29,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use skiff_client::{wait_all_synced, Client, Informer, LeaderElector, LeaseTimings, ListParams};
+use skiff_client::{wait_all_synced, Client, Informer, LeaderElectionFlags, ListParams};
 use skiff_telemetry::ServiceOps;
 use tokio::task::JoinSet;
 
 pub use error::Error;
 pub use scheduler::{is_pending, Options, Scheduler};
+
+/// The Lease scheduler replicas compete for, unless `--lease-name` says otherwise.
+pub const LEASE_NAME: &str = "skiff-scheduler";
 
 /// Flags of `skiff-scheduler`.
 #[derive(Debug, Clone, clap::Args)]
@@ -47,27 +49,8 @@ pub struct Config {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "127.0.0.1:10259")]
     pub metrics_listen: SocketAddr,
-    /// Take the lease before scheduling, so only one replica schedules.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    pub leader_elect: bool,
-    /// This replica's name in the lease (default: hostname_pid).
-    #[arg(long)]
-    pub leader_elect_identity: Option<String>,
-    /// The Lease replicas compete for.
-    #[arg(long, default_value = "skiff-scheduler")]
-    pub lease_name: String,
-    /// The Lease's namespace.
-    #[arg(long, default_value = "kube-system")]
-    pub lease_namespace: String,
-    /// How long others wait after the leader's last renewal before taking over.
-    #[arg(long, default_value = "15s", value_parser = parse_duration)]
-    pub lease_duration: Duration,
-    /// How long the leader tries to renew before it stops scheduling.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub renew_deadline: Duration,
-    /// How often to try to acquire or renew the lease.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
-    pub retry_period: Duration,
+    #[command(flatten)]
+    pub election: LeaderElectionFlags,
     /// Binds and status writes in flight at once.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
     pub bind_workers: u16,
@@ -83,17 +66,6 @@ pub struct Config {
     /// Record a Normal `Scheduled` Event for each bound pod (one more write per pod).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub record_scheduled_events: bool,
-}
-
-/// This replica's default lease identity: the host name and the pid.
-fn default_identity() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "skiff-scheduler".into());
-    format!("{host}_{}", std::process::id())
 }
 
 /// Runs the scheduler until `shutdown` resolves, or until it loses the
@@ -132,27 +104,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         ops.readiness.set_ready();
         tracing::info!(pods = pod_store.len(), nodes = node_store.len(), "caches synced");
 
-        if !config.leader_elect {
+        let Some(elector) = config.election.elector(&client, LEASE_NAME).map_err(Error::LeaderConfig)? else {
             tokio::select! {
                 _ = &mut shutdown => {}
                 _ = scheduler.clone().schedule_loop() => {}
             }
             return Ok(());
-        }
-        let identity = config.leader_elect_identity.clone().unwrap_or_else(default_identity);
-        let timings = LeaseTimings {
-            lease_duration: config.lease_duration,
-            renew_deadline: config.renew_deadline,
-            retry_period: config.retry_period,
         };
-        let elector = LeaderElector::new(client.api::<Lease>(&config.lease_namespace), &config.lease_name, &identity)
-            .with_timings(timings)
-            .map_err(Error::LeaderConfig)?;
-        tracing::info!(%identity, lease = %config.lease_name, "waiting for leadership");
-        elector.run(scheduler.clone().schedule_loop(), &mut shutdown).await.map_err(|source| Error::Leadership {
-            lease: format!("{}/{}", config.lease_namespace, config.lease_name),
-            source,
-        })
+        tracing::info!(identity = elector.identity(), lease = %elector.lease_key(), "waiting for leadership");
+        let lease = elector.lease_key();
+        elector
+            .run(scheduler.clone().schedule_loop(), &mut shutdown)
+            .await
+            .map_err(|source| Error::Leadership { lease, source })
     }
     .await;
 

@@ -30,6 +30,9 @@ use tokio::time::Instant;
 
 use crate::{Api, Error, Result};
 
+mod flags;
+pub use flags::{default_identity, LeaderElectionFlags};
+
 /// How long a lease lasts and how hard its holder tries to keep it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeaseTimings {
@@ -266,7 +269,8 @@ impl LeaderElector {
         }
     }
 
-    fn lease_key(&self) -> String {
+    /// `namespace/name` of the lease this candidate competes for.
+    pub fn lease_key(&self) -> String {
         skiff_api::meta::object_key(self.api.namespace(), &self.name)
     }
 }
