@@ -17,9 +17,7 @@ use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeStatus, Pod};
 use serde_json::json;
 use skiff_api::proto::kubelet_client::KubeletClient;
 use skiff_api::proto::StatsRequest;
-use skiff_kubelet::server::cri::{
-    ANNOTATION_RESTART_COUNT, LABEL_CONTAINER_NAME, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID,
-};
+use skiff_kubelet::runtime::labels::{CONTAINER_NAME, POD_NAME, POD_NAMESPACE, POD_UID, RESTART_COUNT_ANNOTATION};
 use skiff_testkit::runtime::cri::v1::image_service_client::ImageServiceClient;
 use skiff_testkit::runtime::cri::v1::runtime_service_client::RuntimeServiceClient;
 use skiff_testkit::runtime::cri::v1::{
@@ -108,10 +106,10 @@ async fn start_container(
 ) -> String {
     let meta = sandbox.1.metadata.clone().unwrap();
     let labels = HashMap::from([
-        (LABEL_POD_NAMESPACE.to_string(), meta.namespace.clone()),
-        (LABEL_POD_NAME.to_string(), meta.name.clone()),
-        (LABEL_POD_UID.to_string(), meta.uid.clone()),
-        (LABEL_CONTAINER_NAME.to_string(), "app".to_string()),
+        (POD_NAMESPACE.to_string(), meta.namespace.clone()),
+        (POD_NAME.to_string(), meta.name.clone()),
+        (POD_UID.to_string(), meta.uid.clone()),
+        (CONTAINER_NAME.to_string(), "app".to_string()),
     ]);
     let id = cri
         .create_container(CreateContainerRequest {
@@ -122,7 +120,7 @@ async fn start_container(
                 command: vec!["sh".into(), "-c".into(), script.into()],
                 log_path: format!("app/{attempt}.log"),
                 labels,
-                annotations: HashMap::from([(ANNOTATION_RESTART_COUNT.to_string(), attempt.to_string())]),
+                annotations: HashMap::from([(RESTART_COUNT_ANNOTATION.to_string(), attempt.to_string())]),
                 ..Default::default()
             }),
             sandbox_config: Some(sandbox.1.clone()),
@@ -154,7 +152,7 @@ async fn logs_exec_and_stats_through_the_apiserver() {
             .expect("start a cluster with a runtime");
     let runtime = cluster.runtime().expect("a runtime");
     let containerd = runtime.containerd();
-    let channel = skiff_kubelet::server::connect_cri(containerd.socket_path()).await.expect("dial CRI");
+    let channel = skiff_kubelet::runtime::cri::dial(containerd.socket_path());
     let mut cri = RuntimeServiceClient::new(channel.clone());
     let busybox = runtime.registry().image(BUSYBOX_IMAGE);
     ImageServiceClient::new(channel.clone())
@@ -189,9 +187,9 @@ async fn logs_exec_and_stats_through_the_apiserver() {
         hostname: "talker".into(),
         log_directory: log_dir.display().to_string(),
         labels: HashMap::from([
-            (LABEL_POD_NAMESPACE.to_string(), "default".to_string()),
-            (LABEL_POD_NAME.to_string(), "talker".to_string()),
-            (LABEL_POD_UID.to_string(), uid.clone()),
+            (POD_NAMESPACE.to_string(), "default".to_string()),
+            (POD_NAME.to_string(), "talker".to_string()),
+            (POD_UID.to_string(), uid.clone()),
         ]),
         ..Default::default()
     };

@@ -45,12 +45,6 @@ pub enum Error {
     NotReady { name: String, timeout: Duration, log_tail: String },
     #[error("{what}: `{command}` failed ({status}): {stderr}")]
     Command { what: String, command: String, status: String, stderr: String },
-    #[error("connecting to the CRI socket {socket}")]
-    CriConnect {
-        socket: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
     #[error("CRI call failed: {what}")]
     Cri {
         what: &'static str,

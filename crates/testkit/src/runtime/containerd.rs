@@ -295,18 +295,9 @@ impl Drop for Containerd {
     }
 }
 
-/// A gRPC channel to a CRI unix socket.
+/// A gRPC channel to a CRI unix socket, dialled as the kubelet dials it.
 pub async fn cri_channel(socket: &Path) -> Result<tonic::transport::Channel> {
-    let path = socket.to_path_buf();
-    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
-        let path = path.clone();
-        async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
-    });
-    // The URI is only a placeholder: the connector always dials the socket.
-    tonic::transport::Endpoint::from_static("http://[::1]:50051")
-        .connect_with_connector(connector)
-        .await
-        .map_err(|source| Error::CriConnect { socket: socket.display().to_string(), source })
+    Ok(skiff_kubelet::runtime::cri::dial(socket))
 }
 
 /// Ok once CRI `Status` reports RuntimeReady and NetworkReady.

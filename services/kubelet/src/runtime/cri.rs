@@ -1,7 +1,7 @@
 //! [`ContainerRuntime`] over a CRI v1 gRPC socket (containerd's).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_cri::v1::image_service_client::ImageServiceClient;
@@ -15,11 +15,43 @@ use crate::Error;
 /// containerd shows up as an error rather than a stuck pod worker.
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// CRI replies carry exec output and long container lists: above tonic's
+/// 4 MiB default, with Kubernetes' kubelet's limit.
+pub const MAX_CRI_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The one way skiff dials a CRI runtime: HTTP/2 over the unix socket at
+/// `socket`, connected lazily (containerd may come up after us, and a
+/// broken connection is dialled again on the next call).
+pub fn dial(socket: &Path) -> Channel {
+    let path = socket.to_path_buf();
+    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+        let path = path.clone();
+        async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+    });
+    // The URI is a placeholder: the connector always dials the socket.
+    tonic::transport::Endpoint::from_static("http://[::1]:50051").connect_with_connector_lazy(connector)
+}
+
+/// The runtime service on `channel`, with the CRI message limit.
+pub fn runtime_client(channel: Channel) -> RuntimeServiceClient<Channel> {
+    RuntimeServiceClient::new(channel)
+        .max_decoding_message_size(MAX_CRI_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_CRI_MESSAGE_BYTES)
+}
+
+/// The image service on `channel`, with the CRI message limit.
+pub fn image_client(channel: Channel) -> ImageServiceClient<Channel> {
+    ImageServiceClient::new(channel)
+        .max_decoding_message_size(MAX_CRI_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_CRI_MESSAGE_BYTES)
+}
+
 /// containerd (or any CRI v1 runtime) on a unix socket.
 #[derive(Clone)]
 pub struct CriRuntime {
     runtime: RuntimeServiceClient<Channel>,
     images: ImageServiceClient<Channel>,
+    channel: Channel,
 }
 
 impl CriRuntime {
@@ -34,19 +66,13 @@ impl CriRuntime {
                 reason: format!("{endpoint:?} is not unix:///absolute/path"),
             });
         }
-        let connector = tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-            }
-        });
-        // The URI is a placeholder: the connector always dials the socket.
-        let channel =
-            tonic::transport::Endpoint::from_static("http://[::1]:50051").connect_with_connector_lazy(connector);
-        Ok(Self {
-            runtime: RuntimeServiceClient::new(channel.clone()).max_decoding_message_size(64 * 1024 * 1024),
-            images: ImageServiceClient::new(channel),
-        })
+        let channel = dial(&path);
+        Ok(Self { runtime: runtime_client(channel.clone()), images: image_client(channel.clone()), channel })
+    }
+
+    /// The connection, for the kubelet API's streaming calls.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
     }
 
     fn rt(&self) -> RuntimeServiceClient<Channel> {

@@ -6,7 +6,7 @@
 //! the vocabulary: the trait adds no types of its own beyond what a call
 //! returns, so the fake and the real runtime describe the same things.
 
-mod cri;
+pub mod cri;
 #[cfg(test)]
 pub mod fake;
 
@@ -24,6 +24,9 @@ pub mod labels {
     pub const POD_NAME: &str = "io.kubernetes.pod.name";
     pub const POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
     pub const CONTAINER_NAME: &str = "io.kubernetes.container.name";
+    /// How many times the container restarted, when the runtime keeps it
+    /// (else the CRI attempt counts).
+    pub const RESTART_COUNT_ANNOTATION: &str = "io.kubernetes.container.restartCount";
 }
 
 /// Whether the runtime and its network are ready (CRI `Status`).

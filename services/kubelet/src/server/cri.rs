@@ -1,47 +1,12 @@
-//! Dialing the container runtime and finding a pod's container in it by the
+//! Finding a pod's container in it by the
 //! Kubernetes labels the kubelet puts on every container it creates.
-
-use std::path::Path;
 
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{Container, ContainerFilter, ContainerStatus, ContainerStatusRequest, ListContainersRequest};
 use tonic::transport::Channel;
 
 use super::ServerError;
-
-/// Labels (and one annotation) the kubelet sets on each container, as
-/// Kubernetes' kubelet does, so that CRI alone can answer "which container
-/// is pod P's container C".
-pub const LABEL_POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
-pub const LABEL_POD_NAME: &str = "io.kubernetes.pod.name";
-pub const LABEL_POD_UID: &str = "io.kubernetes.pod.uid";
-pub const LABEL_CONTAINER_NAME: &str = "io.kubernetes.container.name";
-pub const ANNOTATION_RESTART_COUNT: &str = "io.kubernetes.container.restartCount";
-
-/// CRI replies carry exec output and long container lists: above tonic's
-/// 4 MiB default, as Kubernetes' kubelet allows.
-pub const MAX_CRI_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
-
-/// A channel to the CRI socket at `socket` (containerd's
-/// `containerd.sock`). HTTP/2 over a unix socket: the URI is a placeholder,
-/// the connector always dials the socket.
-pub async fn connect(socket: &Path) -> Result<Channel, ServerError> {
-    let path = socket.to_path_buf();
-    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
-        let path = path.clone();
-        async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
-    });
-    tonic::transport::Endpoint::from_static("http://[::1]:50051")
-        .connect_with_connector(connector)
-        .await
-        .map_err(|source| ServerError::ConnectRuntime { socket: socket.display().to_string(), source })
-}
-
-pub fn runtime_client(channel: Channel) -> RuntimeServiceClient<Channel> {
-    RuntimeServiceClient::new(channel)
-        .max_decoding_message_size(MAX_CRI_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_CRI_MESSAGE_BYTES)
-}
+use crate::runtime::labels;
 
 /// Which instance of a container a call means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,9 +33,9 @@ pub async fn find_container(
 ) -> Result<Container, ServerError> {
     let filter = ContainerFilter {
         label_selector: [
-            (LABEL_POD_NAMESPACE.to_string(), target.namespace.to_string()),
-            (LABEL_POD_NAME.to_string(), target.pod.to_string()),
-            (LABEL_CONTAINER_NAME.to_string(), target.container.to_string()),
+            (labels::POD_NAMESPACE.to_string(), target.namespace.to_string()),
+            (labels::POD_NAME.to_string(), target.pod.to_string()),
+            (labels::CONTAINER_NAME.to_string(), target.container.to_string()),
         ]
         .into(),
         ..Default::default()
@@ -108,7 +73,7 @@ pub async fn container_status(
 /// else the CRI attempt (the kubelet sets both to the same number).
 fn attempt(c: &Container) -> u32 {
     c.annotations
-        .get(ANNOTATION_RESTART_COUNT)
+        .get(labels::RESTART_COUNT_ANNOTATION)
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| c.metadata.as_ref().map_or(0, |m| m.attempt))
 }
@@ -152,7 +117,7 @@ mod tests {
     #[test]
     fn the_restart_count_annotation_wins_over_the_attempt() {
         let mut older = container("old", 5, 10);
-        older.annotations.insert(ANNOTATION_RESTART_COUNT.into(), "0".into());
+        older.annotations.insert(labels::RESTART_COUNT_ANNOTATION.into(), "0".into());
         let newer = container("new", 1, 20);
         assert_eq!(pick(vec![older, newer], Instance::Current).unwrap().id, "new");
     }

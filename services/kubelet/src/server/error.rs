@@ -9,12 +9,6 @@ use tonic::{Code, Status};
 /// The kubelet server's errors, one variant per failed step.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("connecting to the container runtime at {socket}")]
-    ConnectRuntime {
-        socket: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
     #[error("binding the kubelet server to {addr}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -60,7 +54,6 @@ impl ServerError {
                 Code::Ok => Code::Internal,
                 code => code,
             },
-            ServerError::ConnectRuntime { .. } => Code::Unavailable,
             ServerError::Bind { .. }
             | ServerError::ReadLog { .. }
             | ServerError::Metric(_)

@@ -5,9 +5,9 @@
 //! talk to it directly.
 //!
 //! A pod's containers are found by the labels the kubelet sets on each
-//! ([`cri::LABEL_POD_NAMESPACE`], [`cri::LABEL_POD_NAME`],
-//! [`cri::LABEL_CONTAINER_NAME`]) and its restart count
-//! ([`cri::ANNOTATION_RESTART_COUNT`], else the CRI attempt).
+//! ([`labels::POD_NAMESPACE`], [`labels::POD_NAME`],
+//! [`labels::CONTAINER_NAME`]) and its restart count
+//! ([`labels::RESTART_COUNT_ANNOTATION`], else the CRI attempt).
 //!
 //! - [`logs`]: the CRI log file, parsed, tailed and followed;
 //! - [`exec`]: CRI ExecSync, or for stdin and terminals CRI Exec and the
@@ -36,7 +36,6 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
-pub use cri::connect as connect_cri;
 pub use error::ServerError;
 pub use stats::StatsMetrics;
 
@@ -48,7 +47,7 @@ const LOG_BUFFER: usize = 16;
 const EXEC_BUFFER: usize = 16;
 
 /// Serves the Kubelet API on `addr` (port 0: any free one) until `shutdown`
-/// resolves, answering from the CRI runtime on `cri` (see [`connect_cri`]).
+/// resolves, answering from the CRI runtime on `cri` (see [`crate::runtime::cri::dial`]).
 /// Returns the address bound once it listens; the server runs in the
 /// background, and followed log streams end when `shutdown` does.
 pub async fn serve(
@@ -59,8 +58,11 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
     let bound = listener.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let service =
-        KubeletService { runtime: cri::runtime_client(cri), samples: stats::CpuSamples::default(), stopping: stop_rx };
+    let service = KubeletService {
+        runtime: crate::runtime::cri::runtime_client(cri),
+        samples: stats::CpuSamples::default(),
+        stopping: stop_rx,
+    };
     let drain = async move {
         shutdown.await;
         // Followed logs end first: the server waits for open streams.

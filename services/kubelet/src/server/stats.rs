@@ -16,8 +16,9 @@ use skiff_telemetry::prometheus::{CounterVec, GaugeVec, Opts};
 use skiff_telemetry::Metrics;
 use tonic::transport::Channel;
 
-use super::cri::{self, LABEL_CONTAINER_NAME, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID};
 use super::ServerError;
+use crate::runtime::cri::runtime_client;
+use crate::runtime::labels::{CONTAINER_NAME, POD_NAME, POD_NAMESPACE, POD_UID};
 
 /// The last CPU sample of each container, to work out nano-cores where the
 /// runtime leaves them out: (timestamp ns, usage core-ns).
@@ -56,10 +57,10 @@ pub async fn pod_stats(
 ) -> Result<Vec<PodStats>, ServerError> {
     let mut labels = HashMap::new();
     if !req.namespace.is_empty() {
-        labels.insert(LABEL_POD_NAMESPACE.to_string(), req.namespace.clone());
+        labels.insert(POD_NAMESPACE.to_string(), req.namespace.clone());
     }
     if !req.pod.is_empty() {
-        labels.insert(LABEL_POD_NAME.to_string(), req.pod.clone());
+        labels.insert(POD_NAME.to_string(), req.pod.clone());
     }
     let filter = ContainerStatsFilter { label_selector: labels, ..Default::default() };
     let stats = runtime
@@ -73,7 +74,7 @@ pub async fn pod_stats(
     for s in &stats {
         let Some(attributes) = &s.attributes else { continue };
         let label = |k: &str| attributes.labels.get(k).cloned().unwrap_or_default();
-        let (namespace, pod) = (label(LABEL_POD_NAMESPACE), label(LABEL_POD_NAME));
+        let (namespace, pod) = (label(POD_NAMESPACE), label(POD_NAME));
         // Containers that skiff did not start (no pod labels) are not a pod's.
         if namespace.is_empty() || pod.is_empty() {
             continue;
@@ -92,14 +93,14 @@ pub async fn pod_stats(
             timestamp: m.timestamp,
             working_set_bytes: m.working_set_bytes.as_ref().map_or(0, |v| v.value),
         });
-        let name = match label(LABEL_CONTAINER_NAME) {
+        let name = match label(CONTAINER_NAME) {
             n if n.is_empty() => attributes.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
             n => n,
         };
         let entry = pods.entry((namespace.clone(), pod.clone())).or_insert_with(|| PodStats {
             namespace,
             name: pod,
-            uid: label(LABEL_POD_UID),
+            uid: label(POD_UID),
             cpu: Some(CpuStats::default()),
             memory: Some(MemoryStats::default()),
             containers: Vec::new(),
@@ -172,7 +173,7 @@ impl StatsMetrics {
 
     /// Refreshes the figures from CRI every `interval` until `shutdown`.
     pub async fn run(self, cri: Channel, interval: Duration, shutdown: impl std::future::Future<Output = ()>) {
-        let mut runtime = cri::runtime_client(cri);
+        let mut runtime = runtime_client(cri);
         let samples = CpuSamples::default();
         let mut ticks = tokio::time::interval(interval);
         tokio::pin!(shutdown);
