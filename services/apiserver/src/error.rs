@@ -61,6 +61,21 @@ pub enum Error {
     ContainerNotInPod { pod: String, container: String },
     #[error("the kubelet of node {node:?} is unreachable: {reason}")]
     KubeletUnreachable { node: String, reason: String },
+
+    // Why the apiserver itself could not start or keep serving; never the
+    // answer to a call.
+    #[error("serving metrics and health")]
+    Telemetry(#[from] skiff_telemetry::Error),
+    #[error("registering metric")]
+    Metric(#[from] skiff_telemetry::prometheus::Error),
+    #[error("listening on {addr}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("serving the object API")]
+    Serve(#[source] tonic::transport::Error),
 }
 
 /// The resource name Kubernetes uses in messages: `deployments.apps`, `pods`.
@@ -97,7 +112,9 @@ impl Error {
             Error::Etcd { .. } | Error::WatchClosed | Error::ShuttingDown | Error::KubeletUnreachable { .. } => {
                 Code::Unavailable
             }
-            Error::Corrupt { .. } => Code::Internal,
+            Error::Corrupt { .. } | Error::Telemetry(_) | Error::Metric(_) | Error::Listen { .. } | Error::Serve(_) => {
+                Code::Internal
+            }
         }
     }
 }

@@ -61,7 +61,7 @@ const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> Result<(), Error> {
     let ops = ServiceOps::start(config.metrics_listen).await?;
     let grpc = GrpcMetrics::register(&ops.metrics)?;
     let etcd_latency = ops.metrics.register(HistogramVec::new(
@@ -108,8 +108,9 @@ pub async fn run(
     let server = ObjectsServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    tracing::info!(addr = %listener.local_addr()?, "serving the object API");
+    let listen = |source| Error::Listen { addr: config.listen, source };
+    let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(listen)?;
+    tracing::info!(addr = %listener.local_addr().map_err(listen)?, "serving the object API");
     ops.readiness.set_ready();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let drain = {
@@ -127,7 +128,8 @@ pub async fn run(
         .add_service(server)
         .add_service(pod_proxy)
         .serve_with_incoming_shutdown(incoming, drain)
-        .await?;
+        .await
+        .map_err(Error::Serve)?;
     ops.shutdown().await;
     Ok(())
 }

@@ -73,6 +73,18 @@ pub enum Error {
     HashCollision { key: String, existing: String },
     #[error("invalid flag {flag}: {reason}")]
     Flag { flag: &'static str, reason: String },
+    #[error("connecting to the apiserver")]
+    Connect(#[source] ClientError),
+    #[error("serving metrics and health")]
+    Telemetry(#[from] skiff_telemetry::Error),
+    #[error("invalid leader election settings")]
+    LeaderConfig(#[source] ClientError),
+    #[error("leader election on lease {lease}")]
+    Leadership {
+        lease: String,
+        #[source]
+        source: ClientError,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

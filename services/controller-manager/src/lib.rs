@@ -66,9 +66,9 @@ pub struct Config {
 
 /// Runs until `shutdown` resolves (or leadership is lost, which is an error:
 /// the process exits and a supervisor restarts it as a fresh candidate).
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
     let node_ipam = node_ipam_ranges(&config)?;
-    let client = Client::from_env(config.server.as_deref())?;
+    let client = Client::from_env(config.server.as_deref()).map_err(Error::Connect)?;
     let ops = ServiceOps::start(config.metrics_listen).await?;
     let reconcile_metrics = metrics::ReconcileMetrics::register(&ops.metrics)?;
     ops.readiness.set_not_ready("caches not synced");
@@ -99,10 +99,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     };
     let on_leading = controllers::run_all(controllers, ops.stop.clone());
 
-    let result = match config.election.elector(&client, LEASE_NAME)? {
+    let result = match config.election.elector(&client, LEASE_NAME).map_err(Error::LeaderConfig)? {
         Some(elector) => {
             tracing::info!(identity = elector.identity(), lease = %elector.lease_key(), "waiting for leadership");
-            elector.run(on_leading, shutdown).await.map_err(anyhow::Error::from)
+            let lease = elector.lease_key();
+            elector.run(on_leading, shutdown).await.map_err(|source| Error::Leadership { lease, source })
         }
         None => {
             tokio::select! {

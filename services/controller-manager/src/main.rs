@@ -13,7 +13,9 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let telemetry = skiff_telemetry::init("skiff-controller-manager")?;
-    let result = skiff_controller_manager::run(cli.config, skiff_telemetry::shutdown_signal()).await;
+    let result = skiff_controller_manager::run(cli.config, skiff_telemetry::shutdown_signal())
+        .await
+        .map_err(anyhow::Error::from);
     if let Err(e) = &result {
         tracing::error!(error = format!("{e:#}"), "skiff-controller-manager failed");
     }

@@ -63,7 +63,7 @@ pub struct Config {
 }
 
 /// Runs skiff-dns until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
     let client = Client::from_env(config.server.as_deref()).map_err(Error::Connect)?;
     let origin = Name::from_ascii(config.cluster_domain.trim_end_matches('.'))
         .map_err(|source| Error::ClusterDomain { domain: config.cluster_domain.clone(), source })?;
@@ -130,7 +130,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 
     ops.shutdown().await;
     while tasks.join_next().await.is_some() {}
-    result.map_err(Into::into)
+    result
 }
 
 /// `--upstream`, or resolv.conf's nameservers when it is empty.

@@ -70,4 +70,6 @@ pub enum Error {
     Metric(#[from] skiff_telemetry::prometheus::Error),
     #[error(transparent)]
     Client(#[from] skiff_client::Error),
+    #[error("the kubelet API")]
+    KubeletApi(#[from] crate::server::ServerError),
 }

@@ -21,7 +21,7 @@ use crate::{Config, Error};
 
 /// Runs the kubelet until `shutdown` resolves. Containers keep running
 /// when it stops: a restarted kubelet adopts them.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
     let cri = CriRuntime::connect(&config.container_runtime_endpoint)?;
     let cri_channel = cri.channel();
     let runtime: Arc<dyn ContainerRuntime> = Arc::new(cri);
@@ -30,8 +30,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         return Err(Error::InvalidFlag {
             flag: "crash-backoff-initial",
             reason: "must not be longer than --crash-backoff-max".into(),
-        }
-        .into());
+        });
     }
     let client = Client::from_env(config.server.as_deref())?;
     let ops = ServiceOps::start(config.metrics_listen).await.map_err(Error::from)?;

@@ -150,7 +150,7 @@ pub struct Labels(pub BTreeMap<String, String>);
 
 /// Runs the kubelet until `shutdown` resolves: hollow nodes with
 /// `--hollow-nodes N`, else the real kubelet.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
     if config.hollow_nodes == 0 {
         return kubelet::run(config, shutdown).await;
     }

@@ -13,7 +13,7 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let telemetry = skiff_telemetry::init("skiff-kubelet")?;
-    let result = skiff_kubelet::run(cli.config, skiff_telemetry::shutdown_signal()).await;
+    let result = skiff_kubelet::run(cli.config, skiff_telemetry::shutdown_signal()).await.map_err(anyhow::Error::from);
     if let Err(e) = &result {
         tracing::error!(error = format!("{e:#}"), "skiff-kubelet failed");
     }

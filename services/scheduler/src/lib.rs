@@ -71,7 +71,7 @@ pub struct Config {
 /// Runs the scheduler until `shutdown` resolves, or until it loses the
 /// lease (an error: the process should exit and start over, as
 /// kube-scheduler does, since its cache may hold assumptions of a leader).
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
     let client = Client::from_env(config.server.as_deref()).map_err(Error::Connect)?;
     let ops = ServiceOps::start(config.metrics_listen).await.map_err(Error::from)?;
     let scheduler_metrics = metrics::SchedulerMetrics::register(&ops.metrics)?;
@@ -123,5 +123,5 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     scheduler.shutdown();
     ops.shutdown().await;
     while tasks.join_next().await.is_some() {}
-    result.map_err(Into::into)
+    result
 }

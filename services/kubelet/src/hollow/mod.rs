@@ -58,7 +58,7 @@ use metrics::HollowMetrics;
 pub const IN_FLIGHT: usize = 64;
 
 /// Runs the hollow nodes until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
     let fleet = Arc::new(Fleet::new(&config)?);
     let client = Client::from_env(config.server.as_deref())?;
     let ops = ServiceOps::start(config.metrics_listen).await.map_err(Error::from)?;

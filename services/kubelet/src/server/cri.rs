@@ -66,7 +66,7 @@ pub async fn container_status(
         .map_err(|status| ServerError::Runtime { call: "ContainerStatus", status })?
         .into_inner()
         .status
-        .ok_or(ServerError::Runtime { call: "ContainerStatus", status: tonic::Status::internal("no status in reply") })
+        .ok_or(ServerError::NoStatus { call: "ContainerStatus" })
 }
 
 /// The restart count of a container instance: the kubelet's annotation,

@@ -35,6 +35,15 @@ pub enum ServerError {
     BadRequest(String),
     #[error("exec: the runtime's streaming server at {url}: {reason}")]
     Stream { url: String, reason: String },
+    #[error("exec: the runtime's stream failed: {0}")]
+    StreamFailed(String),
+    /// The exec ended without a usable exit status (the message says why).
+    #[error("{0}")]
+    ExecFailed(String),
+    #[error("CRI {call} answered without a status")]
+    NoStatus { call: &'static str },
+    #[error("the kubelet is shutting down")]
+    ShuttingDown,
     #[error("defining a metric")]
     NewMetric(#[from] skiff_telemetry::prometheus::Error),
     #[error("registering metrics")]
@@ -47,7 +56,8 @@ impl ServerError {
             ServerError::ContainerNotFound { .. } | ServerError::PreviousNotFound { .. } => Code::NotFound,
             ServerError::NotRunning { .. } | ServerError::NoLogFile { .. } => Code::FailedPrecondition,
             ServerError::BadRequest(_) => Code::InvalidArgument,
-            ServerError::Stream { .. } => Code::Unavailable,
+            ServerError::Stream { .. } | ServerError::StreamFailed(_) | ServerError::ShuttingDown => Code::Unavailable,
+            ServerError::ExecFailed(_) => Code::Unknown,
             // The runtime's own verdict (NOT_FOUND for a vanished container,
             // UNKNOWN for a command that could not start) says most.
             ServerError::Runtime { status, .. } => match status.code() {
@@ -55,6 +65,7 @@ impl ServerError {
                 code => code,
             },
             ServerError::Bind { .. }
+            | ServerError::NoStatus { .. }
             | ServerError::ReadLog { .. }
             | ServerError::Metric(_)
             | ServerError::NewMetric(_) => Code::Internal,

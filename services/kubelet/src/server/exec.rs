@@ -150,7 +150,7 @@ pub struct Session {
 
 /// Stream handling that failed past the start: the call ends with it.
 fn stream_error(reason: impl std::fmt::Display) -> Status {
-    Status::unavailable(format!("exec: the runtime's stream failed: {reason}"))
+    ServerError::StreamFailed(reason.to_string()).into()
 }
 
 impl Session {
@@ -267,14 +267,14 @@ impl Session {
                 }
                 _ = out.closed() => return,
                 () = &mut stopped => {
-                    let _ = out.send(Err(Status::unavailable("the kubelet is shutting down"))).await;
+                    let _ = out.send(Err(ServerError::ShuttingDown.into())).await;
                     return;
                 }
             }
         }
         let last = match exit_code(&status) {
             Ok(code) => Ok(send(exec_output::Output::ExitCode(code))),
-            Err(message) => Err(Status::unknown(message)),
+            Err(message) => Err(ServerError::ExecFailed(message).into()),
         };
         let _ = out.send(last).await;
     }
