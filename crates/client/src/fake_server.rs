@@ -1,8 +1,11 @@
 //! An in-memory stand-in for the apiserver's `Objects` service, for unit
-//! tests of the informer and leader election run loops: versioned objects,
-//! compare-and-swap updates, watches that replay history from a version, and
-//! knobs to cut watches and compact history as a restart or etcd would.
-//! Integration tests use the real apiserver instead.
+//! tests of the informer and leader election run loops, and (with the
+//! `testkit` feature) of other crates' controllers: versioned objects,
+//! compare-and-swap updates, merge patches, watches that replay history from
+//! a version, and knobs to cut watches and compact history as a restart or
+//! etcd would. No validation, defaulting, finalizers or grace periods: a
+//! delete removes the object at once. Integration tests use the real
+//! apiserver instead.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -128,6 +131,25 @@ fn matches(kind: &str, ns: &str, key: &Key) -> bool {
     key.0 == kind && (ns.is_empty() || key.1 == ns)
 }
 
+/// RFC 7386: objects merge key by key, null removes, anything else replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(fields) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Default::default());
+    }
+    let Value::Object(target) = target else { return };
+    for (key, value) in fields {
+        if value.is_null() {
+            target.remove(key);
+        } else {
+            merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
+        }
+    }
+}
+
 fn parse(bytes: &[u8]) -> Result<Value, Status> {
     serde_json::from_slice(bytes).map_err(|e| Status::invalid_argument(e.to_string()))
 }
@@ -225,8 +247,19 @@ impl objects_server::Objects for FakeApiserver {
         self.update(req).await
     }
 
-    async fn patch(&self, _req: Request<proto::PatchRequest>) -> Result<Response<proto::ObjectReply>, Status> {
-        Err(Status::unimplemented("patch is not faked"))
+    async fn patch(&self, req: Request<proto::PatchRequest>) -> Result<Response<proto::ObjectReply>, Status> {
+        let req = req.into_inner();
+        let patch = parse(&req.patch)?;
+        let key = (req.kind, req.namespace, req.name.clone());
+        let mut st = self.serve()?;
+        let Some(stored) = st.objects.get(&key) else {
+            return Err(Status::not_found(format!("{} not found", req.name)));
+        };
+        let mut obj = stored.clone();
+        merge_patch(&mut obj, &patch);
+        let obj = st.record(Type::Modified, key.clone(), obj);
+        st.objects.insert(key, obj.clone());
+        Ok(reply(&obj))
     }
 
     async fn delete(&self, req: Request<proto::DeleteRequest>) -> Result<Response<proto::ObjectReply>, Status> {
@@ -242,5 +275,18 @@ impl objects_server::Objects for FakeApiserver {
 
     async fn bind(&self, _: Request<proto::BindRequest>) -> Result<Response<proto::ObjectReply>, Status> {
         Err(Status::unimplemented("the fake apiserver does not bind pods"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_merge_patch_merges_objects_removes_nulls_and_replaces_the_rest() {
+        let mut obj = json!({"metadata": {"name": "n", "labels": {"a": "1", "b": "2"}}, "spec": {"ports": [1, 2]}});
+        merge_patch(&mut obj, &json!({"metadata": {"labels": {"a": null, "c": "3"}}, "spec": {"ports": [3]}}));
+        assert_eq!(obj, json!({"metadata": {"name": "n", "labels": {"b": "2", "c": "3"}}, "spec": {"ports": [3]}}));
     }
 }
