@@ -16,6 +16,9 @@ use crate::cache::{CachedObject, Filter, Page, WatchCache};
 use crate::storage::{Storage, Stored, Swap};
 use crate::Error;
 
+#[cfg(test)]
+mod tests;
+
 /// Namespaces that exist from the start and may not be deleted.
 pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
 
@@ -28,7 +31,7 @@ const CAS_ATTEMPTS: usize = 8;
 const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(3);
 
 pub struct Registry {
-    pub storage: Storage,
+    pub storage: Arc<dyn Storage>,
     caches: HashMap<&'static str, Arc<WatchCache>>,
     last_write: HashMap<&'static str, AtomicI64>,
     /// Cluster IPs and node ports of Services (allocator.rs).
@@ -64,7 +67,11 @@ fn spec_of(obj: &Value) -> Vec<(&String, &Value)> {
 }
 
 impl Registry {
-    pub fn new(storage: Storage, caches: HashMap<&'static str, Arc<WatchCache>>, service_ranges: Ranges) -> Self {
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        caches: HashMap<&'static str, Arc<WatchCache>>,
+        service_ranges: Ranges,
+    ) -> Self {
         let last_write = caches.keys().map(|k| (*k, AtomicI64::new(0))).collect();
         Self { storage, caches, last_write, services: ServiceAllocator::new(service_ranges) }
     }
