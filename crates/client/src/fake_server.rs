@@ -17,7 +17,7 @@ use skiff_api::proto::{self, objects_server, watch_event::Type};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
-use crate::Client;
+use crate::{Client, Informer, ListParams, Object, Store};
 
 type Key = (String, String, String);
 type WatchTx = mpsc::UnboundedSender<Result<proto::WatchEvent, Status>>;
@@ -39,16 +39,43 @@ pub struct FakeApiserver {
     state: Arc<Mutex<State>>,
 }
 
-/// Stops the server when dropped.
+/// Stops the server, and the informers started on it, when dropped.
 pub struct Running {
     pub fake: FakeApiserver,
     pub client: Client,
     server: tokio::task::JoinHandle<()>,
+    informers: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         self.server.abort();
+        for informer in self.informers.get_mut().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            informer.abort();
+        }
+    }
+}
+
+impl Running {
+    /// The synced cache of an informer on every `K` the fake holds (in
+    /// `namespace`, or all with ""), kept current while `self` lives.
+    pub async fn store<K: Object>(&self, namespace: &str) -> Store<K> {
+        let informer = Informer::new(self.client.api::<K>(namespace), ListParams::default());
+        let store = informer.store();
+        let task = tokio::spawn(informer.run(std::future::pending()));
+        self.informers.lock().unwrap_or_else(|e| e.into_inner()).push(task.abort_handle());
+        store.wait_synced().await.expect("an informer on the fake apiserver syncs");
+        store
+    }
+}
+
+/// Waits until `done` holds, e.g. until a cache shows a write; panics
+/// naming `what` if that takes more than ten seconds.
+pub async fn eventually(what: &str, done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "gave up waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
 
@@ -66,7 +93,7 @@ impl FakeApiserver {
             let _ = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await;
         });
         let client = Client::new(&format!("http://{addr}")).expect("client");
-        Running { fake, client, server }
+        Running { fake, client, server, informers: Mutex::new(Vec::new()) }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -255,6 +282,10 @@ impl objects_server::Objects for FakeApiserver {
         let Some(stored) = st.objects.get(&key) else {
             return Err(Status::not_found(format!("{} not found", req.name)));
         };
+        let pinned = skiff_api::meta::resource_version(&patch);
+        if !pinned.is_empty() && pinned != skiff_api::meta::resource_version(stored) {
+            return Err(Status::aborted(format!("{} was modified", key.2)));
+        }
         let mut obj = stored.clone();
         merge_patch(&mut obj, &patch);
         let obj = st.record(Type::Modified, key.clone(), obj);

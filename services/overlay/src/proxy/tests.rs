@@ -4,8 +4,7 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use skiff_client::fake_server::{FakeApiserver, Running};
-use skiff_client::{Informer, ListParams, Object};
+use skiff_client::fake_server::{eventually, FakeApiserver, Running};
 use skiff_telemetry::Metrics;
 
 use super::nft::FakeNftables;
@@ -18,14 +17,6 @@ struct World {
     stores: Stores,
     nft: FakeNftables,
     proxier: Proxier,
-}
-
-fn informer<K: Object>(server: &Running) -> Store<K> {
-    let informer = Informer::new(server.client.api::<K>(""), ListParams::default());
-    let store = informer.store();
-    // Ends with the test's runtime.
-    tokio::spawn(informer.run(std::future::pending()));
-    store
 }
 
 fn service(name: &str, spec: Value) -> Value {
@@ -53,8 +44,11 @@ impl World {
         for o in objects {
             server.client.create(o["kind"].as_str().unwrap(), "default", o).await.unwrap();
         }
-        let stores = Stores { nodes: informer(&server), services: informer(&server), endpoints: informer(&server) };
-        stores.wait_synced().await.unwrap();
+        let stores = Stores {
+            nodes: server.store("").await,
+            services: server.store("").await,
+            endpoints: server.store("").await,
+        };
         let options = Options {
             table: TABLE.into(),
             node_name: "a".into(),
@@ -74,12 +68,8 @@ impl World {
         let written = self.server.client.update("Endpoints", "default", &object).await.unwrap();
         let version = written["metadata"]["resourceVersion"].as_str().unwrap().to_string();
         let key = format!("default/{name}");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while self.stores.endpoints.get(&key).and_then(|e| e.metadata.resource_version.clone()) != Some(version.clone())
-        {
-            assert!(tokio::time::Instant::now() < deadline, "the Endpoints cache never caught up");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let cached = || self.stores.endpoints.get(&key).and_then(|e| e.metadata.resource_version.clone());
+        eventually("the Endpoints cache to catch up", || cached().as_deref() == Some(version.as_str())).await;
     }
 
     fn last_script(&self) -> String {

@@ -2,11 +2,10 @@
 //! informer, and a fake WireGuard device and host links take the result.
 
 use std::net::Ipv4Addr;
-use std::time::Duration;
 
 use serde_json::{json, Value};
-use skiff_client::fake_server::{FakeApiserver, Running};
-use skiff_client::{Api, Informer, ListParams};
+use skiff_client::fake_server::{eventually, FakeApiserver, Running};
+use skiff_client::Api;
 
 use super::fake::{FakeLinks, FakeWireGuard};
 use super::*;
@@ -59,11 +58,7 @@ impl World {
         for n in nodes {
             server.client.create("Node", "", n).await.unwrap();
         }
-        let informer = Informer::new(server.client.api::<Node>(""), ListParams::default());
-        let store = informer.store();
-        // Ends with the test's runtime.
-        tokio::spawn(informer.run(std::future::pending()));
-        store.wait_synced().await.unwrap();
+        let store = server.store::<Node>("").await;
         let (wg, links) = (FakeWireGuard::default(), FakeLinks::with_link("wg-test"));
         let host = Host { key: Key::generate_private(), device: Box::new(wg.clone()), links: Box::new(links.clone()) };
         let recorder = EventRecorder::new(server.client.clone(), "skiff-overlay");
@@ -94,11 +89,7 @@ impl World {
     }
 
     async fn until(&self, done: impl Fn(&Store<Node>) -> bool) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !done(&self.nodes) {
-            assert!(tokio::time::Instant::now() < deadline, "the Node cache never caught up");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        eventually("the Node cache to catch up", || done(&self.nodes)).await;
     }
 
     fn peer_names(&self) -> Vec<String> {
