@@ -77,6 +77,14 @@ impl World {
     }
 }
 
+/// Service `web` (10.43.0.10:80) with one ready endpoint, 10.42.1.5:8080.
+fn one_web_endpoint() -> [Value; 2] {
+    [
+        service("web", json!({"clusterIP": "10.43.0.10", "ports": [{"port": 80}]})),
+        endpoints("web", &["10.42.1.5"], 8080),
+    ]
+}
+
 fn is_full(script: &str) -> bool {
     script.starts_with(&format!("add table ip {TABLE}\ndelete table ip {TABLE}\n"))
 }
@@ -118,11 +126,7 @@ async fn cluster_ips_and_node_ports_go_to_their_endpoints_and_ports_without_any_
 
 #[tokio::test]
 async fn only_changes_are_sent_and_nothing_when_nothing_changed() {
-    let mut w = World::start(&[
-        service("web", json!({"clusterIP": "10.43.0.10", "ports": [{"port": 80}]})),
-        endpoints("web", &["10.42.1.5"], 8080),
-    ])
-    .await;
+    let mut w = World::start(&one_web_endpoint()).await;
     assert_eq!(w.proxier.sync().await, None);
     assert_eq!(w.proxier.sync().await, None);
     assert_eq!(w.nft.applied().len(), 1, "an unchanged state sends no transaction");
@@ -137,11 +141,7 @@ async fn only_changes_are_sent_and_nothing_when_nothing_changed() {
 
 #[tokio::test]
 async fn a_failed_transaction_is_followed_by_a_full_resync_after_a_back_off() {
-    let mut w = World::start(&[
-        service("web", json!({"clusterIP": "10.43.0.10", "ports": [{"port": 80}]})),
-        endpoints("web", &["10.42.1.5"], 8080),
-    ])
-    .await;
+    let mut w = World::start(&one_web_endpoint()).await;
     assert_eq!(w.proxier.sync().await, None);
 
     w.set_endpoints("web", &["10.42.1.6"], 8080).await;
