@@ -1,8 +1,11 @@
 //! An in-memory stand-in for the apiserver's `Objects` service, for unit
-//! tests of the informer and leader election run loops: versioned objects,
-//! compare-and-swap updates, watches that replay history from a version, and
-//! knobs to cut watches and compact history as a restart or etcd would.
-//! Integration tests use the real apiserver instead.
+//! tests of the informer and leader election run loops, and (with the
+//! `testkit` feature) of other crates' controllers: versioned objects,
+//! compare-and-swap updates, merge patches, watches that replay history from
+//! a version, and knobs to cut watches and compact history as a restart or
+//! etcd would. No validation, defaulting, finalizers or grace periods: a
+//! delete removes the object at once. Integration tests use the real
+//! apiserver instead.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -14,7 +17,7 @@ use skiff_api::proto::{self, objects_server, watch_event::Type};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
-use crate::Client;
+use crate::{Client, Informer, ListParams, Object, Store};
 
 type Key = (String, String, String);
 type WatchTx = mpsc::UnboundedSender<Result<proto::WatchEvent, Status>>;
@@ -36,16 +39,43 @@ pub struct FakeApiserver {
     state: Arc<Mutex<State>>,
 }
 
-/// Stops the server when dropped.
+/// Stops the server, and the informers started on it, when dropped.
 pub struct Running {
     pub fake: FakeApiserver,
     pub client: Client,
     server: tokio::task::JoinHandle<()>,
+    informers: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         self.server.abort();
+        for informer in self.informers.get_mut().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            informer.abort();
+        }
+    }
+}
+
+impl Running {
+    /// The synced cache of an informer on every `K` the fake holds (in
+    /// `namespace`, or all with ""), kept current while `self` lives.
+    pub async fn store<K: Object>(&self, namespace: &str) -> Store<K> {
+        let informer = Informer::new(self.client.api::<K>(namespace), ListParams::default());
+        let store = informer.store();
+        let task = tokio::spawn(informer.run(std::future::pending()));
+        self.informers.lock().unwrap_or_else(|e| e.into_inner()).push(task.abort_handle());
+        store.wait_synced().await.expect("an informer on the fake apiserver syncs");
+        store
+    }
+}
+
+/// Waits until `done` holds, e.g. until a cache shows a write; panics
+/// naming `what` if that takes more than ten seconds.
+pub async fn eventually(what: &str, done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "gave up waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
 
@@ -63,7 +93,7 @@ impl FakeApiserver {
             let _ = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await;
         });
         let client = Client::new(&format!("http://{addr}")).expect("client");
-        Running { fake, client, server }
+        Running { fake, client, server, informers: Mutex::new(Vec::new()) }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -126,6 +156,25 @@ impl State {
 
 fn matches(kind: &str, ns: &str, key: &Key) -> bool {
     key.0 == kind && (ns.is_empty() || key.1 == ns)
+}
+
+/// RFC 7386: objects merge key by key, null removes, anything else replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(fields) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Default::default());
+    }
+    let Value::Object(target) = target else { return };
+    for (key, value) in fields {
+        if value.is_null() {
+            target.remove(key);
+        } else {
+            merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
+        }
+    }
 }
 
 fn parse(bytes: &[u8]) -> Result<Value, Status> {
@@ -225,8 +274,23 @@ impl objects_server::Objects for FakeApiserver {
         self.update(req).await
     }
 
-    async fn patch(&self, _req: Request<proto::PatchRequest>) -> Result<Response<proto::ObjectReply>, Status> {
-        Err(Status::unimplemented("patch is not faked"))
+    async fn patch(&self, req: Request<proto::PatchRequest>) -> Result<Response<proto::ObjectReply>, Status> {
+        let req = req.into_inner();
+        let patch = parse(&req.patch)?;
+        let key = (req.kind, req.namespace, req.name.clone());
+        let mut st = self.serve()?;
+        let Some(stored) = st.objects.get(&key) else {
+            return Err(Status::not_found(format!("{} not found", req.name)));
+        };
+        let pinned = skiff_api::meta::resource_version(&patch);
+        if !pinned.is_empty() && pinned != skiff_api::meta::resource_version(stored) {
+            return Err(Status::aborted(format!("{} was modified", key.2)));
+        }
+        let mut obj = stored.clone();
+        merge_patch(&mut obj, &patch);
+        let obj = st.record(Type::Modified, key.clone(), obj);
+        st.objects.insert(key, obj.clone());
+        Ok(reply(&obj))
     }
 
     async fn delete(&self, req: Request<proto::DeleteRequest>) -> Result<Response<proto::ObjectReply>, Status> {
@@ -242,5 +306,18 @@ impl objects_server::Objects for FakeApiserver {
 
     async fn bind(&self, _: Request<proto::BindRequest>) -> Result<Response<proto::ObjectReply>, Status> {
         Err(Status::unimplemented("the fake apiserver does not bind pods"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_merge_patch_merges_objects_removes_nulls_and_replaces_the_rest() {
+        let mut obj = json!({"metadata": {"name": "n", "labels": {"a": "1", "b": "2"}}, "spec": {"ports": [1, 2]}});
+        merge_patch(&mut obj, &json!({"metadata": {"labels": {"a": null, "c": "3"}}, "spec": {"ports": [3]}}));
+        assert_eq!(obj, json!({"metadata": {"name": "n", "labels": {"b": "2", "c": "3"}}, "spec": {"ports": [3]}}));
     }
 }

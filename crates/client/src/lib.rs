@@ -11,8 +11,8 @@ pub mod config;
 pub mod controller;
 mod error;
 pub mod events;
-#[cfg(test)]
-mod fake_server;
+#[cfg(any(test, feature = "testkit"))]
+pub mod fake_server;
 pub mod informer;
 pub mod leader;
 pub mod workqueue;

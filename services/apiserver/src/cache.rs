@@ -12,11 +12,12 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use serde_json::Value;
 use skiff_api::{meta, FieldSelector, KindInfo, LabelSelector};
 use tokio::sync::{broadcast, watch};
 
-use crate::storage::Storage;
+use crate::storage::{Change, Storage, Watched};
 use crate::Error;
 
 /// One object as lists and watches hand it out: encoded once, with the
@@ -264,7 +265,7 @@ impl WatchCache {
     /// last revision seen, a compacted one relists.
     pub async fn run(
         self: Arc<Self>,
-        storage: Storage,
+        storage: Arc<dyn Storage>,
         ready: watch::Sender<bool>,
         mut shutdown: watch::Receiver<bool>,
     ) {
@@ -276,7 +277,7 @@ impl WatchCache {
                 return;
             }
             if !listed {
-                match self.relist(&storage, &prefix).await {
+                match self.relist(storage.as_ref(), &prefix).await {
                     Ok(()) => {
                         listed = true;
                         ready.send_replace(true);
@@ -292,7 +293,7 @@ impl WatchCache {
                 }
             }
             let outcome = tokio::select! {
-                o = self.follow(&storage, &prefix) => o,
+                o = self.follow(storage.as_ref(), &prefix) => o,
                 _ = shutdown.changed() => return,
             };
             match outcome {
@@ -308,7 +309,7 @@ impl WatchCache {
         }
     }
 
-    async fn relist(&self, storage: &Storage, prefix: &str) -> Result<(), Error> {
+    async fn relist(&self, storage: &dyn Storage, prefix: &str) -> Result<(), Error> {
         let (items, revision) = storage.list(prefix).await?;
         let mut objects = BTreeMap::new();
         for (key, stored) in items {
@@ -323,25 +324,20 @@ impl WatchCache {
         Ok(())
     }
 
-    async fn follow(&self, storage: &Storage, prefix: &str) -> Follow {
+    async fn follow(&self, storage: &dyn Storage, prefix: &str) -> Follow {
         let from = self.read().revision + 1;
         let mut stream = match storage.watch(prefix, from).await {
             Ok(s) => s,
             Err(e) => return Follow::Failed(e),
         };
         loop {
-            let resp = match stream.message().await {
-                Ok(Some(resp)) => resp,
-                Ok(None) => return Follow::Failed(Error::WatchClosed),
-                Err(source) => return Follow::Failed(Error::Etcd { op: "watch", source }),
+            let changes = match stream.next().await {
+                Some(Ok(Watched::Changes(changes))) => changes,
+                Some(Ok(Watched::Compacted { .. })) => return Follow::Compacted,
+                Some(Err(e)) => return Follow::Failed(e),
+                None => return Follow::Failed(Error::WatchClosed),
             };
-            if resp.compact_revision() > 0 {
-                return Follow::Compacted;
-            }
-            if resp.canceled() {
-                return Follow::Failed(Error::WatchClosed);
-            }
-            for ev in resp.events() {
+            for ev in &changes {
                 match decode_event(self.info, ev) {
                     Ok(Some((kind, object, _))) => self.apply(kind, Arc::new(object)),
                     Ok(None) => {}
@@ -365,27 +361,23 @@ async fn sleep_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) ->
     }
 }
 
-/// Turns one etcd event into the object it leaves behind (for a delete: the
+/// Turns one change into the object it leaves behind (for a delete: the
 /// last state, stamped with the deletion's revision) and the previous state.
 pub fn decode_event(
     info: &KindInfo,
-    ev: &etcd_client::Event,
+    ev: &Change,
 ) -> Result<Option<(EventType, CachedObject, Option<CachedObject>)>, Error> {
-    let Some(kv) = ev.kv() else { return Ok(None) };
-    let key = String::from_utf8_lossy(kv.key()).into_owned();
-    let prev = match ev.prev_kv() {
-        Some(p) => Some(CachedObject::decode(info, key.clone(), p.value(), p.mod_revision())?),
+    let prev = match &ev.prev {
+        Some(p) => Some(CachedObject::decode(info, ev.key.clone(), &p.value, p.mod_revision)?),
         None => None,
     };
-    let out = match ev.event_type() {
-        etcd_client::EventType::Put => {
-            let kind = if kv.create_revision() == kv.mod_revision() { EventType::Added } else { EventType::Modified };
-            (kind, CachedObject::decode(info, key, kv.value(), kv.mod_revision())?)
+    let out = match (&ev.value, &ev.prev) {
+        (Some(value), _) => {
+            let kind = if ev.created { EventType::Added } else { EventType::Modified };
+            (kind, CachedObject::decode(info, ev.key.clone(), value, ev.revision)?)
         }
-        etcd_client::EventType::Delete => {
-            let Some(p) = ev.prev_kv() else { return Ok(None) };
-            (EventType::Deleted, CachedObject::decode(info, key, p.value(), kv.mod_revision())?)
-        }
+        (None, Some(p)) => (EventType::Deleted, CachedObject::decode(info, ev.key.clone(), &p.value, ev.revision)?),
+        (None, None) => return Ok(None),
     };
     Ok(Some((out.0, out.1, prev)))
 }

@@ -71,7 +71,8 @@ pub async fn run(
     )?)?;
     let watchers = ops.metrics.register(IntGauge::new("skiff_apiserver_watchers", "Open client watches")?)?;
 
-    let storage = storage::Storage::connect(&config.etcd_endpoints, etcd_latency).await?;
+    let storage: Arc<dyn storage::Storage> =
+        Arc::new(storage::Etcd::connect(&config.etcd_endpoints, etcd_latency).await?);
     let mut caches = HashMap::new();
     let mut synced = Vec::new();
     for info in KINDS {

@@ -4,13 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use skiff_api::proto::{watch_event::Type as WireType, WatchEvent};
 use skiff_api::KindInfo;
 use tokio::sync::{broadcast, mpsc, watch};
 use tonic::Status;
 
 use crate::cache::{decode_event, CacheEvent, EventType, Filter, Subscription, WatchCache};
-use crate::storage::Storage;
+use crate::storage::{Storage, Watched};
 use crate::Error;
 
 pub type Outbox = mpsc::Sender<Result<WatchEvent, Status>>;
@@ -87,7 +88,7 @@ pub struct WatchParams {
 /// Starts feeding `out` with the events after `params.from`.
 pub fn spawn(
     cache: Arc<WatchCache>,
-    storage: Storage,
+    storage: Arc<dyn Storage>,
     params: WatchParams,
     out: Outbox,
     mut shutdown: watch::Receiver<bool>,
@@ -99,7 +100,7 @@ pub fn spawn(
         let info = cache.info;
         let served = match cache.subscribe(params.from) {
             Some(sub) => from_cache(&cache, sub, watcher, params.bookmark_interval, &mut shutdown).await,
-            None => from_etcd(info, &storage, watcher, params.bookmark_interval, &mut shutdown).await,
+            None => from_etcd(info, storage.as_ref(), watcher, params.bookmark_interval, &mut shutdown).await,
         };
         if let Err((watcher, end)) = served {
             watcher.fail(end).await;
@@ -160,7 +161,7 @@ async fn from_cache(
 /// client's revision, so nothing between is lost.
 async fn from_etcd(
     info: &'static KindInfo,
-    storage: &Storage,
+    storage: &dyn Storage,
     mut w: Watcher,
     bookmark_every: Duration,
     shutdown: &mut watch::Receiver<bool>,
@@ -173,14 +174,13 @@ async fn from_etcd(
     ticker.tick().await;
     loop {
         let step = tokio::select! {
-            msg = stream.message() => match msg {
-                Ok(Some(resp)) if resp.compact_revision() > 0 => {
-                    Err(End::Failed(Error::Expired { requested: w.seen, compacted: resp.compact_revision() }))
+            item = stream.next() => match item {
+                Some(Ok(Watched::Compacted { revision })) => {
+                    Err(End::Failed(Error::Expired { requested: w.seen, compacted: revision }))
                 }
-                Ok(Some(resp)) if resp.canceled() => Err(End::Failed(Error::WatchClosed)),
-                Ok(Some(resp)) => {
+                Some(Ok(Watched::Changes(changes))) => {
                     let mut r = Ok(());
-                    for ev in resp.events() {
+                    for ev in &changes {
                         match decode_event(info, ev) {
                             Ok(Some((kind, object, prev))) => {
                                 let ev = CacheEvent {
@@ -198,8 +198,8 @@ async fn from_etcd(
                     }
                     r
                 }
-                Ok(None) => Err(End::Failed(Error::WatchClosed)),
-                Err(source) => Err(End::Failed(Error::Etcd { op: "watch", source })),
+                Some(Err(e)) => Err(End::Failed(e)),
+                None => Err(End::Failed(Error::WatchClosed)),
             },
             _ = ticker.tick() => w.bookmark().await,
             _ = w.out.closed() => Err(End::Closed),

@@ -91,6 +91,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             wireguard_interface: (config.wireguard != wireguard::Mode::Off).then(|| config.wireguard_interface.clone()),
         },
         stores.clone(),
+        Box::new(proxy::nft::NftCommand),
         &ops.metrics,
     )?;
     let proxy_events = proxier.subscribe();

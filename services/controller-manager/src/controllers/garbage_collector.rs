@@ -312,3 +312,122 @@ fn with(meta: &ObjectMeta, finalizer: &str) -> Vec<String> {
     }
     all
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+    use skiff_client::fake_server::{eventually, FakeApiserver, Running};
+
+    use super::*;
+
+    fn owner_ref(kind: &str, name: &str, uid: &str, blocks: bool) -> Value {
+        let api_version = "apps/v1";
+        json!({"apiVersion": api_version, "kind": kind, "name": name, "uid": uid,
+               "controller": true, "blockOwnerDeletion": blocks})
+    }
+
+    fn object(kind: &str, name: &str, uid: &str, owners: &[Value]) -> Value {
+        let api_version = if kind == "Pod" { "v1" } else { "apps/v1" };
+        json!({"apiVersion": api_version, "kind": kind,
+               "metadata": {"name": name, "namespace": "default", "uid": uid, "ownerReferences": owners}})
+    }
+
+    /// `object` being deleted with `finalizer`.
+    fn finalizing(mut obj: Value, finalizer: &str) -> Value {
+        obj["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        obj["metadata"]["finalizers"] = json!([finalizer]);
+        obj
+    }
+
+    async fn world(objects: &[Value]) -> (Running, GarbageCollector) {
+        let server = FakeApiserver::start().await;
+        for o in objects {
+            server.client.create(o["kind"].as_str().unwrap(), "default", o).await.unwrap();
+        }
+        let gc = GarbageCollector {
+            client: server.client.clone(),
+            pods: server.store("").await,
+            replicasets: server.store("").await,
+            deployments: server.store("").await,
+        };
+        (server, gc)
+    }
+
+    async fn get(server: &Running, kind: &str, name: &str) -> Option<Value> {
+        server.client.get(kind, "default", name).await.ok()
+    }
+
+    fn owner_uids(obj: &Value) -> Vec<&str> {
+        let refs = obj["metadata"]["ownerReferences"].as_array();
+        refs.into_iter().flatten().filter_map(|r| r["uid"].as_str()).collect()
+    }
+
+    fn finalizers(obj: &Value) -> Vec<&str> {
+        obj["metadata"]["finalizers"].as_array().into_iter().flatten().filter_map(Value::as_str).collect()
+    }
+
+    #[tokio::test]
+    async fn a_dependent_whose_owners_are_all_gone_is_deleted_and_a_live_owner_keeps_it() {
+        let live = owner_ref("ReplicaSet", "web", "rs-uid", true);
+        let gone = owner_ref("ReplicaSet", "old", "gone-uid", true);
+        let (server, gc) = world(&[
+            object("ReplicaSet", "web", "rs-uid", &[]),
+            object("Pod", "orphan", "p1", std::slice::from_ref(&gone)),
+            object("Pod", "owned", "p2", std::slice::from_ref(&live)),
+            object("Pod", "half", "p3", &[live, gone]),
+        ])
+        .await;
+
+        for pod in ["orphan", "owned", "half"] {
+            assert_eq!(gc.reconcile(&format!("Pod/default/{pod}")).await.unwrap(), Action::done());
+        }
+
+        assert_eq!(get(&server, "Pod", "orphan").await, None);
+        assert_eq!(owner_uids(&get(&server, "Pod", "owned").await.unwrap()), ["rs-uid"]);
+        assert_eq!(owner_uids(&get(&server, "Pod", "half").await.unwrap()), ["rs-uid"], "the dangling reference goes");
+    }
+
+    #[tokio::test]
+    async fn an_owner_recreated_under_the_same_name_does_not_keep_the_old_ones_dependents() {
+        let old = owner_ref("ReplicaSet", "web", "old-uid", true);
+        let (server, gc) = world(&[
+            object("ReplicaSet", "web", "new-uid", &[]),
+            object("Pod", "stale", "p1", std::slice::from_ref(&old)),
+        ])
+        .await;
+
+        gc.reconcile("Pod/default/stale").await.unwrap();
+
+        assert_eq!(get(&server, "Pod", "stale").await, None);
+    }
+
+    #[tokio::test]
+    async fn orphan_deletion_releases_the_dependents_then_the_owner() {
+        let rs = finalizing(object("ReplicaSet", "web", "rs-uid", &[]), ORPHAN);
+        let (server, gc) =
+            world(&[rs, object("Pod", "kept", "p1", &[owner_ref("ReplicaSet", "web", "rs-uid", true)])]).await;
+
+        assert_eq!(gc.reconcile("ReplicaSet/default/web").await.unwrap(), Action::done());
+
+        assert_eq!(owner_uids(&get(&server, "Pod", "kept").await.unwrap()), Vec::<&str>::new());
+        assert_eq!(finalizers(&get(&server, "ReplicaSet", "web").await.unwrap()), Vec::<&str>::new());
+    }
+
+    #[tokio::test]
+    async fn foreground_deletion_keeps_the_owner_until_its_blocking_dependents_are_gone() {
+        let deployment = finalizing(object("Deployment", "app", "d-uid", &[]), FOREGROUND);
+        let rs = object("ReplicaSet", "app-1", "rs-uid", &[owner_ref("Deployment", "app", "d-uid", true)]);
+        let (server, gc) = world(&[deployment, rs]).await;
+
+        gc.reconcile("Deployment/default/app").await.unwrap();
+
+        // The fake apiserver deletes at once where a real one would wait
+        // for the ReplicaSet's own foreground finalizer.
+        assert_eq!(get(&server, "ReplicaSet", "app-1").await, None);
+        assert_eq!(finalizers(&get(&server, "Deployment", "app").await.unwrap()), [FOREGROUND]);
+
+        eventually("the ReplicaSet cache to see the delete", || gc.replicasets.is_empty()).await;
+        gc.reconcile("Deployment/default/app").await.unwrap();
+        assert_eq!(finalizers(&get(&server, "Deployment", "app").await.unwrap()), Vec::<&str>::new());
+    }
+}

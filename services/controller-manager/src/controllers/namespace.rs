@@ -97,3 +97,77 @@ impl Reconcile for NamespaceController {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+    use skiff_client::fake_server::{FakeApiserver, Running};
+
+    use super::*;
+
+    /// A namespace `doomed` being deleted, holding `objects`, and the
+    /// controller watching namespaces on a fake apiserver.
+    async fn world(objects: &[Value]) -> (Running, NamespaceController) {
+        let server = FakeApiserver::start().await;
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace",
+                        "metadata": {"name": "doomed", "deletionTimestamp": "2026-01-01T00:00:00Z"},
+                        "spec": {"finalizers": [NAMESPACE_FINALIZER]}});
+        server.client.create("Namespace", "", &ns).await.unwrap();
+        for o in objects {
+            server.client.create(o["kind"].as_str().unwrap(), "doomed", o).await.unwrap();
+        }
+        let namespaces = server.store::<Namespace>("").await;
+        let controller = NamespaceController { client: server.client.clone(), namespaces };
+        (server, controller)
+    }
+
+    fn object(kind: &str, name: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": kind, "metadata": {"name": name, "namespace": "doomed"}})
+    }
+
+    async fn finalizers(server: &Running) -> Vec<String> {
+        let ns = server.client.api::<Namespace>("").get("doomed").await.unwrap();
+        ns.spec.and_then(|s| s.finalizers).unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn a_terminating_namespace_is_emptied_before_its_finalizer_goes() {
+        let (server, controller) = world(&[object("ConfigMap", "settings"), object("Service", "web")]).await;
+
+        assert_eq!(controller.reconcile("doomed").await.unwrap(), Action::requeue(RECHECK));
+        assert!(server.fake.names("ConfigMap").is_empty() && server.fake.names("Service").is_empty());
+        assert_eq!(finalizers(&server).await, [NAMESPACE_FINALIZER], "kept while objects were still there");
+
+        assert_eq!(controller.reconcile("doomed").await.unwrap(), Action::done());
+        assert_eq!(finalizers(&server).await, Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn an_object_held_by_its_own_finalizer_holds_the_namespace() {
+        let mut held = object("ConfigMap", "held");
+        held["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        held["metadata"]["finalizers"] = json!(["example.com/keep"]);
+        let (server, controller) = world(&[held]).await;
+
+        assert_eq!(controller.reconcile("doomed").await.unwrap(), Action::requeue(RECHECK));
+        assert_eq!(server.fake.names("ConfigMap"), ["held"], "not deleted again");
+        assert_eq!(finalizers(&server).await, [NAMESPACE_FINALIZER]);
+
+        // Its finalizer released, the apiserver removes it.
+        server.client.delete("ConfigMap", "doomed", "held").await.unwrap();
+        assert_eq!(controller.reconcile("doomed").await.unwrap(), Action::done());
+        assert_eq!(finalizers(&server).await, Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn a_namespace_not_being_deleted_is_left_alone() {
+        let server = FakeApiserver::start().await;
+        server.client.create("Namespace", "", &json!({"metadata": {"name": "live"}})).await.unwrap();
+        server.client.create("ConfigMap", "live", &object("ConfigMap", "settings")).await.unwrap();
+        let controller =
+            NamespaceController { client: server.client.clone(), namespaces: server.store::<Namespace>("").await };
+
+        assert_eq!(controller.reconcile("live").await.unwrap(), Action::done());
+        assert_eq!(server.fake.names("ConfigMap"), ["settings"]);
+    }
+}

@@ -218,3 +218,140 @@ impl NodeLifecycleController {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::Timestamp;
+    use serde_json::{json, Value};
+    use skiff_client::fake_server::{eventually, FakeApiserver, Running};
+
+    use super::*;
+
+    const GRACE: Duration = Duration::from_secs(40);
+    const HOUR: i64 = 3600;
+
+    /// A time `seconds` before now, as the API writes it.
+    fn ago(seconds: i64) -> Value {
+        let then = Timestamp::from_second(util::now().as_second() - seconds).unwrap();
+        serde_json::to_value(Time(then)).unwrap()
+    }
+
+    fn node(name: &str, ready: &str, heartbeat: i64, taints: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "Node",
+               "metadata": {"name": name, "creationTimestamp": ago(2 * HOUR)},
+               "spec": {"taints": taints},
+               "status": {"conditions": [{"type": "Ready", "status": ready, "lastHeartbeatTime": ago(heartbeat)}]}})
+    }
+
+    fn lease(node: &str, renewed: i64) -> Value {
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+               "metadata": {"name": node, "namespace": NODE_LEASE_NAMESPACE},
+               "spec": {"holderIdentity": node, "renewTime": ago(renewed)}})
+    }
+
+    fn ready_pod(name: &str, node: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"},
+               "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]},
+               "status": {"conditions": [{"type": "Ready", "status": "True"}]}})
+    }
+
+    /// The controller over a fake apiserver holding `objects`, started an
+    /// hour ago (so every node has had its full grace period).
+    async fn world(objects: &[Value]) -> (Running, NodeLifecycleController) {
+        let server = FakeApiserver::start().await;
+        for o in objects {
+            let ns = o["metadata"]["namespace"].as_str().unwrap_or_default();
+            server.client.create(o["kind"].as_str().unwrap(), ns, o).await.unwrap();
+        }
+        let controller = NodeLifecycleController {
+            client: server.client.clone(),
+            nodes: server.store("").await,
+            leases: server.store(NODE_LEASE_NAMESPACE).await,
+            pods: server.store("").await,
+            grace: GRACE,
+            started_ms: millis(&util::now()) - HOUR * 1000,
+            recorder: EventRecorder::new(server.client.clone(), "node-controller"),
+        };
+        (server, controller)
+    }
+
+    /// Reconciles `name` until it succeeds, as the controller's runner
+    /// retries a failed key, letting the caches catch up between tries.
+    async fn settle(server: &Running, controller: &NodeLifecycleController, name: &str) -> Action {
+        for _ in 0..3 {
+            match controller.reconcile(name).await {
+                Ok(action) => return action,
+                Err(error) => tracing::debug!(%error, "retrying"),
+            }
+            let node = server.client.api::<Node>("").get(name).await.unwrap();
+            let version = node.metadata.resource_version;
+            eventually("the Node cache to catch up", || {
+                controller.nodes.get(name).and_then(|n| n.metadata.resource_version.clone()) == version
+            })
+            .await;
+        }
+        panic!("node {name} never settled");
+    }
+
+    async fn stored_node(server: &Running, name: &str) -> Node {
+        server.client.api::<Node>("").get(name).await.unwrap()
+    }
+
+    fn taint_keys(node: &Node) -> Vec<String> {
+        node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default().into_iter().map(|t| t.key).collect()
+    }
+
+    fn pod_ready(pod: &Pod) -> String {
+        let conditions = pod.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+        conditions.into_iter().find(|c| c.type_ == "Ready").map(|c| c.status).unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn a_silent_node_goes_unknown_and_unreachable_and_its_pods_not_ready() {
+        let keep = json!([{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]);
+        let (server, controller) = world(&[
+            node("silent", "True", HOUR, keep),
+            lease("silent", HOUR),
+            ready_pod("on-silent", "silent"),
+            ready_pod("elsewhere", "other"),
+        ])
+        .await;
+
+        assert_eq!(settle(&server, &controller, "silent").await, Action::done());
+
+        let silent = stored_node(&server, "silent").await;
+        let ready = ready_condition(&silent).unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_deref()), ("Unknown", Some("NodeStatusUnknown")));
+        assert_eq!(taint_keys(&silent), ["dedicated", UNREACHABLE_TAINT], "other taints are kept");
+        let pods = server.client.api::<Pod>("default");
+        assert_eq!(pod_ready(&pods.get("on-silent").await.unwrap()), "False");
+        assert_eq!(pod_ready(&pods.get("elsewhere").await.unwrap()), "True");
+    }
+
+    #[tokio::test]
+    async fn a_fresh_lease_keeps_a_node_and_a_not_ready_kubelet_gets_the_not_ready_taint() {
+        let (server, controller) =
+            world(&[node("fresh", "True", HOUR, json!([])), lease("fresh", 0), node("sick", "False", 0, json!([]))])
+                .await;
+
+        let fresh = settle(&server, &controller, "fresh").await;
+        let sick = settle(&server, &controller, "sick").await;
+
+        assert!(fresh.requeue_after().is_some_and(|after| after <= GRACE + Duration::from_secs(1)), "{fresh:?}");
+        assert!(sick.requeue_after().is_some(), "{sick:?}");
+        assert_eq!(taint_keys(&stored_node(&server, "fresh").await), Vec::<String>::new());
+        assert_eq!(ready_condition(&stored_node(&server, "fresh").await).unwrap().status, "True");
+        assert_eq!(taint_keys(&stored_node(&server, "sick").await), [NOT_READY_TAINT]);
+    }
+
+    #[tokio::test]
+    async fn the_unreachable_taint_goes_when_heartbeats_resume() {
+        let unreachable = json!([{"key": UNREACHABLE_TAINT, "effect": "NoExecute"}]);
+        let (server, controller) = world(&[node("back", "True", 0, unreachable), lease("back", 0)]).await;
+
+        settle(&server, &controller, "back").await;
+
+        assert_eq!(taint_keys(&stored_node(&server, "back").await), Vec::<String>::new());
+    }
+}

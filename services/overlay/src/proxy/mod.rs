@@ -13,6 +13,8 @@ pub mod nft;
 pub mod rules;
 pub mod script;
 mod sync;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -25,6 +27,7 @@ use skiff_telemetry::Metrics;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use self::model::Skipped;
+use self::nft::Nftables;
 use self::rules::Network;
 use self::sync::Syncer;
 use crate::metrics::ProxyMetrics;
@@ -103,6 +106,7 @@ impl Events {
 pub struct Proxier {
     options: Options,
     stores: Stores,
+    nft: Box<dyn Nftables>,
     metrics: ProxyMetrics,
     syncer: Syncer,
     /// Ports already reported as inexpressible, so each is logged once.
@@ -110,10 +114,12 @@ pub struct Proxier {
 }
 
 impl Proxier {
-    pub fn new(options: Options, stores: Stores, metrics: &Metrics) -> Result<Self, Error> {
+    /// A proxier that applies its scripts through `nft` (the real
+    /// [`nft::NftCommand`], or a fake in unit tests).
+    pub fn new(options: Options, stores: Stores, nft: Box<dyn Nftables>, metrics: &Metrics) -> Result<Self, Error> {
         let metrics = ProxyMetrics::register(metrics)?;
         let syncer = Syncer::new(options.table.clone());
-        Ok(Self { options, stores, metrics, syncer, skipped: HashSet::new() })
+        Ok(Self { options, stores, nft, metrics, syncer, skipped: HashSet::new() })
     }
 
     /// Subscribes to the informers; call before they run so no change is missed.
@@ -159,7 +165,7 @@ impl Proxier {
             self.metrics.synced(start.elapsed(), desired.ports.len());
             return None;
         };
-        match nft::apply(&script).await {
+        match self.nft.apply(&script).await {
             Ok(()) => {
                 self.syncer.applied(ruleset);
                 self.metrics.synced(start.elapsed(), desired.ports.len());

@@ -4,11 +4,14 @@
 
 use std::time::Duration;
 
+use skiff_client::Backoff;
+
 use super::rules::Ruleset;
 use super::script;
 
-const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Waits between full resyncs while transactions keep failing: a second,
+/// doubling up to half a minute.
+const BACKOFF: Backoff = Backoff { base: Duration::from_secs(1), max: Duration::from_secs(30) };
 
 pub struct Syncer {
     table: String,
@@ -39,8 +42,9 @@ impl Syncer {
     /// The planned script failed: resync everything, after the returned wait.
     pub fn failed(&mut self) -> Duration {
         self.installed = None;
+        let wait = BACKOFF.delay(self.failures);
         self.failures = self.failures.saturating_add(1);
-        FIRST_BACKOFF.saturating_mul(1 << (self.failures - 1).min(5)).min(MAX_BACKOFF)
+        wait
     }
 }
 
@@ -70,7 +74,7 @@ mod tests {
         for _ in 0..10 {
             s.failed();
         }
-        assert_eq!(s.failed(), MAX_BACKOFF);
+        assert_eq!(s.failed(), BACKOFF.max);
         s.applied(b.clone());
         assert_eq!(s.plan(&b), None);
         assert_eq!(s.failed(), Duration::from_secs(1), "back-off starts over after a success");

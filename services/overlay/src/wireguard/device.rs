@@ -1,4 +1,5 @@
-//! The WireGuard interface: kernel WireGuard where the module exists, else
+//! The WireGuard interface as the mesh drives it ([`WireGuard`]), and the
+//! real one ([`Device`]): kernel WireGuard where the module exists, else
 //! `wireguard-go` (userspace), which this process starts, watches and
 //! restarts. Keys and peers are set through wireguard-control in one
 //! update that replaces the peer list.
@@ -16,6 +17,24 @@ use crate::Error;
 const USERSPACE_START: Duration = Duration::from_secs(10);
 /// WireGuard's usual keepalive: keeps NAT mappings and handshakes fresh.
 const KEEPALIVE_SECONDS: u16 = 25;
+
+/// A WireGuard interface: its key and peers, and the process behind it
+/// when there is one.
+#[async_trait::async_trait]
+pub trait WireGuard: Send + Sync + 'static {
+    /// `kernel` or `userspace`, for the info metric.
+    fn mode(&self) -> &'static str;
+    fn interface(&self) -> String;
+    /// Whether the implementation died, taking the interface with it.
+    fn gone(&mut self) -> bool;
+    /// Resolves when the implementation dies; cancel-safe, so it can sit in
+    /// a `select!` beside the event feed. Never, where nothing can die.
+    async fn exited(&mut self);
+    /// Starts it again after it died.
+    async fn restart(&mut self) -> Result<(), Error>;
+    /// Sets the key, the listen port and exactly these peers.
+    async fn configure(&self, key: &Key, port: u16, peers: &[Peer]) -> Result<(), Error>;
+}
 
 pub struct Device {
     name: InterfaceName,
@@ -51,20 +70,22 @@ impl Device {
         tracing::info!(interface = iface, "using userspace WireGuard (wireguard-go)");
         Ok(Self { name, backend: Backend::Userspace, userspace })
     }
+}
 
-    pub fn mode(&self) -> &'static str {
+#[async_trait::async_trait]
+impl WireGuard for Device {
+    fn mode(&self) -> &'static str {
         match self.backend {
             Backend::Kernel => "kernel",
             _ => "userspace",
         }
     }
 
-    pub fn interface(&self) -> String {
+    fn interface(&self) -> String {
         self.name.to_string()
     }
 
-    /// Whether the userspace implementation died (its interface with it).
-    pub fn gone(&mut self) -> bool {
+    fn gone(&mut self) -> bool {
         match &mut self.userspace {
             Some(child) => !matches!(child.try_wait(), Ok(None)),
             None => {
@@ -74,10 +95,9 @@ impl Device {
         }
     }
 
-    /// Resolves when the wireguard-go we started exits; never for kernel
-    /// WireGuard or a reused wireguard-go (the periodic check covers those).
-    /// Cancel-safe, so it can sit in a `select!` beside the event feed.
-    pub async fn exited(&mut self) {
+    /// The wireguard-go we started exits; never for kernel WireGuard or a
+    /// reused wireguard-go (the periodic check covers those).
+    async fn exited(&mut self) {
         match &mut self.userspace {
             Some(child) => {
                 let _ = child.wait().await;
@@ -86,8 +106,7 @@ impl Device {
         }
     }
 
-    /// Starts wireguard-go again after it died.
-    pub async fn restart(&mut self) -> Result<(), Error> {
+    async fn restart(&mut self) -> Result<(), Error> {
         tracing::warn!(interface = %self.name, "wireguard-go is gone: starting it again");
         // Forget the dead child first: if the start fails, `exited` must not
         // keep resolving (a busy loop); `gone` then sees the missing socket.
@@ -96,8 +115,7 @@ impl Device {
         Ok(())
     }
 
-    /// Sets the key, the listen port and exactly these peers.
-    pub async fn configure(&self, key: &Key, port: u16, peers: &[Peer]) -> Result<(), Error> {
+    async fn configure(&self, key: &Key, port: u16, peers: &[Peer]) -> Result<(), Error> {
         let mut update = DeviceUpdate::new().set_private_key(key.clone()).set_listen_port(port).replace_peers();
         for peer in peers {
             let base = peer.pod_cidr.nth(0).unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);

@@ -1,4 +1,5 @@
-//! The interface's address, MTU and routes, over rtnetlink.
+//! The interface's address, MTU and routes ([`Links`]), and the real
+//! access to them over rtnetlink ([`Netlink`]).
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
@@ -9,6 +10,19 @@ use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use skiff_api::cidr::Cidr;
 
 use crate::Error;
+
+/// The host's links and main routing table, as far as the mesh touches them.
+#[async_trait::async_trait]
+pub trait Links: Send + Sync + 'static {
+    /// The index of link `name`, if it exists.
+    async fn index(&self, name: &str) -> Result<Option<u32>, Error>;
+    /// Sets the MTU and brings the link up.
+    async fn up(&self, index: u32, mtu: u32) -> Result<(), Error>;
+    /// Puts `addr/32` on the link (idempotent).
+    async fn ensure_address(&self, index: u32, addr: Ipv4Addr) -> Result<(), Error>;
+    /// Makes the main table's routes through link `index` exactly `want`.
+    async fn sync_routes(&self, index: u32, want: &BTreeSet<Cidr>) -> Result<(), Error>;
+}
 
 /// A netlink connection in this process's network namespace.
 pub struct Netlink {
@@ -27,9 +41,11 @@ impl Netlink {
             .map_err(|e| Error::Netlink { what: format!("opening a netlink socket: {e}") })?;
         Ok(Self { handle, _connection: tokio::spawn(connection) })
     }
+}
 
-    /// The index of link `name`, if it exists.
-    pub async fn index(&self, name: &str) -> Result<Option<u32>, Error> {
+#[async_trait::async_trait]
+impl Links for Netlink {
+    async fn index(&self, name: &str) -> Result<Option<u32>, Error> {
         let mut links = self.handle.link().get().match_name(name.to_string()).execute();
         match links.try_next().await {
             Ok(link) => Ok(link.map(|l| l.header.index)),
@@ -39,20 +55,17 @@ impl Netlink {
         }
     }
 
-    /// Sets the MTU and brings the link up.
-    pub async fn up(&self, index: u32, mtu: u32) -> Result<(), Error> {
+    async fn up(&self, index: u32, mtu: u32) -> Result<(), Error> {
         let message = LinkUnspec::new_with_index(index).mtu(mtu).up().build();
         self.handle.link().set(message).execute().await.map_err(failed("setting the link up"))
     }
 
-    /// Puts `addr/32` on the link (idempotent).
-    pub async fn ensure_address(&self, index: u32, addr: Ipv4Addr) -> Result<(), Error> {
+    async fn ensure_address(&self, index: u32, addr: Ipv4Addr) -> Result<(), Error> {
         let request = self.handle.address().add(index, IpAddr::V4(addr), 32).replace();
         request.execute().await.map_err(failed(format!("adding {addr}/32")))
     }
 
-    /// Makes the main table's routes through link `index` exactly `want`.
-    pub async fn sync_routes(&self, index: u32, want: &BTreeSet<Cidr>) -> Result<(), Error> {
+    async fn sync_routes(&self, index: u32, want: &BTreeSet<Cidr>) -> Result<(), Error> {
         let mut have = BTreeSet::new();
         let mut routes = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
         while let Some(route) = routes.try_next().await.map_err(failed("listing routes"))? {

@@ -12,9 +12,13 @@
 //! routes against the whole Node cache.
 
 mod device;
+#[cfg(test)]
+mod fake;
 mod key;
 mod link;
 pub mod peers;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
@@ -31,8 +35,8 @@ use wireguard_control::Key;
 
 use crate::metrics::MeshMetrics;
 use crate::Error;
-use device::Device;
-use link::Netlink;
+use device::{Device, WireGuard};
+use link::{Links, Netlink};
 use peers::{desired_peers, Peer, ENDPOINT_ANNOTATION, PUBLIC_KEY_ANNOTATION};
 
 /// How often the mesh is checked without a change (a dead wireguard-go,
@@ -70,13 +74,21 @@ pub struct Mesh {
     recorder: EventRecorder,
     nodes: Store<Node>,
     key: Key,
-    device: Device,
-    netlink: Netlink,
+    device: Box<dyn WireGuard>,
+    links: Box<dyn Links>,
     metrics: MeshMetrics,
     /// What the device was last configured with; None forces a configure.
     applied: Option<Vec<Peer>>,
     /// Rejections already reported, so each bad value gets one Event.
     reported: HashSet<(String, String)>,
+}
+
+/// What the mesh drives on this host: the node's key, its WireGuard
+/// interface and the host's links and routes.
+pub(crate) struct Host {
+    pub key: Key,
+    pub device: Box<dyn WireGuard>,
+    pub links: Box<dyn Links>,
 }
 
 impl Mesh {
@@ -88,19 +100,33 @@ impl Mesh {
         nodes: Store<Node>,
         metrics: &Metrics,
     ) -> Result<Self, Error> {
-        let key = key::load_or_create(&options.state_dir)?;
-        let device = Device::create(options.mode, &options.interface).await?;
+        let host = Host {
+            key: key::load_or_create(&options.state_dir)?,
+            device: Box::new(Device::create(options.mode, &options.interface).await?),
+            links: Box::new(Netlink::connect()?),
+        };
+        Self::on(host, options, client, recorder, nodes, metrics)
+    }
+
+    /// A mesh driving `host` (real, or fakes in unit tests).
+    pub(crate) fn on(
+        host: Host,
+        options: Options,
+        client: Client,
+        recorder: EventRecorder,
+        nodes: Store<Node>,
+        metrics: &Metrics,
+    ) -> Result<Self, Error> {
         let metrics = MeshMetrics::register(metrics)?;
-        metrics.info.with_label_values(&[device.mode()]).set(1);
-        let netlink = Netlink::connect()?;
+        metrics.info.with_label_values(&[host.device.mode()]).set(1);
         Ok(Self {
             options,
             client,
             recorder,
             nodes,
-            key,
-            device,
-            netlink,
+            key: host.key,
+            device: host.device,
+            links: host.links,
             metrics,
             applied: None,
             reported: HashSet::new(),
@@ -168,15 +194,15 @@ impl Mesh {
 
         let interface = self.device.interface();
         let index = self
-            .netlink
+            .links
             .index(&interface)
             .await?
             .ok_or_else(|| Error::WireGuard { what: format!("interface {interface} vanished") })?;
-        self.netlink.up(index, self.options.mtu).await?;
+        self.links.up(index, self.options.mtu).await?;
         let own = own_cidr.nth(0).unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
-        self.netlink.ensure_address(index, own).await?;
+        self.links.ensure_address(index, own).await?;
         let routes: BTreeSet<Cidr> = peers.iter().map(|p| p.pod_cidr).collect();
-        self.netlink.sync_routes(index, &routes).await
+        self.links.sync_routes(index, &routes).await
     }
 
     /// Puts this node's public key and endpoint on its Node, if they differ.

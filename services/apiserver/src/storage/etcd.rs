@@ -1,37 +1,23 @@
-//! The apiserver's access to etcd: reads, compare-and-swap writes keyed on
-//! mod_revision, and watches. Nothing else in skiff talks to etcd.
+//! [`Storage`] on etcd: compare-and-swap as a transaction comparing the
+//! key's mod_revision, watches with the previous value of each key.
 
 use std::time::Instant;
 
 use bytes::Bytes;
-use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream};
+use etcd_client::{Compare, CompareOp, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse, WatchOptions};
 use skiff_telemetry::prometheus::HistogramVec;
 
+use super::{Change, Storage, Stored, Swap, WatchStream, Watched};
 use crate::Error;
 
-/// One stored object: its JSON and the revision that last wrote it.
-#[derive(Debug, Clone)]
-pub struct Stored {
-    pub value: Bytes,
-    pub mod_revision: i64,
-}
-
-/// The outcome of a compare-and-swap.
-pub enum Swap {
-    Done {
-        revision: i64,
-    },
-    /// The key's mod_revision (0: absent) was not what the caller read.
-    Lost,
-}
-
+/// An etcd cluster, with each call's latency observed by operation.
 #[derive(Clone)]
-pub struct Storage {
+pub struct Etcd {
     client: etcd_client::Client,
     latency: HistogramVec,
 }
 
-impl Storage {
+impl Etcd {
     pub async fn connect(endpoints: &[String], latency: HistogramVec) -> Result<Self, Error> {
         let options = etcd_client::ConnectOptions::new()
             .with_connect_timeout(std::time::Duration::from_secs(5))
@@ -51,18 +37,38 @@ impl Storage {
         }
         Timer(self.latency.with_label_values(&[op]), Instant::now())
     }
+}
 
-    pub async fn get(&self, key: &str) -> Result<Option<Stored>, Error> {
+fn stored(kv: &KeyValue) -> Stored {
+    Stored { value: Bytes::copy_from_slice(kv.value()), mod_revision: kv.mod_revision() }
+}
+
+fn keyed(kv: &KeyValue) -> (String, Stored) {
+    (String::from_utf8_lossy(kv.key()).into_owned(), stored(kv))
+}
+
+/// An etcd event as a [`Change`]; None for one without its key-value.
+fn change(ev: &etcd_client::Event) -> Option<Change> {
+    let kv = ev.kv()?;
+    let put = ev.event_type() == etcd_client::EventType::Put;
+    Some(Change {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        revision: kv.mod_revision(),
+        value: put.then(|| Bytes::copy_from_slice(kv.value())),
+        created: put && kv.create_revision() == kv.mod_revision(),
+        prev: ev.prev_kv().map(stored),
+    })
+}
+
+#[async_trait::async_trait]
+impl Storage for Etcd {
+    async fn get(&self, key: &str) -> Result<Option<Stored>, Error> {
         let _t = self.timer("get");
         let resp = self.client.kv_client().get(key, None).await.map_err(|source| Error::Etcd { op: "get", source })?;
-        Ok(resp
-            .kvs()
-            .first()
-            .map(|kv| Stored { value: Bytes::copy_from_slice(kv.value()), mod_revision: kv.mod_revision() }))
+        Ok(resp.kvs().first().map(stored))
     }
 
-    /// Every key under `prefix`, and the revision the list was read at.
-    pub async fn list(&self, prefix: &str) -> Result<(Vec<(String, Stored)>, i64), Error> {
+    async fn list(&self, prefix: &str) -> Result<(Vec<(String, Stored)>, i64), Error> {
         let _t = self.timer("list");
         let resp = self
             .client
@@ -71,21 +77,10 @@ impl Storage {
             .await
             .map_err(|source| Error::Etcd { op: "list", source })?;
         let revision = resp.header().map_or(0, |h| h.revision());
-        let items = resp
-            .kvs()
-            .iter()
-            .map(|kv| {
-                let key = String::from_utf8_lossy(kv.key()).into_owned();
-                (key, Stored { value: Bytes::copy_from_slice(kv.value()), mod_revision: kv.mod_revision() })
-            })
-            .collect();
-        Ok((items, revision))
+        Ok((resp.kvs().iter().map(keyed).collect(), revision))
     }
 
-    /// Keys in `[start, end)` as they were at `revision`, at most `limit`
-    /// of them, and whether more follow. Fails as expired once etcd has
-    /// compacted `revision`.
-    pub async fn list_range(
+    async fn list_range(
         &self,
         start: &str,
         end: &str,
@@ -101,20 +96,10 @@ impl Storage {
             }
             Err(source) => return Err(Error::Etcd { op: "list", source }),
         };
-        let items = resp
-            .kvs()
-            .iter()
-            .map(|kv| {
-                let key = String::from_utf8_lossy(kv.key()).into_owned();
-                (key, Stored { value: Bytes::copy_from_slice(kv.value()), mod_revision: kv.mod_revision() })
-            })
-            .collect();
-        Ok((items, resp.more()))
+        Ok((resp.kvs().iter().map(keyed).collect(), resp.more()))
     }
 
-    /// Writes `value` at `key` if the key's mod_revision is still
-    /// `expected` (0 = the key must not exist).
-    pub async fn put_if(&self, key: &str, value: Vec<u8>, expected: i64) -> Result<Swap, Error> {
+    async fn put_if(&self, key: &str, value: Vec<u8>, expected: i64) -> Result<Swap, Error> {
         let _t = self.timer(if expected == 0 { "create" } else { "update" });
         let txn = Txn::new()
             .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
@@ -135,8 +120,7 @@ impl Storage {
         Ok(Swap::Done { revision })
     }
 
-    /// Deletes `key` if its mod_revision is still `expected`.
-    pub async fn delete_if(&self, key: &str, expected: i64) -> Result<Swap, Error> {
+    async fn delete_if(&self, key: &str, expected: i64) -> Result<Swap, Error> {
         let _t = self.timer("delete");
         let txn = Txn::new()
             .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
@@ -148,14 +132,28 @@ impl Storage {
         Ok(Swap::Done { revision: resp.header().map_or(0, |h| h.revision()) })
     }
 
-    /// Watches every key under `prefix` from `start_revision` on, with the
-    /// previous value of each changed key.
-    pub async fn watch(&self, prefix: &str, start_revision: i64) -> Result<WatchStream, Error> {
+    async fn watch(&self, prefix: &str, start_revision: i64) -> Result<WatchStream, Error> {
         let options = WatchOptions::new().with_prefix().with_prev_key().with_start_revision(start_revision);
-        self.client
+        let stream = self
+            .client
             .watch_client()
             .watch(prefix, Some(options))
             .await
-            .map_err(|source| Error::Etcd { op: "watch", source })
+            .map_err(|source| Error::Etcd { op: "watch", source })?;
+        // After a failure the stream yields nothing more: the caller re-watches.
+        Ok(Box::pin(futures::stream::unfold(Some(stream), |stream| async move {
+            let mut stream = stream?;
+            let item = match stream.message().await {
+                Ok(Some(resp)) if resp.compact_revision() > 0 => {
+                    Ok(Watched::Compacted { revision: resp.compact_revision() })
+                }
+                Ok(Some(resp)) if resp.canceled() => Err(Error::WatchClosed),
+                Ok(Some(resp)) => Ok(Watched::Changes(resp.events().iter().filter_map(change).collect())),
+                Ok(None) => return None,
+                Err(source) => Err(Error::Etcd { op: "watch", source }),
+            };
+            let rest = item.as_ref().is_ok_and(|w| matches!(w, Watched::Changes(_))).then_some(stream);
+            Some((item, rest))
+        })))
     }
 }

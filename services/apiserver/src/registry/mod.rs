@@ -1,6 +1,10 @@
 //! The life of an object: what create, update, patch and delete do to it
 //! before and after etcd — server-set metadata, status kept apart from spec,
 //! generation, compare-and-swap on resourceVersion, finalizers.
+//!
+//! The verbs that write one object live here; [`list`] and [`delete`] have
+//! their own files, and what belongs to one kind (Namespace finalizers, a
+//! bound Pod's graceful deletion) is in [`rules`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -12,10 +16,18 @@ use serde_json::Value;
 use skiff_api::{clock, meta, normalize, KindInfo, MAX_OBJECT_BYTES};
 
 use crate::allocator::{Allocation, Ranges, ServiceAllocator};
-use crate::cache::{CachedObject, Filter, Page, WatchCache};
+use crate::cache::WatchCache;
 use crate::storage::{Storage, Stored, Swap};
 use crate::Error;
-use skiff_api::well_known::{NAMESPACE_FINALIZER, SYSTEM_NAMESPACES};
+pub use skiff_api::well_known::SYSTEM_NAMESPACES;
+
+mod delete;
+mod list;
+mod rules;
+#[cfg(test)]
+mod tests;
+
+use self::rules::{add_namespace_finalizer, awaits_kubelet, has_finalizers, keep_namespace_finalizers, set_condition};
 
 /// Attempts at a patch or delete that lost a compare-and-swap race before
 /// giving up with a conflict.
@@ -26,7 +38,7 @@ const CAS_ATTEMPTS: usize = 8;
 const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(3);
 
 pub struct Registry {
-    pub storage: Storage,
+    pub storage: Arc<dyn Storage>,
     caches: HashMap<&'static str, Arc<WatchCache>>,
     last_write: HashMap<&'static str, AtomicI64>,
     /// Cluster IPs and node ports of Services (allocator.rs).
@@ -58,7 +70,11 @@ fn spec_of(obj: &Value) -> Vec<(&String, &Value)> {
 }
 
 impl Registry {
-    pub fn new(storage: Storage, caches: HashMap<&'static str, Arc<WatchCache>>, service_ranges: Ranges) -> Self {
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        caches: HashMap<&'static str, Arc<WatchCache>>,
+        service_ranges: Ranges,
+    ) -> Self {
         let last_write = caches.keys().map(|k| (*k, AtomicI64::new(0))).collect();
         Self { storage, caches, last_write, services: ServiceAllocator::new(service_ranges) }
     }
@@ -225,77 +241,6 @@ impl Registry {
         Ok((key, stored, value))
     }
 
-    /// Serves a list from the watch cache once it holds this apiserver's own
-    /// latest write of the kind. With a limit, in pages of one snapshot: a
-    /// later page comes from the cache while it still shows that revision,
-    /// else from etcd at that revision.
-    pub async fn list(
-        &self,
-        info: &'static KindInfo,
-        filter: &Filter,
-        limit: usize,
-        continue_token: &str,
-    ) -> Result<Page, Error> {
-        if continue_token.is_empty() {
-            let limit = if limit == 0 { usize::MAX } else { limit };
-            let cache = self.cache(info);
-            if self.shows_own_writes(info).await {
-                return Ok(cache
-                    .page(filter, &filter.key_prefix, limit, None)
-                    .expect("an unpinned page always answers"));
-            }
-            // The cache is stuck behind (its etcd watch lags or reconnects):
-            // rather than answer without the caller's own write, read etcd
-            // at that write's revision, as Kubernetes falls back to etcd
-            // when its cache is not fresh in time. Later pages follow it there.
-            let wanted = self.last_write[info.kind].load(Ordering::Relaxed);
-            tracing::warn!(kind = info.kind, wanted, cache = cache.revision(), "watch cache behind: listing from etcd");
-            return self.page_from_etcd(info, filter, &filter.key_prefix, limit, wanted).await;
-        }
-        let (revision, start) = continue_token
-            .split_once(':')
-            .and_then(|(r, k)| Some((r.parse::<i64>().ok()?, k)))
-            .filter(|(_, k)| k.starts_with(&filter.key_prefix))
-            .ok_or_else(|| Error::BadRequest(format!("continue: {continue_token:?} is not a token this list gave")))?;
-        let limit = if limit == 0 { usize::MAX } else { limit };
-        if let Some(page) = self.cache(info).page(filter, start, limit, Some(revision)) {
-            return Ok(page);
-        }
-        self.page_from_etcd(info, filter, start, limit, revision).await
-    }
-
-    async fn page_from_etcd(
-        &self,
-        info: &'static KindInfo,
-        filter: &Filter,
-        start: &str,
-        limit: usize,
-        revision: i64,
-    ) -> Result<Page, Error> {
-        let end = prefix_end(&filter.key_prefix);
-        let mut start = start.to_string();
-        let mut items = Vec::new();
-        loop {
-            let batch = limit.saturating_sub(items.len()).clamp(1, 1000) as i64;
-            let (kvs, more) = self.storage.list_range(&start, &end, batch, revision).await?;
-            for (i, (key, stored)) in kvs.iter().enumerate() {
-                let object = CachedObject::decode(info, key.clone(), &stored.value, stored.mod_revision)?;
-                if filter.matches(&object) {
-                    items.push(object.json);
-                }
-                if items.len() >= limit {
-                    let rest = more || i + 1 < kvs.len();
-                    let next = rest.then(|| format!("{key}\0"));
-                    return Ok(Page { items, revision, next });
-                }
-            }
-            match kvs.last() {
-                Some((key, _)) if more => start = format!("{key}\0"),
-                _ => return Ok(Page { items, revision, next: None }),
-            }
-        }
-    }
-
     /// Update (spec and metadata) or UpdateStatus (status only).
     pub async fn update(&self, kind: &str, namespace: &str, body: &[u8], status_only: bool) -> Result<Bytes, Error> {
         let info = KindInfo::by_kind(kind)?;
@@ -417,107 +362,6 @@ impl Registry {
         }
     }
 
-    /// Deletes an object, or marks it with deletionTimestamp while
-    /// finalizers remain; returns its last state.
-    ///
-    /// A Pod bound to a Ready node is deleted gracefully, as in Kubernetes:
-    /// the Delete only marks it (deletionTimestamp `grace` seconds ahead,
-    /// deletionGracePeriodSeconds), its kubelet stops the containers within
-    /// that time and then deletes it for good with `grace` 0. `grace` None
-    /// (or negative) means the pod's terminationGracePeriodSeconds.
-    pub async fn delete(
-        &self,
-        kind: &str,
-        namespace: &str,
-        name: &str,
-        precondition: &str,
-        grace: Option<i64>,
-    ) -> Result<Bytes, Error> {
-        let grace = grace.filter(|g| *g >= 0);
-        let info = KindInfo::by_kind(kind)?;
-        if info.kind == "Namespace" && SYSTEM_NAMESPACES.contains(&name) {
-            return Err(Error::Forbidden(format!("namespace {name:?} is a system namespace and may not be deleted")));
-        }
-        for _ in 0..CAS_ATTEMPTS {
-            let (key, stored, mut current) = self.read(info, namespace, name).await?;
-            if !precondition.is_empty() && precondition != stored.mod_revision.to_string() {
-                return Err(Error::conflict(info, name));
-            }
-            // An empty namespace has nothing for the namespace controller to
-            // clean up, so its `kubernetes` finalizer would only add a round trip.
-            let empty_namespace = info.kind == "Namespace"
-                && meta::finalizers(&current).is_empty()
-                && self.namespace_is_empty(name).await;
-            // Only a kubelet can stop a bound pod's containers, so only its
-            // final delete (grace 0) removes the pod.
-            let graceful = info.kind == "Pod" && grace != Some(0) && self.has_live_kubelet(&current).await;
-            let swap = if (!has_finalizers(info, &current) && !graceful) || empty_namespace {
-                self.storage.delete_if(&key, stored.mod_revision).await?
-            } else if meta::str_field(&current, "deletionTimestamp").is_empty() {
-                let seconds = if graceful { grace.unwrap_or_else(|| termination_grace(&current)) } else { 0 };
-                let at = chrono::Utc::now() + chrono::Duration::seconds(seconds);
-                meta::set(&mut current, "deletionTimestamp", at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-                meta::set(&mut current, "deletionGracePeriodSeconds", seconds);
-                if info.kind == "Namespace" {
-                    current["status"]["phase"] = Value::String("Terminating".into());
-                }
-                let encoded =
-                    serde_json::to_vec(&current).map_err(|source| Error::Corrupt { key: key.clone(), source })?;
-                self.storage.put_if(&key, encoded, stored.mod_revision).await?
-            } else if grace == Some(0) && awaits_kubelet(info, &current) {
-                // The kubelet is done but finalizers remain: the update that
-                // removes the last one deletes the pod.
-                meta::set(&mut current, "deletionGracePeriodSeconds", 0);
-                let encoded =
-                    serde_json::to_vec(&current).map_err(|source| Error::Corrupt { key: key.clone(), source })?;
-                self.storage.put_if(&key, encoded, stored.mod_revision).await?
-            } else {
-                return Ok(stamped(current, stored.mod_revision));
-            };
-            match swap {
-                Swap::Done { revision } => {
-                    self.note_write(info, revision);
-                    return Ok(stamped(current, revision));
-                }
-                Swap::Lost if precondition.is_empty() => continue,
-                Swap::Lost => break,
-            }
-        }
-        Err(Error::conflict(info, name))
-    }
-
-    /// Whether a pod is bound to a node whose kubelet can finish its
-    /// deletion: the Node exists and is Ready. A pod on a missing or
-    /// unreachable node is deleted at once instead of waiting forever (as
-    /// Kubernetes' pod garbage collector force-deletes such pods).
-    async fn has_live_kubelet(&self, pod: &Value) -> bool {
-        let node = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default();
-        if node.is_empty() {
-            return false;
-        }
-        let Ok(info) = KindInfo::by_kind("Node") else { return false };
-        let Some(cached) = self.cache_with_own_writes(info).await.get(&info.key("", node)) else { return false };
-        let Ok(node) = serde_json::from_slice::<Value>(&cached.json) else { return false };
-        node.pointer("/status/conditions")
-            .and_then(Value::as_array)
-            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
-    }
-
-    /// Whether the watch caches hold no object in namespace `ns`.
-    async fn namespace_is_empty(&self, ns: &str) -> bool {
-        for info in skiff_api::KINDS.iter().filter(|info| info.namespaced) {
-            let filter = Filter {
-                key_prefix: info.key_prefix(Some(ns)),
-                labels: skiff_api::LabelSelector::everything(),
-                fields: skiff_api::FieldSelector::default(),
-            };
-            if !self.cache_with_own_writes(info).await.list(&filter).0.is_empty() {
-                return false;
-            }
-        }
-        true
-    }
-
     /// Binds a pod to a node: one compare-and-swap that sets spec.nodeName
     /// and PodScheduled=True, refused if the pod is bound already.
     pub async fn bind(&self, namespace: &str, name: &str, node: &str, uid: &str) -> Result<Bytes, Error> {
@@ -565,102 +409,6 @@ impl Registry {
         }
         Ok(())
     }
-}
-
-fn add_namespace_finalizer(obj: &mut Value) {
-    if !obj["spec"].is_object() {
-        obj["spec"] = serde_json::json!({});
-    }
-    let finalizers = &mut obj["spec"]["finalizers"];
-    if !finalizers.is_array() {
-        *finalizers = Value::Array(Vec::new());
-    }
-    let list = finalizers.as_array_mut().expect("just made an array");
-    if !list.iter().any(|f| f == NAMESPACE_FINALIZER) {
-        list.push(NAMESPACE_FINALIZER.into());
-    }
-}
-
-/// Copies a Namespace's spec.finalizers from `current` to `next`. Update and
-/// Patch keep them as they were, as in Kubernetes; UpdateStatus takes them
-/// from the request, so the namespace controller can clear them.
-fn keep_namespace_finalizers(info: &KindInfo, current: &Value, next: &mut Value) {
-    if info.kind != "Namespace" {
-        return;
-    }
-    match current.pointer("/spec/finalizers") {
-        Some(f) => {
-            if !next["spec"].is_object() {
-                next["spec"] = serde_json::json!({});
-            }
-            next["spec"]["finalizers"] = f.clone();
-        }
-        None => {
-            if let Some(spec) = next.get_mut("spec").and_then(Value::as_object_mut) {
-                spec.remove("finalizers");
-            }
-        }
-    }
-}
-
-/// Whether anything still holds the object back from deletion: its
-/// metadata.finalizers, and for a Namespace also spec.finalizers.
-/// Whether a deleting object is a bound Pod whose kubelet has not yet
-/// deleted it for good (deletionGracePeriodSeconds still above 0): the
-/// update that removes its last finalizer must not delete it.
-fn awaits_kubelet(info: &KindInfo, obj: &Value) -> bool {
-    let grace = obj.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(0);
-    info.kind == "Pod" && is_bound(obj) && grace > 0
-}
-
-/// Whether a Pod is bound to a node (spec.nodeName set).
-fn is_bound(pod: &Value) -> bool {
-    pod.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty())
-}
-
-/// A pod's terminationGracePeriodSeconds (Kubernetes' default 30).
-fn termination_grace(pod: &Value) -> i64 {
-    pod.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(30).max(0)
-}
-
-fn has_finalizers(info: &KindInfo, obj: &Value) -> bool {
-    let spec_finalizers = info.kind == "Namespace"
-        && obj.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
-    spec_finalizers || !meta::finalizers(obj).is_empty()
-}
-
-/// The first key after every key that starts with `prefix`.
-fn prefix_end(prefix: &str) -> String {
-    let mut bytes = prefix.as_bytes().to_vec();
-    while let Some(last) = bytes.pop() {
-        if last < 0xff {
-            bytes.push(last + 1);
-            break;
-        }
-    }
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
-/// Sets one entry of status.conditions, keeping the others.
-fn set_condition(obj: &mut Value, type_: &str, status: &str, reason: &str, message: &str) {
-    let mut condition =
-        serde_json::json!({"type": type_, "status": status, "lastTransitionTime": clock::now_rfc3339()});
-    if !reason.is_empty() {
-        condition["reason"] = reason.into();
-    }
-    if !message.is_empty() {
-        condition["message"] = message.into();
-    }
-    if !obj["status"].is_object() {
-        obj["status"] = serde_json::json!({});
-    }
-    let conditions = &mut obj["status"]["conditions"];
-    if !conditions.is_array() {
-        *conditions = Value::Array(Vec::new());
-    }
-    let list = conditions.as_array_mut().expect("just made an array");
-    list.retain(|c| c["type"] != type_);
-    list.push(condition);
 }
 
 fn set_status(obj: &mut Value, status: Option<Value>) {

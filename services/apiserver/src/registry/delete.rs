@@ -1,0 +1,115 @@
+//! Delete: at once, or marked with deletionTimestamp while finalizers (or
+//! a bound Pod's kubelet) hold the object back.
+
+use bytes::Bytes;
+use serde_json::Value;
+use skiff_api::{meta, KindInfo};
+
+use super::rules::{awaits_kubelet, has_finalizers, termination_grace};
+use super::{stamped, Registry, CAS_ATTEMPTS, SYSTEM_NAMESPACES};
+use crate::cache::Filter;
+use crate::storage::Swap;
+use crate::Error;
+
+impl Registry {
+    /// Deletes an object, or marks it with deletionTimestamp while
+    /// finalizers remain; returns its last state.
+    ///
+    /// A Pod bound to a Ready node is deleted gracefully, as in Kubernetes:
+    /// the Delete only marks it (deletionTimestamp `grace` seconds ahead,
+    /// deletionGracePeriodSeconds), its kubelet stops the containers within
+    /// that time and then deletes it for good with `grace` 0. `grace` None
+    /// (or negative) means the pod's terminationGracePeriodSeconds.
+    pub async fn delete(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        precondition: &str,
+        grace: Option<i64>,
+    ) -> Result<Bytes, Error> {
+        let grace = grace.filter(|g| *g >= 0);
+        let info = KindInfo::by_kind(kind)?;
+        if info.kind == "Namespace" && SYSTEM_NAMESPACES.contains(&name) {
+            return Err(Error::Forbidden(format!("namespace {name:?} is a system namespace and may not be deleted")));
+        }
+        for _ in 0..CAS_ATTEMPTS {
+            let (key, stored, mut current) = self.read(info, namespace, name).await?;
+            if !precondition.is_empty() && precondition != stored.mod_revision.to_string() {
+                return Err(Error::conflict(info, name));
+            }
+            // An empty namespace has nothing for the namespace controller to
+            // clean up, so its `kubernetes` finalizer would only add a round trip.
+            let empty_namespace = info.kind == "Namespace"
+                && meta::finalizers(&current).is_empty()
+                && self.namespace_is_empty(name).await;
+            // Only a kubelet can stop a bound pod's containers, so only its
+            // final delete (grace 0) removes the pod.
+            let graceful = info.kind == "Pod" && grace != Some(0) && self.has_live_kubelet(&current).await;
+            let swap = if (!has_finalizers(info, &current) && !graceful) || empty_namespace {
+                self.storage.delete_if(&key, stored.mod_revision).await?
+            } else if meta::str_field(&current, "deletionTimestamp").is_empty() {
+                let seconds = if graceful { grace.unwrap_or_else(|| termination_grace(&current)) } else { 0 };
+                let at = chrono::Utc::now() + chrono::Duration::seconds(seconds);
+                meta::set(&mut current, "deletionTimestamp", at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+                meta::set(&mut current, "deletionGracePeriodSeconds", seconds);
+                if info.kind == "Namespace" {
+                    current["status"]["phase"] = Value::String("Terminating".into());
+                }
+                let encoded =
+                    serde_json::to_vec(&current).map_err(|source| Error::Corrupt { key: key.clone(), source })?;
+                self.storage.put_if(&key, encoded, stored.mod_revision).await?
+            } else if grace == Some(0) && awaits_kubelet(info, &current) {
+                // The kubelet is done but finalizers remain: the update that
+                // removes the last one deletes the pod.
+                meta::set(&mut current, "deletionGracePeriodSeconds", 0);
+                let encoded =
+                    serde_json::to_vec(&current).map_err(|source| Error::Corrupt { key: key.clone(), source })?;
+                self.storage.put_if(&key, encoded, stored.mod_revision).await?
+            } else {
+                return Ok(stamped(current, stored.mod_revision));
+            };
+            match swap {
+                Swap::Done { revision } => {
+                    self.note_write(info, revision);
+                    return Ok(stamped(current, revision));
+                }
+                Swap::Lost if precondition.is_empty() => continue,
+                Swap::Lost => break,
+            }
+        }
+        Err(Error::conflict(info, name))
+    }
+
+    /// Whether a pod is bound to a node whose kubelet can finish its
+    /// deletion: the Node exists and is Ready. A pod on a missing or
+    /// unreachable node is deleted at once instead of waiting forever (as
+    /// Kubernetes' pod garbage collector force-deletes such pods).
+    async fn has_live_kubelet(&self, pod: &Value) -> bool {
+        let node = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default();
+        if node.is_empty() {
+            return false;
+        }
+        let Ok(info) = KindInfo::by_kind("Node") else { return false };
+        let Some(cached) = self.cache_with_own_writes(info).await.get(&info.key("", node)) else { return false };
+        let Ok(node) = serde_json::from_slice::<Value>(&cached.json) else { return false };
+        node.pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+    }
+
+    /// Whether the watch caches hold no object in namespace `ns`.
+    async fn namespace_is_empty(&self, ns: &str) -> bool {
+        for info in skiff_api::KINDS.iter().filter(|info| info.namespaced) {
+            let filter = Filter {
+                key_prefix: info.key_prefix(Some(ns)),
+                labels: skiff_api::LabelSelector::everything(),
+                fields: skiff_api::FieldSelector::default(),
+            };
+            if !self.cache_with_own_writes(info).await.list(&filter).0.is_empty() {
+                return false;
+            }
+        }
+        true
+    }
+}

@@ -1,0 +1,224 @@
+//! The registry's verbs against the in-memory store, with the watch caches
+//! running on it as they run on etcd.
+
+use serde_json::json;
+use tokio::sync::watch as signal;
+
+use super::*;
+use crate::allocator::Ranges;
+use crate::storage::fake::FakeStorage;
+
+struct World {
+    registry: Registry,
+    store: FakeStorage,
+    /// Stops the caches' loops when the test ends.
+    _stop: signal::Sender<bool>,
+}
+
+async fn world() -> World {
+    let store = FakeStorage::default();
+    let storage: Arc<dyn Storage> = Arc::new(store.clone());
+    let (stop, stopped) = signal::channel(false);
+    let mut caches = HashMap::new();
+    for info in skiff_api::KINDS {
+        let cache = WatchCache::new(info, 1000);
+        let (ready, mut synced) = signal::channel(false);
+        tokio::spawn(cache.clone().run(storage.clone(), ready, stopped.clone()));
+        synced.wait_for(|r| *r).await.unwrap();
+        caches.insert(info.kind, cache);
+    }
+    let ranges = Ranges { cluster_ips: "10.43.0.0/16".parse().unwrap(), node_ports: "30000-32767".parse().unwrap() };
+    let registry = Registry::new(storage, caches, ranges);
+    registry.ensure_system_namespaces().await.unwrap();
+    World { registry, store, _stop: stop }
+}
+
+fn value(bytes: &Bytes) -> Value {
+    serde_json::from_slice(bytes).unwrap()
+}
+
+fn body(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap()
+}
+
+impl World {
+    async fn create(&self, kind: &str, v: Value) -> Value {
+        value(&self.registry.create(kind, "default", &body(&v)).await.unwrap())
+    }
+
+    async fn get(&self, kind: &str, name: &str) -> Result<Value, Error> {
+        let ns = if kind == "Node" { "" } else { "default" };
+        self.registry.get(kind, ns, name).await.map(|b| value(&b))
+    }
+
+    async fn update(&self, kind: &str, v: &Value) -> Result<Value, Error> {
+        self.registry.update(kind, "default", &body(v), false).await.map(|b| value(&b))
+    }
+
+    async fn delete(&self, kind: &str, name: &str, grace: Option<i64>) -> Result<Value, Error> {
+        self.registry.delete(kind, "default", name, "", grace).await.map(|b| value(&b))
+    }
+}
+
+fn config_map(name: &str, finalizers: &[&str]) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap",
+           "metadata": {"name": name, "finalizers": finalizers}, "data": {"k": "v"}})
+}
+
+fn deletion_timestamp(v: &Value) -> &str {
+    meta::str_field(v, "deletionTimestamp")
+}
+
+#[tokio::test]
+async fn a_finalized_object_is_only_marked_and_goes_with_its_last_finalizer() {
+    let w = world().await;
+    w.create("ConfigMap", config_map("held", &["example.com/keep"])).await;
+
+    let marked = w.delete("ConfigMap", "held", None).await.unwrap();
+    assert!(!deletion_timestamp(&marked).is_empty(), "{marked}");
+    let mut stored = w.get("ConfigMap", "held").await.unwrap();
+    assert_eq!(deletion_timestamp(&stored), deletion_timestamp(&marked));
+    let again = w.delete("ConfigMap", "held", None).await.unwrap();
+    assert_eq!(deletion_timestamp(&again), deletion_timestamp(&marked), "a second delete changes nothing");
+
+    stored["metadata"]["finalizers"] = json!([]);
+    w.update("ConfigMap", &stored).await.unwrap();
+    assert!(matches!(w.get("ConfigMap", "held").await, Err(Error::NotFound { .. })));
+}
+
+#[tokio::test]
+async fn an_object_without_finalizers_is_deleted_at_once() {
+    let w = world().await;
+    w.create("ConfigMap", config_map("free", &[])).await;
+    w.delete("ConfigMap", "free", None).await.unwrap();
+    assert!(matches!(w.get("ConfigMap", "free").await, Err(Error::NotFound { .. })));
+}
+
+fn node(name: &str, ready: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+           "status": {"conditions": [{"type": "Ready", "status": ready}]}})
+}
+
+fn pod(name: &str, node: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+           "spec": {"nodeName": node, "terminationGracePeriodSeconds": 7,
+                    "containers": [{"name": "c", "image": "busybox"}]}})
+}
+
+#[tokio::test]
+async fn a_pod_on_a_ready_node_waits_for_its_kubelet_to_delete_it_for_good() {
+    let w = world().await;
+    w.registry.create("Node", "", &body(&node("n1", "True"))).await.unwrap();
+    w.create("Pod", pod("web", "n1")).await;
+
+    let marked = w.delete("Pod", "web", None).await.unwrap();
+    assert!(!deletion_timestamp(&marked).is_empty());
+    assert_eq!(marked["metadata"]["deletionGracePeriodSeconds"], 7, "the pod's own grace period");
+    assert!(w.get("Pod", "web").await.is_ok(), "the kubelet has yet to stop the containers");
+
+    w.delete("Pod", "web", Some(0)).await.unwrap();
+    assert!(matches!(w.get("Pod", "web").await, Err(Error::NotFound { .. })));
+}
+
+#[tokio::test]
+async fn a_pod_without_a_live_kubelet_is_deleted_at_once() {
+    let w = world().await;
+    w.registry.create("Node", "", &body(&node("gone", "Unknown"))).await.unwrap();
+    w.create("Pod", pod("on-dead-node", "gone")).await;
+    w.create("Pod", pod("on-no-node", "missing")).await;
+
+    w.delete("Pod", "on-dead-node", None).await.unwrap();
+    w.delete("Pod", "on-no-node", None).await.unwrap();
+
+    assert!(matches!(w.get("Pod", "on-dead-node").await, Err(Error::NotFound { .. })));
+    assert!(matches!(w.get("Pod", "on-no-node").await, Err(Error::NotFound { .. })));
+}
+
+#[tokio::test]
+async fn a_stale_update_is_a_conflict_naming_the_object() {
+    let w = world().await;
+    let first = w.create("ConfigMap", config_map("cm", &[])).await;
+    let mut newer = first.clone();
+    newer["data"]["k"] = json!("newer");
+    w.update("ConfigMap", &newer).await.unwrap();
+
+    let mut stale = first;
+    stale["data"]["k"] = json!("stale");
+    let err = w.update("ConfigMap", &stale).await.unwrap_err();
+    assert!(matches!(&err, Error::Conflict { name, .. } if name == "cm"), "{err:?}");
+    assert!(err.to_string().contains("configmaps \"cm\""), "{err}");
+    assert_eq!(w.get("ConfigMap", "cm").await.unwrap()["data"]["k"], "newer");
+}
+
+#[tokio::test]
+async fn a_patch_or_delete_that_loses_a_race_reads_again_and_retries() {
+    let w = world().await;
+    w.create("ConfigMap", config_map("cm", &[])).await;
+
+    w.store.interleave_writes(2);
+    let patched = w.registry.patch("ConfigMap", "default", "cm", br#"{"data": {"k": "patched"}}"#).await.unwrap();
+    assert_eq!(value(&patched)["data"]["k"], "patched");
+
+    w.store.interleave_writes(2);
+    w.delete("ConfigMap", "cm", None).await.unwrap();
+    assert!(matches!(w.get("ConfigMap", "cm").await, Err(Error::NotFound { .. })));
+}
+
+#[tokio::test]
+async fn a_patch_that_keeps_losing_gives_up_with_a_conflict_naming_the_object() {
+    let w = world().await;
+    w.create("ConfigMap", config_map("busy", &[])).await;
+    w.store.interleave_writes(u32::MAX);
+    let before = w.store.revision();
+
+    let err = w.registry.patch("ConfigMap", "default", "busy", br#"{"data": {"k": "x"}}"#).await.unwrap_err();
+
+    assert!(matches!(&err, Error::Conflict { name, .. } if name == "busy"), "{err:?}");
+    assert_eq!(w.store.revision() - before, CAS_ATTEMPTS as i64, "one interleaved write per attempt, none of ours");
+}
+
+#[tokio::test]
+async fn a_patch_pinned_to_a_stale_version_is_not_retried() {
+    let w = world().await;
+    let created = w.create("ConfigMap", config_map("cm", &[])).await;
+    w.update("ConfigMap", &json!({"metadata": {"name": "cm"}, "data": {"k": "moved on"}})).await.unwrap();
+    let pinned = json!({"metadata": {"resourceVersion": meta::resource_version(&created)}, "data": {"k": "late"}});
+
+    let err = w.registry.patch("ConfigMap", "default", "cm", &body(&pinned)).await.unwrap_err();
+
+    assert!(matches!(err, Error::Conflict { .. }), "{err:?}");
+}
+
+fn deployment(image: &str) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+           "spec": {"selector": {"matchLabels": {"app": "web"}},
+                    "template": {"metadata": {"labels": {"app": "web"}},
+                                 "spec": {"containers": [{"name": "c", "image": image}]}}}})
+}
+
+fn generation(v: &Value) -> i64 {
+    v["metadata"]["generation"].as_i64().unwrap()
+}
+
+#[tokio::test]
+async fn generation_counts_spec_changes_only() {
+    let w = world().await;
+    let created = w.create("Deployment", deployment("busybox:1")).await;
+    assert_eq!(generation(&created), 1);
+
+    let mut labelled = w.get("Deployment", "web").await.unwrap();
+    labelled["metadata"]["labels"] = json!({"team": "a"});
+    let labelled = w.update("Deployment", &labelled).await.unwrap();
+    assert_eq!(generation(&labelled), 1, "metadata is not spec");
+
+    let mut status = labelled.clone();
+    status["status"] = json!({"replicas": 3});
+    let status = value(&w.registry.update("Deployment", "default", &body(&status), true).await.unwrap());
+    assert_eq!(generation(&status), 1, "status is not spec");
+
+    let mut rolled = status;
+    rolled["spec"]["template"]["spec"]["containers"][0]["image"] = json!("busybox:2");
+    let rolled = w.update("Deployment", &rolled).await.unwrap();
+    assert_eq!(generation(&rolled), 2);
+    assert_eq!(rolled["status"]["replicas"], 3, "an Update keeps the status");
+}
