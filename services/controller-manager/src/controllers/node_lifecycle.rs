@@ -16,6 +16,7 @@
 //! start, so a restarted controller-manager gives every node a full grace
 //! period before judging it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -102,9 +103,13 @@ impl Reconcile for NodeLifecycleController {
         let ready_status = ready.map(|c| c.status.as_str()).unwrap_or("Unknown");
 
         if now_ms - last > grace_ms {
-            if ready.is_none_or(|c| c.status != "Unknown") {
-                self.mark_unknown(&node).await?;
-            }
+            // The taint is written over the status update's result: the
+            // cached copy is stale by then and would lose with a conflict.
+            let node = if ready.is_none_or(|c| c.status != "Unknown") {
+                Arc::new(self.mark_unknown(&node).await?)
+            } else {
+                node
+            };
             self.set_taints(&node, Some(UNREACHABLE_TAINT)).await?;
             self.mark_pods_not_ready(name).await?;
             return Ok(Action::done());
@@ -118,7 +123,8 @@ impl Reconcile for NodeLifecycleController {
 }
 
 impl NodeLifecycleController {
-    async fn mark_unknown(&self, node: &Node) -> Result<()> {
+    /// Sets Ready=Unknown; returns the node as stored after that.
+    async fn mark_unknown(&self, node: &Node) -> Result<Node> {
         let mut updated = node.clone();
         let status = updated.status.get_or_insert_with(Default::default);
         let conditions = status.conditions.get_or_insert_with(Vec::new);
@@ -141,17 +147,18 @@ impl NodeLifecycleController {
             }),
         }
         let name = util::name(&node.metadata).to_string();
-        self.client.api::<Node>("").update_status(&updated).await.map_err(|source| Error::UpdateStatus {
-            kind: "Node",
-            key: name.clone(),
-            source,
-        })?;
+        let stored = self
+            .client
+            .api::<Node>("")
+            .update_status(&updated)
+            .await
+            .map_err(|source| Error::UpdateStatus { kind: "Node", key: name.clone(), source })?;
         tracing::info!(node = %name, "node stopped sending heartbeats: Ready=Unknown");
         let msg = format!("Node {name} status is now: NodeNotReady");
         if let Err(error) = self.recorder.record(&ObjectRef::of(node), EventType::Normal, "NodeNotReady", &msg).await {
             tracing::debug!(%error, "recording event failed");
         }
-        Ok(())
+        Ok(stored)
     }
 
     /// Sets Ready=False on every pod of node `name` that still says True.
@@ -318,7 +325,9 @@ mod tests {
         ])
         .await;
 
-        assert_eq!(settle(&server, &controller, "silent").await, Action::done());
+        // In one reconcile: the taint must not lose a conflict with the
+        // status write before it.
+        assert_eq!(controller.reconcile("silent").await.expect("first reconcile"), Action::done());
 
         let silent = stored_node(&server, "silent").await;
         let ready = ready_condition(&silent).unwrap();
