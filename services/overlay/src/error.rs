@@ -17,12 +17,8 @@ pub enum Error {
     Telemetry(#[from] skiff_telemetry::Error),
     #[error("invalid --{flag} {value:?}: {reason}")]
     Flag { flag: &'static str, value: String, reason: String },
-    #[error("waiting for the {kind} informer to sync")]
-    CacheSync {
-        kind: &'static str,
-        #[source]
-        source: skiff_client::Error,
-    },
+    #[error("waiting for the informers to sync")]
+    CacheSync(#[source] skiff_client::Error),
     #[error("{what} {path}")]
     Io {
         what: &'static str,

@@ -68,7 +68,7 @@ pub struct Config {
 }
 
 /// Runs skiff-overlay until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
     let client = Client::from_env(config.server.as_deref()).map_err(Error::Connect)?;
     let cluster_cidr: Cidr = config.cluster_cidr.parse().map_err(|e| Error::Flag {
         flag: "cluster-cidr",
@@ -148,5 +148,5 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 
     ops.shutdown().await;
     while tasks.join_next().await.is_some() {}
-    result.map_err(Into::into)
+    result
 }

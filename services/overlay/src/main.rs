@@ -12,7 +12,7 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let telemetry = skiff_telemetry::init("skiff-overlay")?;
-    let result = skiff_overlay::run(cli.config, skiff_telemetry::shutdown_signal()).await;
+    let result = skiff_overlay::run(cli.config, skiff_telemetry::shutdown_signal()).await.map_err(anyhow::Error::from);
     if let Err(e) = &result {
         tracing::error!(error = format!("{e:#}"), "skiff-overlay failed");
     }

@@ -1,8 +1,8 @@
 //! The Service data plane: one nftables table kept equal to the Services
 //! and Endpoints in the API.
 //!
-//! Level-triggered: any change wakes the loop, which drains every queued
-//! event, computes the whole desired state ([`model`]), renders it
+//! Level-triggered: any change wakes the loop (one wake-up however many
+//! events queued, [`Changes`]), which computes the whole desired state ([`model`]), renders it
 //! ([`rules`]) and applies only the difference from what it installed
 //! ([`script`], [`nft`]) as one transaction. The table is left in place on
 //! exit, so traffic keeps flowing while the agent restarts; the first sync
@@ -22,9 +22,8 @@ use std::time::Instant;
 
 use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
 use skiff_api::cidr::Cidr;
-use skiff_client::{InformerEvent, Store};
+use skiff_client::{wait_all_synced, Changes, Store};
 use skiff_telemetry::Metrics;
-use tokio::sync::mpsc::UnboundedReceiver;
 
 use self::model::Skipped;
 use self::nft::Nftables;
@@ -43,10 +42,7 @@ pub struct Stores {
 
 impl Stores {
     pub async fn wait_synced(&self) -> Result<(), Error> {
-        let sync = |kind| move |source| Error::CacheSync { kind, source };
-        self.nodes.wait_synced().await.map_err(sync("Node"))?;
-        self.services.wait_synced().await.map_err(sync("Service"))?;
-        self.endpoints.wait_synced().await.map_err(sync("Endpoints"))
+        wait_all_synced(&[&self.nodes, &self.services, &self.endpoints]).await.map_err(Error::CacheSync)
     }
 }
 
@@ -60,47 +56,6 @@ pub struct Options {
     /// The WireGuard interface, when the mesh runs: host traffic leaving by
     /// it is masqueraded to the node's pod-network address.
     pub wireguard_interface: Option<String>,
-}
-
-/// The informer feeds that wake the proxier.
-pub struct Events {
-    pub nodes: UnboundedReceiver<InformerEvent<Node>>,
-    pub services: UnboundedReceiver<InformerEvent<Service>>,
-    pub endpoints: UnboundedReceiver<InformerEvent<Endpoints>>,
-}
-
-impl Events {
-    /// Waits for an event that can change the rules: any Service or
-    /// Endpoints, and only this node's Node. False once every feed closed.
-    async fn changed(&mut self, node_name: &str) -> bool {
-        let mut open = [true; 3];
-        while open.iter().any(|o| *o) {
-            tokio::select! {
-                e = self.nodes.recv(), if open[0] => match e {
-                    Some(e) if e.object().metadata.name.as_deref() == Some(node_name) => return true,
-                    Some(_) => {}
-                    None => open[0] = false,
-                },
-                e = self.services.recv(), if open[1] => match e {
-                    Some(_) => return true,
-                    None => open[1] = false,
-                },
-                e = self.endpoints.recv(), if open[2] => match e {
-                    Some(_) => return true,
-                    None => open[2] = false,
-                },
-            }
-        }
-        false
-    }
-
-    /// Drops what is queued: the next sync reads the caches, which already
-    /// hold every change these events announced.
-    fn drain(&mut self) {
-        while self.nodes.try_recv().is_ok() {}
-        while self.services.try_recv().is_ok() {}
-        while self.endpoints.try_recv().is_ok() {}
-    }
 }
 
 pub struct Proxier {
@@ -123,26 +78,29 @@ impl Proxier {
     }
 
     /// Subscribes to the informers; call before they run so no change is missed.
-    pub fn subscribe(&self) -> Events {
-        Events {
-            nodes: self.stores.nodes.subscribe(),
-            services: self.stores.services.subscribe(),
-            endpoints: self.stores.endpoints.subscribe(),
-        }
+    /// Any Service or Endpoints change can change the rules, and only this
+    /// node's Node.
+    pub fn subscribe(&self) -> Changes {
+        let node_name = self.options.node_name.clone();
+        Changes::new()
+            .watch_where(self.stores.nodes.subscribe(), move |e| {
+                e.object().metadata.name.as_deref() == Some(node_name.as_str())
+            })
+            .watch(self.stores.services.subscribe())
+            .watch(self.stores.endpoints.subscribe())
     }
 
     /// Syncs the table after every batch of changes until `shutdown`. A
     /// failed transaction is retried in full after a back-off; events that
     /// arrive meanwhile wait for it.
-    pub async fn run(mut self, mut events: Events, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    pub async fn run(mut self, mut changes: Changes, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         tokio::pin!(shutdown);
         loop {
-            events.drain();
             let retry_after = self.sync().await;
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
                 _ = tokio::time::sleep(retry_after.unwrap_or_default()), if retry_after.is_some() => {}
-                open = events.changed(&self.options.node_name), if retry_after.is_none() => if !open {
+                open = changes.changed(), if retry_after.is_none() => if !open {
                     shutdown.await;
                     return Ok(());
                 },

@@ -28,9 +28,8 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Node;
 use serde_json::json;
 use skiff_api::cidr::Cidr;
-use skiff_client::{Client, EventRecorder, EventType, InformerEvent, ObjectRef, Store};
+use skiff_client::{Changes, Client, EventRecorder, EventType, ObjectRef, Store};
 use skiff_telemetry::Metrics;
-use tokio::sync::mpsc::UnboundedReceiver;
 use wireguard_control::Key;
 
 use crate::metrics::MeshMetrics;
@@ -133,16 +132,12 @@ impl Mesh {
         })
     }
 
-    pub fn subscribe(&self) -> UnboundedReceiver<InformerEvent<Node>> {
-        self.nodes.subscribe()
+    pub fn subscribe(&self) -> Changes {
+        Changes::new().watch(self.nodes.subscribe())
     }
 
     /// Keeps peers and routes equal to the other nodes until `shutdown`.
-    pub async fn run(
-        mut self,
-        mut events: UnboundedReceiver<InformerEvent<Node>>,
-        shutdown: impl Future<Output = ()>,
-    ) -> Result<(), Error> {
+    pub async fn run(mut self, mut changes: Changes, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         tokio::pin!(shutdown);
         loop {
             let wait = match self.reconcile().await {
@@ -155,13 +150,11 @@ impl Mesh {
             };
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
-                event = events.recv() => if event.is_none() { return Ok(()) },
+                open = changes.changed() => if !open { return Ok(()) },
                 _ = tokio::time::sleep(wait) => {}
                 // Its interface, peers and routes went with it: redo them now.
                 _ = self.device.exited() => {}
             }
-            // Everything queued so far is in the store already.
-            while events.try_recv().is_ok() {}
         }
     }
 

@@ -9,10 +9,11 @@ use k8s_openapi::api::core::v1::Node;
 use skiff_api::cidr::Cidr;
 use wireguard_control::Key;
 
-/// Annotation holding a node's WireGuard public key (base64).
-pub const PUBLIC_KEY_ANNOTATION: &str = "skiff.io/wireguard-public-key";
-/// Annotation holding a node's WireGuard endpoint (`IP:PORT`).
-pub const ENDPOINT_ANNOTATION: &str = "skiff.io/wireguard-endpoint";
+/// Annotations holding a node's WireGuard public key (base64) and endpoint
+/// (`IP:PORT`).
+pub use skiff_api::well_known::{
+    WIREGUARD_ENDPOINT_ANNOTATION as ENDPOINT_ANNOTATION, WIREGUARD_PUBLIC_KEY_ANNOTATION as PUBLIC_KEY_ANNOTATION,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
