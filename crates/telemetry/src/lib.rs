@@ -28,6 +28,7 @@ mod ops;
 mod propagation;
 mod readiness;
 mod signal;
+mod status;
 
 pub use crate::error::Error;
 pub use crate::http::serve_http;
@@ -37,6 +38,7 @@ pub use crate::ops::{ServiceOps, Stop};
 pub use crate::propagation::{extract_trace_context, inject_trace_context, set_remote_parent, TraceInterceptor};
 pub use crate::readiness::Readiness;
 pub use crate::signal::shutdown_signal;
+pub use crate::status::status_with_causes;
 
 /// Re-exported so services register collectors without naming the crate
 /// version themselves; a second `prometheus` version in the tree would make

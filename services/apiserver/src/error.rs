@@ -121,15 +121,6 @@ impl Error {
 
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
-        let mut message = e.to_string();
-        // Name the cause too: "etcd get failed: connection refused".
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            if !message.contains(&s.to_string()) {
-                message = format!("{message}: {s}");
-            }
-            source = s.source();
-        }
-        Status::new(e.code(), message)
+        skiff_telemetry::status_with_causes(e.code(), &e)
     }
 }

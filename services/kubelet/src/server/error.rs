@@ -75,14 +75,6 @@ impl ServerError {
 
 impl From<ServerError> for Status {
     fn from(e: ServerError) -> Self {
-        let mut message = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            if !message.contains(&s.to_string()) {
-                message = format!("{message}: {s}");
-            }
-            source = s.source();
-        }
-        Status::new(e.code(), message)
+        skiff_telemetry::status_with_causes(e.code(), &e)
     }
 }
