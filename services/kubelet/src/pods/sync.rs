@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus};
 use tokio::time::Instant;
 
 use super::spec::{self, ContainerContext};
@@ -214,7 +214,7 @@ impl PodSyncer {
     }
 
     /// The pod's containers by name, newest attempt first.
-    async fn observe(&self, uid: &str) -> Result<HashMap<String, Vec<proto::ContainerStatus>>, Error> {
+    async fn observe(&self, uid: &str) -> Result<History, Error> {
         let listed = self.runtime.list_containers(&[(labels::POD_UID, uid)]).await?;
         let mut by_name: HashMap<String, Vec<proto::ContainerStatus>> = HashMap::new();
         for c in listed {
@@ -236,15 +236,8 @@ impl PodSyncer {
     async fn sync_inner(&self, pod: &Pod, memory: &mut PodMemory) -> Result<Outcome, Error> {
         let mut out = Outcome::default();
         let (uid, ns, name) = spec::ids(pod);
-        let rt = self.runtime.as_ref();
-
-        // What an older pod of the same name left behind goes first.
-        for sb in rt.list_sandboxes(&[(labels::POD_NAMESPACE, ns), (labels::POD_NAME, name)]).await? {
-            if let Some(other) = sb.labels.get(labels::POD_UID).filter(|u| u.as_str() != uid) {
-                self.kill_pod(other, std::slice::from_ref(&sb), ORPHAN_GRACE).await?;
-            }
-        }
-        let sandboxes = rt.list_sandboxes(&[(labels::POD_UID, uid)]).await?;
+        self.remove_older_pods(uid, ns, name).await?;
+        let sandboxes = self.runtime.list_sandboxes(&[(labels::POD_UID, uid)]).await?;
 
         if pod.metadata.deletion_timestamp.is_some() {
             let grace = grace_period(pod);
@@ -270,58 +263,15 @@ impl PodSyncer {
 
         let prepared = match self.volumes.prepare(pod, self.objects.as_ref()) {
             Ok(p) => p,
-            Err(e) => {
-                out.event(true, "FailedMount", format!("MountVolume.SetUp failed: {e}"));
-                memory.waiting.clear();
-                let views = pod_spec.containers.iter().map(|c| fresh_view(c, "ContainerCreating", "")).collect();
-                let obs = Observed {
-                    init: Vec::new(),
-                    containers: views,
-                    initialized: pod_spec.init_containers.as_ref().is_none_or(|i| i.is_empty()),
-                    init_failed: false,
-                    pod_ip: None,
-                    host_ip: self.settings.node_ip.clone(),
-                };
-                out.status = changed(pod, status::build(pod, &obs, &crate::node::now_time()));
-                out.requeue_after(RETRY);
-                return Ok(out);
-            }
+            Err(e) => return Ok(self.mount_failed(pod, pod_spec, memory, out, &e)),
         };
-
-        let (sandbox_id, sandbox_config) = match ready_sandbox {
-            Some(sb) => {
-                let attempt = sb.metadata.as_ref().map_or(0, |m| m.attempt);
-                (sb.id.clone(), spec::sandbox_config(pod, &self.settings.pod_log_dir, &self.settings.dns, attempt))
-            }
-            None => {
-                // A sandbox that died took its containers along: start a new
-                // one and the containers again in it.
-                let attempt = sandboxes.iter().filter_map(|s| s.metadata.as_ref()).map(|m| m.attempt + 1).max();
-                let config =
-                    spec::sandbox_config(pod, &self.settings.pod_log_dir, &self.settings.dns, attempt.unwrap_or(0));
-                let dir = std::path::PathBuf::from(&config.log_directory);
-                std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
-                    what: "creating",
-                    path: dir.display().to_string(),
-                    source,
-                })?;
-                match rt.run_sandbox(config.clone()).await {
-                    Ok(id) => (id, config),
-                    Err(e) => {
-                        out.event(true, "FailedCreatePodSandBox", format!("Failed to create pod sandbox: {e}"));
-                        return Err(e);
-                    }
-                }
-            }
-        };
-        let host_network = spec::host_network(pod);
-        let pod_ip = if host_network {
-            self.settings.node_ip.clone()
+        let (sandbox_id, sandbox_config) = self.ensure_sandbox(pod, &sandboxes, ready_sandbox, &mut out).await?;
+        let pod_ip = self.pod_ip(pod, &sandbox_id).await?;
+        let hosts = if spec::host_network(pod) {
+            None
         } else {
-            rt.sandbox_ip(&sandbox_id).await?.unwrap_or_default()
+            Some(self.volumes.write_hosts(uid, &spec::hostname(pod), &pod_ip)?)
         };
-        let hosts =
-            if host_network { None } else { Some(self.volumes.write_hosts(uid, &spec::hostname(pod), &pod_ip)?) };
         let ctx = ContainerContext {
             pod,
             objects: self.objects.as_ref(),
@@ -336,146 +286,20 @@ impl PodSyncer {
         let start = Start { ctx: &ctx, sandbox_id: &sandbox_id, sandbox: &sandbox_config };
 
         let history = self.observe(uid).await?;
-        let mut acted = false;
-
-        // Init containers, one at a time, each to completion.
         let init_specs = pod_spec.init_containers.as_deref().unwrap_or_default();
-        let mut initialized = true;
-        let mut init_failed = false;
-        for c in init_specs {
-            let latest = history.get(&c.name).and_then(|h| h.first());
-            match latest {
-                Some(l) if is(l, proto::ContainerState::ContainerExited) && l.exit_code == 0 => continue,
-                Some(l) if is(l, proto::ContainerState::ContainerRunning) => {}
-                Some(l) if is(l, proto::ContainerState::ContainerExited) => {
-                    if policy == "Never" {
-                        init_failed = true;
-                    } else {
-                        acted |= self.restart_after_backoff(memory, &mut out, &start, c, l).await;
-                    }
-                }
-                Some(l) => {
-                    acted = true;
-                    self.start_created(memory, &mut out, c, &l.id).await;
-                }
-                None => {
-                    acted = true;
-                    self.start_new(memory, &mut out, &start, c, 0).await;
-                }
-            }
-            initialized = false;
-            break;
-        }
-
-        if initialized {
-            for c in &pod_spec.containers {
-                let latest = history.get(&c.name).and_then(|h| h.first());
-                match latest {
-                    Some(l) if is(l, proto::ContainerState::ContainerRunning) => {
-                        memory.waiting.remove(&c.name);
-                        let probes = probe_state(memory, c, &l.id);
-                        let target = Target { runtime: rt, container_id: &l.id, pod_ip: &pod_ip, spec: c };
-                        let running_for =
-                            Duration::from_nanos(u64::try_from(now_nanos() - l.started_at).unwrap_or_default());
-                        let mut failures = Vec::new();
-                        let verdict = probes.step(&target, running_for, &mut failures).await;
-                        for f in failures {
-                            out.event(true, "Unhealthy", format!("{} probe failed: {}", f.probe, f.message));
-                        }
-                        match verdict {
-                            Verdict::Fine(Some(at)) => {
-                                out.requeue_after(at.saturating_duration_since(Instant::now()));
-                            }
-                            Verdict::Fine(None) => {}
-                            Verdict::Kill(why) => {
-                                out.event(false, "Killing", format!("Container {} {why}, will be restarted", c.name));
-                                rt.stop_container(&l.id, grace).await?;
-                                memory.probes.remove(&c.name);
-                                acted = true;
-                                // The exit is handled (restart, back-off) right away.
-                                out.requeue_after(Duration::from_millis(1));
-                            }
-                        }
-                    }
-                    Some(l) if is(l, proto::ContainerState::ContainerExited) => {
-                        if restarts(policy, l.exit_code) {
-                            acted |= self.restart_after_backoff(memory, &mut out, &start, c, l).await;
-                        }
-                    }
-                    Some(l) => {
-                        acted = true;
-                        self.start_created(memory, &mut out, c, &l.id).await;
-                    }
-                    None => {
-                        acted = true;
-                        self.start_new(memory, &mut out, &start, c, 0).await;
-                    }
-                }
-            }
+        let init = self.sync_init_containers(memory, &mut out, &start, init_specs, &history, policy).await;
+        let mut acted = init.acted;
+        if init.done {
+            acted |= self.sync_app_containers(memory, &mut out, &start, &history, policy, grace).await?;
         }
 
         let mut history = if acted { self.observe(uid).await? } else { history };
-        // Keep the newest two of each container (the running one and the
-        // last that ended, for lastState and logs); remove older ones.
-        for h in history.values_mut() {
-            for old in h.drain(2.min(h.len())..) {
-                if is(&old, proto::ContainerState::ContainerExited) {
-                    if let Err(e) = rt.remove_container(&old.id).await {
-                        tracing::debug!(error = %e, id = %old.id, "removing an old container failed");
-                    }
-                }
-            }
-        }
-        let mut take = |c: &Container| history.remove(&c.name).unwrap_or_default();
-        let init: Vec<ContainerView<'_>> = init_specs
-            .iter()
-            .map(|c| {
-                let h = take(c);
-                let exited_bad =
-                    h.first().is_some_and(|l| is(l, proto::ContainerState::ContainerExited) && l.exit_code != 0);
-                let running = h.first().is_some_and(|l| is(l, proto::ContainerState::ContainerRunning));
-                let ok = h.first().is_some_and(|l| is(l, proto::ContainerState::ContainerExited) && l.exit_code == 0);
-                ContainerView {
-                    spec: c,
-                    waiting: memory.waiting.get(&c.name).cloned().filter(|_| !running && !ok),
-                    restarting: exited_bad && policy != "Never",
-                    ready: ok,
-                    started: running,
-                    history: h,
-                }
-            })
-            .collect();
-        let containers: Vec<ContainerView<'_>> = pod_spec
-            .containers
-            .iter()
-            .map(|c| {
-                let h = take(c);
-                let latest = h.first();
-                let running = latest.is_some_and(|l| is(l, proto::ContainerState::ContainerRunning));
-                let exited = latest.is_some_and(|l| is(l, proto::ContainerState::ContainerExited));
-                let restarting = exited && latest.is_some_and(|l| restarts(policy, l.exit_code));
-                let (ready, started) = match (running, latest) {
-                    (true, Some(l)) => {
-                        let p = probe_state(memory, c, &l.id);
-                        (p.ready && p.started, p.started)
-                    }
-                    _ => (false, false),
-                };
-                ContainerView {
-                    spec: c,
-                    waiting: memory.waiting.get(&c.name).cloned().filter(|_| !running && (restarting || !exited)),
-                    restarting,
-                    ready,
-                    started,
-                    history: h,
-                }
-            })
-            .collect();
+        self.prune_exited(&mut history).await;
         let obs = Observed {
-            init,
-            containers,
-            initialized,
-            init_failed,
+            init: init_views(init_specs, &mut history, memory, policy),
+            containers: app_views(&pod_spec.containers, &mut history, memory, policy),
+            initialized: init.done,
+            init_failed: init.failed,
             pod_ip: (!pod_ip.is_empty()).then(|| pod_ip.clone()),
             host_ip: self.settings.node_ip.clone(),
         };
@@ -486,6 +310,207 @@ impl PodSyncer {
         }
         out.status = changed(pod, new_status);
         Ok(out)
+    }
+
+    /// Kills what an older pod of the same name left behind.
+    async fn remove_older_pods(&self, uid: &str, ns: &str, name: &str) -> Result<(), Error> {
+        for sb in self.runtime.list_sandboxes(&[(labels::POD_NAMESPACE, ns), (labels::POD_NAME, name)]).await? {
+            if let Some(other) = sb.labels.get(labels::POD_UID).filter(|u| u.as_str() != uid) {
+                self.kill_pod(other, std::slice::from_ref(&sb), ORPHAN_GRACE).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The volumes could not be set up: every container waits in
+    /// ContainerCreating, with an Event saying why, and the sync retries.
+    fn mount_failed(
+        &self,
+        pod: &Pod,
+        pod_spec: &PodSpec,
+        memory: &mut PodMemory,
+        mut out: Outcome,
+        error: &Error,
+    ) -> Outcome {
+        out.event(true, "FailedMount", format!("MountVolume.SetUp failed: {error}"));
+        memory.waiting.clear();
+        let views = pod_spec.containers.iter().map(|c| fresh_view(c, "ContainerCreating", "")).collect();
+        let obs = Observed {
+            init: Vec::new(),
+            containers: views,
+            initialized: pod_spec.init_containers.as_ref().is_none_or(|i| i.is_empty()),
+            init_failed: false,
+            pod_ip: None,
+            host_ip: self.settings.node_ip.clone(),
+        };
+        out.status = changed(pod, status::build(pod, &obs, &crate::node::now_time()));
+        out.requeue_after(RETRY);
+        out
+    }
+
+    /// The pod's ready sandbox, or a new one: a sandbox that died took its
+    /// containers along, so they start again in the new one.
+    async fn ensure_sandbox(
+        &self,
+        pod: &Pod,
+        sandboxes: &[proto::PodSandbox],
+        ready: Option<&proto::PodSandbox>,
+        out: &mut Outcome,
+    ) -> Result<(String, proto::PodSandboxConfig), Error> {
+        let (log_dir, dns) = (&self.settings.pod_log_dir, &self.settings.dns);
+        if let Some(sb) = ready {
+            let attempt = sb.metadata.as_ref().map_or(0, |m| m.attempt);
+            return Ok((sb.id.clone(), spec::sandbox_config(pod, log_dir, dns, attempt)));
+        }
+        let attempt = sandboxes.iter().filter_map(|s| s.metadata.as_ref()).map(|m| m.attempt + 1).max();
+        let config = spec::sandbox_config(pod, log_dir, dns, attempt.unwrap_or(0));
+        let dir = std::path::PathBuf::from(&config.log_directory);
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+            what: "creating",
+            path: dir.display().to_string(),
+            source,
+        })?;
+        match self.runtime.run_sandbox(config.clone()).await {
+            Ok(id) => Ok((id, config)),
+            Err(e) => {
+                out.event(true, "FailedCreatePodSandBox", format!("Failed to create pod sandbox: {e}"));
+                Err(e)
+            }
+        }
+    }
+
+    /// The node's address for a host-network pod, else the sandbox's.
+    async fn pod_ip(&self, pod: &Pod, sandbox_id: &str) -> Result<String, Error> {
+        if spec::host_network(pod) {
+            return Ok(self.settings.node_ip.clone());
+        }
+        Ok(self.runtime.sandbox_ip(sandbox_id).await?.unwrap_or_default())
+    }
+
+    /// Init containers, one at a time, each to completion.
+    async fn sync_init_containers(
+        &self,
+        memory: &mut PodMemory,
+        out: &mut Outcome,
+        start: &Start<'_>,
+        init_specs: &[Container],
+        history: &History,
+        policy: &str,
+    ) -> InitProgress {
+        let mut progress = InitProgress { done: true, failed: false, acted: false };
+        let Some((c, latest)) = init_specs
+            .iter()
+            .map(|c| (c, history.get(&c.name).and_then(|h| h.first())))
+            .find(|(_, l)| !l.is_some_and(|l| is(l, proto::ContainerState::ContainerExited) && l.exit_code == 0))
+        else {
+            return progress;
+        };
+        progress.done = false;
+        match latest {
+            Some(l) if is(l, proto::ContainerState::ContainerRunning) => {}
+            Some(l) if is(l, proto::ContainerState::ContainerExited) => {
+                if policy == "Never" {
+                    progress.failed = true;
+                } else {
+                    progress.acted = self.restart_after_backoff(memory, out, start, c, l).await;
+                }
+            }
+            Some(l) => {
+                progress.acted = true;
+                self.start_created(memory, out, c, &l.id).await;
+            }
+            None => {
+                progress.acted = true;
+                self.start_new(memory, out, start, c, 0).await;
+            }
+        }
+        progress
+    }
+
+    /// The pod's containers: each started, probed, or restarted after its
+    /// crash back-off. True if it acted on any.
+    async fn sync_app_containers(
+        &self,
+        memory: &mut PodMemory,
+        out: &mut Outcome,
+        start: &Start<'_>,
+        history: &History,
+        policy: &str,
+        grace: Duration,
+    ) -> Result<bool, Error> {
+        let mut acted = false;
+        let containers = start.ctx.pod.spec.as_ref().map(|s| s.containers.as_slice()).unwrap_or_default();
+        for c in containers {
+            match history.get(&c.name).and_then(|h| h.first()) {
+                Some(l) if is(l, proto::ContainerState::ContainerRunning) => {
+                    acted |= self.probe(memory, out, start, c, l, grace).await?;
+                }
+                Some(l) if is(l, proto::ContainerState::ContainerExited) => {
+                    if restarts(policy, l.exit_code) {
+                        acted |= self.restart_after_backoff(memory, out, start, c, l).await;
+                    }
+                }
+                Some(l) => {
+                    acted = true;
+                    self.start_created(memory, out, c, &l.id).await;
+                }
+                None => {
+                    acted = true;
+                    self.start_new(memory, out, start, c, 0).await;
+                }
+            }
+        }
+        Ok(acted)
+    }
+
+    /// Runs the probes of a running container; a failed liveness or
+    /// startup probe stops it. True if it stopped the container.
+    async fn probe(
+        &self,
+        memory: &mut PodMemory,
+        out: &mut Outcome,
+        start: &Start<'_>,
+        c: &Container,
+        running: &proto::ContainerStatus,
+        grace: Duration,
+    ) -> Result<bool, Error> {
+        let rt = self.runtime.as_ref();
+        memory.waiting.remove(&c.name);
+        let probes = probe_state(memory, c, &running.id);
+        let target = Target { runtime: rt, container_id: &running.id, pod_ip: start.ctx.pod_ip, spec: c };
+        let running_for = Duration::from_nanos(u64::try_from(now_nanos() - running.started_at).unwrap_or_default());
+        let mut failures = Vec::new();
+        let verdict = probes.step(&target, running_for, &mut failures).await;
+        for f in failures {
+            out.event(true, "Unhealthy", format!("{} probe failed: {}", f.probe, f.message));
+        }
+        match verdict {
+            Verdict::Fine(Some(at)) => out.requeue_after(at.saturating_duration_since(Instant::now())),
+            Verdict::Fine(None) => {}
+            Verdict::Kill(why) => {
+                out.event(false, "Killing", format!("Container {} {why}, will be restarted", c.name));
+                rt.stop_container(&running.id, grace).await?;
+                memory.probes.remove(&c.name);
+                // The exit is handled (restart, back-off) right away.
+                out.requeue_after(Duration::from_millis(1));
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Keeps the newest two of each container (the running one and the
+    /// last that ended, for lastState and logs); removes older ones.
+    async fn prune_exited(&self, history: &mut History) {
+        for h in history.values_mut() {
+            for old in h.drain(2.min(h.len())..) {
+                if is(&old, proto::ContainerState::ContainerExited) {
+                    if let Err(e) = self.runtime.remove_container(&old.id).await {
+                        tracing::debug!(error = %e, id = %old.id, "removing an old container failed");
+                    }
+                }
+            }
+        }
     }
 
     /// Stops what still runs in a sandbox, then the sandbox.
@@ -655,6 +680,80 @@ struct Start<'a> {
 }
 
 /// Kubernetes' default: Always for `:latest` or no tag, else IfNotPresent.
+/// Each container's CRI statuses, newest first.
+type History = HashMap<String, Vec<proto::ContainerStatus>>;
+
+/// Where the init containers stand after one sync.
+#[derive(Debug, Clone, Copy)]
+struct InitProgress {
+    /// Every init container exited 0: the app containers may run.
+    done: bool,
+    /// One exited non-zero under restartPolicy Never: the pod has failed.
+    failed: bool,
+    acted: bool,
+}
+
+/// What the status says of each init container.
+fn init_views<'a>(
+    specs: &'a [Container],
+    history: &mut History,
+    memory: &mut PodMemory,
+    policy: &str,
+) -> Vec<ContainerView<'a>> {
+    specs
+        .iter()
+        .map(|c| {
+            let h = history.remove(&c.name).unwrap_or_default();
+            let exited_bad =
+                h.first().is_some_and(|l| is(l, proto::ContainerState::ContainerExited) && l.exit_code != 0);
+            let running = h.first().is_some_and(|l| is(l, proto::ContainerState::ContainerRunning));
+            let ok = h.first().is_some_and(|l| is(l, proto::ContainerState::ContainerExited) && l.exit_code == 0);
+            ContainerView {
+                spec: c,
+                waiting: memory.waiting.get(&c.name).cloned().filter(|_| !running && !ok),
+                restarting: exited_bad && policy != "Never",
+                ready: ok,
+                started: running,
+                history: h,
+            }
+        })
+        .collect()
+}
+
+/// What the status says of each app container: readiness from its probes.
+fn app_views<'a>(
+    specs: &'a [Container],
+    history: &mut History,
+    memory: &mut PodMemory,
+    policy: &str,
+) -> Vec<ContainerView<'a>> {
+    specs
+        .iter()
+        .map(|c| {
+            let h = history.remove(&c.name).unwrap_or_default();
+            let latest = h.first();
+            let running = latest.is_some_and(|l| is(l, proto::ContainerState::ContainerRunning));
+            let exited = latest.is_some_and(|l| is(l, proto::ContainerState::ContainerExited));
+            let restarting = exited && latest.is_some_and(|l| restarts(policy, l.exit_code));
+            let (ready, started) = match (running, latest) {
+                (true, Some(l)) => {
+                    let p = probe_state(memory, c, &l.id);
+                    (p.ready && p.started, p.started)
+                }
+                _ => (false, false),
+            };
+            ContainerView {
+                spec: c,
+                waiting: memory.waiting.get(&c.name).cloned().filter(|_| !running && (restarting || !exited)),
+                restarting,
+                ready,
+                started,
+                history: h,
+            }
+        })
+        .collect()
+}
+
 fn default_pull_policy(image: &str) -> &'static str {
     let last = image.rsplit('/').next().unwrap_or(image);
     if image.contains('@') {
