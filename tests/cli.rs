@@ -1,9 +1,12 @@
 //! skiffctl against a real apiserver: applying manifests written for
-//! Kubernetes, listing them, and reporting bad documents one by one.
+//! Kubernetes, listing them (as a table, JSON, YAML or names, and watching
+//! them), deleting them, and reporting bad documents one by one.
 
 use std::path::Path;
 
-use skiff_testkit::Cluster;
+use serde_json::{json, Value};
+use skiff_testkit::{Cluster, EVENTUALLY};
+use tokio::io::AsyncBufReadExt;
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -96,4 +99,120 @@ metadata: {name: good-two}
     let out = cluster.skiffctl(&["get", "deploy", "missing"], None).unwrap();
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("not found"), "{}", text(&out.stderr));
+}
+
+/// Lines `skiffctl get -w` prints, read as they come.
+struct Watching {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Watching {
+    fn start(cluster: &Cluster, args: &[&str]) -> Self {
+        let bin = skiff_testkit::binary("skiffctl").expect("build skiffctl");
+        let mut child = tokio::process::Command::new(bin)
+            .arg("--server")
+            .arg(cluster.server())
+            .args(args)
+            .env_remove("SKIFF_SERVER")
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start skiffctl get -w");
+        let stdout = child.stdout.take().expect("piped stdout");
+        Self { child, lines: tokio::io::BufReader::new(stdout).lines() }
+    }
+
+    /// The next line that `wanted` accepts; the lines skipped on the way.
+    async fn line(&mut self, what: &str, wanted: impl Fn(&[&str]) -> bool) -> (String, Vec<String>) {
+        let deadline = tokio::time::Instant::now() + EVENTUALLY;
+        let mut skipped = Vec::new();
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.lines.next_line()).await;
+            let line = next.unwrap_or_else(|_| panic!("timed out waiting for {what}; printed: {skipped:?}"));
+            let line = line.expect("read skiffctl's output").unwrap_or_else(|| {
+                let status = self.child.try_wait();
+                panic!("skiffctl stopped ({status:?}) before {what}; printed: {skipped:?}")
+            });
+            if wanted(&line.split_whitespace().collect::<Vec<_>>()) {
+                return (line, skipped);
+            }
+            skipped.push(line);
+        }
+    }
+}
+
+#[tokio::test]
+async fn get_watches_changes_and_prints_yaml_and_names() {
+    let cluster = Cluster::start().await.expect("cluster");
+    let client = cluster.client();
+    for name in ["alpha", "beta"] {
+        client.create("ConfigMap", "default", &json!({"metadata": {"name": name}, "data": {"k": "1"}})).await.unwrap();
+    }
+
+    let out = cluster.skiffctl(&["get", "cm", "alpha", "-o", "yaml"], None).unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let alpha: Value = serde_yaml_ng::from_slice(&out.stdout).expect("-o yaml prints YAML");
+    assert_eq!(alpha["kind"], "ConfigMap");
+    assert_eq!(alpha["metadata"]["name"], "alpha");
+    assert_eq!(alpha["data"]["k"], "1");
+    let out = cluster.skiffctl(&["get", "cm", "-o", "yaml"], None).unwrap();
+    let list: Value = serde_yaml_ng::from_slice(&out.stdout).expect("-o yaml prints YAML");
+    assert_eq!(list["kind"], "ConfigMapList");
+    let names: Vec<&str> =
+        list["items"].as_array().unwrap().iter().filter_map(|o| o["metadata"]["name"].as_str()).collect();
+    assert_eq!(names, ["alpha", "beta"]);
+
+    let out = cluster.skiffctl(&["get", "cm", "-o", "name"], None).unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "configmap/alpha\nconfigmap/beta\n");
+
+    // The table first, then a row for each change to the named object only.
+    let mut watching = Watching::start(&cluster, &["get", "cm", "alpha", "-w"]);
+    let (row, header) = watching.line("alpha's first row", |words| words.first() == Some(&"alpha")).await;
+    assert!(
+        header.len() == 1 && header[0].split_whitespace().eq(["NAME", "DATA", "AGE"]),
+        "the header comes first: {header:?}"
+    );
+    assert_eq!(row.split_whitespace().nth(1), Some("1"), "{row}");
+    client.patch("ConfigMap", "default", "beta", &json!({"data": {"other": "x"}})).await.unwrap();
+    client.patch("ConfigMap", "default", "alpha", &json!({"data": {"k2": "2"}})).await.unwrap();
+    let (_, skipped) = watching.line("a row for alpha with two keys", |words| words.starts_with(&["alpha", "2"])).await;
+    assert!(skipped.iter().all(|l| l.starts_with("alpha ")), "only alpha's changes are printed: {skipped:?}");
+}
+
+#[tokio::test]
+async fn delete_by_name_and_by_manifest_and_create_namespace() {
+    let cluster = Cluster::start().await.expect("cluster");
+    let client = cluster.client();
+
+    let out = cluster.skiffctl(&["create", "namespace", "team"], None).unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "namespace/team created\n");
+    assert_eq!(client.get("Namespace", "", "team").await.unwrap()["metadata"]["name"], "team");
+    let out = cluster.skiffctl(&["create", "ns", "team"], None).unwrap();
+    assert!(!out.status.success(), "creating it twice fails");
+    assert!(text(&out.stderr).contains("already exists"), "{}", text(&out.stderr));
+
+    let manifest = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: one, namespace: team}\n---\n\
+                    apiVersion: v1\nkind: ConfigMap\nmetadata: {name: two, namespace: team}\n";
+    let out = cluster.skiffctl(&["apply", "-f", "-"], Some(manifest)).unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    client.create("ConfigMap", "team", &json!({"metadata": {"name": "three"}})).await.unwrap();
+
+    let out = cluster.skiffctl(&["delete", "configmap", "three", "-n", "team"], None).unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "configmap \"three\" deleted\n");
+    assert!(client.get("ConfigMap", "team", "three").await.unwrap_err().is_not_found());
+    assert!(client.get("ConfigMap", "team", "one").await.is_ok(), "only the named object goes");
+    let out = cluster.skiffctl(&["delete", "configmap", "three", "-n", "team"], None).unwrap();
+    assert!(!out.status.success(), "deleting a missing object fails");
+    assert!(text(&out.stderr).contains("not found"), "{}", text(&out.stderr));
+
+    let out = cluster.skiffctl(&["delete", "-f", "-"], Some(manifest)).unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "configmap \"two\" deleted\nconfigmap \"one\" deleted\n", "last first");
+    for name in ["one", "two"] {
+        assert!(client.get("ConfigMap", "team", name).await.unwrap_err().is_not_found(), "{name} deleted");
+    }
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use skiff_client::{Client, ListParams, WatchEvent};
-use skiff_testkit::{eventually, Cluster};
+use skiff_testkit::{eventually, Cluster, EVENTUALLY};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
@@ -231,6 +231,61 @@ async fn deployment_creates_and_scales_pods_through_a_replicaset() {
     assert!(!lease["spec"]["holderIdentity"].as_str().unwrap_or_default().is_empty());
 }
 
+/// A controller-manager that competes for the lease: timings short enough
+/// for a failover in a test, and a renew deadline a loaded machine meets.
+fn candidate_args() -> Vec<String> {
+    ["--lease-duration=6s", "--renew-deadline=4s", "--retry-period=500ms"].map(String::from).to_vec()
+}
+
+fn replica_set(name: &str, replicas: i64) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": name},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}},
+                              "spec": {"containers": [{"name": "c", "image": format!("{name}:1")}]}}}})
+}
+
+/// Whether the controller-manager serving `metrics` has reconciled a
+/// ReplicaSet: only the lease holder runs the controllers.
+async fn has_reconciled_replicasets(metrics: SocketAddr) -> bool {
+    http_get(metrics, "/metrics").await.contains(r#"skiff_controller_reconcile_total{controller="replicaset""#)
+}
+
+#[tokio::test]
+async fn a_standby_controller_manager_takes_over_when_the_leader_dies() {
+    let mut cluster = Cluster::start().await.expect("cluster");
+    let mut metrics = HashMap::new();
+    for id in ["cm-a", "cm-b"] {
+        let addr = cluster.start_service(id, "skiff-controller-manager", &candidate_args()).await.expect("start");
+        metrics.insert(id, addr);
+    }
+    let client = cluster.client();
+    let holder = || async {
+        let lease = client.get("Lease", "kube-system", "skiff-controller-manager").await.ok()?;
+        lease["spec"]["holderIdentity"].as_str().filter(|h| !h.is_empty()).map(str::to_string)
+    };
+    let first = eventually("a leader", holder).await;
+    let before = client.create("ReplicaSet", "default", &replica_set("before", 2)).await.unwrap();
+    eventually("2 pods of the first ReplicaSet", || async {
+        (owned(&client, "Pod", "default", uid(&before)).await.len() == 2).then_some(())
+    })
+    .await;
+    let (a, b) = (has_reconciled_replicasets(metrics["cm-a"]).await, has_reconciled_replicasets(metrics["cm-b"]).await);
+    let (leader, standby) = match (a, b) {
+        (true, false) => ("cm-a", "cm-b"),
+        (false, true) => ("cm-b", "cm-a"),
+        _ => panic!("exactly one controller-manager reconciles (cm-a: {a}, cm-b: {b})"),
+    };
+
+    cluster.kill_service(leader);
+    eventually("the lease taken by the standby", || async { holder().await.filter(|h| *h != first) }).await;
+    let after = client.create("ReplicaSet", "default", &replica_set("after", 2)).await.unwrap();
+    eventually("2 pods of a ReplicaSet created after the failover", || async {
+        (owned(&client, "Pod", "default", uid(&after)).await.len() == 2).then_some(())
+    })
+    .await;
+    assert!(has_reconciled_replicasets(metrics[standby]).await, "{standby} runs the controllers now");
+}
+
 /// Pod counts seen through a watch during a rollout.
 #[derive(Debug, Default)]
 struct Observed {
@@ -370,8 +425,7 @@ async fn recreate_paused_and_history_limit() {
 
     // Recreate: the old pods are all gone before a new one exists.
     let start = client.list("Pod", "default", &ListParams::default().labels("app=rec")).await.unwrap();
-    let params = ListParams::default().labels("app=rec");
-    let mut watch = Box::pin(client.watch("Pod", "default", &params, &start.resource_version).await.unwrap());
+    let mut watch = watch_from(&client, "Pod", "app=rec", &start.resource_version).await;
     for version in ["rec:2", "rec:3"] {
         edit_deployment(&client, "rec", |d| d["spec"]["template"]["spec"]["containers"][0]["image"] = json!(version))
             .await;
@@ -383,18 +437,30 @@ async fn recreate_paused_and_history_limit() {
     }
     let mut live: HashMap<String, String> =
         start.items.iter().map(|p| (name(p).to_string(), image(p).to_string())).collect();
-    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(500), watch.next()).await {
-        match ev.unwrap() {
+    let (mut created, mut deleted) = (HashMap::<String, usize>::new(), HashMap::<String, usize>::new());
+    let every_version_replaced = |created: &HashMap<String, usize>, deleted: &HashMap<String, usize>| {
+        let count = |m: &HashMap<String, usize>, v: &str| m.get(v).copied().unwrap_or_default();
+        count(deleted, "rec:1") == 4
+            && count(created, "rec:2") == 4
+            && count(deleted, "rec:2") == 4
+            && count(created, "rec:3") == 4
+    };
+    follow(&mut watch, "4 pods of rec:1 and rec:2 deleted, 4 of rec:2 and rec:3 created", |event| {
+        match event {
             WatchEvent::Added(p) => {
                 assert!(live.values().all(|img| img == image(&p)), "a {} pod while {live:?} live", image(&p));
                 live.insert(name(&p).to_string(), image(&p).to_string());
+                *created.entry(image(&p).to_string()).or_default() += 1;
             }
             WatchEvent::Deleted(p) => {
                 live.remove(name(&p));
+                *deleted.entry(image(&p).to_string()).or_default() += 1;
             }
             _ => {}
         }
-    }
+        every_version_replaced(&created, &deleted)
+    })
+    .await;
 
     // History limit 1: rec:1's replica set is gone, rec:2's kept.
     let rses = eventually("old replica sets cleaned up", || async {
@@ -405,29 +471,80 @@ async fn recreate_paused_and_history_limit() {
     let images: Vec<&str> = rses.iter().map(|rs| image(&rs["spec"]["template"])).collect();
     assert!(images.contains(&"rec:2") && images.contains(&"rec:3"), "{images:?}");
 
-    // Paused: a template change rolls nothing, a scale still applies.
+    // Paused: a template change rolls nothing, a scale still applies. The
+    // window watched ends when the controller has acted on a later change
+    // (a second scale), so it has seen the paused template more than once.
+    let rs_start = client.list("ReplicaSet", "default", &ListParams::default().labels("app=rec")).await.unwrap();
+    let templates: HashMap<String, Value> =
+        rs_start.items.iter().map(|rs| (name(rs).to_string(), rs["spec"]["template"].clone())).collect();
+    let mut rs_watch = watch_from(&client, "ReplicaSet", "app=rec", &rs_start.resource_version).await;
+    let pod_start = client.list("Pod", "default", &ListParams::default().labels("app=rec")).await.unwrap();
+    let mut pod_watch = watch_from(&client, "Pod", "app=rec", &pod_start.resource_version).await;
     edit_deployment(&client, "rec", |d| {
         d["spec"]["paused"] = json!(true);
         d["spec"]["replicas"] = json!(6);
         d["spec"]["template"]["spec"]["containers"][0]["image"] = json!("rec:4");
     })
     .await;
-    eventually("scaled to 6 while paused", || async {
-        let pods = list(&client, "Pod", "default", "app=rec").await;
-        (pods.len() == 6).then_some(())
-    })
-    .await;
-    // The condition comes with a status write that may follow the scaled
-    // pods; once it is there, give a wrong rollout time to show.
     eventually("Progressing=DeploymentPaused", || async {
         let d = client.get("Deployment", "default", "rec").await.ok()?;
         let progressing = d["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Progressing")?.clone();
         (progressing["reason"] == "DeploymentPaused").then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let pods = list(&client, "Pod", "default", "app=rec").await;
-    assert!(pods.iter().all(|p| image(p) == "rec:3"), "no rollout while paused");
+    edit_deployment(&client, "rec", |d| d["spec"]["replicas"] = json!(5)).await;
+
+    follow(&mut rs_watch, "rec:3's ReplicaSet scaled to 6, then 5, while paused", |event| {
+        let (WatchEvent::Added(rs) | WatchEvent::Modified(rs)) = event else { return false };
+        let Some(template) = templates.get(name(&rs)) else { panic!("a new ReplicaSet while paused: {rs}") };
+        assert_eq!(&rs["spec"]["template"], template, "{} changed its template while paused", name(&rs));
+        image(&rs["spec"]["template"]) == "rec:3" && rs["spec"]["replicas"] == 5
+    })
+    .await;
+    let mut pods: usize = pod_start.items.len();
+    let mut most = pods;
+    follow(&mut pod_watch, "pods scaled to 6, then 5, while paused", |event| {
+        match event {
+            WatchEvent::Added(p) => {
+                assert_eq!(image(&p), "rec:3", "no rollout while paused");
+                pods += 1;
+            }
+            WatchEvent::Deleted(_) => pods -= 1,
+            _ => {}
+        }
+        most = most.max(pods);
+        most == 6 && pods == 5
+    })
+    .await;
+}
+
+/// A watch on the `kind` objects in `default` matching `labels`, from `version` on.
+async fn watch_from(
+    client: &Client,
+    kind: &str,
+    labels: &str,
+    version: &str,
+) -> impl futures::Stream<Item = skiff_client::Result<WatchEvent<Value>>> + Unpin {
+    let params = ListParams::default().labels(labels);
+    Box::pin(client.watch(kind, "default", &params, version).await.expect("watch"))
+}
+
+/// Feeds `watch`'s events to `done` until it returns true; panics naming
+/// `what` when the watch ends or fails first, or after [`EVENTUALLY`].
+async fn follow(
+    watch: &mut (impl futures::Stream<Item = skiff_client::Result<WatchEvent<Value>>> + Unpin),
+    what: &str,
+    mut done: impl FnMut(WatchEvent<Value>) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + EVENTUALLY;
+    loop {
+        let next = tokio::time::timeout_at(deadline, watch.next()).await;
+        let event = next.unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+        let event = event.unwrap_or_else(|| panic!("the watch ended before {what}"));
+        if done(event.unwrap_or_else(|e| panic!("watch failed before {what}: {e}"))) {
+            return;
+        }
+    }
 }
 
 #[tokio::test]

@@ -253,6 +253,23 @@ spec:
     .await;
     assert_eq!(seen, names);
 
+    // Hairpin: a pod reaches itself through a Service whose only backend it is.
+    let mirror = web[0].metadata.name.clone().unwrap();
+    let labels = serde_json::json!({"metadata": {"labels": {"mirror": "yes"}}});
+    cluster.client().patch("Pod", ns, &mirror, &labels).await.expect("label the mirror pod");
+    apply(
+        &cluster,
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: mirror, namespace: {ns}}}\nspec:\n  selector: {{mirror: 'yes'}}\n  ports: [{{port: 80, targetPort: 8080}}]\n"
+        ),
+    );
+    let mirror_ip = cluster.client().api::<Service>(ns).get("mirror").await.unwrap().spec.unwrap().cluster_ip.unwrap();
+    let body = eventually(&format!("{mirror} reaches itself through its Service {mirror_ip}"), || async {
+        pod_get(&cluster, ns, &mirror, &format!("http://{mirror_ip}/"))
+    })
+    .await;
+    assert_eq!(answered_by(&body), mirror, "{body}");
+
     // The NodePort answers on every host's address.
     for host in cluster.network().unwrap().hosts() {
         let addr = SocketAddr::new(host.host.ip().into(), node_port as u16);

@@ -150,6 +150,36 @@ async fn services_get_cluster_ips_and_node_ports_from_their_ranges() {
         .expect("np's node port is free once np is gone");
 }
 
+/// Creates that reach the apiserver at once, each wanting a free IP and
+/// node port, still get distinct ones: in their replies and in storage.
+#[tokio::test]
+async fn concurrent_creates_never_share_a_cluster_ip_or_node_port() {
+    const SERVICES: usize = 40;
+    let cluster = Cluster::start().await.expect("cluster");
+    let client = cluster.client();
+    let creates = (0..SERVICES).map(|i| {
+        let client = client.clone();
+        let svc = service(&format!("c{i:02}"), json!({"type": "NodePort", "ports": [{"port": 80}]}));
+        tokio::spawn(async move { client.create("Service", "default", &svc).await })
+    });
+    let created: Vec<Value> = futures::future::join_all(creates)
+        .await
+        .into_iter()
+        .map(|joined| joined.expect("create task").expect("every create succeeds"))
+        .collect();
+    let stored = client.list("Service", "default", &skiff_client::ListParams::default()).await.unwrap().items;
+    let stored: Vec<&Value> =
+        stored.iter().filter(|s| s["metadata"]["name"].as_str().is_some_and(|n| n.starts_with('c'))).collect();
+    for (what, services) in [("replies", created.iter().collect::<Vec<_>>()), ("storage", stored)] {
+        assert_eq!(services.len(), SERVICES, "{what}");
+        let ips: BTreeSet<&str> = services.iter().map(|s| cluster_ip(s)).collect();
+        assert_eq!(ips.len(), SERVICES, "distinct cluster IPs in {what}: {ips:?}");
+        assert!(!ips.contains(""), "every Service in {what} has a cluster IP");
+        let ports: BTreeSet<i64> = services.iter().flat_map(|s| node_ports(s)).collect();
+        assert_eq!(ports.len(), SERVICES, "distinct node ports in {what}: {ports:?}");
+    }
+}
+
 // === Endpoints ===
 
 fn node(name: &str, pod_cidr: Option<&str>) -> Value {

@@ -72,13 +72,19 @@ impl Process {
     /// Waits until `GET path` on `addr` answers 200, failing early if the
     /// process exits.
     pub async fn wait_http_ok(&self, addr: SocketAddr, path: &str, timeout: Duration) -> Result<()> {
+        self.wait_http_status(addr, path, 200, timeout).await
+    }
+
+    /// Waits until `GET path` on `addr` answers `status` (401 from a
+    /// server that asks for credentials), failing early if the process exits.
+    pub async fn wait_http_status(&self, addr: SocketAddr, path: &str, status: u16, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             let probe = tokio::task::spawn_blocking({
                 let path = path.to_string();
                 move || http_status(addr, &path)
             });
-            if probe.await.ok().flatten() == Some(200) {
+            if probe.await.ok().flatten() == Some(status) {
                 return Ok(());
             }
             if let Some(status) = self.exit_status() {

@@ -127,6 +127,11 @@ impl Containerd {
         Ok(this)
     }
 
+    /// Pulls from the registry `host` (`IP:PORT`) over plain HTTP too.
+    pub fn trust_plain_http(&self, host: &str) -> Result<()> {
+        write_plain_http_host(&self.dir.join("containerd"), host)
+    }
+
     /// The CRI endpoint (a unix socket) the kubelet dials.
     pub fn socket_path(&self) -> &Path {
         &self.socket
@@ -368,15 +373,19 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     let path = root.join("config.toml");
     std::fs::write(&path, config).map_err(io_err("writing", &path))?;
 
-    let certs = root.join("certs.d").join(&host);
+    write_plain_http_host(root, &host)
+}
+
+/// Tells containerd (which reads certs.d on each pull) that the registry
+/// `host` (`IP:PORT`) speaks plain HTTP.
+fn write_plain_http_host(root: &Path, host: &str) -> Result<()> {
+    let certs = root.join("certs.d").join(host);
     std::fs::create_dir_all(&certs).map_err(io_err("creating", &certs))?;
     let hosts = format!(
         "server = \"http://{host}\"\n[host.\"http://{host}\"]\n  capabilities = [\"pull\", \"resolve\", \"push\"]\n  skip_verify = true\n"
     );
     let path = certs.join("hosts.toml");
-    std::fs::write(&path, hosts).map_err(io_err("writing", &path))?;
-
-    Ok(())
+    std::fs::write(&path, hosts).map_err(io_err("writing", &path))
 }
 
 /// A bridge with host-local IPAM on `pod_cidr`, masquerading what leaves it.

@@ -29,7 +29,7 @@ pub use containerd::{cri_channel, Containerd, ContainerdOptions, CRI_NAMESPACE};
 pub use images::{ensure_test_images, image_cache_dir, BUSYBOX_IMAGE, PAUSE_IMAGE, TESTSERVER_IMAGE};
 /// The CRI v1 protocol types and tonic clients (`cri::v1::runtime_service_client::RuntimeServiceClient`…).
 pub use k8s_cri as cri;
-pub use registry::Registry;
+pub use registry::{Registry, PRIVATE_PASSWORD, PRIVATE_USER};
 
 use crate::Result;
 
@@ -85,6 +85,36 @@ impl Runtime {
 
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// Starts a registry that asks for credentials ([`Registry::start_private`])
+    /// beside this one, copies [`BUSYBOX_IMAGE`] into it, and lets this
+    /// containerd pull from it. It stops when the caller drops it.
+    pub async fn start_private_registry(&self) -> Result<Registry> {
+        let dir = self.registry.dir().parent().unwrap_or(self.registry.dir());
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], crate::free_port()));
+        let private = Registry::start_private(dir, addr, false).await?;
+        let creds = format!("{}:{}", registry::PRIVATE_USER, registry::PRIVATE_PASSWORD);
+        let (src, dest) = (self.registry.image(BUSYBOX_IMAGE), private.image(BUSYBOX_IMAGE));
+        let (src, dest) = (format!("docker://{src}"), format!("docker://{dest}"));
+        run(
+            "copying busybox into the private registry",
+            "skopeo",
+            &[
+                "copy",
+                "--quiet",
+                "--insecure-policy",
+                "--src-tls-verify=false",
+                "--dest-tls-verify=false",
+                "--dest-creds",
+                &creds,
+                &src,
+                &dest,
+            ],
+        )
+        .await?;
+        self.containerd.trust_plain_http(&private.host())?;
+        Ok(private)
     }
 
     pub fn containerd(&self) -> &Containerd {
