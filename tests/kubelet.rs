@@ -644,8 +644,6 @@ async fn init_containers_secrets_host_paths_startup_probes_and_cpu_limits() {
 }
 
 #[tokio::test]
-#[ignore = "kubelet bug: pull_auth sends CRI AuthConfig.server_address as a bare `host:port`, which containerd 1.6 \
-            parses as a URL and refuses ('first path segment in URL cannot contain colon'); passes once it is `http://host:port`"]
 async fn a_private_image_pulls_only_with_its_pull_secret() {
     use k8s_openapi::api::core::v1::Secret;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;

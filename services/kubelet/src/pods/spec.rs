@@ -315,7 +315,11 @@ pub fn pull_auth(pod: &Pod, objects: &dyn Objects, image: &str) -> Option<proto:
                 username: auth["username"].as_str().unwrap_or_default().into(),
                 password: auth["password"].as_str().unwrap_or_default().into(),
                 auth: auth["auth"].as_str().unwrap_or_default().into(),
-                server_address: host.into(),
+                // containerd matches this to the image's registry by the
+                // host of a URL: a bare `host:port` does not parse as one
+                // (the pull fails), a bare name parses as a path (the
+                // credentials are silently dropped).
+                server_address: format!("https://{host}"),
                 ..Default::default()
             })
         })
