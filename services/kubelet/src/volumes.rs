@@ -21,7 +21,10 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{KeyToPath, Pod};
+use k8s_openapi::api::core::v1::{
+    ConfigMapVolumeSource, DownwardAPIVolumeSource, EmptyDirVolumeSource, HostPathVolumeSource, KeyToPath, Pod,
+    SecretVolumeSource, Volume,
+};
 
 use crate::pods::Objects;
 use crate::Error;
@@ -53,102 +56,35 @@ impl Volumes {
 
     /// Sets up (or refreshes) every volume of `pod`.
     pub fn prepare(&self, pod: &Pod, objects: &dyn Objects) -> Result<Prepared, Error> {
-        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
-        let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
         let mut prepared = Prepared::default();
         let volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_deref()).unwrap_or_default();
         for v in volumes {
-            let dir = |plugin: &str| self.pod_dir(uid).join("volumes").join(plugin).join(&v.name);
-            let path = if let Some(empty) = &v.empty_dir {
-                let dir = dir("kubernetes.io~empty-dir");
-                create_dir(&dir)?;
-                if empty.medium.as_deref() == Some("Memory") {
-                    mount_tmpfs(&dir, empty.size_limit.as_ref().map(|q| q.0.as_str()))?;
-                }
-                dir
-            } else if let Some(host) = &v.host_path {
-                let path = PathBuf::from(&host.path);
-                match host.type_.as_deref().unwrap_or("") {
-                    "DirectoryOrCreate" => create_dir(&path)?,
-                    "FileOrCreate" if !path.exists() => {
-                        if let Some(parent) = path.parent() {
-                            create_dir(parent)?;
-                        }
-                        std::fs::File::create(&path).map_err(io("creating", &path))?;
-                    }
-                    "Directory" if !path.is_dir() => {
-                        return Err(Error::Volume(format!("hostPath {} is not a directory", host.path)))
-                    }
-                    "File" if !path.is_file() => {
-                        return Err(Error::Volume(format!("hostPath {} is not a file", host.path)))
-                    }
-                    _ => {}
-                }
-                path
-            } else if let Some(source) = &v.config_map {
-                let dir = dir("kubernetes.io~configmap");
-                let optional = source.optional.unwrap_or(false);
-                let files = match objects.config_map(ns, &source.name) {
-                    Some(cm) => {
-                        let mut all: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-                        for (k, val) in cm.data.iter().flatten() {
-                            all.insert(k.clone(), val.clone().into_bytes());
-                        }
-                        for (k, val) in cm.binary_data.iter().flatten() {
-                            all.insert(k.clone(), val.0.clone());
-                        }
-                        select(all, source.items.as_deref(), "configmap", &source.name, optional)?
-                    }
-                    None if optional => BTreeMap::new(),
-                    None => return Err(Error::Volume(format!("configmap {:?} not found", source.name))),
-                };
-                write_atomic(&dir, &files, source.default_mode.map_or(DEFAULT_MODE, |m| m as u32))?;
-                dir
-            } else if let Some(source) = &v.secret {
-                let dir = dir("kubernetes.io~secret");
-                let name = source.secret_name.clone().unwrap_or_default();
-                let optional = source.optional.unwrap_or(false);
-                let files = match objects.secret(ns, &name) {
-                    Some(secret) => {
-                        let mut all: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-                        for (k, val) in secret.data.iter().flatten() {
-                            all.insert(k.clone(), val.0.clone());
-                        }
-                        for (k, val) in secret.string_data.iter().flatten() {
-                            all.insert(k.clone(), val.clone().into_bytes());
-                        }
-                        select(all, source.items.as_deref(), "secret", &name, optional)?
-                    }
-                    None if optional => BTreeMap::new(),
-                    None => return Err(Error::Volume(format!("secret {name:?} not found"))),
-                };
-                write_atomic(&dir, &files, source.default_mode.map_or(DEFAULT_MODE, |m| m as u32))?;
-                dir
-            } else if let Some(source) = &v.downward_api {
-                let dir = dir("kubernetes.io~downward-api");
-                let mut files = BTreeMap::new();
-                for item in source.items.iter().flatten() {
-                    let Some(field) = &item.field_ref else {
-                        return Err(Error::Volume(format!(
-                            "downwardAPI {}: only fieldRef items are supported",
-                            item.path
-                        )));
-                    };
-                    let value = downward_field(pod, &field.field_path).ok_or_else(|| {
-                        Error::Volume(format!("downwardAPI field {:?} is not supported", field.field_path))
-                    })?;
-                    files.insert(item.path.clone(), value.into_bytes());
-                }
-                write_atomic(&dir, &files, source.default_mode.map_or(DEFAULT_MODE, |m| m as u32))?;
-                dir
-            } else {
-                // projected, csi, nfs…: not on this node. Say so rather than
-                // start a container without what it expects.
-                return Err(Error::Volume(format!("volume {:?} has a type this kubelet does not support", v.name)));
-            };
+            let path = self.prepare_one(pod, v, objects)?;
             prepared.paths.insert(v.name.clone(), path);
         }
         Ok(prepared)
+    }
+
+    /// Sets up one volume; returns where it is on the host.
+    fn prepare_one(&self, pod: &Pod, v: &Volume, objects: &dyn Objects) -> Result<PathBuf, Error> {
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let dir = |plugin: &str| self.pod_dir(uid).join("volumes").join(plugin).join(&v.name);
+        if let Some(source) = &v.empty_dir {
+            empty_dir(&dir("kubernetes.io~empty-dir"), source)
+        } else if let Some(source) = &v.host_path {
+            host_path(source)
+        } else if let Some(source) = &v.config_map {
+            config_map(&dir("kubernetes.io~configmap"), source, objects, ns)
+        } else if let Some(source) = &v.secret {
+            secret(&dir("kubernetes.io~secret"), source, objects, ns)
+        } else if let Some(source) = &v.downward_api {
+            downward_api(&dir("kubernetes.io~downward-api"), source, pod)
+        } else {
+            // projected, csi, nfs…: not on this node. Say so rather than
+            // start a container without what it expects.
+            Err(Error::Volume(format!("volume {:?} has a type this kubelet does not support", v.name)))
+        }
     }
 
     /// Writes the pod's /etc/hosts: localhost and its own name.
@@ -212,6 +148,95 @@ pub fn downward_field(pod: &Pod, path: &str) -> Option<String> {
         "metadata.annotations" => pairs(m.annotations.as_ref()),
         _ => return None,
     })
+}
+
+// === one function per volume source ===
+
+/// A folder of the pod's own, on tmpfs for `medium: Memory`.
+fn empty_dir(dir: &Path, source: &EmptyDirVolumeSource) -> Result<PathBuf, Error> {
+    create_dir(dir)?;
+    if source.medium.as_deref() == Some("Memory") {
+        mount_tmpfs(dir, source.size_limit.as_ref().map(|q| q.0.as_str()))?;
+    }
+    Ok(dir.to_path_buf())
+}
+
+/// A path on the host, checked or created as its `type` says.
+fn host_path(source: &HostPathVolumeSource) -> Result<PathBuf, Error> {
+    let path = PathBuf::from(&source.path);
+    match source.type_.as_deref().unwrap_or("") {
+        "DirectoryOrCreate" => create_dir(&path)?,
+        "FileOrCreate" if !path.exists() => {
+            if let Some(parent) = path.parent() {
+                create_dir(parent)?;
+            }
+            std::fs::File::create(&path).map_err(io("creating", &path))?;
+        }
+        "Directory" if !path.is_dir() => {
+            return Err(Error::Volume(format!("hostPath {} is not a directory", source.path)))
+        }
+        "File" if !path.is_file() => return Err(Error::Volume(format!("hostPath {} is not a file", source.path))),
+        _ => {}
+    }
+    Ok(path)
+}
+
+/// The ConfigMap's keys (or the chosen items) as files.
+fn config_map(dir: &Path, source: &ConfigMapVolumeSource, objects: &dyn Objects, ns: &str) -> Result<PathBuf, Error> {
+    let optional = source.optional.unwrap_or(false);
+    let files = match objects.config_map(ns, &source.name) {
+        Some(cm) => {
+            let mut all: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+            for (k, val) in cm.data.iter().flatten() {
+                all.insert(k.clone(), val.clone().into_bytes());
+            }
+            for (k, val) in cm.binary_data.iter().flatten() {
+                all.insert(k.clone(), val.0.clone());
+            }
+            select(all, source.items.as_deref(), "configmap", &source.name, optional)?
+        }
+        None if optional => BTreeMap::new(),
+        None => return Err(Error::Volume(format!("configmap {:?} not found", source.name))),
+    };
+    write_atomic(dir, &files, source.default_mode.map_or(DEFAULT_MODE, |m| m as u32))?;
+    Ok(dir.to_path_buf())
+}
+
+/// The Secret's keys (or the chosen items) as files.
+fn secret(dir: &Path, source: &SecretVolumeSource, objects: &dyn Objects, ns: &str) -> Result<PathBuf, Error> {
+    let name = source.secret_name.clone().unwrap_or_default();
+    let optional = source.optional.unwrap_or(false);
+    let files = match objects.secret(ns, &name) {
+        Some(secret) => {
+            let mut all: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+            for (k, val) in secret.data.iter().flatten() {
+                all.insert(k.clone(), val.0.clone());
+            }
+            for (k, val) in secret.string_data.iter().flatten() {
+                all.insert(k.clone(), val.clone().into_bytes());
+            }
+            select(all, source.items.as_deref(), "secret", &name, optional)?
+        }
+        None if optional => BTreeMap::new(),
+        None => return Err(Error::Volume(format!("secret {name:?} not found"))),
+    };
+    write_atomic(dir, &files, source.default_mode.map_or(DEFAULT_MODE, |m| m as u32))?;
+    Ok(dir.to_path_buf())
+}
+
+/// The pod's own fields (fieldRef items) as files.
+fn downward_api(dir: &Path, source: &DownwardAPIVolumeSource, pod: &Pod) -> Result<PathBuf, Error> {
+    let mut files = BTreeMap::new();
+    for item in source.items.iter().flatten() {
+        let Some(field) = &item.field_ref else {
+            return Err(Error::Volume(format!("downwardAPI {}: only fieldRef items are supported", item.path)));
+        };
+        let value = downward_field(pod, &field.field_path)
+            .ok_or_else(|| Error::Volume(format!("downwardAPI field {:?} is not supported", field.field_path)))?;
+        files.insert(item.path.clone(), value.into_bytes());
+    }
+    write_atomic(dir, &files, source.default_mode.map_or(DEFAULT_MODE, |m| m as u32))?;
+    Ok(dir.to_path_buf())
 }
 
 /// The files of a ConfigMap or Secret: all keys, or only `items` (key →
