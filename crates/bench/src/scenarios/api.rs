@@ -18,7 +18,9 @@ use skiff_client::Client;
 use skiff_testkit::{Cluster, ClusterOptions};
 use tokio::sync::Barrier;
 
-use crate::report::{figure, histogram, ms, proc_usage, ratio, record};
+use crate::error::Error;
+use crate::report::{figure, histogram, ms, ratio, record};
+use crate::usage::usage;
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
@@ -50,37 +52,37 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     );
     let payload = "x".repeat(512);
 
-    let apiserver = cluster.apiserver_pid().unwrap_or(0);
-    let etcd = cluster.etcd.pid().unwrap_or(0);
+    let apiserver = || usage("apiserver", cluster.apiserver_pid());
+    let etcd = || usage("etcd", cluster.etcd.pid());
     let creates = (o.clients * o.creates_per_client) as f64;
-    let (api_cpu0, etcd_cpu0) = (proc_usage(apiserver).0, proc_usage(etcd).0);
+    let (api_cpu0, etcd_cpu0) = (apiserver()?.cpu_s, etcd()?.cpu_s);
     let (skiff_rate, skiff_p99) = skiff_creates(&cluster, &o, &payload).await?;
-    let (api_cpu1, etcd_cpu1) = (proc_usage(apiserver).0, proc_usage(etcd).0);
+    let (api_cpu1, etcd_cpu1) = (apiserver()?.cpu_s, etcd()?.cpu_s);
     let (etcd_rate, etcd_p99) = etcd_puts(&cluster, &o, &payload).await?;
-    let etcd_cpu2 = proc_usage(etcd).0;
-    figure("api_create_throughput", skiff_rate, "creates/s");
-    figure("api_create_p99", skiff_p99, "ms");
-    figure("etcd_put_throughput", etcd_rate, "puts/s");
-    figure("etcd_put_p99", etcd_p99, "ms");
-    ratio("api_create_throughput_vs_etcd", skiff_rate, etcd_rate);
-    ratio("api_create_p99_vs_etcd", skiff_p99, etcd_p99);
-    figure("api_create_cpu_apiserver", (api_cpu1 - api_cpu0) * 1e6 / creates, "us/create");
-    figure("api_create_cpu_etcd", (etcd_cpu1 - etcd_cpu0) * 1e6 / creates, "us/create");
-    figure("etcd_put_cpu_etcd", (etcd_cpu2 - etcd_cpu1) * 1e6 / creates, "us/put");
+    let etcd_cpu2 = etcd()?.cpu_s;
+    figure("api_create_throughput", skiff_rate, "creates/s")?;
+    figure("api_create_p99", skiff_p99, "ms")?;
+    figure("etcd_put_throughput", etcd_rate, "puts/s")?;
+    figure("etcd_put_p99", etcd_p99, "ms")?;
+    ratio("api_create_throughput_vs_etcd", skiff_rate, etcd_rate)?;
+    ratio("api_create_p99_vs_etcd", skiff_p99, etcd_p99)?;
+    figure("api_create_cpu_apiserver", (api_cpu1 - api_cpu0) * 1e6 / creates, "us/create")?;
+    figure("api_create_cpu_etcd", (etcd_cpu1 - etcd_cpu0) * 1e6 / creates, "us/create")?;
+    figure("etcd_put_cpu_etcd", (etcd_cpu2 - etcd_cpu1) * 1e6 / creates, "us/put")?;
 
     let (services, service_rate, service_p99) = service_creates(&cluster, &o).await?;
-    figure(&format!("api_service_create_throughput_{services}"), service_rate, "creates/s");
-    figure(&format!("api_service_create_p99_{services}"), service_p99, "ms");
-    ratio("api_service_create_throughput_vs_configmap", service_rate, skiff_rate);
+    figure(format!("api_service_create_throughput_{services}"), service_rate, "creates/s")?;
+    figure(format!("api_service_create_p99_{services}"), service_p99, "ms")?;
+    ratio("api_service_create_throughput_vs_configmap", service_rate, skiff_rate)?;
 
     let skiff_fanout = skiff_fanout(&cluster, &o).await?;
     let etcd_fanout = etcd_fanout(&cluster, &o).await?;
-    figure("api_watch_fanout_p50", skiff_fanout.0, "ms");
-    figure("api_watch_fanout_max", skiff_fanout.1, "ms");
-    figure("etcd_watch_fanout_p50", etcd_fanout.0, "ms");
-    figure("etcd_watch_fanout_max", etcd_fanout.1, "ms");
-    ratio("api_watch_fanout_p50_vs_etcd", skiff_fanout.0, etcd_fanout.0);
-    figure("apiserver_rss", proc_usage(apiserver).1, "MiB");
+    figure("api_watch_fanout_p50", skiff_fanout.0, "ms")?;
+    figure("api_watch_fanout_max", skiff_fanout.1, "ms")?;
+    figure("etcd_watch_fanout_p50", etcd_fanout.0, "ms")?;
+    figure("etcd_watch_fanout_max", etcd_fanout.1, "ms")?;
+    ratio("api_watch_fanout_p50_vs_etcd", skiff_fanout.0, etcd_fanout.0)?;
+    figure("apiserver_rss", apiserver()?.rss_mib, "MiB")?;
     Ok(())
 }
 
@@ -118,7 +120,7 @@ where
         all.add(t.await??)?;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    Ok(((n * per_client) as f64 / elapsed, ms(&all, 0.99)))
+    Ok(((n * per_client) as f64 / elapsed, ms(&all, 0.99)?))
 }
 
 async fn skiff_creates(cluster: &Cluster, o: &Options, payload: &str) -> anyhow::Result<(f64, f64)> {
@@ -176,10 +178,10 @@ async fn etcd_puts(cluster: &Cluster, o: &Options, payload: &str) -> anyhow::Res
 
 /// p50 and max, in ms, over rounds of the time for all watchers to see one
 /// update (each round's figure is its slowest watcher).
-fn summarize(mut rounds: Vec<f64>) -> (f64, f64) {
+fn summarize(mut rounds: Vec<f64>) -> Result<(f64, f64), Error> {
     rounds.sort_by(f64::total_cmp);
-    let p50 = rounds.get(rounds.len() / 2).copied().unwrap_or(0.0);
-    (p50, rounds.last().copied().unwrap_or(0.0))
+    let p50 = rounds.get(rounds.len() / 2).copied();
+    p50.zip(rounds.last().copied()).ok_or(Error::NoSamples { what: "fan-out round" })
 }
 
 async fn skiff_fanout(cluster: &Cluster, o: &Options) -> anyhow::Result<(f64, f64)> {
@@ -229,7 +231,7 @@ async fn skiff_fanout(cluster: &Cluster, o: &Options) -> anyhow::Result<(f64, f6
     for t in tasks {
         t.abort();
     }
-    Ok(summarize(rounds))
+    Ok(summarize(rounds)?)
 }
 
 async fn etcd_fanout(cluster: &Cluster, o: &Options) -> anyhow::Result<(f64, f64)> {
@@ -270,5 +272,5 @@ async fn etcd_fanout(cluster: &Cluster, o: &Options) -> anyhow::Result<(f64, f64
     for t in tasks {
         t.abort();
     }
-    Ok(summarize(rounds))
+    Ok(summarize(rounds)?)
 }
