@@ -114,9 +114,10 @@ async fn bind_throughput(client: &Client, o: &Options) -> anyhow::Result<()> {
                 let pod = json!({"metadata": {"name": name}, "spec": {"containers": [{
                     "name": "c", "image": "busybox:1",
                     "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}});
-                let t = Instant::now();
+                // Noted before the create: the watcher may see the pod
+                // bound, and finish, before the create returns.
+                created.lock().await.insert(name, Instant::now());
                 client.create("Pod", NAMESPACE, &pod).await?;
-                created.lock().await.insert(name, t);
             }
             anyhow::Ok(())
         }));
