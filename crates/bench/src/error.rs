@@ -9,6 +9,11 @@ pub enum Error {
     NotFinite { figure: String, value: f64 },
     #[error("{figure}: the baseline is {baseline}, so there is nothing to compare with")]
     NoBaseline { figure: String, baseline: f64 },
+    #[error("recording a sample")]
+    Record {
+        #[source]
+        source: hdrhistogram::RecordError,
+    },
     #[error("no {what} was recorded, so it has no quantiles")]
     NoSamples { what: &'static str },
     #[error("{name} has no process to read")]

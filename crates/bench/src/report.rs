@@ -53,13 +53,16 @@ pub fn ratio(name: impl Into<String>, skiff: f64, baseline: f64) -> Result<(), E
     Ok(())
 }
 
-/// Latencies in microseconds.
+/// Latencies in microseconds. It grows past two minutes rather than refuse
+/// a slower sample: a dropped sample would flatter the quantiles.
 pub fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds")
+    let mut h = Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds");
+    h.auto(true);
+    h
 }
 
-pub fn record(h: &mut Histogram<u64>, d: Duration) {
-    let _ = h.record((d.as_micros() as u64).max(1));
+pub fn record(h: &mut Histogram<u64>, d: Duration) -> Result<(), Error> {
+    h.record((d.as_micros() as u64).max(1)).map_err(|source| Error::Record { source })
 }
 
 /// A latency quantile in ms; an empty histogram has none (hdrhistogram
@@ -99,7 +102,15 @@ mod tests {
     fn an_empty_histogram_has_no_quantile() {
         let mut h = histogram();
         assert!(matches!(ms(&h, 0.99), Err(Error::NoSamples { .. })));
-        record(&mut h, Duration::from_millis(3));
+        record(&mut h, Duration::from_millis(3)).unwrap();
         assert!((ms(&h, 0.99).unwrap() - 3.0).abs() < 0.01);
+    }
+
+    #[test]
+    fn a_sample_slower_than_the_bounds_is_kept() {
+        let mut h = histogram();
+        record(&mut h, Duration::from_secs(600)).unwrap();
+        assert_eq!(h.len(), 1);
+        assert!(ms(&h, 1.0).unwrap() >= 599_000.0);
     }
 }

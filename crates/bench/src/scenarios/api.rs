@@ -112,7 +112,7 @@ where
                 let (c, r) = op(client, id, i).await;
                 client = c;
                 r?;
-                record(&mut h, t.elapsed());
+                record(&mut h, t.elapsed())?;
             }
             anyhow::Ok(h)
         }));

@@ -70,7 +70,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
                     continue;
                 }
                 if let Some(at) = created.lock().await.remove(&name) {
-                    record(&mut latency, at.elapsed());
+                    record(&mut latency, at.elapsed())?;
                     seen += 1;
                 }
             }
@@ -151,7 +151,7 @@ async fn cri_baseline(cluster: &Cluster, image: &str, pods: usize) -> anyhow::Re
             .into_inner()
             .container_id;
         cri.start_container(StartContainerRequest { container_id: container }).await?;
-        record(&mut h, t.elapsed());
+        record(&mut h, t.elapsed())?;
         cri.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id.clone() }).await?;
         cri.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id }).await?;
     }

@@ -130,7 +130,7 @@ async fn bind_throughput(client: &Client, o: &Options) -> anyhow::Result<()> {
     anyhow::ensure!(pairs.len() == o.pods, "only {} of {} pods were bound", pairs.len(), o.pods);
     let mut latency = histogram();
     for (c, b) in &pairs {
-        record(&mut latency, b.saturating_duration_since(*c));
+        record(&mut latency, b.saturating_duration_since(*c))?;
     }
     let first_bind = pairs.iter().map(|(_, b)| *b).min().unwrap_or(first_create);
     let last_bind = pairs.iter().map(|(_, b)| *b).max().unwrap_or(first_create);

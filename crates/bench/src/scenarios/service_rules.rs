@@ -109,7 +109,7 @@ async fn measure(cluster: &mut Cluster, client: &Client, host: &Host, n: usize, 
         set_endpoints(client, i, &[fresh, address(i, 1)]).await?;
         let took = wait_applied(host, metrics, chain, &shown, before, started)
             .with_context(|| format!("changing svc-{i}'s endpoints"))?;
-        record(&mut h, took);
+        record(&mut h, took)?;
         last = (chain.clone(), shown);
     }
     let (p50, p99) = (ms(&h, 0.5)?, ms(&h, 0.99)?);
@@ -179,7 +179,7 @@ fn baseline(
         );
         let start = Instant::now();
         nft_apply(host, &script)?;
-        record(&mut h, start.elapsed());
+        record(&mut h, start.elapsed())?;
     }
     Ok(h)
 }
