@@ -5,8 +5,12 @@
 //! `cargo build --release --bins` first.
 #![forbid(unsafe_code)]
 
+mod error;
 mod report;
 mod scenarios;
+mod tools;
+mod usage;
+mod wait;
 
 use clap::{Parser, Subcommand};
 

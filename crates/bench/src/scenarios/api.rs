@@ -9,16 +9,22 @@
 //! so each create allocates an IP among all the Services already there;
 //! the ConfigMap creates above are their baseline.
 
+use std::collections::HashSet;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use serde_json::json;
 use skiff_api::proto::{self, objects_client::ObjectsClient};
 use skiff_client::Client;
 use skiff_testkit::{Cluster, ClusterOptions};
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::Barrier;
 
-use crate::report::{figure, histogram, ms, proc_usage, ratio, record};
+use crate::error::Error;
+use crate::report::{figure, histogram, ms, ratio, record};
+use crate::usage::usage;
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
@@ -50,37 +56,37 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     );
     let payload = "x".repeat(512);
 
-    let apiserver = cluster.apiserver_pid().unwrap_or(0);
-    let etcd = cluster.etcd.pid().unwrap_or(0);
+    let apiserver = || usage("apiserver", cluster.apiserver_pid());
+    let etcd = || usage("etcd", cluster.etcd.pid());
     let creates = (o.clients * o.creates_per_client) as f64;
-    let (api_cpu0, etcd_cpu0) = (proc_usage(apiserver).0, proc_usage(etcd).0);
+    let (api_cpu0, etcd_cpu0) = (apiserver()?.cpu_s, etcd()?.cpu_s);
     let (skiff_rate, skiff_p99) = skiff_creates(&cluster, &o, &payload).await?;
-    let (api_cpu1, etcd_cpu1) = (proc_usage(apiserver).0, proc_usage(etcd).0);
+    let (api_cpu1, etcd_cpu1) = (apiserver()?.cpu_s, etcd()?.cpu_s);
     let (etcd_rate, etcd_p99) = etcd_puts(&cluster, &o, &payload).await?;
-    let etcd_cpu2 = proc_usage(etcd).0;
-    figure("api_create_throughput", skiff_rate, "creates/s");
-    figure("api_create_p99", skiff_p99, "ms");
-    figure("etcd_put_throughput", etcd_rate, "puts/s");
-    figure("etcd_put_p99", etcd_p99, "ms");
-    ratio("api_create_throughput_vs_etcd", skiff_rate, etcd_rate);
-    ratio("api_create_p99_vs_etcd", skiff_p99, etcd_p99);
-    figure("api_create_cpu_apiserver", (api_cpu1 - api_cpu0) * 1e6 / creates, "us/create");
-    figure("api_create_cpu_etcd", (etcd_cpu1 - etcd_cpu0) * 1e6 / creates, "us/create");
-    figure("etcd_put_cpu_etcd", (etcd_cpu2 - etcd_cpu1) * 1e6 / creates, "us/put");
+    let etcd_cpu2 = etcd()?.cpu_s;
+    figure("api_create_throughput", skiff_rate, "creates/s")?;
+    figure("api_create_p99", skiff_p99, "ms")?;
+    figure("etcd_put_throughput", etcd_rate, "puts/s")?;
+    figure("etcd_put_p99", etcd_p99, "ms")?;
+    ratio("api_create_throughput_vs_etcd", skiff_rate, etcd_rate)?;
+    ratio("api_create_p99_vs_etcd", skiff_p99, etcd_p99)?;
+    figure("api_create_cpu_apiserver", (api_cpu1 - api_cpu0) * 1e6 / creates, "us/create")?;
+    figure("api_create_cpu_etcd", (etcd_cpu1 - etcd_cpu0) * 1e6 / creates, "us/create")?;
+    figure("etcd_put_cpu_etcd", (etcd_cpu2 - etcd_cpu1) * 1e6 / creates, "us/put")?;
 
     let (services, service_rate, service_p99) = service_creates(&cluster, &o).await?;
-    figure(&format!("api_service_create_throughput_{services}"), service_rate, "creates/s");
-    figure(&format!("api_service_create_p99_{services}"), service_p99, "ms");
-    ratio("api_service_create_throughput_vs_configmap", service_rate, skiff_rate);
+    figure(format!("api_service_create_throughput_{services}"), service_rate, "creates/s")?;
+    figure(format!("api_service_create_p99_{services}"), service_p99, "ms")?;
+    ratio("api_service_create_throughput_vs_configmap", service_rate, skiff_rate)?;
 
     let skiff_fanout = skiff_fanout(&cluster, &o).await?;
     let etcd_fanout = etcd_fanout(&cluster, &o).await?;
-    figure("api_watch_fanout_p50", skiff_fanout.0, "ms");
-    figure("api_watch_fanout_max", skiff_fanout.1, "ms");
-    figure("etcd_watch_fanout_p50", etcd_fanout.0, "ms");
-    figure("etcd_watch_fanout_max", etcd_fanout.1, "ms");
-    ratio("api_watch_fanout_p50_vs_etcd", skiff_fanout.0, etcd_fanout.0);
-    figure("apiserver_rss", proc_usage(apiserver).1, "MiB");
+    figure("api_watch_fanout_p50", skiff_fanout.0, "ms")?;
+    figure("api_watch_fanout_max", skiff_fanout.1, "ms")?;
+    figure("etcd_watch_fanout_p50", etcd_fanout.0, "ms")?;
+    figure("etcd_watch_fanout_max", etcd_fanout.1, "ms")?;
+    ratio("api_watch_fanout_p50_vs_etcd", skiff_fanout.0, etcd_fanout.0)?;
+    figure("apiserver_rss", apiserver()?.rss_mib, "MiB")?;
     Ok(())
 }
 
@@ -106,7 +112,7 @@ where
                 let (c, r) = op(client, id, i).await;
                 client = c;
                 r?;
-                record(&mut h, t.elapsed());
+                record(&mut h, t.elapsed())?;
             }
             anyhow::Ok(h)
         }));
@@ -118,7 +124,7 @@ where
         all.add(t.await??)?;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    Ok(((n * per_client) as f64 / elapsed, ms(&all, 0.99)))
+    Ok(((n * per_client) as f64 / elapsed, ms(&all, 0.99)?))
 }
 
 async fn skiff_creates(cluster: &Cluster, o: &Options, payload: &str) -> anyhow::Result<(f64, f64)> {
@@ -174,12 +180,85 @@ async fn etcd_puts(cluster: &Cluster, o: &Options, payload: &str) -> anyhow::Res
     .await
 }
 
-/// p50 and max, in ms, over rounds of the time for all watchers to see one
-/// update (each round's figure is its slowest watcher).
-fn summarize(mut rounds: Vec<f64>) -> (f64, f64) {
+/// One watcher's sight of a write: which watcher, the write's revision,
+/// and when.
+type Sighting = (usize, String, Instant);
+
+/// How long one write may take to reach every watcher.
+const FANOUT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a warm-up write is waited for before the next: a watcher that
+/// registered too late for it sees the next one.
+const WARM_UP_WRITE: Duration = Duration::from_secs(5);
+
+/// p50 and max, in ms, over `rounds` writes of the time until every one of
+/// `watchers` has seen the write (each round's figure is its slowest
+/// watcher). `write(n)` writes and returns the write's revision. First,
+/// untimed, writes until one reaches every watcher: a watch opened is not
+/// yet a watch registered, and one that misses a timed write would be
+/// waited for in vain.
+async fn fan_out<W, Fut>(
+    mut write: W,
+    sightings: &mut UnboundedReceiver<Sighting>,
+    watchers: usize,
+    rounds: usize,
+) -> anyhow::Result<(f64, f64)>
+where
+    W: FnMut(usize) -> Fut,
+    Fut: Future<Output = anyhow::Result<String>>,
+{
+    let warm_until = Instant::now() + FANOUT_TIMEOUT;
+    let mut n = 0;
+    loop {
+        n += 1;
+        let started = Instant::now();
+        let revision = write(n).await?;
+        if all_saw(sightings, watchers, &revision, started, WARM_UP_WRITE).await?.is_some() {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < warm_until, "the watchers never all saw one write");
+    }
+    let mut times = Vec::new();
+    for _ in 0..rounds {
+        n += 1;
+        let started = Instant::now();
+        let revision = write(n).await?;
+        let took = all_saw(sightings, watchers, &revision, started, FANOUT_TIMEOUT).await?;
+        times.push(took.with_context(|| format!("not every watcher saw revision {revision}"))?);
+    }
+    Ok(summarize(times)?)
+}
+
+/// ms from `started` until each of `watchers` has seen `revision`, or None
+/// after `timeout`. Sightings of earlier writes are passed over.
+async fn all_saw(
+    sightings: &mut UnboundedReceiver<Sighting>,
+    watchers: usize,
+    revision: &str,
+    started: Instant,
+    timeout: Duration,
+) -> anyhow::Result<Option<f64>> {
+    let deadline = started + timeout;
+    let mut seen = HashSet::new();
+    let mut last = started;
+    while seen.len() < watchers {
+        match tokio::time::timeout_at(deadline.into(), sightings.recv()).await {
+            Err(_) => return Ok(None),
+            Ok(None) => anyhow::bail!("the watchers ended"),
+            Ok(Some((watcher, rev, at))) if rev == revision => {
+                seen.insert(watcher);
+                last = last.max(at);
+            }
+            Ok(Some(_)) => {}
+        }
+    }
+    Ok(Some((last - started).as_secs_f64() * 1000.0))
+}
+
+/// p50 and max of the rounds' times.
+fn summarize(mut rounds: Vec<f64>) -> Result<(f64, f64), Error> {
     rounds.sort_by(f64::total_cmp);
-    let p50 = rounds.get(rounds.len() / 2).copied().unwrap_or(0.0);
-    (p50, rounds.last().copied().unwrap_or(0.0))
+    let p50 = rounds.get(rounds.len() / 2).copied();
+    p50.zip(rounds.last().copied()).ok_or(Error::NoSamples { what: "fan-out round" })
 }
 
 async fn skiff_fanout(cluster: &Cluster, o: &Options) -> anyhow::Result<(f64, f64)> {
@@ -193,7 +272,7 @@ async fn skiff_fanout(cluster: &Cluster, o: &Options) -> anyhow::Result<(f64, f6
     for _ in 0..connections {
         clients.push(ObjectsClient::connect(cluster.server()).await?);
     }
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Sighting>();
     let mut tasks = Vec::new();
     for i in 0..o.watchers {
         let req = proto::WatchRequest {
@@ -206,69 +285,65 @@ async fn skiff_fanout(cluster: &Cluster, o: &Options) -> anyhow::Result<(f64, f6
         let tx = tx.clone();
         tasks.push(tokio::spawn(async move {
             while let Ok(Some(ev)) = stream.message().await {
-                if ev.r#type == proto::watch_event::Type::Modified as i32 && tx.send(Instant::now()).is_err() {
+                let at = Instant::now();
+                if ev.r#type == proto::watch_event::Type::Modified as i32
+                    && tx.send((i, ev.resource_version, at)).is_err()
+                {
                     return;
                 }
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut rounds = Vec::new();
-    for round in 1..=o.rounds {
-        let started = Instant::now();
-        writer.patch("ConfigMap", "default", "fanout", &json!({"data": {"n": round.to_string()}})).await?;
-        let mut last = started;
-        for _ in 0..o.watchers {
-            let at = tokio::time::timeout(Duration::from_secs(30), rx.recv())
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("watchers ended"))?;
-            last = last.max(at);
+    let write = |n: usize| {
+        let writer = writer.clone();
+        async move {
+            let patched =
+                writer.patch("ConfigMap", "default", "fanout", &json!({"data": {"n": n.to_string()}})).await?;
+            let revision = patched["metadata"]["resourceVersion"].as_str().map(str::to_string);
+            revision.context("the patched ConfigMap has no resourceVersion")
         }
-        rounds.push((last - started).as_secs_f64() * 1000.0);
-    }
+    };
+    let result = fan_out(write, &mut rx, o.watchers, o.rounds).await;
     for t in tasks {
         t.abort();
     }
-    Ok(summarize(rounds))
+    result
 }
 
 async fn etcd_fanout(cluster: &Cluster, o: &Options) -> anyhow::Result<(f64, f64)> {
-    let mut writer = etcd_client::Client::connect([cluster.etcd_endpoint()], None).await?;
-    writer.put("/bench/fanout", "0", None).await?;
+    let writer = etcd_client::Client::connect([cluster.etcd_endpoint()], None).await?;
     let connections = o.watchers.div_ceil(STREAMS_PER_CONNECTION);
     let mut clients = Vec::new();
     for _ in 0..connections {
         clients.push(etcd_client::Client::connect([cluster.etcd_endpoint()], None).await?);
     }
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Sighting>();
     let mut tasks = Vec::new();
     for i in 0..o.watchers {
         let mut stream = clients[i % connections].watch("/bench/fanout", None).await?;
         let tx = tx.clone();
         tasks.push(tokio::spawn(async move {
             while let Ok(Some(resp)) = stream.message().await {
-                if !resp.events().is_empty() && tx.send(Instant::now()).is_err() {
-                    return;
+                let at = Instant::now();
+                for kv in resp.events().iter().filter_map(|e| e.kv()) {
+                    if tx.send((i, kv.mod_revision().to_string(), at)).is_err() {
+                        return;
+                    }
                 }
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut rounds = Vec::new();
-    for round in 1..=o.rounds {
-        let started = Instant::now();
-        writer.put("/bench/fanout", round.to_string(), None).await?;
-        let mut last = started;
-        for _ in 0..o.watchers {
-            let at = tokio::time::timeout(Duration::from_secs(30), rx.recv())
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("etcd watchers ended"))?;
-            last = last.max(at);
+    let write = |n: usize| {
+        let mut writer = writer.clone();
+        async move {
+            let put = writer.put("/bench/fanout", n.to_string(), None).await?;
+            let revision = put.header().map(|h| h.revision().to_string());
+            revision.context("etcd's put response has no header")
         }
-        rounds.push((last - started).as_secs_f64() * 1000.0);
-    }
+    };
+    let result = fan_out(write, &mut rx, o.watchers, o.rounds).await;
     for t in tasks {
         t.abort();
     }
-    Ok(summarize(rounds))
+    result
 }

@@ -5,18 +5,22 @@
 //! pod on each; iperf3 runs inside the pods' network namespaces (found
 //! through CRI) — so the overlay path is pod → bridge → WireGuard (userspace
 //! wireguard-go here) → LAN → WireGuard → bridge → pod — and then between
-//! the hosts' LAN addresses, unencrypted.
+//! the hosts' LAN addresses, unencrypted. Without iperf3 the scenario
+//! fails: there would be no baseline.
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
 
 use serde_json::{json, Value};
 use skiff_testkit::runtime::cri::v1::runtime_service_client::RuntimeServiceClient;
 use skiff_testkit::runtime::cri::v1::{ListPodSandboxRequest, PodSandboxStatusRequest};
 use skiff_testkit::runtime::{cri_channel, BUSYBOX_IMAGE};
-use skiff_testkit::{eventually, Cluster, ClusterOptions, NetworkOptions};
+use skiff_testkit::{Cluster, ClusterOptions, NetworkOptions};
 
 use crate::report::{figure, ratio};
+use crate::{tools, wait};
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
@@ -25,11 +29,18 @@ pub struct Options {
     seconds: u32,
 }
 
+/// How long the pods may take to run, on a loaded machine.
+const PODS_RUNNING: Duration = Duration::from_secs(180);
+
 pub async fn run(o: Options) -> anyhow::Result<()> {
+    tools::require("iperf3", "measures both paths; apt-get install iperf3 (scripts/install-deps)")?;
+    tools::require("ss", "shows when iperf3 listens; apt-get install iproute2")?;
+    tools::require("nsenter", "runs iperf3 in the pods and hosts; apt-get install util-linux")?;
     let network = NetworkOptions { hosts: 2, ..Default::default() };
     let cluster = Cluster::start_with(ClusterOptions { network: Some(network), ..Default::default() }).await?;
-    let hosts = cluster.network().expect("asked for hosts").hosts();
-    let image = cluster.network().expect("asked for hosts").registry().image(BUSYBOX_IMAGE);
+    let network = cluster.network().context("the cluster has no hosts")?;
+    let hosts = network.hosts();
+    let image = network.registry().image(BUSYBOX_IMAGE);
     let client = cluster.client();
     for (name, node) in [("sender", "host-1"), ("receiver", "host-2")] {
         let pod = json!({"metadata": {"name": name}, "spec": {"nodeName": node, "terminationGracePeriodSeconds": 0,
@@ -44,8 +55,8 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             running.then(|| pod["status"]["podIP"].as_str().map(str::to_string)).flatten()
         }
     };
-    let sender_ip = eventually("the sender pod running", || ip_of("sender")).await;
-    let receiver_ip = eventually("the receiver pod running", || ip_of("receiver")).await;
+    let sender_ip = wait::until("the sender pod running", PODS_RUNNING, || ip_of("sender")).await?;
+    let receiver_ip = wait::until("the receiver pod running", PODS_RUNNING, || ip_of("receiver")).await?;
     let sender_ns = pod_netns(hosts[0].containerd.socket_path(), &sender_ip).await?;
     let receiver_ns = pod_netns(hosts[1].containerd.socket_path(), &receiver_ip).await?;
     println!("# {}s iperf3 TCP, {sender_ip} (host-1) → {receiver_ip} (host-2), then host-1 → host-2 raw", o.seconds);
@@ -58,9 +69,9 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         &b.ip().to_string(),
         o.seconds,
     )?;
-    figure("overlay_pod_to_pod_throughput", overlay, "Mbit/s");
-    figure("raw_link_throughput", raw, "Mbit/s");
-    ratio("overlay_vs_raw_link", overlay, raw);
+    figure("overlay_pod_to_pod_throughput", overlay, "Mbit/s")?;
+    figure("raw_link_throughput", raw, "Mbit/s")?;
+    ratio("overlay_vs_raw_link", overlay, raw)?;
     Ok(())
 }
 
@@ -90,16 +101,46 @@ async fn pod_netns(socket: &std::path::Path, ip: &str) -> anyhow::Result<String>
 /// client in netns `client`.
 fn iperf(client: &str, server: &str, addr: &str, seconds: u32) -> anyhow::Result<f64> {
     let mut listener = Command::new("nsenter")
-        .args([server, "iperf3", "-s", "-1", "-B", addr])
+        .args([server, "iperf3", "-s", "-1", "-B", addr, "-p", &IPERF_PORT.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    // The server needs a moment to listen; iperf3 -c fails fast otherwise.
-    std::thread::sleep(Duration::from_millis(500));
-    let out =
-        Command::new("nsenter").args([client, "iperf3", "-c", addr, "-t", &seconds.to_string(), "-J"]).output()?;
+    let measured = wait_listening(&mut listener, server).and_then(|()| iperf_client(client, addr, seconds));
+    if measured.is_err() {
+        // A server that got no test would wait for one forever.
+        let _ = listener.kill();
+    }
     let _ = listener.wait();
-    let report: Value = serde_json::from_slice(&out.stdout)?;
+    measured
+}
+
+const IPERF_PORT: u16 = 5201;
+
+/// Waits until the iperf3 server in netns `server` listens (a probe
+/// connection would be taken for its one client), failing if it exits.
+fn wait_listening(listener: &mut Child, server: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let filter = format!("sport = :{IPERF_PORT}");
+    loop {
+        if let Some(status) = listener.try_wait()? {
+            anyhow::bail!("iperf3 -s exited before it listened: {status}");
+        }
+        let out = Command::new("nsenter").args([server, "ss", "-Htln", &filter]).output()?;
+        anyhow::ensure!(out.status.success(), "ss: {}", String::from_utf8_lossy(&out.stderr));
+        if !out.stdout.is_empty() {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "iperf3 -s not listening after 30s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn iperf_client(client: &str, addr: &str, seconds: u32) -> anyhow::Result<f64> {
+    let out = Command::new("nsenter")
+        .args([client, "iperf3", "-c", addr, "-p", &IPERF_PORT.to_string(), "-t", &seconds.to_string(), "-J"])
+        .output()?;
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("iperf3 -c {addr} printed no report: {}", String::from_utf8_lossy(&out.stderr)))?;
     let bps = report.pointer("/end/sum_received/bits_per_second").and_then(Value::as_f64);
     bps.map(|b| b / 1e6).ok_or_else(|| anyhow::anyhow!("iperf3 to {addr} gave no result: {}", report["error"]))
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use anyhow::Context;
 use serde_json::json;
 use skiff_client::{ListParams, WatchEvent};
 use skiff_testkit::runtime::cri::v1::runtime_service_client::RuntimeServiceClient;
@@ -19,7 +19,8 @@ use skiff_testkit::runtime::{RuntimeOptions, BUSYBOX_IMAGE};
 use skiff_testkit::{Cluster, ClusterOptions};
 use tokio::sync::Mutex;
 
-use crate::report::{figure, histogram, ms, record};
+use crate::report::{figure, histogram, ms, ratio, record};
+use crate::wait;
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
@@ -41,7 +42,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     let mut cluster = Cluster::start_with(options).await?;
     cluster.start_kubelet(NODE, &[]).await?;
     cluster.start_service("scheduler", "skiff-scheduler", &[]).await?;
-    let image = cluster.runtime().expect("asked for a runtime").registry().image(BUSYBOX_IMAGE);
+    let image = cluster.runtime().context("the cluster has no runtime")?.registry().image(BUSYBOX_IMAGE);
     println!("# {} pods at {}/s on one node ({}); CRI baseline {} pods", o.pods, o.rate, image, o.cri_pods);
 
     let client = cluster.client();
@@ -63,17 +64,17 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             let mut latency = histogram();
             let mut seen = 0;
             while seen < total {
-                let Some(Ok(WatchEvent::Modified(p))) = watch.next().await else { continue };
+                let WatchEvent::Modified(p) = wait::next_event(&mut watch).await? else { continue };
                 let name = p["metadata"]["name"].as_str().unwrap_or_default().to_string();
                 if p["status"]["phase"] != "Running" {
                     continue;
                 }
                 if let Some(at) = created.lock().await.remove(&name) {
-                    record(&mut latency, at.elapsed());
+                    record(&mut latency, at.elapsed())?;
                     seen += 1;
                 }
             }
-            latency
+            anyhow::Ok(latency)
         })
     };
     let every = Duration::from_secs_f64(1.0 / o.rate.max(0.01));
@@ -83,14 +84,15 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         client.create("Pod", "default", &pod(&name)).await?;
         tokio::time::sleep(every).await;
     }
-    let latency = tokio::time::timeout(Duration::from_secs(600), watcher).await??;
-    figure("pod_startup_p50", ms(&latency, 0.50), "ms");
-    figure("pod_startup_p99", ms(&latency, 0.99), "ms");
-    figure("pod_startup_max", ms(&latency, 1.0), "ms");
+    let latency = tokio::time::timeout(Duration::from_secs(600), watcher).await.context("pods not Running")???;
+    figure("pod_startup_p50", ms(&latency, 0.50)?, "ms")?;
+    figure("pod_startup_p99", ms(&latency, 0.99)?, "ms")?;
+    figure("pod_startup_max", ms(&latency, 1.0)?, "ms")?;
 
     let cri = cri_baseline(&cluster, &image, o.cri_pods).await?;
-    figure("cri_direct_pod_start_p50", ms(&cri, 0.50), "ms");
-    figure("cri_direct_pod_start_p99", ms(&cri, 0.99), "ms");
+    figure("cri_direct_pod_start_p50", ms(&cri, 0.50)?, "ms")?;
+    figure("cri_direct_pod_start_p99", ms(&cri, 0.99)?, "ms")?;
+    ratio("pod_startup_p50_vs_cri_direct", ms(&latency, 0.50)?, ms(&cri, 0.50)?)?;
     Ok(())
 }
 
@@ -109,7 +111,7 @@ async fn wait_running(client: &skiff_client::Client, name: &str) -> anyhow::Resu
 /// RunPodSandbox + CreateContainer + StartContainer straight over CRI, one
 /// pod after another, as the floor under any kubelet.
 async fn cri_baseline(cluster: &Cluster, image: &str, pods: usize) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
-    let containerd = cluster.runtime().expect("asked for a runtime").containerd();
+    let containerd = cluster.runtime().context("the cluster has no runtime")?.containerd();
     let mut cri = RuntimeServiceClient::new(containerd.cri_channel().await?);
     let mut h = histogram();
     for i in 0..pods {
@@ -149,7 +151,7 @@ async fn cri_baseline(cluster: &Cluster, image: &str, pods: usize) -> anyhow::Re
             .into_inner()
             .container_id;
         cri.start_container(StartContainerRequest { container_id: container }).await?;
-        record(&mut h, t.elapsed());
+        record(&mut h, t.elapsed())?;
         cri.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id.clone() }).await?;
         cri.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id }).await?;
     }

@@ -9,13 +9,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use serde_json::json;
 use skiff_client::{Client, ListParams, WatchEvent};
 use skiff_testkit::{Cluster, ClusterOptions};
 use tokio::sync::Mutex;
 
-use crate::report::{figure, histogram, ms, proc_usage, record};
+use crate::report::{figure, histogram, ms, record};
+use crate::usage::usage;
+use crate::wait;
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
@@ -40,13 +41,14 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
 
     let started = Instant::now();
     cluster
-        .start_service("kubelet", "skiff-kubelet", &[format!("--hollow-nodes={}", o.nodes), "--gpu-nodes=100".into()])
+        .start_service("kubelet", "skiff-kubelet", &[format!("--hollow-nodes={}", o.nodes), gpu_nodes(o.nodes)])
         .await?;
-    wait_until(Duration::from_secs(600), || async {
-        client.list("Node", "", &ListParams::default()).await.map(|l| l.items.len() >= o.nodes).unwrap_or(false)
+    wait::until("hollow nodes registered", Duration::from_secs(600), || async {
+        let nodes = client.list("Node", "", &ListParams::default()).await.ok()?;
+        (nodes.items.len() >= o.nodes).then_some(())
     })
     .await?;
-    figure("hollow_nodes_registered_in", started.elapsed().as_secs_f64(), "s");
+    figure("hollow_nodes_registered_in", started.elapsed().as_secs_f64(), "s")?;
 
     cluster.start_service("scheduler", "skiff-scheduler", &[]).await?;
     cluster.start_service("controller-manager", "skiff-controller-manager", &[]).await?;
@@ -61,26 +63,16 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         ("hollow_kubelet", cluster.service("kubelet").and_then(|s| s.process.pid())),
         ("etcd", cluster.etcd.pid()),
     ] {
-        let (cpu, rss) = proc_usage(pid.unwrap_or(0));
-        figure(&format!("{name}_rss"), rss, "MiB");
-        figure(&format!("{name}_cpu"), cpu, "s");
+        let used = usage(name, pid)?;
+        figure(format!("{name}_rss"), used.rss_mib, "MiB")?;
+        figure(format!("{name}_cpu"), used.cpu_s, "s")?;
     }
     Ok(())
 }
 
-async fn wait_until<F, Fut>(timeout: Duration, mut check: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        if Instant::now() > deadline {
-            anyhow::bail!("not done after {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Ok(())
+/// A hundred GPU nodes in the fleet, or every node of a smaller one.
+fn gpu_nodes(nodes: usize) -> String {
+    format!("--gpu-nodes={}", nodes.min(100))
 }
 
 /// Creates `o.pods` pods from `o.clients` writers while a watch notes when
@@ -96,8 +88,7 @@ async fn bind_throughput(client: &Client, o: &Options) -> anyhow::Result<()> {
         tokio::spawn(async move {
             let mut bound: HashMap<String, Instant> = HashMap::new();
             while bound.len() < total {
-                let Some(Ok(ev)) = watch.next().await else { break };
-                let obj = match ev {
+                let obj = match wait::next_event(&mut watch).await? {
                     WatchEvent::Added(o) | WatchEvent::Modified(o) => o,
                     _ => continue,
                 };
@@ -107,7 +98,7 @@ async fn bind_throughput(client: &Client, o: &Options) -> anyhow::Result<()> {
                 }
             }
             let created = created.lock().await;
-            bound.into_iter().filter_map(|(n, at)| created.get(&n).map(|c| (*c, at))).collect::<Vec<_>>()
+            anyhow::Ok(bound.into_iter().filter_map(|(n, at)| created.get(&n).map(|c| (*c, at))).collect::<Vec<_>>())
         })
     };
 
@@ -123,9 +114,10 @@ async fn bind_throughput(client: &Client, o: &Options) -> anyhow::Result<()> {
                 let pod = json!({"metadata": {"name": name}, "spec": {"containers": [{
                     "name": "c", "image": "busybox:1",
                     "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}});
-                let t = Instant::now();
+                // Noted before the create: the watcher may see the pod
+                // bound, and finish, before the create returns.
+                created.lock().await.insert(name, Instant::now());
                 client.create("Pod", NAMESPACE, &pod).await?;
-                created.lock().await.insert(name, t);
             }
             anyhow::Ok(())
         }));
@@ -133,19 +125,19 @@ async fn bind_throughput(client: &Client, o: &Options) -> anyhow::Result<()> {
     for w in writers {
         w.await??;
     }
-    figure("pod_create_rate", o.pods as f64 / first_create.elapsed().as_secs_f64(), "pods/s");
-    let pairs = tokio::time::timeout(Duration::from_secs(900), watcher).await??;
+    figure("pod_create_rate", o.pods as f64 / first_create.elapsed().as_secs_f64(), "pods/s")?;
+    let pairs = tokio::time::timeout(Duration::from_secs(900), watcher).await???;
     anyhow::ensure!(pairs.len() == o.pods, "only {} of {} pods were bound", pairs.len(), o.pods);
     let mut latency = histogram();
     for (c, b) in &pairs {
-        record(&mut latency, b.saturating_duration_since(*c));
+        record(&mut latency, b.saturating_duration_since(*c))?;
     }
     let first_bind = pairs.iter().map(|(_, b)| *b).min().unwrap_or(first_create);
     let last_bind = pairs.iter().map(|(_, b)| *b).max().unwrap_or(first_create);
-    figure("schedule_throughput_create_to_bound", o.pods as f64 / (last_bind - first_create).as_secs_f64(), "pods/s");
-    figure("schedule_bind_rate", o.pods as f64 / (last_bind - first_bind).as_secs_f64().max(1e-3), "pods/s");
-    figure("schedule_create_to_bound_p50", ms(&latency, 0.50), "ms");
-    figure("schedule_create_to_bound_p99", ms(&latency, 0.99), "ms");
+    figure("schedule_throughput_create_to_bound", o.pods as f64 / (last_bind - first_create).as_secs_f64(), "pods/s")?;
+    figure("schedule_bind_rate", o.pods as f64 / (last_bind - first_bind).as_secs_f64().max(1e-3), "pods/s")?;
+    figure("schedule_create_to_bound_p50", ms(&latency, 0.50)?, "ms")?;
+    figure("schedule_create_to_bound_p99", ms(&latency, 0.99)?, "ms")?;
     Ok(())
 }
 
@@ -160,14 +152,11 @@ async fn deployment_rollout(client: &Client, o: &Options) -> anyhow::Result<()> 
     let started = Instant::now();
     client.create("Deployment", NAMESPACE, &deploy).await?;
     let want = o.replicas as i64;
-    wait_until(Duration::from_secs(1200), || async {
-        client
-            .get("Deployment", NAMESPACE, "big")
-            .await
-            .map(|d| d["status"]["availableReplicas"].as_i64() == Some(want))
-            .unwrap_or(false)
+    wait::until("the Deployment available", Duration::from_secs(1200), || async {
+        let d = client.get("Deployment", NAMESPACE, "big").await.ok()?;
+        (d["status"]["availableReplicas"].as_i64() == Some(want)).then_some(())
     })
     .await?;
-    figure("deployment_available_in", started.elapsed().as_secs_f64(), "s");
+    figure("deployment_available_in", started.elapsed().as_secs_f64(), "s")?;
     Ok(())
 }
