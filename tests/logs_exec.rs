@@ -165,11 +165,14 @@ async fn logs_exec_and_stats_through_the_apiserver() {
 
     // The kubelet's server, and the objects the apiserver finds it by.
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let addr = skiff_kubelet::server::serve("127.0.0.1:0".parse().unwrap(), channel.clone(), async move {
-        let _ = stopped.await;
-    })
-    .await
-    .expect("serve the kubelet API");
+    let cri_runtime = skiff_kubelet::runtime::CriRuntime::connect(&containerd.socket_path().display().to_string())
+        .expect("the CRI socket path");
+    let addr =
+        skiff_kubelet::server::serve("127.0.0.1:0".parse().unwrap(), std::sync::Arc::new(cri_runtime), async move {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("serve the kubelet API");
     create_node(&cluster, "node-a", addr.port()).await;
     let uid = create_pod(&cluster, "talker", Some("node-a")).await;
 

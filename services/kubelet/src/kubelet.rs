@@ -22,9 +22,7 @@ use crate::{Config, Error};
 /// Runs the kubelet until `shutdown` resolves. Containers keep running
 /// when it stops: a restarted kubelet adopts them.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
-    let cri = CriRuntime::connect(&config.container_runtime_endpoint)?;
-    let cri_channel = cri.channel();
-    let runtime: Arc<dyn ContainerRuntime> = Arc::new(cri);
+    let runtime: Arc<dyn ContainerRuntime> = Arc::new(CriRuntime::connect(&config.container_runtime_endpoint)?);
     let mut node = NodeAgent::new(&config)?;
     if config.crash_backoff_initial > config.crash_backoff_max {
         return Err(Error::InvalidFlag {
@@ -40,7 +38,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     // The kubelet API (logs, exec, stats) for the apiserver to proxy to, on
     // the address the Node reports.
     let api_addr = std::net::SocketAddr::from((node.ip, config.kubelet_port));
-    node.kubelet_port = server::serve(api_addr, cri_channel.clone(), ops.stop.raised()).await?.port();
+    node.kubelet_port = server::serve(api_addr, runtime.clone(), ops.stop.raised()).await?.port();
     let node = Arc::new(node);
 
     let (pods, config_maps, secrets) = pods::informers(&client, &node.name);
@@ -71,7 +69,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         };
         tasks.spawn(node::cni::run(client.clone(), node.name.clone(), settings, ops.stop.clone()));
     }
-    tasks.spawn(node::run(client.clone(), runtime, node, timing, registered_tx, ops.stop.clone()));
+    tasks.spawn(node::run(client.clone(), runtime.clone(), node, timing, registered_tx, ops.stop.clone()));
     tasks.spawn({
         let (stopped, readiness) = (ops.stop.raised(), ops.readiness.clone());
         async move {
@@ -82,7 +80,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         }
     });
     let stats = server::StatsMetrics::register(&ops.metrics)?;
-    tasks.spawn(stats.run(cri_channel, config.status_interval, ops.stop.raised()));
+    tasks.spawn(stats.run(runtime.clone(), config.status_interval, ops.stop.raised()));
     let pod_loop = PodLoop { client, syncer, pods, config_maps, secrets, relist_interval: config.relist_interval };
     tasks.spawn(pods::run(pod_loop, ops.stop.clone()));
 

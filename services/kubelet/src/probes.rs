@@ -169,9 +169,9 @@ pub async fn run(probe: &Probe, target: &Target<'_>) -> Result<(), String> {
     let timeout = seconds(probe.timeout_seconds, 1).max(Duration::from_secs(1));
     if let Some(exec) = &probe.exec {
         let cmd = exec.command.clone().unwrap_or_default();
-        return match target.runtime.exec_sync(target.container_id, cmd, timeout).await {
+        return match target.runtime.exec_sync(target.container_id, cmd, Some(timeout)).await {
             Ok(out) if out.exit_code == 0 => Ok(()),
-            Ok(out) => Err(format!("command exited with {}: {}", out.exit_code, out.output.trim())),
+            Ok(out) => Err(format!("command exited with {}: {}", out.exit_code, out.text().trim())),
             Err(e) => Err(e.to_string()),
         };
     }

@@ -51,7 +51,6 @@ pub fn image_client(channel: Channel) -> ImageServiceClient<Channel> {
 pub struct CriRuntime {
     runtime: RuntimeServiceClient<Channel>,
     images: ImageServiceClient<Channel>,
-    channel: Channel,
 }
 
 impl CriRuntime {
@@ -67,12 +66,7 @@ impl CriRuntime {
             });
         }
         let channel = dial(&path);
-        Ok(Self { runtime: runtime_client(channel.clone()), images: image_client(channel.clone()), channel })
-    }
-
-    /// The connection, for the kubelet API's streaming calls.
-    pub fn channel(&self) -> Channel {
-        self.channel.clone()
+        Ok(Self { runtime: runtime_client(channel.clone()), images: image_client(channel) })
     }
 
     fn rt(&self) -> RuntimeServiceClient<Channel> {
@@ -218,17 +212,28 @@ impl ContainerRuntime for CriRuntime {
         Ok(())
     }
 
-    async fn exec_sync(&self, id: &str, cmd: Vec<String>, timeout: Duration) -> Result<ExecOutput, Error> {
-        let req = proto::ExecSyncRequest { container_id: id.into(), cmd, timeout: timeout.as_secs().max(1) as i64 };
-        let reply = self
-            .rt()
-            .exec_sync(call(req, timeout + Duration::from_secs(2)))
-            .await
-            .map_err(cri("ExecSync"))?
-            .into_inner();
-        let mut output = String::from_utf8_lossy(&reply.stdout).into_owned();
-        output.push_str(&String::from_utf8_lossy(&reply.stderr));
-        Ok(ExecOutput { exit_code: reply.exit_code, output })
+    async fn exec_sync(&self, id: &str, cmd: Vec<String>, timeout: Option<Duration>) -> Result<ExecOutput, Error> {
+        // CRI's 0 is "no timeout"; a set one is whole seconds, at least 1.
+        let seconds = timeout.map_or(0, |t| i64::try_from(t.as_secs().max(1)).unwrap_or(i64::MAX));
+        let req = proto::ExecSyncRequest { container_id: id.into(), cmd, timeout: seconds };
+        let request = match timeout {
+            Some(t) => call(req, t + Duration::from_secs(2)),
+            None => tonic::Request::new(req),
+        };
+        let reply = self.rt().exec_sync(request).await.map_err(cri("ExecSync"))?.into_inner();
+        Ok(ExecOutput { exit_code: reply.exit_code, stdout: reply.stdout, stderr: reply.stderr })
+    }
+
+    async fn exec_url(&self, request: proto::ExecRequest) -> Result<String, Error> {
+        let reply = self.rt().exec(call(request, CALL_TIMEOUT)).await.map_err(cri("Exec"))?;
+        Ok(reply.into_inner().url)
+    }
+
+    async fn container_stats(&self, labels: &[(&str, &str)]) -> Result<Vec<proto::ContainerStats>, Error> {
+        let filter = proto::ContainerStatsFilter { label_selector: label_map(labels), ..Default::default() };
+        let req = proto::ListContainerStatsRequest { filter: Some(filter) };
+        let reply = self.rt().list_container_stats(call(req, CALL_TIMEOUT)).await.map_err(cri("ListContainerStats"))?;
+        Ok(reply.into_inner().stats)
     }
 
     async fn image_id(&self, image: &str) -> Result<Option<String>, Error> {

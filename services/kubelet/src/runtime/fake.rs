@@ -222,10 +222,33 @@ impl ContainerRuntime for FakeRuntime {
         Ok(())
     }
 
-    async fn exec_sync(&self, _id: &str, cmd: Vec<String>, _timeout: Duration) -> Result<ExecOutput, Error> {
-        // `true` succeeds, anything else fails: enough for probe tests.
-        let ok = cmd.first().is_some_and(|c| c == "true");
-        Ok(ExecOutput { exit_code: if ok { 0 } else { 1 }, output: String::new() })
+    async fn exec_sync(&self, _id: &str, cmd: Vec<String>, _timeout: Option<Duration>) -> Result<ExecOutput, Error> {
+        // `true` succeeds, `echo` prints its arguments, anything else fails.
+        match cmd.first().map(String::as_str) {
+            Some("true") => Ok(ExecOutput::default()),
+            Some("echo") => {
+                Ok(ExecOutput { stdout: format!("{}\n", cmd[1..].join(" ")).into_bytes(), ..Default::default() })
+            }
+            _ => Ok(ExecOutput { exit_code: 1, ..Default::default() }),
+        }
+    }
+
+    async fn exec_url(&self, request: proto::ExecRequest) -> Result<String, Error> {
+        Ok(format!("http://127.0.0.1:1/exec/{}", request.container_id))
+    }
+
+    async fn container_stats(&self, labels: &[(&str, &str)]) -> Result<Vec<proto::ContainerStats>, Error> {
+        let st = self.state.lock().unwrap();
+        let stats = st.containers.values().filter(|c| matches(&c.labels, labels)).map(|c| proto::ContainerStats {
+            attributes: Some(proto::ContainerAttributes {
+                id: c.id.clone(),
+                metadata: c.metadata.clone(),
+                labels: c.labels.clone(),
+                annotations: c.annotations.clone(),
+            }),
+            ..Default::default()
+        });
+        Ok(stats.collect())
     }
 
     async fn image_id(&self, image: &str) -> Result<Option<String>, Error> {

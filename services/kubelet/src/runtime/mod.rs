@@ -42,7 +42,17 @@ pub struct Health {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExecOutput {
     pub exit_code: i32,
-    pub output: String,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl ExecOutput {
+    /// stdout then stderr, as text (what a probe failure reports).
+    pub fn text(&self) -> String {
+        let mut text = String::from_utf8_lossy(&self.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&self.stderr));
+        text
+    }
 }
 
 /// The CRI calls the kubelet makes. Every call names its CRI operation in
@@ -75,8 +85,14 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// `StopContainer`: SIGTERM, then SIGKILL after `grace`.
     async fn stop_container(&self, id: &str, grace: Duration) -> Result<(), Error>;
     async fn remove_container(&self, id: &str) -> Result<(), Error>;
-    /// `ExecSync`: runs `cmd` in the container, giving up after `timeout`.
-    async fn exec_sync(&self, id: &str, cmd: Vec<String>, timeout: Duration) -> Result<ExecOutput, Error>;
+    /// `ExecSync`: runs `cmd` in the container, giving up after `timeout`
+    /// (None: waits as long as the command runs, as `kubectl exec` does).
+    async fn exec_sync(&self, id: &str, cmd: Vec<String>, timeout: Option<Duration>) -> Result<ExecOutput, Error>;
+    /// `Exec`: the URL of the runtime's streaming server for an
+    /// interactive exec.
+    async fn exec_url(&self, request: proto::ExecRequest) -> Result<String, Error>;
+    /// `ListContainerStats` with a label filter (empty: all).
+    async fn container_stats(&self, labels: &[(&str, &str)]) -> Result<Vec<proto::ContainerStats>, Error>;
 
     /// `ImageStatus`: the image's id if it is present.
     async fn image_id(&self, image: &str) -> Result<Option<String>, Error>;

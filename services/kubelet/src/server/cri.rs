@@ -1,12 +1,10 @@
 //! Finding a pod's container in it by the
 //! Kubernetes labels the kubelet puts on every container it creates.
 
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1::{Container, ContainerFilter, ContainerStatus, ContainerStatusRequest, ListContainersRequest};
-use tonic::transport::Channel;
+use k8s_cri::v1::{Container, ContainerStatus};
 
 use super::ServerError;
-use crate::runtime::labels;
+use crate::runtime::{labels, ContainerRuntime};
 
 /// Which instance of a container a call means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,25 +25,17 @@ pub struct ContainerRef<'a> {
 
 /// The CRI container for `target`, newest attempt first.
 pub async fn find_container(
-    runtime: &mut RuntimeServiceClient<Channel>,
+    runtime: &dyn ContainerRuntime,
     target: &ContainerRef<'_>,
     instance: Instance,
 ) -> Result<Container, ServerError> {
-    let filter = ContainerFilter {
-        label_selector: [
-            (labels::POD_NAMESPACE.to_string(), target.namespace.to_string()),
-            (labels::POD_NAME.to_string(), target.pod.to_string()),
-            (labels::CONTAINER_NAME.to_string(), target.container.to_string()),
-        ]
-        .into(),
-        ..Default::default()
-    };
     let containers = runtime
-        .list_containers(ListContainersRequest { filter: Some(filter) })
-        .await
-        .map_err(|status| ServerError::Runtime { call: "ListContainers", status })?
-        .into_inner()
-        .containers;
+        .list_containers(&[
+            (labels::POD_NAMESPACE, target.namespace),
+            (labels::POD_NAME, target.pod),
+            (labels::CONTAINER_NAME, target.container),
+        ])
+        .await?;
     pick(containers, instance).ok_or_else(|| {
         let (namespace, pod, container) =
             (target.namespace.to_string(), target.pod.to_string(), target.container.to_string());
@@ -56,17 +46,8 @@ pub async fn find_container(
     })
 }
 
-pub async fn container_status(
-    runtime: &mut RuntimeServiceClient<Channel>,
-    id: &str,
-) -> Result<ContainerStatus, ServerError> {
-    runtime
-        .container_status(ContainerStatusRequest { container_id: id.to_string(), verbose: false })
-        .await
-        .map_err(|status| ServerError::Runtime { call: "ContainerStatus", status })?
-        .into_inner()
-        .status
-        .ok_or(ServerError::NoStatus { call: "ContainerStatus" })
+pub async fn container_status(runtime: &dyn ContainerRuntime, id: &str) -> Result<ContainerStatus, ServerError> {
+    Ok(runtime.container_status(id).await?)
 }
 
 /// The restart count of a container instance: the kubelet's annotation,

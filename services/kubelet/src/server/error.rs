@@ -15,8 +15,9 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("CRI {call} failed: {}", .status.message())]
-    Runtime { call: &'static str, status: Status },
+    /// A runtime call failed (boxed: the crate's error can hold this one).
+    #[error(transparent)]
+    Runtime(Box<crate::Error>),
     #[error("container {container:?} not found in pod {namespace}/{pod}")]
     ContainerNotFound { namespace: String, pod: String, container: String },
     #[error("previous terminated container {container:?} in pod {namespace}/{pod} not found")]
@@ -40,8 +41,6 @@ pub enum ServerError {
     /// The exec ended without a usable exit status (the message says why).
     #[error("{0}")]
     ExecFailed(String),
-    #[error("CRI {call} answered without a status")]
-    NoStatus { call: &'static str },
     #[error("the kubelet is shutting down")]
     ShuttingDown,
     #[error("defining a metric")]
@@ -60,16 +59,21 @@ impl ServerError {
             ServerError::ExecFailed(_) => Code::Unknown,
             // The runtime's own verdict (NOT_FOUND for a vanished container,
             // UNKNOWN for a command that could not start) says most.
-            ServerError::Runtime { status, .. } => match status.code() {
-                Code::Ok => Code::Internal,
-                code => code,
+            ServerError::Runtime(e) => match e.as_ref() {
+                crate::Error::Cri { source, .. } if source.code() != Code::Ok => source.code(),
+                _ => Code::Internal,
             },
             ServerError::Bind { .. }
-            | ServerError::NoStatus { .. }
             | ServerError::ReadLog { .. }
             | ServerError::Metric(_)
             | ServerError::NewMetric(_) => Code::Internal,
         }
+    }
+}
+
+impl From<crate::Error> for ServerError {
+    fn from(e: crate::Error) -> Self {
+        ServerError::Runtime(Box::new(e))
     }
 }
 

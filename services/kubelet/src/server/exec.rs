@@ -10,17 +10,16 @@
 
 use bytes::Bytes;
 use futures::StreamExt;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1::{ContainerState, ExecRequest, ExecSyncRequest};
+use k8s_cri::v1::{ContainerState, ExecRequest};
 use serde_json::Value;
 use skiff_api::proto::{exec_input, exec_output, ExecInput, ExecOutput, ExecStart};
 use tokio::sync::{mpsc, watch};
-use tonic::transport::Channel;
 use tonic::{Status, Streaming};
 
 use super::cri::{self, ContainerRef, Instance};
 use super::spdy::{self, Frame, FrameReader, FrameWriter};
 use super::ServerError;
+use crate::runtime::ContainerRuntime;
 
 /// Reads the `ExecStart` every exec call begins with.
 pub async fn read_start(inbound: &mut Streaming<ExecInput>) -> Result<ExecStart, Status> {
@@ -45,10 +44,7 @@ pub fn is_interactive(start: &ExecStart) -> bool {
 }
 
 /// The running container `start` names.
-async fn running_container(
-    runtime: &mut RuntimeServiceClient<Channel>,
-    start: &ExecStart,
-) -> Result<String, ServerError> {
+async fn running_container(runtime: &dyn ContainerRuntime, start: &ExecStart) -> Result<String, ServerError> {
     let target = ContainerRef { namespace: &start.namespace, pod: &start.pod, container: &start.container };
     let container = cri::find_container(runtime, &target, Instance::Current).await?;
     if container.state != ContainerState::ContainerRunning as i32 {
@@ -63,17 +59,11 @@ async fn running_container(
 
 /// Runs the command to completion: its stdout, its stderr, then its exit
 /// code, as the messages of the reply.
-pub async fn run_sync(
-    runtime: &mut RuntimeServiceClient<Channel>,
-    start: &ExecStart,
-) -> Result<Vec<ExecOutput>, ServerError> {
+pub async fn run_sync(runtime: &dyn ContainerRuntime, start: &ExecStart) -> Result<Vec<ExecOutput>, ServerError> {
     check(start)?;
     let container_id = running_container(runtime, start).await?;
-    let reply = runtime
-        .exec_sync(ExecSyncRequest { container_id, cmd: start.command.clone(), timeout: 0 })
-        .await
-        .map_err(|status| ServerError::Runtime { call: "ExecSync", status })?
-        .into_inner();
+    // No deadline: the command runs as long as it runs, as with kubectl.
+    let reply = runtime.exec_sync(&container_id, start.command.clone(), None).await?;
     Ok(outputs(reply.stdout, reply.stderr, reply.exit_code))
 }
 
@@ -156,7 +146,7 @@ fn stream_error(reason: impl std::fmt::Display) -> Status {
 impl Session {
     /// Asks the runtime for the exec (CRI `Exec`), dials the URL it answers
     /// and opens the streams: errors here are the call's own status.
-    pub async fn start(runtime: &mut RuntimeServiceClient<Channel>, start: &ExecStart) -> Result<Self, ServerError> {
+    pub async fn start(runtime: &dyn ContainerRuntime, start: &ExecStart) -> Result<Self, ServerError> {
         check(start)?;
         let container_id = running_container(runtime, start).await?;
         let request = ExecRequest {
@@ -168,12 +158,7 @@ impl Session {
             // A terminal merges stderr into stdout; CRI refuses both.
             stderr: !start.tty,
         };
-        let url = runtime
-            .exec(request)
-            .await
-            .map_err(|status| ServerError::Runtime { call: "Exec", status })?
-            .into_inner()
-            .url;
+        let url = runtime.exec_url(request).await?;
         let (reader, mut writer) = spdy::connect(&url).await?;
         let streams = Streams::for_exec(start.stdin, start.tty);
         for (id, kind) in streams.all() {
@@ -352,6 +337,52 @@ mod tests {
             tty,
             stdin,
         }
+    }
+
+    /// A fake runtime running container `c` of pod default/p.
+    async fn runtime_with_container(started: bool) -> crate::runtime::fake::FakeRuntime {
+        use crate::runtime::{labels, proto};
+        let rt = crate::runtime::fake::FakeRuntime::with_images(&["busybox"]);
+        let sandbox = rt.run_sandbox(proto::PodSandboxConfig::default()).await.unwrap();
+        let config = proto::ContainerConfig {
+            metadata: Some(proto::ContainerMetadata { name: "c".into(), attempt: 0 }),
+            labels: [(labels::POD_NAMESPACE, "default"), (labels::POD_NAME, "p"), (labels::CONTAINER_NAME, "c")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into(),
+            ..Default::default()
+        };
+        let id = rt.create_container(&sandbox, config, proto::PodSandboxConfig::default()).await.unwrap();
+        if started {
+            rt.start_container(&id).await.unwrap();
+        }
+        rt
+    }
+
+    #[tokio::test]
+    async fn a_sync_exec_answers_output_then_exit_code() {
+        let rt = runtime_with_container(true).await;
+        let out = run_sync(&rt, &start(&["echo", "hi"], false, false)).await.unwrap();
+        let outputs: Vec<_> = out.into_iter().map(|o| o.output.unwrap()).collect();
+        assert_eq!(
+            outputs,
+            [exec_output::Output::Stdout(Bytes::from_static(b"hi\n")), exec_output::Output::ExitCode(0)]
+        );
+        let failed = run_sync(&rt, &start(&["false"], false, false)).await.unwrap();
+        assert_eq!(failed.last().and_then(|o| o.output.clone()), Some(exec_output::Output::ExitCode(1)));
+    }
+
+    #[tokio::test]
+    async fn exec_needs_a_running_container_of_that_name() {
+        let created = runtime_with_container(false).await;
+        let err = run_sync(&created, &start(&["echo"], false, false)).await.unwrap_err();
+        assert!(matches!(err, ServerError::NotRunning { .. }), "{err:?}");
+        assert_eq!(Status::from(err).code(), tonic::Code::FailedPrecondition);
+
+        let running = runtime_with_container(true).await;
+        let mut other = start(&["echo"], false, false);
+        other.container = "other".into();
+        let err = run_sync(&running, &other).await.unwrap_err();
+        assert_eq!(Status::from(err).code(), tonic::Code::NotFound);
     }
 
     #[test]

@@ -13,19 +13,19 @@
 //! fragments; [`stream_logs`] tails and follows the file.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::ContainerState;
 use skiff_api::proto::LogChunk;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
-use tonic::transport::Channel;
 use tonic::Status;
 
 use super::cri;
 use super::ServerError;
+use crate::runtime::ContainerRuntime;
 
 /// How often a followed log is checked for new lines and the container for
 /// having exited. The runtime gives no change notification over CRI.
@@ -152,7 +152,7 @@ pub struct LogOptions {
 /// container has exited and its last lines are sent, the client leaves
 /// (`tx` closes) or the server stops.
 pub async fn stream_logs(
-    mut runtime: RuntimeServiceClient<Channel>,
+    runtime: Arc<dyn ContainerRuntime>,
     id: String,
     path: String,
     options: LogOptions,
@@ -179,7 +179,7 @@ pub async fn stream_logs(
         // Then what comes. The container is checked before the last read,
         // so lines it wrote just before exiting are not lost.
         loop {
-            let exited = cri::container_status(&mut runtime, &id)
+            let exited = cri::container_status(runtime.as_ref(), &id)
                 .await
                 .map(|s| s.state == ContainerState::ContainerExited as i32)?;
             let mut lines = Vec::new();

@@ -25,20 +25,20 @@ mod stats;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use futures::Stream;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_openapi::api::core::v1::{DaemonEndpoint, Node, NodeDaemonEndpoints, NodeStatus};
 use skiff_api::proto::kubelet_server::{Kubelet, KubeletServer};
 use skiff_api::proto::{ExecInput, ExecOutput, LogChunk, LogsRequest, StatsReply, StatsRequest};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 pub use error::ServerError;
 pub use stats::StatsMetrics;
 
+use crate::runtime::ContainerRuntime;
 use cri::{ContainerRef, Instance};
 
 /// Chunks buffered per log stream before reading waits for the client.
@@ -47,22 +47,18 @@ const LOG_BUFFER: usize = 16;
 const EXEC_BUFFER: usize = 16;
 
 /// Serves the Kubelet API on `addr` (port 0: any free one) until `shutdown`
-/// resolves, answering from the CRI runtime on `cri` (see [`crate::runtime::cri::dial`]).
+/// resolves, answering from the container runtime.
 /// Returns the address bound once it listens; the server runs in the
 /// background, and followed log streams end when `shutdown` does.
 pub async fn serve(
     addr: SocketAddr,
-    cri: Channel,
+    runtime: Arc<dyn ContainerRuntime>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<SocketAddr, ServerError> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
     let bound = listener.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let service = KubeletService {
-        runtime: crate::runtime::cri::runtime_client(cri),
-        samples: stats::CpuSamples::default(),
-        stopping: stop_rx,
-    };
+    let service = KubeletService { runtime, samples: stats::CpuSamples::default(), stopping: stop_rx };
     let drain = async move {
         shutdown.await;
         // Followed logs end first: the server waits for open streams.
@@ -96,7 +92,7 @@ pub fn advertise(node: &mut Node, port: u16) {
 
 #[derive(Clone)]
 struct KubeletService {
-    runtime: RuntimeServiceClient<Channel>,
+    runtime: Arc<dyn ContainerRuntime>,
     samples: stats::CpuSamples,
     stopping: watch::Receiver<bool>,
 }
@@ -110,11 +106,11 @@ impl Kubelet for KubeletService {
     async fn logs(&self, req: Request<LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
         let r = req.into_inner();
         tracing::info!(namespace = %r.namespace, pod = %r.pod, container = %r.container, follow = r.follow, "logs");
-        let mut runtime = self.runtime.clone();
+        let runtime = self.runtime.clone();
         let target = ContainerRef { namespace: &r.namespace, pod: &r.pod, container: &r.container };
         let instance = if r.previous { Instance::Previous } else { Instance::Current };
-        let container = cri::find_container(&mut runtime, &target, instance).await?;
-        let status = cri::container_status(&mut runtime, &container.id).await?;
+        let container = cri::find_container(runtime.as_ref(), &target, instance).await?;
+        let status = cri::container_status(runtime.as_ref(), &container.id).await?;
         if status.log_path.is_empty() {
             return Err(ServerError::NoLogFile { container: r.container }.into());
         }
@@ -141,19 +137,19 @@ impl Kubelet for KubeletService {
             stdin = start.stdin, tty = start.tty, "exec"
         );
         if exec::is_interactive(&start) {
-            let session = exec::Session::start(&mut self.runtime.clone(), &start).await?;
+            let session = exec::Session::start(self.runtime.as_ref(), &start).await?;
             let (tx, rx) = mpsc::channel(EXEC_BUFFER);
             // Ends with the command, when the client leaves (tx closes) or
             // when the server stops (`stopping`).
             tokio::spawn(session.run(inbound, tx, self.stopping.clone()));
             return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
         }
-        let outputs = exec::run_sync(&mut self.runtime.clone(), &start).await?;
+        let outputs = exec::run_sync(self.runtime.as_ref(), &start).await?;
         Ok(Response::new(Box::pin(tokio_stream::iter(outputs.into_iter().map(Ok)))))
     }
 
     async fn stats(&self, req: Request<StatsRequest>) -> Result<Response<StatsReply>, Status> {
-        let pods = stats::pod_stats(&mut self.runtime.clone(), &self.samples, req.get_ref()).await?;
+        let pods = stats::pod_stats(self.runtime.as_ref(), &self.samples, req.get_ref()).await?;
         Ok(Response::new(StatsReply { pods }))
     }
 }

@@ -7,18 +7,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1::{ContainerStatsFilter, ListContainerStatsRequest};
 use skiff_api::proto::{ContainerStats, CpuStats, MemoryStats, PodStats, StatsRequest};
 use skiff_telemetry::prometheus::core::{Collector, Desc};
 use skiff_telemetry::prometheus::proto::MetricFamily;
 use skiff_telemetry::prometheus::{CounterVec, GaugeVec, Opts};
 use skiff_telemetry::Metrics;
-use tonic::transport::Channel;
 
 use super::ServerError;
-use crate::runtime::cri::runtime_client;
 use crate::runtime::labels::{CONTAINER_NAME, POD_NAME, POD_NAMESPACE, POD_UID};
+use crate::runtime::ContainerRuntime;
 
 /// The last CPU sample of each container, to work out nano-cores where the
 /// runtime leaves them out: (timestamp ns, usage core-ns).
@@ -51,24 +48,18 @@ impl CpuSamples {
 /// The stats of the pods `req` names (every pod for an empty request),
 /// sorted by namespace and name.
 pub async fn pod_stats(
-    runtime: &mut RuntimeServiceClient<Channel>,
+    runtime: &dyn ContainerRuntime,
     samples: &CpuSamples,
     req: &StatsRequest,
 ) -> Result<Vec<PodStats>, ServerError> {
-    let mut labels = HashMap::new();
+    let mut labels = Vec::new();
     if !req.namespace.is_empty() {
-        labels.insert(POD_NAMESPACE.to_string(), req.namespace.clone());
+        labels.push((POD_NAMESPACE, req.namespace.as_str()));
     }
     if !req.pod.is_empty() {
-        labels.insert(POD_NAME.to_string(), req.pod.clone());
+        labels.push((POD_NAME, req.pod.as_str()));
     }
-    let filter = ContainerStatsFilter { label_selector: labels, ..Default::default() };
-    let stats = runtime
-        .list_container_stats(ListContainerStatsRequest { filter: Some(filter) })
-        .await
-        .map_err(|status| ServerError::Runtime { call: "ListContainerStats", status })?
-        .into_inner()
-        .stats;
+    let stats = runtime.container_stats(&labels).await?;
     let mut pods: BTreeMap<(String, String), PodStats> = BTreeMap::new();
     let mut seen = Vec::new();
     for s in &stats {
@@ -172,8 +163,12 @@ impl StatsMetrics {
     }
 
     /// Refreshes the figures from CRI every `interval` until `shutdown`.
-    pub async fn run(self, cri: Channel, interval: Duration, shutdown: impl std::future::Future<Output = ()>) {
-        let mut runtime = runtime_client(cri);
+    pub async fn run(
+        self,
+        runtime: Arc<dyn ContainerRuntime>,
+        interval: Duration,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
         let samples = CpuSamples::default();
         let mut ticks = tokio::time::interval(interval);
         tokio::pin!(shutdown);
@@ -182,7 +177,7 @@ impl StatsMetrics {
                 _ = ticks.tick() => {}
                 _ = &mut shutdown => return,
             }
-            match pod_stats(&mut runtime, &samples, &StatsRequest::default()).await {
+            match pod_stats(runtime.as_ref(), &samples, &StatsRequest::default()).await {
                 Ok(pods) => self.set(pods),
                 Err(e) => tracing::warn!(error = %e, "refreshing container metrics"),
             }
