@@ -217,6 +217,24 @@ async fn delete_by_name_and_by_manifest_and_create_namespace() {
     }
 }
 
+#[tokio::test]
+async fn get_into_a_closed_pipe_exits_quietly() {
+    let cluster = Cluster::start().await.expect("cluster");
+    // `skiffctl get ns | head -0`, without the race: the reader is gone
+    // before skiffctl writes its first line.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(skiff_testkit::binary("skiffctl").unwrap())
+        .args(["--server", &cluster.server(), "get", "namespaces"])
+        .env_remove("SKIFF_SERVER")
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "128 + SIGPIPE, as kubectl; stderr: {stderr}");
+    assert!(stderr.is_empty(), "nothing to say: {stderr}");
+}
+
 /// `skiffctl up --state-dir B` while the cluster of state dir A runs: the
 /// launcher must not take A's etcd (on the same fixed ports) for its own.
 #[tokio::test]
