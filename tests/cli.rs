@@ -216,3 +216,42 @@ async fn delete_by_name_and_by_manifest_and_create_namespace() {
         assert!(client.get("ConfigMap", "team", name).await.unwrap_err().is_not_found(), "{name} deleted");
     }
 }
+
+#[tokio::test]
+async fn get_into_a_closed_pipe_exits_quietly() {
+    let cluster = Cluster::start().await.expect("cluster");
+    // `skiffctl get ns | head -0`, without the race: the reader is gone
+    // before skiffctl writes its first line.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(skiff_testkit::binary("skiffctl").unwrap())
+        .args(["--server", &cluster.server(), "get", "namespaces"])
+        .env_remove("SKIFF_SERVER")
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "128 + SIGPIPE, as kubectl; stderr: {stderr}");
+    assert!(stderr.is_empty(), "nothing to say: {stderr}");
+}
+
+/// `skiffctl up --state-dir B` while the cluster of state dir A runs: the
+/// launcher must not take A's etcd (on the same fixed ports) for its own.
+#[tokio::test]
+async fn a_second_state_dir_does_not_share_the_first_clusters_etcd() {
+    use skiff_testkit::{free_port, ClusterOptions};
+    let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ports = (free_port(), free_port());
+    let options = |dir: &tempfile::TempDir| ClusterOptions {
+        state_dir: Some(dir.path().to_path_buf()),
+        etcd_ports: Some(ports),
+        ..Default::default()
+    };
+    let _first = Cluster::start_with(options(&first_dir)).await.expect("first cluster");
+    let err = match Cluster::start_with(options(&second_dir)).await {
+        Ok(_) => panic!("the second cluster started on the first one's etcd"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains(&format!("port {}", ports.0)), "{err}");
+    assert!(err.contains(&first_dir.path().display().to_string()), "names the other state dir: {err}");
+}

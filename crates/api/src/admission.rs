@@ -43,7 +43,7 @@ impl Rules for core::Pod {
     }
     fn validate(&self, errs: &mut Errors) {
         match &self.spec {
-            Some(spec) => check::pod_spec(spec, "spec", errs),
+            Some(spec) => check::pod_spec(spec, "spec", &[], errs),
             None => errs.add("spec", "required"),
         }
     }
@@ -134,7 +134,9 @@ impl Rules for apps::StatefulSet {
         let spec = &self.spec;
         check::non_negative(spec.replicas, "spec.replicas", errs);
         check::workload_selector(&spec.selector, &spec.template, "spec", errs);
-        template_spec(spec.template.spec.as_ref(), "spec.template.spec", &["Always"], errs);
+        let claims: Vec<&str> =
+            spec.volume_claim_templates.iter().flatten().filter_map(|c| c.metadata.name.as_deref()).collect();
+        template_spec_claiming(spec.template.spec.as_ref(), "spec.template.spec", &["Always"], &claims, errs);
     }
 }
 
@@ -190,10 +192,21 @@ impl Rules for autoscaling::HorizontalPodAutoscaler {
 }
 
 fn template_spec(spec: Option<&core::PodSpec>, path: &str, restart_policies: &[&str], errs: &mut Errors) {
+    template_spec_claiming(spec, path, restart_policies, &[], errs);
+}
+
+/// A template whose pods also get the volumes named in `claims`.
+fn template_spec_claiming(
+    spec: Option<&core::PodSpec>,
+    path: &str,
+    restart_policies: &[&str],
+    claims: &[&str],
+    errs: &mut Errors,
+) {
     let Some(spec) = spec else {
         return errs.add(path, "required");
     };
-    check::pod_spec(spec, path, errs);
+    check::pod_spec(spec, path, claims, errs);
     if let Some(p) = spec.restart_policy.as_deref().filter(|p| !restart_policies.contains(p)) {
         errs.add(
             format!("{path}.restartPolicy"),
@@ -414,6 +427,39 @@ mod tests {
                 .unwrap();
         assert_eq!(ok["status"]["phase"], "Pending");
         assert_eq!(ok["spec"]["containers"][0]["imagePullPolicy"], "Always");
+    }
+
+    #[test]
+    fn volume_names_are_unique_labels_that_mounts_name() {
+        let pod = json!({"metadata": {"name": "p"}, "spec": {
+            "containers": [{"name": "a", "image": "x", "volumeMounts": [
+                {"name": "data", "mountPath": "/data"}, {"name": "absent", "mountPath": "/absent"}]}],
+            "volumes": [{"name": "/etc", "emptyDir": {}}, {"name": "../x", "emptyDir": {}},
+                        {"name": "data", "emptyDir": {}}, {"name": "data", "emptyDir": {}}]}});
+        let err = run("Pod", pod).unwrap_err().to_string();
+        assert!(err.contains("spec.volumes[0].name: \"/etc\" is not a valid DNS-1123 label"), "{err}");
+        assert!(err.contains("spec.volumes[1].name: \"../x\" is not a valid DNS-1123 label"), "{err}");
+        assert!(err.contains("spec.volumes[3].name: duplicate volume name \"data\""), "{err}");
+        assert!(err.contains("spec.containers[0].volumeMounts[1].name: no volume named \"absent\""), "{err}");
+        assert!(!err.contains("volumeMounts[0]"), "{err}");
+    }
+
+    #[test]
+    fn numbers_from_clients_are_bounded() {
+        let pod = json!({"metadata": {"name": "p"}, "spec": {
+            "containers": [{"name": "a", "image": "x",
+                            "resources": {"requests": {"cpu": "99999999999999999999999E"}}}],
+            "terminationGracePeriodSeconds": -1,
+            "tolerations": [{"key": "k", "operator": "Exists", "effect": "NoSchedule", "tolerationSeconds": 5}]}});
+        let err = run("Pod", pod).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "spec.containers[0].resources.requests.cpu: quantity \"99999999999999999999999E\" is too large"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("spec.terminationGracePeriodSeconds: must not be negative"), "{err}");
+        assert!(err.contains("spec.tolerations[0].effect: must be NoExecute when tolerationSeconds is set"), "{err}");
     }
 
     #[test]

@@ -58,7 +58,8 @@ pub fn parse_milli(q: &str) -> Result<i128, String> {
         .and_then(|v| v.checked_mul(1000))
         .ok_or_else(|| format!("quantity {q:?} is too large"))?;
     let den = scale * mult_den;
-    let value = (num + den - 1) / den;
+    // Rounded up without `num + den - 1`, which overflows near i128::MAX.
+    let value = num / den + i128::from(num % den != 0);
     Ok(if negative { -value } else { value })
 }
 
@@ -76,11 +77,14 @@ mod tests {
         assert_eq!(parse_milli("1G"), Ok(1_000_000_000_000));
         assert_eq!(parse_milli("1e3"), Ok(1_000_000));
         assert_eq!(parse_milli("-1"), Ok(-1000));
+        // Once an overflow rounding up: its thousandths fall 3e14 short of
+        // i128::MAX, and its 15 decimals make the divisor 1e15.
+        assert_eq!(parse_milli("170141183.460469231731687e12"), Ok(170_141_183_460_469_231_731_687));
     }
 
     #[test]
     fn refuses_garbage() {
-        for bad in ["", "abc", "1Zi", "1.2.3", "--1", "m", "1e99"] {
+        for bad in ["", "abc", "1Zi", "1.2.3", "--1", "m", "1e99", "99999999999999999999999E"] {
             assert!(parse_milli(bad).is_err(), "{bad} should fail");
         }
     }

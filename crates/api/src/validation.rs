@@ -184,10 +184,51 @@ fn container(c: &core::Container, path: &str, errs: &mut Errors) {
     }
 }
 
-pub(crate) fn pod_spec(spec: &core::PodSpec, path: &str, errs: &mut Errors) {
+/// Volume names become folder names on the node, so they must be DNS labels
+/// (no '/', no '..'), and unique, as a mount finds its volume by name.
+fn volumes<'a>(volumes: &'a [core::Volume], path: &str, errs: &mut Errors) -> HashSet<&'a str> {
+    let mut names = HashSet::new();
+    for (i, v) in volumes.iter().enumerate() {
+        let name_path = format!("{path}.volumes[{i}].name");
+        if let Some(p) = dns_label_problem(&v.name) {
+            errs.add(name_path, p);
+        } else if !names.insert(v.name.as_str()) {
+            errs.add(name_path, format!("duplicate volume name {:?}", v.name));
+        }
+    }
+    names
+}
+
+fn volume_mounts(c: &core::Container, path: &str, volumes: &HashSet<&str>, errs: &mut Errors) {
+    for (i, m) in c.volume_mounts.iter().flatten().enumerate() {
+        if !volumes.contains(m.name.as_str()) {
+            errs.add(format!("{path}.volumeMounts[{i}].name"), format!("no volume named {:?}", m.name));
+        }
+    }
+}
+
+/// A toleration's seconds only count down a NoExecute taint; Kubernetes
+/// refuses them with any other effect.
+fn toleration(t: &core::Toleration, path: &str, errs: &mut Errors) {
+    one_of(t.operator.as_deref(), &["Exists", "Equal"], &format!("{path}.operator"), errs);
+    let effect = t.effect.as_deref().filter(|e| !e.is_empty());
+    one_of(effect, &["NoSchedule", "PreferNoSchedule", "NoExecute"], &format!("{path}.effect"), errs);
+    if t.operator.as_deref() == Some("Exists") && t.value.as_deref().is_some_and(|v| !v.is_empty()) {
+        errs.add(format!("{path}.value"), "must be empty when operator is Exists");
+    }
+    if t.toleration_seconds.is_some() && effect != Some("NoExecute") {
+        errs.add(format!("{path}.effect"), "must be NoExecute when tolerationSeconds is set");
+    }
+}
+
+/// Checks a pod's spec. `claims` are volumes the pod will have without
+/// naming them: a StatefulSet's volumeClaimTemplates.
+pub(crate) fn pod_spec(spec: &core::PodSpec, path: &str, claims: &[&str], errs: &mut Errors) {
     if spec.containers.is_empty() {
         errs.add(format!("{path}.containers"), "at least one container is required");
     }
+    let mut known_volumes = volumes(spec.volumes.as_deref().unwrap_or_default(), path, errs);
+    known_volumes.extend(claims);
     let mut names = HashSet::new();
     let all = spec
         .init_containers
@@ -201,23 +242,14 @@ pub(crate) fn pod_spec(spec: &core::PodSpec, path: &str, errs: &mut Errors) {
         let cpath = format!("{path}.{list}[{i}]");
         *i += 1;
         container(c, &cpath, errs);
+        volume_mounts(c, &cpath, &known_volumes, errs);
         if !names.insert(c.name.as_str()) {
             errs.add(format!("{cpath}.name"), format!("duplicate container name {:?}", c.name));
         }
     }
     one_of(spec.restart_policy.as_deref(), &["Always", "OnFailure", "Never"], &format!("{path}.restartPolicy"), errs);
     for (i, t) in spec.tolerations.iter().flatten().enumerate() {
-        let tpath = format!("{path}.tolerations[{i}]");
-        one_of(t.operator.as_deref(), &["Exists", "Equal"], &format!("{tpath}.operator"), errs);
-        one_of(
-            t.effect.as_deref().filter(|e| !e.is_empty()),
-            &["NoSchedule", "PreferNoSchedule", "NoExecute"],
-            &format!("{tpath}.effect"),
-            errs,
-        );
-        if t.operator.as_deref() == Some("Exists") && t.value.as_deref().is_some_and(|v| !v.is_empty()) {
-            errs.add(format!("{tpath}.value"), "must be empty when operator is Exists");
-        }
+        toleration(t, &format!("{path}.tolerations[{i}]"), errs);
     }
     labels(spec.node_selector.as_ref(), &format!("{path}.nodeSelector"), errs);
     if let Some(g) = spec.termination_grace_period_seconds {

@@ -2,6 +2,10 @@
 //! objects. Each command is one file under `commands/` calling the client.
 #![forbid(unsafe_code)]
 
+// First, so that its macros are in scope in every module after it.
+#[macro_use]
+mod output;
+
 mod commands;
 mod describe;
 mod manifest;
@@ -35,6 +39,7 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         // Already explained on stderr, one line per failure.
         Err(e) if e.is::<AlreadyReported>() => ExitCode::FAILURE,
+        Err(e) if output::is_broken_pipe(&e) => ExitCode::from(output::BROKEN_PIPE_STATUS),
         // The exit status of a command run elsewhere (exec), passed on.
         Err(e) if e.is::<ExitStatus>() => ExitCode::from(e.downcast_ref::<ExitStatus>().map_or(1, |s| s.0)),
         Err(e) => {

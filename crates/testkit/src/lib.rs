@@ -55,6 +55,8 @@ pub enum Error {
     Client(#[from] skiff_client::Error),
     #[error("a kubelet needs a container runtime: start the cluster with ClusterOptions.runtime")]
     NoRuntime,
+    #[error("etcd's port {port} is already in use {by}")]
+    EtcdPortTaken { port: u16, by: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -89,6 +91,25 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
+}
+
+/// Fixed etcd ports (`skiffctl up`'s) must be free: an etcd already there,
+/// another state dir's, would answer this cluster's readiness probe, and
+/// this cluster would then write into that one.
+fn ensure_etcd_ports_free((client, peer): (u16, u16)) -> Result<()> {
+    for port in [client, peer] {
+        if TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port)).is_err() {
+            let by = match process::etcd_data_dir_on(port) {
+                Some(data) => {
+                    let state = data.parent().unwrap_or(&data).display().to_string();
+                    format!("by the cluster of state dir {state} (stop it with `skiffctl down --state-dir {state}`)")
+                }
+                None => "by another process".to_string(),
+            };
+            return Err(Error::EtcdPortTaken { port, by });
+        }
+    }
+    Ok(())
 }
 
 /// Where cargo put the skiff binaries: `$SKIFF_BIN_DIR`, else the folder of
@@ -237,6 +258,9 @@ impl Cluster {
                 path: p.display().to_string(),
                 source,
             })?;
+        }
+        if let Some(ports) = options.etcd_ports {
+            ensure_etcd_ports_free(ports)?;
         }
         let (client_port, peer_port) = options.etcd_ports.unwrap_or_else(|| (free_port(), free_port()));
         let etcd_endpoint = format!("http://127.0.0.1:{client_port}");

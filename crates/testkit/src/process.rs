@@ -57,7 +57,8 @@ impl Process {
             cmd.process_group(0);
         }
         let child = cmd.spawn().map_err(|source| Error::Spawn { name: name.into(), source })?;
-        std::fs::write(&pid_file, child.id().to_string()).map_err(io_err("writing pid file", &pid_file))?;
+        let record = PidRecord { pid: child.id(), start: start_time(child.id()) };
+        std::fs::write(&pid_file, record.to_string()).map_err(io_err("writing pid file", &pid_file))?;
         Ok(Self { name: name.into(), child: Some(child), log, pid_file, detach })
     }
 
@@ -165,10 +166,72 @@ pub fn stop_detached(state_dir: &Path) -> Result<Vec<String>> {
     Ok(stopped)
 }
 
-/// Stops the process named in pid file `path` (SIGTERM, SIGKILL after 10s), waiting until it is gone,
-/// and removes the file. False if the file held no pid.
+/// What a pid file holds: the pid and the process's start time, since a
+/// pid alone may name another process by the time the file is read.
+struct PidRecord {
+    pid: u32,
+    /// Clock ticks after boot, /proc/PID/stat's `starttime`.
+    start: Option<u64>,
+}
+
+impl std::fmt::Display for PidRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.start {
+            Some(start) => write!(f, "{} {start}", self.pid),
+            None => write!(f, "{}", self.pid),
+        }
+    }
+}
+
+impl PidRecord {
+    fn read(path: &Path) -> Option<Self> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let mut words = text.split_whitespace();
+        let pid = words.next()?.parse().ok()?;
+        Some(Self { pid, start: words.next().and_then(|s| s.parse().ok()) })
+    }
+
+    /// Whether the pid still names the process started: a file without a
+    /// start time (or from before one was written) can't tell, so no.
+    fn is_current(&self) -> bool {
+        self.start.is_some() && start_time(self.pid) == self.start
+    }
+}
+
+/// The pid in pid file `path`, whatever now runs under it.
+pub(crate) fn pid_in_file(path: &Path) -> Option<u32> {
+    PidRecord::read(path).map(|r| r.pid)
+}
+
+/// The `--data-dir` of a running etcd that listens on 127.0.0.1:`port`, as
+/// the launcher starts etcd.
+pub(crate) fn etcd_data_dir_on(port: u16) -> Option<PathBuf> {
+    let address = format!("127.0.0.1:{port}");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let listens =
+            args.iter().any(|a| a.starts_with("--listen-") && a.split(['=', ',']).any(|url| url.ends_with(&address)));
+        let data_dir = args.iter().find_map(|a| a.strip_prefix("--data-dir="))?;
+        listens.then(|| PathBuf::from(data_dir))
+    })
+}
+
+/// When `pid` started, in clock ticks after boot.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command's closing parenthesis start at field 3
+    // (state); starttime is field 22.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// Stops the process named in pid file `path` (SIGTERM, SIGKILL after
+/// 10s), waiting until it is gone, and removes the file. False if the file
+/// named no process of ours: none, or a pid since taken by another process,
+/// which is left alone.
 pub(crate) fn stop_pid_file(path: &Path) -> bool {
-    let pid = std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse::<u32>().ok());
+    let record = PidRecord::read(path).filter(PidRecord::is_current);
+    let pid = record.map(|r| r.pid);
     if let Some(pid) = pid {
         for (sig, grace) in [("TERM", Duration::from_secs(10)), ("KILL", Duration::from_secs(5))] {
             if !running(pid) {
@@ -194,4 +257,45 @@ pub(crate) fn running(pid: u32) -> bool {
     let zombie = stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
     let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0);
     !zombie || threads > 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process this test owns, killed and reaped when the test ends.
+    struct Bystander(Child);
+
+    impl Drop for Bystander {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn a_stale_pid_file_signals_nobody() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("pids")).unwrap();
+        // The pid an earlier run wrote, since taken by an unrelated process.
+        let bystander = Bystander(Command::new("sleep").arg("600").spawn().unwrap());
+        let pid = bystander.0.id();
+        std::fs::write(dir.path().join("pids/etcd.pid"), pid.to_string()).unwrap();
+
+        assert!(stop_detached(dir.path()).unwrap().is_empty(), "nothing of ours was running");
+        assert!(running(pid), "the unrelated process was left alone");
+        assert!(!dir.path().join("pids/etcd.pid").exists(), "the stale file is gone");
+    }
+
+    #[test]
+    fn a_detached_process_is_stopped_by_its_pid_file() {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["pids", "logs"] {
+            std::fs::create_dir(dir.path().join(sub)).unwrap();
+        }
+        let sleep = Process::spawn("sleeper", Path::new("sleep"), &["600"], dir.path(), true).unwrap();
+        let pid = sleep.pid().unwrap();
+        assert_eq!(stop_detached(dir.path()).unwrap(), ["sleeper"]);
+        assert!(!running(pid));
+    }
 }

@@ -67,6 +67,9 @@ impl Volumes {
 
     /// Sets up one volume; returns where it is on the host.
     fn prepare_one(&self, pod: &Pod, v: &Volume, objects: &dyn Objects) -> Result<PathBuf, Error> {
+        // The name becomes a folder of the pod's: whatever the apiserver let
+        // through, it may not lead out of it.
+        plain_folder_name(&v.name)?;
         let uid = pod.metadata.uid.as_deref().unwrap_or_default();
         let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
         let dir = |plugin: &str| self.pod_dir(uid).join("volumes").join(plugin).join(&v.name);
@@ -369,6 +372,17 @@ fn mounts_under(dir: &Path) -> Vec<String> {
     found
 }
 
+/// A volume's name becomes a folder under the pod's own: anything but one
+/// plain path component (`/etc`, `..`, `a/b`) would put it elsewhere on the
+/// host, whatever the apiserver let through.
+fn plain_folder_name(name: &str) -> Result<(), Error> {
+    let mut parts = Path::new(name).components();
+    match (parts.next(), parts.next()) {
+        (Some(std::path::Component::Normal(part)), None) if part == name => Ok(()),
+        _ => Err(Error::Volume(format!("volume name {name:?} is not a plain folder name"))),
+    }
+}
+
 fn create_dir(dir: &Path) -> Result<(), Error> {
     std::fs::create_dir_all(dir).map_err(io("creating", dir))
 }
@@ -449,6 +463,18 @@ mod tests {
         assert_eq!(std::fs::read_to_string(info.join("labels")).unwrap(), "app=\"web\"");
         assert_eq!(std::fs::read_to_string(info.join("name")).unwrap(), "p");
         assert!(prepared.paths["scratch"].is_dir());
+    }
+
+    #[test]
+    fn volume_names_may_not_leave_the_pod_folder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        for name in [outside.to_str().unwrap(), "../../../../../outside", "..", ".", "a/b", ""] {
+            let p = pod(json!([{"name": name, "emptyDir": {}}]));
+            let err = Volumes::new(&tmp.path().join("root")).prepare(&p, &MapObjects::default());
+            assert!(err.is_err(), "volume name {name:?} was accepted");
+        }
+        assert!(!outside.exists(), "nothing was made outside the root");
     }
 
     #[test]

@@ -51,8 +51,8 @@ impl NodeInfo {
     /// Accounts a pod here (used by the cache, and by unit tests to fill a node).
     pub fn add_pod(&mut self, requests: &Resources, non_zero: (i128, i128), owner: Option<&str>) {
         self.requested.add(requests);
-        self.non_zero_requested.0 += non_zero.0;
-        self.non_zero_requested.1 += non_zero.1;
+        self.non_zero_requested.0 = self.non_zero_requested.0.saturating_add(non_zero.0);
+        self.non_zero_requested.1 = self.non_zero_requested.1.saturating_add(non_zero.1);
         self.pod_count += 1;
         if let Some(o) = owner {
             *self.owners.entry(o.to_string()).or_insert(0) += 1;
@@ -61,8 +61,8 @@ impl NodeInfo {
 
     fn remove_pod(&mut self, requests: &Resources, non_zero: (i128, i128), owner: Option<&str>) {
         self.requested.sub(requests);
-        self.non_zero_requested.0 -= non_zero.0;
-        self.non_zero_requested.1 -= non_zero.1;
+        self.non_zero_requested.0 = self.non_zero_requested.0.saturating_sub(non_zero.0);
+        self.non_zero_requested.1 = self.non_zero_requested.1.saturating_sub(non_zero.1);
         self.pod_count = self.pod_count.saturating_sub(1);
         if let Some(o) = owner {
             if let Some(n) = self.owners.get_mut(o) {

@@ -66,21 +66,23 @@ impl Resources {
         }
     }
 
+    /// Saturating, as is [`Resources::sub`]: each amount parsed, but a sum
+    /// of clients' numbers may still pass i128's range.
     pub fn add(&mut self, other: &Resources) {
-        self.cpu += other.cpu;
-        self.memory += other.memory;
-        self.ephemeral_storage += other.ephemeral_storage;
-        for (k, v) in &other.scalar {
-            *self.scalar.entry(k.clone()).or_insert(0) += v;
-        }
+        self.combine(other, i128::saturating_add);
     }
 
     pub fn sub(&mut self, other: &Resources) {
-        self.cpu -= other.cpu;
-        self.memory -= other.memory;
-        self.ephemeral_storage -= other.ephemeral_storage;
+        self.combine(other, i128::saturating_sub);
+    }
+
+    fn combine(&mut self, other: &Resources, op: fn(i128, i128) -> i128) {
+        self.cpu = op(self.cpu, other.cpu);
+        self.memory = op(self.memory, other.memory);
+        self.ephemeral_storage = op(self.ephemeral_storage, other.ephemeral_storage);
         for (k, v) in &other.scalar {
-            *self.scalar.entry(k.clone()).or_insert(0) -= v;
+            let e = self.scalar.entry(k.clone()).or_insert(0);
+            *e = op(*e, *v);
         }
     }
 
@@ -165,7 +167,7 @@ pub fn non_zero_requests(pod: &Pod) -> (i128, i128) {
         let r = container_requests(c);
         let c_cpu = if r.cpu == 0 { DEFAULT_MILLI_CPU_REQUEST } else { r.cpu };
         let c_mem = if r.memory == 0 { DEFAULT_MEMORY_REQUEST } else { r.memory };
-        (cpu + c_cpu, mem + c_mem)
+        (cpu.saturating_add(c_cpu), mem.saturating_add(c_mem))
     })
 }
 
@@ -178,7 +180,7 @@ pub fn node_allocatable(node: &Node) -> (Resources, i64) {
     let pods = list
         .get(PODS)
         .and_then(|q| skiff_api::quantity::parse_milli(&q.0).ok())
-        .map(|m| (m / 1000) as i64)
+        .map(|m| i64::try_from(m / 1000).unwrap_or(i64::MAX))
         .unwrap_or(DEFAULT_MAX_PODS);
     (Resources::from_list(list), pods)
 }
@@ -190,6 +192,24 @@ mod tests {
 
     fn pod(spec: serde_json::Value) -> Pod {
         serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": spec})).unwrap()
+    }
+
+    #[test]
+    fn sums_of_huge_requests_saturate() {
+        // i128::MAX is 170141183460469231731687303715884105727 thousandths.
+        let huge = "170141183460469231731687e12";
+        let p = pod(json!({"containers": [
+            {"name": "a", "resources": {"requests": {"cpu": huge, "example.com/x": huge}}},
+            {"name": "b", "resources": {"requests": {"cpu": huge, "example.com/x": huge}}},
+        ]}));
+        let r = pod_requests(&p);
+        assert_eq!(r.cpu, i128::MAX);
+        assert_eq!(r.get("example.com/x"), i128::MAX);
+        assert_eq!(non_zero_requests(&p).0, i128::MAX);
+        let mut free = Resources::default();
+        free.sub(&r);
+        free.sub(&r);
+        assert_eq!(free.cpu, i128::MIN);
     }
 
     #[test]

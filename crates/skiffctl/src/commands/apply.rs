@@ -34,7 +34,7 @@ pub async fn run(globals: &Globals, args: Args) -> Result<()> {
             Err(e) => Err(e),
         };
         match outcome {
-            Ok((target, verb)) => println!("{} {verb}", resource::object_ref(target.info, target.name)),
+            Ok((target, verb)) => outln!("{} {verb}", resource::object_ref(target.info, target.name)),
             Err(e) => {
                 eprintln!("error: {}: {}", doc_label(doc, several), error_message(&e));
                 failed += 1;

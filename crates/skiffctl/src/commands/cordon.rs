@@ -27,11 +27,11 @@ pub async fn set_unschedulable(client: &Client, node: &str, unschedulable: bool)
     let was = current.pointer("/spec/unschedulable").and_then(Value::as_bool).unwrap_or(false);
     let verb = if unschedulable { "cordoned" } else { "uncordoned" };
     if was == unschedulable {
-        println!("node/{node} already {verb}");
+        outln!("node/{node} already {verb}");
         return Ok(());
     }
     client.patch("Node", "", node, &patch(unschedulable)).await?;
-    println!("node/{node} {verb}");
+    outln!("node/{node} {verb}");
     Ok(())
 }
 

@@ -25,7 +25,7 @@ pub async fn run(globals: &Globals, args: Args) -> Result<()> {
             let info = resource::lookup("Namespace")?;
             let ns = json!({"apiVersion": info.api_version, "kind": info.kind, "metadata": {"name": name}});
             globals.client()?.create(info.kind, "", &ns).await?;
-            println!("{} created", resource::object_ref(info, &name));
+            outln!("{} created", resource::object_ref(info, &name));
         }
     }
     Ok(())

@@ -97,7 +97,7 @@ async fn list_names(client: &Client, info: &KindInfo, namespace: &str, selector:
 
 async fn delete(client: &Client, info: &KindInfo, namespace: &str, name: &str, ignore_not_found: bool) -> Result<()> {
     match client.delete(info.kind, namespace, name).await {
-        Ok(_) => println!("{} deleted", resource::quoted_ref(info, name)),
+        Ok(_) => outln!("{} deleted", resource::quoted_ref(info, name)),
         Err(e) if e.is_not_found() && ignore_not_found => {}
         Err(e) => return Err(e.into()),
     }

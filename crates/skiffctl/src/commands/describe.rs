@@ -45,9 +45,9 @@ pub async fn run(globals: &Globals, args: Args) -> Result<()> {
     for (i, obj) in objects.iter().enumerate() {
         let events = events_about(&client, info, obj).await?;
         if i > 0 {
-            println!();
+            outln!();
         }
-        print!("{}", describe::describe(info, obj, &events, Utc::now()));
+        out!("{}", describe::describe(info, obj, &events, Utc::now()));
     }
     if failed {
         return Err(AlreadyReported.into());

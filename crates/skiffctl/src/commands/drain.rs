@@ -48,7 +48,7 @@ pub async fn run(globals: &Globals, args: Args) -> Result<()> {
     }
     for (ns, name) in &plan.delete {
         match client.delete("Pod", ns, name).await {
-            Ok(_) => println!("pod/{name} deleted"),
+            Ok(_) => outln!("pod/{name} deleted"),
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(anyhow!(e).context(format!("deleting pod {ns}/{name}"))),
         }
@@ -61,7 +61,7 @@ pub async fn run(globals: &Globals, args: Args) -> Result<()> {
             anyhow!("timed out after {:?} waiting for the pods of node {:?} to go", args.timeout, args.node)
         })??;
     }
-    println!("node/{} drained", args.node);
+    outln!("node/{} drained", args.node);
     Ok(())
 }
 

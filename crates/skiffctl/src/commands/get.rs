@@ -187,12 +187,12 @@ impl View {
                 }
                 let table = self.printer().table(sorted);
                 if !table.rows.is_empty() {
-                    print!("{}", table.render());
+                    out!("{}", table.render());
                 }
                 Ok(table.widths())
             }
             Some(Output::Name) => {
-                items.iter().for_each(|o| println!("{}", resource::object_ref(self.info, meta::name(o))));
+                items.iter().for_each(|o| outln!("{}", resource::object_ref(self.info, meta::name(o))));
                 Ok(Vec::new())
             }
             Some(format @ (Output::Json | Output::Yaml)) => {
@@ -201,8 +201,8 @@ impl View {
                     _ => table::list_object(self.info, items.to_vec(), resource_version),
                 };
                 match format {
-                    Output::Json => print!("{}", table::to_json(&doc)),
-                    _ => print!("{}", table::to_yaml(&doc)?),
+                    Output::Json => out!("{}", table::to_json(&doc)),
+                    _ => out!("{}", table::to_yaml(&doc)?),
                 }
                 Ok(Vec::new())
             }
@@ -217,14 +217,14 @@ impl View {
                 let printer = self.printer();
                 let widths = widths.get_or_insert_with(|| {
                     let table = printer.table([obj]);
-                    print!("{}", format_row(&table.header, &table.widths()));
+                    out!("{}", format_row(&table.header, &table.widths()));
                     table.widths()
                 });
-                print!("{}", format_row(&printer.row(obj), widths));
+                out!("{}", format_row(&printer.row(obj), widths));
             }
-            Some(Output::Name) => println!("{}", resource::object_ref(self.info, meta::name(obj))),
-            Some(Output::Json) => print!("{}", table::to_json(obj)),
-            Some(Output::Yaml) => print!("---\n{}", table::to_yaml(obj)?),
+            Some(Output::Name) => outln!("{}", resource::object_ref(self.info, meta::name(obj))),
+            Some(Output::Json) => out!("{}", table::to_json(obj)),
+            Some(Output::Yaml) => out!("---\n{}", table::to_yaml(obj)?),
         }
         Ok(())
     }

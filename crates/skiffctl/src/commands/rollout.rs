@@ -94,13 +94,13 @@ pub async fn run(globals: &Globals, args: Args) -> Result<()> {
             let deploy = client.get(info.kind, ns, &name).await?;
             let rows = history(&owned_replica_sets(&client, ns, &deploy).await?);
             if rows.is_empty() {
-                println!("No rollout history found.");
+                outln!("No rollout history found.");
                 return Ok(());
             }
-            println!("{object_ref}");
+            outln!("{object_ref}");
             let mut table = Table::new(vec!["REVISION_ANNOTATION".into(), "CHANGE-CAUSE".into()]);
             table.rows.extend(rows.into_iter().map(|(rev, cause)| vec![rev.to_string(), cause]));
-            print!("{}", table.render());
+            out!("{}", table.render());
             Ok(())
         }
         What::Undo { to_revision, .. } => {
@@ -112,12 +112,12 @@ pub async fn run(globals: &Globals, args: Args) -> Result<()> {
             let (revision, template) = undo_template(&name, &replica_sets, to_revision)?;
             let current = deploy.pointer("/spec/template").cloned().unwrap_or(Value::Null);
             if current == template {
-                println!("{object_ref} skipped rollback (current template already matches revision {revision})");
+                outln!("{object_ref} skipped rollback (current template already matches revision {revision})");
                 return Ok(());
             }
             let patch = json!({"spec": {"template": patch_between(&current, &template)}});
             client.patch(info.kind, ns, &name, &patch).await?;
-            println!("{object_ref} rolled back");
+            outln!("{object_ref} rolled back");
             Ok(())
         }
         What::Pause { .. } => set_paused(&client, ns, &name, &object_ref, true).await,
@@ -175,12 +175,12 @@ async fn follow(client: &Client, ns: &str, name: &str) -> Result<()> {
     let mut report = |deploy: &Value| -> Result<bool> {
         match progress(deploy)? {
             Progress::Done(line) => {
-                println!("{line}");
+                outln!("{line}");
                 Ok(true)
             }
             Progress::Waiting(line) => {
                 if line != last {
-                    println!("{line}");
+                    outln!("{line}");
                     last = line;
                 }
                 Ok(false)
@@ -278,7 +278,7 @@ async fn set_paused(client: &Client, ns: &str, name: &str, object_ref: &str, pau
         _ => {}
     }
     client.patch("Deployment", ns, name, &json!({"spec": {"paused": paused}})).await?;
-    println!("{object_ref} {}", if paused { "paused" } else { "resumed" });
+    outln!("{object_ref} {}", if paused { "paused" } else { "resumed" });
     Ok(())
 }
 

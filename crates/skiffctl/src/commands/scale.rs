@@ -23,7 +23,7 @@ pub async fn run(globals: &Globals, args: Args) -> Result<()> {
     check(info, args.replicas)?;
     let client = globals.client()?;
     client.patch(info.kind, &globals.namespace, &name, &replicas_patch(args.replicas)).await?;
-    println!("{} scaled", resource::object_ref(info, &name));
+    outln!("{} scaled", resource::object_ref(info, &name));
     Ok(())
 }
 

@@ -48,7 +48,7 @@ pub async fn run(globals: &Globals, args: Args) -> Result<()> {
         }
         return Ok(());
     }
-    print!("{}", table(&pods, args.all_namespaces).render());
+    out!("{}", table(&pods, args.all_namespaces).render());
     Ok(())
 }
 

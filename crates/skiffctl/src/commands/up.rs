@@ -89,10 +89,10 @@ pub async fn up(args: UpArgs) -> Result<()> {
     }
     let config = ClientConfig { server: cluster.server() };
     let path = config.save()?;
-    println!("skiff is up: apiserver {} (address written to {})", cluster.server(), path.display());
-    println!("running: etcd, skiff-apiserver, skiff-scheduler, skiff-controller-manager");
+    outln!("skiff is up: apiserver {} (address written to {})", cluster.server(), path.display());
+    outln!("running: etcd, skiff-apiserver, skiff-scheduler, skiff-controller-manager");
     if let Some(runtime) = cluster.runtime() {
-        println!(
+        outln!(
             "node {} (skiff-kubelet on containerd, pods on {}); registry {} holds busybox:latest and testserver:latest",
             hostname(),
             runtime.containerd().pod_cidr(),
@@ -100,9 +100,9 @@ pub async fn up(args: UpArgs) -> Result<()> {
         );
     }
     if args.hollow_nodes > 0 {
-        println!("{} hollow nodes (simulated: pods on them run no containers)", args.hollow_nodes);
+        outln!("{} hollow nodes (simulated: pods on them run no containers)", args.hollow_nodes);
     }
-    println!("state and logs: {}; stop with `skiffctl down`", state_dir.display());
+    outln!("state and logs: {}; stop with `skiffctl down`", state_dir.display());
     Ok(())
 }
 
@@ -122,25 +122,25 @@ async fn up_hosts(state_dir: PathBuf, nodes: usize, port: u16) -> Result<()> {
     let config = ClientConfig { server: cluster.server() };
     let path = config.save()?;
     let network = cluster.network().context("the cluster has no hosts")?;
-    println!("skiff is up: apiserver {} (address written to {})", cluster.server(), path.display());
-    println!("running: etcd, skiff-apiserver, skiff-scheduler, skiff-controller-manager, skiff-dns");
+    outln!("skiff is up: apiserver {} (address written to {})", cluster.server(), path.display());
+    outln!("running: etcd, skiff-apiserver, skiff-scheduler, skiff-controller-manager, skiff-dns");
     let nodes = cluster.client().api::<k8s_openapi::api::core::v1::Node>("");
     for node in network.hosts() {
         let pod_cidr = nodes.get(node.host.name()).await.ok().and_then(|n| n.spec?.pod_cidr).unwrap_or_default();
-        println!(
+        outln!(
             "node {} at {} (network namespace {}): containerd, skiff-kubelet, skiff-overlay; pods on {pod_cidr}",
             node.host.name(),
             node.host.ip(),
             node.host.netns(),
         );
     }
-    println!(
+    outln!(
         "cluster DNS {} (skiff-dns on {}:53); registry {} holds busybox:latest and testserver:latest",
         skiff_testkit::DNS_SERVICE_IP,
         network.lan().gateway(),
         network.registry().host()
     );
-    println!("state and logs: {}; stop with `skiffctl down`", state_dir.display());
+    outln!("state and logs: {}; stop with `skiffctl down`", state_dir.display());
     Ok(())
 }
 
@@ -148,9 +148,9 @@ pub async fn down(args: DownArgs) -> Result<()> {
     let state_dir = args.state_dir.unwrap_or_else(default_state_dir);
     let stopped = stop_detached_cluster(&state_dir).await?;
     if stopped.is_empty() {
-        println!("nothing running under {}", state_dir.display());
+        outln!("nothing running under {}", state_dir.display());
     } else {
-        println!("stopped {}", stopped.join(", "));
+        outln!("stopped {}", stopped.join(", "));
     }
     Ok(())
 }

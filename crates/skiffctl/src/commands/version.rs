@@ -1,5 +1,5 @@
 //! `skiffctl version`.
 
 pub fn run() {
-    println!("Client Version: v{}", env!("CARGO_PKG_VERSION"));
+    outln!("Client Version: v{}", env!("CARGO_PKG_VERSION"));
 }

@@ -275,7 +275,7 @@ pub(super) async fn stop_detached(dir: &Path) -> Result<bool> {
     tokio::task::spawn_blocking(move || {
         cleanup::kill_leftover_tasks(&socket);
         let pid_file = dir.join("pids/containerd.pid");
-        let pid = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<u32>().ok());
+        let pid = crate::process::pid_in_file(&pid_file);
         crate::process::stop_pid_file(&pid_file);
         let forward = cidr.as_deref().zip(bridge.as_deref()).map(|(c, b)| ForwardRules::of(c, b));
         after_stop(&dir, &socket, &ids, bridge.as_deref().unwrap_or(""), forward);

@@ -11,6 +11,12 @@ use crate::cache::Filter;
 use crate::storage::Swap;
 use crate::Error;
 
+/// The longest grace a delete grants. Clients may send any i64, which
+/// chrono's arithmetic panics on; a thousand years is past any real
+/// shutdown and keeps deletionTimestamp a four-digit-year RFC 3339 time
+/// that every client parses.
+const MAX_GRACE_SECONDS: i64 = 1000 * 365 * 24 * 60 * 60;
+
 impl Registry {
     /// Deletes an object, or marks it with deletionTimestamp while
     /// finalizers remain; returns its last state.
@@ -49,7 +55,8 @@ impl Registry {
             let swap = if (!has_finalizers(info, &current) && !graceful) || empty_namespace {
                 self.storage.delete_if(&key, stored.mod_revision).await?
             } else if meta::str_field(&current, "deletionTimestamp").is_empty() {
-                let seconds = if graceful { grace.unwrap_or_else(|| termination_grace(&current)) } else { 0 };
+                let asked = if graceful { grace.unwrap_or_else(|| termination_grace(&current)) } else { 0 };
+                let seconds = asked.min(MAX_GRACE_SECONDS);
                 let at = chrono::Utc::now() + chrono::Duration::seconds(seconds);
                 meta::set(&mut current, "deletionTimestamp", at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
                 meta::set(&mut current, "deletionGracePeriodSeconds", seconds);

@@ -121,6 +121,23 @@ async fn a_pod_on_a_ready_node_waits_for_its_kubelet_to_delete_it_for_good() {
 }
 
 #[tokio::test]
+async fn a_huge_grace_period_is_bounded_not_a_panic() {
+    let w = world().await;
+    w.registry.create("Node", "", &body(&node("n1", "True"))).await.unwrap();
+    let mut own = pod("own", "n1");
+    own["spec"]["terminationGracePeriodSeconds"] = json!(i64::MAX);
+    w.create("Pod", own).await;
+    w.create("Pod", pod("asked", "n1")).await;
+
+    for (name, grace) in [("own", None), ("asked", Some(i64::MAX))] {
+        let marked = w.delete("Pod", name, grace).await.unwrap();
+        let at = chrono::DateTime::parse_from_rfc3339(deletion_timestamp(&marked)).expect("an RFC 3339 time");
+        assert!(at > chrono::Utc::now() + chrono::Duration::days(365), "{name}: {at} is far ahead, not wrapped");
+        assert!(marked["metadata"]["deletionGracePeriodSeconds"].as_i64().is_some_and(|g| g > 0), "{name}");
+    }
+}
+
+#[tokio::test]
 async fn a_pod_without_a_live_kubelet_is_deleted_at_once() {
     let w = world().await;
     w.registry.create("Node", "", &body(&node("gone", "Unknown"))).await.unwrap();

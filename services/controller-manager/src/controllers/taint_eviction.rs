@@ -114,8 +114,15 @@ impl TaintEvictionController {
             None => 0,
         };
         let added = taint.time_added.as_ref().map_or(now_ms, |t| millis(&t.0));
-        Some(added + seconds.max(0) * 1000)
+        Some(deadline_ms(added, seconds))
     }
+}
+
+/// `seconds` after `added_ms`, in ms. A client's tolerationSeconds may be
+/// anything: saturating keeps a huge one a wait for ever, where wrapping
+/// would turn it negative and evict at once.
+fn deadline_ms(added_ms: i64, seconds: i64) -> i64 {
+    added_ms.saturating_add(seconds.max(0).saturating_mul(1000))
 }
 
 impl Reconcile for TaintEvictionController {
@@ -173,6 +180,15 @@ mod tests {
             toleration_seconds: seconds,
             value: None,
         }
+    }
+
+    #[test]
+    fn a_huge_toleration_waits_for_ever_rather_than_wrapping() {
+        let now = 1_700_000_000_000;
+        assert_eq!(deadline_ms(now, 5), now + 5000);
+        assert_eq!(deadline_ms(now, -5), now, "a negative toleration is none");
+        assert_eq!(deadline_ms(now, i64::MAX), i64::MAX);
+        assert_eq!(deadline_ms(now, i64::MAX / 1000), i64::MAX);
     }
 
     #[test]

@@ -20,7 +20,7 @@ impl Filter for NodeResourcesFit {
             reasons.push("Too many pods".to_string());
         }
         for (name, want) in pod.requests.non_zero() {
-            if want > 0 && node.requested.get(name) + want > node.allocatable.get(name) {
+            if want > 0 && node.requested.get(name).saturating_add(want) > node.allocatable.get(name) {
                 reasons.push(format!("Insufficient {name}"));
             }
         }
@@ -40,10 +40,13 @@ pub struct LeastAllocated {
 
 fn free_share(allocatable: i128, requested: i128) -> i64 {
     if allocatable <= 0 || requested > allocatable {
-        0
-    } else {
-        ((allocatable - requested) * i128::from(MAX_NODE_SCORE) / allocatable) as i64
+        return 0;
     }
+    let max = i128::from(MAX_NODE_SCORE);
+    // Both scaled down first where `free * max` would pass i128's range.
+    let scale = allocatable / (i128::MAX / max) + 1;
+    let free = (allocatable - requested.max(0)) / scale;
+    (free * max / (allocatable / scale)) as i64
 }
 
 impl Score for LeastAllocated {
@@ -56,8 +59,8 @@ impl Score for LeastAllocated {
     }
 
     fn score(&self, pod: &PodInfo, node: &NodeInfo) -> i64 {
-        let cpu = free_share(node.allocatable.cpu, node.non_zero_requested.0 + pod.non_zero.0);
-        let memory = free_share(node.allocatable.memory, node.non_zero_requested.1 + pod.non_zero.1);
+        let cpu = free_share(node.allocatable.cpu, node.non_zero_requested.0.saturating_add(pod.non_zero.0));
+        let memory = free_share(node.allocatable.memory, node.non_zero_requested.1.saturating_add(pod.non_zero.1));
         (cpu + memory) / 2
     }
 }
@@ -95,6 +98,24 @@ mod tests {
         let mut n = node("a", json!({}), json!({}), json!({"cpu": "4", "pods": "1"}));
         n.add_pod(&Default::default(), (0, 0), None);
         assert_eq!(NodeResourcesFit.filter(&pod(json!({}), json!({})), &n), Err(Unfit::new("Too many pods")));
+    }
+
+    #[test]
+    fn huge_requests_neither_panic_nor_wrap() {
+        // About i128::MAX thousandths, each.
+        let huge = "170141183460469231731687e12";
+        let mut n = node("a", json!({}), json!({}), json!({"cpu": huge, "memory": huge}));
+        let p = pod(json!({}), json!({"cpu": huge, "memory": huge}));
+        assert!(NodeResourcesFit.filter(&p, &n).is_ok());
+        let nearly_empty = LeastAllocated { weight: 1 }.score(&pod(json!({}), json!({})), &n);
+        assert!((99..=100).contains(&nearly_empty), "{nearly_empty}");
+        n.add_pod(&p.requests, p.non_zero, None);
+        n.add_pod(&p.requests, p.non_zero, None);
+        assert_eq!(
+            NodeResourcesFit.filter(&p, &n),
+            Err(Unfit { reasons: vec!["Insufficient cpu".into(), "Insufficient memory".into()] })
+        );
+        assert_eq!(LeastAllocated { weight: 1 }.score(&p, &n), 0);
     }
 
     #[test]
