@@ -255,3 +255,54 @@ async fn a_second_state_dir_does_not_share_the_first_clusters_etcd() {
     assert!(err.contains(&format!("port {}", ports.0)), "{err}");
     assert!(err.contains(&first_dir.path().display().to_string()), "names the other state dir: {err}");
 }
+
+/// `skiffctl up` starts a control plane that skiffctl then finds through
+/// the config file it wrote, and `skiffctl down` stops every process it
+/// started (each pid in the state dir's pid files).
+#[tokio::test]
+async fn up_starts_a_control_plane_that_down_stops() {
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().to_str().unwrap().to_string();
+    let config = state.path().join("client.yaml");
+    let listen = format!("127.0.0.1:{}", skiff_testkit::free_port());
+    let skiffctl = |args: &[&str]| {
+        let out = std::process::Command::new(skiff_testkit::binary("skiffctl").expect("skiffctl is built"))
+            .args(args)
+            .env("SKIFF_CONFIG", &config)
+            .env_remove("SKIFF_SERVER")
+            .env_remove("SKIFF_STATE_DIR")
+            .output()
+            .expect("run skiffctl");
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+
+    let (ok, _, err) = skiffctl(&["up", "--no-node", "--state-dir", &state_dir, "--listen", &listen]);
+    assert!(ok, "up: {err}");
+    let pids: Vec<u32> = std::fs::read_dir(state.path().join("pids"))
+        .expect("up writes pid files")
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|s| s.split_whitespace().next().and_then(|p| p.parse().ok()))
+        .collect();
+    assert!(pids.len() >= 2, "etcd and the apiserver at least: {pids:?}");
+
+    // No --server: skiffctl reads the address up wrote to $SKIFF_CONFIG.
+    let (ok, out, err) = skiffctl(&["get", "ns"]);
+    assert!(ok && out.contains("default") && out.contains("kube-system"), "get ns: {out}{err}");
+
+    let (ok, _, err) = skiffctl(&["down", "--state-dir", &state_dir]);
+    assert!(ok, "down: {err}");
+    skiff_testkit::eventually("every process up started gone", || async {
+        let alive: Vec<u32> = pids.iter().copied().filter(|p| is_running(*p)).collect();
+        alive.is_empty().then_some(())
+    })
+    .await;
+}
+
+/// Whether `pid` runs (a zombie waiting for its reaper does not).
+fn is_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .is_some_and(|zombie| !zombie)
+}

@@ -66,6 +66,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// and the server's bind.
 const TEST_PORTS: std::ops::Range<u16> = 20_000..32_000;
 
+/// The etcd client and peer ports of the local cluster `skiffctl up`
+/// starts: fixed, so that a second `up` finds the first. [`free_port`]
+/// never hands them out.
+pub const LOCAL_CLUSTER_ETCD_PORTS: (u16, u16) = (23790, 23800);
+
 /// A port free on loopback for TCP and UDP that no other caller in this
 /// process has been given. A port that the kernel handed out for binding
 /// port 0 could be handed out again at once (even to the same cluster, as
@@ -86,6 +91,9 @@ pub fn free_port() -> u16 {
     loop {
         let offset = NEXT.fetch_add(1, Ordering::SeqCst) % span;
         let port = TEST_PORTS.start + offset as u16;
+        if port == LOCAL_CLUSTER_ETCD_PORTS.0 || port == LOCAL_CLUSTER_ETCD_PORTS.1 {
+            continue;
+        }
         let loopback = std::net::Ipv4Addr::LOCALHOST;
         if TcpListener::bind((loopback, port)).is_ok() && std::net::UdpSocket::bind((loopback, port)).is_ok() {
             return port;

@@ -52,7 +52,7 @@ fn default_state_dir() -> PathBuf {
 
 /// etcd's ports for the local cluster: fixed, so that a restart finds its
 /// data under the same member addresses.
-const ETCD_PORTS: (u16, u16) = (23790, 23800);
+const ETCD_PORTS: (u16, u16) = skiff_testkit::LOCAL_CLUSTER_ETCD_PORTS;
 
 pub async fn up(args: UpArgs) -> Result<()> {
     let state_dir = args.state_dir.unwrap_or_else(default_state_dir);
