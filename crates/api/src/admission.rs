@@ -177,7 +177,11 @@ impl Rules for batch::CronJob {
     }
 }
 
-impl Rules for networking::Ingress {}
+impl Rules for networking::Ingress {
+    fn validate(&self, errs: &mut Errors) {
+        check::ingress_spec(self.spec.as_ref(), errs);
+    }
+}
 impl Rules for coordination::Lease {}
 impl Rules for autoscaling::HorizontalPodAutoscaler {
     fn validate(&self, errs: &mut Errors) {
@@ -340,6 +344,66 @@ mod tests {
                              "spec": {"containers": [{"name": "web", "image": "nginx:1.27", "ports": [{"containerPort": 80}]}]}}
             }
         })
+    }
+
+    fn ingress(spec: Value) -> Value {
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+               "metadata": {"name": "web", "namespace": "demo"}, "spec": spec})
+    }
+
+    /// The field paths of what `normalize` refused.
+    fn refused(kind: &str, v: Value) -> Vec<String> {
+        match run(kind, v) {
+            Err(Error::Invalid(errs)) => errs.into_iter().map(|e| e.to_string()).collect(),
+            other => panic!("expected field errors, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn admits_ingresses_as_kubernetes_writes_them() {
+        let ok = ingress(json!({
+            "ingressClassName": "skiff",
+            "tls": [{"hosts": ["demo.localtest.me", "*.apps.example.com"], "secretName": "demo-tls"}],
+            "rules": [
+                {"host": "demo.localtest.me", "http": {"paths": [
+                    {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 80}}}},
+                    {"path": "/api", "pathType": "Exact", "backend": {"service": {"name": "api", "port": {"name": "http"}}}}
+                ]}},
+                {"host": "*.apps.example.com", "http": {"paths": [
+                    {"pathType": "ImplementationSpecific", "backend": {"service": {"name": "web", "port": {"number": 80}}}}
+                ]}}
+            ]
+        }));
+        run("Ingress", ok).unwrap();
+        run("Ingress", ingress(json!({"defaultBackend": {"service": {"name": "web", "port": {"number": 80}}}})))
+            .unwrap();
+    }
+
+    #[test]
+    fn refuses_bad_ingresses_naming_the_field() {
+        let backend = json!({"service": {"name": "web", "port": {"number": 80}}});
+        let errs = refused(
+            "Ingress",
+            ingress(json!({"rules": [
+                {"host": "demo.localtest.me:8080", "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": backend}]}},
+                {"host": "10.0.0.1", "http": {"paths": [{"path": "/", "pathType": "Regex", "backend": backend}]}},
+                {"host": "Bad_Host", "http": {"paths": [{"path": "api", "pathType": "Exact", "backend": {}}]}}
+            ]})),
+        );
+        let has = |prefix: &str| errs.iter().any(|e| e.starts_with(prefix));
+        assert!(has("spec.rules[0].host: \"demo.localtest.me:8080\" must be a host name without a port"), "{errs:?}");
+        assert!(has("spec.rules[1].host: \"10.0.0.1\" must be a DNS name"), "{errs:?}");
+        assert!(has("spec.rules[1].http.paths[0].pathType: unsupported value \"Regex\""), "{errs:?}");
+        assert!(has("spec.rules[2].host:"), "{errs:?}");
+        assert!(has("spec.rules[2].http.paths[0].path:"), "{errs:?}");
+        assert!(has("spec.rules[2].http.paths[0].backend: one of service or resource"), "{errs:?}");
+        assert_eq!(errs.len(), 6, "{errs:?}");
+
+        let errs = refused("Ingress", ingress(json!({})));
+        assert!(errs[0].starts_with("spec: either defaultBackend or rules"), "{errs:?}");
+        let errs =
+            refused("Ingress", ingress(json!({"defaultBackend": {"service": {"name": "web", "port": {"number": 0}}}})));
+        assert!(errs[0].starts_with("spec.defaultBackend.service.port.number:"), "{errs:?}");
     }
 
     #[test]

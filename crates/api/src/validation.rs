@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use k8s_openapi::api::{apps::v1 as apps, core::v1 as core};
+use k8s_openapi::api::{apps::v1 as apps, core::v1 as core, networking::v1 as networking};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -364,6 +364,89 @@ pub(crate) fn service_spec(spec: &core::ServiceSpec, errs: &mut Errors) {
         }
     }
     labels(spec.selector.as_ref(), "spec.selector", errs);
+}
+
+/// An Ingress as Kubernetes validates it: something to route (rules or a
+/// default backend), hosts that are DNS names (a leading `*.` allowed, no
+/// port, no IP address), a known pathType with absolute paths, and
+/// backends naming exactly one Service port or resource.
+pub(crate) fn ingress_spec(spec: Option<&networking::IngressSpec>, errs: &mut Errors) {
+    let Some(spec) = spec else {
+        return errs.add("spec", "required: rules or a defaultBackend");
+    };
+    let rules = spec.rules.as_deref().unwrap_or_default();
+    if rules.is_empty() && spec.default_backend.is_none() {
+        errs.add("spec", "either defaultBackend or rules must be specified");
+    }
+    if let Some(b) = &spec.default_backend {
+        ingress_backend(b, "spec.defaultBackend", errs);
+    }
+    for (i, rule) in rules.iter().enumerate() {
+        if let Some(host) = rule.host.as_deref().filter(|h| !h.is_empty()) {
+            ingress_host(host, &format!("spec.rules[{i}].host"), errs);
+        }
+        for (j, p) in rule.http.iter().flat_map(|h| h.paths.iter()).enumerate() {
+            let path = format!("spec.rules[{i}].http.paths[{j}]");
+            match p.path_type.as_str() {
+                "Exact" | "Prefix" => {
+                    if !p.path.as_deref().is_some_and(|v| v.starts_with('/')) {
+                        errs.add(
+                            format!("{path}.path"),
+                            format!("{:?} must be an absolute path", p.path.as_deref().unwrap_or("")),
+                        );
+                    }
+                }
+                "ImplementationSpecific" => {}
+                "" => errs.add(format!("{path}.pathType"), "required: one of Exact, Prefix, ImplementationSpecific"),
+                other => errs.add(
+                    format!("{path}.pathType"),
+                    format!("unsupported value {other:?}: must be one of Exact, Prefix, ImplementationSpecific"),
+                ),
+            }
+            ingress_backend(&p.backend, &format!("{path}.backend"), errs);
+        }
+    }
+    for (i, tls) in spec.tls.iter().flatten().enumerate() {
+        for (j, host) in tls.hosts.iter().flatten().enumerate() {
+            ingress_host(host, &format!("spec.tls[{i}].hosts[{j}]"), errs);
+        }
+    }
+}
+
+fn ingress_host(host: &str, path: &str, errs: &mut Errors) {
+    if host.contains(':') {
+        return errs.add(path, format!("{host:?} must be a host name without a port"));
+    }
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return errs.add(path, format!("{host:?} must be a DNS name, not an IP address"));
+    }
+    if let Some(problem) = dns_subdomain_problem(host.strip_prefix("*.").unwrap_or(host)) {
+        errs.add(path, format!("{problem} (a leading '*.' is allowed)"));
+    }
+}
+
+fn ingress_backend(b: &networking::IngressBackend, path: &str, errs: &mut Errors) {
+    match (&b.service, &b.resource) {
+        (Some(_), Some(_)) => errs.add(path, "service and resource are mutually exclusive"),
+        (None, None) => errs.add(path, "one of service or resource is required"),
+        (None, Some(_)) => {}
+        (Some(svc), None) => {
+            if let Some(problem) = dns_label_problem(&svc.name) {
+                errs.add(format!("{path}.service.name"), problem);
+            }
+            let port_path = format!("{path}.service.port");
+            match svc.port.as_ref().map(|p| (p.name.as_deref().filter(|n| !n.is_empty()), p.number)) {
+                None | Some((None, None)) => errs.add(port_path, "a port name or number is required"),
+                Some((Some(_), Some(_))) => errs.add(port_path, "name and number are mutually exclusive"),
+                Some((None, Some(n))) => port(n, &format!("{port_path}.number"), errs),
+                Some((Some(n), None)) => {
+                    if let Some(problem) = dns_label_problem(n) {
+                        errs.add(format!("{port_path}.name"), problem);
+                    }
+                }
+            }
+        }
+    }
 }
 
 pub(crate) fn data_keys<'a>(keys: impl Iterator<Item = &'a String>, path: &str, errs: &mut Errors) {

@@ -346,6 +346,21 @@ mod tests {
         assert_eq!(printer.header(), ["NAME", "STATUS", "ROLES", "AGE", "VERSION"]);
         assert_eq!(printer.row(&node), ["n1", "Ready,SchedulingDisabled", "control-plane", "60m", "v0.1.0"]);
 
+        let ing = json!({
+            "metadata": {"name": "web", "creationTimestamp": "2024-05-01T11:00:00Z"},
+            "spec": {"ingressClassName": "skiff", "tls": [{"hosts": ["a.example"]}],
+                     "rules": [{"host": "a.example"}, {"http": {}}, {"host": "b.example"}, {"host": "c.example"}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}, {"hostname": "lb.example"}]}}
+        });
+        let printer = Printer { info: lookup("ing"), wide: false, all_namespaces: false, now: now() };
+        assert_eq!(printer.header(), ["NAME", "CLASS", "HOSTS", "ADDRESS", "PORTS", "AGE"]);
+        assert_eq!(
+            printer.row(&ing),
+            ["web", "skiff", "a.example,*,b.example + 1 more...", "192.0.2.10,lb.example", "80, 443", "60m"]
+        );
+        let bare = json!({"metadata": {"name": "bare", "creationTimestamp": "2024-05-01T11:00:00Z"}, "spec": {}});
+        assert_eq!(printer.row(&bare), ["bare", "<none>", "*", "", "80", "60m"]);
+
         let lease = json!({"metadata": {"name": "leader", "creationTimestamp": "2024-05-01T11:59:00Z"}});
         let printer = Printer { info: lookup("lease"), wide: false, all_namespaces: false, now: now() };
         assert_eq!(printer.header(), ["NAME", "AGE"]);

@@ -25,6 +25,7 @@ pub(super) fn header(kind: &str, wide: bool) -> &'static [&'static str] {
         ("ConfigMap", _) => &["DATA", "AGE"],
         ("Secret", _) => &["TYPE", "DATA", "AGE"],
         ("Event", _) => &["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+        ("Ingress", _) => &["CLASS", "HOSTS", "ADDRESS", "PORTS", "AGE"],
         _ => &["AGE"],
     }
 }
@@ -59,6 +60,7 @@ pub(super) fn cells(kind: &str, obj: &Value, wide: bool, now: DateTime<Utc>) -> 
         "ConfigMap" => vec![(len(obj, "data") + len(obj, "binaryData")).to_string(), object_age(obj, now)],
         "Secret" => vec![text(obj, "/type", "Opaque"), len(obj, "data").to_string(), object_age(obj, now)],
         "Event" => event(obj, now),
+        "Ingress" => ingress(obj, now),
         _ => vec![object_age(obj, now)],
     };
     if wide {
@@ -147,6 +149,32 @@ pub fn pod_status(obj: &Value) -> String {
         reason = if reason == "NodeLost" { "Unknown".into() } else { "Terminating".into() };
     }
     reason
+}
+
+/// As kubectl prints an Ingress: its class, the rules' hosts (`*` for a
+/// rule without one, at most three named), the load balancer's addresses,
+/// and 443 beside 80 when it terminates TLS.
+fn ingress(obj: &Value, now: DateTime<Utc>) -> Vec<String> {
+    let class = obj
+        .pointer("/spec/ingressClassName")
+        .or_else(|| obj.pointer("/metadata/annotations/kubernetes.io~1ingress.class"))
+        .and_then(str_owned)
+        .unwrap_or_else(|| "<none>".into());
+    let hosts: Vec<&str> = array(obj, "/spec/rules")
+        .iter()
+        .map(|r| Some(str_or(r.get("host"), "")).filter(|h| !h.is_empty()).unwrap_or("*"))
+        .collect();
+    let hosts = match hosts.len() {
+        0 => "*".to_string(),
+        n if n > 3 => format!("{} + {} more...", hosts[..3].join(","), n - 3),
+        _ => hosts.join(","),
+    };
+    let address: Vec<String> = array(obj, "/status/loadBalancer/ingress")
+        .iter()
+        .filter_map(|i| i.get("ip").or_else(|| i.get("hostname")).and_then(str_owned))
+        .collect();
+    let ports = if array(obj, "/spec/tls").is_empty() { "80" } else { "80, 443" };
+    vec![class, hosts, address.join(","), ports.to_string(), object_age(obj, now)]
 }
 
 fn service(obj: &Value, now: DateTime<Utc>) -> Vec<String> {
