@@ -293,16 +293,8 @@ async fn up_starts_a_control_plane_that_down_stops() {
     let (ok, _, err) = skiffctl(&["down", "--state-dir", &state_dir]);
     assert!(ok, "down: {err}");
     skiff_testkit::eventually("every process up started gone", || async {
-        let alive: Vec<u32> = pids.iter().copied().filter(|p| is_running(*p)).collect();
+        let alive: Vec<u32> = pids.iter().copied().filter(|p| skiff_testkit::running(*p)).collect();
         alive.is_empty().then_some(())
     })
     .await;
-}
-
-/// Whether `pid` runs (a zombie waiting for its reaper does not).
-fn is_running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
-        .is_some_and(|zombie| !zombie)
 }

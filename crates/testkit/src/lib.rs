@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use network::{Network, NetworkOptions, NodeHost, DNS_SERVICE_IP};
-pub use process::{stop_detached, Process};
+pub use process::{running, stop_detached, Process};
 pub use runtime::{Runtime, RuntimeOptions};
 
 #[derive(Debug, thiserror::Error)]

@@ -252,7 +252,7 @@ pub(crate) fn stop_pid_file(path: &Path) -> bool {
 /// yet reaped by a parent that is still running, as in a test) counts as
 /// gone only once its other threads are gone too: a multi-threaded process's
 /// leader turns zombie while its last thread may still hold its sockets open.
-pub(crate) fn running(pid: u32) -> bool {
+pub fn running(pid: u32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
     let zombie = stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
     let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0);

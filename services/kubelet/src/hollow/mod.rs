@@ -208,7 +208,5 @@ impl Fleet {
     }
 }
 
-use skiff_api::clock::now_rfc3339 as now_time;
-
 /// Retries of a failed registration wait 100ms, doubling up to 10s.
 const REGISTER_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));

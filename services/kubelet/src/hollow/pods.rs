@@ -20,8 +20,9 @@ use skiff_telemetry::Stop;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::{now_time, Hollow};
+use super::Hollow;
 use crate::Error;
+use skiff_api::clock;
 
 /// Workers marking pods Running: enough that a burst of 10,000 bound pods
 /// keeps the apiserver busy, few enough not to queue up on it.
@@ -173,7 +174,7 @@ async fn reconcile(hollow: &Hollow, store: &Store<Pod>, key: &str) -> Result<(),
                     // is retried once the informer has the new one.
                     "resourceVersion": pod.metadata.resource_version,
                 },
-                "status": running_status(&pod, ip, fleet.node_ip(node), &now_time()),
+                "status": running_status(&pod, ip, fleet.node_ip(node), &clock::now_rfc3339()),
             });
             match hollow.client.update_status("Pod", namespace, &obj).await {
                 Ok(_) => {

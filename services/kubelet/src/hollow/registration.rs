@@ -6,8 +6,9 @@ use serde_json::{json, Map, Value};
 use skiff_client::Retry;
 use skiff_telemetry::Stop;
 
-use super::{heartbeat, now_time, Fleet, Hollow, IN_FLIGHT, REGISTER_BACKOFF};
+use super::{heartbeat, Fleet, Hollow, IN_FLIGHT, REGISTER_BACKOFF};
 use crate::Error;
+use skiff_api::clock;
 
 /// The extended resource GPU nodes have, and how many.
 pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
@@ -94,7 +95,7 @@ pub(super) fn node_status(fleet: &Fleet, node: usize) -> Value {
     if fleet.has_gpus(node) {
         capacity.insert(GPU_RESOURCE.into(), GPUS_PER_NODE.into());
     }
-    let now = now_time();
+    let now = clock::now_rfc3339();
     let since = fleet.ready_since(node);
     let condition = |ty: &str, status: &str, reason: &str, message: &str| {
         json!({

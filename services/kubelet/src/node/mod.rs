@@ -24,6 +24,7 @@ use tokio::time::MissedTickBehavior;
 
 use crate::runtime::ContainerRuntime;
 use crate::{Config, Error};
+use skiff_api::clock;
 use skiff_api::well_known::NODE_LEASE_NAMESPACE;
 
 /// How long a Lease holds without renewal: Kubernetes' default.
@@ -127,7 +128,7 @@ impl NodeAgent {
     /// addresses and what runs here.
     pub fn status(&self, health: &Health, runtime_version: &str) -> Value {
         let capacity = resources::capacity(&self.root_dir, self.max_pods, &self.extended);
-        let now = now_time();
+        let now = clock::now_rfc3339();
         let condition = |ty: &'static str, status: bool, reason: &str, message: &str| {
             let since = self.transition(ty, status, &now);
             json!({
@@ -201,8 +202,6 @@ fn os_image() -> String {
         .and_then(|t| t.lines().find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string())))
         .unwrap_or_else(|| "linux".into())
 }
-
-pub use skiff_api::clock::now_rfc3339 as now_time;
 
 // === the node loop ===
 
@@ -318,7 +317,7 @@ async fn report_status(client: &Client, node: &NodeAgent, health: &Health, versi
 
 /// Renews the node's Lease, creating it if it is missing.
 pub(crate) async fn renew_lease(client: &Client, name: &str) -> Result<(), Error> {
-    let now = skiff_api::clock::now_rfc3339_micros();
+    let now = clock::now_rfc3339_micros();
     let spec = json!({"holderIdentity": name, "leaseDurationSeconds": LEASE_DURATION_SECONDS, "renewTime": now});
     let err = |source| Error::RenewLease { node: name.to_string(), source };
     match client.patch("Lease", NODE_LEASE_NAMESPACE, name, &json!({ "spec": spec })).await {

@@ -24,6 +24,7 @@ use crate::probes::{ContainerProbes, Target, Verdict};
 use crate::runtime::{labels, proto, ContainerRuntime};
 use crate::volumes::Volumes;
 use crate::Error;
+use skiff_api::clock;
 
 /// A crashed container starts again no sooner than this after it ran this
 /// long (Kubernetes: the back-off resets after 10 minutes of running).
@@ -303,7 +304,7 @@ impl PodSyncer {
             pod_ip: (!pod_ip.is_empty()).then(|| pod_ip.clone()),
             host_ip: self.settings.node_ip.clone(),
         };
-        let new_status = status::build(pod, &obs, &crate::node::now_time());
+        let new_status = status::build(pod, &obs, &clock::now_rfc3339());
         if matches!(new_status.phase.as_deref(), Some("Succeeded" | "Failed")) {
             self.stop_sandbox(uid, &sandbox_id, grace).await?;
             out.requeue = None;
@@ -343,7 +344,7 @@ impl PodSyncer {
             pod_ip: None,
             host_ip: self.settings.node_ip.clone(),
         };
-        out.status = changed(pod, status::build(pod, &obs, &crate::node::now_time()));
+        out.status = changed(pod, status::build(pod, &obs, &clock::now_rfc3339()));
         out.requeue_after(RETRY);
         out
     }
