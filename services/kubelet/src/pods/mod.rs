@@ -14,8 +14,8 @@ pub mod spec;
 pub mod status;
 pub mod sync;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
@@ -102,7 +102,7 @@ pub async fn run(pl: PodLoop, stop: Stop) {
         syncer: pl.syncer,
         recorder: EventRecorder::new(pl.client, "kubelet"),
         store: pod_store.clone(),
-        failing: Mutex::default(),
+        queue: queue.clone(),
     };
     // Workers start once every cache holds what the API has: a sync must
     // never take a missing ConfigMap for a deleted one.
@@ -224,9 +224,9 @@ struct PodWorker {
     syncer: Arc<PodSyncer>,
     store: Store<Pod>,
     recorder: EventRecorder,
-    /// Keys whose last sync failed: one FailedSync Event per failure
-    /// streak, not one per retry.
-    failing: Mutex<HashSet<String>>,
+    /// The worker's own queue: its retry count tells a failure streak's
+    /// first failure, which alone records a FailedSync Event.
+    queue: WorkQueue<String>,
 }
 
 impl Reconcile for PodWorker {
@@ -235,12 +235,9 @@ impl Reconcile for PodWorker {
 
     async fn reconcile(&self, key: &str) -> Result<Action, Error> {
         match sync_key(&self.client, &self.syncer, &self.store, &self.recorder, key).await {
-            Ok(requeue) => {
-                self.failing.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
-                Ok(requeue.map_or_else(Action::done, Action::requeue))
-            }
+            Ok(requeue) => Ok(requeue.map_or_else(Action::done, Action::requeue)),
             Err(error) => {
-                let first = self.failing.lock().unwrap_or_else(|e| e.into_inner()).insert(key.to_string());
+                let first = self.queue.num_requeues(&key.to_string()) == 0;
                 if let (true, Some(pod)) = (first, self.store.get(key)) {
                     let message = format!("{error:#}");
                     let about = ObjectRef::of(pod.as_ref());
