@@ -16,7 +16,9 @@ use crate::{InformerEvent, Object};
 /// Merged, coalescing wake-ups from informer feeds. Build it with the
 /// feeds before the informers run, so that no change is missed.
 pub struct Changes {
-    wake: mpsc::Sender<()>,
+    /// Cloned into each feed; dropped at the first wait, so that once the
+    /// feeds have all closed, so has the channel.
+    wake: Option<mpsc::Sender<()>>,
     woken: mpsc::Receiver<()>,
     /// One forwarding task per feed; dropped (and so aborted) with `self`.
     feeds: JoinSet<()>,
@@ -26,7 +28,7 @@ impl Default for Changes {
     fn default() -> Self {
         // One slot: a wake-up already pending absorbs the next ones.
         let (wake, woken) = mpsc::channel(1);
-        Self { wake, woken, feeds: JoinSet::new() }
+        Self { wake: Some(wake), woken, feeds: JoinSet::new() }
     }
 }
 
@@ -47,7 +49,8 @@ impl Changes {
         mut feed: mpsc::UnboundedReceiver<InformerEvent<K>>,
         matters: impl Fn(&InformerEvent<K>) -> bool + Send + 'static,
     ) -> Self {
-        let wake = self.wake.clone();
+        // Feeds come before the first wait (the builder takes `self`).
+        let Some(wake) = self.wake.clone() else { return self };
         self.feeds.spawn(async move {
             while let Some(event) = feed.recv().await {
                 if matters(&event) {
@@ -62,10 +65,7 @@ impl Changes {
     /// Waits until something changed since the last call. False once every
     /// feed has closed (the informers stopped) and no wake-up is pending.
     pub async fn changed(&mut self) -> bool {
-        // Our own sender would keep the channel open forever: only the
-        // feeds' senders may.
-        let (closed, _) = mpsc::channel(1);
-        drop(std::mem::replace(&mut self.wake, closed));
+        self.wake = None;
         self.woken.recv().await.is_some()
     }
 }
