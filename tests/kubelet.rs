@@ -111,7 +111,7 @@ fn messages(c: &Value) -> String {
 /// The runtime's containers of pod `uid`.
 async fn cri_containers(cluster: &Cluster, uid: &str) -> usize {
     let socket = cluster.runtime().unwrap().containerd().socket_path().to_path_buf();
-    let mut cri = RuntimeServiceClient::new(skiff_testkit::runtime::cri_channel(&socket).await.unwrap());
+    let mut cri = RuntimeServiceClient::new(skiff_testkit::runtime::cri_dial(&socket));
     let filter = ContainerFilter {
         label_selector: [("io.kubernetes.pod.uid".to_string(), uid.to_string())].into(),
         ..Default::default()

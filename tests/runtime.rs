@@ -57,7 +57,7 @@ async fn pod_on_containerd_serves_http() {
     eprintln!("registry + images + containerd ready in {:?}", started.elapsed());
     let containerd = runtime.containerd();
     let bridge = containerd.bridge().to_string();
-    let channel = containerd.cri_channel().await.unwrap();
+    let channel = containerd.cri_channel();
     let mut cri = RuntimeServiceClient::new(channel.clone());
     let mut images = ImageServiceClient::new(channel);
 
@@ -267,7 +267,7 @@ async fn dropping_the_runtime_removes_running_pods() {
         .await
         .expect("start containerd");
     eprintln!("containerd ready in {:?}", t.elapsed());
-    let mut cri = RuntimeServiceClient::new(containerd.cri_channel().await.unwrap());
+    let mut cri = RuntimeServiceClient::new(containerd.cri_channel());
     let sandbox_id = run_sandbox(&mut cri, "leftover").await;
     let bridge = containerd.bridge().to_string();
     assert!(Path::new("/sys/class/net").join(&bridge).exists(), "CNI made no bridge {bridge}");
@@ -294,7 +294,7 @@ async fn detached_runtime_is_stopped_by_state_dir() {
     let bridge = runtime.containerd().bridge().to_string();
     let containerd_pid = runtime.containerd().pid().unwrap();
     let registry_addr = runtime.registry().addr();
-    let mut cri = RuntimeServiceClient::new(runtime.containerd().cri_channel().await.unwrap());
+    let mut cri = RuntimeServiceClient::new(runtime.containerd().cri_channel());
     let sandbox_id = run_sandbox(&mut cri, "detached").await;
     drop(cri);
     drop(runtime);
@@ -320,7 +320,7 @@ async fn cluster_with_runtime() {
             .await
             .expect("start a cluster with a runtime");
     let runtime = cluster.runtime().expect("a runtime");
-    let mut images = ImageServiceClient::new(runtime.containerd().cri_channel().await.unwrap());
+    let mut images = ImageServiceClient::new(runtime.containerd().cri_channel());
     let busybox = runtime.registry().image(BUSYBOX_IMAGE);
     images
         .pull_image(PullImageRequest {

@@ -16,7 +16,7 @@ use anyhow::Context;
 use serde_json::{json, Value};
 use skiff_testkit::runtime::cri::v1::runtime_service_client::RuntimeServiceClient;
 use skiff_testkit::runtime::cri::v1::{ListPodSandboxRequest, PodSandboxStatusRequest};
-use skiff_testkit::runtime::{cri_channel, BUSYBOX_IMAGE};
+use skiff_testkit::runtime::{cri_dial, BUSYBOX_IMAGE};
 use skiff_testkit::{Cluster, ClusterOptions, NetworkOptions};
 
 use crate::report::{figure, ratio};
@@ -78,7 +78,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
 /// The network namespace of the sandbox whose pod IP is `ip`, from CRI's
 /// verbose status (containerd puts the runtime spec there).
 async fn pod_netns(socket: &std::path::Path, ip: &str) -> anyhow::Result<String> {
-    let mut cri = RuntimeServiceClient::new(cri_channel(socket).await?);
+    let mut cri = RuntimeServiceClient::new(cri_dial(socket));
     let sandboxes = cri.list_pod_sandbox(ListPodSandboxRequest { filter: None }).await?.into_inner().items;
     for sandbox in sandboxes {
         let request = PodSandboxStatusRequest { pod_sandbox_id: sandbox.id, verbose: true };

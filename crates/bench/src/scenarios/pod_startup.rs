@@ -112,7 +112,7 @@ async fn wait_running(client: &skiff_client::Client, name: &str) -> anyhow::Resu
 /// pod after another, as the floor under any kubelet.
 async fn cri_baseline(cluster: &Cluster, image: &str, pods: usize) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
     let containerd = cluster.runtime().context("the cluster has no runtime")?.containerd();
-    let mut cri = RuntimeServiceClient::new(containerd.cri_channel().await?);
+    let mut cri = RuntimeServiceClient::new(containerd.cri_channel());
     let mut h = histogram();
     for i in 0..pods {
         let name = format!("cri-{i}");

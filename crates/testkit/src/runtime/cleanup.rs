@@ -15,13 +15,14 @@ use k8s_cri::v1::{
     StopPodSandboxRequest,
 };
 
-use super::containerd::{cri_channel, CRI_NAMESPACE};
+use super::containerd::CRI_NAMESPACE;
+use super::cri_dial;
 use crate::{Error, Result};
 
 /// Stops and removes every pod sandbox and container through CRI. Returns
 /// every id it saw (sandboxes and containers), for [`remove_leftovers`].
 pub(super) async fn remove_all_pods(socket: &Path) -> Result<Vec<String>> {
-    let mut cri = RuntimeServiceClient::new(cri_channel(socket).await?);
+    let mut cri = RuntimeServiceClient::new(cri_dial(socket));
     let cri_err = |what| move |source| Error::Cri { what, source };
     let sandboxes = cri
         .list_pod_sandbox(ListPodSandboxRequest { filter: None })

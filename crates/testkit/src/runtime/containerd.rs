@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::cleanup::{self, ForwardRules};
+use super::cri_dial;
 use super::netslot::NetSlot;
 use super::{io_err, Registry, PAUSE_IMAGE};
 use crate::netns::Host;
@@ -178,8 +179,8 @@ impl Containerd {
 
     /// A gRPC channel to the CRI endpoint, for
     /// `cri::v1::runtime_service_client::RuntimeServiceClient::new(channel)`.
-    pub async fn cri_channel(&self) -> Result<tonic::transport::Channel> {
-        cri_channel(&self.socket).await
+    pub fn cri_channel(&self) -> tonic::transport::Channel {
+        cri_dial(&self.socket)
     }
 
     /// Stops and removes every pod sandbox (and so its containers, network
@@ -300,18 +301,13 @@ impl Drop for Containerd {
     }
 }
 
-/// A gRPC channel to a CRI unix socket, dialled as the kubelet dials it.
-pub async fn cri_channel(socket: &Path) -> Result<tonic::transport::Channel> {
-    Ok(skiff_kubelet::runtime::cri::dial(socket))
-}
-
 /// Ok once CRI `Status` reports RuntimeReady and NetworkReady.
 async fn cri_ready(socket: &Path, need_network: bool) -> Result<(), String> {
     use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
     if !socket.exists() {
         return Err("no socket yet".into());
     }
-    let channel = cri_channel(socket).await.map_err(|e| e.to_string())?;
+    let channel = cri_dial(socket);
     let status = RuntimeServiceClient::new(channel)
         .status(k8s_cri::v1::StatusRequest { verbose: false })
         .await

@@ -25,11 +25,13 @@ mod registry;
 
 use std::path::Path;
 
-pub use containerd::{cri_channel, Containerd, ContainerdOptions, CRI_NAMESPACE};
+pub use containerd::{Containerd, ContainerdOptions, CRI_NAMESPACE};
 pub use images::{ensure_test_images, image_cache_dir, BUSYBOX_IMAGE, PAUSE_IMAGE, TESTSERVER_IMAGE};
 /// The CRI v1 protocol types and tonic clients (`cri::v1::runtime_service_client::RuntimeServiceClient`…).
 pub use k8s_cri as cri;
 pub use registry::{Registry, PRIVATE_PASSWORD, PRIVATE_USER};
+/// Dials a CRI unix socket as the kubelet does.
+pub use skiff_kubelet::runtime::cri::dial as cri_dial;
 
 use crate::Result;
 
