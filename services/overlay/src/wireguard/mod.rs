@@ -36,7 +36,8 @@ use crate::metrics::MeshMetrics;
 use crate::Error;
 use device::{Device, WireGuard};
 use link::{Links, Netlink};
-use peers::{desired_peers, Peer, ENDPOINT_ANNOTATION, PUBLIC_KEY_ANNOTATION};
+use peers::{desired_peers, Peer};
+use skiff_api::well_known::{WIREGUARD_ENDPOINT_ANNOTATION, WIREGUARD_PUBLIC_KEY_ANNOTATION};
 
 /// How often the mesh is checked without a change (a dead wireguard-go,
 /// routes someone removed).
@@ -203,11 +204,12 @@ impl Mesh {
         let public = self.key.get_public().to_base64();
         let annotations = node.metadata.annotations.as_ref();
         let current = |k: &str| annotations.and_then(|a| a.get(k)).map(String::as_str);
-        if current(PUBLIC_KEY_ANNOTATION) == Some(public.as_str()) && current(ENDPOINT_ANNOTATION) == Some(endpoint) {
+        if current(WIREGUARD_PUBLIC_KEY_ANNOTATION) == Some(public.as_str())
+            && current(WIREGUARD_ENDPOINT_ANNOTATION) == Some(endpoint)
+        {
             return Ok(());
         }
-        let patch =
-            json!({"metadata": {"annotations": {PUBLIC_KEY_ANNOTATION: public, ENDPOINT_ANNOTATION: endpoint}}});
+        let patch = json!({"metadata": {"annotations": {WIREGUARD_PUBLIC_KEY_ANNOTATION: public, WIREGUARD_ENDPOINT_ANNOTATION: endpoint}}});
         self.client.api::<Node>("").patch(&self.options.node_name, &patch).await.map_err(|source| Error::Api {
             what: format!("publishing node {}'s WireGuard key", self.options.node_name),
             source,

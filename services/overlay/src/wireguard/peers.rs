@@ -9,11 +9,7 @@ use k8s_openapi::api::core::v1::Node;
 use skiff_api::cidr::Cidr;
 use wireguard_control::Key;
 
-/// Annotations holding a node's WireGuard public key (base64) and endpoint
-/// (`IP:PORT`).
-pub use skiff_api::well_known::{
-    WIREGUARD_ENDPOINT_ANNOTATION as ENDPOINT_ANNOTATION, WIREGUARD_PUBLIC_KEY_ANNOTATION as PUBLIC_KEY_ANNOTATION,
-};
+use skiff_api::well_known::{WIREGUARD_ENDPOINT_ANNOTATION, WIREGUARD_PUBLIC_KEY_ANNOTATION};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
@@ -42,8 +38,8 @@ pub fn desired_peers<'a>(nodes: impl IntoIterator<Item = &'a Node>, self_name: &
             continue;
         }
         let annotations = node.metadata.annotations.as_ref();
-        let key = annotations.and_then(|a| a.get(PUBLIC_KEY_ANNOTATION));
-        let endpoint = annotations.and_then(|a| a.get(ENDPOINT_ANNOTATION));
+        let key = annotations.and_then(|a| a.get(WIREGUARD_PUBLIC_KEY_ANNOTATION));
+        let endpoint = annotations.and_then(|a| a.get(WIREGUARD_ENDPOINT_ANNOTATION));
         let cidr = node.spec.as_ref().and_then(|s| s.pod_cidr.as_deref()).filter(|c| !c.is_empty());
         let (Some(key), Some(endpoint), Some(cidr)) = (key, endpoint, cidr) else { continue };
         match parse_peer(&name, key, endpoint, cidr) {
@@ -58,10 +54,13 @@ pub fn desired_peers<'a>(nodes: impl IntoIterator<Item = &'a Node>, self_name: &
 fn parse_peer(node: &str, key: &str, endpoint: &str, cidr: &str) -> Result<Peer, Rejected> {
     let reject = |reason, message: String| Rejected { node: node.to_string(), reason, message };
     let public_key = Key::from_base64(key.trim()).map_err(|_| {
-        reject("InvalidWireGuardKey", format!("{PUBLIC_KEY_ANNOTATION} {key:?} is not a base64 WireGuard key"))
+        reject(
+            "InvalidWireGuardKey",
+            format!("{WIREGUARD_PUBLIC_KEY_ANNOTATION} {key:?} is not a base64 WireGuard key"),
+        )
     })?;
     let endpoint = endpoint.parse().map_err(|_| {
-        reject("InvalidWireGuardEndpoint", format!("{ENDPOINT_ANNOTATION} {endpoint:?} is not IP:PORT"))
+        reject("InvalidWireGuardEndpoint", format!("{WIREGUARD_ENDPOINT_ANNOTATION} {endpoint:?} is not IP:PORT"))
     })?;
     let pod_cidr = cidr.parse().map_err(|e| reject("InvalidPodCIDR", format!("spec.podCIDR {cidr:?}: {e}")))?;
     Ok(Peer { node: node.to_string(), public_key, endpoint, pod_cidr })
@@ -73,9 +72,9 @@ mod tests {
     use serde_json::json;
 
     fn node(name: &str, key: Option<&str>, endpoint: &str, cidr: &str) -> Node {
-        let mut annotations = json!({ ENDPOINT_ANNOTATION: endpoint });
+        let mut annotations = json!({ WIREGUARD_ENDPOINT_ANNOTATION: endpoint });
         if let Some(k) = key {
-            annotations[PUBLIC_KEY_ANNOTATION] = json!(k);
+            annotations[WIREGUARD_PUBLIC_KEY_ANNOTATION] = json!(k);
         }
         serde_json::from_value(
             json!({"metadata": {"name": name, "annotations": annotations}, "spec": {"podCIDR": cidr}}),

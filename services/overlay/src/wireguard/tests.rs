@@ -44,8 +44,8 @@ fn node(name: &str, n: u8, key: Option<&Key>) -> Value {
     });
     if let Some(key) = key {
         node["metadata"]["annotations"] = json!({
-            PUBLIC_KEY_ANNOTATION: key.get_public().to_base64(),
-            ENDPOINT_ANNOTATION: format!("172.31.0.{n}:{PORT}"),
+            WIREGUARD_PUBLIC_KEY_ANNOTATION: key.get_public().to_base64(),
+            WIREGUARD_ENDPOINT_ANNOTATION: format!("172.31.0.{n}:{PORT}"),
         });
     }
     node
@@ -118,8 +118,8 @@ async fn every_other_published_node_is_a_peer_routed_by_its_pod_cidr() {
     assert_eq!(w.links.addresses().into_iter().collect::<Vec<_>>(), ["10.42.1.0".parse::<Ipv4Addr>().unwrap()]);
     let own = w.api().get(SELF).await.unwrap();
     let annotations = own.metadata.annotations.unwrap();
-    assert_eq!(annotations[PUBLIC_KEY_ANNOTATION], w.mesh.key.get_public().to_base64());
-    assert_eq!(annotations[ENDPOINT_ANNOTATION], "172.31.0.1:51820");
+    assert_eq!(annotations[WIREGUARD_PUBLIC_KEY_ANNOTATION], w.mesh.key.get_public().to_base64());
+    assert_eq!(annotations[WIREGUARD_ENDPOINT_ANNOTATION], "172.31.0.1:51820");
 }
 
 #[tokio::test]
@@ -130,7 +130,7 @@ async fn peers_and_routes_follow_nodes_that_come_change_and_go() {
 
     let rekeyed = Key::generate_private();
     let mut moved = node("b", 2, Some(&rekeyed));
-    moved["metadata"]["annotations"][ENDPOINT_ANNOTATION] = json!("172.31.9.2:51821");
+    moved["metadata"]["annotations"][WIREGUARD_ENDPOINT_ANNOTATION] = json!("172.31.9.2:51821");
     w.replace(moved).await;
     w.delete("c").await;
     w.server.client.create("Node", "", &node("d", 4, Some(&d))).await.unwrap();
