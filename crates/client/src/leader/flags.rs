@@ -59,7 +59,7 @@ impl LeaderElectionFlags {
 /// A candidate name unique per process, as Kubernetes' components make
 /// theirs: the host name and a random suffix (a pid alone repeats across
 /// containers).
-pub fn default_identity(fallback_host: &str) -> String {
+fn default_identity(fallback_host: &str) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())

@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use crate::{Api, Error, Result};
 
 mod flags;
-pub use flags::{default_identity, LeaderElectionFlags};
+pub use flags::LeaderElectionFlags;
 
 /// How long a lease lasts and how hard its holder tries to keep it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
