@@ -182,6 +182,11 @@ impl Rules for networking::Ingress {
         check::ingress_spec(self.spec.as_ref(), errs);
     }
 }
+impl Rules for networking::IngressClass {
+    fn validate(&self, errs: &mut Errors) {
+        check::ingress_class_spec(self.spec.as_ref(), errs);
+    }
+}
 impl Rules for coordination::Lease {}
 impl Rules for autoscaling::HorizontalPodAutoscaler {
     fn validate(&self, errs: &mut Errors) {
@@ -319,6 +324,7 @@ pub fn normalize(info: &KindInfo, mut value: Value, encoded_len: usize) -> Resul
         "Job" => typed_pass::<batch::Job>(value),
         "CronJob" => typed_pass::<batch::CronJob>(value),
         "Ingress" => typed_pass::<networking::Ingress>(value),
+        "IngressClass" => typed_pass::<networking::IngressClass>(value),
         "Lease" => typed_pass::<coordination::Lease>(value),
         "HorizontalPodAutoscaler" => typed_pass::<autoscaling::HorizontalPodAutoscaler>(value),
         other => Err(Error::UnknownKind(other.into())),
@@ -357,6 +363,19 @@ mod tests {
             Err(Error::Invalid(errs)) => errs.into_iter().map(|e| e.to_string()).collect(),
             other => panic!("expected field errors, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn ingress_classes_need_a_domain_prefixed_controller() {
+        let class = |spec: Value| {
+            json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+                   "metadata": {"name": "skiff", "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}},
+                   "spec": spec})
+        };
+        run("IngressClass", class(json!({"controller": "skiff.io/ingress-controller"}))).unwrap();
+        assert_eq!(refused("IngressClass", class(json!({}))).len(), 1);
+        let errs = refused("IngressClass", class(json!({"controller": "no-domain"})));
+        assert!(errs[0].contains("spec.controller"), "{errs:?}");
     }
 
     #[test]

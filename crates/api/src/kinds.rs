@@ -45,6 +45,7 @@ pub static KINDS: &[KindInfo] = &[
     kind("Job", "batch/v1", "jobs", true, &[], true),
     kind("CronJob", "batch/v1", "cronjobs", true, &["cj"], true),
     kind("Ingress", "networking.k8s.io/v1", "ingresses", true, &["ing"], true),
+    kind("IngressClass", "networking.k8s.io/v1", "ingressclasses", false, &[], false),
     kind("Lease", "coordination.k8s.io/v1", "leases", true, &[], false),
     kind("HorizontalPodAutoscaler", "autoscaling/v2", "horizontalpodautoscalers", true, &["hpa"], true),
 ];

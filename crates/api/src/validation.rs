@@ -413,6 +413,22 @@ pub(crate) fn ingress_spec(spec: Option<&networking::IngressSpec>, errs: &mut Er
     }
 }
 
+/// `spec.controller` names the implementation (`skiff.io/ingress-controller`):
+/// a domain-prefixed path, as Kubernetes requires.
+pub(crate) fn ingress_class_spec(spec: Option<&networking::IngressClassSpec>, errs: &mut Errors) {
+    let controller = spec.and_then(|s| s.controller.as_deref()).unwrap_or_default();
+    if controller.is_empty() {
+        return errs.add("spec.controller", "required: the controller that implements the class");
+    }
+    let domain = controller.split_once('/').map(|(d, _)| d);
+    if controller.len() > 250 || domain.is_none_or(|d| dns_subdomain_problem(d).is_some()) {
+        errs.add(
+            "spec.controller",
+            format!("{controller:?} must be a domain-prefixed path like skiff.io/ingress-controller"),
+        );
+    }
+}
+
 fn ingress_host(host: &str, path: &str, errs: &mut Errors) {
     if host.contains(':') {
         return errs.add(path, format!("{host:?} must be a host name without a port"));

@@ -35,7 +35,10 @@ pub use crate::http::serve_http;
 pub use crate::logging::{init, TelemetryGuard};
 pub use crate::metrics::{grpc_code_label, GrpcMetrics, Metrics, DURATION_BUCKETS};
 pub use crate::ops::{ServiceOps, Stop};
-pub use crate::propagation::{extract_trace_context, inject_trace_context, set_remote_parent, TraceInterceptor};
+pub use crate::propagation::{
+    extract_trace_context, inject_trace_context, set_remote_parent, set_remote_parent_from_headers,
+    trace_context_headers, TraceInterceptor,
+};
 pub use crate::readiness::Readiness;
 pub use crate::signal::shutdown_signal;
 pub use crate::status::status_with_causes;

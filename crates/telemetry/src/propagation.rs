@@ -33,6 +33,22 @@ pub fn set_remote_parent(span: &tracing::Span, metadata: &MetadataMap) {
     let _ = span.set_parent(extract_trace_context(metadata));
 }
 
+/// The current `tracing` span's context as HTTP headers (`traceparent`,
+/// `tracestate`), for a proxy to pass upstream. Empty when export is off.
+pub fn trace_context_headers() -> std::collections::HashMap<String, String> {
+    let cx = tracing::Span::current().context();
+    let mut headers = std::collections::HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut headers));
+    headers
+}
+
+/// Makes `span` a child of the trace context in an HTTP request's headers
+/// (`traceparent`, `tracestate`), given lower-case.
+pub fn set_remote_parent_from_headers(span: &tracing::Span, headers: std::collections::HashMap<String, String>) {
+    let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&headers));
+    let _ = span.set_parent(cx);
+}
+
 fn inject_with(propagator: &dyn TextMapPropagator, cx: &Context, metadata: &mut MetadataMap) {
     propagator.inject_context(cx, &mut MetadataInjector(metadata));
 }

@@ -1,0 +1,228 @@
+//! skiff-ingress: outside HTTP traffic into the cluster, after ingress-nginx.
+//!
+//! - Informers on Ingresses, IngressClasses, Services and Endpoints feed the
+//!   [`view`] loop, which rebuilds the [`routes`] table after each batch of
+//!   changes and swaps it in atomically; requests never wait on the API.
+//! - [`proxy`] serves requests through pingora: host and path routing,
+//!   straight to the Service's ready endpoints ([`balance`]: round robin,
+//!   least connections or a consistent hash; failing endpoints ejected for a
+//!   while and connect failures retried elsewhere), `X-Forwarded-*`,
+//!   `X-Request-Id`, trace context, one access-log line per request.
+//! - [`status`] publishes `status.loadBalancer` on each Ingress it serves and
+//!   records a Warning Event for each backend it cannot serve.
+//! - Listening starts once the informers have synced (/readyz with it); on
+//!   shutdown it stops accepting and drains requests in flight until
+//!   `--shutdown-grace`.
+#![forbid(unsafe_code)]
+
+pub mod balance;
+mod error;
+mod metrics;
+pub mod proxy;
+pub mod routes;
+pub mod settings;
+pub mod status;
+pub mod view;
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::os::fd::IntoRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use k8s_openapi::api::core::v1::{Endpoints, Service};
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{Fds, ListenFds};
+use pingora_core::services::Service as _;
+use skiff_api::parse_duration;
+use skiff_client::{key_of, Client, Controller, Informer, InformerEvent, ListParams, WorkQueue};
+use skiff_telemetry::ServiceOps;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub use error::Error;
+
+use crate::metrics::IngressMetrics;
+use crate::proxy::{InFlight, IngressProxy, SharedTable};
+use crate::routes::RouteTable;
+use crate::view::{Stores, View};
+
+/// Flags of `skiff-ingress`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// The apiserver (`http://HOST:PORT`); else `SKIFF_SERVER` or the config file.
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "127.0.0.1:10258")]
+    pub metrics_listen: SocketAddr,
+    /// Where plain HTTP is served.
+    #[arg(long, default_value = "0.0.0.0:80")]
+    pub http_listen: SocketAddr,
+    /// The IngressClass served: Ingresses naming it, and those naming none
+    /// when it is marked default.
+    #[arg(long, default_value = "skiff")]
+    pub ingress_class: String,
+    /// Addresses published in each served Ingress's status.loadBalancer,
+    /// comma-separated (default: the HTTP listen address, or 127.0.0.1
+    /// when that is a wildcard).
+    #[arg(long, value_delimiter = ',')]
+    pub publish_address: Vec<IpAddr>,
+    /// On shutdown, how long requests in flight may take to finish.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    fn published(&self) -> Vec<IpAddr> {
+        if !self.publish_address.is_empty() {
+            return self.publish_address.clone();
+        }
+        let ip = self.http_listen.ip();
+        vec![if ip.is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { ip }]
+    }
+}
+
+/// Runs skiff-ingress until `shutdown` resolves, then drains.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+    let client = Client::from_env(config.server.as_deref()).map_err(Error::Connect)?;
+    let ops = ServiceOps::start(config.metrics_listen).await?;
+    let metrics = IngressMetrics::register(&ops.metrics)?;
+    // Bound now so a taken port fails at start with its address named;
+    // served only after sync, so no one gets a 404 from an empty table.
+    let http = bind(config.http_listen, "HTTP")?;
+
+    let ing_informer = Informer::new(client.api::<Ingress>(""), ListParams::default());
+    let class_informer = Informer::new(client.api::<IngressClass>(""), ListParams::default());
+    let svc_informer = Informer::new(client.api::<Service>(""), ListParams::default());
+    let eps_informer = Informer::new(client.api::<Endpoints>(""), ListParams::default());
+    let stores = Stores {
+        ingresses: ing_informer.store(),
+        classes: class_informer.store(),
+        services: svc_informer.store(),
+        endpoints: eps_informer.store(),
+    };
+    let table: SharedTable = Arc::new(ArcSwap::from_pointee(RouteTable::default()));
+    let view = View::new(config.ingress_class.clone(), stores.clone(), table.clone(), metrics.clone());
+    let changes = view.subscribe();
+    let status_queue = WorkQueue::new();
+    let mut tasks = JoinSet::new();
+    tasks.spawn(feed_status_queue(stores.clone(), status_queue.clone()));
+    tasks.spawn(ing_informer.run(ops.stop.raised()));
+    tasks.spawn(class_informer.run(ops.stop.raised()));
+    tasks.spawn(svc_informer.run(ops.stop.raised()));
+    tasks.spawn(eps_informer.run(ops.stop.raised()));
+
+    let in_flight = Arc::new(InFlight::default());
+    let result: Result<(), Error> = async {
+        tokio::pin!(shutdown);
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            synced = stores.wait_synced() => synced?,
+        }
+        view.rebuild();
+        tasks.spawn(view.run(changes, ops.stop.raised()));
+        let reconciler = status::StatusReconciler::new(
+            client.clone(),
+            stores.clone(),
+            config.ingress_class.clone(),
+            config.published(),
+        );
+        let stop = ops.stop.clone();
+        tasks.spawn(async move {
+            if let Err(e) = Controller::new(Arc::new(reconciler), status_queue).run(stop.raised()).await {
+                tracing::error!(error = %e, "ingress status controller stopped");
+            }
+        });
+
+        let proxy = IngressProxy {
+            table: table.clone(),
+            metrics: metrics.clone(),
+            in_flight: in_flight.clone(),
+            scheme: "http",
+            https_port: None,
+        };
+        let (stop_accepting, accepting) = watch::channel(false);
+        let serving = tokio::spawn(serve(proxy, http, config.http_listen, accepting));
+        ops.readiness.set_ready();
+        tracing::info!(listen = %config.http_listen, class = %config.ingress_class, "serving HTTP");
+        shutdown.await;
+
+        ops.readiness.set_not_ready("shutting down");
+        let _ = stop_accepting.send(true);
+        let _ = serving.await;
+        drain(&in_flight, config.shutdown_grace).await;
+        Ok(())
+    }
+    .await;
+
+    ops.shutdown().await;
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    result
+}
+
+/// Binds `addr` here, where a failure can name it; pingora takes the socket.
+fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, Error> {
+    let listener = TcpListener::bind(addr).map_err(|source| Error::Bind { what, addr, source })?;
+    listener.set_nonblocking(true).map_err(|source| Error::Bind { what, addr, source })?;
+    Ok(listener)
+}
+
+/// Serves HTTP on `listener` through pingora until `accepting` turns true.
+async fn serve(proxy: IngressProxy, listener: TcpListener, addr: SocketAddr, accepting: watch::Receiver<bool>) {
+    let conf = Arc::new(ServerConf::default());
+    let mut service = pingora_proxy::http_proxy_service_with_name(&conf, proxy, "skiff-ingress http");
+    let name = addr.to_string();
+    service.add_tcp(&name);
+    let mut fds = Fds::new();
+    fds.add(name, listener.into_raw_fd());
+    let fds: ListenFds = Arc::new(parking_lot::Mutex::new(fds));
+    service.start_service(Some(fds), accepting, 1).await;
+}
+
+/// Waits for requests in flight to finish, up to `grace`.
+async fn drain(in_flight: &InFlight, grace: Duration) {
+    let deadline = Instant::now() + grace;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    while in_flight.count() > 0 && Instant::now() < deadline {
+        tick.tick().await;
+    }
+    match in_flight.count() {
+        0 => tracing::info!("drained"),
+        left => tracing::warn!(left, "shutdown grace ran out with requests in flight"),
+    }
+}
+
+/// Puts each Ingress whose status or Events may need writing on the queue:
+/// itself when it changes, every Ingress of a namespace when one of its
+/// Services changes, and all of them when an IngressClass changes.
+async fn feed_status_queue(stores: Stores, queue: WorkQueue<String>) {
+    let mut ingresses = stores.ingresses.subscribe();
+    let mut services = stores.services.subscribe();
+    let mut classes = stores.classes.subscribe();
+    let enqueue_where = |pred: &dyn Fn(&Ingress) -> bool| {
+        for ing in stores.ingresses.list() {
+            if pred(&ing) {
+                queue.add(key_of(ing.as_ref()));
+            }
+        }
+    };
+    loop {
+        tokio::select! {
+            Some(ev) = ingresses.recv() => queue.add(ev.key()),
+            Some(ev) = services.recv() => {
+                let ns = namespace_of(&ev);
+                enqueue_where(&|ing| ing.metadata.namespace.as_deref() == Some(ns.as_str()));
+            }
+            Some(_) = classes.recv() => enqueue_where(&|_| true),
+            else => return,
+        }
+    }
+}
+
+fn namespace_of(ev: &InformerEvent<Service>) -> String {
+    ev.object().metadata.namespace.clone().unwrap_or_default()
+}

@@ -1,0 +1,333 @@
+//! skiff-ingress against a real etcd and apiserver, with upstream HTTP
+//! servers on loopback as the Services' endpoints. Services and Endpoints
+//! are written directly (no controllers, no pods), so each test decides
+//! exactly which endpoints exist; requests go through skiff-ingress' own
+//! listener on loopback.
+
+use std::net::SocketAddr;
+
+use serde_json::{json, Value};
+use skiff_client::Client;
+use skiff_testkit::{eventually, free_port, Cluster};
+
+#[path = "support/http.rs"]
+mod http;
+use http::{get, Conn, Upstream};
+
+const NS: &str = "default";
+
+async fn start() -> (Cluster, Client, SocketAddr, SocketAddr) {
+    let mut cluster = Cluster::start().await.expect("start cluster");
+    let client = cluster.client();
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let args = [format!("--http-listen={listen}"), "--shutdown-grace=10s".to_string()];
+    let metrics = cluster.start_service("ingress", "skiff-ingress", &args).await.expect("start skiff-ingress");
+    (cluster, client, listen, metrics)
+}
+
+/// A Service `name` with port 80 (`http`), and Endpoints listing `upstreams`.
+async fn backend(client: &Client, name: &str, upstreams: &[SocketAddr]) {
+    let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}});
+    client.create("Service", NS, &svc).await.expect("create service");
+    set_endpoints(client, name, upstreams).await;
+}
+
+async fn set_endpoints(client: &Client, name: &str, upstreams: &[SocketAddr]) {
+    let subsets: Vec<Value> = upstreams
+        .iter()
+        .map(|a| json!({"addresses": [{"ip": a.ip().to_string()}], "ports": [{"name": "http", "port": a.port()}]}))
+        .collect();
+    let eps = json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": name}, "subsets": subsets});
+    match client.get("Endpoints", NS, name).await {
+        Ok(mut current) => {
+            current["subsets"] = json!(subsets);
+            client.update("Endpoints", NS, &current).await.expect("update endpoints");
+        }
+        Err(_) => {
+            client.create("Endpoints", NS, &eps).await.expect("create endpoints");
+        }
+    }
+}
+
+fn ingress(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": name}, "spec": spec})
+}
+
+fn path(p: &str, kind: &str, service: &str) -> Value {
+    json!({"path": p, "pathType": kind, "backend": {"service": {"name": service, "port": {"number": 80}}}})
+}
+
+/// Waits until `host` + `path` answers 200 from upstream `want`.
+async fn wait_routed(listen: SocketAddr, host: &str, path: &str, want: &str) {
+    eventually(&format!("{host}{path} served by {want}"), || async {
+        let r = get(listen, host, path).await.ok()?;
+        (r.status == 200 && r.body == want).then_some(())
+    })
+    .await;
+}
+
+async fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let text = get(addr, "localhost", "/metrics").await.expect("scrape").body;
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+#[tokio::test]
+async fn routes_by_host_and_path_and_answers_for_what_it_cannot_serve() {
+    let (_cluster, client, listen, _) = start().await;
+    let (web_a, web_b, api) =
+        (Upstream::start("web-a").await, Upstream::start("web-b").await, Upstream::start("api").await);
+    backend(&client, "web", &[web_a.addr, web_b.addr]).await;
+    backend(&client, "api", &[api.addr]).await;
+    client
+        .create(
+            "Ingress",
+            NS,
+            &ingress(
+                "shop",
+                json!({"ingressClassName": "skiff", "rules": [{"host": "shop.example.test", "http": {"paths": [
+                    path("/", "Prefix", "web"), path("/api", "Prefix", "api")]}}]}),
+            ),
+        )
+        .await
+        .unwrap();
+    client
+        .create(
+            "Ingress",
+            NS,
+            &ingress(
+                "broken",
+                json!({"ingressClassName": "skiff", "rules": [{"host": "broken.example.test", "http": {"paths": [
+                    path("/", "Prefix", "missing")]}}]}),
+            ),
+        )
+        .await
+        .unwrap();
+    client
+        .create(
+            "Ingress",
+            NS,
+            &ingress(
+                "someone-elses",
+                json!({"ingressClassName": "nginx", "rules": [{"host": "nginx.example.test", "http": {"paths": [
+                    path("/", "Prefix", "web")]}}]}),
+            ),
+        )
+        .await
+        .unwrap();
+    wait_routed(listen, "shop.example.test", "/api/users", "api").await;
+
+    // Round robin over both endpoints of web; /api is longer, so it wins.
+    let mut bodies = Vec::new();
+    for _ in 0..6 {
+        let r = get(listen, "shop.example.test", "/index.html").await.unwrap();
+        assert_eq!(r.status, 200);
+        bodies.push(r.body);
+    }
+    assert_eq!(bodies.iter().filter(|b| *b == "web-a").count(), 3, "{bodies:?}");
+    assert_eq!(bodies.iter().filter(|b| *b == "web-b").count(), 3, "{bodies:?}");
+    assert_eq!(get(listen, "SHOP.example.test:8080", "/apis").await.unwrap().body.trim_end_matches(['a', 'b']), "web-");
+
+    // What the upstream saw.
+    let r = get(listen, "shop.example.test", "/api").await.unwrap();
+    assert_eq!(r.header("x-seen-host"), Some("shop.example.test"));
+    assert_eq!(r.header("x-seen-x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(r.header("x-seen-x-forwarded-proto"), Some("http"));
+    assert_eq!(r.header("x-seen-x-forwarded-host"), Some("shop.example.test"));
+    assert!(r.header("x-seen-x-request-id").is_some_and(|id| id.len() >= 16), "{r:?}");
+    let mut conn = Conn::connect(listen).await.unwrap();
+    let r = conn
+        .send("GET", "shop.example.test", "/api", &[("X-Request-Id", "abc-123"), ("X-Forwarded-For", "192.0.2.7")], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.header("x-seen-x-request-id"), Some("abc-123"));
+    assert_eq!(r.header("x-seen-x-forwarded-for"), Some("192.0.2.7, 127.0.0.1"));
+
+    // Unknown host, another class's Ingress: the default backend's 404.
+    assert_eq!(get(listen, "nowhere.example.test", "/").await.unwrap().status, 404);
+    assert_eq!(get(listen, "nginx.example.test", "/").await.unwrap().status, 404);
+
+    // A missing Service: 503 naming it, and a Warning Event on the Ingress.
+    let r = get(listen, "broken.example.test", "/").await.unwrap();
+    assert_eq!(r.status, 503);
+    assert!(r.body.contains("service default/missing not found"), "{r:?}");
+    eventually("a BackendUnavailable event on ingress broken", || async {
+        let events = client.list("Event", NS, &Default::default()).await.ok()?;
+        events
+            .items
+            .iter()
+            .find(|e| {
+                e["involvedObject"]["name"] == "broken"
+                    && e["reason"] == "BackendUnavailable"
+                    && e["type"] == "Warning"
+                    && e["message"].as_str().is_some_and(|m| m.contains("default/missing"))
+            })
+            .map(|_| ())
+    })
+    .await;
+
+    // The Service appears: served without anyone touching the Ingress.
+    backend(&client, "missing", &[api.addr]).await;
+    wait_routed(listen, "broken.example.test", "/", "api").await;
+
+    // status.loadBalancer on ours, not on the other class's.
+    eventually("status.loadBalancer of ingress shop", || async {
+        let ing = client.get("Ingress", NS, "shop").await.ok()?;
+        (ing["status"]["loadBalancer"]["ingress"][0]["ip"] == "127.0.0.1").then_some(())
+    })
+    .await;
+    let other = client.get("Ingress", NS, "someone-elses").await.unwrap();
+    assert!(other["status"]["loadBalancer"]["ingress"].is_null(), "{other}");
+}
+
+#[tokio::test]
+async fn a_dead_endpoint_is_retried_elsewhere_and_then_left_out() {
+    let (_cluster, client, listen, metrics) = start().await;
+    let live = Upstream::start("live").await;
+    // A port nothing listens on: connections are refused.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    backend(&client, "web", &[live.addr, dead]).await;
+    client
+        .create(
+            "Ingress",
+            NS,
+            &ingress(
+                "web",
+                json!({"ingressClassName": "skiff", "rules": [{"host": "web.example.test", "http": {"paths": [
+                    path("/", "Prefix", "web")]}}]}),
+            ),
+        )
+        .await
+        .unwrap();
+    wait_routed(listen, "web.example.test", "/", "live").await;
+
+    let mut conn = Conn::connect(listen).await.unwrap();
+    for i in 0..20 {
+        let r = conn.send("POST", "web.example.test", "/orders", &[], b"{}").await.unwrap();
+        assert_eq!((i, r.status, r.body.as_str()), (i, 200, "live"));
+    }
+    let errors = metric(metrics, "skiff_ingress_upstream_connect_errors_total").await;
+    // Refused once, then ejected for fail-timeout (10 s) rather than tried again.
+    assert!((1.0..=2.0).contains(&errors), "connect errors: {errors}");
+}
+
+#[tokio::test]
+async fn edits_under_load_drop_no_request_and_take_effect() {
+    let (_cluster, client, listen, _) = start().await;
+    let (blue, green) = (Upstream::start("blue").await, Upstream::start("green").await);
+    backend(&client, "blue", &[blue.addr]).await;
+    backend(&client, "green", &[green.addr]).await;
+    let spec = |svc: &str| {
+        json!({"ingressClassName": "skiff", "rules": [{"host": "app.example.test", "http": {"paths": [
+            path("/", "Prefix", svc)]}}]})
+    };
+    client.create("Ingress", NS, &ingress("app", spec("blue"))).await.unwrap();
+    wait_routed(listen, "app.example.test", "/", "blue").await;
+
+    // Four keep-alive clients request without pause while the Ingress flips
+    // between the two Services and the Endpoints change under it.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let stop = stop.clone();
+        clients.push(tokio::spawn(async move {
+            let mut conn = Conn::connect(listen).await.expect("connect");
+            let mut served = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let r =
+                    conn.send("GET", "app.example.test", "/", &[], b"").await.expect("request on an open connection");
+                assert_eq!(r.status, 200, "{r:?}");
+                served += 1;
+            }
+            served
+        }));
+    }
+    for round in 0..6 {
+        let svc = if round % 2 == 0 { "green" } else { "blue" };
+        let mut current = client.get("Ingress", NS, "app").await.unwrap();
+        current["spec"] = spec(svc);
+        client.update("Ingress", NS, &current).await.unwrap();
+        wait_routed(listen, "app.example.test", "/", svc).await;
+        set_endpoints(&client, svc, &[if svc == "green" { green.addr } else { blue.addr }]).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for c in clients {
+        assert!(c.await.expect("client") > 0);
+    }
+    wait_routed(listen, "app.example.test", "/", "blue").await;
+}
+
+#[tokio::test]
+async fn annotations_limit_bodies_and_pin_clients() {
+    let (_cluster, client, listen, _) = start().await;
+    let ups = [Upstream::start("one").await, Upstream::start("two").await, Upstream::start("three").await];
+    backend(&client, "web", &ups.iter().map(|u| u.addr).collect::<Vec<_>>()).await;
+    let mut ing = ingress(
+        "web",
+        json!({"ingressClassName": "skiff", "rules": [{"host": "web.example.test", "http": {"paths": [
+            path("/", "Prefix", "web")]}}]}),
+    );
+    ing["metadata"]["annotations"] =
+        json!({"skiff.io/proxy-body-size": "1k", "skiff.io/upstream-hash-by": "header:X-User"});
+    client.create("Ingress", NS, &ing).await.unwrap();
+    eventually("web.example.test served", || async {
+        (get(listen, "web.example.test", "/").await.ok()?.status == 200).then_some(())
+    })
+    .await;
+
+    let mut conn = Conn::connect(listen).await.unwrap();
+    let small = conn.send("POST", "web.example.test", "/", &[], &[b'x'; 512]).await.unwrap();
+    assert_eq!(small.status, 200);
+    let big =
+        Conn::connect(listen).await.unwrap().send("POST", "web.example.test", "/", &[], &[b'x'; 4096]).await.unwrap();
+    assert_eq!(big.status, 413);
+
+    for user in ["ada", "grace", "linus", "barbara"] {
+        let first = conn.send("GET", "web.example.test", "/", &[("X-User", user)], b"").await.unwrap().body;
+        for _ in 0..5 {
+            let again = conn.send("GET", "web.example.test", "/", &[("X-User", user)], b"").await.unwrap().body;
+            assert_eq!(again, first, "user {user} moved");
+        }
+    }
+}
+
+#[tokio::test]
+async fn shutdown_finishes_requests_in_flight() {
+    let (mut cluster, client, listen, _) = start().await;
+    let slow = Upstream::start("slow").await;
+    backend(&client, "slow", &[slow.addr]).await;
+    client
+        .create(
+            "Ingress",
+            NS,
+            &ingress(
+                "slow",
+                json!({"ingressClassName": "skiff", "rules": [{"host": "slow.example.test", "http": {"paths": [
+                    path("/", "Prefix", "slow")]}}]}),
+            ),
+        )
+        .await
+        .unwrap();
+    wait_routed(listen, "slow.example.test", "/", "slow").await;
+
+    let in_flight = tokio::spawn(async move { get(listen, "slow.example.test", "/slow?ms=1500").await });
+    eventually("the slow request reached the upstream", || async {
+        // The upstream counts a request once answered; wait for the ingress
+        // to have it open instead, by its own gauge.
+        let m = cluster.service("ingress")?.metrics;
+        (metric(m, "skiff_ingress_active_requests").await >= 1.0).then_some(())
+    })
+    .await;
+    tokio::task::spawn_blocking(move || {
+        cluster.stop_service("ingress");
+        cluster
+    })
+    .await
+    .unwrap();
+    let r = in_flight.await.unwrap().expect("the request in flight was answered");
+    assert_eq!((r.status, r.body.as_str()), (200, "slow"));
+    assert!(get(listen, "slow.example.test", "/").await.is_err(), "still accepting after shutdown");
+}
