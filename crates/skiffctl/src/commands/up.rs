@@ -1,11 +1,13 @@
 //! `skiffctl up` and `skiffctl down`: a local cluster in the background,
 //! started by the same launcher the integration tests use.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use serde_json::json;
 use skiff_client::config::ClientConfig;
+use skiff_testkit::netns::Host;
 use skiff_testkit::runtime::{ensure_test_images, RuntimeOptions};
 use skiff_testkit::{stop_detached_cluster, Cluster, ClusterOptions, NetworkOptions};
 
@@ -32,6 +34,10 @@ pub struct UpArgs {
     /// port of --listen.
     #[arg(long)]
     pub nodes: Option<usize>,
+    /// Port skiff-ingress serves HTTP on (default 80 where it is free, else
+    /// any free port; printed either way).
+    #[arg(long)]
+    pub http_port: Option<u16>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -62,7 +68,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
         eprintln!("stopped the previous cluster ({})", stopped.join(", "));
     }
     if let Some(nodes) = args.nodes {
-        return up_hosts(state_dir, nodes, args.listen.port()).await;
+        return up_hosts(state_dir, nodes, args.listen.port(), args.http_port).await;
     }
     let options = ClusterOptions {
         state_dir: Some(state_dir.clone()),
@@ -87,10 +93,13 @@ pub async fn up(args: UpArgs) -> Result<()> {
         let nodes = format!("--hollow-nodes={}", args.hollow_nodes);
         cluster.start_service("hollow-nodes", "skiff-kubelet", &[nodes]).await.context("starting hollow nodes")?;
     }
+    let http = SocketAddr::from(([0, 0, 0, 0], http_port(args.http_port, Ipv4Addr::UNSPECIFIED)?));
+    start_ingress(&mut cluster, None, http, Ipv4Addr::LOCALHOST).await?;
     let config = ClientConfig { server: cluster.server() };
     let path = config.save()?;
     outln!("skiff is up: apiserver {} (address written to {})", cluster.server(), path.display());
-    outln!("running: etcd, skiff-apiserver, skiff-scheduler, skiff-controller-manager");
+    outln!("running: etcd, skiff-apiserver, skiff-scheduler, skiff-controller-manager, skiff-ingress");
+    outln!("ingress: http://127.0.0.1:{}/ (skiff-ingress on {http}, IngressClass {INGRESS_CLASS})", http.port());
     if let Some(runtime) = cluster.runtime() {
         outln!(
             "node {} (skiff-kubelet on containerd, pods on {}); registry {} holds busybox:latest and testserver:latest",
@@ -108,7 +117,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
 
 /// `up --nodes N`: N hosts as network namespaces, the control plane and
 /// skiff-dns in this one, the apiserver on the hosts' LAN at `port`.
-async fn up_hosts(state_dir: PathBuf, nodes: usize, port: u16) -> Result<()> {
+async fn up_hosts(state_dir: PathBuf, nodes: usize, port: u16, http_port: Option<u16>) -> Result<()> {
     anyhow::ensure!((1..=9).contains(&nodes), "--nodes: between 1 and 9 hosts, not {nodes}");
     let options = ClusterOptions {
         state_dir: Some(state_dir.clone()),
@@ -118,12 +127,19 @@ async fn up_hosts(state_dir: PathBuf, nodes: usize, port: u16) -> Result<()> {
         apiserver_port: Some(port),
         ..Default::default()
     };
-    let cluster = Cluster::start_with(options).await.context("starting the cluster")?;
+    let mut cluster = Cluster::start_with(options).await.context("starting the cluster")?;
+    // The ingress runs on the first node, as on a real cluster: there it
+    // reaches every pod over the overlay.
+    let first = cluster.network().and_then(|n| n.hosts().first()).map(|n| n.host.clone());
+    let first = first.context("the cluster has no hosts")?;
+    let http = SocketAddr::from((first.ip(), http_port.unwrap_or(80)));
+    start_ingress(&mut cluster, Some(&first), http, first.ip()).await?;
     let config = ClientConfig { server: cluster.server() };
     let path = config.save()?;
     let network = cluster.network().context("the cluster has no hosts")?;
     outln!("skiff is up: apiserver {} (address written to {})", cluster.server(), path.display());
     outln!("running: etcd, skiff-apiserver, skiff-scheduler, skiff-controller-manager, skiff-dns");
+    outln!("ingress: http://{http}/ (skiff-ingress on node {}, IngressClass {INGRESS_CLASS})", first.name());
     let nodes = cluster.client().api::<k8s_openapi::api::core::v1::Node>("");
     for node in network.hosts() {
         let pod_cidr = nodes.get(node.host.name()).await.ok().and_then(|n| n.spec?.pod_cidr).unwrap_or_default();
@@ -141,6 +157,45 @@ async fn up_hosts(state_dir: PathBuf, nodes: usize, port: u16) -> Result<()> {
         network.registry().host()
     );
     outln!("state and logs: {}; stop with `skiffctl down`", state_dir.display());
+    Ok(())
+}
+
+/// The IngressClass `up` creates, marked default, and skiff-ingress serves.
+const INGRESS_CLASS: &str = "skiff";
+
+/// `--http-port`, else 80 if it can be bound on `ip`, else any free port.
+fn http_port(flag: Option<u16>, ip: Ipv4Addr) -> Result<u16> {
+    if let Some(port) = flag {
+        return Ok(port);
+    }
+    Ok(match std::net::TcpListener::bind((ip, 80)) {
+        Ok(_) => 80,
+        Err(_) => skiff_testkit::free_port(),
+    })
+}
+
+/// Creates the default IngressClass and starts skiff-ingress serving it on
+/// `http` (in `host`, else here), publishing `publish` in Ingress status.
+async fn start_ingress(cluster: &mut Cluster, host: Option<&Host>, http: SocketAddr, publish: Ipv4Addr) -> Result<()> {
+    let class = json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+        "metadata": {"name": INGRESS_CLASS, "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}},
+        "spec": {"controller": "skiff.io/ingress-controller"},
+    });
+    match cluster.client().create("IngressClass", "", &class).await {
+        Err(e) if !e.is_already_exists() => return Err(e).context("creating the default IngressClass"),
+        _ => {}
+    }
+    let args = [
+        format!("--http-listen={http}"),
+        format!("--publish-address={publish}"),
+        format!("--ingress-class={INGRESS_CLASS}"),
+    ];
+    let started = match host {
+        Some(host) => cluster.start_service_in(host, "ingress", "skiff-ingress", &args, false).await,
+        None => cluster.start_service("ingress", "skiff-ingress", &args).await,
+    };
+    started.with_context(|| format!("starting skiff-ingress on {http}"))?;
     Ok(())
 }
 
