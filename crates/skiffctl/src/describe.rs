@@ -12,8 +12,17 @@ mod container;
 
 use container::container;
 
-/// The whole description of `obj`, with the Events about it.
-pub fn describe(info: &KindInfo, obj: &Value, events: &[Value], now: DateTime<Utc>) -> String {
+/// What a description shows beside the object itself.
+#[derive(Debug, Default)]
+pub struct Related {
+    /// The Events about the object.
+    pub events: Vec<Value>,
+    /// For an Ingress: the Endpoints of the Services it routes to.
+    pub endpoints: Vec<Value>,
+}
+
+/// The whole description of `obj`, with what is related to it.
+pub fn describe(info: &KindInfo, obj: &Value, related: &Related, now: DateTime<Utc>) -> String {
     let mut w = Writer::default();
     w.field(0, "Name", meta::name(obj));
     if info.namespaced {
@@ -28,9 +37,10 @@ pub fn describe(info: &KindInfo, obj: &Value, events: &[Value], now: DateTime<Ut
     match info.kind {
         "Pod" => pod(&mut w, obj, now),
         "Deployment" => deployment(&mut w, obj, now),
+        "Ingress" => ingress(&mut w, obj, &related.endpoints),
         _ => generic(&mut w, info, obj),
     }
-    events_section(&mut w, events, now);
+    events_section(&mut w, &related.events, now);
     w.render()
 }
 
@@ -106,6 +116,76 @@ fn deployment(w: &mut Writer, obj: &Value, now: DateTime<Utc>) {
         container(w, 4, c, None, now);
     }
     conditions(w, obj, &["Type", "Status", "Reason"]);
+}
+
+/// As `kubectl describe ingress`: the address, class, TLS hosts, and each
+/// rule's paths with their backends and the backends' endpoints.
+fn ingress(w: &mut Writer, obj: &Value, endpoints: &[Value]) {
+    let addresses: Vec<&str> = array(obj, "/status/loadBalancer/ingress")
+        .iter()
+        .filter_map(|i| str_at(i, "/ip").or_else(|| str_at(i, "/hostname")))
+        .collect();
+    w.field(0, "Address", &or_none(addresses.join(",")));
+    w.field(0, "Ingress Class", str_at(obj, "/spec/ingressClassName").unwrap_or("<none>"));
+    let default = obj.pointer("/spec/defaultBackend").map_or("<default>".to_string(), |b| backend(b, endpoints));
+    w.field(0, "Default backend", &default);
+    let tls = array(obj, "/spec/tls");
+    if !tls.is_empty() {
+        w.text(0, "TLS:");
+        for t in tls {
+            let hosts: Vec<String> = array(t, "/hosts").iter().map(scalar).collect();
+            w.text(2, &format!("{} terminates {}", str_at(t, "/secretName").unwrap_or("<none>"), hosts.join(",")));
+        }
+    }
+    let mut rows = vec![vec!["Host".to_string(), "Path".into(), "Backends".into()]];
+    rows.push(vec!["----".to_string(), "----".into(), "--------".into()]);
+    for rule in array(obj, "/spec/rules") {
+        rows.push(vec![str_at(rule, "/host").unwrap_or("*").to_string(), String::new(), String::new()]);
+        for p in array(rule, "/http/paths") {
+            let path = str_at(p, "/path").unwrap_or("/");
+            let target = p.get("backend").map_or("<none>".to_string(), |b| backend(b, endpoints));
+            rows.push(vec![String::new(), path.to_string(), target]);
+        }
+    }
+    w.text(0, "Rules:");
+    let widths: Vec<usize> = (0..3).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    for row in rows {
+        w.text(2, &format!("{:w0$}  {:w1$}  {}", row[0], row[1], row[2], w0 = widths[0], w1 = widths[1]));
+    }
+}
+
+/// `svc:port (ip:port,…)`, the endpoints from the Service's Endpoints.
+fn backend(b: &Value, endpoints: &[Value]) -> String {
+    let Some(service) = str_at(b, "/service/name") else {
+        let kind = str_at(b, "/resource/kind").unwrap_or("resource");
+        return format!("{kind}/{}", str_at(b, "/resource/name").unwrap_or("?"));
+    };
+    let port =
+        str_at(b, "/service/port/name").map(str::to_string).or_else(|| b.pointer("/service/port/number").map(scalar));
+    let port_name = str_at(b, "/service/port/name");
+    let eps = endpoints.iter().find(|e| str_at(e, "/metadata/name") == Some(service));
+    let addrs: Vec<String> = eps
+        .map(|e| array(e, "/subsets"))
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|subset| {
+            let ports: Vec<String> = array(subset, "/ports")
+                .iter()
+                .filter(|p| port_name.is_none() || str_at(p, "/name") == port_name)
+                .map(|p| p.get("port").map(scalar).unwrap_or_default())
+                .collect();
+            array(subset, "/addresses").iter().flat_map(move |a| {
+                let ip = str_at(a, "/ip").unwrap_or("?").to_string();
+                ports.clone().into_iter().map(move |p| format!("{ip}:{p}"))
+            })
+        })
+        .collect();
+    let addrs = match (eps, addrs.is_empty()) {
+        (None, _) => "<error: endpoints \"".to_string() + service + "\" not found>",
+        (Some(_), true) => "<none>".to_string(),
+        (Some(_), false) => addrs.join(","),
+    };
+    format!("{service}:{} ({addrs})", port.unwrap_or_default())
 }
 
 /// Everything but apiVersion, kind and metadata, as indented YAML (Secret
@@ -337,7 +417,7 @@ mod tests {
             "type": "Normal", "reason": "Scheduled", "message": "assigned demo/web-1 to n1",
             "source": {"component": "scheduler"}, "lastTimestamp": "2024-05-01T11:55:00Z"
         })];
-        let text = describe(info("po"), &pod, &events, now());
+        let text = describe(info("po"), &pod, &Related { events: events.to_vec(), ..Default::default() }, now());
         let want = "\
 Name:           web-1
 Namespace:      demo
@@ -377,6 +457,38 @@ Events:
     }
 
     #[test]
+    fn describes_an_ingress_down_to_endpoints() {
+        let ing = json!({
+            "metadata": {"name": "web", "namespace": "demo", "creationTimestamp": "2024-05-01T11:59:00Z"},
+            "spec": {"ingressClassName": "skiff",
+                "tls": [{"hosts": ["demo.example.com"], "secretName": "demo-tls"}],
+                "rules": [{"host": "demo.example.com", "http": {"paths": [
+                    {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"name": "http"}}}},
+                    {"path": "/api", "pathType": "Prefix", "backend": {"service": {"name": "api", "port": {"number": 80}}}}]}}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}]}}
+        });
+        let eps = json!({"metadata": {"name": "web"}, "subsets": [{
+            "addresses": [{"ip": "10.42.0.2"}, {"ip": "10.42.1.3"}],
+            "ports": [{"name": "http", "port": 8080}, {"name": "metrics", "port": 9090}]}]});
+        let related = Related { endpoints: vec![eps], ..Default::default() };
+        let text = describe(info("ing"), &ing, &related, now());
+        let want = "\
+Address:          192.0.2.10
+Ingress Class:    skiff
+Default backend:  <default>
+TLS:
+  demo-tls terminates demo.example.com
+Rules:
+  Host              Path  Backends
+  ----              ----  --------
+  demo.example.com
+                    /     web:http (10.42.0.2:8080,10.42.1.3:8080)
+                    /api  api:80 (<error: endpoints \"api\" not found>)
+";
+        assert!(text.contains(want), "{text}");
+    }
+
+    #[test]
     fn describes_why_a_pod_is_not_scheduled() {
         let pod = json!({
             "metadata": {"name": "big", "namespace": "demo", "creationTimestamp": "2024-05-01T11:59:00Z"},
@@ -391,7 +503,7 @@ Events:
             "source": {"component": "default-scheduler"}, "count": 3,
             "firstTimestamp": "2024-05-01T11:59:00Z", "lastTimestamp": "2024-05-01T11:59:50Z"
         })];
-        let text = describe(info("po"), &pod, &events, now());
+        let text = describe(info("po"), &pod, &Related { events: events.to_vec(), ..Default::default() }, now());
         assert!(text.contains("\nNode:         <none>\n"), "{text}");
         assert!(
             text.contains(
@@ -420,7 +532,7 @@ Events:
             },
             "status": {"replicas": 2, "updatedReplicas": 2, "availableReplicas": 1, "unavailableReplicas": 1}
         });
-        let text = describe(info("deploy"), &deploy, &[], now());
+        let text = describe(info("deploy"), &deploy, &Related::default(), now());
         assert!(text.contains("\nSelector:               app=web\n"), "{text}");
         assert!(
             text.contains("\nReplicas:               2 desired | 2 updated | 2 total | 1 available | 1 unavailable\n"),
@@ -437,10 +549,10 @@ Events:
     #[test]
     fn describes_other_kinds_as_yaml_and_hides_secret_values() {
         let cm = json!({"kind": "ConfigMap", "metadata": {"name": "cfg", "namespace": "d"}, "data": {"a": "1"}});
-        let text = describe(info("cm"), &cm, &[], now());
+        let text = describe(info("cm"), &cm, &Related::default(), now());
         assert!(text.contains("\nData:\n  a: '1'\n"), "{text}");
         let secret = json!({"metadata": {"name": "s"}, "type": "Opaque", "data": {"password": "aHVudGVyMg=="}});
-        let text = describe(info("secret"), &secret, &[], now());
+        let text = describe(info("secret"), &secret, &Related::default(), now());
         assert!(text.contains("\nData:\n  password:  7 bytes\n"), "{text}");
         assert!(text.contains("\nType:"), "{text}");
         assert!(!text.contains("aHVudGVyMg"), "{text}");

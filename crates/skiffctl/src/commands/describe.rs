@@ -43,16 +43,44 @@ pub async fn run(globals: &Globals, args: Args) -> Result<()> {
         objects
     };
     for (i, obj) in objects.iter().enumerate() {
-        let events = events_about(&client, info, obj).await?;
+        let related = describe::Related {
+            events: events_about(&client, info, obj).await?,
+            endpoints: backend_endpoints(&client, info, obj).await,
+        };
         if i > 0 {
             outln!();
         }
-        out!("{}", describe::describe(info, obj, &events, Utc::now()));
+        out!("{}", describe::describe(info, obj, &related, Utc::now()));
     }
     if failed {
         return Err(AlreadyReported.into());
     }
     Ok(())
+}
+
+/// For an Ingress, the Endpoints of each Service it routes to (those that
+/// exist; a missing one is shown as such).
+async fn backend_endpoints(client: &Client, info: &KindInfo, obj: &Value) -> Vec<Value> {
+    if info.kind != "Ingress" {
+        return Vec::new();
+    }
+    let spec = &obj["spec"];
+    let paths = spec["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|r| r["http"]["paths"].as_array().into_iter().flatten());
+    let backends = paths.map(|p| &p["backend"]).chain(std::iter::once(&spec["defaultBackend"]));
+    let mut services: Vec<&str> = backends.filter_map(|b| b["service"]["name"].as_str()).collect();
+    services.sort_unstable();
+    services.dedup();
+    let mut found = Vec::new();
+    for name in services {
+        if let Ok(eps) = client.get("Endpoints", meta::namespace(obj), name).await {
+            found.push(eps);
+        }
+    }
+    found
 }
 
 /// The Events whose involvedObject is `obj`, from its namespace (from every
