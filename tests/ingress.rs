@@ -16,13 +16,26 @@ use http::{get, Conn, Upstream};
 
 const NS: &str = "default";
 
-async fn start() -> (Cluster, Client, SocketAddr, SocketAddr) {
+/// skiff-ingress' addresses: plain HTTP, HTTPS, and its /metrics.
+struct Ingress {
+    http: SocketAddr,
+    https: SocketAddr,
+    metrics: SocketAddr,
+}
+
+async fn start_ingress() -> (Cluster, Client, Ingress) {
     let mut cluster = Cluster::start().await.expect("start cluster");
     let client = cluster.client();
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let args = [format!("--http-listen={listen}"), "--shutdown-grace=10s".to_string()];
+    let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let https = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let args = [format!("--http-listen={http}"), format!("--https-listen={https}"), "--shutdown-grace=10s".to_string()];
     let metrics = cluster.start_service("ingress", "skiff-ingress", &args).await.expect("start skiff-ingress");
-    (cluster, client, listen, metrics)
+    (cluster, client, Ingress { http, https, metrics })
+}
+
+async fn start() -> (Cluster, Client, SocketAddr, SocketAddr) {
+    let (cluster, client, ingress) = start_ingress().await;
+    (cluster, client, ingress.http, ingress.metrics)
 }
 
 /// A Service `name` with port 80 (`http`), and Endpoints listing `upstreams`.
@@ -330,4 +343,146 @@ async fn shutdown_finishes_requests_in_flight() {
     let r = in_flight.await.unwrap().expect("the request in flight was answered");
     assert_eq!((r.status, r.body.as_str()), (200, "slow"));
     assert!(get(listen, "slow.example.test", "/").await.is_err(), "still accepting after shutdown");
+}
+
+/// A self-signed certificate for `host`: (certificate PEM, key PEM).
+fn certificate(host: &str) -> (String, String) {
+    let c = rcgen::generate_simple_self_signed(vec![host.to_string()]).unwrap();
+    (c.cert.pem(), c.signing_key.serialize_pem())
+}
+
+fn tls_secret(name: &str, (crt, key): &(String, String)) -> Value {
+    // k8s-openapi writes ByteString data as base64, as the API wants it.
+    let data = [("tls.crt", crt), ("tls.key", key)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), k8s_openapi::ByteString(v.as_bytes().to_vec())))
+        .collect();
+    let secret = k8s_openapi::api::core::v1::Secret {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(name.to_string()),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/tls".to_string()),
+        data: Some(data),
+        ..Default::default()
+    };
+    let mut value = serde_json::to_value(secret).unwrap();
+    value["apiVersion"] = json!("v1");
+    value["kind"] = json!("Secret");
+    value
+}
+
+/// One HTTPS request with SNI `host`, trusting only `trusted` (a PEM
+/// certificate): the response, or the handshake's error.
+async fn https_get(addr: SocketAddr, host: &str, trusted: &str, path: &str) -> Result<http::Response, String> {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    let cert = rustls::pki_types::CertificateDer::from_pem_slice(trusted.as_bytes()).unwrap();
+    roots.add(cert).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from(host.to_string()).unwrap();
+    let mut tls = connector.connect(name, tcp).await.map_err(|e| e.to_string())?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    tls.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    // A peer closing without close_notify is fine here: the body is whole.
+    let _ = tls.read_to_end(&mut raw).await;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("no response: {text:?}"))?;
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or("no status")?;
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
+        .collect();
+    Ok(http::Response { status, headers, body: body.to_string() })
+}
+
+#[tokio::test]
+async fn tls_by_sni_with_certificates_from_secrets_and_a_redirect() {
+    let (_cluster, client, proxy) = start_ingress().await;
+    let (shop, blog) = (Upstream::start("shop").await, Upstream::start("blog").await);
+    backend(&client, "shop", &[shop.addr]).await;
+    backend(&client, "blog", &[blog.addr]).await;
+    let shop_cert = certificate("shop.example.test");
+    let blog_cert = certificate("blog.example.test");
+    client.create("Secret", NS, &tls_secret("shop-tls", &shop_cert)).await.unwrap();
+    client.create("Secret", NS, &tls_secret("blog-tls", &blog_cert)).await.unwrap();
+    client
+        .create(
+            "Ingress",
+            NS,
+            &ingress(
+                "sites",
+                json!({"ingressClassName": "skiff",
+                    "tls": [{"hosts": ["shop.example.test"], "secretName": "shop-tls"},
+                            {"hosts": ["blog.example.test"], "secretName": "blog-tls"}],
+                    "rules": [
+                        {"host": "shop.example.test", "http": {"paths": [path("/", "Prefix", "shop")]}},
+                        {"host": "blog.example.test", "http": {"paths": [path("/", "Prefix", "blog")]}}]}),
+            ),
+        )
+        .await
+        .unwrap();
+
+    // Each host gets its own certificate, chosen by SNI.
+    let r = eventually("shop over TLS", || async {
+        https_get(proxy.https, "shop.example.test", &shop_cert.0, "/cart").await.ok()
+    })
+    .await;
+    assert_eq!((r.status, r.body.as_str()), (200, "shop"));
+    assert_eq!(r.header("x-seen-x-forwarded-proto"), Some("https"));
+    let r = https_get(proxy.https, "blog.example.test", &blog_cert.0, "/").await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "blog"));
+    let wrong = https_get(proxy.https, "blog.example.test", &shop_cert.0, "/").await;
+    assert!(wrong.is_err(), "blog must not be served shop's certificate: {wrong:?}");
+
+    // Plain HTTP for a TLS host is redirected, path and query kept.
+    let r = get(proxy.http, "shop.example.test", "/cart?item=7").await.unwrap();
+    assert_eq!(r.status, 308);
+    assert_eq!(
+        r.header("location"),
+        Some(format!("https://shop.example.test:{}/cart?item=7", proxy.https.port()).as_str())
+    );
+
+    // A renewed Secret is served from the next handshake on.
+    let renewed = certificate("shop.example.test");
+    let mut current = client.get("Secret", NS, "shop-tls").await.unwrap();
+    current["data"] = tls_secret("shop-tls", &renewed)["data"].clone();
+    client.update("Secret", NS, &current).await.unwrap();
+    eventually("the renewed certificate", || async {
+        https_get(proxy.https, "shop.example.test", &renewed.0, "/").await.ok()
+    })
+    .await;
+
+    // A Secret that is no certificate: the host keeps the one it had, the
+    // Ingress gets a Warning, and the other host is untouched.
+    let mut current = client.get("Secret", NS, "blog-tls").await.unwrap();
+    current["data"]["tls.crt"] = json!("bm90IGEgY2VydGlmaWNhdGU=");
+    client.update("Secret", NS, &current).await.unwrap();
+    eventually("an InvalidCertificate event on ingress sites", || async {
+        let events = client.list("Event", NS, &Default::default()).await.ok()?;
+        events
+            .items
+            .iter()
+            .find(|e| {
+                e["involvedObject"]["name"] == "sites"
+                    && e["reason"] == "InvalidCertificate"
+                    && e["message"].as_str().is_some_and(|m| m.contains("default/blog-tls"))
+            })
+            .map(|_| ())
+    })
+    .await;
+    let r = https_get(proxy.https, "blog.example.test", &blog_cert.0, "/").await.unwrap();
+    assert_eq!(r.body, "blog");
+    let r = https_get(proxy.https, "shop.example.test", &renewed.0, "/").await.unwrap();
+    assert_eq!(r.body, "shop");
 }

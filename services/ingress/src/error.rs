@@ -24,6 +24,8 @@ pub enum Error {
     },
     #[error("waiting for the informers to sync")]
     CacheSync(#[source] skiff_client::Error),
+    #[error("configuring TLS")]
+    Tls(#[source] rustls::Error),
     #[error("running the ingress controller")]
     Controller(#[source] skiff_client::Error),
 }

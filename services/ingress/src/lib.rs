@@ -17,25 +17,23 @@
 
 pub mod balance;
 mod error;
+mod listen;
 mod metrics;
 pub mod proxy;
 pub mod routes;
 pub mod settings;
 pub mod status;
+pub mod tls;
 pub mod view;
 
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
-use std::os::fd::IntoRawFd;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use k8s_openapi::api::core::v1::{Endpoints, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Secret, Service};
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
-use pingora_core::server::configuration::ServerConf;
-use pingora_core::server::{Fds, ListenFds};
-use pingora_core::services::Service as _;
 use skiff_api::parse_duration;
 use skiff_client::{key_of, Client, Controller, Informer, InformerEvent, ListParams, WorkQueue};
 use skiff_telemetry::ServiceOps;
@@ -47,6 +45,7 @@ pub use error::Error;
 use crate::metrics::IngressMetrics;
 use crate::proxy::{InFlight, IngressProxy, SharedTable};
 use crate::routes::RouteTable;
+use crate::tls::Certs;
 use crate::view::{Stores, View};
 
 /// Flags of `skiff-ingress`.
@@ -61,6 +60,13 @@ pub struct Config {
     /// Where plain HTTP is served.
     #[arg(long, default_value = "0.0.0.0:80")]
     pub http_listen: SocketAddr,
+    /// Where HTTPS is served, with certificates from the Ingresses' TLS
+    /// Secrets chosen by SNI.
+    #[arg(long, default_value = "0.0.0.0:443")]
+    pub https_listen: SocketAddr,
+    /// Serve no HTTPS (and redirect nothing to it).
+    #[arg(long)]
+    pub no_https: bool,
     /// The IngressClass served: Ingresses naming it, and those naming none
     /// when it is marked default.
     #[arg(long, default_value = "skiff")]
@@ -92,20 +98,25 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let metrics = IngressMetrics::register(&ops.metrics)?;
     // Bound now so a taken port fails at start with its address named;
     // served only after sync, so no one gets a 404 from an empty table.
-    let http = bind(config.http_listen, "HTTP")?;
+    let http = listen::bind(config.http_listen, "HTTP")?;
+    let https = (!config.no_https).then(|| listen::bind(config.https_listen, "HTTPS")).transpose()?;
 
     let ing_informer = Informer::new(client.api::<Ingress>(""), ListParams::default());
     let class_informer = Informer::new(client.api::<IngressClass>(""), ListParams::default());
     let svc_informer = Informer::new(client.api::<Service>(""), ListParams::default());
     let eps_informer = Informer::new(client.api::<Endpoints>(""), ListParams::default());
+    let secret_informer = Informer::new(client.api::<Secret>(""), ListParams::default());
     let stores = Stores {
         ingresses: ing_informer.store(),
         classes: class_informer.store(),
         services: svc_informer.store(),
         endpoints: eps_informer.store(),
+        secrets: secret_informer.store(),
     };
     let table: SharedTable = Arc::new(ArcSwap::from_pointee(RouteTable::default()));
-    let view = View::new(config.ingress_class.clone(), stores.clone(), table.clone(), metrics.clone());
+    let certs = Arc::new(ArcSwap::from_pointee(Certs::default()));
+    let tls_config = tls::server_config(certs.clone()).map_err(Error::Tls)?;
+    let view = View::new(config.ingress_class.clone(), stores.clone(), table.clone(), certs, metrics.clone());
     let changes = view.subscribe();
     let status_queue = WorkQueue::new();
     let mut tasks = JoinSet::new();
@@ -114,6 +125,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     tasks.spawn(class_informer.run(ops.stop.raised()));
     tasks.spawn(svc_informer.run(ops.stop.raised()));
     tasks.spawn(eps_informer.run(ops.stop.raised()));
+    tasks.spawn(secret_informer.run(ops.stop.raised()));
 
     let in_flight = Arc::new(InFlight::default());
     let result: Result<(), Error> = async {
@@ -137,22 +149,33 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             }
         });
 
-        let proxy = IngressProxy {
+        let https_port = https.as_ref().map(|_| config.https_listen.port());
+        let proxy = |scheme| IngressProxy {
             table: table.clone(),
             metrics: metrics.clone(),
             in_flight: in_flight.clone(),
-            scheme: "http",
-            https_port: None,
+            scheme,
+            https_port,
         };
         let (stop_accepting, accepting) = watch::channel(false);
-        let serving = tokio::spawn(serve(proxy, http, config.http_listen, accepting));
+        let mut serving = JoinSet::new();
+        serving.spawn(listen::serve_http(proxy("http"), http, accepting.clone()));
+        if let Some(https) = https {
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config));
+            let serve = listen::serve_tls(proxy("https"), https, acceptor, accepting);
+            serving.spawn(async move {
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "serving HTTPS");
+                }
+            });
+        }
         ops.readiness.set_ready();
-        tracing::info!(listen = %config.http_listen, class = %config.ingress_class, "serving HTTP");
+        tracing::info!(http = %config.http_listen, https = ?https_port.map(|_| config.https_listen), class = %config.ingress_class, "serving");
         shutdown.await;
 
         ops.readiness.set_not_ready("shutting down");
         let _ = stop_accepting.send(true);
-        let _ = serving.await;
+        while serving.join_next().await.is_some() {}
         drain(&in_flight, config.shutdown_grace).await;
         Ok(())
     }
@@ -162,25 +185,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
     result
-}
-
-/// Binds `addr` here, where a failure can name it; pingora takes the socket.
-fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, Error> {
-    let listener = TcpListener::bind(addr).map_err(|source| Error::Bind { what, addr, source })?;
-    listener.set_nonblocking(true).map_err(|source| Error::Bind { what, addr, source })?;
-    Ok(listener)
-}
-
-/// Serves HTTP on `listener` through pingora until `accepting` turns true.
-async fn serve(proxy: IngressProxy, listener: TcpListener, addr: SocketAddr, accepting: watch::Receiver<bool>) {
-    let conf = Arc::new(ServerConf::default());
-    let mut service = pingora_proxy::http_proxy_service_with_name(&conf, proxy, "skiff-ingress http");
-    let name = addr.to_string();
-    service.add_tcp(&name);
-    let mut fds = Fds::new();
-    fds.add(name, listener.into_raw_fd());
-    let fds: ListenFds = Arc::new(parking_lot::Mutex::new(fds));
-    service.start_service(Some(fds), accepting, 1).await;
 }
 
 /// Waits for requests in flight to finish, up to `grace`.
@@ -203,6 +207,7 @@ async fn feed_status_queue(stores: Stores, queue: WorkQueue<String>) {
     let mut ingresses = stores.ingresses.subscribe();
     let mut services = stores.services.subscribe();
     let mut classes = stores.classes.subscribe();
+    let mut secrets = stores.secrets.subscribe();
     let enqueue_where = |pred: &dyn Fn(&Ingress) -> bool| {
         for ing in stores.ingresses.list() {
             if pred(&ing) {
@@ -218,6 +223,10 @@ async fn feed_status_queue(stores: Stores, queue: WorkQueue<String>) {
                 enqueue_where(&|ing| ing.metadata.namespace.as_deref() == Some(ns.as_str()));
             }
             Some(_) = classes.recv() => enqueue_where(&|_| true),
+            Some(ev) = secrets.recv() => {
+                let ns = ev.object().metadata.namespace.clone().unwrap_or_default();
+                enqueue_where(&|ing| ing.metadata.namespace.as_deref() == Some(ns.as_str()));
+            }
             else => return,
         }
     }

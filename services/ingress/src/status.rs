@@ -12,6 +12,7 @@ use skiff_client::{Action, Client, EventRecorder, EventType, ObjectRef, Reconcil
 
 use crate::routes::backend_problems;
 use crate::settings::Settings;
+use crate::tls::secret_problems;
 use crate::view::{serves, Stores};
 
 pub const COMPONENT: &str = "skiff-ingress";
@@ -61,10 +62,12 @@ impl Reconcile for StatusReconciler {
         };
         let backends = self.stores.with_lookups(|lookups| backend_problems(&ing, lookups));
         let (_, annotations) = Settings::from_annotations(ing.metadata.annotations.as_ref());
+        let secrets = secret_problems(&ing, &|key| self.stores.secrets.get(key));
         let problems: BTreeSet<String> = backends
             .iter()
             .map(|p| format!("BackendUnavailable: {p}"))
             .chain(annotations.iter().map(|p| format!("InvalidAnnotation: {p}")))
+            .chain(secrets.iter().map(|p| format!("InvalidCertificate: {p}")))
             .collect();
         let about = ObjectRef::of(ing.as_ref());
         for problem in self.new_problems(key, problems) {

@@ -8,7 +8,10 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Endpoints, Service};
+use std::sync::Mutex;
+
+use arc_swap::ArcSwap;
+use k8s_openapi::api::core::v1::{Endpoints, Secret, Service};
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use skiff_client::{wait_all_synced, Changes, Store};
 
@@ -16,6 +19,7 @@ use crate::balance::Peers;
 use crate::metrics::IngressMetrics;
 use crate::proxy::SharedTable;
 use crate::routes::{Lookups, RouteTable};
+use crate::tls::{Certs, ParsedSecrets};
 use crate::Error;
 
 /// Annotation that makes an IngressClass the default for Ingresses that
@@ -31,11 +35,12 @@ pub struct Stores {
     pub classes: Store<IngressClass>,
     pub services: Store<Service>,
     pub endpoints: Store<Endpoints>,
+    pub secrets: Store<Secret>,
 }
 
 impl Stores {
     pub async fn wait_synced(&self) -> Result<(), Error> {
-        wait_all_synced(&[&self.ingresses, &self.classes, &self.services, &self.endpoints])
+        wait_all_synced(&[&self.ingresses, &self.classes, &self.services, &self.endpoints, &self.secrets])
             .await
             .map_err(Error::CacheSync)
     }
@@ -72,13 +77,21 @@ pub struct View {
     class: String,
     stores: Stores,
     table: SharedTable,
+    certs: Arc<ArcSwap<Certs>>,
     peers: Peers,
+    parsed: Mutex<ParsedSecrets>,
     metrics: IngressMetrics,
 }
 
 impl View {
-    pub fn new(class: String, stores: Stores, table: SharedTable, metrics: IngressMetrics) -> Self {
-        Self { class, stores, table, peers: Peers::default(), metrics }
+    pub fn new(
+        class: String,
+        stores: Stores,
+        table: SharedTable,
+        certs: Arc<ArcSwap<Certs>>,
+        metrics: IngressMetrics,
+    ) -> Self {
+        Self { class, stores, table, certs, peers: Peers::default(), parsed: Mutex::default(), metrics }
     }
 
     /// Subscribes to the informers; call before they run so no change is missed.
@@ -88,12 +101,20 @@ impl View {
             .watch(self.stores.classes.subscribe())
             .watch(self.stores.services.subscribe())
             .watch(self.stores.endpoints.subscribe())
+            .watch(self.stores.secrets.subscribe())
     }
 
-    /// Builds the table from the caches as they are and swaps it in.
+    /// Builds the route table and certificates from the caches as they are
+    /// and swaps them in.
     pub fn rebuild(&self) {
         let ingresses = self.stores.served(&self.class);
         let count = ingresses.len();
+        let certs = {
+            let mut parsed = self.parsed.lock().unwrap_or_else(|e| e.into_inner());
+            let secret = |key: &str| self.stores.secrets.get(key);
+            Certs::build(&ingresses, &secret, &self.certs.load(), &mut parsed)
+        };
+        self.certs.store(Arc::new(certs));
         let table = self.stores.with_lookups(|lookups| RouteTable::build(ingresses, lookups, &self.peers));
         for c in &table.conflicts {
             tracing::debug!(ignored = %c.ignored, winner = %c.winner, host = %c.host, path = %c.path, "rule defined by an older Ingress");

@@ -38,6 +38,10 @@ pub struct UpArgs {
     /// any free port; printed either way).
     #[arg(long)]
     pub http_port: Option<u16>,
+    /// Port skiff-ingress serves HTTPS on (default 443 where it is free,
+    /// else any free port).
+    #[arg(long)]
+    pub https_port: Option<u16>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -68,7 +72,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
         eprintln!("stopped the previous cluster ({})", stopped.join(", "));
     }
     if let Some(nodes) = args.nodes {
-        return up_hosts(state_dir, nodes, args.listen.port(), args.http_port).await;
+        return up_hosts(state_dir, nodes, args.listen.port(), (args.http_port, args.https_port)).await;
     }
     let options = ClusterOptions {
         state_dir: Some(state_dir.clone()),
@@ -93,13 +97,19 @@ pub async fn up(args: UpArgs) -> Result<()> {
         let nodes = format!("--hollow-nodes={}", args.hollow_nodes);
         cluster.start_service("hollow-nodes", "skiff-kubelet", &[nodes]).await.context("starting hollow nodes")?;
     }
-    let http = SocketAddr::from(([0, 0, 0, 0], http_port(args.http_port, Ipv4Addr::UNSPECIFIED)?));
-    start_ingress(&mut cluster, None, http, Ipv4Addr::LOCALHOST).await?;
+    let any = Ipv4Addr::UNSPECIFIED;
+    let http = SocketAddr::from((any, port_or(args.http_port, any, 80)));
+    let https = SocketAddr::from((any, port_or(args.https_port, any, 443)));
+    start_ingress(&mut cluster, None, (http, https), Ipv4Addr::LOCALHOST).await?;
     let config = ClientConfig { server: cluster.server() };
     let path = config.save()?;
     outln!("skiff is up: apiserver {} (address written to {})", cluster.server(), path.display());
     outln!("running: etcd, skiff-apiserver, skiff-scheduler, skiff-controller-manager, skiff-ingress");
-    outln!("ingress: http://127.0.0.1:{}/ (skiff-ingress on {http}, IngressClass {INGRESS_CLASS})", http.port());
+    outln!(
+        "ingress: http://127.0.0.1:{}/ https://127.0.0.1:{}/ (skiff-ingress, IngressClass {INGRESS_CLASS})",
+        http.port(),
+        https.port()
+    );
     if let Some(runtime) = cluster.runtime() {
         outln!(
             "node {} (skiff-kubelet on containerd, pods on {}); registry {} holds busybox:latest and testserver:latest",
@@ -117,7 +127,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
 
 /// `up --nodes N`: N hosts as network namespaces, the control plane and
 /// skiff-dns in this one, the apiserver on the hosts' LAN at `port`.
-async fn up_hosts(state_dir: PathBuf, nodes: usize, port: u16, http_port: Option<u16>) -> Result<()> {
+async fn up_hosts(state_dir: PathBuf, nodes: usize, port: u16, ports: (Option<u16>, Option<u16>)) -> Result<()> {
     anyhow::ensure!((1..=9).contains(&nodes), "--nodes: between 1 and 9 hosts, not {nodes}");
     let options = ClusterOptions {
         state_dir: Some(state_dir.clone()),
@@ -132,14 +142,18 @@ async fn up_hosts(state_dir: PathBuf, nodes: usize, port: u16, http_port: Option
     // reaches every pod over the overlay.
     let first = cluster.network().and_then(|n| n.hosts().first()).map(|n| n.host.clone());
     let first = first.context("the cluster has no hosts")?;
-    let http = SocketAddr::from((first.ip(), http_port.unwrap_or(80)));
-    start_ingress(&mut cluster, Some(&first), http, first.ip()).await?;
+    let http = SocketAddr::from((first.ip(), ports.0.unwrap_or(80)));
+    let https = SocketAddr::from((first.ip(), ports.1.unwrap_or(443)));
+    start_ingress(&mut cluster, Some(&first), (http, https), first.ip()).await?;
     let config = ClientConfig { server: cluster.server() };
     let path = config.save()?;
     let network = cluster.network().context("the cluster has no hosts")?;
     outln!("skiff is up: apiserver {} (address written to {})", cluster.server(), path.display());
     outln!("running: etcd, skiff-apiserver, skiff-scheduler, skiff-controller-manager, skiff-dns");
-    outln!("ingress: http://{http}/ (skiff-ingress on node {}, IngressClass {INGRESS_CLASS})", first.name());
+    outln!(
+        "ingress: http://{http}/ https://{https}/ (skiff-ingress on node {}, IngressClass {INGRESS_CLASS})",
+        first.name()
+    );
     let nodes = cluster.client().api::<k8s_openapi::api::core::v1::Node>("");
     for node in network.hosts() {
         let pod_cidr = nodes.get(node.host.name()).await.ok().and_then(|n| n.spec?.pod_cidr).unwrap_or_default();
@@ -163,20 +177,24 @@ async fn up_hosts(state_dir: PathBuf, nodes: usize, port: u16, http_port: Option
 /// The IngressClass `up` creates, marked default, and skiff-ingress serves.
 const INGRESS_CLASS: &str = "skiff";
 
-/// `--http-port`, else 80 if it can be bound on `ip`, else any free port.
-fn http_port(flag: Option<u16>, ip: Ipv4Addr) -> Result<u16> {
-    if let Some(port) = flag {
-        return Ok(port);
-    }
-    Ok(match std::net::TcpListener::bind((ip, 80)) {
-        Ok(_) => 80,
+/// The port flag's value, else `default` if it can be bound on `ip`, else
+/// any free port.
+fn port_or(flag: Option<u16>, ip: Ipv4Addr, default: u16) -> u16 {
+    flag.unwrap_or_else(|| match std::net::TcpListener::bind((ip, default)) {
+        Ok(_) => default,
         Err(_) => skiff_testkit::free_port(),
     })
 }
 
 /// Creates the default IngressClass and starts skiff-ingress serving it on
-/// `http` (in `host`, else here), publishing `publish` in Ingress status.
-async fn start_ingress(cluster: &mut Cluster, host: Option<&Host>, http: SocketAddr, publish: Ipv4Addr) -> Result<()> {
+/// `(http, https)` (in `host`, else here), publishing `publish` in Ingress
+/// status.
+async fn start_ingress(
+    cluster: &mut Cluster,
+    host: Option<&Host>,
+    (http, https): (SocketAddr, SocketAddr),
+    publish: Ipv4Addr,
+) -> Result<()> {
     let class = json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
         "metadata": {"name": INGRESS_CLASS, "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}},
@@ -188,6 +206,7 @@ async fn start_ingress(cluster: &mut Cluster, host: Option<&Host>, http: SocketA
     }
     let args = [
         format!("--http-listen={http}"),
+        format!("--https-listen={https}"),
         format!("--publish-address={publish}"),
         format!("--ingress-class={INGRESS_CLASS}"),
     ];
