@@ -486,3 +486,66 @@ async fn tls_by_sni_with_certificates_from_secrets_and_a_redirect() {
     let r = https_get(proxy.https, "shop.example.test", &renewed.0, "/").await.unwrap();
     assert_eq!(r.body, "shop");
 }
+
+#[tokio::test]
+async fn load_balancer_services_answer_tcp_and_udp_on_a_pool_address() {
+    let (cluster, client, _) = start_ingress().await;
+    let web = Upstream::start("web").await;
+    let echo = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = echo.recv_from(&mut buf).await {
+            let _ = echo.send_to(&buf[..n], from).await;
+        }
+    });
+    let (tcp_port, udp_port) = (free_port(), free_port());
+    let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "edge"},
+        "spec": {"type": "LoadBalancer", "ports": [
+            {"name": "http", "port": tcp_port, "targetPort": 8080},
+            {"name": "dns", "port": udp_port, "protocol": "UDP", "targetPort": 53}]}});
+    client.create("Service", NS, &svc).await.unwrap();
+    let eps = json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "edge"}, "subsets": [
+        {"addresses": [{"ip": "127.0.0.1"}], "ports": [
+            {"name": "http", "port": web.addr.port()},
+            {"name": "dns", "port": echo_addr.port(), "protocol": "UDP"}]}]});
+    client.create("Endpoints", NS, &eps).await.unwrap();
+
+    eventually("status.loadBalancer of service edge", || async {
+        let svc = client.get("Service", NS, "edge").await.ok()?;
+        (svc["status"]["loadBalancer"]["ingress"][0]["ip"] == "127.0.0.1").then_some(())
+    })
+    .await;
+    let lb = SocketAddr::from(([127, 0, 0, 1], tcp_port));
+    let r = eventually("the load balancer's TCP port", || async { get(lb, "edge", "/").await.ok() }).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "web"));
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    udp.connect(("127.0.0.1", udp_port)).await.unwrap();
+    let reply = eventually("the load balancer's UDP port echoes", || async {
+        udp.send(b"ping").await.ok()?;
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(std::time::Duration::from_millis(500), udp.recv(&mut buf)).await.ok()?.ok()?;
+        Some(buf[..n].to_vec())
+    })
+    .await;
+    assert_eq!(reply, b"ping");
+    let out = cluster.skiffctl(&["get", "svc", "edge"], None).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().nth(1).is_some_and(|l| l.contains("LoadBalancer") && l.contains("127.0.0.1")), "{text}");
+
+    // The same port again: no address has it free, so it waits, told why.
+    let clash = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "clash"},
+        "spec": {"type": "LoadBalancer", "ports": [{"name": "http", "port": tcp_port}]}});
+    client.create("Service", NS, &clash).await.unwrap();
+    eventually("an AllocationFailed event on service clash", || async {
+        let events = client.list("Event", NS, &Default::default()).await.ok()?;
+        events
+            .items
+            .iter()
+            .find(|e| e["involvedObject"]["name"] == "clash" && e["reason"] == "AllocationFailed")
+            .map(|_| ())
+    })
+    .await;
+    let clash = client.get("Service", NS, "clash").await.unwrap();
+    assert!(clash["status"]["loadBalancer"]["ingress"].is_null(), "{clash}");
+}

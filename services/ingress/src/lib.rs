@@ -17,6 +17,7 @@
 
 pub mod balance;
 mod error;
+pub mod lb;
 mod listen;
 mod metrics;
 pub mod proxy;
@@ -76,6 +77,10 @@ pub struct Config {
     /// when that is a wildcard).
     #[arg(long, value_delimiter = ',')]
     pub publish_address: Vec<IpAddr>,
+    /// Addresses LoadBalancer Services are given, comma-separated (default:
+    /// the published addresses). Services share one on different ports.
+    #[arg(long, value_delimiter = ',')]
+    pub lb_address_pool: Vec<IpAddr>,
     /// On shutdown, how long requests in flight may take to finish.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -88,6 +93,14 @@ impl Config {
         }
         let ip = self.http_listen.ip();
         vec![if ip.is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { ip }]
+    }
+
+    fn lb_pool(&self) -> Vec<IpAddr> {
+        if self.lb_address_pool.is_empty() {
+            self.published()
+        } else {
+            self.lb_address_pool.clone()
+        }
     }
 }
 
@@ -142,12 +155,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             config.ingress_class.clone(),
             config.published(),
         );
-        let stop = ops.stop.clone();
-        tasks.spawn(async move {
-            if let Err(e) = Controller::new(Arc::new(reconciler), status_queue).run(stop.raised()).await {
-                tracing::error!(error = %e, "ingress status controller stopped");
-            }
-        });
+        tasks.spawn(run_controller(reconciler, status_queue, ops.stop.raised()));
+        let lb_queue = WorkQueue::new();
+        let lb_stores = lb::LbStores { services: stores.services.clone(), endpoints: stores.endpoints.clone() };
+        let balancers = lb::LoadBalancers::new(config.lb_pool(), lb_stores, client.clone(), lb_queue.clone());
+        tasks.spawn(run_controller(balancers.status(client.clone()), lb_queue, ops.stop.raised()));
+        let lb_changes = balancers.subscribe();
+        tasks.spawn(balancers.run(lb_changes, ops.stop.raised()));
 
         let https_port = https.as_ref().map(|_| config.https_listen.port());
         let proxy = |scheme| IngressProxy {
@@ -185,6 +199,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
     result
+}
+
+async fn run_controller<R: skiff_client::Reconcile>(
+    reconciler: R,
+    queue: WorkQueue<String>,
+    shutdown: impl Future<Output = ()>,
+) {
+    if let Err(e) = Controller::new(Arc::new(reconciler), queue).run(shutdown).await {
+        tracing::error!(controller = R::NAME, error = %e, "controller stopped");
+    }
 }
 
 /// Waits for requests in flight to finish, up to `grace`.

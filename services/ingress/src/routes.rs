@@ -240,20 +240,21 @@ fn resolve(namespace: &str, backend: Option<&IngressServiceBackend>, lookups: &L
     };
     let port_label = port_label(backend);
     let port_name = port.name.unwrap_or_default();
-    let addrs = (lookups.endpoints)(&service)
-        .into_iter()
-        .flat_map(|eps| eps.subsets.clone().unwrap_or_default())
-        .flat_map(|subset| {
-            let port = subset
-                .ports
-                .iter()
-                .flatten()
-                .find(|p| p.name.clone().unwrap_or_default() == port_name)
-                .and_then(|p| u16::try_from(p.port).ok());
-            let ips: Vec<IpAddr> = subset.addresses.iter().flatten().filter_map(|a| a.ip.parse().ok()).collect();
-            port.map(|port| ips.into_iter().map(move |ip| SocketAddr::new(ip, port))).into_iter().flatten()
-        });
+    let addrs = (lookups.endpoints)(&service).map(|eps| ready_addrs(&eps, &port_name)).unwrap_or_default();
     Target::Service { service, port: port_label, endpoints: Endpoints::new(addrs, peers) }
+}
+
+/// The ready addresses of an Endpoints for the Service port named
+/// `port_name` (empty for a single unnamed port).
+pub fn ready_addrs(eps: &K8sEndpoints, port_name: &str) -> Vec<SocketAddr> {
+    let mut addrs = Vec::new();
+    for subset in eps.subsets.iter().flatten() {
+        let port = subset.ports.iter().flatten().find(|p| p.name.as_deref().unwrap_or_default() == port_name);
+        let Some(port) = port.and_then(|p| u16::try_from(p.port).ok()) else { continue };
+        let ips = subset.addresses.iter().flatten().filter_map(|a| a.ip.parse::<IpAddr>().ok());
+        addrs.extend(ips.map(|ip| SocketAddr::new(ip, port)));
+    }
+    addrs
 }
 
 /// The backend's Service (`namespace/name`) and port, or why it has none.
