@@ -549,3 +549,162 @@ async fn load_balancer_services_answer_tcp_and_udp_on_a_pool_address() {
     let clash = client.get("Service", NS, "clash").await.unwrap();
     assert!(clash["status"]["loadBalancer"]["ingress"].is_null(), "{clash}");
 }
+
+/// `skiffctl apply -f -` of `yaml`, which must succeed.
+fn apply(cluster: &Cluster, yaml: &str) {
+    let out = cluster.skiffctl(&["apply", "-f", "-"], Some(yaml)).unwrap();
+    assert!(out.status.success(), "apply failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The pod that answered: skiff-testserver's body starts with
+/// `hostname: NAME`, and a pod's hostname is its name.
+fn answered_by(body: &str) -> String {
+    body.lines().find_map(|l| l.strip_prefix("hostname: ")).unwrap_or("").trim().to_string()
+}
+
+/// The names of the ready pods behind Service `name`, from its Endpoints.
+async fn ready_pods(client: &Client, name: &str) -> std::collections::BTreeSet<String> {
+    let Ok(eps) = client.get("Endpoints", NS, name).await else { return Default::default() };
+    eps["subsets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["addresses"].as_array().into_iter().flatten())
+        .filter_map(|a| a["targetRef"]["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Real pods on the three-host harness behind skiff-ingress on host-1:
+/// host and path rules reach pods on every host, and deleting a backend
+/// pod under steady load costs no request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_to_pods_across_hosts_and_a_deleted_pod_costs_no_request() {
+    let options = skiff_testkit::NetworkOptions { hosts: 3, ..Default::default() };
+    let mut cluster =
+        Cluster::start_with(skiff_testkit::ClusterOptions { network: Some(options), ..Default::default() })
+            .await
+            .expect("start a networked cluster");
+    let client = cluster.client();
+    let host = cluster.network().unwrap().hosts()[0].host.clone();
+    let listen = SocketAddr::from((host.ip(), 80));
+    let args = [format!("--http-listen={listen}"), "--no-https".to_string()];
+    cluster.start_service_in(&host, "ingress", "skiff-ingress", &args, false).await.expect("start skiff-ingress");
+
+    let image = cluster.network().unwrap().registry().image("testserver:latest");
+    let deployment = |name: &str, replicas: u32| {
+        format!(
+            r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: {NS}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: web
+        image: {image}
+        ports: [{{name: http, containerPort: 8080}}]
+        readinessProbe: {{httpGet: {{path: /healthz, port: 8080}}, periodSeconds: 1, failureThreshold: 1}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: {NS}}}
+spec:
+  selector: {{app: {name}}}
+  ports: [{{name: http, port: 80, targetPort: http}}]
+"#
+        )
+    };
+    apply(&cluster, &deployment("web", 3));
+    apply(&cluster, &deployment("api", 2));
+    apply(
+        &cluster,
+        &format!(
+            r#"apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{name: shop, namespace: {NS}}}
+spec:
+  ingressClassName: skiff
+  rules:
+  - host: shop.example.test
+    http:
+      paths:
+      - {{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{name: http}}}}}}}}
+      - {{path: /echo/api, pathType: Prefix, backend: {{service: {{name: api, port: {{number: 80}}}}}}}}
+"#
+        ),
+    );
+    let web = eventually("three ready web pods and two api pods", || async {
+        let web = ready_pods(&client, "web").await;
+        (web.len() == 3 && ready_pods(&client, "api").await.len() == 2).then_some(web)
+    })
+    .await;
+    let pods = client.list("Pod", NS, &Default::default()).await.unwrap();
+    let web_hosts: std::collections::BTreeSet<&str> = pods
+        .items
+        .iter()
+        .filter(|p| p["metadata"]["labels"]["app"] == "web")
+        .filter_map(|p| p["spec"]["nodeName"].as_str())
+        .collect();
+    assert!(web_hosts.len() >= 2, "the web pods were spread over hosts: {web_hosts:?}");
+
+    // Every web pod answers through the ingress, wherever it runs;
+    // /echo/api goes to the api pods only.
+    let seen = eventually("every web pod answers through the ingress", || async {
+        let mut conn = Conn::connect(listen).await.ok()?;
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..30 {
+            let r = conn.send("GET", "shop.example.test", "/", &[], b"").await.ok()?;
+            seen.insert(answered_by(&r.body));
+        }
+        (seen == web).then_some(seen)
+    })
+    .await;
+    assert_eq!(seen, web);
+    let api = ready_pods(&client, "api").await;
+    for _ in 0..6 {
+        let r = get(listen, "shop.example.test", "/echo/api/orders").await.unwrap();
+        assert_eq!(r.status, 200);
+        assert!(api.contains(&answered_by(&r.body)), "{} is not an api pod", answered_by(&r.body));
+    }
+
+    // Steady load from two keep-alive clients while a web pod is deleted:
+    // every request still gets a 2xx.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                let mut conn = Conn::connect(listen).await.expect("connect");
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    match conn.send("GET", "shop.example.test", "/", &[], b"").await {
+                        Ok(r) if (200..300).contains(&r.status) => ok += 1,
+                        Ok(r) => failed.push(format!("{} {}", r.status, r.body.trim())),
+                        Err(e) => {
+                            failed.push(e.to_string());
+                            conn = Conn::connect(listen).await.expect("reconnect");
+                        }
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let victim = web.iter().next().unwrap().clone();
+    client.delete("Pod", NS, &victim).await.expect("delete a web pod");
+    eventually("the deleted pod left the Endpoints and a replacement is ready", || async {
+        let now = ready_pods(&client, "web").await;
+        (now.len() == 3 && !now.contains(&victim)).then_some(())
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for task in load {
+        let (ok, failed) = task.await.unwrap();
+        assert!(ok > 0, "no request was served during the deletion");
+        assert!(failed.is_empty(), "{} of {} requests failed: {failed:?}", failed.len(), ok as usize + failed.len());
+    }
+}

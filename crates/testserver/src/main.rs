@@ -7,6 +7,7 @@
 //! | request | answer |
 //! |---|---|
 //! | `GET /` | hostname and the request (method, path, peer, headers) |
+//! | `GET /echo/...` | the same, under any path (for path routing tests) |
 //! | `GET /healthz` | 200 `ok`, or 500 after `POST /fail-health` until `POST /heal` |
 //! | `POST /crash` | answers, then exits with code 1 |
 //! | `POST /alloc?mb=N` | allocates and touches N MiB, and keeps it |
@@ -169,6 +170,7 @@ fn read_request(reader: &mut BufReader<TcpStream>, peer: String) -> Result<Reque
 fn route(req: &Request) -> Response {
     match (req.method.as_str(), req.path.as_str()) {
         ("GET", "/") => echo(req),
+        ("GET", p) if p.starts_with("/echo/") => echo(req),
         ("GET", "/healthz") if UNHEALTHY.load(Ordering::SeqCst) => Response::text(500, "unhealthy\n"),
         ("GET", "/healthz") => Response::text(200, "ok\n"),
         ("POST", "/fail-health") => {
