@@ -90,7 +90,7 @@ async fn metric(addr: SocketAddr, name: &str) -> f64 {
 
 #[tokio::test]
 async fn routes_by_host_and_path_and_answers_for_what_it_cannot_serve() {
-    let (_cluster, client, listen, _) = start().await;
+    let (_cluster, client, listen, metrics) = start().await;
     let (web_a, web_b, api) =
         (Upstream::start("web-a").await, Upstream::start("web-b").await, Upstream::start("api").await);
     backend(&client, "web", &[web_a.addr, web_b.addr]).await;
@@ -158,6 +158,10 @@ async fn routes_by_host_and_path_and_answers_for_what_it_cannot_serve() {
         .unwrap();
     assert_eq!(r.header("x-seen-x-request-id"), Some("abc-123"));
     assert_eq!(r.header("x-seen-x-forwarded-for"), Some("192.0.2.7, 127.0.0.1"));
+
+    // Counted by the rule matched, not by what the client sent.
+    let api_ok = r#"skiff_ingress_requests_total{code="200",host="shop.example.test",ingress="default/shop",path="/api",service="default/api"}"#;
+    assert!(metric(metrics, api_ok).await >= 3.0, "{api_ok}");
 
     // Unknown host, another class's Ingress: the default backend's 404.
     assert_eq!(get(listen, "nowhere.example.test", "/").await.unwrap().status, 404);
@@ -706,5 +710,67 @@ spec:
         let (ok, failed) = task.await.unwrap();
         assert!(ok > 0, "no request was served during the deletion");
         assert!(failed.is_empty(), "{} of {} requests failed: {failed:?}", failed.len(), ok as usize + failed.len());
+    }
+}
+
+/// HTTP/2 end to end: a gRPC client speaking h2c to skiff-ingress, routed by
+/// the defaultBackend to a gRPC server (the apiserver itself) over h2c.
+#[tokio::test]
+async fn grpc_over_h2c_through_the_default_backend() {
+    let (cluster, client, proxy) = start_ingress().await;
+    let apiserver: SocketAddr = cluster.server().trim_start_matches("http://").parse().unwrap();
+    backend(&client, "apiserver", &[apiserver]).await;
+    let mut ing = ingress(
+        "grpc",
+        json!({"ingressClassName": "skiff", "defaultBackend": {"service": {"name": "apiserver", "port": {"name": "http"}}}}),
+    );
+    ing["metadata"]["annotations"] = json!({"skiff.io/backend-protocol": "GRPC"});
+    client.create("Ingress", NS, &ing).await.unwrap();
+
+    let through = Client::new(&format!("http://{}", proxy.http)).unwrap();
+    let namespaces = eventually("a gRPC list through the ingress", || async {
+        through.list("Namespace", "", &Default::default()).await.ok()
+    })
+    .await;
+    assert!(namespaces.items.iter().any(|n| n["metadata"]["name"] == "default"), "{:?}", namespaces.items);
+    let created = through
+        .create("ConfigMap", NS, &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "via-ingress"}}))
+        .await
+        .expect("a gRPC write through the ingress");
+    assert_eq!(created["metadata"]["name"], "via-ingress");
+    client.get("ConfigMap", NS, "via-ingress").await.expect("the write reached the apiserver");
+}
+
+/// A WebSocket upgrade passes through: 101, then bytes both ways.
+#[tokio::test]
+async fn websocket_upgrades_are_tunnelled() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let (_cluster, client, listen, _) = start().await;
+    let ws = Upstream::start("ws").await;
+    backend(&client, "ws", &[ws.addr]).await;
+    let rules = json!({"ingressClassName": "skiff", "rules": [{"host": "ws.example.test", "http": {"paths": [
+        path("/", "Prefix", "ws")]}}]});
+    client.create("Ingress", NS, &ingress("ws", rules)).await.unwrap();
+    wait_routed(listen, "ws.example.test", "/", "ws").await;
+
+    let mut stream = tokio::io::BufReader::new(tokio::net::TcpStream::connect(listen).await.unwrap());
+    let upgrade = "GET /chat HTTP/1.1\r\nHost: ws.example.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                   Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    stream.get_mut().write_all(upgrade.as_bytes()).await.unwrap();
+    let mut status = String::new();
+    stream.read_line(&mut status).await.unwrap();
+    assert!(status.starts_with("HTTP/1.1 101"), "{status:?}");
+    loop {
+        let mut line = String::new();
+        stream.read_line(&mut line).await.unwrap();
+        if line.trim().is_empty() {
+            break;
+        }
+    }
+    for message in ["hello", "over the tunnel"] {
+        stream.get_mut().write_all(message.as_bytes()).await.unwrap();
+        let mut echoed = vec![0u8; message.len()];
+        stream.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(echoed, message.as_bytes());
     }
 }

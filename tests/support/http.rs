@@ -153,6 +153,7 @@ async fn serve_conn(stream: TcpStream, name: String, served: Arc<AtomicUsize>) {
         let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
         let mut seen = Vec::new();
         let mut len = 0usize;
+        let mut upgrade = false;
         loop {
             let mut h = String::new();
             if stream.read_line(&mut h).await.unwrap_or(0) == 0 {
@@ -167,6 +168,7 @@ async fn serve_conn(stream: TcpStream, name: String, served: Arc<AtomicUsize>) {
                 if k == "content-length" {
                     len = v.trim().parse().unwrap_or(0);
                 }
+                upgrade |= k == "upgrade";
                 if ECHOED.contains(&k.as_str()) {
                     seen.push(format!("x-seen-{k}: {}\r\n", v.trim()));
                 }
@@ -180,6 +182,14 @@ async fn serve_conn(stream: TcpStream, name: String, served: Arc<AtomicUsize>) {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         served.fetch_add(1, Ordering::SeqCst);
+        if upgrade {
+            let switch = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+            if stream.get_mut().write_all(switch.as_bytes()).await.is_ok() {
+                let (mut r, mut w) = tokio::io::split(stream);
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+            return;
+        }
         let reply = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{}\r\n{name}", name.len(), seen.concat());
         if stream.get_mut().write_all(reply.as_bytes()).await.is_err() {
             return;
