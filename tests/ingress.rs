@@ -774,3 +774,57 @@ async fn websocket_upgrades_are_tunnelled() {
         assert_eq!(echoed, message.as_bytes());
     }
 }
+
+/// Garbage, oversized heads and half-sent requests get an error or a
+/// closed connection, never a wedged or dead proxy; a slow endpoint past
+/// its read timeout gets a 504.
+#[tokio::test]
+async fn hostile_clients_and_slow_endpoints_leave_the_proxy_serving() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_cluster, client, listen, _) = start().await;
+    let up = Upstream::start("up").await;
+    backend(&client, "up", &[up.addr]).await;
+    let mut ing = ingress(
+        "up",
+        json!({"ingressClassName": "skiff", "rules": [{"host": "up.example.test", "http": {"paths": [
+            path("/", "Prefix", "up")]}}]}),
+    );
+    ing["metadata"]["annotations"] = json!({"skiff.io/proxy-read-timeout": "1s"});
+    client.create("Ingress", NS, &ing).await.unwrap();
+    wait_routed(listen, "up.example.test", "/", "up").await;
+
+    let huge_header = format!("GET / HTTP/1.1\r\nHost: up.example.test\r\nX-Big: {}\r\n\r\n", "a".repeat(1 << 20));
+    let hostile: [&[u8]; 4] = [
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage-that-is-a-tls-hello",
+        b"GET / HTTP/9.9\r\nHost: up.example.test\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: up.example.test\r\nContent-Length: -5\r\n\r\n",
+        huge_header.as_bytes(),
+    ];
+    for bytes in hostile {
+        let mut s = tokio::net::TcpStream::connect(listen).await.unwrap();
+        let _ = s.write_all(bytes).await;
+        let mut reply = Vec::new();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut reply)).await;
+        assert!(
+            read.is_ok(),
+            "the proxy neither answered nor closed after {:?}",
+            String::from_utf8_lossy(&bytes[..40])
+        );
+        if !reply.is_empty() {
+            let text = String::from_utf8_lossy(&reply);
+            assert!(text.starts_with("HTTP/1.1 4") || text.starts_with("HTTP/1.1 5"), "{text}");
+        }
+    }
+    // Half a request, or one without a version, left hanging (until the
+    // 60 s header timeout, as nginx's) holds nothing up for anyone else.
+    let mut half = tokio::net::TcpStream::connect(listen).await.unwrap();
+    half.write_all(b"GET / HTTP/1.1\r\nHost: up.exa").await.unwrap();
+    let mut versionless = tokio::net::TcpStream::connect(listen).await.unwrap();
+    versionless.write_all(b"GET /\r\n\r\n").await.unwrap();
+    let r = get(listen, "up.example.test", "/").await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "up"));
+
+    let slow = get(listen, "up.example.test", "/slow?ms=3000").await.unwrap();
+    assert_eq!(slow.status, 504, "{slow:?}");
+    assert_eq!(get(listen, "up.example.test", "/").await.unwrap().status, 200);
+}

@@ -20,9 +20,9 @@ use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, COOKIE, HOST, LOCATION};
 use pingora_core::protocols::ALPN;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorType, Result};
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_proxy::{ProxyHttp, Session};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::balance::{ActiveGuard, PeerState};
 use crate::metrics::{IngressMetrics, RouteLabels};
@@ -285,6 +285,16 @@ impl ProxyHttp for IngressProxy {
         Ok(())
     }
 
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut RequestCtx) -> FailToProxy {
+        let code = error_status(e.etype(), e.esource());
+        if code > 0 {
+            if let Err(err) = session.respond_error(code).await {
+                tracing::debug!(error = %err, "answering a failed request");
+            }
+        }
+        FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let code = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = ctx.started.elapsed();
@@ -309,6 +319,20 @@ impl ProxyHttp for IngressProxy {
             error = %e.map(|e| e.to_string()).unwrap_or_default(),
             "request"
         );
+    }
+}
+
+/// The status a failed request is answered with, as nginx answers: 504
+/// when the endpoint timed out, 502 for its other failures, 400 for a
+/// malformed request, 0 (nothing) when the client is gone.
+fn error_status(etype: &ErrorType, source: &ErrorSource) -> u16 {
+    match (etype, source) {
+        (ErrorType::HTTPStatus(code), _) => *code,
+        (ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout, ErrorSource::Upstream) => 504,
+        (_, ErrorSource::Upstream) => 502,
+        (ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed, ErrorSource::Downstream) => 0,
+        (_, ErrorSource::Downstream) => 400,
+        _ => 500,
     }
 }
 
@@ -381,6 +405,16 @@ async fn respond(session: &mut Session, code: u16, body: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoint_timeouts_are_504_and_other_endpoint_failures_502() {
+        assert_eq!(error_status(&ErrorType::ReadTimedout, &ErrorSource::Upstream), 504);
+        assert_eq!(error_status(&ErrorType::ConnectTimedout, &ErrorSource::Upstream), 504);
+        assert_eq!(error_status(&ErrorType::ConnectRefused, &ErrorSource::Upstream), 502);
+        assert_eq!(error_status(&ErrorType::HTTPStatus(413), &ErrorSource::Internal), 413);
+        assert_eq!(error_status(&ErrorType::InvalidHTTPHeader, &ErrorSource::Downstream), 400);
+        assert_eq!(error_status(&ErrorType::ConnectionClosed, &ErrorSource::Downstream), 0);
+    }
 
     #[test]
     fn hosts_lose_their_port() {
