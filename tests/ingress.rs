@@ -685,13 +685,22 @@ spec:
                 let (mut ok, mut failed) = (0u32, Vec::new());
                 let mut conn = Conn::connect(listen).await.expect("connect");
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    match conn.send("GET", "shop.example.test", "/", &[], b"").await {
-                        Ok(r) if (200..300).contains(&r.status) => ok += 1,
-                        Ok(r) => failed.push(format!("{} {}", r.status, r.body.trim())),
+                    let closed = match conn.send("GET", "shop.example.test", "/", &[], b"").await {
+                        Ok(r) => {
+                            if (200..300).contains(&r.status) {
+                                ok += 1;
+                            } else {
+                                failed.push(format!("{} {}", r.status, r.body.trim()));
+                            }
+                            r.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"))
+                        }
                         Err(e) => {
                             failed.push(e.to_string());
-                            conn = Conn::connect(listen).await.expect("reconnect");
+                            true
                         }
+                    };
+                    if closed {
+                        conn = Conn::connect(listen).await.expect("reconnect");
                     }
                 }
                 (ok, failed)

@@ -66,6 +66,14 @@ pub struct IngressProxy {
     pub https_port: Option<u16>,
 }
 
+impl IngressProxy {
+    /// Whether a retry may go to an endpoint this request has not tried.
+    fn another_endpoint_left(&self, ctx: &RequestCtx) -> bool {
+        let Some(Target::Service { endpoints, .. }) = ctx.route.as_ref().map(|r| &r.target) else { return false };
+        ctx.tried.len() < MAX_TRIES && endpoints.addrs().any(|a| !ctx.tried.contains(&a))
+    }
+}
+
 /// One request's state across the hooks.
 pub struct RequestCtx {
     started: Instant,
@@ -237,12 +245,32 @@ impl ProxyHttp for IngressProxy {
             }
         }
         // Nothing was sent yet, so any method may go to another endpoint.
-        if let Target::Service { endpoints, .. } = &route.target {
-            let untried = endpoints.addrs().any(|a| !ctx.tried.contains(&a));
-            if untried && ctx.tried.len() < MAX_TRIES {
-                e.set_retry(true);
-            }
+        if self.another_endpoint_left(ctx) {
+            e.set_retry(true);
         }
+        e
+    }
+
+    /// An endpoint failed after the request went out. Idempotent requests
+    /// whose response has not started go to another endpoint, as nginx's
+    /// `proxy_next_upstream error timeout` does: a pod that exits mid-request
+    /// (deleted under load) costs the client nothing.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("endpoint {}", peer._address));
+        if let (Some(route), Some(state)) = (&ctx.route, &ctx.current) {
+            state.record_failure(route.settings.max_fails, route.settings.fail_timeout);
+        }
+        let replayable = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && session.response_written().is_none();
+        e.set_retry(replayable && self.another_endpoint_left(ctx));
         e
     }
 
