@@ -330,7 +330,8 @@ fn host_get(ip: &str, path: &str) -> Option<String> {
     let mut reply = String::new();
     stream.read_to_string(&mut reply).ok()?;
     let (head, body) = reply.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.0 200").then(|| body.to_string())
+    let status = head.lines().next()?.split_whitespace().nth(1)?;
+    (status == "200").then(|| body.to_string())
 }
 
 fn nft_tables() -> String {
