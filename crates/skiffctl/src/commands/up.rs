@@ -23,8 +23,10 @@ pub struct UpArgs {
     /// are reported Running without containers.
     #[arg(long, default_value_t = 0)]
     pub hollow_nodes: usize,
-    /// Run no real node (no registry, containerd or kubelet): a control plane
-    /// only, for machines without root or containerd.
+    /// Run no real node (no registry, containerd, kubelet, skiff-overlay or
+    /// skiff-dns): a control plane only, for machines without root or
+    /// containerd. Without it (and without --nodes) this machine is the one
+    /// node, its Service rules in nftables table `ip skiff-local`.
     #[arg(long, conflicts_with = "nodes")]
     pub no_node: bool,
     /// Run this many nodes, each a host of its own (a network namespace)
