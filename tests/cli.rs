@@ -256,6 +256,22 @@ async fn a_second_state_dir_does_not_share_the_first_clusters_etcd() {
     assert!(err.contains(&first_dir.path().display().to_string()), "names the other state dir: {err}");
 }
 
+/// `skiffctl up`'s etcd ports (and, with a node, its registry port, pod
+/// bridge and nftables table) are fixed: its tests take turns.
+static ONE_UP: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// `skiffctl` with its own config file and no cluster from the environment.
+fn skiffctl_with(config: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(skiff_testkit::binary("skiffctl").expect("skiffctl is built"))
+        .args(args)
+        .env("SKIFF_CONFIG", config)
+        .env_remove("SKIFF_SERVER")
+        .env_remove("SKIFF_STATE_DIR")
+        .output()
+        .expect("run skiffctl");
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
 /// `skiffctl up` starts a control plane that skiffctl then finds through
 /// the config file it wrote, and `skiffctl down` stops every process it
 /// started (each pid in the state dir's pid files).
@@ -265,17 +281,9 @@ async fn up_starts_a_control_plane_that_down_stops() {
     let state_dir = state.path().to_str().unwrap().to_string();
     let config = state.path().join("client.yaml");
     let listen = format!("127.0.0.1:{}", skiff_testkit::free_port());
-    let skiffctl = |args: &[&str]| {
-        let out = std::process::Command::new(skiff_testkit::binary("skiffctl").expect("skiffctl is built"))
-            .args(args)
-            .env("SKIFF_CONFIG", &config)
-            .env_remove("SKIFF_SERVER")
-            .env_remove("SKIFF_STATE_DIR")
-            .output()
-            .expect("run skiffctl");
-        (out.status.success(), text(&out.stdout), text(&out.stderr))
-    };
+    let skiffctl = |args: &[&str]| skiffctl_with(&config, args);
 
+    let _one_up_at_a_time = ONE_UP.lock().await;
     let (ok, _, err) = skiffctl(&["up", "--no-node", "--state-dir", &state_dir, "--listen", &listen]);
     assert!(ok, "up: {err}");
     let pids: Vec<u32> = std::fs::read_dir(state.path().join("pids"))
@@ -297,4 +305,101 @@ async fn up_starts_a_control_plane_that_down_stops() {
         alive.is_empty().then_some(())
     })
     .await;
+}
+
+/// Runs `skiffctl down` when dropped, so a failed assertion leaves no
+/// cluster (nor its nftables table) behind; a second `down` is harmless.
+struct DownOnDrop<'a> {
+    config: &'a Path,
+    state_dir: &'a str,
+}
+
+impl Drop for DownOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = skiffctl_with(self.config, &["down", "--state-dir", self.state_dir]);
+    }
+}
+
+/// A GET from this machine (the node itself); the body on 200.
+fn host_get(ip: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::new(ip.parse().ok()?, 80);
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n").ok()?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).ok()?;
+    let (head, body) = reply.split_once("\r\n\r\n")?;
+    let status = head.lines().next()?.split_whitespace().nth(1)?;
+    (status == "200").then(|| body.to_string())
+}
+
+fn nft_tables() -> String {
+    let out = std::process::Command::new("nft").args(["list", "tables"]).output().expect("run nft");
+    text(&out.stdout)
+}
+
+/// The one-node `skiffctl up` (root, containerd) runs skiff-overlay and
+/// skiff-dns: a pod reaches a Service by its DNS name and ClusterIP, the
+/// node reaches the ClusterIP too, and `skiffctl down` removes the
+/// overlay's nftables table.
+#[tokio::test]
+async fn up_with_a_node_serves_cluster_ips_and_dns_and_down_removes_its_rules() {
+    let _one_up_at_a_time = ONE_UP.lock().await;
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().to_str().unwrap().to_string();
+    let config = state.path().join("client.yaml");
+    let skiffctl = |args: &[&str]| skiffctl_with(&config, args);
+    let listen = format!("127.0.0.1:{}", skiff_testkit::free_port());
+    let (http, https) = (skiff_testkit::free_port().to_string(), skiff_testkit::free_port().to_string());
+
+    let down = DownOnDrop { config: &config, state_dir: &state_dir };
+    let (ok, out, err) =
+        skiffctl(&["up", "--state-dir", &state_dir, "--listen", &listen, "--http-port", &http, "--https-port", &https]);
+    assert!(ok, "up: {out}{err}");
+    assert!(out.contains("skiff-dns, skiff-overlay"), "up names what runs: {out}");
+    assert!(nft_tables().contains("table ip skiff-local"), "the overlay's table: {}", nft_tables());
+
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sample-app.yaml");
+    let (ok, out, err) = skiffctl(&["apply", "-f", sample.to_str().unwrap()]);
+    assert!(ok, "apply: {out}{err}");
+    let client = "apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: demo}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: sh\n    image: 127.0.0.1:5000/busybox:latest\n    command: [sleep, '3600']\n";
+    let manifest = state.path().join("client-pod.yaml");
+    std::fs::write(&manifest, client).unwrap();
+    let (ok, out, err) = skiffctl(&["apply", "-f", manifest.to_str().unwrap()]);
+    assert!(ok, "apply: {out}{err}");
+
+    let (ok, out, err) = skiffctl(&["get", "svc", "web", "-n", "demo", "-o", "json"]);
+    assert!(ok, "get svc: {out}{err}");
+    let service: Value = serde_json::from_str(&out).unwrap();
+    let cluster_ip = service["spec"]["clusterIP"].as_str().expect("a ClusterIP").to_string();
+
+    let exec = |script: &str| {
+        let (ok, out, _) = skiffctl(&["exec", "-n", "demo", "client", "--", "sh", "-c", script]);
+        ok.then_some(out)
+    };
+    let page = "Hello from skiff";
+    // busybox 1.35's `wget -T` crashes: `timeout` bounds it.
+    let by_ip = format!("timeout 5 wget -qO- http://{cluster_ip}/");
+    skiff_testkit::eventually("the ClusterIP to answer the pod", || async {
+        exec(&by_ip).filter(|body| body.contains(page))
+    })
+    .await;
+    let resolv = exec("cat /etc/resolv.conf").expect("the client pod runs");
+    assert!(resolv.contains(&format!("nameserver {}", skiff_testkit::DNS_SERVICE_IP)), "{resolv}");
+    skiff_testkit::eventually("the Service's DNS name to answer the pod", || async {
+        exec("timeout 5 wget -qO- http://web.demo.svc.cluster.local/").filter(|body| body.contains(page))
+    })
+    .await;
+    let lookup = exec("nslookup web.demo.svc.cluster.local").unwrap_or_default();
+    assert!(lookup.contains(&cluster_ip), "the name is the ClusterIP: {lookup}");
+    skiff_testkit::eventually("the ClusterIP to answer the node", || async {
+        host_get(&cluster_ip, "/").filter(|body| body.contains(page))
+    })
+    .await;
+
+    let (ok, out, err) = skiffctl(&["down", "--state-dir", &state_dir]);
+    assert!(ok, "down: {out}{err}");
+    drop(down);
+    assert!(!nft_tables().contains("skiff-local"), "down removes the overlay's table: {}", nft_tables());
 }

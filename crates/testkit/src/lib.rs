@@ -9,6 +9,7 @@
 //! in `$SKIFF_BIN_DIR`): run `cargo build --bins` before the tests.
 #![forbid(unsafe_code)]
 
+mod dns;
 pub mod netns;
 mod network;
 mod process;
@@ -18,7 +19,8 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use network::{Network, NetworkOptions, NodeHost, DNS_SERVICE_IP};
+pub use dns::{bridge_gateway, DNS_SERVICE_IP};
+pub use network::{Network, NetworkOptions, NodeHost};
 pub use process::{running, stop_detached, Process};
 pub use runtime::{Runtime, RuntimeOptions};
 

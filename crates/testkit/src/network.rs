@@ -7,22 +7,19 @@
 //! Host `host-i` has address `172.31.N.(10+i)` and the podCIDR the
 //! controller-manager assigns, which its kubelet writes into the CNI config;
 //! the registry, the apiserver and cluster DNS listen on the gateway
-//! `172.31.N.1`. The DNS Service `kube-system/kube-dns` has the fixed
-//! ClusterIP [`DNS_SERVICE_IP`] and, having no selector, an Endpoints object
-//! written here that points at skiff-dns on the gateway.
+//! `172.31.N.1`. The DNS Service `kube-system/kube-dns` points at skiff-dns
+//! on the gateway (see [`crate::dns`]).
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
-use serde_json::json;
+use k8s_openapi::api::core::v1::Node;
 
+use crate::dns::DNS_SERVICE_IP;
 use crate::netns::{Host, Lan};
 use crate::runtime::{ensure_test_images, Containerd, ContainerdOptions, Registry};
 use crate::{Cluster, Error, Result};
 
-/// The cluster DNS service's ClusterIP, which kubelets write into pods.
-pub const DNS_SERVICE_IP: &str = "10.43.0.10";
 /// The LAN slot of a detached networked cluster, under its state dir.
 const LAN_FILE: &str = "network/lan";
 /// How long the hosts' nodes may take to turn Ready.
@@ -108,12 +105,11 @@ impl Cluster {
 
         self.start_service("scheduler", "skiff-scheduler", &[]).await?;
         self.start_service("controller-manager", "skiff-controller-manager", &options.controller_manager_args).await?;
-        let mut dns_args = vec![format!("--listen={gateway}:53")];
+        let mut dns_args = Vec::new();
         if !options.dns_upstream.is_empty() {
             dns_args.push(format!("--upstream={}", options.dns_upstream.join(",")));
         }
-        self.start_service("dns", "skiff-dns", &dns_args).await?;
-        self.publish_dns_service(gateway).await?;
+        self.start_cluster_dns(gateway, &dns_args).await?;
 
         let hosts: Vec<Host> = self.network.iter().flat_map(|n| n.hosts.iter().map(|h| h.host.clone())).collect();
         for host in &hosts {
@@ -166,27 +162,6 @@ impl Cluster {
         Ok(())
     }
 
-    /// `kube-system/kube-dns`: the fixed ClusterIP and, having no selector,
-    /// Endpoints naming skiff-dns on the gateway.
-    async fn publish_dns_service(&self, gateway: Ipv4Addr) -> Result<()> {
-        let ports =
-            json!([{"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]);
-        let service: Service = from_json(json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": {"k8s-app": "kube-dns"}},
-            "spec": {"clusterIP": DNS_SERVICE_IP, "ports": ports},
-        }))?;
-        let endpoints: Endpoints = from_json(json!({
-            "apiVersion": "v1", "kind": "Endpoints",
-            "metadata": {"name": "kube-dns", "namespace": "kube-system"},
-            "subsets": [{"addresses": [{"ip": gateway.to_string()}], "ports": ports}],
-        }))?;
-        let client = self.client();
-        create_or_keep(client.api::<Service>("kube-system").create(&service).await)?;
-        create_or_keep(client.api::<Endpoints>("kube-system").create(&endpoints).await)?;
-        Ok(())
-    }
-
     async fn wait_nodes_ready(&self, hosts: &[Host]) -> Result<()> {
         let deadline = Instant::now() + NODES_READY_TIMEOUT;
         let api = self.client().api::<Node>("");
@@ -216,23 +191,6 @@ impl Cluster {
 fn node_ready(node: &Node) -> bool {
     let conditions = node.status.as_ref().and_then(|s| s.conditions.as_ref());
     conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T> {
-    serde_json::from_value(value).map_err(|e| Error::Io {
-        what: "building an object",
-        path: "kube-dns".into(),
-        source: std::io::Error::other(e),
-    })
-}
-
-/// Ok when created, or when it exists already (a restarted detached cluster).
-fn create_or_keep<T>(result: Result<T, skiff_client::Error>) -> Result<()> {
-    match result {
-        Ok(_) => Ok(()),
-        Err(e) if e.is_already_exists() => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// Stops each host's containerd a detached networked cluster (`skiffctl up

@@ -50,6 +50,11 @@ pub struct Config {
     /// Where DNS is served, over UDP and TCP.
     #[arg(long, default_value = "127.0.0.1:53")]
     pub listen: SocketAddr,
+    /// Bind `--listen` even while its address is not on any interface yet
+    /// (IP_FREEBIND), and serve it once it appears: a CNI bridge's gateway
+    /// address, say, which the bridge gets with its first pod.
+    #[arg(long)]
+    pub freebind: bool,
     /// The cluster's DNS domain: `<svc>.<ns>.svc.<domain>`, `<ip>.<ns>.pod.<domain>`.
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
@@ -74,16 +79,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 
     // Bound now so a taken port fails at start; served only after sync, so
     // no one gets NXDOMAIN from a zone not yet filled.
-    let udp = UdpSocket::bind(config.listen).await.map_err(|source| Error::Bind {
-        protocol: "UDP",
-        addr: config.listen,
-        source,
-    })?;
-    let tcp = TcpListener::bind(config.listen).await.map_err(|source| Error::Bind {
-        protocol: "TCP",
-        addr: config.listen,
-        source,
-    })?;
+    let (udp, tcp) = bind(config.listen, config.freebind)?;
     let forwarder = if upstreams.is_empty() {
         tracing::warn!("no upstream resolvers: names outside the cluster domain get SERVFAIL");
         None
@@ -131,6 +127,36 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     ops.shutdown().await;
     while tasks.join_next().await.is_some() {}
     result
+}
+
+/// The UDP socket and TCP listener on `addr`.
+fn bind(addr: SocketAddr, freebind: bool) -> Result<(UdpSocket, TcpListener), Error> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let open = |protocol: &'static str, ty: Type, proto: Protocol| {
+        let err = move |source| Error::Bind { protocol, addr, source };
+        let socket = Socket::new(Domain::for_address(addr), ty, Some(proto)).map_err(err)?;
+        if freebind {
+            match addr {
+                SocketAddr::V4(_) => socket.set_freebind_v4(true),
+                SocketAddr::V6(_) => socket.set_freebind_v6(true),
+            }
+            .map_err(err)?;
+        }
+        if ty == Type::STREAM {
+            // As tokio's TcpListener::bind does: a restart may find the
+            // last run's connections in TIME_WAIT.
+            socket.set_reuse_address(true).map_err(err)?;
+        }
+        socket.set_nonblocking(true).map_err(err)?;
+        socket.bind(&addr.into()).map_err(err)?;
+        Ok::<_, Error>((socket, err))
+    };
+    let (socket, err) = open("UDP", Type::DGRAM, Protocol::UDP)?;
+    let udp = UdpSocket::from_std(socket.into()).map_err(err)?;
+    let (socket, err) = open("TCP", Type::STREAM, Protocol::TCP)?;
+    socket.listen(1024).map_err(err)?;
+    let tcp = TcpListener::from_std(socket.into()).map_err(err)?;
+    Ok((udp, tcp))
 }
 
 /// `--upstream`, or resolv.conf's nameservers when it is empty.

@@ -65,6 +65,11 @@ pub struct Config {
     /// The nftables table (family ip) skiff owns; replaced at start.
     #[arg(long, default_value = "skiff")]
     pub nft_table: String,
+    /// Delete the nftables table when stopped (SIGTERM). Off by default, so
+    /// Services keep working while the agent restarts; on where the node
+    /// goes away with the agent, as in a one-node `skiffctl up`.
+    #[arg(long)]
+    pub delete_table_on_exit: bool,
 }
 
 /// Runs skiff-overlay until `shutdown` resolves.
@@ -89,6 +94,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             node_name: config.node_name.clone(),
             cluster_cidr,
             wireguard_interface: (config.wireguard != wireguard::Mode::Off).then(|| config.wireguard_interface.clone()),
+            delete_table_on_exit: config.delete_table_on_exit,
         },
         stores.clone(),
         Box::new(proxy::nft::NftCommand),
@@ -136,12 +142,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         }
         ops.readiness.set_ready();
         tracing::info!(node = %config.node_name, "overlay running");
+        let joined = |done: Result<Result<(), Error>, tokio::task::JoinError>| match done {
+            Ok(result) => result,
+            Err(e) => Err(Error::Io { what: "overlay loop", path: String::new(), source: std::io::Error::other(e) }),
+        };
         tokio::select! {
-            _ = &mut shutdown => Ok(()),
-            Some(done) = loops.join_next() => match done {
-                Ok(result) => result,
-                Err(e) => Err(Error::Io { what: "overlay loop", path: String::new(), source: std::io::Error::other(e) }),
-            },
+            _ = &mut shutdown => {
+                // The loops stop on the flag and may still have work to do
+                // on the way out (deleting the table): wait for them
+                // rather than dropping them mid-transaction.
+                ops.stop.raise();
+                let mut result = Ok(());
+                while let Some(done) = loops.join_next().await {
+                    result = result.and(joined(done));
+                }
+                result
+            }
+            Some(done) = loops.join_next() => joined(done),
         }
     }
     .await;

@@ -23,8 +23,10 @@ pub struct UpArgs {
     /// are reported Running without containers.
     #[arg(long, default_value_t = 0)]
     pub hollow_nodes: usize,
-    /// Run no real node (no registry, containerd or kubelet): a control plane
-    /// only, for machines without root or containerd.
+    /// Run no real node (no registry, containerd, kubelet, skiff-overlay or
+    /// skiff-dns): a control plane only, for machines without root or
+    /// containerd. Without it (and without --nodes) this machine is the one
+    /// node, its Service rules in nftables table `ip skiff-local`.
     #[arg(long, conflicts_with = "nodes")]
     pub no_node: bool,
     /// Run this many nodes, each a host of its own (a network namespace)
@@ -91,7 +93,10 @@ pub async fn up(args: UpArgs) -> Result<()> {
     if let Some(runtime) = cluster.runtime() {
         ensure_test_images(runtime.registry()).await.context("loading the sample images into the local registry")?;
         let node = hostname();
-        cluster.start_kubelet(&node, &[]).await.context("starting the kubelet")?;
+        cluster
+            .start_local_node(&node, LOCAL_NFT_TABLE, &[])
+            .await
+            .context("starting the node (skiff-dns, the kubelet, skiff-overlay)")?;
     }
     if args.hollow_nodes > 0 {
         let nodes = format!("--hollow-nodes={}", args.hollow_nodes);
@@ -104,17 +109,24 @@ pub async fn up(args: UpArgs) -> Result<()> {
     let config = ClientConfig { server: cluster.server() };
     let path = config.save()?;
     outln!("skiff is up: apiserver {} (address written to {})", cluster.server(), path.display());
-    outln!("running: etcd, skiff-apiserver, skiff-scheduler, skiff-controller-manager, skiff-ingress");
+    let node_services = if cluster.runtime().is_some() { ", skiff-dns, skiff-overlay" } else { "" };
+    outln!("running: etcd, skiff-apiserver, skiff-scheduler, skiff-controller-manager, skiff-ingress{node_services}");
     outln!(
         "ingress: http://127.0.0.1:{}/ https://127.0.0.1:{}/ (skiff-ingress, IngressClass {INGRESS_CLASS})",
         http.port(),
         https.port()
     );
     if let Some(runtime) = cluster.runtime() {
+        let pod_cidr = runtime.containerd().pod_cidr();
         outln!(
-            "node {} (skiff-kubelet on containerd, pods on {}); registry {} holds busybox:latest and testserver:latest",
+            "node {} (skiff-kubelet on containerd, pods on {pod_cidr}; skiff-overlay's Service rules in nftables table ip {LOCAL_NFT_TABLE})",
             hostname(),
-            runtime.containerd().pod_cidr(),
+        );
+        let dns =
+            skiff_testkit::bridge_gateway(pod_cidr).map(|ip| format!(" (skiff-dns on {ip}:53)")).unwrap_or_default();
+        outln!(
+            "cluster DNS {}{dns}; registry {} holds busybox:latest and testserver:latest",
+            skiff_testkit::DNS_SERVICE_IP,
             runtime.registry().host()
         );
     }
@@ -173,6 +185,10 @@ async fn up_hosts(state_dir: PathBuf, nodes: usize, port: u16, ports: (Option<u1
     outln!("state and logs: {}; stop with `skiffctl down`", state_dir.display());
     Ok(())
 }
+
+/// The one-node cluster's nftables table (family ip): a name of its own,
+/// so that no other skiff-overlay's table on this machine is touched.
+pub const LOCAL_NFT_TABLE: &str = "skiff-local";
 
 /// The IngressClass `up` creates, marked default, and skiff-ingress serves.
 const INGRESS_CLASS: &str = "skiff";

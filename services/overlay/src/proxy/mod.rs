@@ -6,7 +6,8 @@
 //! ([`rules`]) and applies only the difference from what it installed
 //! ([`script`], [`nft`]) as one transaction. The table is left in place on
 //! exit, so traffic keeps flowing while the agent restarts; the first sync
-//! after start replaces it.
+//! after start replaces it. Where the node goes away with the agent (a
+//! one-node local cluster) [`Options::delete_table_on_exit`] removes it.
 
 pub mod model;
 pub mod nft;
@@ -56,6 +57,9 @@ pub struct Options {
     /// The WireGuard interface, when the mesh runs: host traffic leaving by
     /// it is masqueraded to the node's pod-network address.
     pub wireguard_interface: Option<String>,
+    /// Delete the table on graceful shutdown instead of leaving it to the
+    /// next run: for a node that does not outlive its agent.
+    pub delete_table_on_exit: bool,
 }
 
 pub struct Proxier {
@@ -98,14 +102,25 @@ impl Proxier {
         loop {
             let retry_after = self.sync().await;
             tokio::select! {
-                _ = &mut shutdown => return Ok(()),
+                _ = &mut shutdown => break,
                 _ = tokio::time::sleep(retry_after.unwrap_or_default()), if retry_after.is_some() => {}
                 open = changes.changed(), if retry_after.is_none() => if !open {
                     shutdown.await;
-                    return Ok(());
+                    break;
                 },
             }
         }
+        if self.options.delete_table_on_exit {
+            self.delete_table().await?;
+        }
+        Ok(())
+    }
+
+    /// Removes the table, whether or not a sync ever created it.
+    async fn delete_table(&mut self) -> Result<(), Error> {
+        self.nft.apply(&script::delete(&self.options.table)).await?;
+        tracing::info!(table = %self.options.table, "deleted the nftables table");
+        Ok(())
     }
 
     /// One sync; on failure, how long to wait before the next.

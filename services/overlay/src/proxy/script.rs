@@ -10,11 +10,17 @@ use super::rules::{Chain, Ruleset, MAPS};
 /// Elements per `add element` line: keeps lines short for nft's parser.
 const ELEMENTS_PER_LINE: usize = 500;
 
+/// Deletes table `ip TABLE`, there or not.
+pub fn delete(table: &str) -> String {
+    // `add` first so that `delete` can't fail on a missing table.
+    format!("add table ip {table}\ndelete table ip {table}\n")
+}
+
 /// Replaces table `ip TABLE` (if any) with `rs`.
 pub fn full(table: &str, rs: &Ruleset) -> String {
     let t = format!("ip {table}");
-    // `add` first so that `delete` can't fail on a missing table.
-    let mut s = format!("add table {t}\ndelete table {t}\nadd table {t}\n");
+    let mut s = delete(table);
+    let _ = writeln!(s, "add table {t}");
     for (map, ty) in MAPS {
         let _ = writeln!(s, "add map {t} {map} {{ type {ty} ; }}");
     }

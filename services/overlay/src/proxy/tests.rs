@@ -54,6 +54,7 @@ impl World {
             node_name: "a".into(),
             cluster_cidr: "10.42.0.0/16".parse().unwrap(),
             wireguard_interface: Some("wg-test".into()),
+            delete_table_on_exit: false,
         };
         let nft = FakeNftables::default();
         let proxier = Proxier::new(options, stores.clone(), Box::new(nft.clone()), &Metrics::new()).unwrap();
@@ -154,4 +155,32 @@ async fn a_failed_transaction_is_followed_by_a_full_resync_after_a_back_off() {
     let script = w.last_script();
     assert!(is_full(&script), "after a failure the kernel's state is unknown: the whole table goes in\n{script}");
     assert!(script.contains("dnat to 10.42.1.6:8080"), "{script}");
+}
+
+#[tokio::test]
+async fn the_table_is_deleted_on_shutdown_only_when_asked() {
+    for delete in [false, true] {
+        let mut w = World::start(&one_web_endpoint()).await;
+        w.proxier.options.delete_table_on_exit = delete;
+        let changes = w.proxier.subscribe();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let nft = w.nft.clone();
+        let run = tokio::spawn(w.proxier.run(changes, async move {
+            let _ = stopped.await;
+        }));
+        eventually("the first sync", || !nft.applied().is_empty()).await;
+        stop.send(()).unwrap();
+        run.await.unwrap().unwrap();
+
+        let applied = nft.applied();
+        let last = applied.last().unwrap();
+        let deleted = format!("add table ip {TABLE}\ndelete table ip {TABLE}\n");
+        if delete {
+            assert_eq!(applied.len(), 2, "{applied:?}");
+            assert_eq!(last, &deleted, "the last transaction removes the table");
+        } else {
+            assert_eq!(applied.len(), 1, "the table stays for the next run: {applied:?}");
+            assert!(is_full(last), "{last}");
+        }
+    }
 }
