@@ -30,6 +30,6 @@ pub enum Error {
     Exited { name: String, pid: u32, state: char },
     #[error("/proc/PID/stat: no {field} field in {stat:?}")]
     StatFormat { field: &'static str, stat: String },
-    #[error("{tool} is not on PATH: {hint}")]
+    #[error("{tool} is not on PATH or in /usr/sbin: {hint}")]
     ToolMissing { tool: &'static str, hint: &'static str },
 }

@@ -43,6 +43,10 @@ enum Scenario {
     /// Pod-to-pod TCP throughput between two hosts over the WireGuard
     /// overlay, beside the raw link between the same hosts (iperf3).
     OverlayThroughput(scenarios::overlay_throughput::Options),
+    /// HTTP ingress: requests/s, p50 and p99 through skiff-ingress under
+    /// wrk, beside nginx and HAProxy proxying to the same upstreams, and
+    /// each proxy's memory after the load.
+    Ingress(scenarios::ingress::Options),
 }
 
 #[tokio::main]
@@ -54,5 +58,6 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Dns(o) => scenarios::dns::run(o).await,
         Scenario::ServiceRules(o) => scenarios::service_rules::run(o).await,
         Scenario::OverlayThroughput(o) => scenarios::overlay_throughput::run(o).await,
+        Scenario::Ingress(o) => scenarios::ingress::run(o).await,
     }
 }

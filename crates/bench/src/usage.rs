@@ -41,6 +41,22 @@ pub fn usage(name: &str, pid: Option<u32>) -> Result<Usage, Error> {
     Ok(usage)
 }
 
+/// The processes whose parent is `pid` (an nginx master's workers, say),
+/// from the ppid field of every /proc/PID/stat.
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let child: u32 = e.file_name().to_str()?.parse().ok()?;
+            // A process that exited since the listing has no stat: not a child.
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let ppid: u32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == pid).then_some(child)
+        })
+        .collect()
+}
+
 /// The state letter and the usage in one /proc/PID/stat line.
 pub fn parse_stat(stat: &str, units: Units) -> Result<(char, Usage), Error> {
     // The command name may hold spaces and parentheses: the fields start
@@ -90,6 +106,16 @@ mod tests {
     fn this_process_is_running_and_resident() {
         let u = usage("bench test", Some(std::process::id())).unwrap();
         assert!(u.rss_mib > 0.0, "{u:?}");
+    }
+
+    #[test]
+    fn finds_the_children_of_a_process() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let found = children(std::process::id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found.contains(&child.id()), "{found:?}");
+        assert!(children(5_000_000).is_empty());
     }
 
     #[test]

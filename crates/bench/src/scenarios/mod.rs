@@ -1,5 +1,6 @@
 pub mod api;
 pub mod dns;
+pub mod ingress;
 pub mod overlay_throughput;
 pub mod pod_startup;
 pub mod scheduler;
