@@ -61,6 +61,8 @@ pub enum Error {
     ContainerNotInPod { pod: String, container: String },
     #[error("the kubelet of node {node:?} is unreachable: {reason}")]
     KubeletUnreachable { node: String, reason: String },
+    #[error("stored object {key} cannot be decrypted or encrypted: {reason}")]
+    Encryption { key: String, reason: String },
 
     // Why the apiserver itself could not start or keep serving; never the
     // answer to a call.
@@ -76,6 +78,8 @@ pub enum Error {
     },
     #[error("serving the object API")]
     Serve(#[source] tonic::transport::Error),
+    #[error("the encryption configuration")]
+    EncryptionConfig(#[from] crate::encryption::ConfigError),
 }
 
 /// The resource name Kubernetes uses in messages: `deployments.apps`, `pods`.
@@ -112,9 +116,13 @@ impl Error {
             Error::Etcd { .. } | Error::WatchClosed | Error::ShuttingDown | Error::KubeletUnreachable { .. } => {
                 Code::Unavailable
             }
-            Error::Corrupt { .. } | Error::Telemetry(_) | Error::Metric(_) | Error::Listen { .. } | Error::Serve(_) => {
-                Code::Internal
-            }
+            Error::Corrupt { .. }
+            | Error::Encryption { .. }
+            | Error::EncryptionConfig(_)
+            | Error::Telemetry(_)
+            | Error::Metric(_)
+            | Error::Listen { .. }
+            | Error::Serve(_) => Code::Internal,
         }
     }
 }

@@ -5,6 +5,7 @@
 
 mod allocator;
 mod cache;
+pub mod encryption;
 mod error;
 mod proxy;
 mod registry;
@@ -50,6 +51,10 @@ pub struct Config {
     /// The range NodePort and LoadBalancer Services' node ports come from.
     #[arg(long, default_value = "30000-32767")]
     pub service_node_port_range: allocator::PortRange,
+    /// An EncryptionConfiguration (YAML): Secrets are stored encrypted with
+    /// its first key; at start, values written with another are re-encrypted.
+    #[arg(long)]
+    pub encryption_provider_config: Option<std::path::PathBuf>,
 }
 
 /// The largest request the API accepts: above the 1.5 MiB object limit so
@@ -71,8 +76,16 @@ pub async fn run(
     )?)?;
     let watchers = ops.metrics.register(IntGauge::new("skiff_apiserver_watchers", "Open client watches")?)?;
 
-    let storage: Arc<dyn storage::Storage> =
-        Arc::new(storage::Etcd::connect(&config.etcd_endpoints, etcd_latency).await?);
+    let etcd: Arc<dyn storage::Storage> = Arc::new(storage::Etcd::connect(&config.etcd_endpoints, etcd_latency).await?);
+    let storage: Arc<dyn storage::Storage> = match &config.encryption_provider_config {
+        Some(path) => {
+            let encrypted = storage::Encrypted::new(etcd, encryption::Encryption::load(path)?);
+            let rewritten = encrypted.reencrypt().await?;
+            tracing::info!(config = %path.display(), rewritten, "encrypting Secrets at rest");
+            Arc::new(encrypted)
+        }
+        None => etcd,
+    };
     let mut caches = HashMap::new();
     let mut synced = Vec::new();
     for info in KINDS {

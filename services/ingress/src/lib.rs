@@ -84,6 +84,10 @@ pub struct Config {
     /// On shutdown, how long requests in flight may take to finish.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// Whether spans are exported (OTLP configured): then each request gets
+    /// a span, and its trace context goes upstream. Set by main.
+    #[arg(skip)]
+    pub trace_requests: bool,
 }
 
 impl Config {
@@ -170,6 +174,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             in_flight: in_flight.clone(),
             scheme,
             https_port,
+            trace_requests: config.trace_requests,
         };
         let (stop_accepting, accepting) = watch::channel(false);
         let mut serving = JoinSet::new();

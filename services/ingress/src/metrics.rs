@@ -72,8 +72,15 @@ impl IngressMetrics {
     }
 
     pub fn observe(&self, route: &RouteLabels<'_>, code: u16, elapsed: Duration) {
-        let code = code.to_string();
-        self.requests.with_label_values(&[route.ingress, route.host, route.path, route.service, &code]).inc();
+        let owned;
+        let code = match code_label(code) {
+            Some(label) => label,
+            None => {
+                owned = code.to_string();
+                owned.as_str()
+            }
+        };
+        self.requests.with_label_values(&[route.ingress, route.host, route.path, route.service, code]).inc();
         self.duration
             .with_label_values(&[route.ingress, route.host, route.path, route.service])
             .observe(elapsed.as_secs_f64());
@@ -82,4 +89,29 @@ impl IngressMetrics {
     pub fn connect_error(&self, service: &str) {
         self.connect_errors.with_label_values(&[service]).inc();
     }
+}
+
+/// The usual status codes as static labels, saving an allocation per request.
+fn code_label(code: u16) -> Option<&'static str> {
+    Some(match code {
+        0 => "0",
+        200 => "200",
+        201 => "201",
+        204 => "204",
+        301 => "301",
+        302 => "302",
+        304 => "304",
+        308 => "308",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        413 => "413",
+        499 => "499",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        _ => return None,
+    })
 }

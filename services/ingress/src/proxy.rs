@@ -64,6 +64,9 @@ pub struct IngressProxy {
     /// The port TLS is served on, when it is: plain-HTTP requests for TLS
     /// hosts are redirected there.
     pub https_port: Option<u16>,
+    /// A span per request, only when spans are exported: building one costs
+    /// more than the rest of the request's own work.
+    pub trace_requests: bool,
 }
 
 impl IngressProxy {
@@ -131,21 +134,23 @@ impl ProxyHttp for IngressProxy {
         ctx.request_id = header_str(req, "x-request-id")
             .filter(|id| !id.is_empty() && id.len() <= 128)
             .map(str::to_string)
-            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-        ctx.span = tracing::info_span!(
-            "ingress request",
-            otel.kind = "server",
-            http.request.method = %req.method,
-            url.path = %path,
-            server.address = %host,
-            http.response.status_code = tracing::field::Empty,
-        );
-        let carried: HashMap<String, String> = ["traceparent", "tracestate"]
-            .into_iter()
-            .filter_map(|k| header_str(req, k).map(|v| (k.to_string(), v.to_string())))
-            .collect();
-        if !carried.is_empty() {
-            skiff_telemetry::set_remote_parent_from_headers(&ctx.span, carried);
+            .unwrap_or_else(request_id);
+        if self.trace_requests {
+            ctx.span = tracing::info_span!(
+                "ingress request",
+                otel.kind = "server",
+                http.request.method = %req.method,
+                url.path = %path,
+                server.address = %host,
+                http.response.status_code = tracing::field::Empty,
+            );
+            let carried: HashMap<String, String> = ["traceparent", "tracestate"]
+                .into_iter()
+                .filter_map(|k| header_str(req, k).map(|v| (k.to_string(), v.to_string())))
+                .collect();
+            if !carried.is_empty() {
+                skiff_telemetry::set_remote_parent_from_headers(&ctx.span, carried);
+            }
         }
 
         let table = self.table.load();
@@ -295,8 +300,10 @@ impl ProxyHttp for IngressProxy {
         }
         upstream.insert_header("x-forwarded-proto", self.scheme)?;
         upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
-        for (name, value) in ctx.span.in_scope(skiff_telemetry::trace_context_headers) {
-            upstream.insert_header(name, value)?;
+        if self.trace_requests {
+            for (name, value) in ctx.span.in_scope(skiff_telemetry::trace_context_headers) {
+                upstream.insert_header(name, value)?;
+            }
         }
         Ok(())
     }
@@ -362,6 +369,16 @@ fn error_status(etype: &ErrorType, source: &ErrorSource) -> u16 {
         (_, ErrorSource::Downstream) => 400,
         _ => 500,
     }
+}
+
+/// A request ID for a request that came without one: 32 hex digits, as
+/// ingress-nginx's `$req_id`, unique in this process by a counter under a
+/// random prefix drawn once (no syscall per request).
+fn request_id() -> String {
+    static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
+    format!("{prefix:016x}{:016x}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// The request's host without port, from `Host` or the URI (HTTP/2).
@@ -442,6 +459,15 @@ mod tests {
         assert_eq!(error_status(&ErrorType::HTTPStatus(413), &ErrorSource::Internal), 413);
         assert_eq!(error_status(&ErrorType::InvalidHTTPHeader, &ErrorSource::Downstream), 400);
         assert_eq!(error_status(&ErrorType::ConnectionClosed, &ErrorSource::Downstream), 0);
+    }
+
+    #[test]
+    fn request_ids_are_32_hex_digits_and_never_repeat() {
+        let (a, b) = (request_id(), request_id());
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+        assert_eq!(a[..16], b[..16], "one prefix per process");
     }
 
     #[test]

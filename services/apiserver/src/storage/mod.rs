@@ -4,6 +4,7 @@
 //! [`Etcd`] is the real store; nothing else in skiff talks to etcd. An
 //! in-memory fake stands in for it in unit tests.
 
+mod encrypted;
 mod etcd;
 #[cfg(test)]
 pub mod fake;
@@ -11,6 +12,7 @@ pub mod fake;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
+pub use self::encrypted::Encrypted;
 pub use self::etcd::Etcd;
 use crate::Error;
 
