@@ -151,13 +151,17 @@ pub fn container_config(
     let pod_sc = ctx.pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
     let run_as_user = sc.and_then(|s| s.run_as_user).or_else(|| pod_sc.and_then(|s| s.run_as_user));
     let run_as_group = sc.and_then(|s| s.run_as_group).or_else(|| pod_sc.and_then(|s| s.run_as_group));
+    let envs = env(ctx, c)?;
+    let with_env = |words: &Option<Vec<String>>| -> Vec<String> {
+        words.iter().flatten().map(|w| expand(w, |name| lookup(&envs, name))).collect()
+    };
     Ok(proto::ContainerConfig {
         metadata: Some(proto::ContainerMetadata { name: c.name.clone(), attempt }),
         image: Some(proto::ImageSpec { image: image.into(), ..Default::default() }),
-        command: c.command.clone().unwrap_or_default(),
-        args: c.args.clone().unwrap_or_default(),
+        command: with_env(&c.command),
+        args: with_env(&c.args),
         working_dir: c.working_dir.clone().unwrap_or_default(),
-        envs: env(ctx, c)?,
+        envs: envs.into_iter().map(|(key, value)| proto::KeyValue { key, value }).collect(),
         mounts,
         labels: container_labels,
         log_path: format!("{}/{attempt}.log", c.name),
@@ -204,7 +208,8 @@ pub fn resources(c: &Container) -> proto::LinuxContainerResources {
 
 /// The container's environment: env (values, and valueFrom ConfigMap and
 /// Secret keys and pod fields) after envFrom, as Kubernetes orders them.
-fn env(ctx: &ContainerContext<'_>, c: &Container) -> Result<Vec<proto::KeyValue>, ConfigError> {
+/// A value's `$(VAR)` names a variable defined before it.
+fn env(ctx: &ContainerContext<'_>, c: &Container) -> Result<Vec<(String, String)>, ConfigError> {
     let (_, ns, _) = ids(ctx.pod);
     let mut out: Vec<(String, String)> = Vec::new();
     let set = |k: String, v: String, out: &mut Vec<(String, String)>| {
@@ -237,18 +242,24 @@ fn env(ctx: &ContainerContext<'_>, c: &Container) -> Result<Vec<proto::KeyValue>
         }
     }
     for e in c.env.iter().flatten() {
-        if let Some(v) = env_value(ctx, ns, e)? {
+        let value = match &e.value_from {
+            None => Some(expand(e.value.as_deref().unwrap_or_default(), |name| lookup(&out, name))),
+            Some(_) => env_value(ctx, ns, e)?,
+        };
+        if let Some(v) = value {
             set(e.name.clone(), v, &mut out);
         }
     }
-    Ok(out.into_iter().map(|(key, value)| proto::KeyValue { key, value }).collect())
+    Ok(out)
 }
 
-/// One env var's value; None when an optional source is missing.
+fn lookup<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// A `valueFrom` env var's value; None when an optional source is missing.
 fn env_value(ctx: &ContainerContext<'_>, ns: &str, e: &EnvVar) -> Result<Option<String>, ConfigError> {
-    let Some(from) = &e.value_from else {
-        return Ok(Some(expand(e.value.as_deref().unwrap_or_default())));
-    };
+    let Some(from) = &e.value_from else { return Ok(e.value.clone()) };
     if let Some(r) = &from.config_map_key_ref {
         let optional = r.optional == Some(true);
         return match ctx.objects.config_map(ns, &r.name) {
@@ -289,10 +300,31 @@ fn env_value(ctx: &ContainerContext<'_>, ns: &str, e: &EnvVar) -> Result<Option<
     Err(format!("env {}: this kind of valueFrom is not supported", e.name))
 }
 
-/// `$$` becomes `$`; other `$(VAR)` references are left as written (this
-/// kubelet does not expand them).
-fn expand(v: &str) -> String {
-    v.replace("$$", "$")
+/// Kubernetes' variable expansion in env values, command and args:
+/// `$(VAR)` becomes VAR's value when `lookup` knows it and stays as written
+/// when not; `$$` is an escaped `$` (so `$$(VAR)` stays `$(VAR)`).
+fn expand<'a>(input: &str, lookup: impl Fn(&str) -> Option<&'a str>) -> String {
+    let mut out = String::with_capacity(input.len());
+    let mut rest = input;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some((name, tail)) = after.strip_prefix('(').and_then(|r| r.split_once(')')) {
+            match lookup(name) {
+                Some(value) => out.push_str(value),
+                None => out.push_str(&format!("$({name})")),
+            }
+            rest = tail;
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Registry credentials for `image` from the pod's imagePullSecrets
@@ -406,6 +438,43 @@ mod tests {
         assert_eq!(sc.run_as_user.unwrap().value, 1000);
         assert!(sc.readonly_rootfs && !sc.privileged);
         assert_eq!(config.mounts[0].container_path, "/etc/hosts");
+    }
+
+    #[test]
+    fn variables_expand_as_kubernetes_expands_them() {
+        let env = [("POD_NAME".to_string(), "web-0".to_string()), ("NS".to_string(), "demo".to_string())];
+        let x = |s: &str| expand(s, |n| lookup(&env, n));
+        assert_eq!(x("--id=$(POD_NAME).$(NS)"), "--id=web-0.demo");
+        assert_eq!(x("$(UNKNOWN) stays"), "$(UNKNOWN) stays");
+        assert_eq!(x("$$(POD_NAME) is escaped, $$ is $"), "$(POD_NAME) is escaped, $ is $");
+        assert_eq!(x("cost: $5 and $(unclosed"), "cost: $5 and $(unclosed");
+        assert_eq!(x("trailing $"), "trailing $");
+    }
+
+    #[test]
+    fn args_and_later_env_values_see_earlier_variables() {
+        let mut p = pod();
+        let c = &mut p.spec.as_mut().unwrap().containers[0];
+        c.args = Some(vec!["--identity=$(POD_NAME)".into(), "--url=$(URL)".into()]);
+        c.env
+            .get_or_insert_with(Vec::new)
+            .push(serde_json::from_value(json!({"name": "URL", "value": "http://$(POD_IP):80"})).unwrap());
+        let objects = MapObjects::default();
+        objects.put_config_map("ns", "cm", &[("k", "from-cm")]);
+        objects.put_secret("ns", "s", &[("pw", "hunter2")]);
+        let volumes = Prepared::default();
+        let ctx = ContainerContext {
+            pod: &p,
+            objects: &objects,
+            volumes: &volumes,
+            hosts_file: None,
+            pod_ip: "10.0.0.9",
+            node_name: "n1",
+            node_ip: "192.168.0.2",
+        };
+        let c = &p.spec.as_ref().unwrap().containers[0];
+        let config = container_config(&ctx, c, "sha256:abc", 0).unwrap();
+        assert_eq!(config.args, ["--identity=web", "--url=http://10.0.0.9:80"]);
     }
 
     #[test]
