@@ -80,6 +80,12 @@ pub enum Error {
     Serve(#[source] tonic::transport::Error),
     #[error("the encryption configuration")]
     EncryptionConfig(#[from] crate::encryption::ConfigError),
+    #[error("opening the audit log {path}")]
+    AuditLog {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The resource name Kubernetes uses in messages: `deployments.apps`, `pods`.
@@ -119,6 +125,7 @@ impl Error {
             Error::Corrupt { .. }
             | Error::Encryption { .. }
             | Error::EncryptionConfig(_)
+            | Error::AuditLog { .. }
             | Error::Telemetry(_)
             | Error::Metric(_)
             | Error::Listen { .. }

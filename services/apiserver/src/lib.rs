@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod allocator;
+mod audit;
 mod cache;
 pub mod encryption;
 mod error;
@@ -55,6 +56,9 @@ pub struct Config {
     /// its first key; at start, values written with another are re-encrypted.
     #[arg(long)]
     pub encryption_provider_config: Option<std::path::PathBuf>,
+    /// Append a JSON line (an audit.k8s.io/v1 Event) per mutating request here.
+    #[arg(long)]
+    pub audit_log_path: Option<std::path::PathBuf>,
 }
 
 /// The largest request the API accepts: above the 1.5 MiB object limit so
@@ -112,12 +116,21 @@ pub async fn run(
         shutdown: ops.stop.receiver(),
         kubelets: proxy::Kubelets::default(),
     });
+    let audit = match &config.audit_log_path {
+        Some(path) => Some(
+            audit::AuditLog::open(path)
+                .await
+                .map_err(|source| Error::AuditLog { path: path.display().to_string(), source })?,
+        ),
+        None => None,
+    };
     let service = service::ObjectsService {
         registry,
         metrics: grpc,
         watchers,
         shutdown: ops.stop.receiver(),
         bookmark_interval: config.bookmark_interval,
+        audit,
     };
     let server = ObjectsServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)

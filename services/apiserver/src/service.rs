@@ -2,8 +2,9 @@
 //! records metrics. Errors become statuses through `From<Error> for Status`.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use skiff_api::proto::{
     objects_server::Objects, BindRequest, CreateRequest, DeleteRequest, GetRequest, ListReply, ListRequest,
@@ -17,6 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::audit::{AuditLog, Record};
 use crate::cache::Filter;
 use crate::registry::Registry;
 use crate::watch::{self, WatchParams};
@@ -28,6 +30,36 @@ pub struct ObjectsService {
     pub watchers: IntGauge,
     pub shutdown: signal::Receiver<bool>,
     pub bookmark_interval: Duration,
+    pub audit: Option<AuditLog>,
+}
+
+/// What the audit log says of a mutating request besides its outcome.
+struct Mutation<'a> {
+    verb: &'static str,
+    method: &'static str,
+    kind: &'a str,
+    namespace: &'a str,
+    source: Option<SocketAddr>,
+    user_agent: String,
+}
+
+fn user_agent<T>(req: &Request<T>) -> String {
+    req.metadata().get("user-agent").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+}
+
+/// `metadata.name` of a request's object, read without decoding the rest.
+fn object_name(object: &[u8]) -> String {
+    #[derive(serde::Deserialize, Default)]
+    struct Meta {
+        #[serde(default)]
+        name: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Named {
+        #[serde(default)]
+        metadata: Meta,
+    }
+    serde_json::from_slice::<Named>(object).map(|n| n.metadata.name).unwrap_or_default()
 }
 
 /// Events buffered per watcher before the sender waits for the client.
@@ -68,11 +100,50 @@ impl ObjectsService {
     }
 }
 
+impl ObjectsService {
+    /// [`call`](Self::call) for a request that changes state, written to
+    /// the audit log (when there is one) once it has its outcome.
+    async fn mutate<T>(
+        &self,
+        m: Mutation<'_>,
+        name: impl FnOnce() -> String,
+        metadata: &tonic::metadata::MetadataMap,
+        fut: impl Future<Output = Result<T, Error>>,
+    ) -> Result<Response<T>, Status> {
+        let received = SystemTime::now();
+        let started = Instant::now();
+        let result = self.call(m.method, m.kind, metadata, fut).await;
+        if let Some(audit) = &self.audit {
+            audit.record(&Record {
+                verb: m.verb,
+                kind: m.kind,
+                namespace: m.namespace,
+                name: &name(),
+                source: m.source,
+                user_agent: &m.user_agent,
+                code: result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok),
+                received,
+                latency: started.elapsed(),
+            });
+        }
+        result
+    }
+}
+
 #[tonic::async_trait]
 impl Objects for ObjectsService {
     async fn create(&self, req: Request<CreateRequest>) -> Result<Response<ObjectReply>, Status> {
+        let (source, agent) = (req.remote_addr(), user_agent(&req));
         let (meta, _, r) = req.into_parts();
-        self.call("Create", &r.kind, &meta, async {
+        let m = Mutation {
+            verb: "create",
+            method: "Create",
+            kind: &r.kind,
+            namespace: &r.namespace,
+            source,
+            user_agent: agent,
+        };
+        self.mutate(m, || object_name(&r.object), &meta, async {
             Ok(ObjectReply { object: self.registry.create(&r.kind, &r.namespace, &r.object).await? })
         })
         .await
@@ -127,32 +198,68 @@ impl Objects for ObjectsService {
     }
 
     async fn update(&self, req: Request<UpdateRequest>) -> Result<Response<ObjectReply>, Status> {
+        let (source, agent) = (req.remote_addr(), user_agent(&req));
         let (meta, _, r) = req.into_parts();
-        self.call("Update", &r.kind, &meta, async {
+        let m = Mutation {
+            verb: "update",
+            method: "Update",
+            kind: &r.kind,
+            namespace: &r.namespace,
+            source,
+            user_agent: agent,
+        };
+        self.mutate(m, || object_name(&r.object), &meta, async {
             Ok(ObjectReply { object: self.registry.update(&r.kind, &r.namespace, &r.object, false).await? })
         })
         .await
     }
 
     async fn update_status(&self, req: Request<UpdateRequest>) -> Result<Response<ObjectReply>, Status> {
+        let (source, agent) = (req.remote_addr(), user_agent(&req));
         let (meta, _, r) = req.into_parts();
-        self.call("UpdateStatus", &r.kind, &meta, async {
+        let m = Mutation {
+            verb: "update",
+            method: "UpdateStatus",
+            kind: &r.kind,
+            namespace: &r.namespace,
+            source,
+            user_agent: agent,
+        };
+        self.mutate(m, || object_name(&r.object), &meta, async {
             Ok(ObjectReply { object: self.registry.update(&r.kind, &r.namespace, &r.object, true).await? })
         })
         .await
     }
 
     async fn patch(&self, req: Request<PatchRequest>) -> Result<Response<ObjectReply>, Status> {
+        let (source, agent) = (req.remote_addr(), user_agent(&req));
         let (meta, _, r) = req.into_parts();
-        self.call("Patch", &r.kind, &meta, async {
+        let m = Mutation {
+            verb: "patch",
+            method: "Patch",
+            kind: &r.kind,
+            namespace: &r.namespace,
+            source,
+            user_agent: agent,
+        };
+        self.mutate(m, || r.name.clone(), &meta, async {
             Ok(ObjectReply { object: self.registry.patch(&r.kind, &r.namespace, &r.name, &r.patch).await? })
         })
         .await
     }
 
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<ObjectReply>, Status> {
+        let (source, agent) = (req.remote_addr(), user_agent(&req));
         let (meta, _, r) = req.into_parts();
-        self.call("Delete", &r.kind, &meta, async {
+        let m = Mutation {
+            verb: "delete",
+            method: "Delete",
+            kind: &r.kind,
+            namespace: &r.namespace,
+            source,
+            user_agent: agent,
+        };
+        self.mutate(m, || r.name.clone(), &meta, async {
             let object = self
                 .registry
                 .delete(&r.kind, &r.namespace, &r.name, &r.resource_version, r.grace_period_seconds)
@@ -163,8 +270,17 @@ impl Objects for ObjectsService {
     }
 
     async fn bind(&self, req: Request<BindRequest>) -> Result<Response<ObjectReply>, Status> {
+        let (source, agent) = (req.remote_addr(), user_agent(&req));
         let (meta, _, r) = req.into_parts();
-        self.call("Bind", "Pod", &meta, async {
+        let m = Mutation {
+            verb: "create",
+            method: "Bind",
+            kind: "Pod",
+            namespace: &r.namespace,
+            source,
+            user_agent: agent,
+        };
+        self.mutate(m, || format!("{}/binding", r.name), &meta, async {
             Ok(ObjectReply { object: self.registry.bind(&r.namespace, &r.name, &r.node_name, &r.uid).await? })
         })
         .await
