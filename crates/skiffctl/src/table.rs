@@ -361,6 +361,12 @@ mod tests {
         let bare = json!({"metadata": {"name": "bare", "creationTimestamp": "2024-05-01T11:00:00Z"}, "spec": {}});
         assert_eq!(printer.row(&bare), ["bare", "<none>", "*", "", "80", "60m"]);
 
+        let class = json!({"metadata": {"name": "skiff", "creationTimestamp": "2024-05-01T11:00:00Z"},
+                           "spec": {"controller": "skiff.io/ingress-controller"}});
+        let printer = Printer { info: lookup("ingressclass"), wide: false, all_namespaces: false, now: now() };
+        assert_eq!(printer.header(), ["NAME", "CONTROLLER", "PARAMETERS", "AGE"]);
+        assert_eq!(printer.row(&class), ["skiff", "skiff.io/ingress-controller", "<none>", "60m"]);
+
         let lease = json!({"metadata": {"name": "leader", "creationTimestamp": "2024-05-01T11:59:00Z"}});
         let printer = Printer { info: lookup("lease"), wide: false, all_namespaces: false, now: now() };
         assert_eq!(printer.header(), ["NAME", "AGE"]);

@@ -26,6 +26,7 @@ pub(super) fn header(kind: &str, wide: bool) -> &'static [&'static str] {
         ("Secret", _) => &["TYPE", "DATA", "AGE"],
         ("Event", _) => &["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
         ("Ingress", _) => &["CLASS", "HOSTS", "ADDRESS", "PORTS", "AGE"],
+        ("IngressClass", _) => &["CONTROLLER", "PARAMETERS", "AGE"],
         _ => &["AGE"],
     }
 }
@@ -61,6 +62,13 @@ pub(super) fn cells(kind: &str, obj: &Value, wide: bool, now: DateTime<Utc>) -> 
         "Secret" => vec![text(obj, "/type", "Opaque"), len(obj, "data").to_string(), object_age(obj, now)],
         "Event" => event(obj, now),
         "Ingress" => ingress(obj, now),
+        "IngressClass" => {
+            let parameters = match (obj.pointer("/spec/parameters/kind"), obj.pointer("/spec/parameters/name")) {
+                (Some(kind), Some(name)) => format!("{}/{}", str_or(Some(kind), ""), str_or(Some(name), "")),
+                _ => "<none>".to_string(),
+            };
+            vec![text(obj, "/spec/controller", "<none>"), parameters, object_age(obj, now)]
+        }
         _ => vec![object_age(obj, now)],
     };
     if wide {
