@@ -67,6 +67,15 @@ fn ingress(name: &str, spec: Value) -> Value {
     json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": name}, "spec": spec})
 }
 
+/// An Ingress spec of `class` with one host rule.
+fn rule(class: &str, host: &str, paths: Vec<Value>) -> Value {
+    json!({"ingressClassName": class, "rules": [{"host": host, "http": {"paths": paths}}]})
+}
+
+async fn create_ingress(client: &Client, name: &str, spec: Value) {
+    client.create("Ingress", NS, &ingress(name, spec)).await.expect("create ingress");
+}
+
 fn path(p: &str, kind: &str, service: &str) -> Value {
     json!({"path": p, "pathType": kind, "backend": {"service": {"name": service, "port": {"number": 80}}}})
 }
@@ -95,42 +104,15 @@ async fn routes_by_host_and_path_and_answers_for_what_it_cannot_serve() {
         (Upstream::start("web-a").await, Upstream::start("web-b").await, Upstream::start("api").await);
     backend(&client, "web", &[web_a.addr, web_b.addr]).await;
     backend(&client, "api", &[api.addr]).await;
-    client
-        .create(
-            "Ingress",
-            NS,
-            &ingress(
-                "shop",
-                json!({"ingressClassName": "skiff", "rules": [{"host": "shop.example.test", "http": {"paths": [
-                    path("/", "Prefix", "web"), path("/api", "Prefix", "api")]}}]}),
-            ),
-        )
-        .await
-        .unwrap();
-    client
-        .create(
-            "Ingress",
-            NS,
-            &ingress(
-                "broken",
-                json!({"ingressClassName": "skiff", "rules": [{"host": "broken.example.test", "http": {"paths": [
-                    path("/", "Prefix", "missing")]}}]}),
-            ),
-        )
-        .await
-        .unwrap();
-    client
-        .create(
-            "Ingress",
-            NS,
-            &ingress(
-                "someone-elses",
-                json!({"ingressClassName": "nginx", "rules": [{"host": "nginx.example.test", "http": {"paths": [
-                    path("/", "Prefix", "web")]}}]}),
-            ),
-        )
-        .await
-        .unwrap();
+    create_ingress(
+        &client,
+        "shop",
+        rule("skiff", "shop.example.test", vec![path("/", "Prefix", "web"), path("/api", "Prefix", "api")]),
+    )
+    .await;
+    create_ingress(&client, "broken", rule("skiff", "broken.example.test", vec![path("/", "Prefix", "missing")])).await;
+    create_ingress(&client, "someone-elses", rule("nginx", "nginx.example.test", vec![path("/", "Prefix", "web")]))
+        .await;
     wait_routed(listen, "shop.example.test", "/api/users", "api").await;
 
     // Round robin over both endpoints of web; /api is longer, so it wins.
@@ -207,18 +189,7 @@ async fn a_dead_endpoint_is_retried_elsewhere_and_then_left_out() {
     // A port nothing listens on: connections are refused.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     backend(&client, "web", &[live.addr, dead]).await;
-    client
-        .create(
-            "Ingress",
-            NS,
-            &ingress(
-                "web",
-                json!({"ingressClassName": "skiff", "rules": [{"host": "web.example.test", "http": {"paths": [
-                    path("/", "Prefix", "web")]}}]}),
-            ),
-        )
-        .await
-        .unwrap();
+    create_ingress(&client, "web", rule("skiff", "web.example.test", vec![path("/", "Prefix", "web")])).await;
     wait_routed(listen, "web.example.test", "/", "live").await;
 
     let mut conn = Conn::connect(listen).await.unwrap();
@@ -237,10 +208,7 @@ async fn edits_under_load_drop_no_request_and_take_effect() {
     let (blue, green) = (Upstream::start("blue").await, Upstream::start("green").await);
     backend(&client, "blue", &[blue.addr]).await;
     backend(&client, "green", &[green.addr]).await;
-    let spec = |svc: &str| {
-        json!({"ingressClassName": "skiff", "rules": [{"host": "app.example.test", "http": {"paths": [
-            path("/", "Prefix", svc)]}}]})
-    };
+    let spec = |svc: &str| rule("skiff", "app.example.test", vec![path("/", "Prefix", svc)]);
     client.create("Ingress", NS, &ingress("app", spec("blue"))).await.unwrap();
     wait_routed(listen, "app.example.test", "/", "blue").await;
 
@@ -282,11 +250,7 @@ async fn annotations_limit_bodies_and_pin_clients() {
     let (_cluster, client, listen, _) = start().await;
     let ups = [Upstream::start("one").await, Upstream::start("two").await, Upstream::start("three").await];
     backend(&client, "web", &ups.iter().map(|u| u.addr).collect::<Vec<_>>()).await;
-    let mut ing = ingress(
-        "web",
-        json!({"ingressClassName": "skiff", "rules": [{"host": "web.example.test", "http": {"paths": [
-            path("/", "Prefix", "web")]}}]}),
-    );
+    let mut ing = ingress("web", rule("skiff", "web.example.test", vec![path("/", "Prefix", "web")]));
     ing["metadata"]["annotations"] =
         json!({"skiff.io/proxy-body-size": "1k", "skiff.io/upstream-hash-by": "header:X-User"});
     client.create("Ingress", NS, &ing).await.unwrap();
@@ -316,18 +280,7 @@ async fn shutdown_finishes_requests_in_flight() {
     let (mut cluster, client, listen, _) = start().await;
     let slow = Upstream::start("slow").await;
     backend(&client, "slow", &[slow.addr]).await;
-    client
-        .create(
-            "Ingress",
-            NS,
-            &ingress(
-                "slow",
-                json!({"ingressClassName": "skiff", "rules": [{"host": "slow.example.test", "http": {"paths": [
-                    path("/", "Prefix", "slow")]}}]}),
-            ),
-        )
-        .await
-        .unwrap();
+    create_ingress(&client, "slow", rule("skiff", "slow.example.test", vec![path("/", "Prefix", "slow")])).await;
     wait_routed(listen, "slow.example.test", "/", "slow").await;
 
     let in_flight = tokio::spawn(async move { get(listen, "slow.example.test", "/slow?ms=1500").await });
@@ -757,8 +710,7 @@ async fn websocket_upgrades_are_tunnelled() {
     let (_cluster, client, listen, _) = start().await;
     let ws = Upstream::start("ws").await;
     backend(&client, "ws", &[ws.addr]).await;
-    let rules = json!({"ingressClassName": "skiff", "rules": [{"host": "ws.example.test", "http": {"paths": [
-        path("/", "Prefix", "ws")]}}]});
+    let rules = rule("skiff", "ws.example.test", vec![path("/", "Prefix", "ws")]);
     client.create("Ingress", NS, &ingress("ws", rules)).await.unwrap();
     wait_routed(listen, "ws.example.test", "/", "ws").await;
 
@@ -793,11 +745,7 @@ async fn hostile_clients_and_slow_endpoints_leave_the_proxy_serving() {
     let (_cluster, client, listen, _) = start().await;
     let up = Upstream::start("up").await;
     backend(&client, "up", &[up.addr]).await;
-    let mut ing = ingress(
-        "up",
-        json!({"ingressClassName": "skiff", "rules": [{"host": "up.example.test", "http": {"paths": [
-            path("/", "Prefix", "up")]}}]}),
-    );
+    let mut ing = ingress("up", rule("skiff", "up.example.test", vec![path("/", "Prefix", "up")]));
     ing["metadata"]["annotations"] = json!({"skiff.io/proxy-read-timeout": "1s"});
     client.create("Ingress", NS, &ing).await.unwrap();
     wait_routed(listen, "up.example.test", "/", "up").await;

@@ -398,6 +398,25 @@ mod tests {
         .unwrap()
     }
 
+    /// The first container's config, on node n1 with pod IP 10.0.0.9, with
+    /// ConfigMap ns/cm holding `cm` and Secret ns/s holding `pw`.
+    fn first_container_config(p: &Pod, cm: &[(&str, &str)]) -> Result<proto::ContainerConfig, ConfigError> {
+        let objects = MapObjects::default();
+        objects.put_config_map("ns", "cm", cm);
+        objects.put_secret("ns", "s", &[("pw", "hunter2")]);
+        let volumes = Prepared::default();
+        let ctx = ContainerContext {
+            pod: p,
+            objects: &objects,
+            volumes: &volumes,
+            hosts_file: None,
+            pod_ip: "10.0.0.9",
+            node_name: "n1",
+            node_ip: "192.168.0.2",
+        };
+        container_config(&ctx, &p.spec.as_ref().unwrap().containers[0], "sha256:abc", 0)
+    }
+
     #[test]
     fn container_config_carries_the_spec() {
         let p = pod();
@@ -459,41 +478,13 @@ mod tests {
         c.env
             .get_or_insert_with(Vec::new)
             .push(serde_json::from_value(json!({"name": "URL", "value": "http://$(POD_IP):80"})).unwrap());
-        let objects = MapObjects::default();
-        objects.put_config_map("ns", "cm", &[("k", "from-cm")]);
-        objects.put_secret("ns", "s", &[("pw", "hunter2")]);
-        let volumes = Prepared::default();
-        let ctx = ContainerContext {
-            pod: &p,
-            objects: &objects,
-            volumes: &volumes,
-            hosts_file: None,
-            pod_ip: "10.0.0.9",
-            node_name: "n1",
-            node_ip: "192.168.0.2",
-        };
-        let c = &p.spec.as_ref().unwrap().containers[0];
-        let config = container_config(&ctx, c, "sha256:abc", 0).unwrap();
+        let config = first_container_config(&p, &[("k", "from-cm")]).unwrap();
         assert_eq!(config.args, ["--identity=web", "--url=http://10.0.0.9:80"]);
     }
 
     #[test]
     fn a_missing_config_map_key_is_a_config_error() {
-        let p = pod();
-        let objects = MapObjects::default();
-        objects.put_config_map("ns", "cm", &[("other", "x")]);
-        objects.put_secret("ns", "s", &[("pw", "hunter2")]);
-        let volumes = Prepared::default();
-        let ctx = ContainerContext {
-            pod: &p,
-            objects: &objects,
-            volumes: &volumes,
-            hosts_file: None,
-            pod_ip: "",
-            node_name: "n1",
-            node_ip: "",
-        };
-        let err = container_config(&ctx, &p.spec.as_ref().unwrap().containers[0], "x", 0).unwrap_err();
+        let err = first_container_config(&pod(), &[("other", "x")]).unwrap_err();
         assert_eq!(err, "couldn't find key k in ConfigMap ns/cm");
     }
 
