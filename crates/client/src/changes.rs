@@ -68,6 +68,16 @@ impl Changes {
         self.wake = None;
         self.woken.recv().await.is_some()
     }
+
+    /// [`changed`](Self::changed), unless `shutdown` comes first: the loop
+    /// of a view that rebuilds until it is stopped or its informers are,
+    /// `while changes.changed_before(&mut shutdown).await { rebuild() }`.
+    pub async fn changed_before(&mut self, shutdown: impl std::future::Future<Output = ()>) -> bool {
+        tokio::select! {
+            _ = shutdown => false,
+            changed = self.changed() => changed,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -119,5 +129,16 @@ mod tests {
         assert!(changes.changed().await, "one closed feed must not end the others");
         drop(tx_b);
         assert!(!changes.changed().await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changed_before_ends_at_shutdown_and_otherwise_waits_for_a_change() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut changes = Changes::new().watch::<ConfigMap>(rx);
+        tx.send(named("a")).unwrap();
+        assert!(changes.changed_before(std::future::pending()).await);
+        assert!(!changes.changed_before(std::future::ready(())).await, "shutdown first ends the loop");
+        tx.send(named("b")).unwrap();
+        assert!(changes.changed_before(tokio::time::sleep(Duration::from_secs(60))).await);
     }
 }

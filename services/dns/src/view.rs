@@ -82,11 +82,7 @@ impl View {
     /// every informer has stopped.
     pub async fn run(self, mut changes: Changes, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => return,
-                changed = changes.changed() => if !changed { return },
-            }
+        while changes.changed_before(&mut shutdown).await {
             self.rebuild();
         }
     }

@@ -114,11 +114,7 @@ impl LoadBalancers {
     pub async fn run(self, mut changes: Changes, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         self.sync().await;
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                changed = changes.changed() => if !changed { break },
-            }
+        while changes.changed_before(&mut shutdown).await {
             self.sync().await;
         }
         self.running.lock().unwrap_or_else(|e| e.into_inner()).clear();
