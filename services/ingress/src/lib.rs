@@ -37,6 +37,7 @@ use k8s_openapi::api::core::v1::{Endpoints, Secret, Service};
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use skiff_api::parse_duration;
 use skiff_client::{key_of, Client, Controller, Informer, InformerEvent, ListParams, WorkQueue};
+use skiff_telemetry::prometheus::IntGauge;
 use skiff_telemetry::ServiceOps;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -44,7 +45,7 @@ use tokio::task::JoinSet;
 pub use error::Error;
 
 use crate::metrics::IngressMetrics;
-use crate::proxy::{InFlight, IngressProxy, SharedTable};
+use crate::proxy::{IngressProxy, SharedTable};
 use crate::routes::RouteTable;
 use crate::tls::Certs;
 use crate::view::{Stores, View};
@@ -144,7 +145,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     tasks.spawn(eps_informer.run(ops.stop.raised()));
     tasks.spawn(secret_informer.run(ops.stop.raised()));
 
-    let in_flight = Arc::new(InFlight::default());
     let result: Result<(), Error> = async {
         tokio::pin!(shutdown);
         tokio::select! {
@@ -171,7 +171,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         let proxy = |scheme| IngressProxy {
             table: table.clone(),
             metrics: metrics.clone(),
-            in_flight: in_flight.clone(),
             scheme,
             https_port,
             trace_requests: config.trace_requests,
@@ -195,7 +194,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         ops.readiness.set_not_ready("shutting down");
         let _ = stop_accepting.send(true);
         while serving.join_next().await.is_some() {}
-        drain(&in_flight, config.shutdown_grace).await;
+        drain(&metrics.active, config.shutdown_grace).await;
         Ok(())
     }
     .await;
@@ -217,13 +216,13 @@ async fn run_controller<R: skiff_client::Reconcile>(
 }
 
 /// Waits for requests in flight to finish, up to `grace`.
-async fn drain(in_flight: &InFlight, grace: Duration) {
+async fn drain(in_flight: &IntGauge, grace: Duration) {
     let deadline = Instant::now() + grace;
     let mut tick = tokio::time::interval(Duration::from_millis(20));
-    while in_flight.count() > 0 && Instant::now() < deadline {
+    while in_flight.get() > 0 && Instant::now() < deadline {
         tick.tick().await;
     }
-    match in_flight.count() {
+    match in_flight.get() {
         0 => tracing::info!("drained"),
         left => tracing::warn!(left, "shutdown grace ran out with requests in flight"),
     }

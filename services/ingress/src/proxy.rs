@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use skiff_telemetry::prometheus::IntGauge;
 
 use crate::balance::{ActiveGuard, PeerState};
 use crate::metrics::{IngressMetrics, RouteLabels};
@@ -35,22 +36,13 @@ const MAX_TRIES: usize = 3;
 
 pub type SharedTable = Arc<ArcSwap<RouteTable>>;
 
-/// Requests being served, for the graceful drain.
-#[derive(Debug, Default)]
-pub struct InFlight(AtomicUsize);
-
-impl InFlight {
-    pub fn count(&self) -> usize {
-        self.0.load(Ordering::Acquire)
-    }
-}
-
-struct InFlightGuard(Arc<InFlight>, IngressMetrics);
+/// Counts a request in `skiff_ingress_active_requests` until it ends; the
+/// graceful drain waits on the same gauge.
+struct InFlightGuard(IntGauge);
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.0 .0.fetch_sub(1, Ordering::AcqRel);
-        self.1.active.dec();
+        self.0.dec();
     }
 }
 
@@ -58,7 +50,6 @@ impl Drop for InFlightGuard {
 pub struct IngressProxy {
     pub table: SharedTable,
     pub metrics: IngressMetrics,
-    pub in_flight: Arc<InFlight>,
     /// `https` on the TLS listener, else `http`.
     pub scheme: &'static str,
     /// The port TLS is served on, when it is: plain-HTTP requests for TLS
@@ -112,7 +103,6 @@ impl ProxyHttp for IngressProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        self.in_flight.0.fetch_add(1, Ordering::AcqRel);
         self.metrics.active.inc();
         RequestCtx {
             started: Instant::now(),
@@ -123,7 +113,7 @@ impl ProxyHttp for IngressProxy {
             request_id: String::new(),
             body_bytes: 0,
             span: tracing::Span::none(),
-            _in_flight: InFlightGuard(self.in_flight.clone(), self.metrics.clone()),
+            _in_flight: InFlightGuard(self.metrics.active.clone()),
         }
     }
 
