@@ -39,6 +39,8 @@ pub enum ConfigError {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct File {
+    /// Accepted as Kubernetes writes it; nothing depends on its value.
+    #[allow(dead_code)]
     api_version: Option<String>,
     kind: Option<String>,
     resources: Vec<ResourceRule>,
@@ -74,9 +76,10 @@ struct KeyEntry {
 
 /// How one resource's values are turned into what etcd holds and back.
 pub struct Transformer {
-    /// The key new writes use; None when `identity` comes first.
-    write: Option<(String, LessSafeKey)>,
-    read: HashMap<String, LessSafeKey>,
+    /// The name of the key new writes use (one of `keys`); None when
+    /// `identity` comes first.
+    write: Option<String>,
+    keys: HashMap<String, LessSafeKey>,
     /// `identity` is among the providers: plaintext reads are allowed.
     plaintext_readable: bool,
     rng: SystemRandom,
@@ -99,7 +102,6 @@ impl Encryption {
         if file.kind.as_deref().is_some_and(|k| k != "EncryptionConfiguration") {
             return Err(format!("kind: {:?} must be EncryptionConfiguration", file.kind.unwrap_or_default()));
         }
-        let _ = file.api_version;
         let mut resources = HashMap::new();
         for (i, rule) in file.resources.iter().enumerate() {
             for (j, resource) in rule.resources.iter().enumerate() {
@@ -122,7 +124,7 @@ impl Transformer {
             return Err(format!("{at}: at least one provider is required"));
         }
         let mut write = None;
-        let mut read = HashMap::new();
+        let mut keys = HashMap::new();
         let mut plaintext_readable = false;
         for (i, provider) in providers.iter().enumerate() {
             match (&provider.aesgcm, &provider.identity) {
@@ -133,9 +135,9 @@ impl Transformer {
                     for (j, entry) in aes.keys.iter().enumerate() {
                         let key = parse_key(entry, &format!("{at}[{i}].aesgcm.keys[{j}]"))?;
                         if i == 0 && j == 0 {
-                            write = Some((entry.name.clone(), parse_key(entry, "")?));
+                            write = Some(entry.name.clone());
                         }
-                        if read.insert(entry.name.clone(), key).is_some() {
+                        if keys.insert(entry.name.clone(), key).is_some() {
                             return Err(format!("{at}[{i}].aesgcm.keys[{j}].name: {:?} is listed twice", entry.name));
                         }
                     }
@@ -144,12 +146,13 @@ impl Transformer {
                 _ => return Err(format!("{at}[{i}]: exactly one of aesgcm, identity")),
             }
         }
-        Ok(Self { write, read, plaintext_readable, rng: SystemRandom::new() })
+        Ok(Self { write, keys, plaintext_readable, rng: SystemRandom::new() })
     }
 
     /// What etcd stores for `plain` at `key`.
     pub fn encrypt(&self, key: &str, plain: &[u8]) -> Result<Vec<u8>, String> {
-        let Some((name, cipher)) = &self.write else { return Ok(plain.to_vec()) };
+        let Some(name) = &self.write else { return Ok(plain.to_vec()) };
+        let cipher = &self.keys[name];
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce).map_err(|_| "no randomness for a nonce".to_string())?;
         let mut sealed = plain.to_vec();
@@ -177,7 +180,7 @@ impl Transformer {
         let colon = rest.iter().position(|b| *b == b':').ok_or("malformed encrypted value")?;
         let name = String::from_utf8_lossy(&rest[..colon]).into_owned();
         let cipher =
-            self.read.get(&name).ok_or_else(|| format!("encrypted with key {name:?}, which is not configured"))?;
+            self.keys.get(&name).ok_or_else(|| format!("encrypted with key {name:?}, which is not configured"))?;
         let body = &rest[colon + 1..];
         if body.len() < NONCE_LEN {
             return Err("malformed encrypted value".into());
@@ -196,7 +199,7 @@ impl Transformer {
         match (&self.write, stored.strip_prefix(PREFIX)) {
             (None, rest) => rest.is_some(),
             (Some(_), None) => true,
-            (Some((name, _)), Some(rest)) => !rest.starts_with(format!("{name}:").as_bytes()),
+            (Some(name), Some(rest)) => !rest.starts_with(format!("{name}:").as_bytes()),
         }
     }
 }
