@@ -179,13 +179,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         let mut serving = JoinSet::new();
         serving.spawn(listen::serve_http(proxy("http"), http, accepting.clone()));
         if let Some(https) = https {
+            let addr = config.https_listen;
+            let https = tokio::net::TcpListener::from_std(https)
+                .map_err(|source| Error::Bind { what: "HTTPS", addr, source })?;
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config));
-            let serve = listen::serve_tls(proxy("https"), https, acceptor, accepting);
-            serving.spawn(async move {
-                if let Err(e) = serve.await {
-                    tracing::error!(error = %e, "serving HTTPS");
-                }
-            });
+            serving.spawn(listen::serve_tls(proxy("https"), https, acceptor, accepting));
         }
         ops.readiness.set_ready();
         tracing::info!(http = %config.http_listen, https = ?https_port.map(|_| config.https_listen), class = %config.ingress_class, "serving");

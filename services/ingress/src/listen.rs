@@ -68,22 +68,15 @@ pub async fn serve_http(proxy: IngressProxy, listener: TcpListener, stop: watch:
 /// open finish their current request (pingora watches `stop` too).
 pub async fn serve_tls(
     proxy: IngressProxy,
-    listener: TcpListener,
+    listener: tokio::net::TcpListener,
     acceptor: TlsAcceptor,
     mut stop: watch::Receiver<bool>,
-) -> Result<(), Error> {
-    let addr = listener.local_addr().map_err(|source| Error::Bind {
-        what: "HTTPS",
-        addr: ([0, 0, 0, 0], 0).into(),
-        source,
-    })?;
-    let listener =
-        tokio::net::TcpListener::from_std(listener).map_err(|source| Error::Bind { what: "HTTPS", addr, source })?;
+) {
     let app = Arc::new(pingora_proxy::http_proxy(&Arc::new(ServerConf::default()), proxy));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = stop.wait_for(|stopping| *stopping) => return Ok(()),
+            _ = stop.wait_for(|stopping| *stopping) => return,
         };
         match accepted {
             Ok((tcp, _)) => {
