@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 
 use crate::balance::{Endpoints, Peers};
 use crate::routes::ready_addrs;
-use crate::settings::Balance;
+use crate::settings::{Balance, Settings};
 use crate::status::COMPONENT;
 
 /// A connection to an endpoint that takes longer than this fails over.
@@ -339,7 +339,9 @@ async fn forward_tcp(mut client: TcpStream, endpoints: Arc<Endpoints>) {
                 return;
             }
             _ => {
-                state.record_failure(1, Duration::from_secs(10));
+                // No Ingress annotations here: nginx's defaults, as for Ingresses.
+                let defaults = Settings::default();
+                state.record_failure(defaults.max_fails, defaults.fail_timeout);
                 tracing::debug!(endpoint = %addr, "load-balancer connect failed");
             }
         }

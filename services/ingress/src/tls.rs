@@ -81,12 +81,14 @@ impl Certs {
         parsed: &mut ParsedSecrets,
     ) -> Self {
         let mut by_host = HashMap::new();
+        let mut used = std::collections::HashSet::new();
         for ing in ingresses {
             let namespace = ing.metadata.namespace.as_deref().unwrap_or_default();
             for tls in ing.spec.iter().flat_map(|s| s.tls.iter().flatten()) {
                 let Some(name) = tls.secret_name.as_deref().filter(|n| !n.is_empty()) else { continue };
                 let key = format!("{namespace}/{name}");
                 let cert = secret(&key).and_then(|s| parsed.get(&key, &s).ok());
+                used.insert(key);
                 for host in tls.hosts.iter().flatten().map(|h| h.to_ascii_lowercase()) {
                     if by_host.contains_key(&host) {
                         continue;
@@ -97,6 +99,8 @@ impl Certs {
                 }
             }
         }
+        // Secrets no Ingress names any more are not kept parsed.
+        parsed.parsed.retain(|key, _| used.contains(key));
         Self { by_host }
     }
 
@@ -224,6 +228,18 @@ mod tests {
         assert!(!Arc::ptr_eq(&a, &w));
         assert!(certs.find("x.shop.apps.example.test").is_none());
         assert!(certs.find("gone.example.test").is_none());
+    }
+
+    #[test]
+    fn secrets_no_ingress_names_any_more_are_forgotten() {
+        let (crt, key) = pem_pair("a.example.test");
+        let good = secret("1", &crt, &key);
+        let mut parsed = ParsedSecrets::default();
+        let ing = ingress(json!([{"hosts": ["a.example.test"], "secretName": "a"}]));
+        Certs::build(&[ing], &|_| Some(good.clone()), &Certs::default(), &mut parsed);
+        assert_eq!(parsed.parsed.len(), 1);
+        Certs::build(&[ingress(json!([]))], &|_| Some(good.clone()), &Certs::default(), &mut parsed);
+        assert!(parsed.parsed.is_empty());
     }
 
     #[test]
