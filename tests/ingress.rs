@@ -89,6 +89,25 @@ async fn wait_routed(listen: SocketAddr, host: &str, path: &str, want: &str) {
     .await;
 }
 
+/// Waits for a Warning Event `reason` about `object` whose message holds
+/// `message_part`.
+async fn wait_warning(client: &Client, object: &str, reason: &str, message_part: &str) {
+    eventually(&format!("a {reason} warning about {object}"), || async {
+        let events = client.list("Event", NS, &Default::default()).await.ok()?;
+        events
+            .items
+            .iter()
+            .find(|e| {
+                e["involvedObject"]["name"] == object
+                    && e["reason"] == reason
+                    && e["type"] == "Warning"
+                    && e["message"].as_str().is_some_and(|m| m.contains(message_part))
+            })
+            .map(|_| ())
+    })
+    .await;
+}
+
 async fn metric(addr: SocketAddr, name: &str) -> f64 {
     let text = get(addr, "localhost", "/metrics").await.expect("scrape").body;
     text.lines()
@@ -153,20 +172,7 @@ async fn routes_by_host_and_path_and_answers_for_what_it_cannot_serve() {
     let r = get(listen, "broken.example.test", "/").await.unwrap();
     assert_eq!(r.status, 503);
     assert!(r.body.contains("service default/missing not found"), "{r:?}");
-    eventually("a BackendUnavailable event on ingress broken", || async {
-        let events = client.list("Event", NS, &Default::default()).await.ok()?;
-        events
-            .items
-            .iter()
-            .find(|e| {
-                e["involvedObject"]["name"] == "broken"
-                    && e["reason"] == "BackendUnavailable"
-                    && e["type"] == "Warning"
-                    && e["message"].as_str().is_some_and(|m| m.contains("default/missing"))
-            })
-            .map(|_| ())
-    })
-    .await;
+    wait_warning(&client, "broken", "BackendUnavailable", "default/missing").await;
 
     // The Service appears: served without anyone touching the Ingress.
     backend(&client, "missing", &[api.addr]).await;
@@ -425,19 +431,7 @@ async fn tls_by_sni_with_certificates_from_secrets_and_a_redirect() {
     let mut current = client.get("Secret", NS, "blog-tls").await.unwrap();
     current["data"]["tls.crt"] = json!("bm90IGEgY2VydGlmaWNhdGU=");
     client.update("Secret", NS, &current).await.unwrap();
-    eventually("an InvalidCertificate event on ingress sites", || async {
-        let events = client.list("Event", NS, &Default::default()).await.ok()?;
-        events
-            .items
-            .iter()
-            .find(|e| {
-                e["involvedObject"]["name"] == "sites"
-                    && e["reason"] == "InvalidCertificate"
-                    && e["message"].as_str().is_some_and(|m| m.contains("default/blog-tls"))
-            })
-            .map(|_| ())
-    })
-    .await;
+    wait_warning(&client, "sites", "InvalidCertificate", "default/blog-tls").await;
     let r = https_get(proxy.https, "blog.example.test", &blog_cert.0, "/").await.unwrap();
     assert_eq!(r.body, "blog");
     let r = https_get(proxy.https, "shop.example.test", &renewed.0, "/").await.unwrap();
@@ -494,15 +488,7 @@ async fn load_balancer_services_answer_tcp_and_udp_on_a_pool_address() {
     let clash = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "clash"},
         "spec": {"type": "LoadBalancer", "ports": [{"name": "http", "port": tcp_port}]}});
     client.create("Service", NS, &clash).await.unwrap();
-    eventually("an AllocationFailed event on service clash", || async {
-        let events = client.list("Event", NS, &Default::default()).await.ok()?;
-        events
-            .items
-            .iter()
-            .find(|e| e["involvedObject"]["name"] == "clash" && e["reason"] == "AllocationFailed")
-            .map(|_| ())
-    })
-    .await;
+    wait_warning(&client, "clash", "AllocationFailed", "").await;
     let clash = client.get("Service", NS, "clash").await.unwrap();
     assert!(clash["status"]["loadBalancer"]["ingress"].is_null(), "{clash}");
 }
