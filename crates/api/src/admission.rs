@@ -5,26 +5,27 @@
 
 use k8s_openapi::api::{
     apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch, coordination::v1 as coordination,
-    core::v1 as core, networking::v1 as networking,
+    core::v1 as core, networking::v1 as networking, rbac::v1 as rbac,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
 
-use crate::validation::{self as check, Errors};
+use crate::validation::rbac::Scope;
+use crate::validation::{self as check, Errors, NameRule};
 use crate::{defaults, Error, FieldError, KindInfo, MAX_OBJECT_BYTES};
 
 /// What skiff enforces for one kind beyond its schema.
 trait Rules: Serialize + DeserializeOwned + k8s_openapi::Metadata<Ty = ObjectMeta> {
-    /// Namespaces and Services are DNS names themselves: their names must be
-    /// DNS labels rather than subdomains.
-    const LABEL_NAME: bool = false;
+    /// What the object's name must be. Namespaces and Services are DNS names
+    /// themselves, so theirs are DNS labels rather than subdomains.
+    const NAMES: NameRule = NameRule::Subdomain;
     fn apply_defaults(&mut self) {}
     fn validate(&self, _errs: &mut Errors) {}
 }
 
 impl Rules for core::Namespace {
-    const LABEL_NAME: bool = true;
+    const NAMES: NameRule = NameRule::Label;
     fn apply_defaults(&mut self) {
         let status = self.status.get_or_insert_with(Default::default);
         status.phase.get_or_insert_with(|| "Active".into());
@@ -50,7 +51,7 @@ impl Rules for core::Pod {
 }
 
 impl Rules for core::Service {
-    const LABEL_NAME: bool = true;
+    const NAMES: NameRule = NameRule::Label;
     fn apply_defaults(&mut self) {
         defaults::service(self.spec.get_or_insert_with(Default::default));
     }
@@ -200,6 +201,43 @@ impl Rules for autoscaling::HorizontalPodAutoscaler {
     }
 }
 
+impl Rules for rbac::Role {
+    const NAMES: NameRule = NameRule::PathSegment;
+    fn validate(&self, errs: &mut Errors) {
+        check::rbac::policy_rules(self.rules.as_deref(), Scope::Namespace, errs);
+    }
+}
+
+impl Rules for rbac::ClusterRole {
+    const NAMES: NameRule = NameRule::PathSegment;
+    fn validate(&self, errs: &mut Errors) {
+        check::rbac::policy_rules(self.rules.as_deref(), Scope::Cluster, errs);
+        check::rbac::aggregation_rule(self.aggregation_rule.as_ref(), errs);
+    }
+}
+
+impl Rules for rbac::RoleBinding {
+    const NAMES: NameRule = NameRule::PathSegment;
+    fn apply_defaults(&mut self) {
+        defaults::binding(&mut self.role_ref, self.subjects.as_mut());
+    }
+    fn validate(&self, errs: &mut Errors) {
+        check::rbac::role_ref(&self.role_ref, Scope::Namespace, errs);
+        check::rbac::subjects(self.subjects.as_deref(), Scope::Namespace, errs);
+    }
+}
+
+impl Rules for rbac::ClusterRoleBinding {
+    const NAMES: NameRule = NameRule::PathSegment;
+    fn apply_defaults(&mut self) {
+        defaults::binding(&mut self.role_ref, self.subjects.as_mut());
+    }
+    fn validate(&self, errs: &mut Errors) {
+        check::rbac::role_ref(&self.role_ref, Scope::Cluster, errs);
+        check::rbac::subjects(self.subjects.as_deref(), Scope::Cluster, errs);
+    }
+}
+
 fn template_spec(spec: Option<&core::PodSpec>, path: &str, restart_policies: &[&str], errs: &mut Errors) {
     template_spec_claiming(spec, path, restart_policies, &[], errs);
 }
@@ -264,7 +302,7 @@ fn typed_pass<T: Rules>(value: Value) -> Result<Value, Error> {
     unknown_fields(&value, &known, "", &mut errors);
     obj.apply_defaults();
     let mut errs = Errors::default();
-    check::metadata(obj.metadata(), T::LABEL_NAME, &mut errs);
+    check::metadata(obj.metadata(), T::NAMES, &mut errs);
     obj.validate(&mut errs);
     errors.extend(errs.0);
     if !errors.is_empty() {
@@ -327,6 +365,10 @@ pub fn normalize(info: &KindInfo, mut value: Value, encoded_len: usize) -> Resul
         "IngressClass" => typed_pass::<networking::IngressClass>(value),
         "Lease" => typed_pass::<coordination::Lease>(value),
         "HorizontalPodAutoscaler" => typed_pass::<autoscaling::HorizontalPodAutoscaler>(value),
+        "Role" => typed_pass::<rbac::Role>(value),
+        "ClusterRole" => typed_pass::<rbac::ClusterRole>(value),
+        "RoleBinding" => typed_pass::<rbac::RoleBinding>(value),
+        "ClusterRoleBinding" => typed_pass::<rbac::ClusterRoleBinding>(value),
         other => Err(Error::UnknownKind(other.into())),
     }
 }
@@ -376,6 +418,117 @@ mod tests {
         assert_eq!(refused("IngressClass", class(json!({}))).len(), 1);
         let errs = refused("IngressClass", class(json!({"controller": "no-domain"})));
         assert!(errs[0].contains("spec.controller"), "{errs:?}");
+    }
+
+    fn rbac(kind: &str, name: &str, namespace: Option<&str>, body: Value) -> Value {
+        let mut obj = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": {"name": name}});
+        if let Some(ns) = namespace {
+            obj["metadata"]["namespace"] = ns.into();
+        }
+        obj.as_object_mut().unwrap().extend(body.as_object().unwrap().clone());
+        obj
+    }
+
+    #[test]
+    fn admits_roles_as_kubernetes_writes_them() {
+        let rules = json!({"rules": [
+            {"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["apps"], "resources": ["deployments"], "resourceNames": ["web"], "verbs": ["*"]}
+        ]});
+        run("Role", rbac("Role", "pod-reader", Some("default"), rules.clone())).unwrap();
+        run("ClusterRole", rbac("ClusterRole", "system:pod-reader", None, rules)).unwrap();
+        let health = json!({"rules": [{"nonResourceURLs": ["/healthz", "/metrics"], "verbs": ["get"]}]});
+        run("ClusterRole", rbac("ClusterRole", "health", None, health)).unwrap();
+        let aggregated = json!({"aggregationRule": {"clusterRoleSelectors": [
+            {"matchLabels": {"rbac.authorization.k8s.io/aggregate-to-view": "true"}}]}});
+        run("ClusterRole", rbac("ClusterRole", "view", None, aggregated)).unwrap();
+    }
+
+    #[test]
+    fn refuses_bad_rules_naming_the_field() {
+        let bad = json!({"rules": [
+            {"apiGroups": [""], "resources": ["pods"], "verbs": []},
+            {"nonResourceURLs": ["/healthz"], "verbs": ["get"]},
+            {"verbs": ["get"]},
+            {"apiGroups": [""], "resources": ["pods"], "nonResourceURLs": ["/metrics"], "verbs": ["get"]}
+        ]});
+        let errs = refused("Role", rbac("Role", "r", Some("default"), bad.clone()));
+        let has = |errs: &[String], prefix: &str| errs.iter().any(|e| e.starts_with(prefix));
+        assert!(has(&errs, "rules[0].verbs: required"), "{errs:?}");
+        assert!(has(&errs, "rules[1].nonResourceURLs: namespaced rules cannot apply to non-resource URLs"), "{errs:?}");
+        assert!(has(&errs, "rules[2].apiGroups: required"), "{errs:?}");
+        assert!(has(&errs, "rules[2].resources: required"), "{errs:?}");
+        assert!(has(&errs, "rules[3].nonResourceURLs: rules cannot apply to both"), "{errs:?}");
+        assert_eq!(errs.len(), 6, "{errs:?}");
+
+        let errs = refused("ClusterRole", rbac("ClusterRole", "r", None, bad));
+        assert!(!has(&errs, "rules[1]"), "a ClusterRole may name non-resource URLs: {errs:?}");
+        assert_eq!(errs.len(), 4, "{errs:?}");
+
+        let errs = refused(
+            "ClusterRole",
+            rbac("ClusterRole", "r", None, json!({"aggregationRule": {"clusterRoleSelectors": []}})),
+        );
+        assert!(has(&errs, "aggregationRule.clusterRoleSelectors: required"), "{errs:?}");
+        let errs = refused("Role", rbac("Role", "a/b", Some("default"), json!({})));
+        assert!(has(&errs, "metadata.name: \"a/b\" may not contain '/'"), "{errs:?}");
+    }
+
+    #[test]
+    fn admits_and_defaults_bindings_as_kubernetes_writes_them() {
+        let binding = json!({
+            "roleRef": {"kind": "ClusterRole", "name": "edit"},
+            "subjects": [{"kind": "User", "name": "alice"}, {"kind": "Group", "name": "devs"},
+                         {"kind": "ServiceAccount", "name": "builder"}]
+        });
+        let rb = run("RoleBinding", rbac("RoleBinding", "edit", Some("team-a"), binding)).unwrap();
+        assert_eq!(rb["roleRef"]["apiGroup"], "rbac.authorization.k8s.io");
+        assert_eq!(rb["subjects"][0]["apiGroup"], "rbac.authorization.k8s.io");
+        assert_eq!(rb["subjects"][1]["apiGroup"], "rbac.authorization.k8s.io");
+        assert!(rb["subjects"][2].get("apiGroup").is_none(), "{rb}");
+        assert!(rb["subjects"][2].get("namespace").is_none(), "the authorizer reads it as the binding's: {rb}");
+
+        let crb = json!({
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:kube-scheduler"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "system:kube-scheduler"},
+                         {"kind": "ServiceAccount", "name": "dns", "namespace": "kube-system"}]
+        });
+        run("ClusterRoleBinding", rbac("ClusterRoleBinding", "system:kube-scheduler", None, crb)).unwrap();
+    }
+
+    #[test]
+    fn refuses_bad_bindings_naming_the_field() {
+        let bad = json!({
+            "roleRef": {"apiGroup": "example.com", "kind": "Role", "name": ""},
+            "subjects": [{"kind": "ServiceAccount", "name": "builder"},
+                         {"kind": "Robot", "name": "r2"},
+                         {"kind": "User", "name": ""},
+                         {"kind": "Group", "apiGroup": "example.com", "name": "devs"},
+                         {"kind": "ServiceAccount", "apiGroup": "rbac.authorization.k8s.io", "name": "Bad_Name", "namespace": "a"}]
+        });
+        let errs = refused("ClusterRoleBinding", rbac("ClusterRoleBinding", "b", None, bad.clone()));
+        let has = |errs: &[String], prefix: &str| errs.iter().any(|e| e.starts_with(prefix));
+        assert!(has(&errs, "roleRef.apiGroup: unsupported value \"example.com\""), "{errs:?}");
+        assert!(has(&errs, "roleRef.kind: unsupported value \"Role\": must be one of ClusterRole"), "{errs:?}");
+        assert!(has(&errs, "roleRef.name: required"), "{errs:?}");
+        assert!(has(&errs, "subjects[0].namespace: required"), "{errs:?}");
+        assert!(has(&errs, "subjects[1].kind: unsupported value \"Robot\""), "{errs:?}");
+        assert!(has(&errs, "subjects[2].name: required"), "{errs:?}");
+        assert!(has(&errs, "subjects[3].apiGroup: unsupported value \"example.com\""), "{errs:?}");
+        assert!(has(&errs, "subjects[4].name: \"Bad_Name\" is not a valid DNS-1123 subdomain"), "{errs:?}");
+        assert!(has(&errs, "subjects[4].apiGroup: unsupported value"), "{errs:?}");
+        assert_eq!(errs.len(), 9, "{errs:?}");
+
+        // In a RoleBinding, a Role is a fine roleRef and a ServiceAccount
+        // without a namespace is the binding's own.
+        let errs = refused("RoleBinding", rbac("RoleBinding", "b", Some("default"), bad));
+        assert!(!has(&errs, "roleRef.kind") && !has(&errs, "subjects[0]"), "{errs:?}");
+        assert_eq!(errs.len(), 7, "{errs:?}");
+        let errs = refused(
+            "RoleBinding",
+            rbac("RoleBinding", "b", Some("default"), json!({"roleRef": {"kind": "", "name": "x"}})),
+        );
+        assert_eq!(errs, ["roleRef.kind: required: one of Role, ClusterRole"]);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Server-side defaults, as Kubernetes sets them, for the fields later
 //! components read without checking (restartPolicy, imagePullPolicy, strategy…).
 
-use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, core::v1 as core};
+use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, core::v1 as core, rbac::v1 as rbac};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 fn set_if_none<T>(field: &mut Option<T>, value: T) {
@@ -120,6 +120,21 @@ pub(crate) fn service(s: &mut core::ServiceSpec) {
     for p in s.ports.iter_mut().flatten() {
         set_if_none(&mut p.protocol, "TCP".into());
         set_if_none(&mut p.target_port, IntOrString::Int(p.port));
+    }
+}
+
+/// A binding's roleRef and its User and Group subjects are in the RBAC
+/// group when they leave it out, as Kubernetes defaults them; a
+/// ServiceAccount is in the core group, which is the empty name.
+pub(crate) fn binding(role_ref: &mut rbac::RoleRef, subjects: Option<&mut Vec<rbac::Subject>>) {
+    let rbac_group = || Some(crate::well_known::RBAC_GROUP.to_string());
+    if role_ref.api_group.as_deref().unwrap_or_default().is_empty() {
+        role_ref.api_group = rbac_group();
+    }
+    for s in subjects.into_iter().flatten() {
+        if s.api_group.as_deref().unwrap_or_default().is_empty() && matches!(s.kind.as_str(), "User" | "Group") {
+            s.api_group = rbac_group();
+        }
     }
 }
 

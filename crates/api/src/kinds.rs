@@ -48,6 +48,10 @@ pub static KINDS: &[KindInfo] = &[
     kind("IngressClass", "networking.k8s.io/v1", "ingressclasses", false, &[], false),
     kind("Lease", "coordination.k8s.io/v1", "leases", true, &[], false),
     kind("HorizontalPodAutoscaler", "autoscaling/v2", "horizontalpodautoscalers", true, &["hpa"], true),
+    kind("Role", "rbac.authorization.k8s.io/v1", "roles", true, &[], false),
+    kind("ClusterRole", "rbac.authorization.k8s.io/v1", "clusterroles", false, &[], false),
+    kind("RoleBinding", "rbac.authorization.k8s.io/v1", "rolebindings", true, &[], false),
+    kind("ClusterRoleBinding", "rbac.authorization.k8s.io/v1", "clusterrolebindings", false, &[], false),
 ];
 
 impl KindInfo {
@@ -83,6 +87,12 @@ impl KindInfo {
         }
     }
 
+    /// The API group: what comes before the version in `api_version`, `""`
+    /// for the core group. Authorization rules name kinds by group and plural.
+    pub fn group(&self) -> &'static str {
+        self.api_version.rsplit_once('/').map_or("", |(group, _)| group)
+    }
+
     pub fn list_kind(&self) -> String {
         format!("{}List", self.kind)
     }
@@ -99,6 +109,19 @@ mod tests {
         assert_eq!(KindInfo::lookup("ingress").unwrap().kind, "Ingress");
         assert_eq!(KindInfo::lookup("hpa").unwrap().api_version, "autoscaling/v2");
         assert!(KindInfo::lookup("widget").is_none());
+        assert_eq!(KindInfo::lookup("clusterrolebinding").unwrap().kind, "ClusterRoleBinding");
+        assert_eq!(KindInfo::lookup("roles").unwrap().kind, "Role");
+    }
+
+    #[test]
+    fn rbac_kinds_are_scoped_as_kubernetes_scopes_them() {
+        let scope = |kind: &str| KindInfo::by_kind(kind).unwrap().namespaced;
+        assert!(scope("Role") && scope("RoleBinding"));
+        assert!(!scope("ClusterRole") && !scope("ClusterRoleBinding"));
+        let role = KindInfo::by_kind("ClusterRole").unwrap();
+        assert_eq!(role.key("", "system:node"), "/registry/clusterroles/system:node");
+        assert_eq!(role.group(), "rbac.authorization.k8s.io");
+        assert_eq!(KindInfo::by_kind("Pod").unwrap().group(), "");
     }
 
     #[test]

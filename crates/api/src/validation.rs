@@ -10,6 +10,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::{FieldError, LabelSelector};
 
+pub(crate) mod rbac;
+
 /// Collects field errors under a path prefix.
 #[derive(Default)]
 pub(crate) struct Errors(pub Vec<FieldError>);
@@ -82,16 +84,44 @@ pub(crate) fn label_value_problem(value: &str) -> Option<String> {
     }
 }
 
+/// Why `name` cannot be one segment of a URL path, if it cannot. RBAC
+/// objects are named this loosely (`system:kube-scheduler`), as in Kubernetes.
+pub(crate) fn path_segment_problem(name: &str) -> Option<String> {
+    if name == "." || name == ".." {
+        return Some(format!("{name:?} may not be used as a name"));
+    }
+    name.contains(['/', '%']).then(|| format!("{name:?} may not contain '/' or '%'"))
+}
+
+/// What an object's name must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NameRule {
+    /// A DNS-1123 subdomain: most kinds.
+    Subdomain,
+    /// A DNS-1123 label: kinds that are DNS names themselves (Namespace, Service).
+    Label,
+    /// Anything that fits in a URL path segment: the RBAC kinds.
+    PathSegment,
+}
+
+impl NameRule {
+    fn problem(self, name: &str) -> Option<String> {
+        match self {
+            NameRule::Subdomain => dns_subdomain_problem(name),
+            NameRule::Label => dns_label_problem(name),
+            NameRule::PathSegment => path_segment_problem(name),
+        }
+    }
+}
+
 const ANNOTATIONS_MAX_BYTES: usize = 256 * 1024;
 
-/// Rules every object's metadata follows. `label_names` is true for kinds
-/// whose names must be DNS labels (Namespace, Service), not subdomains.
-pub(crate) fn metadata(meta: &ObjectMeta, label_names: bool, errs: &mut Errors) {
+/// Rules every object's metadata follows; `names` says what its name must be.
+pub(crate) fn metadata(meta: &ObjectMeta, names: NameRule, errs: &mut Errors) {
     match meta.name.as_deref() {
         None | Some("") => errs.add("metadata.name", "required"),
         Some(name) => {
-            let problem = if label_names { dns_label_problem(name) } else { dns_subdomain_problem(name) };
-            if let Some(p) = problem {
+            if let Some(p) = names.problem(name) {
                 errs.add("metadata.name", p);
             }
         }

@@ -43,3 +43,24 @@ pub const GPU_LABEL: &str = "skiff.io/gpu";
 /// agent for the others to peer with.
 pub const WIREGUARD_PUBLIC_KEY_ANNOTATION: &str = "skiff.io/wireguard-public-key";
 pub const WIREGUARD_ENDPOINT_ANNOTATION: &str = "skiff.io/wireguard-endpoint";
+
+/// The API group of Roles, ClusterRoles and their bindings, which a
+/// binding's roleRef and its User and Group subjects name.
+pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+
+/// Kubernetes' privileged group: its members may do anything.
+pub const MASTERS_GROUP: &str = "system:masters";
+
+/// The group of every kubelet's identity (user `system:node:<node name>`).
+pub const NODES_GROUP: &str = "system:nodes";
+
+/// A ServiceAccount acts as the user `system:serviceaccount:<namespace>:<name>`.
+pub const SERVICE_ACCOUNT_USER_PREFIX: &str = "system:serviceaccount:";
+
+/// The users skiff's control-plane components act as; the apiserver's
+/// bootstrap policy binds each to the ClusterRole of the same name.
+pub const SCHEDULER_USER: &str = "system:kube-scheduler";
+pub const CONTROLLER_MANAGER_USER: &str = "system:kube-controller-manager";
+pub const OVERLAY_USER: &str = "system:skiff-overlay";
+pub const DNS_USER: &str = "system:skiff-dns";
+pub const INGRESS_USER: &str = "system:skiff-ingress";
