@@ -367,6 +367,27 @@ mod tests {
         assert_eq!(printer.header(), ["NAME", "CONTROLLER", "PARAMETERS", "AGE"]);
         assert_eq!(printer.row(&class), ["skiff", "skiff.io/ingress-controller", "<none>", "60m"]);
 
+        let role = json!({"metadata": {"name": "system:node", "creationTimestamp": "2024-05-01T13:00:00+02:00"}});
+        let printer = Printer { info: lookup("clusterrole"), wide: false, all_namespaces: false, now: now() };
+        assert_eq!(printer.header(), ["NAME", "CREATED AT"]);
+        assert_eq!(printer.row(&role), ["system:node", "2024-05-01T11:00:00Z"]);
+
+        let binding = json!({
+            "metadata": {"name": "edit", "namespace": "team-a", "creationTimestamp": "2024-05-01T11:00:00Z"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+            "subjects": [{"kind": "User", "name": "alice"}, {"kind": "User", "name": "bob"}, {"kind": "Group", "name": "devs"},
+                         {"kind": "ServiceAccount", "name": "ci", "namespace": "tools"}, {"kind": "ServiceAccount", "name": "builder"}]
+        });
+        let printer = Printer { info: lookup("rolebinding"), wide: false, all_namespaces: false, now: now() };
+        assert_eq!(printer.header(), ["NAME", "ROLE", "AGE"]);
+        assert_eq!(printer.row(&binding), ["edit", "ClusterRole/edit", "60m"]);
+        let printer = Printer { info: lookup("rolebinding"), wide: true, all_namespaces: false, now: now() };
+        assert_eq!(printer.header(), ["NAME", "ROLE", "AGE", "USERS", "GROUPS", "SERVICEACCOUNTS"]);
+        assert_eq!(
+            printer.row(&binding),
+            ["edit", "ClusterRole/edit", "60m", "alice, bob", "devs", "tools/ci, builder"]
+        );
+
         let lease = json!({"metadata": {"name": "leader", "creationTimestamp": "2024-05-01T11:59:00Z"}});
         let printer = Printer { info: lookup("lease"), wide: false, all_namespaces: false, now: now() };
         assert_eq!(printer.header(), ["NAME", "AGE"]);

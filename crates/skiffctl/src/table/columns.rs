@@ -27,6 +27,9 @@ pub(super) fn header(kind: &str, wide: bool) -> &'static [&'static str] {
         ("Event", _) => &["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
         ("Ingress", _) => &["CLASS", "HOSTS", "ADDRESS", "PORTS", "AGE"],
         ("IngressClass", _) => &["CONTROLLER", "PARAMETERS", "AGE"],
+        ("Role" | "ClusterRole", _) => &["CREATED AT"],
+        ("RoleBinding" | "ClusterRoleBinding", false) => &["ROLE", "AGE"],
+        ("RoleBinding" | "ClusterRoleBinding", true) => &["ROLE", "AGE", "USERS", "GROUPS", "SERVICEACCOUNTS"],
         _ => &["AGE"],
     }
 }
@@ -69,6 +72,10 @@ pub(super) fn cells(kind: &str, obj: &Value, wide: bool, now: DateTime<Utc>) -> 
             };
             vec![text(obj, "/spec/controller", "<none>"), parameters, object_age(obj, now)]
         }
+        "Role" | "ClusterRole" => vec![created_at(obj)],
+        "RoleBinding" | "ClusterRoleBinding" => {
+            vec![format!("{}/{}", text(obj, "/roleRef/kind", ""), text(obj, "/roleRef/name", "")), object_age(obj, now)]
+        }
         _ => vec![object_age(obj, now)],
     };
     if wide {
@@ -89,6 +96,7 @@ fn wide_cells(kind: &str, obj: &Value) -> Vec<String> {
             vec![names, images]
         }
         "Service" => vec![map_selector(obj.pointer("/spec/selector"))],
+        "RoleBinding" | "ClusterRoleBinding" => binding_subjects(obj),
         "Node" => vec![
             node_address(obj, "InternalIP"),
             text(obj, "/status/nodeInfo/osImage", "<unknown>"),
@@ -183,6 +191,34 @@ fn ingress(obj: &Value, now: DateTime<Utc>) -> Vec<String> {
         .collect();
     let ports = if array(obj, "/spec/tls").is_empty() { "80" } else { "80, 443" };
     vec![class, hosts, address.join(","), ports.to_string(), object_age(obj, now)]
+}
+
+/// CREATED AT of a Role or ClusterRole: the creation time itself, in UTC,
+/// as kubectl prints it, rather than an age.
+fn created_at(obj: &Value) -> String {
+    match parse_time(str_at(obj, "/metadata/creationTimestamp")) {
+        Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        None => "<unknown>".to_string(),
+    }
+}
+
+/// USERS, GROUPS and SERVICEACCOUNTS of a binding, each `, `-joined; a
+/// ServiceAccount as `namespace/name` when the subject names its namespace.
+fn binding_subjects(obj: &Value) -> Vec<String> {
+    let (mut users, mut groups, mut service_accounts) = (Vec::new(), Vec::new(), Vec::new());
+    for s in array(obj, "/subjects") {
+        let name = str_or(s.get("name"), "");
+        match str_or(s.get("kind"), "") {
+            "User" => users.push(name.to_string()),
+            "Group" => groups.push(name.to_string()),
+            "ServiceAccount" => service_accounts.push(match str_or(s.get("namespace"), "") {
+                "" => name.to_string(),
+                ns => format!("{ns}/{name}"),
+            }),
+            _ => {}
+        }
+    }
+    vec![users.join(", "), groups.join(", "), service_accounts.join(", ")]
 }
 
 fn service(obj: &Value, now: DateTime<Utc>) -> Vec<String> {
