@@ -64,3 +64,8 @@ pub const CONTROLLER_MANAGER_USER: &str = "system:kube-controller-manager";
 pub const OVERLAY_USER: &str = "system:skiff-overlay";
 pub const DNS_USER: &str = "system:skiff-dns";
 pub const INGRESS_USER: &str = "system:skiff-ingress";
+
+/// The Leases the singleton components compete for, unless `--lease-name`
+/// says otherwise; the bootstrap policy lets each update only its own.
+pub const SCHEDULER_LEASE: &str = "skiff-scheduler";
+pub const CONTROLLER_MANAGER_LEASE: &str = "skiff-controller-manager";

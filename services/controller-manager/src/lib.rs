@@ -28,7 +28,7 @@ use skiff_telemetry::ServiceOps;
 pub use error::Error;
 
 /// The Lease replicas compete for, unless `--lease-name` says otherwise.
-pub const LEASE_NAME: &str = "skiff-controller-manager";
+pub const LEASE_NAME: &str = skiff_api::well_known::CONTROLLER_MANAGER_LEASE;
 
 /// Flags of `skiff-controller-manager`.
 #[derive(Debug, Clone, clap::Args)]

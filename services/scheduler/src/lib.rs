@@ -38,7 +38,7 @@ pub use error::Error;
 pub use scheduler::{is_pending, Options, Scheduler};
 
 /// The Lease scheduler replicas compete for, unless `--lease-name` says otherwise.
-pub const LEASE_NAME: &str = "skiff-scheduler";
+pub const LEASE_NAME: &str = skiff_api::well_known::SCHEDULER_LEASE;
 
 /// Flags of `skiff-scheduler`.
 #[derive(Debug, Clone, clap::Args)]
