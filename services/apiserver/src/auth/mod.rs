@@ -1,0 +1,4 @@
+//! Who may call the API: the RBAC policy an authorizer asks per request
+//! (`rbac`).
+
+pub mod rbac;
