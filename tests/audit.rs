@@ -41,6 +41,8 @@ async fn every_write_is_in_the_audit_log_with_its_outcome() {
     assert_eq!(first["objectRef"]["resource"], "configmaps");
     assert_eq!(first["objectRef"]["namespace"], "default");
     assert_eq!(first["sourceIPs"][0], "127.0.0.1");
-    assert_eq!(first["user"]["username"], "system:anonymous");
+    // The caller its client certificate names: the test cluster's admin.
+    assert_eq!(first["user"]["username"], "skiff-admin");
+    assert_eq!(first["user"]["groups"], json!(["system:masters", "system:authenticated"]));
     assert!(first["requestReceivedTimestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{first}");
 }

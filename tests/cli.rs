@@ -109,12 +109,8 @@ struct Watching {
 
 impl Watching {
     fn start(cluster: &Cluster, args: &[&str]) -> Self {
-        let bin = skiff_testkit::binary("skiffctl").expect("build skiffctl");
-        let mut child = tokio::process::Command::new(bin)
-            .arg("--server")
-            .arg(cluster.server())
+        let mut child = tokio::process::Command::from(cluster.skiffctl_command().expect("build skiffctl"))
             .args(args)
-            .env_remove("SKIFF_SERVER")
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -224,12 +220,7 @@ async fn get_into_a_closed_pipe_exits_quietly() {
     // before skiffctl writes its first line.
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    let out = std::process::Command::new(skiff_testkit::binary("skiffctl").unwrap())
-        .args(["--server", &cluster.server(), "get", "namespaces"])
-        .env_remove("SKIFF_SERVER")
-        .stdout(writer)
-        .output()
-        .unwrap();
+    let out = cluster.skiffctl_command().unwrap().args(["get", "namespaces"]).stdout(writer).output().unwrap();
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(141), "128 + SIGPIPE, as kubectl; stderr: {stderr}");
     assert!(stderr.is_empty(), "nothing to say: {stderr}");

@@ -116,11 +116,7 @@ async fn a_deployment_runs_rolls_and_is_removed() {
     settled(&client, "web", 50, "web:2").await;
     let rs = client.list("ReplicaSet", "default", &ListParams::default().labels("app=web")).await.unwrap().items;
     assert_eq!(rs.len(), 2, "one ReplicaSet per template");
-    let bin = skiff_testkit::binary("skiffctl").unwrap();
-    let out = std::process::Command::new(bin)
-        .args(["--server", &cluster.server(), "rollout", "undo", "deploy/web"])
-        .output()
-        .unwrap();
+    let out = cluster.skiffctl(&["rollout", "undo", "deploy/web"], None).unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     settled(&client, "web", 50, "web:1").await;
     let rs_after = client.list("ReplicaSet", "default", &ListParams::default().labels("app=web")).await.unwrap().items;

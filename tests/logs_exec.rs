@@ -36,12 +36,8 @@ async fn skiffctl(cluster: &Cluster, args: &[&str]) -> Output {
 }
 
 fn command(cluster: &Cluster, args: &[&str]) -> tokio::process::Command {
-    let bin = skiff_testkit::binary("skiffctl").expect("skiffctl built");
-    let mut cmd = tokio::process::Command::new(bin);
-    cmd.arg("--server")
-        .arg(cluster.server())
-        .args(args)
-        .env_remove("SKIFF_SERVER")
+    let mut cmd = tokio::process::Command::from(cluster.skiffctl_command().expect("skiffctl built"));
+    cmd.args(args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

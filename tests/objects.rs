@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{json, Value};
-use skiff_api::proto::{objects_client::ObjectsClient, CreateRequest};
+use skiff_api::proto::CreateRequest;
 use skiff_client::{Client, ListParams, WatchEvent};
 use skiff_testkit::{eventually, Cluster, ClusterOptions};
 
@@ -422,7 +422,7 @@ async fn bad_input_is_refused_with_the_field_named_and_nothing_stored() {
     assert!(client.get("ConfigMap", "default", "big").await.unwrap_err().is_not_found());
 
     // Bytes that are not JSON at all, through the raw gRPC API.
-    let mut raw = ObjectsClient::connect(cluster.server()).await.unwrap();
+    let mut raw = cluster.client().objects();
     for body in [&b"{not json"[..], b"[1,2]", b"\"str\"", &[0xff, 0xfe, 0x00]] {
         let status = raw
             .create(CreateRequest {
@@ -448,7 +448,7 @@ async fn lists_come_in_pages_of_one_snapshot() {
     let all = client.list("ConfigMap", "default", &ListParams { page_size: 10, ..Default::default() }).await.unwrap();
     assert_eq!(all.items.len(), 25, "every item across pages");
 
-    let mut raw = ObjectsClient::connect(cluster.server()).await.unwrap();
+    let mut raw = cluster.client().objects();
     let page = |token: String| skiff_api::proto::ListRequest {
         kind: "ConfigMap".into(),
         namespace: "default".into(),

@@ -2,14 +2,13 @@
 //! JSON, as the CLI needs) or typed through [`Api`] (as controllers need).
 
 use std::marker::PhantomData;
-use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
 use skiff_api::proto::{self, objects_client::ObjectsClient, watch_event::Type as EventType};
-use tonic::transport::{Channel, Endpoint};
 
+use crate::config::{AuthedChannel, ClientConfig};
 use crate::{Error, Result};
 
 /// Lists and watches may filter by labels and fields.
@@ -66,7 +65,7 @@ const DEFAULT_PAGE_SIZE: i64 = 500;
 /// A cheap-to-clone handle to the apiserver.
 #[derive(Clone)]
 pub struct Client {
-    objects: ObjectsClient<Channel>,
+    objects: ObjectsClient<AuthedChannel>,
 }
 
 /// The largest message either side accepts: above the 1.5 MiB object limit,
@@ -75,24 +74,24 @@ pub struct Client {
 const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
 impl Client {
-    /// A client for `server` (`http://HOST:PORT`). It connects lazily and
-    /// reconnects by itself, so components may start before the apiserver.
+    /// A client for `server` (`http://HOST:PORT`) with no TLS and no
+    /// credentials, for a cluster that asks for neither.
     pub fn new(server: &str) -> Result<Self> {
-        let endpoint = Endpoint::from_shared(server.to_string())
-            .map_err(|source| Error::InvalidServer { server: server.into(), source })?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(true);
-        let objects = ObjectsClient::new(endpoint.connect_lazy())
+        Self::connect(&ClientConfig::insecure(server))
+    }
+
+    /// A client as `config` describes. It connects lazily and reconnects by
+    /// itself, so components may start before the apiserver.
+    pub fn connect(config: &ClientConfig) -> Result<Self> {
+        let objects = ObjectsClient::new(config.channel()?)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         Ok(Self { objects })
     }
 
-    /// A client for the server named by the flag, `SKIFF_SERVER` or the config file.
-    pub fn from_env(server_flag: Option<&str>) -> Result<Self> {
-        Self::new(&crate::config::resolve_server(server_flag)?)
+    /// The generated gRPC client underneath, for calls this API doesn't wrap.
+    pub fn objects(&self) -> ObjectsClient<AuthedChannel> {
+        self.objects.clone()
     }
 
     pub fn api<K: k8s_openapi::Resource>(&self, namespace: &str) -> Api<K> {

@@ -21,9 +21,8 @@ use commands::{AlreadyReported, Command, ExitStatus, Globals};
 #[derive(Debug, Parser)]
 #[command(name = "skiffctl", version, about = "Control a skiff cluster")]
 struct Cli {
-    /// The apiserver, http://HOST:PORT (else SKIFF_SERVER, else the config file).
-    #[arg(long, global = true)]
-    server: Option<String>,
+    #[command(flatten)]
+    api: skiff_client::ApiFlags,
     /// The namespace for namespaced kinds.
     #[arg(short = 'n', long, global = true, default_value = "default")]
     namespace: String,
@@ -34,7 +33,7 @@ struct Cli {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let globals = Globals { server: cli.server, namespace: cli.namespace };
+    let globals = Globals { api: cli.api, namespace: cli.namespace };
     match commands::run(&globals, cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
         // Already explained on stderr, one line per failure.

@@ -12,6 +12,7 @@
 mod dns;
 pub mod netns;
 mod network;
+mod pki;
 mod process;
 pub mod runtime;
 
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 pub use dns::{bridge_gateway, DNS_SERVICE_IP};
 pub use network::{Network, NetworkOptions, NodeHost};
+pub use pki::{identity_of, ClusterPki, Identity, ADMIN};
 pub use process::{running, stop_detached, Process};
 pub use runtime::{Runtime, RuntimeOptions};
 
@@ -57,6 +59,8 @@ pub enum Error {
     Client(#[from] skiff_client::Error),
     #[error("a kubelet needs a container runtime: start the cluster with ClusterOptions.runtime")]
     NoRuntime,
+    #[error("the cluster's certificates at {path}: {reason}")]
+    Pki { path: String, reason: String },
     #[error("etcd's port {port} is already in use {by}")]
     EtcdPortTaken { port: u16, by: String },
 }
@@ -202,6 +206,11 @@ pub struct ClusterOptions {
     pub etcd_ports: Option<(u16, u16)>,
     /// Extra apiserver flags.
     pub apiserver_args: Vec<String>,
+    /// Serve the API without TLS or authentication, everything allowed
+    /// (as clusters did before skiff had security). Off by default: the
+    /// API is TLS, every component has its own client certificate, and
+    /// RBAC decides.
+    pub insecure: bool,
     /// Also start a registry with the test images and containerd (CRI):
     /// see [`Cluster::runtime`]. None (the default) keeps the cluster cheap.
     pub runtime: Option<RuntimeOptions>,
@@ -229,6 +238,10 @@ pub struct Cluster {
     apiserver_listen: SocketAddr,
     apiserver_metrics: SocketAddr,
     apiserver_args: Vec<String>,
+    /// The CA and identities; None for an insecure cluster.
+    pki: Option<ClusterPki>,
+    /// The administrator's client config.
+    admin: skiff_client::ClientConfig,
 }
 
 /// A skiff service (scheduler, controller-manager, kubelet…) started by
@@ -301,6 +314,14 @@ impl Cluster {
             .apiserver_listen
             .unwrap_or_else(|| SocketAddr::from((listen_ip, options.apiserver_port.unwrap_or_else(free_port))));
         let apiserver_metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let (pki, admin) = if options.insecure {
+            (None, skiff_client::ClientConfig::insecure(format!("http://{apiserver_listen}")))
+        } else {
+            let names = [apiserver_listen.ip().to_string(), "127.0.0.1".into(), "localhost".into()];
+            let pki = ClusterPki::open(&dir.join("pki"), &format!("https://{apiserver_listen}"), &names)?;
+            let (_, admin) = pki.client_config("admin", ADMIN)?;
+            (Some(pki), admin)
+        };
         let mut cluster = Cluster {
             services: Vec::new(),
             runtime: None,
@@ -314,6 +335,8 @@ impl Cluster {
             apiserver_listen,
             apiserver_metrics,
             apiserver_args: options.apiserver_args,
+            pki,
+            admin,
         };
         cluster.start_apiserver().await?;
         if let Some(runtime) = &options.runtime {
@@ -343,9 +366,29 @@ impl Cluster {
         &self.etcd_endpoint
     }
 
-    /// `http://HOST:PORT` of the apiserver's gRPC API.
+    /// `https://HOST:PORT` of the apiserver's gRPC API (`http://` for an
+    /// insecure cluster).
     pub fn server(&self) -> String {
-        format!("http://{}", self.apiserver_listen)
+        self.admin.server.clone()
+    }
+
+    /// The cluster's CA and identities; None for an insecure cluster.
+    pub fn pki(&self) -> Option<&ClusterPki> {
+        self.pki.as_ref()
+    }
+
+    /// The administrator's client config (what `skiffctl up` saves).
+    pub fn admin_config(&self) -> &skiff_client::ClientConfig {
+        &self.admin
+    }
+
+    /// The client config file `binary` is started with, written on first
+    /// use; None for an insecure cluster.
+    pub fn kubeconfig_for(&self, binary: &str) -> Result<Option<PathBuf>> {
+        let Some(pki) = &self.pki else { return Ok(None) };
+        let identity = identity_of(binary);
+        let file = if identity.user == ADMIN.user { "admin" } else { binary };
+        Ok(Some(pki.client_config(file, identity)?.0))
     }
 
     pub fn apiserver_pid(&self) -> Option<u32> {
@@ -357,17 +400,25 @@ impl Cluster {
         self.apiserver_metrics
     }
 
+    /// The built `skiffctl`, pointed at this cluster as its administrator
+    /// (and at nothing the environment names), for tests to add arguments.
+    pub fn skiffctl_command(&self) -> Result<std::process::Command> {
+        let mut command = std::process::Command::new(binary("skiffctl")?);
+        command.arg("--server").arg(self.server()).env_remove("SKIFF_SERVER").env_remove("SKIFF_CONFIG");
+        if let Some(config) = self.kubeconfig_for("skiffctl")? {
+            command.arg("--kubeconfig").arg(config);
+        }
+        Ok(command)
+    }
+
     /// Runs the built `skiffctl` against this cluster, with `stdin` as its
     /// input, and returns what it printed and its exit status.
     pub fn skiffctl(&self, args: &[&str], stdin: Option<&str>) -> Result<std::process::Output> {
         use std::io::Write;
         use std::process::Stdio;
-        let bin = binary("skiffctl")?;
-        let mut child = std::process::Command::new(bin)
-            .arg("--server")
-            .arg(self.server())
+        let mut child = self
+            .skiffctl_command()?
             .args(args)
-            .env_remove("SKIFF_SERVER")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -380,7 +431,7 @@ impl Cluster {
     }
 
     pub fn client(&self) -> skiff_client::Client {
-        skiff_client::Client::new(&self.server()).expect("the cluster's own address is valid")
+        skiff_client::Client::connect(&self.admin).expect("the cluster's own client config is valid")
     }
 
     /// Starts the apiserver (again) on the same addresses and waits for
@@ -392,6 +443,10 @@ impl Cluster {
             format!("--listen={}", self.apiserver_listen),
             format!("--metrics-listen={}", self.apiserver_metrics),
         ];
+        match &self.pki {
+            Some(pki) => args.extend(pki.apiserver_args()),
+            None => args.extend(["--authorization-mode=AlwaysAllow".into(), "--anonymous-auth".into()]),
+        }
         args.extend(self.apiserver_args.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let p = Process::spawn("skiff-apiserver", &bin, &args, &self.dir, self.detach)?;
@@ -445,6 +500,9 @@ impl Cluster {
         let ip = host.map_or(std::net::Ipv4Addr::LOCALHOST, |(h, _)| h.ip());
         let metrics = SocketAddr::from((ip, free_port()));
         let mut all = vec![format!("--server={}", self.server()), format!("--metrics-listen={metrics}")];
+        if let Some(config) = self.kubeconfig_for(binary)? {
+            all.push(format!("--kubeconfig={}", config.display()));
+        }
         all.extend(args.iter().cloned());
         let all: Vec<&str> = all.iter().map(String::as_str).collect();
         let process = match host {

@@ -3,8 +3,7 @@
 //! Event at level Metadata: who, what, when, from where, and the outcome.
 //!
 //! Requests hand their record to a channel and go on; one task writes and
-//! flushes the lines, so a slow disk never holds up the API. Until skiff
-//! authenticates clients, every user is `system:anonymous`.
+//! flushes the lines, so a slow disk never holds up the API.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -20,6 +19,7 @@ const QUEUE: usize = 10_000;
 
 /// One mutating request and how it ended.
 pub struct Record<'a> {
+    pub user: &'a crate::auth::UserInfo,
     pub verb: &'static str,
     pub kind: &'a str,
     pub namespace: &'a str,
@@ -84,7 +84,7 @@ fn event(r: &Record<'_>) -> serde_json::Value {
         "auditID": uuid::Uuid::new_v4().to_string(),
         "stage": "ResponseComplete",
         "verb": r.verb,
-        "user": {"username": "system:anonymous", "groups": ["system:unauthenticated"]},
+        "user": {"username": r.user.name, "uid": r.user.uid, "groups": r.user.groups},
         "sourceIPs": r.source.map(|s| vec![s.ip().to_string()]).unwrap_or_default(),
         "userAgent": r.user_agent,
         "objectRef": {
@@ -124,7 +124,9 @@ mod tests {
 
     #[test]
     fn a_record_is_a_kubernetes_audit_event() {
+        let user = crate::auth::UserInfo { name: "alice".into(), uid: String::new(), groups: vec!["dev".into()] };
         let r = Record {
+            user: &user,
             verb: "create",
             kind: "Deployment",
             namespace: "demo",
@@ -137,6 +139,8 @@ mod tests {
         };
         let e = event(&r);
         assert_eq!(e["verb"], "create");
+        assert_eq!(e["user"]["username"], "alice");
+        assert_eq!(e["user"]["groups"][0], "dev");
         assert_eq!(e["objectRef"]["resource"], "deployments");
         assert_eq!(e["objectRef"]["apiGroup"], "apps");
         assert_eq!(e["objectRef"]["apiVersion"], "v1");

@@ -39,6 +39,9 @@ pub enum Error {
     Expired { requested: i64, compacted: i64 },
     #[error("{0}")]
     Forbidden(String),
+    /// The caller's roles don't allow the call.
+    #[error("{0}")]
+    Denied(String),
     #[error("etcd {op} failed")]
     Etcd {
         op: &'static str,
@@ -80,6 +83,10 @@ pub enum Error {
     Serve(#[source] tonic::transport::Error),
     #[error("the encryption configuration")]
     EncryptionConfig(#[from] crate::encryption::ConfigError),
+    #[error("the API's TLS files")]
+    TlsConfig(#[from] crate::auth::transport::TlsConfigError),
+    #[error("--token-auth-file")]
+    TokenFile(#[from] crate::auth::tokens::TokenFileError),
     #[error("opening the audit log {path}")]
     AuditLog {
         path: String,
@@ -119,6 +126,7 @@ impl Error {
                 Code::FailedPrecondition
             }
             Error::Expired { .. } => Code::OutOfRange,
+            Error::Denied(_) => Code::PermissionDenied,
             Error::Etcd { .. } | Error::WatchClosed | Error::ShuttingDown | Error::KubeletUnreachable { .. } => {
                 Code::Unavailable
             }
@@ -126,6 +134,8 @@ impl Error {
             | Error::Encryption { .. }
             | Error::EncryptionConfig(_)
             | Error::AuditLog { .. }
+            | Error::TlsConfig(_)
+            | Error::TokenFile(_)
             | Error::Telemetry(_)
             | Error::Metric(_)
             | Error::Listen { .. }

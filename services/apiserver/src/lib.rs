@@ -5,8 +5,6 @@
 
 mod allocator;
 mod audit;
-// Not called yet: the authorizer that asks it comes with authentication.
-#[allow(dead_code)]
 mod auth;
 mod cache;
 pub mod encryption;
@@ -28,6 +26,7 @@ use skiff_api::KINDS;
 use skiff_telemetry::prometheus::{HistogramOpts, HistogramVec, IntGauge};
 use skiff_telemetry::{GrpcMetrics, ServiceOps};
 use tokio::sync::watch as signal;
+use tonic::service::interceptor::InterceptedService;
 
 pub use error::Error;
 
@@ -62,6 +61,36 @@ pub struct Config {
     /// Append a JSON line (an audit.k8s.io/v1 Event) per mutating request here.
     #[arg(long)]
     pub audit_log_path: Option<std::path::PathBuf>,
+    /// The API's serving certificate (PEM); with it the API speaks only
+    /// TLS. Rewriting the file renews it without a restart.
+    #[arg(long, requires = "tls_private_key_file")]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// The serving certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert_file")]
+    pub tls_private_key_file: Option<std::path::PathBuf>,
+    /// Clients presenting a certificate this CA (PEM) signed are the user
+    /// its CN names, in the groups its O entries name.
+    #[arg(long, requires = "tls_cert_file")]
+    pub client_ca_file: Option<std::path::PathBuf>,
+    /// Bearer tokens, one per line: `token,user,uid[,"group1,group2"]`.
+    #[arg(long)]
+    pub token_auth_file: Option<std::path::PathBuf>,
+    /// Let calls without credentials in as `system:anonymous` (authorization
+    /// still decides what they may do). Off: they are refused.
+    #[arg(long, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    pub anonymous_auth: bool,
+    /// Who decides what callers may do: `RBAC` (the cluster's Roles and
+    /// bindings) or `AlwaysAllow`.
+    #[arg(long, value_enum, default_value = "RBAC")]
+    pub authorization_mode: AuthorizationMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthorizationMode {
+    #[value(name = "RBAC")]
+    Rbac,
+    #[value(name = "AlwaysAllow")]
+    AlwaysAllow,
 }
 
 /// The largest request the API accepts: above the 1.5 MiB object limit so
@@ -111,10 +140,29 @@ pub async fn run(
         let _ = rx.wait_for(|r| *r).await;
     }
     registry.ensure_system_namespaces().await?;
+    auth::ensure_default_policy(&registry).await?;
+    let authorizer = Arc::new(match config.authorization_mode {
+        AuthorizationMode::Rbac => auth::Authorizer::Rbac(auth::RbacAuthorizer::new(&registry)),
+        AuthorizationMode::AlwaysAllow => auth::Authorizer::AlwaysAllow,
+    });
+    let tokens = match &config.token_auth_file {
+        Some(path) => auth::tokens::TokenFile::load(path)?,
+        None => auth::tokens::TokenFile::default(),
+    };
+    let authenticate = auth::Authenticate(Arc::new(auth::Authenticator::new(tokens, config.anonymous_auth)));
+    let tls = match (&config.tls_cert_file, &config.tls_private_key_file) {
+        (Some(cert), Some(key)) => Some(auth::transport::server_config(&auth::transport::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: config.client_ca_file.clone(),
+        })?),
+        _ => None,
+    };
 
     // Logs and exec, streamed through to the pod's kubelet (proxy.rs).
     let pod_proxy = PodProxyServer::new(proxy::PodProxyService {
         registry: registry.clone(),
+        authorizer: authorizer.clone(),
         metrics: grpc.clone(),
         shutdown: ops.stop.receiver(),
         kubelets: proxy::Kubelets::default(),
@@ -129,6 +177,7 @@ pub async fn run(
     };
     let service = service::ObjectsService {
         registry,
+        authorizer,
         metrics: grpc,
         watchers,
         shutdown: ops.stop.receiver(),
@@ -140,9 +189,14 @@ pub async fn run(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let listen = |source| Error::Listen { addr: config.listen, source };
     let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(listen)?;
-    tracing::info!(addr = %listener.local_addr().map_err(listen)?, "serving the object API");
+    tracing::info!(
+        addr = %listener.local_addr().map_err(listen)?,
+        tls = tls.is_some(),
+        authorization = ?config.authorization_mode,
+        "serving the object API"
+    );
     ops.readiness.set_ready();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = auth::transport::incoming(listener, tls);
     let drain = {
         let (readiness, stop) = (ops.readiness.clone(), ops.stop.clone());
         async move {
@@ -155,8 +209,8 @@ pub async fn run(
     };
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .add_service(server)
-        .add_service(pod_proxy)
+        .add_service(InterceptedService::new(server, authenticate.clone()))
+        .add_service(InterceptedService::new(pod_proxy, authenticate))
         .serve_with_incoming_shutdown(incoming, drain)
         .await
         .map_err(Error::Serve)?;

@@ -29,6 +29,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use crate::auth::{Access, Authorizer};
 use crate::cache::Filter;
 use crate::registry::Registry;
 use crate::Error;
@@ -38,6 +39,7 @@ const KUBELET_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct PodProxyService {
     pub registry: Arc<Registry>,
+    pub authorizer: Arc<Authorizer>,
     pub metrics: GrpcMetrics,
     pub shutdown: signal::Receiver<bool>,
     pub kubelets: Kubelets,
@@ -250,16 +252,33 @@ fn from_kubelet(target: &Target, status: Status) -> Status {
     status
 }
 
+impl PodProxyService {
+    /// Whether `user` may `verb` the pod (or its `subresource`).
+    fn allow(
+        &self,
+        user: &crate::auth::UserInfo,
+        verb: &'static str,
+        subresource: &'static str,
+        namespace: &str,
+        pod: &str,
+    ) -> Result<(), Status> {
+        let access = Access { verb, kind: "Pod", subresource, namespace, name: pod };
+        self.authorizer.authorize(user, &access).map_err(|denied| Error::Denied(denied).into())
+    }
+}
+
 #[tonic::async_trait]
 impl PodProxy for PodProxyService {
     type LogsStream = BoxStream<LogChunk>;
 
     async fn logs(&self, req: Request<LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
         let started = Instant::now();
+        let user = crate::auth::caller(&req)?;
         let (meta, _, mut r) = req.into_parts();
         let span = tracing::info_span!("rpc", method = "Logs", kind = "Pod");
         skiff_telemetry::set_remote_parent(&span, &meta);
         let result = async {
+            self.allow(&user, "get", "log", &r.namespace, &r.pod)?;
             let target = self.resolve(&r.namespace, &r.pod, &r.container).await?;
             r.container = target.container.clone();
             let mut request = Request::new(r);
@@ -277,6 +296,7 @@ impl PodProxy for PodProxyService {
 
     async fn exec(&self, req: Request<Streaming<ExecInput>>) -> Result<Response<Self::ExecStream>, Status> {
         let started = Instant::now();
+        let user = crate::auth::caller(&req)?;
         let (meta, _, mut inbound) = req.into_parts();
         let span = tracing::info_span!("rpc", method = "Exec", kind = "Pod");
         skiff_telemetry::set_remote_parent(&span, &meta);
@@ -286,6 +306,7 @@ impl PodProxy for PodProxyService {
                 Some(Err(status)) => return Err(status),
                 _ => return Err(Error::BadRequest("the first exec message must be the start".into()).into()),
             };
+            self.allow(&user, "create", "exec", &start.namespace, &start.pod)?;
             let target = self.resolve(&start.namespace, &start.pod, &start.container).await?;
             start.container = target.container.clone();
             let first = ExecInput { input: Some(exec_input::Input::Start(start)) };
@@ -305,10 +326,14 @@ impl PodProxy for PodProxyService {
 
     async fn stats(&self, req: Request<StatsRequest>) -> Result<Response<StatsReply>, Status> {
         let started = Instant::now();
+        let user = crate::auth::caller(&req)?;
         let (meta, _, r) = req.into_parts();
         let span = tracing::info_span!("rpc", method = "Stats", kind = "Pod");
         skiff_telemetry::set_remote_parent(&span, &meta);
         let result = async {
+            // Usage figures of pods: readable by whoever may read the pods.
+            let verb = if r.pod.is_empty() { "list" } else { "get" };
+            self.allow(&user, verb, "", &r.namespace, &r.pod)?;
             let pods =
                 if r.pod.is_empty() { self.namespace_stats(&r.namespace).await? } else { self.pod_stats(r).await? };
             Ok::<_, Status>(Response::new(StatsReply { pods }))

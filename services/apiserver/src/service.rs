@@ -1,5 +1,6 @@
-//! The gRPC `Objects` service: decodes requests, calls the registry, and
-//! records metrics. Errors become statuses through `From<Error> for Status`.
+//! The gRPC `Objects` service: decodes requests, authorizes the caller the
+//! interceptor authenticated, calls the registry, and records metrics.
+//! Errors become statuses through `From<Error> for Status`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::audit::{AuditLog, Record};
+use crate::auth::{Access, Authorizer, PeerInfo, UserInfo};
 use crate::cache::Filter;
 use crate::registry::Registry;
 use crate::watch::{self, WatchParams};
@@ -26,6 +28,7 @@ use crate::Error;
 
 pub struct ObjectsService {
     pub registry: Arc<Registry>,
+    pub authorizer: Arc<Authorizer>,
     pub metrics: GrpcMetrics,
     pub watchers: IntGauge,
     pub shutdown: signal::Receiver<bool>,
@@ -33,18 +36,21 @@ pub struct ObjectsService {
     pub audit: Option<AuditLog>,
 }
 
-/// What the audit log says of a mutating request besides its outcome.
-struct Mutation<'a> {
-    verb: &'static str,
-    method: &'static str,
-    kind: &'a str,
-    namespace: &'a str,
+/// Who made a request, and from where.
+pub struct Caller {
+    pub user: UserInfo,
     source: Option<SocketAddr>,
     user_agent: String,
 }
 
-fn user_agent<T>(req: &Request<T>) -> String {
-    req.metadata().get("user-agent").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+impl Caller {
+    pub fn of<T>(req: &Request<T>) -> Result<Self, Status> {
+        Ok(Self {
+            user: crate::auth::caller(req)?,
+            source: req.extensions().get::<PeerInfo>().and_then(|p| p.remote_addr),
+            user_agent: req.metadata().get("user-agent").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string(),
+        })
+    }
 }
 
 /// `metadata.name` of a request's object, read without decoding the rest.
@@ -74,18 +80,24 @@ fn filter(info: &KindInfo, namespace: &str, labels: &str, fields: &str) -> Resul
 }
 
 impl ObjectsService {
-    /// Runs one call inside a span, counting it by method, kind and code.
+    /// Runs one call inside a span, once the caller is allowed `access`,
+    /// counting it by method, kind and code (refusals included).
     async fn call<T>(
         &self,
         method: &'static str,
-        kind: &str,
+        access: &Access<'_>,
+        user: &UserInfo,
         metadata: &tonic::metadata::MetadataMap,
         fut: impl Future<Output = Result<T, Error>>,
     ) -> Result<Response<T>, Status> {
+        let kind = access.kind;
         let span = tracing::info_span!("rpc", method, kind);
         skiff_telemetry::set_remote_parent(&span, metadata);
         let started = Instant::now();
-        let result = fut.instrument(span).await;
+        let result = match self.authorizer.authorize(user, access) {
+            Ok(()) => fut.instrument(span).await,
+            Err(denied) => Err(Error::Denied(denied)),
+        };
         let code = result.as_ref().map_or_else(|e| e.code(), |_| tonic::Code::Ok);
         self.metrics.observe(method, kind, grpc_code_label(code), started.elapsed());
         match result {
@@ -98,29 +110,29 @@ impl ObjectsService {
             }
         }
     }
-}
 
-impl ObjectsService {
     /// [`call`](Self::call) for a request that changes state, written to
     /// the audit log (when there is one) once it has its outcome.
     async fn mutate<T>(
         &self,
-        m: Mutation<'_>,
-        name: impl FnOnce() -> String,
+        method: &'static str,
+        access: Access<'_>,
+        caller: Caller,
         metadata: &tonic::metadata::MetadataMap,
         fut: impl Future<Output = Result<T, Error>>,
     ) -> Result<Response<T>, Status> {
         let received = SystemTime::now();
         let started = Instant::now();
-        let result = self.call(m.method, m.kind, metadata, fut).await;
+        let result = self.call(method, &access, &caller.user, metadata, fut).await;
         if let Some(audit) = &self.audit {
             audit.record(&Record {
-                verb: m.verb,
-                kind: m.kind,
-                namespace: m.namespace,
-                name: &name(),
-                source: m.source,
-                user_agent: &m.user_agent,
+                user: &caller.user,
+                verb: access.verb,
+                kind: access.kind,
+                namespace: access.namespace,
+                name: access.name,
+                source: caller.source,
+                user_agent: &caller.user_agent,
                 code: result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok),
                 received,
                 latency: started.elapsed(),
@@ -133,33 +145,31 @@ impl ObjectsService {
 #[tonic::async_trait]
 impl Objects for ObjectsService {
     async fn create(&self, req: Request<CreateRequest>) -> Result<Response<ObjectReply>, Status> {
-        let (source, agent) = (req.remote_addr(), user_agent(&req));
+        let caller = Caller::of(&req)?;
         let (meta, _, r) = req.into_parts();
-        let m = Mutation {
-            verb: "create",
-            method: "Create",
-            kind: &r.kind,
-            namespace: &r.namespace,
-            source,
-            user_agent: agent,
-        };
-        self.mutate(m, || object_name(&r.object), &meta, async {
+        let name = object_name(&r.object);
+        let access = Access { verb: "create", kind: &r.kind, subresource: "", namespace: &r.namespace, name: &name };
+        self.mutate("Create", access, caller, &meta, async {
             Ok(ObjectReply { object: self.registry.create(&r.kind, &r.namespace, &r.object).await? })
         })
         .await
     }
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<ObjectReply>, Status> {
+        let caller = Caller::of(&req)?;
         let (meta, _, r) = req.into_parts();
-        self.call("Get", &r.kind, &meta, async {
+        let access = Access { verb: "get", kind: &r.kind, subresource: "", namespace: &r.namespace, name: &r.name };
+        self.call("Get", &access, &caller.user, &meta, async {
             Ok(ObjectReply { object: self.registry.get(&r.kind, &r.namespace, &r.name).await? })
         })
         .await
     }
 
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListReply>, Status> {
+        let caller = Caller::of(&req)?;
         let (meta, _, r) = req.into_parts();
-        self.call("List", &r.kind, &meta, async {
+        let access = Access { verb: "list", kind: &r.kind, subresource: "", namespace: &r.namespace, name: "" };
+        self.call("List", &access, &caller.user, &meta, async {
             let info = KindInfo::by_kind(&r.kind)?;
             let filter = filter(info, &r.namespace, &r.label_selector, &r.field_selector)?;
             let limit = usize::try_from(r.limit.max(0)).unwrap_or(usize::MAX);
@@ -173,8 +183,10 @@ impl Objects for ObjectsService {
     type WatchStream = ReceiverStream<Result<WatchEvent, Status>>;
 
     async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let caller = Caller::of(&req)?;
         let (meta, _, r) = req.into_parts();
-        self.call("Watch", &r.kind, &meta, async {
+        let access = Access { verb: "watch", kind: &r.kind, subresource: "", namespace: &r.namespace, name: "" };
+        self.call("Watch", &access, &caller.user, &meta, async {
             let info = KindInfo::by_kind(&r.kind)?;
             let filter = filter(info, &r.namespace, &r.label_selector, &r.field_selector)?;
             let cache = self.registry.cache(info).clone();
@@ -198,68 +210,43 @@ impl Objects for ObjectsService {
     }
 
     async fn update(&self, req: Request<UpdateRequest>) -> Result<Response<ObjectReply>, Status> {
-        let (source, agent) = (req.remote_addr(), user_agent(&req));
+        let caller = Caller::of(&req)?;
         let (meta, _, r) = req.into_parts();
-        let m = Mutation {
-            verb: "update",
-            method: "Update",
-            kind: &r.kind,
-            namespace: &r.namespace,
-            source,
-            user_agent: agent,
-        };
-        self.mutate(m, || object_name(&r.object), &meta, async {
+        let name = object_name(&r.object);
+        let access = Access { verb: "update", kind: &r.kind, subresource: "", namespace: &r.namespace, name: &name };
+        self.mutate("Update", access, caller, &meta, async {
             Ok(ObjectReply { object: self.registry.update(&r.kind, &r.namespace, &r.object, false).await? })
         })
         .await
     }
 
     async fn update_status(&self, req: Request<UpdateRequest>) -> Result<Response<ObjectReply>, Status> {
-        let (source, agent) = (req.remote_addr(), user_agent(&req));
+        let caller = Caller::of(&req)?;
         let (meta, _, r) = req.into_parts();
-        let m = Mutation {
-            verb: "update",
-            method: "UpdateStatus",
-            kind: &r.kind,
-            namespace: &r.namespace,
-            source,
-            user_agent: agent,
-        };
-        self.mutate(m, || object_name(&r.object), &meta, async {
+        let name = object_name(&r.object);
+        let access =
+            Access { verb: "update", kind: &r.kind, subresource: "status", namespace: &r.namespace, name: &name };
+        self.mutate("UpdateStatus", access, caller, &meta, async {
             Ok(ObjectReply { object: self.registry.update(&r.kind, &r.namespace, &r.object, true).await? })
         })
         .await
     }
 
     async fn patch(&self, req: Request<PatchRequest>) -> Result<Response<ObjectReply>, Status> {
-        let (source, agent) = (req.remote_addr(), user_agent(&req));
+        let caller = Caller::of(&req)?;
         let (meta, _, r) = req.into_parts();
-        let m = Mutation {
-            verb: "patch",
-            method: "Patch",
-            kind: &r.kind,
-            namespace: &r.namespace,
-            source,
-            user_agent: agent,
-        };
-        self.mutate(m, || r.name.clone(), &meta, async {
+        let access = Access { verb: "patch", kind: &r.kind, subresource: "", namespace: &r.namespace, name: &r.name };
+        self.mutate("Patch", access, caller, &meta, async {
             Ok(ObjectReply { object: self.registry.patch(&r.kind, &r.namespace, &r.name, &r.patch).await? })
         })
         .await
     }
 
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<ObjectReply>, Status> {
-        let (source, agent) = (req.remote_addr(), user_agent(&req));
+        let caller = Caller::of(&req)?;
         let (meta, _, r) = req.into_parts();
-        let m = Mutation {
-            verb: "delete",
-            method: "Delete",
-            kind: &r.kind,
-            namespace: &r.namespace,
-            source,
-            user_agent: agent,
-        };
-        self.mutate(m, || r.name.clone(), &meta, async {
+        let access = Access { verb: "delete", kind: &r.kind, subresource: "", namespace: &r.namespace, name: &r.name };
+        self.mutate("Delete", access, caller, &meta, async {
             let object = self
                 .registry
                 .delete(&r.kind, &r.namespace, &r.name, &r.resource_version, r.grace_period_seconds)
@@ -270,17 +257,11 @@ impl Objects for ObjectsService {
     }
 
     async fn bind(&self, req: Request<BindRequest>) -> Result<Response<ObjectReply>, Status> {
-        let (source, agent) = (req.remote_addr(), user_agent(&req));
+        let caller = Caller::of(&req)?;
         let (meta, _, r) = req.into_parts();
-        let m = Mutation {
-            verb: "create",
-            method: "Bind",
-            kind: "Pod",
-            namespace: &r.namespace,
-            source,
-            user_agent: agent,
-        };
-        self.mutate(m, || format!("{}/binding", r.name), &meta, async {
+        let access =
+            Access { verb: "create", kind: "Pod", subresource: "binding", namespace: &r.namespace, name: &r.name };
+        self.mutate("Bind", access, caller, &meta, async {
             Ok(ObjectReply { object: self.registry.bind(&r.namespace, &r.name, &r.node_name, &r.uid).await? })
         })
         .await

@@ -22,7 +22,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use skiff_client::{Client, LeaderElectionFlags};
+use skiff_client::LeaderElectionFlags;
 use skiff_telemetry::ServiceOps;
 
 pub use error::Error;
@@ -33,9 +33,8 @@ pub const LEASE_NAME: &str = skiff_api::well_known::CONTROLLER_MANAGER_LEASE;
 /// Flags of `skiff-controller-manager`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
-    /// The apiserver (`http://HOST:PORT`); default from SKIFF_SERVER or the config file.
-    #[arg(long)]
-    pub server: Option<String>,
+    #[command(flatten)]
+    pub api: skiff_client::ApiFlags,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "127.0.0.1:10257")]
     pub metrics_listen: SocketAddr,
@@ -68,7 +67,7 @@ pub struct Config {
 /// the process exits and a supervisor restarts it as a fresh candidate).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
     let node_ipam = node_ipam_ranges(&config)?;
-    let client = Client::from_env(config.server.as_deref()).map_err(Error::Connect)?;
+    let client = config.api.client().map_err(Error::Connect)?;
     let ops = ServiceOps::start(config.metrics_listen).await?;
     let reconcile_metrics = metrics::ReconcileMetrics::register(&ops.metrics)?;
     ops.readiness.set_not_ready("caches not synced");

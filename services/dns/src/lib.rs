@@ -26,7 +26,7 @@ use hickory_proto::rr::Name;
 use hickory_server::Server;
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use skiff_api::parse_duration;
-use skiff_client::{Client, Informer, ListParams};
+use skiff_client::{Informer, ListParams};
 use skiff_telemetry::ServiceOps;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinSet;
@@ -41,9 +41,8 @@ const TCP_RESPONSE_BUFFER: usize = 64;
 /// Flags of `skiff-dns`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
-    /// The apiserver (`http://HOST:PORT`); else `SKIFF_SERVER` or the config file.
-    #[arg(long)]
-    pub server: Option<String>,
+    #[command(flatten)]
+    pub api: skiff_client::ApiFlags,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "127.0.0.1:10254")]
     pub metrics_listen: SocketAddr,
@@ -69,7 +68,7 @@ pub struct Config {
 
 /// Runs skiff-dns until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
-    let client = Client::from_env(config.server.as_deref()).map_err(Error::Connect)?;
+    let client = config.api.client().map_err(Error::Connect)?;
     let origin = Name::from_ascii(config.cluster_domain.trim_end_matches('.'))
         .map_err(|source| Error::ClusterDomain { domain: config.cluster_domain.clone(), source })?;
     let upstreams = upstreams(&config.upstream)?;

@@ -36,7 +36,7 @@ use arc_swap::ArcSwap;
 use k8s_openapi::api::core::v1::{Endpoints, Secret, Service};
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use skiff_api::parse_duration;
-use skiff_client::{key_of, Client, Controller, Informer, InformerEvent, ListParams, WorkQueue};
+use skiff_client::{key_of, Controller, Informer, InformerEvent, ListParams, WorkQueue};
 use skiff_telemetry::prometheus::IntGauge;
 use skiff_telemetry::ServiceOps;
 use tokio::sync::watch;
@@ -53,9 +53,8 @@ use crate::view::{Stores, View};
 /// Flags of `skiff-ingress`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
-    /// The apiserver (`http://HOST:PORT`); else `SKIFF_SERVER` or the config file.
-    #[arg(long)]
-    pub server: Option<String>,
+    #[command(flatten)]
+    pub api: skiff_client::ApiFlags,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "127.0.0.1:10258")]
     pub metrics_listen: SocketAddr,
@@ -111,7 +110,7 @@ impl Config {
 
 /// Runs skiff-ingress until `shutdown` resolves, then drains.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
-    let client = Client::from_env(config.server.as_deref()).map_err(Error::Connect)?;
+    let client = config.api.client().map_err(Error::Connect)?;
     let ops = ServiceOps::start(config.metrics_listen).await?;
     let metrics = IngressMetrics::register(&ops.metrics)?;
     // Bound now so a taken port fails at start with its address named;

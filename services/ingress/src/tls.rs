@@ -14,8 +14,6 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::networking::v1::Ingress;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
@@ -28,19 +26,8 @@ pub fn certified_key(secret: &Secret) -> Result<Arc<CertifiedKey>, String> {
     let data = secret.data.as_ref();
     let field =
         |name: &str| data.and_then(|d| d.get(name)).map(|b| b.0.as_slice()).ok_or_else(|| format!("has no {name}"));
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(field(CERT_KEY)?)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{CERT_KEY} is not PEM certificates: {e}"))?;
-    if chain.is_empty() {
-        return Err(format!("{CERT_KEY} holds no certificate"));
-    }
-    let key = PrivateKeyDer::from_pem_slice(field(PRIVATE_KEY)?)
-        .map_err(|e| format!("{PRIVATE_KEY} is not a PEM private key: {e}"))?;
-    let signer = rustls::crypto::ring::sign::any_supported_type(&key)
-        .map_err(|e| format!("{PRIVATE_KEY} is not a supported key: {e}"))?;
-    let certified = CertifiedKey::new(chain, signer);
-    certified.keys_match().map_err(|e| format!("{PRIVATE_KEY} does not match {CERT_KEY}: {e}"))?;
-    Ok(Arc::new(certified))
+    skiff_pki::certified_key(field(CERT_KEY)?, field(PRIVATE_KEY)?)
+        .map_err(|e| format!("{CERT_KEY}, {PRIVATE_KEY}: {e}"))
 }
 
 /// A Secret's certificate as last parsed, by resourceVersion, so a rebuild

@@ -6,7 +6,6 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use skiff_client::Client;
 use skiff_telemetry::ServiceOps;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -30,7 +29,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             reason: "must not be longer than --crash-backoff-max".into(),
         });
     }
-    let client = Client::from_env(config.server.as_deref())?;
+    let client = config.api.client()?;
     let ops = ServiceOps::start(config.metrics_listen).await.map_err(Error::from)?;
     ops.readiness.set_not_ready("registering the node");
     tracing::info!(node = %node.name, ip = %node.ip, endpoint = %config.container_runtime_endpoint, "starting the kubelet");

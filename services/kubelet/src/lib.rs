@@ -34,9 +34,8 @@ pub use error::Error;
 /// Flags of `skiff-kubelet`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
-    /// The apiserver, http://HOST:PORT (else SKIFF_SERVER, else the config file).
-    #[arg(long)]
-    pub server: Option<String>,
+    #[command(flatten)]
+    pub api: skiff_client::ApiFlags,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "127.0.0.1:10248")]
     pub metrics_listen: SocketAddr,

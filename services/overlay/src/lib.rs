@@ -25,7 +25,7 @@ use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
 use skiff_api::cidr::Cidr;
-use skiff_client::{Client, EventRecorder, Informer, ListParams};
+use skiff_client::{EventRecorder, Informer, ListParams};
 use skiff_telemetry::ServiceOps;
 use tokio::task::JoinSet;
 
@@ -34,9 +34,8 @@ pub use error::Error;
 /// Flags of `skiff-overlay`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
-    /// The apiserver (`http://HOST:PORT`); else `SKIFF_SERVER` or the config file.
-    #[arg(long)]
-    pub server: Option<String>,
+    #[command(flatten)]
+    pub api: skiff_client::ApiFlags,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "127.0.0.1:10256")]
     pub metrics_listen: SocketAddr,
@@ -74,7 +73,7 @@ pub struct Config {
 
 /// Runs skiff-overlay until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
-    let client = Client::from_env(config.server.as_deref()).map_err(Error::Connect)?;
+    let client = config.api.client().map_err(Error::Connect)?;
     let cluster_cidr: Cidr = config.cluster_cidr.parse().map_err(|e| Error::Flag {
         flag: "cluster-cidr",
         value: config.cluster_cidr.clone(),

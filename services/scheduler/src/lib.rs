@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
-use skiff_client::{wait_all_synced, Client, Informer, LeaderElectionFlags, ListParams};
+use skiff_client::{wait_all_synced, Informer, LeaderElectionFlags, ListParams};
 use skiff_telemetry::ServiceOps;
 use tokio::task::JoinSet;
 
@@ -43,9 +43,8 @@ pub const LEASE_NAME: &str = skiff_api::well_known::SCHEDULER_LEASE;
 /// Flags of `skiff-scheduler`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
-    /// The apiserver (`http://HOST:PORT`); else `SKIFF_SERVER` or the config file.
-    #[arg(long)]
-    pub server: Option<String>,
+    #[command(flatten)]
+    pub api: skiff_client::ApiFlags,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "127.0.0.1:10259")]
     pub metrics_listen: SocketAddr,
@@ -72,7 +71,7 @@ pub struct Config {
 /// lease (an error: the process should exit and start over, as
 /// kube-scheduler does, since its cache may hold assumptions of a leader).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
-    let client = Client::from_env(config.server.as_deref()).map_err(Error::Connect)?;
+    let client = config.api.client().map_err(Error::Connect)?;
     let ops = ServiceOps::start(config.metrics_listen).await.map_err(Error::from)?;
     let scheduler_metrics = metrics::SchedulerMetrics::register(&ops.metrics)?;
 

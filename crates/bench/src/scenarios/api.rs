@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::json;
-use skiff_api::proto::{self, objects_client::ObjectsClient};
+use skiff_api::proto;
 use skiff_client::Client;
 use skiff_testkit::{Cluster, ClusterOptions};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -270,7 +270,7 @@ async fn skiff_fanout(cluster: &Cluster, o: &Options) -> anyhow::Result<(f64, f6
     let connections = o.watchers.div_ceil(STREAMS_PER_CONNECTION);
     let mut clients = Vec::new();
     for _ in 0..connections {
-        clients.push(ObjectsClient::connect(cluster.server()).await?);
+        clients.push(cluster.client().objects());
     }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Sighting>();
     let mut tasks = Vec::new();

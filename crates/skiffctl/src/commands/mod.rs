@@ -18,13 +18,12 @@ pub mod version;
 
 pub use skiff_api::parse_duration;
 use std::fmt;
-use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 use skiff_api::proto::pod_proxy_client::PodProxyClient;
 use skiff_api::{meta, KindInfo};
+use skiff_client::config::{AuthedChannel, ClientConfig};
 use skiff_client::Client;
-use tonic::transport::{Channel, Endpoint};
 
 use crate::manifest::Document;
 use crate::resource;
@@ -93,24 +92,20 @@ pub async fn run(globals: &Globals, command: Command) -> Result<()> {
 /// The flags every command takes.
 #[derive(Debug, Clone)]
 pub struct Globals {
-    pub server: Option<String>,
+    pub api: skiff_client::ApiFlags,
     pub namespace: String,
 }
 
 impl Globals {
     pub fn client(&self) -> Result<Client> {
-        Ok(Client::from_env(self.server.as_deref())?)
+        Ok(self.api.client()?)
     }
 
     /// The apiserver's PodProxy service (logs, exec, stats), on its own channel:
     /// the object client keeps its channel to itself.
-    pub fn pod_proxy(&self) -> Result<PodProxyClient<Channel>> {
-        let server = skiff_client::config::resolve_server(self.server.as_deref())?;
-        let endpoint = Endpoint::from_shared(server.clone())
-            .map_err(|e| anyhow!("invalid apiserver address {server:?}: {e}"))?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true);
-        Ok(PodProxyClient::new(endpoint.connect_lazy()))
+    pub fn pod_proxy(&self) -> Result<PodProxyClient<AuthedChannel>> {
+        let config = ClientConfig::resolve(&self.api)?;
+        Ok(PodProxyClient::new(config.channel()?))
     }
 }
 
@@ -229,6 +224,7 @@ pub fn several_sources(docs: &[Document]) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::time::Duration;
 
     fn doc(object: serde_json::Value) -> Document {
         Document { source: "app.yaml".into(), index: 2, item: None, object }

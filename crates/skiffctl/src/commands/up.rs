@@ -6,7 +6,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use serde_json::json;
-use skiff_client::config::ClientConfig;
 use skiff_testkit::netns::Host;
 use skiff_testkit::runtime::{ensure_test_images, RuntimeOptions};
 use skiff_testkit::{stop_detached_cluster, Cluster, ClusterOptions, NetworkOptions};
@@ -106,7 +105,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
     let http = SocketAddr::from((any, port_or(args.http_port, any, 80)));
     let https = SocketAddr::from((any, port_or(args.https_port, any, 443)));
     start_ingress(&mut cluster, None, (http, https), Ipv4Addr::LOCALHOST).await?;
-    let config = ClientConfig { server: cluster.server() };
+    let config = cluster.admin_config().clone();
     let path = config.save()?;
     outln!("skiff is up: apiserver {} (address written to {})", cluster.server(), path.display());
     let node_services = if cluster.runtime().is_some() { ", skiff-dns, skiff-overlay" } else { "" };
@@ -157,7 +156,7 @@ async fn up_hosts(state_dir: PathBuf, nodes: usize, port: u16, ports: (Option<u1
     let http = SocketAddr::from((first.ip(), ports.0.unwrap_or(80)));
     let https = SocketAddr::from((first.ip(), ports.1.unwrap_or(443)));
     start_ingress(&mut cluster, Some(&first), (http, https), first.ip()).await?;
-    let config = ClientConfig { server: cluster.server() };
+    let config = cluster.admin_config().clone();
     let path = config.save()?;
     let network = cluster.network().context("the cluster has no hosts")?;
     outln!("skiff is up: apiserver {} (address written to {})", cluster.server(), path.display());

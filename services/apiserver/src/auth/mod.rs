@@ -1,6 +1,171 @@
-//! Who may call the API: the RBAC policy an authorizer asks per request
-//! (`rbac`) and the default policy the apiserver creates at start
-//! (`bootstrap`).
+//! Who is calling and what they may do.
+//!
+//! Authentication runs as an interceptor in front of every gRPC service:
+//! the client certificate the TLS handshake verified (CN = user, O =
+//! groups), else a bearer token from `--token-auth-file`, else anonymous
+//! (refused unless `--anonymous-auth`). The caller it finds travels in the
+//! request's extensions. Authorization runs per call, once the request
+//! says what it touches (kind, namespace, name): RBAC over the cluster's
+//! Roles and bindings, or AlwaysAllow.
 
 pub mod bootstrap;
+mod policy;
 pub mod rbac;
+pub mod tokens;
+pub mod transport;
+
+use std::sync::Arc;
+
+use skiff_api::KindInfo;
+use tonic::{Request, Status};
+
+pub use policy::RbacAuthorizer;
+pub use rbac::UserInfo;
+pub use transport::PeerInfo;
+
+/// Every authenticated user is in this group, as in Kubernetes.
+pub const AUTHENTICATED: &str = "system:authenticated";
+
+/// How the apiserver tells who is calling.
+pub struct Authenticator {
+    tokens: tokens::TokenFile,
+    anonymous: bool,
+}
+
+impl Authenticator {
+    pub fn new(tokens: tokens::TokenFile, anonymous: bool) -> Self {
+        Self { tokens, anonymous }
+    }
+
+    /// The caller of `request`: its certificate's user, its token's, or
+    /// anonymous. A token that is presented but unknown is refused even when
+    /// anonymous calls are allowed: a client that meant to be someone must
+    /// not silently become no one.
+    pub fn authenticate<T>(&self, request: &Request<T>) -> Result<UserInfo, Status> {
+        if let Some(user) = request.extensions().get::<PeerInfo>().and_then(|p| p.certificate_user.clone()) {
+            return Ok(user);
+        }
+        if let Some(header) = request.metadata().get("authorization") {
+            let token = header.to_str().ok().and_then(|h| h.strip_prefix("Bearer ")).map(str::trim);
+            return match token.and_then(|t| self.tokens.user(t)) {
+                Some(user) => Ok(user.clone()),
+                None => Err(Status::unauthenticated("invalid bearer token")),
+            };
+        }
+        if self.anonymous {
+            return Ok(UserInfo {
+                name: "system:anonymous".into(),
+                uid: String::new(),
+                groups: vec!["system:unauthenticated".into()],
+            });
+        }
+        Err(Status::unauthenticated(
+            "no credentials: present a client certificate signed by the cluster CA or a bearer token",
+        ))
+    }
+}
+
+/// The interceptor every gRPC service of the apiserver runs behind: it
+/// puts the caller's [`UserInfo`] into the request's extensions.
+#[derive(Clone)]
+pub struct Authenticate(pub Arc<Authenticator>);
+
+impl tonic::service::Interceptor for Authenticate {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let user = self.0.authenticate(&request)?;
+        request.extensions_mut().insert(user);
+        Ok(request)
+    }
+}
+
+/// The caller the interceptor found. A request that reaches a handler has
+/// one; a missing one means the service was wired without the interceptor,
+/// so it is refused rather than let through.
+pub fn caller<T>(request: &Request<T>) -> Result<UserInfo, Status> {
+    request
+        .extensions()
+        .get::<UserInfo>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("the request was not authenticated"))
+}
+
+/// What a call does, in the words RBAC rules use.
+pub struct Access<'a> {
+    pub verb: &'static str,
+    pub kind: &'a str,
+    pub subresource: &'static str,
+    pub namespace: &'a str,
+    pub name: &'a str,
+}
+
+/// Who decides whether a caller may do something.
+pub enum Authorizer {
+    /// Everything is allowed (`--authorization-mode=AlwaysAllow`).
+    AlwaysAllow,
+    Rbac(RbacAuthorizer),
+}
+
+impl Authorizer {
+    /// Ok, or why not, naming the verb, resource and namespace.
+    pub fn authorize(&self, user: &UserInfo, access: &Access) -> Result<(), String> {
+        let Authorizer::Rbac(rbac) = self else { return Ok(()) };
+        // Unknown kinds are refused by the call itself with the kind named;
+        // authorizing them first would hide that message.
+        let Ok(info) = KindInfo::by_kind(access.kind) else { return Ok(()) };
+        // As Kubernetes' request attributes: a cluster-scoped object has no
+        // namespace, a Namespace is in itself, and a create names nothing
+        // yet (so rules restricted to names can't allow creating them).
+        let namespace = match (info.namespaced, info.kind) {
+            (true, _) => access.namespace,
+            (false, "Namespace") => access.name,
+            (false, _) => "",
+        };
+        let name = if access.verb == "create" && access.subresource.is_empty() { "" } else { access.name };
+        let attributes = rbac::Attributes {
+            verb: access.verb,
+            api_group: info.group(),
+            resource: info.plural,
+            subresource: access.subresource,
+            namespace,
+            name,
+        };
+        rbac.policy().authorize(user, &attributes)
+    }
+}
+
+/// Creates the default ClusterRoles and ClusterRoleBindings
+/// ([`bootstrap`]) that are missing, and brings back in line those still
+/// annotated `rbac.authorization.kubernetes.io/autoupdate: "true"` (an
+/// operator who edits one and sets it to "false" keeps the edit), as
+/// kube-apiserver does at start.
+pub async fn ensure_default_policy(registry: &crate::registry::Registry) -> Result<(), crate::Error> {
+    let roles = bootstrap::cluster_roles().into_iter().map(|r| serde_json::to_value(r).map(|v| ("ClusterRole", v)));
+    let bindings = bootstrap::cluster_role_bindings()
+        .into_iter()
+        .map(|b| serde_json::to_value(b).map(|v| ("ClusterRoleBinding", v)));
+    for item in roles.chain(bindings) {
+        let (kind, mut wanted) = item.map_err(|e| crate::Error::BadRequest(format!("default policy: {e}")))?;
+        wanted["apiVersion"] = "rbac.authorization.k8s.io/v1".into();
+        wanted["kind"] = kind.into();
+        let name = wanted["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        match registry.create(kind, "", wanted.to_string().as_bytes()).await {
+            Ok(_) => continue,
+            Err(crate::Error::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let stored: serde_json::Value = serde_json::from_slice(&registry.get(kind, "", &name).await?)
+            .map_err(|source| crate::Error::BadJson { what: "a stored default role", source })?;
+        let auto = stored.pointer("/metadata/annotations/rbac.authorization.kubernetes.io~1autoupdate");
+        let content = ["rules", "aggregationRule", "roleRef", "subjects"];
+        if auto.and_then(|v| v.as_str()) != Some("true") || content.iter().all(|f| stored.get(f) == wanted.get(f)) {
+            continue;
+        }
+        wanted["metadata"]["resourceVersion"] = stored["metadata"]["resourceVersion"].clone();
+        match registry.update(kind, "", wanted.to_string().as_bytes(), false).await {
+            // Another apiserver reconciled it meanwhile.
+            Ok(_) | Err(crate::Error::Conflict { .. }) => tracing::info!(kind, name, "default RBAC object updated"),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

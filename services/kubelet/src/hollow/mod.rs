@@ -60,7 +60,7 @@ pub const IN_FLIGHT: usize = 64;
 /// Runs the hollow nodes until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
     let fleet = Arc::new(Fleet::new(&config)?);
-    let client = Client::from_env(config.server.as_deref())?;
+    let client = config.api.client()?;
     let ops = ServiceOps::start(config.metrics_listen).await.map_err(Error::from)?;
     let metrics = HollowMetrics::register(&ops.metrics)?;
     ops.readiness.set_not_ready("registering nodes");

@@ -1,0 +1,119 @@
+//! The cluster's CA and its components' identities, as kubeadm lays them
+//! out: `pki/ca.{crt,key}`, the apiserver's serving pair, and per identity
+//! a certificate, its key and a client config (`pki/NAME.yaml`) that the
+//! component is started with (`--kubeconfig`).
+
+use std::path::{Path, PathBuf};
+
+use skiff_client::ClientConfig;
+use skiff_pki::{Ca, Usage, LEAF_VALIDITY};
+
+use crate::{Error, Result};
+
+/// Who a component is to the apiserver: a user and its groups.
+#[derive(Debug, Clone, Copy)]
+pub struct Identity {
+    pub user: &'static str,
+    pub groups: &'static [&'static str],
+}
+
+/// The cluster administrator (Kubernetes' `kubernetes-admin`): RBAC allows
+/// `system:masters` everything.
+pub const ADMIN: Identity = Identity { user: "skiff-admin", groups: &["system:masters"] };
+
+/// The identity each skiff binary runs as; binaries not listed (tools,
+/// tests' helpers) run as the administrator.
+pub fn identity_of(binary: &str) -> Identity {
+    match binary {
+        "skiff-scheduler" => Identity { user: "system:kube-scheduler", groups: &[] },
+        "skiff-controller-manager" => Identity { user: "system:kube-controller-manager", groups: &[] },
+        "skiff-kubelet" => Identity { user: "system:node", groups: &["system:nodes"] },
+        "skiff-overlay" => Identity { user: "system:skiff-overlay", groups: &[] },
+        "skiff-dns" => Identity { user: "system:skiff-dns", groups: &[] },
+        "skiff-ingress" => Identity { user: "system:skiff-ingress", groups: &[] },
+        _ => ADMIN,
+    }
+}
+
+pub struct ClusterPki {
+    dir: PathBuf,
+    ca: Ca,
+    server: String,
+}
+
+impl ClusterPki {
+    /// The CA under `dir` (made on first use, kept after: a restarted
+    /// cluster's clients still trust it) and a fresh serving certificate for
+    /// `server` (`https://HOST:PORT`) valid for `names`.
+    pub fn open(dir: &Path, server: &str, names: &[String]) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| io("creating", dir, e))?;
+        let (crt, key) = (dir.join("ca.crt"), dir.join("ca.key"));
+        let ca = match (std::fs::read_to_string(&crt), std::fs::read_to_string(&key)) {
+            (Ok(c), Ok(k)) => Ca::load(&c, &k).map_err(|e| pki_error(&crt, e))?,
+            _ => {
+                let ca = Ca::generate("skiff-ca").map_err(|e| pki_error(&crt, e))?;
+                write(&crt, ca.cert_pem().as_bytes())?;
+                write(&key, ca.key_pem().as_bytes())?;
+                ca
+            }
+        };
+        let pki = Self { dir: dir.to_path_buf(), ca, server: server.to_string() };
+        let serving = pki.ca.issue(&Usage::Server { names }, LEAF_VALIDITY).map_err(|e| pki_error(dir, e))?;
+        write(&pki.dir.join("apiserver.crt"), serving.cert_pem.as_bytes())?;
+        write(&pki.dir.join("apiserver.key"), serving.key_pem.as_bytes())?;
+        Ok(pki)
+    }
+
+    /// The apiserver's TLS and authentication flags.
+    pub fn apiserver_args(&self) -> Vec<String> {
+        let path = |f: &str| self.dir.join(f).display().to_string();
+        vec![
+            format!("--tls-cert-file={}", path("apiserver.crt")),
+            format!("--tls-private-key-file={}", path("apiserver.key")),
+            format!("--client-ca-file={}", path("ca.crt")),
+        ]
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    /// The client config of `identity`, written as `pki/FILE.yaml` with its
+    /// certificate and key beside it.
+    pub fn client_config(&self, file: &str, identity: Identity) -> Result<(PathBuf, ClientConfig)> {
+        let usage = Usage::Client { user: identity.user, groups: identity.groups };
+        let issued = self.ca.issue(&usage, LEAF_VALIDITY).map_err(|e| pki_error(&self.dir, e))?;
+        let (crt, key) = (self.dir.join(format!("{file}.crt")), self.dir.join(format!("{file}.key")));
+        write(&crt, issued.cert_pem.as_bytes())?;
+        write(&key, issued.key_pem.as_bytes())?;
+        let config = ClientConfig {
+            server: self.server.clone(),
+            certificate_authority: Some(self.ca_file()),
+            client_certificate: Some(crt),
+            client_key: Some(key),
+            token: None,
+        };
+        let path = self.dir.join(format!("{file}.yaml"));
+        config.save_to(&path)?;
+        Ok((path, config))
+    }
+
+    /// A certificate and key for `identity`, signed by the cluster CA, for
+    /// tests that present them by hand.
+    pub fn issue(&self, identity: Identity) -> Result<skiff_pki::Issued> {
+        let usage = Usage::Client { user: identity.user, groups: identity.groups };
+        self.ca.issue(&usage, LEAF_VALIDITY).map_err(|e| pki_error(&self.dir, e))
+    }
+}
+
+fn write(path: &Path, contents: &[u8]) -> Result<()> {
+    skiff_client::config::write_private(path, contents).map_err(|e| io("writing", path, e))
+}
+
+fn io(what: &'static str, path: &Path, source: std::io::Error) -> Error {
+    Error::Io { what, path: path.display().to_string(), source }
+}
+
+fn pki_error(path: &Path, e: skiff_pki::Error) -> Error {
+    Error::Pki { path: path.display().to_string(), reason: e.to_string() }
+}

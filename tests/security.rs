@@ -1,0 +1,176 @@
+//! Who may use the API: TLS with the cluster CA, callers known by client
+//! certificate or bearer token, RBAC deciding what each may do, and the
+//! components' own least-privilege roles.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+use skiff_client::{Client, ClientConfig};
+use skiff_testkit::{eventually, Cluster, ClusterOptions, Identity};
+use tonic::Code;
+
+fn configmap(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"a": "1"}})
+}
+
+/// A client presenting a certificate the cluster CA signed for `user`.
+fn client_as(cluster: &Cluster, file: &str, user: &'static str, groups: &'static [&'static str]) -> Client {
+    let pki = cluster.pki().expect("a secure cluster");
+    let (_, config) = pki.client_config(file, Identity { user, groups }).unwrap();
+    Client::connect(&config).unwrap()
+}
+
+fn code<T: std::fmt::Debug>(result: Result<T, skiff_client::Error>) -> Code {
+    result.expect_err("the call must be refused").code().expect("an API status")
+}
+
+#[tokio::test]
+async fn no_client_without_credentials_gets_anything() {
+    let cluster = Cluster::start().await.expect("cluster");
+    cluster.client().create("ConfigMap", "default", &configmap("held")).await.unwrap();
+    let ca = cluster.pki().unwrap().ca_file();
+
+    // TLS to the right server, but nothing that says who is calling.
+    let anonymous =
+        ClientConfig { server: cluster.server(), certificate_authority: Some(ca.clone()), ..ClientConfig::default() };
+    let anonymous = Client::connect(&anonymous).unwrap();
+    assert_eq!(code(anonymous.get("ConfigMap", "default", "held").await), Code::Unauthenticated);
+    assert_eq!(code(anonymous.list("ConfigMap", "default", &Default::default()).await), Code::Unauthenticated);
+    assert_eq!(code(anonymous.create("ConfigMap", "default", &configmap("sneaky")).await), Code::Unauthenticated);
+    let watch = anonymous.watch("ConfigMap", "default", &Default::default(), "").await;
+    assert_eq!(watch.err().and_then(|e| e.code()), Some(Code::Unauthenticated));
+
+    // A token nobody issued.
+    let forged = ClientConfig { token: Some("not-a-token".into()), ..ClientConfig::insecure(cluster.server()) };
+    let forged = Client::connect(&ClientConfig { certificate_authority: Some(ca.clone()), ..forged }).unwrap();
+    let status = forged.get("ConfigMap", "default", "held").await.unwrap_err();
+    assert_eq!(status.code(), Some(Code::Unauthenticated), "{status}");
+    assert!(status.to_string().contains("invalid bearer token"), "{status}");
+
+    // A certificate from another CA never gets past the handshake.
+    let other = tempfile::tempdir().unwrap();
+    let foreign = skiff_testkit::ClusterPki::open(other.path(), &cluster.server(), &["127.0.0.1".into()]).unwrap();
+    let (_, mut foreign) = foreign.client_config("intruder", skiff_testkit::ADMIN).unwrap();
+    foreign.certificate_authority = Some(ca.clone());
+    let foreign = Client::connect(&foreign).unwrap();
+    assert!(foreign.get("ConfigMap", "default", "held").await.is_err(), "a foreign CA's admin is refused");
+
+    // Plain HTTP/2 to the TLS port gets no answer either.
+    let plain = Client::new(&cluster.server().replace("https://", "http://")).unwrap();
+    assert!(plain.get("ConfigMap", "default", "held").await.is_err());
+
+    // Nothing of it was stored.
+    assert!(cluster.client().get("ConfigMap", "default", "sneaky").await.unwrap_err().is_not_found());
+}
+
+#[tokio::test]
+async fn a_user_can_do_exactly_what_its_role_allows() {
+    let cluster = Cluster::start().await.expect("cluster");
+    let admin = cluster.client();
+    for ns in ["team-a", "team-b"] {
+        admin.create("Namespace", "", &json!({"metadata": {"name": ns}})).await.unwrap();
+        admin.create("ConfigMap", ns, &configmap("settings")).await.unwrap();
+        let secret = json!({"metadata": {"name": "token"}, "stringData": {"t": "s3cret"}});
+        admin.create("Secret", ns, &secret).await.unwrap();
+    }
+    let alice = client_as(&cluster, "alice", "alice", &["dev"]);
+
+    // Deny by default, with the verb, resource and namespace named.
+    let denied = alice.list("ConfigMap", "team-a", &Default::default()).await.unwrap_err();
+    assert_eq!(denied.code(), Some(Code::PermissionDenied), "{denied}");
+    let message = denied.to_string();
+    for part in ["\"alice\"", "list", "\"configmaps\"", "\"team-a\""] {
+        assert!(message.contains(part), "{message} names {part}");
+    }
+
+    // view in team-a, through her group.
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "dev-view"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+        "subjects": [{"kind": "Group", "name": "dev", "apiGroup": "rbac.authorization.k8s.io"}],
+    });
+    admin.create("RoleBinding", "team-a", &binding).await.unwrap();
+    eventually("alice may list ConfigMaps in team-a", || async {
+        alice.list("ConfigMap", "team-a", &Default::default()).await.ok()
+    })
+    .await;
+    alice.get("ConfigMap", "team-a", "settings").await.unwrap();
+    assert_eq!(code(alice.get("Secret", "team-a", "token").await), Code::PermissionDenied, "view reads no Secrets");
+    assert_eq!(code(alice.create("ConfigMap", "team-a", &configmap("mine")).await), Code::PermissionDenied);
+    assert_eq!(code(alice.list("ConfigMap", "team-b", &Default::default()).await), Code::PermissionDenied);
+    assert_eq!(code(alice.list("ConfigMap", "", &Default::default()).await), Code::PermissionDenied, "all namespaces");
+    assert_eq!(code(alice.list("Node", "", &Default::default()).await), Code::PermissionDenied);
+
+    // A Role of her own in team-b: ConfigMaps by name only.
+    let role = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "settings-editor"},
+        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["settings"],
+                   "verbs": ["get", "update", "patch"]}],
+    });
+    admin.create("Role", "team-b", &role).await.unwrap();
+    let mut bind_role = binding.clone();
+    bind_role["metadata"]["name"] = "alice-settings".into();
+    bind_role["roleRef"] = json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "settings-editor"});
+    bind_role["subjects"] = json!([{"kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io"}]);
+    admin.create("RoleBinding", "team-b", &bind_role).await.unwrap();
+    eventually("alice may patch team-b's settings", || async {
+        alice.patch("ConfigMap", "team-b", "settings", &json!({"data": {"a": "2"}})).await.ok()
+    })
+    .await;
+    assert_eq!(code(alice.get("Secret", "team-b", "token").await), Code::PermissionDenied);
+    assert_eq!(code(alice.list("ConfigMap", "team-b", &Default::default()).await), Code::PermissionDenied);
+
+    // Taking the binding away takes the right away.
+    admin.delete("RoleBinding", "team-a", "dev-view").await.unwrap();
+    eventually("alice loses team-a", || async {
+        let refused = alice.get("ConfigMap", "team-a", "settings").await.err()?;
+        (refused.code() == Some(Code::PermissionDenied)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn components_run_with_least_privilege() {
+    let cluster = Cluster::start().await.expect("cluster");
+    let admin = cluster.client();
+    admin.create("Secret", "default", &json!({"metadata": {"name": "db"}, "stringData": {"p": "x"}})).await.unwrap();
+    let scheduler = client_as(&cluster, "sched-probe", "system:kube-scheduler", &[]);
+    scheduler.list("Node", "", &Default::default()).await.expect("the scheduler reads nodes");
+    scheduler.list("Pod", "", &Default::default()).await.expect("the scheduler reads pods");
+    assert_eq!(code(scheduler.get("Secret", "default", "db").await), Code::PermissionDenied);
+    assert_eq!(code(scheduler.delete("Pod", "default", "any").await), Code::PermissionDenied);
+    let dns = client_as(&cluster, "dns-probe", "system:skiff-dns", &[]);
+    dns.list("Service", "", &Default::default()).await.expect("DNS reads services");
+    assert_eq!(code(dns.create("ConfigMap", "default", &configmap("x")).await), Code::PermissionDenied);
+    assert_eq!(code(dns.list("Secret", "", &Default::default()).await), Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn bearer_tokens_from_the_token_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.csv");
+    std::fs::write(&tokens, "t0ken-bob,bob,1001,\"system:masters\"\nt0ken-eve,eve,1002\n").unwrap();
+    let options = ClusterOptions {
+        apiserver_args: vec![format!("--token-auth-file={}", tokens.display())],
+        ..Default::default()
+    };
+    let cluster = Cluster::start_with(options).await.expect("cluster");
+    let as_token = |token: &str, ca: &Path| {
+        let config = ClientConfig {
+            server: cluster.server(),
+            certificate_authority: Some(ca.to_path_buf()),
+            token: Some(token.into()),
+            ..ClientConfig::default()
+        };
+        Client::connect(&config).unwrap()
+    };
+    let ca = cluster.pki().unwrap().ca_file();
+    let bob = as_token("t0ken-bob", &ca);
+    bob.create("ConfigMap", "default", &configmap("bobs")).await.expect("bob is in system:masters");
+    let eve = as_token("t0ken-eve", &ca);
+    let denied = eve.get("ConfigMap", "default", "bobs").await.unwrap_err();
+    assert_eq!(denied.code(), Some(Code::PermissionDenied), "eve is known but has no role: {denied}");
+    assert!(denied.to_string().contains("\"eve\""), "{denied}");
+}
