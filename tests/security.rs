@@ -174,3 +174,103 @@ async fn bearer_tokens_from_the_token_file() {
     assert_eq!(denied.code(), Some(Code::PermissionDenied), "eve is known but has no role: {denied}");
     assert!(denied.to_string().contains("\"eve\""), "{denied}");
 }
+
+#[tokio::test]
+async fn skiffctl_auth_can_i_answers_for_the_caller_and_for_others() {
+    let cluster = Cluster::start().await.expect("cluster");
+    let can_i = |args: &[&str]| {
+        let out = cluster.skiffctl(&[&["auth", "can-i"], args].concat(), None).unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    // The admin may do anything.
+    assert_eq!(can_i(&["delete", "nodes"]).0, Some(0));
+    assert_eq!(can_i(&["get", "secrets", "-n", "kube-system"]).1, "yes");
+    // The scheduler: bind pods, never read Secrets.
+    let sched = ["--as", "system:kube-scheduler"];
+    assert_eq!(can_i(&[&["create", "pods", "--subresource", "binding"], &sched[..]].concat()).1, "yes");
+    let (code, answer, why) = can_i(&[&["get", "secrets", "-v"], &sched[..]].concat());
+    assert_eq!((code, answer.as_str()), (Some(1), "no"), "kubectl's exit status for no");
+    assert!(why.contains("system:kube-scheduler") && why.contains("secrets"), "{why}");
+    // Groups count: a member of system:masters may.
+    assert_eq!(can_i(&["delete", "nodes", "--as", "carol", "--as-group", "system:masters"]).1, "yes");
+    assert_eq!(can_i(&["delete", "nodes", "--as", "carol"]).1, "no");
+    // Unknown kinds are named.
+    let (code, _, err) = can_i(&["get", "gizmos"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("gizmos"), "{err}");
+
+    // Asking about others needs the right to: alice may only ask about herself.
+    let alice = client_as(&cluster, "alice-review", "alice", &["dev"]);
+    let review = |user: &str| skiff_api::proto::AccessReviewRequest {
+        verb: "list".into(),
+        kind: "Pod".into(),
+        namespace: "default".into(),
+        user: user.into(),
+        ..Default::default()
+    };
+    let own = alice.objects().review_access(review("")).await.unwrap().into_inner();
+    assert!(!own.allowed && own.reason.contains("\"alice\""), "{own:?}");
+    let other = alice.objects().review_access(review("system:kube-scheduler")).await.unwrap_err();
+    assert_eq!(other.code(), Code::PermissionDenied, "{other:?}");
+}
+
+/// The certificate the apiserver presents to a new connection now (PEM
+/// decoded to DER), trusting the cluster CA.
+async fn served_certificate(cluster: &Cluster) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(cluster.pki().unwrap().ca_file()).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let addr = cluster.server().trim_start_matches("https://").to_string();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let host = addr.rsplit_once(':').unwrap().0.to_string();
+    let name = rustls::pki_types::ServerName::try_from(host).unwrap();
+    let tls = connector.connect(name, tcp).await.expect("the served certificate is valid for the CA");
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[tokio::test]
+async fn a_renewed_serving_certificate_is_served_without_dropping_watches() {
+    use futures::StreamExt;
+    let cluster = Cluster::start().await.expect("cluster");
+    let client = cluster.client();
+    let before = served_certificate(&cluster).await;
+    let mut watch = client.watch("ConfigMap", "default", &Default::default(), "").await.unwrap().boxed();
+
+    let renewed = cluster.pki().unwrap().renew_serving().unwrap();
+    let renewed = skiff_pki::pem_certificates(&renewed).unwrap().remove(0);
+    assert_ne!(before, renewed);
+    eventually("new connections get the renewed certificate", || async {
+        (served_certificate(&cluster).await == renewed).then_some(())
+    })
+    .await;
+
+    // The watch opened before the renewal goes on over its connection.
+    client.create("ConfigMap", "default", &configmap("after-renewal")).await.unwrap();
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Some(event) = watch.next().await {
+            if let skiff_client::WatchEvent::Added(o) = event.expect("the watch carries on") {
+                if o["metadata"]["name"] == "after-renewal" {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(seen, Ok(true), "the watch saw the create made after the renewal");
+    // And clients connecting afresh trust it.
+    cluster.client().get("ConfigMap", "default", "after-renewal").await.unwrap();
+}

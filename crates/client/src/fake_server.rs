@@ -307,6 +307,13 @@ impl objects_server::Objects for FakeApiserver {
     async fn bind(&self, _: Request<proto::BindRequest>) -> Result<Response<proto::ObjectReply>, Status> {
         Err(Status::unimplemented("the fake apiserver does not bind pods"))
     }
+
+    async fn review_access(
+        &self,
+        _: Request<proto::AccessReviewRequest>,
+    ) -> Result<Response<proto::AccessReviewReply>, Status> {
+        Err(Status::unimplemented("the fake apiserver authorizes nothing"))
+    }
 }
 
 #[cfg(test)]

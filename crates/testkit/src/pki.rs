@@ -39,6 +39,8 @@ pub struct ClusterPki {
     dir: PathBuf,
     ca: Ca,
     server: String,
+    /// What the serving certificate is valid for.
+    names: Vec<String>,
 }
 
 impl ClusterPki {
@@ -57,11 +59,23 @@ impl ClusterPki {
                 ca
             }
         };
-        let pki = Self { dir: dir.to_path_buf(), ca, server: server.to_string() };
-        let serving = pki.ca.issue(&Usage::Server { names }, LEAF_VALIDITY).map_err(|e| pki_error(dir, e))?;
-        write(&pki.dir.join("apiserver.crt"), serving.cert_pem.as_bytes())?;
-        write(&pki.dir.join("apiserver.key"), serving.key_pem.as_bytes())?;
+        let pki = Self { dir: dir.to_path_buf(), ca, server: server.to_string(), names: names.to_vec() };
+        pki.renew_serving()?;
         Ok(pki)
+    }
+
+    /// Writes a new serving certificate and key for the apiserver, each
+    /// file replaced in one rename so the apiserver never reads half of one.
+    /// Returns the new certificate (PEM).
+    pub fn renew_serving(&self) -> Result<String> {
+        let serving =
+            self.ca.issue(&Usage::Server { names: &self.names }, LEAF_VALIDITY).map_err(|e| pki_error(&self.dir, e))?;
+        for (file, contents) in [("apiserver.key", &serving.key_pem), ("apiserver.crt", &serving.cert_pem)] {
+            let (path, staged) = (self.dir.join(file), self.dir.join(format!(".{file}.new")));
+            write(&staged, contents.as_bytes())?;
+            std::fs::rename(&staged, &path).map_err(|e| io("renaming", &path, e))?;
+        }
+        Ok(serving.cert_pem)
     }
 
     /// The apiserver's TLS and authentication flags.

@@ -20,7 +20,7 @@ const QUEUE: usize = 10_000;
 /// One mutating request and how it ended.
 pub struct Record<'a> {
     pub user: &'a crate::auth::UserInfo,
-    pub verb: &'static str,
+    pub verb: &'a str,
     pub kind: &'a str,
     pub namespace: &'a str,
     pub name: &'a str,

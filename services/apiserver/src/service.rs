@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use skiff_api::proto::{
-    objects_server::Objects, BindRequest, CreateRequest, DeleteRequest, GetRequest, ListReply, ListRequest,
-    ObjectReply, PatchRequest, UpdateRequest, WatchEvent, WatchRequest,
+    objects_server::Objects, AccessReviewReply, AccessReviewRequest, BindRequest, CreateRequest, DeleteRequest,
+    GetRequest, ListReply, ListRequest, ObjectReply, PatchRequest, UpdateRequest, WatchEvent, WatchRequest,
 };
 use skiff_api::{FieldSelector, KindInfo, LabelSelector};
 use skiff_telemetry::prometheus::IntGauge;
@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::audit::{AuditLog, Record};
-use crate::auth::{Access, Authorizer, PeerInfo, UserInfo};
+use crate::auth::{rbac::Attributes, Access, Authorizer, PeerInfo, UserInfo, AUTHENTICATED};
 use crate::cache::Filter;
 use crate::registry::Registry;
 use crate::watch::{self, WatchParams};
@@ -265,5 +265,51 @@ impl Objects for ObjectsService {
             Ok(ObjectReply { object: self.registry.bind(&r.namespace, &r.name, &r.node_name, &r.uid).await? })
         })
         .await
+    }
+
+    async fn review_access(&self, req: Request<AccessReviewRequest>) -> Result<Response<AccessReviewReply>, Status> {
+        let started = Instant::now();
+        let caller = Caller::of(&req)?;
+        let r = req.into_inner();
+        let result = self.review(caller.user, &r);
+        let kind = result.as_ref().map_or("", |(kind, _)| kind);
+        let code = result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
+        self.metrics.observe("ReviewAccess", kind, grpc_code_label(code), started.elapsed());
+        let (_, decision) = result?;
+        Ok(Response::new(AccessReviewReply { allowed: decision.is_ok(), reason: decision.err().unwrap_or_default() }))
+    }
+}
+
+impl ObjectsService {
+    /// The kind asked about, and whether the review's subject may do it.
+    fn review(&self, caller: UserInfo, r: &AccessReviewRequest) -> Result<(&'static str, Result<(), String>), Status> {
+        let subject = if r.user.is_empty() {
+            caller
+        } else {
+            // Asking about someone else is itself a request to authorize.
+            let review = Attributes {
+                verb: "create",
+                api_group: "authorization.k8s.io",
+                resource: "subjectaccessreviews",
+                ..Attributes::default()
+            };
+            self.authorizer
+                .authorize_attributes(&caller, &review)
+                .map_err(|denied| Status::from(Error::Denied(denied)))?;
+            let mut groups = r.groups.clone();
+            groups.push(AUTHENTICATED.to_string());
+            UserInfo { name: r.user.clone(), uid: String::new(), groups }
+        };
+        let info = KindInfo::lookup(r.kind.split('.').next().unwrap_or_default()).ok_or_else(|| {
+            Status::from(Error::BadRequest(format!("kind: {:?} is not a kind this server has", r.kind)))
+        })?;
+        let access = Access {
+            verb: &r.verb,
+            kind: info.kind,
+            subresource: &r.subresource,
+            namespace: &r.namespace,
+            name: &r.name,
+        };
+        Ok((info.kind, self.authorizer.authorize(&subject, &access)))
     }
 }

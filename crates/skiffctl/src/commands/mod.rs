@@ -2,6 +2,7 @@
 //! prints what kubectl would.
 
 pub mod apply;
+pub mod auth;
 pub mod cordon;
 pub mod create;
 pub mod delete;
@@ -61,6 +62,8 @@ pub enum Command {
     Up(up::UpArgs),
     /// Stop the local cluster `up` started.
     Down(up::DownArgs),
+    /// Inspect authorization: `auth can-i VERB KIND[/NAME]`.
+    Auth(auth::Args),
     /// Print the client version.
     Version,
 }
@@ -68,6 +71,7 @@ pub enum Command {
 pub async fn run(globals: &Globals, command: Command) -> Result<()> {
     match command {
         Command::Apply(args) => apply::run(globals, args).await,
+        Command::Auth(args) => auth::run(globals, args).await,
         Command::Get(args) => get::run(globals, args).await,
         Command::Describe(args) => describe::run(globals, args).await,
         Command::Delete(args) => delete::run(globals, args).await,
