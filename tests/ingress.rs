@@ -662,11 +662,17 @@ spec:
 }
 
 /// HTTP/2 end to end: a gRPC client speaking h2c to skiff-ingress, routed by
-/// the defaultBackend to a gRPC server (the apiserver itself) over h2c.
+/// the defaultBackend to a gRPC server over h2c: the apiserver of a second,
+/// insecure cluster (a secure one speaks only TLS).
 #[tokio::test]
 async fn grpc_over_h2c_through_the_default_backend() {
-    let (cluster, client, proxy) = start_ingress().await;
-    let apiserver: SocketAddr = cluster.server().trim_start_matches("http://").parse().unwrap();
+    let (_cluster, client, proxy) = start_ingress().await;
+    let grpc = Cluster::start_with(skiff_testkit::ClusterOptions { insecure: true, ..Default::default() })
+        .await
+        .expect("start the backend cluster");
+    let grpc_client = grpc.client();
+    grpc_client.create("Namespace", "", &json!({"metadata": {"name": NS}})).await.unwrap();
+    let apiserver: SocketAddr = grpc.server().trim_start_matches("http://").parse().unwrap();
     backend(&client, "apiserver", &[apiserver]).await;
     let mut ing = ingress(
         "grpc",
@@ -686,7 +692,7 @@ async fn grpc_over_h2c_through_the_default_backend() {
         .await
         .expect("a gRPC write through the ingress");
     assert_eq!(created["metadata"]["name"], "via-ingress");
-    client.get("ConfigMap", NS, "via-ingress").await.expect("the write reached the apiserver");
+    grpc_client.get("ConfigMap", NS, "via-ingress").await.expect("the write reached the apiserver");
 }
 
 /// A WebSocket upgrade passes through: 101, then bytes both ways.

@@ -87,6 +87,15 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     figure("etcd_watch_fanout_max", etcd_fanout.1, "ms")?;
     ratio("api_watch_fanout_p50_vs_etcd", skiff_fanout.0, etcd_fanout.0)?;
     figure("apiserver_rss", apiserver()?.rss_mib, "MiB")?;
+    drop(cluster);
+
+    // What TLS, authentication and RBAC cost a write: the same creates on
+    // a cluster that has none of them.
+    let insecure = Cluster::start_with(ClusterOptions { insecure: true, ..Default::default() }).await?;
+    let (open_rate, open_p99) = skiff_creates(&insecure, &o, &payload).await?;
+    figure("api_create_throughput_no_auth", open_rate, "creates/s")?;
+    figure("api_create_p99_no_auth", open_p99, "ms")?;
+    ratio("api_create_throughput_tls_rbac_vs_no_auth", skiff_rate, open_rate)?;
     Ok(())
 }
 
@@ -128,7 +137,7 @@ where
 }
 
 async fn skiff_creates(cluster: &Cluster, o: &Options, payload: &str) -> anyhow::Result<(f64, f64)> {
-    let clients = (0..o.clients).map(|_| Client::new(&cluster.server())).collect::<Result<Vec<_>, _>>()?;
+    let clients = (0..o.clients).map(|_| Client::connect(cluster.admin_config())).collect::<Result<Vec<_>, _>>()?;
     // Warm every connection so connecting is not timed.
     for c in &clients {
         c.get("Namespace", "", "default").await?;
@@ -145,7 +154,7 @@ async fn skiff_creates(cluster: &Cluster, o: &Options, payload: &str) -> anyhow:
 
 /// Returns how many Services were created, creates/s and p99 in ms.
 async fn service_creates(cluster: &Cluster, o: &Options) -> anyhow::Result<(usize, f64, f64)> {
-    let clients = (0..o.clients).map(|_| Client::new(&cluster.server())).collect::<Result<Vec<_>, _>>()?;
+    let clients = (0..o.clients).map(|_| Client::connect(cluster.admin_config())).collect::<Result<Vec<_>, _>>()?;
     for c in &clients {
         c.get("Namespace", "", "default").await?;
     }

@@ -147,7 +147,7 @@ async fn skiff_ingress(cluster: &mut Cluster, tools: &Tools, o: &Options, ports:
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let bin = binary("skiff-ingress")?;
-    let args = [
+    let mut args = vec![
         "RUST_LOG=info,skiff_ingress::access=off".to_string(),
         bin.display().to_string(),
         format!("--server={}", cluster.server()),
@@ -155,6 +155,9 @@ async fn skiff_ingress(cluster: &mut Cluster, tools: &Tools, o: &Options, ports:
         format!("--http-listen={addr}"),
         "--shutdown-grace=1s".to_string(),
     ];
+    if let Some(config) = cluster.kubeconfig_for("skiff-ingress")? {
+        args.push(format!("--kubeconfig={}", config.display()));
+    }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let process = Process::spawn("ingress", Path::new("env"), &args, cluster.dir(), false)?;
     process.wait_http_ok(metrics, "/readyz", READY).await?;
