@@ -238,9 +238,9 @@ async fn edits_under_load_drop_no_request_and_take_effect() {
     }
     for round in 0..6 {
         let svc = if round % 2 == 0 { "green" } else { "blue" };
-        let mut current = client.get("Ingress", NS, "app").await.unwrap();
-        current["spec"] = spec(svc);
-        client.update("Ingress", NS, &current).await.unwrap();
+        // A patch, as `kubectl edit` would retry: skiff-ingress writes the
+        // Ingress's status meanwhile, so a read-then-update may conflict.
+        client.patch("Ingress", NS, "app", &json!({"spec": spec(svc)})).await.unwrap();
         wait_routed(listen, "app.example.test", "/", svc).await;
         set_endpoints(&client, svc, &[if svc == "green" { green.addr } else { blue.addr }]).await;
     }
@@ -671,7 +671,6 @@ async fn grpc_over_h2c_through_the_default_backend() {
         .await
         .expect("start the backend cluster");
     let grpc_client = grpc.client();
-    grpc_client.create("Namespace", "", &json!({"metadata": {"name": NS}})).await.unwrap();
     let apiserver: SocketAddr = grpc.server().trim_start_matches("http://").parse().unwrap();
     backend(&client, "apiserver", &[apiserver]).await;
     let mut ing = ingress(

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeStatus, Pod};
 use serde_json::json;
 use skiff_api::proto::kubelet_client::KubeletClient;
-use skiff_api::proto::StatsRequest;
+use skiff_api::proto::{ExecInput, StatsRequest};
 use skiff_kubelet::runtime::labels::{CONTAINER_NAME, POD_NAME, POD_NAMESPACE, POD_UID, RESTART_COUNT_ANNOTATION};
 use skiff_testkit::runtime::cri::v1::image_service_client::ImageServiceClient;
 use skiff_testkit::runtime::cri::v1::runtime_service_client::RuntimeServiceClient;
@@ -163,12 +163,31 @@ async fn logs_exec_and_stats_through_the_apiserver() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let cri_runtime = skiff_kubelet::runtime::CriRuntime::connect(&containerd.socket_path().display().to_string())
         .expect("the CRI socket path");
-    let addr =
-        skiff_kubelet::server::serve("127.0.0.1:0".parse().unwrap(), std::sync::Arc::new(cri_runtime), async move {
+    // It serves TLS with a certificate of the cluster CA and asks the
+    // apiserver who may use it, as a kubelet started by the testkit does.
+    let pki = cluster.pki().expect("a secure cluster");
+    let tls = pki.kubelet_tls("kubelet-node-a", std::net::Ipv4Addr::LOCALHOST.into()).unwrap();
+    let (_, kubelet_identity) = pki.client_config("kubelet-node-a", skiff_testkit::identity_of("skiff-kubelet")).unwrap();
+    let auth = skiff_kubelet::server::auth::KubeletAuth::new(
+        "node-a".into(),
+        false,
+        skiff_kubelet::server::auth::AuthorizationMode::Webhook,
+        skiff_client::Client::connect(&kubelet_identity).unwrap(),
+    );
+    let security = skiff_kubelet::server::ApiSecurity {
+        tls: Some(skiff_pki::serve::server_config(&tls).unwrap()),
+        auth: std::sync::Arc::new(auth),
+    };
+    let addr = skiff_kubelet::server::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        std::sync::Arc::new(cri_runtime),
+        security,
+        async move {
             let _ = stopped.await;
-        })
-        .await
-        .expect("serve the kubelet API");
+        },
+    )
+    .await
+    .expect("serve the kubelet API");
     create_node(&cluster, "node-a", addr.port()).await;
     let uid = create_pod(&cluster, "talker", Some("node-a")).await;
 
@@ -228,8 +247,37 @@ async fn logs_exec_and_stats_through_the_apiserver() {
     assert!(out.status.success(), "exec -i failed: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "");
 
-    // Stats straight from the kubelet's server.
-    let mut kubelet = KubeletClient::connect(format!("http://{addr}")).await.expect("dial the kubelet");
+    // The kubelet API itself: nothing without a certificate of the cluster
+    // CA, nothing for a user without a role that allows it.
+    let as_kubelet_client = |config: skiff_client::ClientConfig| {
+        let config = skiff_client::ClientConfig { server: format!("https://{addr}"), ..config };
+        KubeletClient::new(config.channel().unwrap())
+    };
+    let stats_of = |pod: &str| StatsRequest { namespace: "default".into(), pod: pod.into() };
+    let anonymous = skiff_client::ClientConfig {
+        certificate_authority: Some(pki.ca_file()),
+        ..skiff_client::ClientConfig::default()
+    };
+    let refused = as_kubelet_client(anonymous).stats(stats_of("talker")).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let (_, alice) = pki.client_config("alice", skiff_testkit::Identity { user: "alice", groups: &[] }).unwrap();
+    let refused = as_kubelet_client(alice.clone()).stats(stats_of("talker")).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("\"alice\""), "{refused:?}");
+    let exec = ExecInput {
+        input: Some(skiff_api::proto::exec_input::Input::Start(skiff_api::proto::ExecStart {
+            namespace: "default".into(),
+            pod: "talker".into(),
+            container: "app".into(),
+            command: vec!["true".into()],
+            ..Default::default()
+        })),
+    };
+    let refused = as_kubelet_client(alice).exec(futures::stream::iter([exec])).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "exec is refused too: {refused:?}");
+
+    // Stats straight from the kubelet's server, as the admin.
+    let mut kubelet = as_kubelet_client(cluster.admin_config().clone());
     let deadline = Instant::now() + WAIT;
     let pods = loop {
         let req = StatsRequest { namespace: "default".into(), pod: "talker".into() };

@@ -64,6 +64,9 @@ pub const CONTROLLER_MANAGER_USER: &str = "system:kube-controller-manager";
 pub const OVERLAY_USER: &str = "system:skiff-overlay";
 pub const DNS_USER: &str = "system:skiff-dns";
 pub const INGRESS_USER: &str = "system:skiff-ingress";
+/// The apiserver, when it calls a kubelet's API (logs, exec, stats), as
+/// kubeadm names its client certificate.
+pub const APISERVER_KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
 
 /// The Leases the singleton components compete for, unless `--lease-name`
 /// says otherwise; the bootstrap policy lets each update only its own.

@@ -5,6 +5,8 @@
 //! Kubernetes.
 #![forbid(unsafe_code)]
 
+pub mod serve;
+
 use std::net::IpAddr;
 use std::sync::Arc;
 

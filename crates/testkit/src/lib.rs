@@ -503,6 +503,12 @@ impl Cluster {
         if let Some(config) = self.kubeconfig_for(binary)? {
             all.push(format!("--kubeconfig={}", config.display()));
         }
+        if binary == "skiff-kubelet" {
+            match &self.pki {
+                Some(pki) => all.extend(pki.kubelet_args(&format!("kubelet-{id}"), ip.into())?),
+                None => all.extend(["--authorization-mode=AlwaysAllow".into(), "--anonymous-auth".into()]),
+            }
+        }
         all.extend(args.iter().cloned());
         let all: Vec<&str> = all.iter().map(String::as_str).collect();
         let process = match host {

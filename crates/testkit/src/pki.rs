@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use skiff_client::ClientConfig;
+use skiff_pki::serve::TlsFiles;
 use skiff_pki::{Ca, Usage, LEAF_VALIDITY};
 
 use crate::{Error, Result};
@@ -20,6 +21,9 @@ pub struct Identity {
 /// The cluster administrator (Kubernetes' `kubernetes-admin`): RBAC allows
 /// `system:masters` everything.
 pub const ADMIN: Identity = Identity { user: "skiff-admin", groups: &["system:masters"] };
+
+/// The apiserver when it calls kubelets.
+const KUBELET_CLIENT: Identity = Identity { user: "kube-apiserver-kubelet-client", groups: &[] };
 
 /// The identity each skiff binary runs as; binaries not listed (tools,
 /// tests' helpers) run as the administrator.
@@ -61,6 +65,7 @@ impl ClusterPki {
         };
         let pki = Self { dir: dir.to_path_buf(), ca, server: server.to_string(), names: names.to_vec() };
         pki.renew_serving()?;
+        pki.write_pair("apiserver-kubelet-client", &pki.issue(KUBELET_CLIENT)?)?;
         Ok(pki)
     }
 
@@ -78,14 +83,45 @@ impl ClusterPki {
         Ok(serving.cert_pem)
     }
 
-    /// The apiserver's TLS and authentication flags.
+    /// The apiserver's TLS and authentication flags, and how it calls
+    /// kubelets.
     pub fn apiserver_args(&self) -> Vec<String> {
         let path = |f: &str| self.dir.join(f).display().to_string();
         vec![
             format!("--tls-cert-file={}", path("apiserver.crt")),
             format!("--tls-private-key-file={}", path("apiserver.key")),
             format!("--client-ca-file={}", path("ca.crt")),
+            format!("--kubelet-certificate-authority={}", path("ca.crt")),
+            format!("--kubelet-client-certificate={}", path("apiserver-kubelet-client.crt")),
+            format!("--kubelet-client-key={}", path("apiserver-kubelet-client.key")),
         ]
+    }
+
+    /// A kubelet API's TLS files: a serving certificate for `ip` (as
+    /// `pki/FILE.crt`) and the CA its callers' certificates must come from.
+    pub fn kubelet_tls(&self, file: &str, ip: std::net::IpAddr) -> Result<TlsFiles> {
+        let names = [ip.to_string(), "127.0.0.1".into(), "localhost".into()];
+        let serving = self.ca.issue(&Usage::Server { names: &names }, LEAF_VALIDITY).map_err(|e| pki_error(&self.dir, e))?;
+        let (cert, key) = self.write_pair(file, &serving)?;
+        Ok(TlsFiles { cert, key, client_ca: Some(self.ca_file()) })
+    }
+
+    /// [`kubelet_tls`](Self::kubelet_tls) as the kubelet's flags.
+    pub fn kubelet_args(&self, file: &str, ip: std::net::IpAddr) -> Result<Vec<String>> {
+        let tls = self.kubelet_tls(file, ip)?;
+        Ok(vec![
+            format!("--tls-cert-file={}", tls.cert.display()),
+            format!("--tls-private-key-file={}", tls.key.display()),
+            format!("--client-ca-file={}", self.ca_file().display()),
+        ])
+    }
+
+    /// Writes `pki/FILE.crt` and `pki/FILE.key`.
+    fn write_pair(&self, file: &str, issued: &skiff_pki::Issued) -> Result<(PathBuf, PathBuf)> {
+        let (crt, key) = (self.dir.join(format!("{file}.crt")), self.dir.join(format!("{file}.key")));
+        write(&crt, issued.cert_pem.as_bytes())?;
+        write(&key, issued.key_pem.as_bytes())?;
+        Ok((crt, key))
     }
 
     pub fn ca_file(&self) -> PathBuf {
@@ -95,11 +131,7 @@ impl ClusterPki {
     /// The client config of `identity`, written as `pki/FILE.yaml` with its
     /// certificate and key beside it.
     pub fn client_config(&self, file: &str, identity: Identity) -> Result<(PathBuf, ClientConfig)> {
-        let usage = Usage::Client { user: identity.user, groups: identity.groups };
-        let issued = self.ca.issue(&usage, LEAF_VALIDITY).map_err(|e| pki_error(&self.dir, e))?;
-        let (crt, key) = (self.dir.join(format!("{file}.crt")), self.dir.join(format!("{file}.key")));
-        write(&crt, issued.cert_pem.as_bytes())?;
-        write(&key, issued.key_pem.as_bytes())?;
+        let (crt, key) = self.write_pair(file, &self.issue(identity)?)?;
         let config = ClientConfig {
             server: self.server.clone(),
             certificate_authority: Some(self.ca_file()),

@@ -84,7 +84,13 @@ pub enum Error {
     #[error("the encryption configuration")]
     EncryptionConfig(#[from] crate::encryption::ConfigError),
     #[error("the API's TLS files")]
-    TlsConfig(#[from] crate::auth::transport::TlsConfigError),
+    TlsConfig(#[from] skiff_pki::serve::TlsConfigError),
+    #[error("reading {path} (the kubelet client's TLS files)")]
+    KubeletTls {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("--token-auth-file")]
     TokenFile(#[from] crate::auth::tokens::TokenFileError),
     #[error("opening the audit log {path}")]
@@ -136,6 +142,7 @@ impl Error {
             | Error::AuditLog { .. }
             | Error::TlsConfig(_)
             | Error::TokenFile(_)
+            | Error::KubeletTls { .. }
             | Error::Telemetry(_)
             | Error::Metric(_)
             | Error::Listen { .. }

@@ -79,6 +79,16 @@ pub struct Config {
     /// still decides what they may do). Off: they are refused.
     #[arg(long, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
     pub anonymous_auth: bool,
+    /// The CA (PEM) that signed the kubelets' serving certificates; with it
+    /// the apiserver calls kubelets over TLS.
+    #[arg(long, requires_all = ["kubelet_client_certificate", "kubelet_client_key"])]
+    pub kubelet_certificate_authority: Option<std::path::PathBuf>,
+    /// The client certificate (PEM) the apiserver presents to kubelets.
+    #[arg(long, requires = "kubelet_certificate_authority")]
+    pub kubelet_client_certificate: Option<std::path::PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, requires = "kubelet_certificate_authority")]
+    pub kubelet_client_key: Option<std::path::PathBuf>,
     /// Who decides what callers may do: `RBAC` (the cluster's Roles and
     /// bindings) or `AlwaysAllow`.
     #[arg(long, value_enum, default_value = "RBAC")]
@@ -91,6 +101,20 @@ pub enum AuthorizationMode {
     Rbac,
     #[value(name = "AlwaysAllow")]
     AlwaysAllow,
+}
+
+/// How the apiserver reaches kubelets: over TLS with its own client
+/// certificate when `--kubelet-certificate-authority` is given.
+fn kubelets(config: &Config) -> Result<proxy::Kubelets, Error> {
+    let (Some(ca), Some(cert), Some(key)) =
+        (&config.kubelet_certificate_authority, &config.kubelet_client_certificate, &config.kubelet_client_key)
+    else {
+        return Ok(proxy::Kubelets::default());
+    };
+    let read = |path: &std::path::PathBuf| {
+        std::fs::read(path).map_err(|source| Error::KubeletTls { path: path.display().to_string(), source })
+    };
+    Ok(proxy::Kubelets::with_tls(&read(ca)?, &read(cert)?, &read(key)?))
 }
 
 /// The largest request the API accepts: above the 1.5 MiB object limit so
@@ -151,7 +175,7 @@ pub async fn run(
     };
     let authenticate = auth::Authenticate(Arc::new(auth::Authenticator::new(tokens, config.anonymous_auth)));
     let tls = match (&config.tls_cert_file, &config.tls_private_key_file) {
-        (Some(cert), Some(key)) => Some(auth::transport::server_config(&auth::transport::TlsFiles {
+        (Some(cert), Some(key)) => Some(skiff_pki::serve::server_config(&skiff_pki::serve::TlsFiles {
             cert: cert.clone(),
             key: key.clone(),
             client_ca: config.client_ca_file.clone(),
@@ -165,7 +189,7 @@ pub async fn run(
         authorizer: authorizer.clone(),
         metrics: grpc.clone(),
         shutdown: ops.stop.receiver(),
-        kubelets: proxy::Kubelets::default(),
+        kubelets: kubelets(&config)?,
     });
     let audit = match &config.audit_log_path {
         Some(path) => Some(
@@ -196,7 +220,7 @@ pub async fn run(
         "serving the object API"
     );
     ops.readiness.set_ready();
-    let incoming = auth::transport::incoming(listener, tls);
+    let incoming = skiff_pki::serve::incoming(listener, tls);
     let drain = {
         let (readiness, stop) = (ops.readiness.clone(), ops.stop.clone());
         async move {

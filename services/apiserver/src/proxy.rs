@@ -25,7 +25,7 @@ use skiff_api::proto::{exec_input, ExecInput, ExecOutput, LogChunk, LogsRequest,
 use skiff_api::{FieldSelector, KindInfo, LabelSelector};
 use skiff_telemetry::{grpc_code_label, GrpcMetrics};
 use tokio::sync::watch as signal;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
@@ -46,13 +46,30 @@ pub struct PodProxyService {
 }
 
 /// One lazily connected channel per node, redialed when the node
-/// advertises a different endpoint.
+/// advertises a different endpoint; TLS with the apiserver's kubelet client
+/// certificate when the kubelets serve TLS.
 #[derive(Default)]
 pub struct Kubelets {
     channels: Mutex<HashMap<String, (String, Channel)>>,
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Kubelets {
+    /// Kubelets reached over TLS: their certificates checked against `ca`,
+    /// the apiserver known to them by its client certificate.
+    pub fn with_tls(ca: &[u8], cert: &[u8], key: &[u8]) -> Self {
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).identity(Identity::from_pem(cert, key));
+        Self { channels: Mutex::default(), tls: Some(tls) }
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     fn channel(&self, node: &str, endpoint: &str) -> Result<Channel, Error> {
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((known, channel)) = channels.get(node) {
@@ -60,11 +77,15 @@ impl Kubelets {
                 return Ok(channel.clone());
             }
         }
-        let channel = Endpoint::from_shared(endpoint.to_string())
-            .map_err(|e| unreachable(node, format!("bad endpoint {endpoint}: {e}")))?
+        let bad = |e: tonic::transport::Error| unreachable(node, format!("bad endpoint {endpoint}: {e}"));
+        let mut dial = Endpoint::from_shared(endpoint.to_string())
+            .map_err(bad)?
             .connect_timeout(KUBELET_CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect_lazy();
+            .tcp_nodelay(true);
+        if let Some(tls) = &self.tls {
+            dial = dial.tls_config(tls.clone()).map_err(bad)?;
+        }
+        let channel = dial.connect_lazy();
         channels.insert(node.to_string(), (endpoint.to_string(), channel.clone()));
         Ok(channel)
     }
@@ -102,7 +123,7 @@ impl PodProxyService {
             Err(Error::NotFound { .. }) => return Err(unreachable(node, "the node does not exist".into())),
             Err(e) => return Err(e),
         };
-        kubelet_endpoint(&node_obj).map_err(|reason| unreachable(node, reason))
+        kubelet_endpoint(&node_obj, self.kubelets.scheme()).map_err(|reason| unreachable(node, reason))
     }
 
     /// Stats of one pod: from its node's kubelet.
@@ -224,7 +245,7 @@ fn pick_container(pod: &Value, pod_name: &str, wanted: &str) -> Result<String, E
 }
 
 /// `http://<InternalIP>:<kubelet port>` of a Node, or why there is none.
-fn kubelet_endpoint(node: &Value) -> Result<String, String> {
+fn kubelet_endpoint(node: &Value, scheme: &str) -> Result<String, String> {
     let port = node
         .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
         .and_then(Value::as_i64)
@@ -236,8 +257,8 @@ fn kubelet_endpoint(node: &Value) -> Result<String, String> {
         .find_map(|a| a.get("address").and_then(Value::as_str))
         .ok_or("the node has no InternalIP address")?;
     Ok(match ip.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V6(v6)) => format!("http://[{v6}]:{port}"),
-        _ => format!("http://{ip}:{port}"),
+        Ok(std::net::IpAddr::V6(v6)) => format!("{scheme}://[{v6}]:{port}"),
+        _ => format!("{scheme}://{ip}:{port}"),
     })
 }
 
@@ -370,16 +391,16 @@ mod tests {
             "addresses": [{"type": "Hostname", "address": "n1"}, {"type": "InternalIP", "address": "10.0.0.5"}],
             "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
         }});
-        assert_eq!(kubelet_endpoint(&node).unwrap(), "http://10.0.0.5:10250");
+        assert_eq!(kubelet_endpoint(&node, "http").unwrap(), "http://10.0.0.5:10250");
         let v6 = json!({"status": {
             "addresses": [{"type": "InternalIP", "address": "fd00::5"}],
             "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
         }});
-        assert_eq!(kubelet_endpoint(&v6).unwrap(), "http://[fd00::5]:10250");
+        assert_eq!(kubelet_endpoint(&v6, "https").unwrap(), "https://[fd00::5]:10250");
         let no_port = json!({"status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.5"}]}});
-        assert!(kubelet_endpoint(&no_port).unwrap_err().contains("no kubelet port"));
+        assert!(kubelet_endpoint(&no_port, "http").unwrap_err().contains("no kubelet port"));
         let no_ip = json!({"status": {"daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}}}});
-        assert!(kubelet_endpoint(&no_ip).unwrap_err().contains("no InternalIP"));
+        assert!(kubelet_endpoint(&no_ip, "http").unwrap_err().contains("no InternalIP"));
     }
 
     #[tokio::test]

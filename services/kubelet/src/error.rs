@@ -3,6 +3,8 @@
 /// The kubelet's errors.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("the kubelet API's TLS files")]
+    ApiTls(#[from] skiff_pki::serve::TlsConfigError),
     #[error("writing the CNI config {path}")]
     CniConfig {
         path: String,

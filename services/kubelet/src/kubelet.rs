@@ -37,7 +37,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     // The kubelet API (logs, exec, stats) for the apiserver to proxy to, on
     // the address the Node reports.
     let api_addr = std::net::SocketAddr::from((node.ip, config.kubelet_port));
-    node.kubelet_port = server::serve(api_addr, runtime.clone(), ops.stop.raised()).await?.port();
+    let security = api_security(&config, &node.name, &client)?;
+    node.kubelet_port = server::serve(api_addr, runtime.clone(), security, ops.stop.raised()).await?.port();
     let node = Arc::new(node);
 
     let (pods, config_maps, secrets) = pods::informers(&client, &node.name);
@@ -88,4 +89,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     ops.shutdown().await;
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+/// The kubelet API's TLS and who may call it, from the flags.
+fn api_security(config: &Config, node: &str, client: &skiff_client::Client) -> Result<server::ApiSecurity, Error> {
+    let tls = match (&config.tls_cert_file, &config.tls_private_key_file) {
+        (Some(cert), Some(key)) => Some(skiff_pki::serve::server_config(&skiff_pki::serve::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: config.client_ca_file.clone(),
+        })?),
+        _ => None,
+    };
+    let auth = server::auth::KubeletAuth::new(
+        node.to_string(),
+        config.anonymous_auth,
+        config.authorization_mode,
+        client.clone(),
+    );
+    Ok(server::ApiSecurity { tls, auth: Arc::new(auth) })
 }

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::rbac::v1::{AggregationRule, ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use skiff_api::well_known::{
-    CONTROLLER_MANAGER_LEASE, CONTROLLER_MANAGER_USER, DNS_USER, INGRESS_USER, MASTERS_GROUP, NODES_GROUP,
+    APISERVER_KUBELET_CLIENT_USER, CONTROLLER_MANAGER_LEASE, CONTROLLER_MANAGER_USER, DNS_USER, INGRESS_USER, MASTERS_GROUP, NODES_GROUP,
     OVERLAY_USER, RBAC_GROUP, SCHEDULER_LEASE, SCHEDULER_USER,
 };
 use skiff_api::{KindInfo, KINDS};
@@ -36,6 +36,8 @@ pub const AUTOUPDATE_ANNOTATION: &str = "rbac.authorization.kubernetes.io/autoup
 pub const NODE_ROLE: &str = "system:node";
 
 const CLUSTER_ADMIN: &str = "cluster-admin";
+/// What may use every kubelet's API; the apiserver's kubelet client has it.
+const KUBELET_API_ADMIN: &str = "system:kubelet-api-admin";
 const AGGREGATE_TO: &str = "rbac.authorization.k8s.io/aggregate-to-";
 
 const READ: &[&str] = &["get", "list", "watch"];
@@ -50,7 +52,7 @@ const RECORD: &[&str] = &["create", "get", "patch"];
 pub fn cluster_roles() -> Vec<ClusterRole> {
     let mut roles = vec![cluster_admin()];
     roles.extend(user_facing_roles());
-    roles.extend([scheduler(), controller_manager(), node(), overlay(), dns(), ingress()]);
+    roles.extend([scheduler(), controller_manager(), node(), kubelet_api_admin(), overlay(), dns(), ingress()]);
     roles
 }
 
@@ -61,6 +63,7 @@ pub fn cluster_role_bindings() -> Vec<ClusterRoleBinding> {
         binding(SCHEDULER_USER, "User", SCHEDULER_USER),
         binding(CONTROLLER_MANAGER_USER, "User", CONTROLLER_MANAGER_USER),
         binding(NODE_ROLE, "Group", NODES_GROUP),
+        binding(KUBELET_API_ADMIN, "User", APISERVER_KUBELET_CLIENT_USER),
         binding(OVERLAY_USER, "User", OVERLAY_USER),
         binding(DNS_USER, "User", DNS_USER),
         binding(INGRESS_USER, "User", INGRESS_USER),
@@ -188,6 +191,22 @@ fn node() -> ClusterRole {
             rule(INFORM, "", &["configmaps", "secrets"]),
             rule(&["create", "patch"], "coordination.k8s.io", &["leases"]),
             rule(RECORD, "", &["events"]),
+            // The kubelet API asks the apiserver who may use it.
+            rule(&["create"], "authorization.k8s.io", &["subjectaccessreviews"]),
+        ],
+    )
+}
+
+/// Everything a kubelet's API serves: container logs and exec
+/// (`nodes/proxy`), stats, and the node's log and metrics, as Kubernetes'
+/// role of that name.
+fn kubelet_api_admin() -> ClusterRole {
+    cluster_role(
+        KUBELET_API_ADMIN,
+        &[],
+        vec![
+            rule(&["get", "list", "watch", "proxy"], "", &["nodes"]),
+            rule(&["*"], "", &["nodes/proxy", "nodes/stats", "nodes/log", "nodes/metrics", "nodes/spec"]),
         ],
     )
 }

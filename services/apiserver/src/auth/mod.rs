@@ -12,7 +12,6 @@ pub mod bootstrap;
 mod policy;
 pub mod rbac;
 pub mod tokens;
-pub mod transport;
 
 use std::sync::Arc;
 
@@ -21,7 +20,7 @@ use tonic::{Request, Status};
 
 pub use policy::RbacAuthorizer;
 pub use rbac::UserInfo;
-pub use transport::PeerInfo;
+pub use skiff_pki::serve::PeerInfo;
 
 /// Every authenticated user is in this group, as in Kubernetes.
 pub const AUTHENTICATED: &str = "system:authenticated";
@@ -42,8 +41,10 @@ impl Authenticator {
     /// anonymous calls are allowed: a client that meant to be someone must
     /// not silently become no one.
     pub fn authenticate<T>(&self, request: &Request<T>) -> Result<UserInfo, Status> {
-        if let Some(user) = request.extensions().get::<PeerInfo>().and_then(|p| p.certificate_user.clone()) {
-            return Ok(user);
+        if let Some(subject) = request.extensions().get::<PeerInfo>().and_then(|p| p.certificate.clone()) {
+            let mut groups = subject.groups;
+            groups.push(AUTHENTICATED.to_string());
+            return Ok(UserInfo { name: subject.user, uid: String::new(), groups });
         }
         if let Some(header) = request.metadata().get("authorization") {
             let token = header.to_str().ok().and_then(|h| h.strip_prefix("Bearer ")).map(str::trim);

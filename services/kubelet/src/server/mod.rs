@@ -15,6 +15,7 @@
 //! - [`stats`]: CRI ListContainerStats, also as Prometheus metrics
 //!   ([`StatsMetrics`]).
 
+pub mod auth;
 pub mod cri;
 mod error;
 mod exec;
@@ -32,7 +33,7 @@ use k8s_openapi::api::core::v1::{DaemonEndpoint, Node, NodeDaemonEndpoints, Node
 use skiff_api::proto::kubelet_server::{Kubelet, KubeletServer};
 use skiff_api::proto::{ExecInput, ExecOutput, LogChunk, LogsRequest, StatsReply, StatsRequest};
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 pub use error::ServerError;
@@ -46,31 +47,43 @@ const LOG_BUFFER: usize = 16;
 /// Output messages buffered per interactive exec.
 const EXEC_BUFFER: usize = 16;
 
+/// How the kubelet API is reached and who may use it.
+pub struct ApiSecurity {
+    /// TLS settings (from `--tls-cert-file` and `--client-ca-file`); None
+    /// serves plain HTTP/2, where no caller has a certificate.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub auth: Arc<auth::KubeletAuth>,
+}
+
 /// Serves the Kubelet API on `addr` (port 0: any free one) until `shutdown`
-/// resolves, answering from the container runtime.
+/// resolves, answering from the container runtime those callers `security`
+/// lets in.
 /// Returns the address bound once it listens; the server runs in the
 /// background, and followed log streams end when `shutdown` does.
 pub async fn serve(
     addr: SocketAddr,
     runtime: Arc<dyn ContainerRuntime>,
+    security: ApiSecurity,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<SocketAddr, ServerError> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
     let bound = listener.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let service = KubeletService { runtime, samples: stats::CpuSamples::default(), stopping: stop_rx };
+    let service =
+        KubeletService { runtime, samples: stats::CpuSamples::default(), stopping: stop_rx, auth: security.auth };
     let drain = async move {
         shutdown.await;
         // Followed logs end first: the server waits for open streams.
         let _ = stop_tx.send(true);
     };
-    tracing::info!(addr = %bound, "serving the kubelet API");
+    tracing::info!(addr = %bound, tls = security.tls.is_some(), "serving the kubelet API");
+    let incoming = skiff_pki::serve::incoming(listener, security.tls);
     // Stops with `shutdown`: the server task owns nothing else.
     tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(KubeletServer::new(service))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain)
+            .serve_with_incoming_shutdown(incoming, drain)
             .await;
         if let Err(e) = result {
             tracing::error!(error = %e, "the kubelet API server failed");
@@ -95,7 +108,13 @@ struct KubeletService {
     runtime: Arc<dyn ContainerRuntime>,
     samples: stats::CpuSamples,
     stopping: watch::Receiver<bool>,
+    auth: Arc<auth::KubeletAuth>,
 }
+
+/// Container logs and exec are `nodes/proxy`, stats `nodes/stats`.
+const LOGS: auth::NodeAccess = auth::NodeAccess { verb: "get", subresource: "proxy" };
+const EXEC: auth::NodeAccess = auth::NodeAccess { verb: "create", subresource: "proxy" };
+const STATS: auth::NodeAccess = auth::NodeAccess { verb: "get", subresource: "stats" };
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -104,6 +123,7 @@ impl Kubelet for KubeletService {
     type LogsStream = ReceiverStream<Result<LogChunk, Status>>;
 
     async fn logs(&self, req: Request<LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        self.auth.check(&req, LOGS).await?;
         let r = req.into_inner();
         tracing::info!(namespace = %r.namespace, pod = %r.pod, container = %r.container, follow = r.follow, "logs");
         let runtime = self.runtime.clone();
@@ -130,6 +150,7 @@ impl Kubelet for KubeletService {
     type ExecStream = BoxStream<ExecOutput>;
 
     async fn exec(&self, req: Request<Streaming<ExecInput>>) -> Result<Response<Self::ExecStream>, Status> {
+        self.auth.check(&req, EXEC).await?;
         let mut inbound = req.into_inner();
         let start = exec::read_start(&mut inbound).await?;
         tracing::info!(
@@ -149,6 +170,7 @@ impl Kubelet for KubeletService {
     }
 
     async fn stats(&self, req: Request<StatsRequest>) -> Result<Response<StatsReply>, Status> {
+        self.auth.check(&req, STATS).await?;
         let pods = stats::pod_stats(self.runtime.as_ref(), &self.samples, req.get_ref()).await?;
         Ok(Response::new(StatsReply { pods }))
     }

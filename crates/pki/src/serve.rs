@@ -1,8 +1,9 @@
-//! The API's listener: plain TCP, or TLS with the serving certificate
-//! reloaded when its files change (renewal needs no restart) and client
-//! certificates verified against the cluster CA. The handshake happens
-//! here, off the accept loop, so tonic sees ready connections that know
-//! their caller.
+//! A gRPC listener for skiff's servers (the apiserver, the kubelet API):
+//! plain TCP, or TLS with the serving certificate reloaded when its files
+//! change (renewal needs no restart) and client certificates verified
+//! against the cluster CA. The handshake happens here, off the accept loop,
+//! so tonic sees ready connections that know their caller
+//! ([`PeerInfo`] in each request's extensions).
 
 use std::io;
 use std::net::SocketAddr;
@@ -23,7 +24,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
-use super::{UserInfo, AUTHENTICATED};
+use crate::Subject;
 
 /// A client that hasn't finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,7 +43,7 @@ pub enum TlsConfigError {
     Invalid { path: String, reason: String },
     #[error("TLS settings: {0}")]
     Rustls(#[from] rustls::Error),
-    #[error("--client-ca-file: {0}")]
+    #[error("the client CA: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
 }
 
@@ -58,8 +59,8 @@ pub struct TlsFiles {
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
     pub remote_addr: Option<SocketAddr>,
-    /// The user a verified client certificate names.
-    pub certificate_user: Option<UserInfo>,
+    /// Who a verified client certificate names.
+    pub certificate: Option<Subject>,
 }
 
 /// One accepted connection, TLS or not.
@@ -170,7 +171,7 @@ pub fn incoming(listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) -
             };
             let _ = tcp.set_nodelay(true);
             let Some(acceptor) = acceptor.clone() else {
-                let peer = PeerInfo { remote_addr: Some(remote), certificate_user: None };
+                let peer = PeerInfo { remote_addr: Some(remote), certificate: None };
                 if tx.send(Ok(Conn { io: Io::Plain(tcp), peer })).await.is_err() {
                     return;
                 }
@@ -194,15 +195,9 @@ pub fn incoming(listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) -
     ReceiverStream::new(rx)
 }
 
-/// The user a verified client certificate names: CN, and O as groups.
-fn user_of(cert: &CertificateDer<'_>) -> Option<UserInfo> {
-    let subject = skiff_pki::subject(cert).ok()?;
-    if subject.user.is_empty() {
-        return None;
-    }
-    let mut groups = subject.groups;
-    groups.push(AUTHENTICATED.to_string());
-    Some(UserInfo { name: subject.user, uid: String::new(), groups })
+/// Who a verified client certificate names; one without a CN names no one.
+fn subject_of(cert: &CertificateDer<'_>) -> Option<Subject> {
+    crate::subject(cert).ok().filter(|s| !s.user.is_empty())
 }
 
 /// The serving certificate, re-read when its files change.
@@ -265,7 +260,7 @@ fn mtime(path: &Path) -> Option<SystemTime> {
 fn certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsConfigError> {
     let read =
         |p: &Path| std::fs::read(p).map_err(|source| TlsConfigError::Read { path: p.display().to_string(), source });
-    skiff_pki::certified_key(&read(cert)?, &read(key)?)
+    crate::certified_key(&read(cert)?, &read(key)?)
         .map_err(|reason| TlsConfigError::Invalid { path: cert.display().to_string(), reason })
 }
 
