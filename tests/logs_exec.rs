@@ -167,7 +167,8 @@ async fn logs_exec_and_stats_through_the_apiserver() {
     // apiserver who may use it, as a kubelet started by the testkit does.
     let pki = cluster.pki().expect("a secure cluster");
     let tls = pki.kubelet_tls("kubelet-node-a", std::net::Ipv4Addr::LOCALHOST.into()).unwrap();
-    let (_, kubelet_identity) = pki.client_config("kubelet-node-a", skiff_testkit::identity_of("skiff-kubelet")).unwrap();
+    let (_, kubelet_identity) =
+        pki.client_config("node-a-identity", skiff_testkit::identity_of("skiff-kubelet")).unwrap();
     let auth = skiff_kubelet::server::auth::KubeletAuth::new(
         "node-a".into(),
         false,
@@ -358,7 +359,7 @@ async fn unscheduled_pods_and_unreachable_kubelets() {
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
     assert!(stderr.starts_with("error: the kubelet of node \"node-gone\" is unreachable: "), "{stderr}");
-    assert!(stderr.contains(&format!("http://127.0.0.1:{port}")), "{stderr}");
+    assert!(stderr.contains(&format!("https://127.0.0.1:{port}")), "{stderr}");
 
     // A node that advertises no kubelet port.
     cluster

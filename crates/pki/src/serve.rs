@@ -181,9 +181,9 @@ pub fn incoming(listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) -
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let certificate_user =
-                            tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(user_of);
-                        let peer = PeerInfo { remote_addr: Some(remote), certificate_user };
+                        let certificate =
+                            tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(subject_of);
+                        let peer = PeerInfo { remote_addr: Some(remote), certificate };
                         let _ = tx.send(Ok(Conn { io: Io::Tls(Box::new(tls)), peer })).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),

@@ -101,7 +101,8 @@ impl ClusterPki {
     /// `pki/FILE.crt`) and the CA its callers' certificates must come from.
     pub fn kubelet_tls(&self, file: &str, ip: std::net::IpAddr) -> Result<TlsFiles> {
         let names = [ip.to_string(), "127.0.0.1".into(), "localhost".into()];
-        let serving = self.ca.issue(&Usage::Server { names: &names }, LEAF_VALIDITY).map_err(|e| pki_error(&self.dir, e))?;
+        let serving =
+            self.ca.issue(&Usage::Server { names: &names }, LEAF_VALIDITY).map_err(|e| pki_error(&self.dir, e))?;
         let (cert, key) = self.write_pair(file, &serving)?;
         Ok(TlsFiles { cert, key, client_ca: Some(self.ca_file()) })
     }

@@ -58,7 +58,8 @@ impl Kubelets {
     /// Kubelets reached over TLS: their certificates checked against `ca`,
     /// the apiserver known to them by its client certificate.
     pub fn with_tls(ca: &[u8], cert: &[u8], key: &[u8]) -> Self {
-        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).identity(Identity::from_pem(cert, key));
+        let tls =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).identity(Identity::from_pem(cert, key));
         Self { channels: Mutex::default(), tls: Some(tls) }
     }
 

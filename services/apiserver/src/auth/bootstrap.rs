@@ -20,8 +20,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::rbac::v1::{AggregationRule, ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use skiff_api::well_known::{
-    APISERVER_KUBELET_CLIENT_USER, CONTROLLER_MANAGER_LEASE, CONTROLLER_MANAGER_USER, DNS_USER, INGRESS_USER, MASTERS_GROUP, NODES_GROUP,
-    OVERLAY_USER, RBAC_GROUP, SCHEDULER_LEASE, SCHEDULER_USER,
+    APISERVER_KUBELET_CLIENT_USER, CONTROLLER_MANAGER_LEASE, CONTROLLER_MANAGER_USER, DNS_USER, INGRESS_USER,
+    MASTERS_GROUP, NODES_GROUP, OVERLAY_USER, RBAC_GROUP, SCHEDULER_LEASE, SCHEDULER_USER,
 };
 use skiff_api::{KindInfo, KINDS};
 

@@ -43,8 +43,11 @@ pub struct KubeletAuth {
     anonymous: bool,
     mode: AuthorizationMode,
     client: Client,
-    answers: Mutex<HashMap<Key, (Instant, Result<(), String>)>>,
+    answers: Mutex<HashMap<Key, Answer>>,
 }
+
+/// The apiserver's answer (Err: why not) and when it was given.
+type Answer = (Instant, Result<(), String>);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
@@ -77,7 +80,8 @@ impl KubeletAuth {
         if self.mode == AuthorizationMode::AlwaysAllow {
             return Ok(());
         }
-        let key = Key { user: subject.user, groups: subject.groups, verb: access.verb, subresource: access.subresource };
+        let key =
+            Key { user: subject.user, groups: subject.groups, verb: access.verb, subresource: access.subresource };
         let answer = match self.remembered(&key) {
             Some(answer) => answer,
             None => {
@@ -120,7 +124,11 @@ impl KubeletAuth {
             groups: key.groups.clone(),
         };
         let reply = self.client.objects().review_access(request).await.map_err(|e| {
-            Status::unavailable(format!("asking the apiserver whether {:?} may use this kubelet: {}", key.user, e.message()))
+            Status::unavailable(format!(
+                "asking the apiserver whether {:?} may use this kubelet: {}",
+                key.user,
+                e.message()
+            ))
         })?;
         let reply = reply.into_inner();
         Ok(if reply.allowed { Ok(()) } else { Err(reply.reason) })
