@@ -26,8 +26,10 @@ const CACHE_LIMIT: usize = 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AuthorizationMode {
     /// Ask the apiserver about each caller.
+    #[value(name = "Webhook")]
     Webhook,
     /// Let every caller do everything (a kubelet not reachable from outside).
+    #[value(name = "AlwaysAllow")]
     AlwaysAllow,
 }
 
