@@ -82,10 +82,14 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// Every endpoint's state, shared by all route tables.
+/// Every endpoint's state, shared by all route tables, and the round-robin
+/// position of each set of endpoints, so that a rebuilt table (any Ingress,
+/// Endpoints or Secret change) goes on where the old one was rather than
+/// sending the next requests to the first endpoint again.
 #[derive(Debug, Default)]
 pub struct Peers {
     states: Mutex<HashMap<SocketAddr, Arc<PeerState>>>,
+    cursors: Mutex<HashMap<Vec<SocketAddr>, Arc<AtomicUsize>>>,
 }
 
 impl Peers {
@@ -94,10 +98,18 @@ impl Peers {
         states.entry(addr).or_default().clone()
     }
 
-    /// Forgets endpoints no route table holds any more.
+    /// The round-robin position of the endpoint set `addrs` (sorted).
+    fn cursor(&self, addrs: &[SocketAddr]) -> Arc<AtomicUsize> {
+        let mut cursors = self.cursors.lock().unwrap_or_else(|e| e.into_inner());
+        cursors.entry(addrs.to_vec()).or_default().clone()
+    }
+
+    /// Forgets endpoints and endpoint sets no route table holds any more.
     pub fn prune(&self) {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
         states.retain(|_, state| Arc::strong_count(state) > 1);
+        let mut cursors = self.cursors.lock().unwrap_or_else(|e| e.into_inner());
+        cursors.retain(|_, cursor| Arc::strong_count(cursor) > 1);
     }
 
     pub fn len(&self) -> usize {
@@ -113,7 +125,7 @@ impl Peers {
 #[derive(Debug, Default)]
 pub struct Endpoints {
     peers: Vec<(SocketAddr, Arc<PeerState>)>,
-    cursor: AtomicUsize,
+    cursor: Arc<AtomicUsize>,
 }
 
 impl Endpoints {
@@ -121,7 +133,8 @@ impl Endpoints {
         let mut addrs: Vec<SocketAddr> = addrs.into_iter().collect();
         addrs.sort();
         addrs.dedup();
-        Self { peers: addrs.into_iter().map(|a| (a, peers.state(a))).collect(), cursor: AtomicUsize::new(0) }
+        let cursor = peers.cursor(&addrs);
+        Self { peers: addrs.into_iter().map(|a| (a, peers.state(a))).collect(), cursor }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -191,6 +204,21 @@ mod tests {
         }
         assert_eq!(counts.len(), 3);
         assert!(counts.values().all(|&c| c == 10), "{counts:?}");
+    }
+
+    #[test]
+    fn a_rebuilt_table_goes_on_round_robin_where_the_old_one_was() {
+        let peers = Peers::default();
+        let old = Endpoints::new(addrs(2), &peers);
+        let (first, _) = old.pick(&Balance::RoundRobin, None, &[]).unwrap();
+        let rebuilt = Endpoints::new(addrs(2), &peers);
+        drop(old);
+        peers.prune();
+        let (second, _) = rebuilt.pick(&Balance::RoundRobin, None, &[]).unwrap();
+        assert_ne!(first, second, "the rebuilt table takes the other endpoint next");
+        drop(rebuilt);
+        peers.prune();
+        assert!(peers.cursors.lock().unwrap().is_empty(), "unused positions are forgotten");
     }
 
     #[test]
