@@ -682,3 +682,73 @@ async fn a_private_image_pulls_only_with_its_pull_secret() {
     })
     .await;
 }
+
+/// A pod's ServiceAccount token, projected by the kubelet, can do what the
+/// ServiceAccount's Role allows and nothing else, and dies with the pod.
+#[tokio::test]
+async fn a_pods_service_account_token_does_what_its_role_allows() {
+    let mut cluster = cluster().await;
+    cluster.start_service("controller-manager", "skiff-controller-manager", &[]).await.unwrap();
+    let client = cluster.client();
+    let default =
+        eventually("the default ServiceAccount", || async { client.get("ServiceAccount", NS, "default").await.ok() })
+            .await;
+    assert_eq!(default["metadata"]["name"], "default");
+    client.create("ServiceAccount", NS, &json!({"metadata": {"name": "reader"}})).await.unwrap();
+    let role = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "pod-reader"},
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}],
+    });
+    client.create("Role", NS, &role).await.unwrap();
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "reader"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-reader"},
+        "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": NS}],
+    });
+    client.create("RoleBinding", NS, &binding).await.unwrap();
+    client.create("Secret", NS, &json!({"metadata": {"name": "hidden"}, "stringData": {"k": "v"}})).await.unwrap();
+    let busybox = image(&cluster, BUSYBOX_IMAGE);
+    create_pod(
+        &client,
+        "reader",
+        json!({"serviceAccountName": "reader",
+               "containers": [{"name": "app", "image": busybox, "command": ["sleep", "3600"]}]}),
+    )
+    .await;
+    wait_ready(&client, "reader").await;
+
+    let read = |file: &str| {
+        let path = format!("/var/run/secrets/kubernetes.io/serviceaccount/{file}");
+        let out = cluster.skiffctl(&["exec", "reader", "--", "cat", &path], None).unwrap();
+        assert!(out.status.success(), "cat {path}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(read("namespace"), NS);
+    let ca = cluster.pki().unwrap().ca_file();
+    assert_eq!(read("ca.crt"), std::fs::read_to_string(&ca).unwrap());
+    let token = read("token");
+    assert_eq!(token.matches('.').count(), 2, "a JWT: {token}");
+
+    let as_pod = Client::connect(&skiff_client::ClientConfig {
+        server: cluster.server(),
+        certificate_authority: Some(ca),
+        token: Some(token),
+        ..Default::default()
+    })
+    .unwrap();
+    let pods = as_pod.list("Pod", NS, &Default::default()).await.expect("its Role lets it list pods");
+    assert!(pods.items.iter().any(|p| p["metadata"]["name"] == "reader"));
+    let code = |r: Result<Value, skiff_client::Error>| r.unwrap_err().code();
+    assert_eq!(code(as_pod.get("Secret", NS, "hidden").await), Some(tonic::Code::PermissionDenied));
+    assert_eq!(code(as_pod.get("Pod", "kube-system", "any").await), Some(tonic::Code::PermissionDenied));
+    let denied = as_pod.create("ConfigMap", NS, &json!({"metadata": {"name": "x"}})).await.unwrap_err();
+    assert!(denied.to_string().contains("system:serviceaccount:default:reader"), "{denied}");
+
+    // Bound to the pod: once the pod is gone, so is the token's worth.
+    client.delete("Pod", NS, "reader").await.unwrap();
+    eventually("the token refused once its pod is gone", || async {
+        let e = as_pod.list("Pod", NS, &Default::default()).await.err()?;
+        (e.code() == Some(tonic::Code::Unauthenticated)).then_some(())
+    })
+    .await;
+}

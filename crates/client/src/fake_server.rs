@@ -314,6 +314,10 @@ impl objects_server::Objects for FakeApiserver {
     ) -> Result<Response<proto::AccessReviewReply>, Status> {
         Err(Status::unimplemented("the fake apiserver authorizes nothing"))
     }
+
+    async fn create_token(&self, _: Request<proto::TokenRequest>) -> Result<Response<proto::TokenReply>, Status> {
+        Err(Status::unimplemented("the fake apiserver issues no tokens"))
+    }
 }
 
 #[cfg(test)]

@@ -43,6 +43,12 @@ pub struct Issued {
     pub key_pem: String,
 }
 
+/// A new private key (PEM, PKCS#8 ECDSA P-256) for signing: what the
+/// apiserver signs ServiceAccount tokens with.
+pub fn signing_key_pem() -> Result<String, Error> {
+    Ok(KeyPair::generate()?.serialize_pem())
+}
+
 /// Who a client certificate names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subject {

@@ -63,6 +63,11 @@ impl ClusterPki {
                 ca
             }
         };
+        let sa_key = dir.join("sa.key");
+        if !sa_key.exists() {
+            let key = skiff_pki::signing_key_pem().map_err(|e| pki_error(&sa_key, e))?;
+            write(&sa_key, key.as_bytes())?;
+        }
         let pki = Self { dir: dir.to_path_buf(), ca, server: server.to_string(), names: names.to_vec() };
         pki.renew_serving()?;
         pki.write_pair("apiserver-kubelet-client", &pki.issue(KUBELET_CLIENT)?)?;
@@ -94,6 +99,7 @@ impl ClusterPki {
             format!("--kubelet-certificate-authority={}", path("ca.crt")),
             format!("--kubelet-client-certificate={}", path("apiserver-kubelet-client.crt")),
             format!("--kubelet-client-key={}", path("apiserver-kubelet-client.key")),
+            format!("--service-account-key-file={}", path("sa.key")),
         ]
     }
 

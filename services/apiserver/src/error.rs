@@ -91,6 +91,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("--service-account-key-file")]
+    ServiceAccountKey(#[from] crate::auth::serviceaccount::KeyError),
     #[error("--token-auth-file")]
     TokenFile(#[from] crate::auth::tokens::TokenFileError),
     #[error("opening the audit log {path}")]
@@ -142,6 +144,7 @@ impl Error {
             | Error::AuditLog { .. }
             | Error::TlsConfig(_)
             | Error::TokenFile(_)
+            | Error::ServiceAccountKey(_)
             | Error::KubeletTls { .. }
             | Error::Telemetry(_)
             | Error::Metric(_)

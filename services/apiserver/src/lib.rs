@@ -89,6 +89,17 @@ pub struct Config {
     /// Its private key (PEM).
     #[arg(long, requires = "kubelet_certificate_authority")]
     pub kubelet_client_key: Option<std::path::PathBuf>,
+    /// The private key (PEM, PKCS#8 ECDSA P-256) ServiceAccount tokens are
+    /// signed and verified with. Without it no tokens are issued or accepted.
+    #[arg(long)]
+    pub service_account_key_file: Option<std::path::PathBuf>,
+    /// The issuer (`iss`) of ServiceAccount tokens.
+    #[arg(long, default_value = "https://kubernetes.default.svc.cluster.local")]
+    pub service_account_issuer: String,
+    /// Audiences a token presented to the API must name one of (default:
+    /// the issuer), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub api_audiences: Vec<String>,
     /// Who decides what callers may do: `RBAC` (the cluster's Roles and
     /// bindings) or `AlwaysAllow`.
     #[arg(long, value_enum, default_value = "RBAC")]
@@ -173,7 +184,24 @@ pub async fn run(
         Some(path) => auth::tokens::TokenFile::load(path)?,
         None => auth::tokens::TokenFile::default(),
     };
-    let authenticate = auth::Authenticate(Arc::new(auth::Authenticator::new(tokens, config.anonymous_auth)));
+    let token_signer = match &config.service_account_key_file {
+        Some(path) => {
+            let audiences = match config.api_audiences.is_empty() {
+                true => vec![config.service_account_issuer.clone()],
+                false => config.api_audiences.clone(),
+            };
+            Some(Arc::new(auth::serviceaccount::TokenSigner::load(
+                path,
+                config.service_account_issuer.clone(),
+                audiences,
+            )?))
+        }
+        None => None,
+    };
+    let service_accounts =
+        token_signer.clone().map(|signer| auth::ServiceAccountTokens { signer, registry: registry.clone() });
+    let authenticate =
+        auth::Authenticate(Arc::new(auth::Authenticator::new(tokens, service_accounts, config.anonymous_auth)));
     let tls = match (&config.tls_cert_file, &config.tls_private_key_file) {
         (Some(cert), Some(key)) => Some(skiff_pki::serve::server_config(&skiff_pki::serve::TlsFiles {
             cert: cert.clone(),
@@ -202,6 +230,7 @@ pub async fn run(
     let service = service::ObjectsService {
         registry,
         authorizer,
+        token_signer,
         metrics: grpc,
         watchers,
         shutdown: ops.stop.receiver(),

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use skiff_api::proto::{
     objects_server::Objects, AccessReviewReply, AccessReviewRequest, BindRequest, CreateRequest, DeleteRequest,
-    GetRequest, ListReply, ListRequest, ObjectReply, PatchRequest, UpdateRequest, WatchEvent, WatchRequest,
+    GetRequest, ListReply, ListRequest, ObjectReply, PatchRequest, TokenReply, TokenRequest, UpdateRequest, WatchEvent,
+    WatchRequest,
 };
 use skiff_api::{FieldSelector, KindInfo, LabelSelector};
 use skiff_telemetry::prometheus::IntGauge;
@@ -29,6 +30,8 @@ use crate::Error;
 pub struct ObjectsService {
     pub registry: Arc<Registry>,
     pub authorizer: Arc<Authorizer>,
+    /// Signs ServiceAccount tokens; None without `--service-account-key-file`.
+    pub token_signer: Option<Arc<crate::auth::serviceaccount::TokenSigner>>,
     pub metrics: GrpcMetrics,
     pub watchers: IntGauge,
     pub shutdown: signal::Receiver<bool>,
@@ -278,6 +281,19 @@ impl Objects for ObjectsService {
         let (_, decision) = result?;
         Ok(Response::new(AccessReviewReply { allowed: decision.is_ok(), reason: decision.err().unwrap_or_default() }))
     }
+
+    async fn create_token(&self, req: Request<TokenRequest>) -> Result<Response<TokenReply>, Status> {
+        let caller = Caller::of(&req)?;
+        let (meta, _, r) = req.into_parts();
+        let access = Access {
+            verb: "create",
+            kind: "ServiceAccount",
+            subresource: "token",
+            namespace: &r.namespace,
+            name: &r.service_account,
+        };
+        self.call("CreateToken", &access, &caller.user, &meta, self.issue_token(&r)).await
+    }
 }
 
 impl ObjectsService {
@@ -312,4 +328,72 @@ impl ObjectsService {
         };
         Ok((info.kind, self.authorizer.authorize(&subject, &access)))
     }
+}
+
+/// Kubernetes' bounds on a requested token's life: at least ten minutes,
+/// an hour unless asked, at most two days.
+const TOKEN_MIN_SECONDS: i64 = 600;
+const TOKEN_DEFAULT_SECONDS: i64 = 3600;
+const TOKEN_MAX_SECONDS: i64 = 2 * 24 * 3600;
+
+impl ObjectsService {
+    /// A token for the request's ServiceAccount (and pod), once both are
+    /// found to exist and belong together.
+    async fn issue_token(&self, r: &TokenRequest) -> Result<TokenReply, Error> {
+        use crate::auth::serviceaccount::{now, Bound, Claims, Ref, USER_PREFIX};
+        let signer = self.token_signer.as_ref().ok_or_else(|| {
+            Error::Forbidden("this apiserver issues no ServiceAccount tokens (no --service-account-key-file)".into())
+        })?;
+        let expiration = match r.expiration_seconds {
+            0 => TOKEN_DEFAULT_SECONDS,
+            s if s < TOKEN_MIN_SECONDS => {
+                return Err(Error::BadRequest(format!(
+                    "expirationSeconds: may not be less than {TOKEN_MIN_SECONDS} (10 minutes), is {s}"
+                )))
+            }
+            s => s.min(TOKEN_MAX_SECONDS),
+        };
+        let account: serde_json::Value =
+            parse(&self.registry.get("ServiceAccount", &r.namespace, &r.service_account).await?)?;
+        let pod = if r.pod_name.is_empty() {
+            None
+        } else {
+            let pod: serde_json::Value = parse(&self.registry.get("Pod", &r.namespace, &r.pod_name).await?)?;
+            let uid = pod.pointer("/metadata/uid").and_then(|u| u.as_str()).unwrap_or_default();
+            if !r.pod_uid.is_empty() && r.pod_uid != uid {
+                return Err(Error::Conflict { resource: "pods".into(), name: r.pod_name.clone() });
+            }
+            let runs_as = pod.pointer("/spec/serviceAccountName").and_then(|s| s.as_str()).unwrap_or("default");
+            if runs_as != r.service_account {
+                return Err(Error::BadRequest(format!(
+                    "pod {:?} runs as ServiceAccount {runs_as:?}, not {:?}",
+                    r.pod_name, r.service_account
+                )));
+            }
+            Some(Ref { name: r.pod_name.clone(), uid: uid.to_string() })
+        };
+        let issued = now();
+        let claims = Claims {
+            iss: signer.issuer.clone(),
+            sub: format!("{USER_PREFIX}{}:{}", r.namespace, r.service_account),
+            aud: if r.audiences.is_empty() { signer.audiences.clone() } else { r.audiences.clone() },
+            exp: issued + expiration,
+            iat: issued,
+            nbf: issued,
+            kubernetes: Bound {
+                namespace: r.namespace.clone(),
+                serviceaccount: Ref {
+                    name: r.service_account.clone(),
+                    uid: account.pointer("/metadata/uid").and_then(|u| u.as_str()).unwrap_or_default().to_string(),
+                },
+                pod,
+            },
+        };
+        let token = signer.sign(&claims).map_err(|e| Error::BadRequest(format!("signing the token: {e}")))?;
+        Ok(TokenReply { token, expiration_timestamp: claims.exp })
+    }
+}
+
+fn parse(bytes: &[u8]) -> Result<serde_json::Value, Error> {
+    serde_json::from_slice(bytes).map_err(|source| Error::BadJson { what: "a stored object", source })
 }

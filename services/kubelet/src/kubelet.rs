@@ -15,6 +15,7 @@ use crate::pods::sync::{PodSyncer, Settings};
 use crate::pods::{self, PodLoop, StoreObjects};
 use crate::runtime::{ContainerRuntime, CriRuntime};
 use crate::server;
+use crate::serviceaccount::TokenManager;
 use crate::volumes::Volumes;
 use crate::{Config, Error};
 
@@ -55,7 +56,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             host: pods::dns::HostResolv::read(&config.resolv_conf),
         },
     };
-    let syncer = Arc::new(PodSyncer::new(runtime.clone(), objects, Volumes::new(&config.root_dir), settings));
+    let mut syncer = PodSyncer::new(runtime.clone(), objects, Volumes::new(&config.root_dir), settings);
+    if let Some(ca) = cluster_ca(&config)? {
+        syncer = syncer.with_tokens(Arc::new(TokenManager::new(client.clone(), ca)));
+    }
+    let syncer = Arc::new(syncer);
 
     let (registered_tx, mut registered_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -108,4 +113,16 @@ fn api_security(config: &Config, node: &str, client: &skiff_client::Client) -> R
         client.clone(),
     );
     Ok(server::ApiSecurity { tls, auth: Arc::new(auth) })
+}
+
+/// The cluster CA (PEM) from the kubelet's client config, for pods to
+/// verify the apiserver with; None when the cluster has no TLS, and then
+/// pods get no ServiceAccount token either.
+fn cluster_ca(config: &Config) -> Result<Option<Vec<u8>>, Error> {
+    let client_config = skiff_client::ClientConfig::resolve(&config.api)?;
+    let Some(path) = client_config.certificate_authority else { return Ok(None) };
+    std::fs::read(&path).map(Some).map_err(|e| Error::InvalidFlag {
+        flag: "kubeconfig",
+        reason: format!("reading the CA {}: {e}", path.display()),
+    })
 }

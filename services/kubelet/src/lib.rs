@@ -22,6 +22,7 @@ pub mod pods;
 pub mod probes;
 pub mod runtime;
 pub mod server;
+pub mod serviceaccount;
 pub mod volumes;
 
 use std::collections::BTreeMap;

@@ -33,6 +33,8 @@ use crate::Error;
 #[derive(Debug, Default, Clone)]
 pub struct Prepared {
     pub paths: HashMap<String, PathBuf>,
+    /// The ServiceAccount files, mounted at their well-known path.
+    pub service_account: Option<PathBuf>,
 }
 
 /// The volumes of every pod on this node.
@@ -54,9 +56,23 @@ impl Volumes {
         self.root.join("pods").join(uid)
     }
 
-    /// Sets up (or refreshes) every volume of `pod`.
-    pub fn prepare(&self, pod: &Pod, objects: &dyn Objects) -> Result<Prepared, Error> {
+    /// Sets up (or refreshes) every volume of `pod`, and its ServiceAccount
+    /// files when it gets them.
+    pub fn prepare(
+        &self,
+        pod: &Pod,
+        objects: &dyn Objects,
+        service_account: Option<&crate::serviceaccount::Projection>,
+    ) -> Result<Prepared, Error> {
         let mut prepared = Prepared::default();
+        if let Some(projection) = service_account {
+            let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+            plain_folder_name(uid)?;
+            let dir = self.pod_dir(uid).join("volumes").join("kubernetes.io~serviceaccount");
+            let files = projection.files.iter().map(|(name, content)| (name.to_string(), content.clone())).collect();
+            write_atomic(&dir, &files, DEFAULT_MODE)?;
+            prepared.service_account = Some(dir);
+        }
         let volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_deref()).unwrap_or_default();
         for v in volumes {
             let path = self.prepare_one(pod, v, objects)?;
@@ -413,17 +429,17 @@ mod tests {
         let objects = MapObjects::default();
         objects.put_config_map("ns", "conf", &[("a.txt", "one"), ("b.txt", "two")]);
         let p = pod(json!([{"name": "cfg", "configMap": {"name": "conf"}}]));
-        let prepared = volumes.prepare(&p, &objects).unwrap();
+        let prepared = volumes.prepare(&p, &objects, None).unwrap();
         let dir = prepared.paths["cfg"].clone();
         assert_eq!(std::fs::read_to_string(dir.join("a.txt")).unwrap(), "one");
         assert!(std::fs::symlink_metadata(dir.join("a.txt")).unwrap().file_type().is_symlink());
         let first = std::fs::read_link(dir.join("..data")).unwrap();
 
-        volumes.prepare(&p, &objects).unwrap();
+        volumes.prepare(&p, &objects, None).unwrap();
         assert_eq!(std::fs::read_link(dir.join("..data")).unwrap(), first, "unchanged content is not rewritten");
 
         objects.put_config_map("ns", "conf", &[("a.txt", "uno")]);
-        volumes.prepare(&p, &objects).unwrap();
+        volumes.prepare(&p, &objects, None).unwrap();
         assert_eq!(std::fs::read_to_string(dir.join("a.txt")).unwrap(), "uno");
         assert!(!dir.join("b.txt").exists(), "a removed key goes");
         assert_ne!(std::fs::read_link(dir.join("..data")).unwrap(), first);
@@ -442,10 +458,10 @@ mod tests {
     fn a_missing_config_map_is_named() {
         let tmp = tempfile::tempdir().unwrap();
         let p = pod(json!([{"name": "cfg", "configMap": {"name": "absent"}}]));
-        let err = Volumes::new(tmp.path()).prepare(&p, &MapObjects::default()).unwrap_err();
+        let err = Volumes::new(tmp.path()).prepare(&p, &MapObjects::default(), None).unwrap_err();
         assert_eq!(err.to_string(), "configmap \"absent\" not found");
         let optional = pod(json!([{"name": "cfg", "configMap": {"name": "absent", "optional": true}}]));
-        Volumes::new(tmp.path()).prepare(&optional, &MapObjects::default()).unwrap();
+        Volumes::new(tmp.path()).prepare(&optional, &MapObjects::default(), None).unwrap();
     }
 
     #[test]
@@ -458,7 +474,7 @@ mod tests {
             ]}},
             {"name": "scratch", "emptyDir": {}}
         ]));
-        let prepared = Volumes::new(tmp.path()).prepare(&p, &MapObjects::default()).unwrap();
+        let prepared = Volumes::new(tmp.path()).prepare(&p, &MapObjects::default(), None).unwrap();
         let info = &prepared.paths["info"];
         assert_eq!(std::fs::read_to_string(info.join("labels")).unwrap(), "app=\"web\"");
         assert_eq!(std::fs::read_to_string(info.join("name")).unwrap(), "p");
@@ -471,7 +487,7 @@ mod tests {
         let outside = tmp.path().join("outside");
         for name in [outside.to_str().unwrap(), "../../../../../outside", "..", ".", "a/b", ""] {
             let p = pod(json!([{"name": name, "emptyDir": {}}]));
-            let err = Volumes::new(&tmp.path().join("root")).prepare(&p, &MapObjects::default());
+            let err = Volumes::new(&tmp.path().join("root")).prepare(&p, &MapObjects::default(), None);
             assert!(err.is_err(), "volume name {name:?} was accepted");
         }
         assert!(!outside.exists(), "nothing was made outside the root");

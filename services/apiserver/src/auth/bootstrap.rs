@@ -165,6 +165,8 @@ fn controller_manager() -> ClusterRole {
         rule(INFORM, "", &["namespaces", "services"]),
         rule(&["update"], "", &["namespaces/status"]),
         rule(&["list", "watch", "create", "update", "delete"], "", &["endpoints"]),
+        // Every namespace's `default` ServiceAccount.
+        rule(&["list", "watch", "create"], "", &["serviceaccounts"]),
         rule(INFORM, "coordination.k8s.io", &["leases"]),
         rule(RECORD, "", &["events"]),
     ];
@@ -193,6 +195,8 @@ fn node() -> ClusterRole {
             rule(RECORD, "", &["events"]),
             // The kubelet API asks the apiserver who may use it.
             rule(&["create"], "authorization.k8s.io", &["subjectaccessreviews"]),
+            // Tokens for the pods it runs, projected into them.
+            rule(&["create"], "", &["serviceaccounts/token"]),
         ],
     )
 }

@@ -11,6 +11,7 @@
 pub mod bootstrap;
 mod policy;
 pub mod rbac;
+pub mod serviceaccount;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -28,12 +29,47 @@ pub const AUTHENTICATED: &str = "system:authenticated";
 /// How the apiserver tells who is calling.
 pub struct Authenticator {
     tokens: tokens::TokenFile,
+    service_accounts: Option<ServiceAccountTokens>,
     anonymous: bool,
 }
 
+/// What checks a ServiceAccount token: the key it was signed with, and the
+/// objects it names, which must still exist.
+pub struct ServiceAccountTokens {
+    pub signer: Arc<serviceaccount::TokenSigner>,
+    pub registry: Arc<crate::registry::Registry>,
+}
+
+impl ServiceAccountTokens {
+    /// The user `token` authenticates as, if it is a valid ServiceAccount
+    /// token whose ServiceAccount (and pod) still exist with their UIDs.
+    fn user(&self, token: &str) -> Result<UserInfo, &'static str> {
+        let claims = self.signer.verify(token, serviceaccount::now())?;
+        let bound = &claims.kubernetes;
+        if self.uid_of("ServiceAccount", &bound.namespace, &bound.serviceaccount.name)
+            != Some(bound.serviceaccount.uid.clone())
+        {
+            return Err("its ServiceAccount is gone");
+        }
+        if let Some(pod) = &bound.pod {
+            if self.uid_of("Pod", &bound.namespace, &pod.name) != Some(pod.uid.clone()) {
+                return Err("its pod is gone");
+            }
+        }
+        Ok(serviceaccount::user_of(&claims))
+    }
+
+    fn uid_of(&self, kind: &str, namespace: &str, name: &str) -> Option<String> {
+        let info = KindInfo::by_kind(kind).ok()?;
+        let object = self.registry.cache(info).get(&info.key(namespace, name))?;
+        let value: serde_json::Value = serde_json::from_slice(&object.json).ok()?;
+        value.pointer("/metadata/uid")?.as_str().map(str::to_string)
+    }
+}
+
 impl Authenticator {
-    pub fn new(tokens: tokens::TokenFile, anonymous: bool) -> Self {
-        Self { tokens, anonymous }
+    pub fn new(tokens: tokens::TokenFile, service_accounts: Option<ServiceAccountTokens>, anonymous: bool) -> Self {
+        Self { tokens, service_accounts, anonymous }
     }
 
     /// The caller of `request`: its certificate's user, its token's, or
@@ -48,9 +84,15 @@ impl Authenticator {
         }
         if let Some(header) = request.metadata().get("authorization") {
             let token = header.to_str().ok().and_then(|h| h.strip_prefix("Bearer ")).map(str::trim);
-            return match token.and_then(|t| self.tokens.user(t)) {
-                Some(user) => Ok(user.clone()),
-                None => Err(Status::unauthenticated("invalid bearer token")),
+            let Some(token) = token else { return Err(Status::unauthenticated("invalid bearer token")) };
+            if let Some(user) = self.tokens.user(token) {
+                return Ok(user.clone());
+            }
+            return match &self.service_accounts {
+                Some(sa) if token.matches('.').count() == 2 => {
+                    sa.user(token).map_err(|why| Status::unauthenticated(format!("invalid bearer token: {why}")))
+                }
+                _ => Err(Status::unauthenticated("invalid bearer token")),
             };
         }
         if self.anonymous {

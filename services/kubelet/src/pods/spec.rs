@@ -138,6 +138,17 @@ pub fn container_config(
             ..Default::default()
         });
     }
+    if let Some(dir) = &ctx.volumes.service_account {
+        let path = crate::serviceaccount::MOUNT_PATH;
+        if !mounts.iter().any(|m| m.container_path == path) {
+            mounts.push(proto::Mount {
+                container_path: path.into(),
+                host_path: dir.display().to_string(),
+                readonly: true,
+                ..Default::default()
+            });
+        }
+    }
     if let Some(hosts) = ctx.hosts_file {
         if !mounts.iter().any(|m| m.container_path == "/etc/hosts") {
             mounts.push(proto::Mount {

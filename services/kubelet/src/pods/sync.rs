@@ -22,6 +22,7 @@ use super::status::{self, ContainerView, Observed};
 use super::Objects;
 use crate::probes::{ContainerProbes, Target, Verdict};
 use crate::runtime::{labels, proto, ContainerRuntime};
+use crate::serviceaccount::TokenManager;
 use crate::volumes::Volumes;
 use crate::Error;
 use skiff_api::clock;
@@ -108,6 +109,8 @@ pub struct PodSyncer {
     pub objects: Arc<dyn Objects>,
     pub volumes: Volumes,
     pub settings: Settings,
+    /// Pods' ServiceAccount tokens; None: pods get none (no cluster CA known).
+    pub tokens: Option<Arc<TokenManager>>,
     memory: Mutex<HashMap<String, PodMemory>>,
 }
 
@@ -149,7 +152,13 @@ impl PodSyncer {
         volumes: Volumes,
         settings: Settings,
     ) -> Self {
-        Self { runtime, objects, volumes, settings, memory: Mutex::new(HashMap::new()) }
+        Self { runtime, objects, volumes, settings, tokens: None, memory: Mutex::new(HashMap::new()) }
+    }
+
+    /// Projects ServiceAccount tokens from `tokens` into the pods.
+    pub fn with_tokens(mut self, tokens: Arc<TokenManager>) -> Self {
+        self.tokens = Some(tokens);
+        self
     }
 
     fn take_memory(&self, uid: &str) -> PodMemory {
@@ -211,6 +220,9 @@ impl PodSyncer {
             self.runtime.stop_sandbox(&sb.id).await?;
             self.runtime.remove_sandbox(&sb.id).await?;
         }
+        if let Some(tokens) = &self.tokens {
+            tokens.forget(uid);
+        }
         self.volumes.cleanup(uid)
     }
 
@@ -262,7 +274,14 @@ impl PodSyncer {
         }
         let Some(pod_spec) = pod.spec.as_ref() else { return Ok(out) };
 
-        let prepared = match self.volumes.prepare(pod, self.objects.as_ref()) {
+        let projection = match &self.tokens {
+            Some(tokens) if crate::serviceaccount::wants_token(pod) => match tokens.projection(pod).await {
+                Ok(p) => Some(p),
+                Err(e) => return Ok(self.mount_failed(pod, pod_spec, memory, out, &e)),
+            },
+            _ => None,
+        };
+        let prepared = match self.volumes.prepare(pod, self.objects.as_ref(), projection.as_ref()) {
             Ok(p) => p,
             Err(e) => return Ok(self.mount_failed(pod, pod_spec, memory, out, &e)),
         };
