@@ -14,7 +14,7 @@ fn configmap(name: &str) -> Value {
 }
 
 /// A client presenting a certificate the cluster CA signed for `user`.
-fn client_as(cluster: &Cluster, file: &str, user: &'static str, groups: &'static [&'static str]) -> Client {
+fn client_as(cluster: &Cluster, file: &str, user: &str, groups: &[&str]) -> Client {
     let pki = cluster.pki().expect("a secure cluster");
     let (_, config) = pki.client_config(file, Identity { user, groups }).unwrap();
     Client::connect(&config).unwrap()
@@ -273,4 +273,52 @@ async fn a_renewed_serving_certificate_is_served_without_dropping_watches() {
     assert_eq!(seen, Ok(true), "the watch saw the create made after the renewal");
     // And clients connecting afresh trust it.
     cluster.client().get("ConfigMap", "default", "after-renewal").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_node_may_change_only_itself_and_the_pods_bound_to_it() {
+    let cluster = Cluster::start().await.expect("cluster");
+    let admin = cluster.client();
+    for node in ["node-a", "node-b"] {
+        admin.create("Node", "", &json!({"metadata": {"name": node}})).await.unwrap();
+        let pod = json!({"metadata": {"name": format!("on-{node}")},
+                         "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]}});
+        admin.create("Pod", "default", &pod).await.unwrap();
+    }
+    let node_a = client_as(&cluster, "node-a-probe", "system:node:node-a", &["system:nodes"]);
+    let label = |v: &str| json!({"metadata": {"labels": {"probe": v}}});
+
+    node_a.patch("Node", "", "node-a", &label("mine")).await.expect("a node changes itself");
+    let denied = node_a.patch("Node", "", "node-b", &label("theirs")).await.unwrap_err();
+    assert_eq!(denied.code(), Some(Code::PermissionDenied), "{denied}");
+    assert!(denied.to_string().contains("\"node-a\" is not allowed to modify node \"node-b\""), "{denied}");
+    assert_eq!(code(node_a.delete("Node", "", "node-b").await), Code::PermissionDenied);
+
+    let mut own = admin.get("Pod", "default", "on-node-a").await.unwrap();
+    own["status"] = json!({"phase": "Running"});
+    node_a.update_status("Pod", "default", &own).await.expect("its own pod's status");
+    let mut theirs = admin.get("Pod", "default", "on-node-b").await.unwrap();
+    theirs["status"] = json!({"phase": "Failed"});
+    assert_eq!(code(node_a.update_status("Pod", "default", &theirs).await), Code::PermissionDenied);
+    assert_eq!(code(node_a.delete("Pod", "default", "on-node-b").await), Code::PermissionDenied);
+    let pod = json!({"metadata": {"name": "smuggled"},
+                     "spec": {"nodeName": "node-a", "containers": [{"name": "c", "image": "busybox"}]}});
+    assert_eq!(code(node_a.create("Pod", "default", &pod).await), Code::PermissionDenied);
+
+    // Nothing of it happened.
+    let b = admin.get("Node", "", "node-b").await.unwrap();
+    assert!(b["metadata"]["labels"]["probe"].is_null(), "{b}");
+    assert_ne!(admin.get("Pod", "default", "on-node-b").await.unwrap()["status"]["phase"], "Failed");
+}
+
+#[tokio::test]
+async fn every_namespace_comes_with_a_default_service_account() {
+    let cluster = Cluster::start().await.expect("cluster");
+    let client = cluster.client();
+    for ns in ["default", "kube-system"] {
+        client.get("ServiceAccount", ns, "default").await.unwrap_or_else(|e| panic!("{ns}: {e}"));
+    }
+    client.create("Namespace", "", &json!({"metadata": {"name": "fresh"}})).await.unwrap();
+    let account = client.get("ServiceAccount", "fresh", "default").await.expect("made with the namespace");
+    assert!(account["metadata"]["uid"].as_str().is_some_and(|u| !u.is_empty()));
 }

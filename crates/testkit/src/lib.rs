@@ -22,7 +22,7 @@ use std::time::Duration;
 
 pub use dns::{bridge_gateway, DNS_SERVICE_IP};
 pub use network::{Network, NetworkOptions, NodeHost};
-pub use pki::{identity_of, ClusterPki, Identity, ADMIN};
+pub use pki::{identity_of, ClusterPki, Identity, ADMIN, NODES_GROUP};
 pub use process::{running, stop_detached, Process};
 pub use runtime::{Runtime, RuntimeOptions};
 
@@ -382,6 +382,15 @@ impl Cluster {
         &self.admin
     }
 
+    /// The client config of the kubelet of node `name`: the user
+    /// `system:node:NAME` in `system:nodes`, as Kubernetes' node identities,
+    /// which NodeRestriction holds to its own Node and pods.
+    pub fn kubeconfig_for_node(&self, name: &str) -> Result<Option<PathBuf>> {
+        let Some(pki) = &self.pki else { return Ok(None) };
+        let user = format!("system:node:{name}");
+        Ok(Some(pki.client_config(&format!("node-{name}"), Identity { user: &user, groups: &[NODES_GROUP] })?.0))
+    }
+
     /// The client config file `binary` is started with, written on first
     /// use; None for an insecure cluster.
     pub fn kubeconfig_for(&self, binary: &str) -> Result<Option<PathBuf>> {
@@ -500,7 +509,13 @@ impl Cluster {
         let ip = host.map_or(std::net::Ipv4Addr::LOCALHOST, |(h, _)| h.ip());
         let metrics = SocketAddr::from((ip, free_port()));
         let mut all = vec![format!("--server={}", self.server()), format!("--metrics-listen={metrics}")];
-        if let Some(config) = self.kubeconfig_for(binary)? {
+        // A kubelet for one node is that node; anything else is its binary's identity.
+        let node = args.iter().find_map(|a| a.strip_prefix("--node-name=")).filter(|_| binary == "skiff-kubelet");
+        let config = match node {
+            Some(node) => self.kubeconfig_for_node(node)?,
+            None => self.kubeconfig_for(binary)?,
+        };
+        if let Some(config) = config {
             all.push(format!("--kubeconfig={}", config.display()));
         }
         if binary == "skiff-kubelet" {

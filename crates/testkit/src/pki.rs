@@ -13,25 +13,30 @@ use crate::{Error, Result};
 
 /// Who a component is to the apiserver: a user and its groups.
 #[derive(Debug, Clone, Copy)]
-pub struct Identity {
-    pub user: &'static str,
-    pub groups: &'static [&'static str],
+pub struct Identity<'a> {
+    pub user: &'a str,
+    pub groups: &'a [&'a str],
 }
 
 /// The cluster administrator (Kubernetes' `kubernetes-admin`): RBAC allows
 /// `system:masters` everything.
-pub const ADMIN: Identity = Identity { user: "skiff-admin", groups: &["system:masters"] };
+pub const ADMIN: Identity<'static> = Identity { user: "skiff-admin", groups: &["system:masters"] };
+
+/// The group of kubelets, which RBAC's `system:node` role is bound to.
+pub const NODES_GROUP: &str = "system:nodes";
 
 /// The apiserver when it calls kubelets.
-const KUBELET_CLIENT: Identity = Identity { user: "kube-apiserver-kubelet-client", groups: &[] };
+const KUBELET_CLIENT: Identity<'static> = Identity { user: "kube-apiserver-kubelet-client", groups: &[] };
 
 /// The identity each skiff binary runs as; binaries not listed (tools,
 /// tests' helpers) run as the administrator.
-pub fn identity_of(binary: &str) -> Identity {
+pub fn identity_of(binary: &str) -> Identity<'static> {
     match binary {
         "skiff-scheduler" => Identity { user: "system:kube-scheduler", groups: &[] },
         "skiff-controller-manager" => Identity { user: "system:kube-controller-manager", groups: &[] },
-        "skiff-kubelet" => Identity { user: "system:node", groups: &["system:nodes"] },
+        // Kubelets started for one node are `system:node:NAME` (see
+        // `Cluster::kubeconfig_for_node`); hollow nodes act for many.
+        "skiff-kubelet" => Identity { user: "system:hollow-nodes", groups: &[NODES_GROUP] },
         "skiff-overlay" => Identity { user: "system:skiff-overlay", groups: &[] },
         "skiff-dns" => Identity { user: "system:skiff-dns", groups: &[] },
         "skiff-ingress" => Identity { user: "system:skiff-ingress", groups: &[] },
@@ -137,7 +142,7 @@ impl ClusterPki {
 
     /// The client config of `identity`, written as `pki/FILE.yaml` with its
     /// certificate and key beside it.
-    pub fn client_config(&self, file: &str, identity: Identity) -> Result<(PathBuf, ClientConfig)> {
+    pub fn client_config(&self, file: &str, identity: Identity<'_>) -> Result<(PathBuf, ClientConfig)> {
         let (crt, key) = self.write_pair(file, &self.issue(identity)?)?;
         let config = ClientConfig {
             server: self.server.clone(),
@@ -153,7 +158,7 @@ impl ClusterPki {
 
     /// A certificate and key for `identity`, signed by the cluster CA, for
     /// tests that present them by hand.
-    pub fn issue(&self, identity: Identity) -> Result<skiff_pki::Issued> {
+    pub fn issue(&self, identity: Identity<'_>) -> Result<skiff_pki::Issued> {
         let usage = Usage::Client { user: identity.user, groups: identity.groups };
         self.ca.issue(&usage, LEAF_VALIDITY).map_err(|e| pki_error(&self.dir, e))
     }

@@ -156,19 +156,6 @@ impl WatchCache {
         tokio::time::timeout(timeout, rx.wait_for(|r| *r >= revision)).await.is_ok_and(|r| r.is_ok())
     }
 
-    /// The objects passing `filter`, in key order, and the cache's revision.
-    pub fn list(&self, filter: &Filter) -> (Vec<Bytes>, i64) {
-        let state = self.read();
-        let items = state
-            .objects
-            .range(filter.key_prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&filter.key_prefix))
-            .filter(|(_, o)| filter.matches(o))
-            .map(|(_, o)| o.json.clone())
-            .collect();
-        (items, state.revision)
-    }
-
     /// Every object under `key_prefix`, shared rather than copied, and the
     /// cache's revision.
     pub fn objects(&self, key_prefix: &str) -> (Vec<Arc<CachedObject>>, i64) {
@@ -438,7 +425,7 @@ mod tests {
         assert!(cache.subscribe(10).is_none(), "event 11 fell out of the ring");
         let sub = cache.subscribe(11).unwrap();
         assert_eq!(sub.replay.iter().map(|e| e.revision).collect::<Vec<_>>(), vec![12, 13]);
-        let (items, rev) = cache.list(&filter(""));
+        let (items, rev) = cache.objects("");
         assert_eq!((items.len(), rev), (3, 13));
     }
 }

@@ -175,6 +175,7 @@ pub async fn run(
         let _ = rx.wait_for(|r| *r).await;
     }
     registry.ensure_system_namespaces().await?;
+    registry.ensure_default_service_accounts().await?;
     auth::ensure_default_policy(&registry).await?;
     let authorizer = Arc::new(match config.authorization_mode {
         AuthorizationMode::Rbac => auth::Authorizer::Rbac(auth::RbacAuthorizer::new(&registry)),

@@ -98,7 +98,10 @@ impl ObjectsService {
         skiff_telemetry::set_remote_parent(&span, metadata);
         let started = Instant::now();
         let result = match self.authorizer.authorize(user, access) {
-            Ok(()) => fut.instrument(span).await,
+            Ok(()) => match crate::auth::node_restriction::admit(&self.registry, user, access).await {
+                Ok(()) => fut.instrument(span).await,
+                Err(refused) => Err(refused),
+            },
             Err(denied) => Err(Error::Denied(denied)),
         };
         let code = result.as_ref().map_or_else(|e| e.code(), |_| tonic::Code::Ok);
@@ -153,7 +156,11 @@ impl Objects for ObjectsService {
         let name = object_name(&r.object);
         let access = Access { verb: "create", kind: &r.kind, subresource: "", namespace: &r.namespace, name: &name };
         self.mutate("Create", access, caller, &meta, async {
-            Ok(ObjectReply { object: self.registry.create(&r.kind, &r.namespace, &r.object).await? })
+            let object = self.registry.create(&r.kind, &r.namespace, &r.object).await?;
+            if r.kind == "Namespace" {
+                self.registry.ensure_default_service_account(&object_name(&object)).await?;
+            }
+            Ok(ObjectReply { object })
         })
         .await
     }

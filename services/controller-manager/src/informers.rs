@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service};
 use skiff_api::well_known::NODE_LEASE_NAMESPACE;
 use skiff_client::{wait_all_synced, CacheSync, Client, Informer, ListParams, Object, Store};
 use skiff_telemetry::Stop;
@@ -23,7 +23,6 @@ pub struct Informers {
     pub namespaces: Store<Namespace>,
     pub services: Store<Service>,
     pub endpoints: Store<Endpoints>,
-    pub service_accounts: Store<ServiceAccount>,
 }
 
 impl Informers {
@@ -39,7 +38,6 @@ impl Informers {
             namespaces: spawn(client.api::<Namespace>(""), &stop, &mut runners),
             services: spawn(client.api::<Service>(""), &stop, &mut runners),
             endpoints: spawn(client.api::<Endpoints>(""), &stop, &mut runners),
-            service_accounts: spawn(client.api::<ServiceAccount>(""), &stop, &mut runners),
         };
         (informers, runners)
     }
@@ -55,7 +53,6 @@ impl Informers {
             Arc::new(self.namespaces.clone()),
             Arc::new(self.services.clone()),
             Arc::new(self.endpoints.clone()),
-            Arc::new(self.service_accounts.clone()),
         ]
     }
 

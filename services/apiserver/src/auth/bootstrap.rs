@@ -165,8 +165,6 @@ fn controller_manager() -> ClusterRole {
         rule(INFORM, "", &["namespaces", "services"]),
         rule(&["update"], "", &["namespaces/status"]),
         rule(&["list", "watch", "create", "update", "delete"], "", &["endpoints"]),
-        // Every namespace's `default` ServiceAccount.
-        rule(&["list", "watch", "create"], "", &["serviceaccounts"]),
         rule(INFORM, "coordination.k8s.io", &["leases"]),
         rule(RECORD, "", &["events"]),
     ];

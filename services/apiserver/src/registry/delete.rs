@@ -7,7 +7,6 @@ use skiff_api::{meta, KindInfo};
 
 use super::rules::{awaits_kubelet, has_finalizers, termination_grace};
 use super::{stamped, Registry, CAS_ATTEMPTS, SYSTEM_NAMESPACES};
-use crate::cache::Filter;
 use crate::storage::Swap;
 use crate::Error;
 
@@ -79,6 +78,9 @@ impl Registry {
             match swap {
                 Swap::Done { revision } => {
                     self.note_write(info, revision);
+                    if empty_namespace {
+                        self.delete_default_service_account(name).await;
+                    }
                     return Ok(stamped(current, revision));
                 }
                 Swap::Lost if precondition.is_empty() => continue,
@@ -105,18 +107,28 @@ impl Registry {
             .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
     }
 
-    /// Whether the watch caches hold no object in namespace `ns`.
+    /// Whether the watch caches hold no object in namespace `ns` but the
+    /// `default` ServiceAccount every namespace comes with.
     async fn namespace_is_empty(&self, ns: &str) -> bool {
         for info in skiff_api::KINDS.iter().filter(|info| info.namespaced) {
-            let filter = Filter {
-                key_prefix: info.key_prefix(Some(ns)),
-                labels: skiff_api::LabelSelector::everything(),
-                fields: skiff_api::FieldSelector::default(),
-            };
-            if !self.cache_with_own_writes(info).await.list(&filter).0.is_empty() {
+            let prefix = info.key_prefix(Some(ns));
+            let own_account = info.key(ns, "default");
+            let (objects, _) = self.cache_with_own_writes(info).await.objects(&prefix);
+            let own = |key: &str| info.kind == "ServiceAccount" && key == own_account;
+            if objects.iter().any(|o| !own(&o.key)) {
                 return false;
             }
         }
         true
+    }
+
+    /// Removes the `default` ServiceAccount of a namespace deleted at once.
+    async fn delete_default_service_account(&self, ns: &str) {
+        let Ok(info) = KindInfo::by_kind("ServiceAccount") else { return };
+        if let Ok((key, stored, _)) = self.read(info, ns, "default").await {
+            if let Ok(Swap::Done { revision }) = self.storage.delete_if(&key, stored.mod_revision).await {
+                self.note_write(info, revision);
+            }
+        }
     }
 }

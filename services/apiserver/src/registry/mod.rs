@@ -399,6 +399,32 @@ impl Registry {
     }
 
     /// Creates the system namespaces that are missing.
+    /// Gives namespace `ns` its ServiceAccount `default`, the one its pods
+    /// run as unless they name another (Kubernetes' serviceaccounts
+    /// controller does this; here it comes with the namespace, so pods
+    /// never wait on a controller for it).
+    pub async fn ensure_default_service_account(&self, ns: &str) -> Result<(), Error> {
+        let body = serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}});
+        match self.create("ServiceAccount", ns, body.to_string().as_bytes()).await {
+            Ok(_) | Err(Error::AlreadyExists { .. } | Error::NamespaceTerminating(_) | Error::NamespaceNotFound(_)) => {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`ensure_default_service_account`](Self::ensure_default_service_account)
+    /// for every namespace, at start: namespaces made before it existed.
+    pub async fn ensure_default_service_accounts(&self) -> Result<(), Error> {
+        let info = KindInfo::by_kind("Namespace")?;
+        let (namespaces, _) = self.cache(info).objects(&info.key_prefix(None));
+        for ns in namespaces {
+            let name = ns.key.rsplit('/').next().unwrap_or_default().to_string();
+            self.ensure_default_service_account(&name).await?;
+        }
+        Ok(())
+    }
+
     pub async fn ensure_system_namespaces(&self) -> Result<(), Error> {
         for ns in SYSTEM_NAMESPACES {
             let body = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});

@@ -13,7 +13,6 @@ pub mod namespace;
 pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod replicaset;
-pub mod serviceaccount;
 pub mod taint_eviction;
 
 use std::sync::Arc;
@@ -53,7 +52,6 @@ pub async fn run_all(ctx: Context, stop: Stop) {
     namespace::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     endpoints::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     node_ipam::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
-    serviceaccount::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     while let Some(done) = set.join_next().await {
         if let Err(error) = done {
             if error.is_panic() {
