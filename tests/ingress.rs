@@ -12,6 +12,8 @@ use skiff_testkit::{eventually, free_port, Cluster};
 
 #[path = "support/http.rs"]
 mod http;
+#[path = "support/tls.rs"]
+mod tls;
 use http::{get, Conn, Upstream};
 
 const NS: &str = "default";
@@ -338,21 +340,8 @@ fn tls_secret(name: &str, (crt, key): &(String, String)) -> Value {
 /// One HTTPS request with SNI `host`, trusting only `trusted` (a PEM
 /// certificate): the response, or the handshake's error.
 async fn https_get(addr: SocketAddr, host: &str, trusted: &str, path: &str) -> Result<http::Response, String> {
-    use rustls::pki_types::pem::PemObject;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut roots = rustls::RootCertStore::empty();
-    let cert = rustls::pki_types::CertificateDer::from_pem_slice(trusted.as_bytes()).unwrap();
-    roots.add(cert).unwrap();
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let name = rustls::pki_types::ServerName::try_from(host.to_string()).unwrap();
-    let mut tls = connector.connect(name, tcp).await.map_err(|e| e.to_string())?;
+    let mut tls = tls::connect(&addr.to_string(), host, trusted.as_bytes()).await?;
     let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     tls.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
     let mut raw = Vec::new();

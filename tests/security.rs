@@ -9,6 +9,9 @@ use skiff_client::{Client, ClientConfig};
 use skiff_testkit::{eventually, Cluster, ClusterOptions, Identity};
 use tonic::Code;
 
+#[path = "support/tls.rs"]
+mod tls;
+
 fn configmap(name: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"a": "1"}})
 }
@@ -221,23 +224,10 @@ async fn skiffctl_auth_can_i_answers_for_the_caller_and_for_others() {
 /// The certificate the apiserver presents to a new connection now (PEM
 /// decoded to DER), trusting the cluster CA.
 async fn served_certificate(cluster: &Cluster) -> Vec<u8> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_file_iter(cluster.pki().unwrap().ca_file()).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     let addr = cluster.server().trim_start_matches("https://").to_string();
-    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let host = addr.rsplit_once(':').unwrap().0.to_string();
-    let name = rustls::pki_types::ServerName::try_from(host).unwrap();
-    let tls = connector.connect(name, tcp).await.expect("the served certificate is valid for the CA");
+    let ca = std::fs::read(cluster.pki().unwrap().ca_file()).unwrap();
+    let tls = tls::connect(&addr, &host, &ca).await.expect("the served certificate is valid for the CA");
     tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
 

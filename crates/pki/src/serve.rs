@@ -47,8 +47,33 @@ pub enum TlsConfigError {
     Verifier(#[from] rustls::server::VerifierBuilderError),
 }
 
-/// The TLS flags: serving certificate and key, and the CA client
-/// certificates must be signed by (none: no client certificates).
+/// The TLS flags every skiff server takes, with Kubernetes' names.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsFlags {
+    /// The serving certificate (PEM); with it the server speaks only TLS.
+    /// Rewriting the file renews it without a restart.
+    #[arg(long, requires = "tls_private_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The serving certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert_file")]
+    pub tls_private_key_file: Option<PathBuf>,
+    /// Callers presenting a certificate this CA (PEM) signed are the user
+    /// its CN names, in the groups its O entries name.
+    #[arg(long, requires = "tls_cert_file")]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl TlsFlags {
+    /// The server's TLS settings; None without a serving certificate.
+    pub fn server_config(&self) -> Result<Option<Arc<rustls::ServerConfig>>, TlsConfigError> {
+        let (Some(cert), Some(key)) = (&self.tls_cert_file, &self.tls_private_key_file) else { return Ok(None) };
+        let files = TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: self.client_ca_file.clone() };
+        server_config(&files).map(Some)
+    }
+}
+
+/// Serving certificate and key, and the CA client certificates must be
+/// signed by (none: no client certificates).
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,

@@ -61,17 +61,8 @@ pub struct Config {
     /// Append a JSON line (an audit.k8s.io/v1 Event) per mutating request here.
     #[arg(long)]
     pub audit_log_path: Option<std::path::PathBuf>,
-    /// The API's serving certificate (PEM); with it the API speaks only
-    /// TLS. Rewriting the file renews it without a restart.
-    #[arg(long, requires = "tls_private_key_file")]
-    pub tls_cert_file: Option<std::path::PathBuf>,
-    /// The serving certificate's private key (PEM).
-    #[arg(long, requires = "tls_cert_file")]
-    pub tls_private_key_file: Option<std::path::PathBuf>,
-    /// Clients presenting a certificate this CA (PEM) signed are the user
-    /// its CN names, in the groups its O entries name.
-    #[arg(long, requires = "tls_cert_file")]
-    pub client_ca_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub tls: skiff_pki::serve::TlsFlags,
     /// Bearer tokens, one per line: `token,user,uid[,"group1,group2"]`.
     #[arg(long)]
     pub token_auth_file: Option<std::path::PathBuf>,
@@ -203,14 +194,7 @@ pub async fn run(
         token_signer.clone().map(|signer| auth::ServiceAccountTokens { signer, registry: registry.clone() });
     let authenticate =
         auth::Authenticate(Arc::new(auth::Authenticator::new(tokens, service_accounts, config.anonymous_auth)));
-    let tls = match (&config.tls_cert_file, &config.tls_private_key_file) {
-        (Some(cert), Some(key)) => Some(skiff_pki::serve::server_config(&skiff_pki::serve::TlsFiles {
-            cert: cert.clone(),
-            key: key.clone(),
-            client_ca: config.client_ca_file.clone(),
-        })?),
-        _ => None,
-    };
+    let tls = config.tls.server_config()?;
 
     // Logs and exec, streamed through to the pod's kubelet (proxy.rs).
     let pod_proxy = PodProxyServer::new(proxy::PodProxyService {

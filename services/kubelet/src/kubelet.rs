@@ -98,14 +98,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 
 /// The kubelet API's TLS and who may call it, from the flags.
 fn api_security(config: &Config, node: &str, client: &skiff_client::Client) -> Result<server::ApiSecurity, Error> {
-    let tls = match (&config.tls_cert_file, &config.tls_private_key_file) {
-        (Some(cert), Some(key)) => Some(skiff_pki::serve::server_config(&skiff_pki::serve::TlsFiles {
-            cert: cert.clone(),
-            key: key.clone(),
-            client_ca: config.client_ca_file.clone(),
-        })?),
-        _ => None,
-    };
+    let tls = config.tls.server_config()?;
     let auth = server::auth::KubeletAuth::new(
         node.to_string(),
         config.anonymous_auth,

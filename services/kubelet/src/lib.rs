@@ -142,17 +142,8 @@ pub struct Config {
     /// dir's filesystem is free.
     #[arg(long, default_value_t = 10)]
     pub eviction_disk_free_percent: u8,
-    /// The kubelet API's serving certificate (PEM); with it the API speaks
-    /// only TLS. Rewriting the file renews it without a restart.
-    #[arg(long, requires = "tls_private_key_file")]
-    pub tls_cert_file: Option<std::path::PathBuf>,
-    /// The serving certificate's private key (PEM).
-    #[arg(long, requires = "tls_cert_file")]
-    pub tls_private_key_file: Option<std::path::PathBuf>,
-    /// Callers of the kubelet API present a certificate this CA (PEM)
-    /// signed; its CN is the user, its O entries the groups.
-    #[arg(long, requires = "tls_cert_file")]
-    pub client_ca_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub tls: skiff_pki::serve::TlsFlags,
     /// Let callers without a certificate in as `system:anonymous`
     /// (authorization still decides). Off: they are refused.
     #[arg(long, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
