@@ -107,7 +107,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 
 impl PodProxyService {
     async fn resolve(&self, namespace: &str, pod: &str, container: &str) -> Result<Target, Error> {
-        let pod_obj: Value = parse(&self.registry.get("Pod", namespace, pod).await?)?;
+        let pod_obj = self.registry.get_value("Pod", namespace, pod).await?;
         let node = pod_obj.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default();
         if node.is_empty() {
             return Err(Error::PodNotScheduled { pod: pod.to_string() });
@@ -119,8 +119,8 @@ impl PodProxyService {
 
     /// Where the kubelet of `node` serves.
     async fn node_endpoint(&self, node: &str) -> Result<String, Error> {
-        let node_obj: Value = match self.registry.get("Node", "", node).await {
-            Ok(bytes) => parse(&bytes)?,
+        let node_obj = match self.registry.get_value("Node", "", node).await {
+            Ok(value) => value,
             Err(Error::NotFound { .. }) => return Err(unreachable(node, "the node does not exist".into())),
             Err(e) => return Err(e),
         };
@@ -129,7 +129,7 @@ impl PodProxyService {
 
     /// Stats of one pod: from its node's kubelet.
     async fn pod_stats(&self, r: StatsRequest) -> Result<Vec<PodStats>, Status> {
-        let pod_obj: Value = parse(&self.registry.get("Pod", &r.namespace, &r.pod).await?)?;
+        let pod_obj = self.registry.get_value("Pod", &r.namespace, &r.pod).await?;
         let node = pod_obj.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default();
         if node.is_empty() {
             return Err(Error::PodNotScheduled { pod: r.pod }.into());

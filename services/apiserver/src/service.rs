@@ -360,12 +360,11 @@ impl ObjectsService {
             }
             s => s.min(TOKEN_MAX_SECONDS),
         };
-        let account: serde_json::Value =
-            parse(&self.registry.get("ServiceAccount", &r.namespace, &r.service_account).await?)?;
+        let account = self.registry.get_value("ServiceAccount", &r.namespace, &r.service_account).await?;
         let pod = if r.pod_name.is_empty() {
             None
         } else {
-            let pod: serde_json::Value = parse(&self.registry.get("Pod", &r.namespace, &r.pod_name).await?)?;
+            let pod = self.registry.get_value("Pod", &r.namespace, &r.pod_name).await?;
             let uid = pod.pointer("/metadata/uid").and_then(|u| u.as_str()).unwrap_or_default();
             if !r.pod_uid.is_empty() && r.pod_uid != uid {
                 return Err(Error::Conflict { resource: "pods".into(), name: r.pod_name.clone() });
@@ -399,8 +398,4 @@ impl ObjectsService {
         let token = signer.sign(&claims).map_err(|e| Error::BadRequest(format!("signing the token: {e}")))?;
         Ok(TokenReply { token, expiration_timestamp: claims.exp })
     }
-}
-
-fn parse(bytes: &[u8]) -> Result<serde_json::Value, Error> {
-    serde_json::from_slice(bytes).map_err(|source| Error::BadJson { what: "a stored object", source })
 }

@@ -37,10 +37,9 @@ pub async fn admit(registry: &Registry, user: &UserInfo, access: &Access<'_>) ->
             denied("may not create pods: pods come from the API, kubelets run them".into())
         }
         "Pod" => {
-            let bound_to = match registry.get("Pod", access.namespace, access.name).await {
-                Ok(bytes) => serde_json::from_slice::<Value>(&bytes)
-                    .ok()
-                    .and_then(|p| p.pointer("/spec/nodeName").and_then(Value::as_str).map(str::to_string)),
+            // spec.nodeName never changes once set, so the cache may answer.
+            let bound_to = match registry.get_value_cached("Pod", access.namespace, access.name).await {
+                Ok(pod) => pod.pointer("/spec/nodeName").and_then(Value::as_str).map(str::to_string),
                 // Missing: the call itself says so.
                 Err(Error::NotFound { .. }) => return Ok(()),
                 Err(e) => return Err(e),

@@ -219,6 +219,25 @@ impl Registry {
         }
     }
 
+    /// The stored object, decoded, for a decision made on it (no
+    /// resourceVersion stamped, no encoding for a client).
+    pub async fn get_value(&self, kind: &str, namespace: &str, name: &str) -> Result<Value, Error> {
+        let (_, _, value) = self.read(KindInfo::by_kind(kind)?, namespace, name).await?;
+        Ok(value)
+    }
+
+    /// [`get_value`](Self::get_value) answered by the watch cache once it
+    /// shows this apiserver's own writes, so a check on a hot path (every
+    /// kubelet write) costs no etcd round trip. A miss reads etcd: absence
+    /// in a lagging cache never passes for absence.
+    pub async fn get_value_cached(&self, kind: &str, namespace: &str, name: &str) -> Result<Value, Error> {
+        let info = KindInfo::by_kind(kind)?;
+        match self.cache_with_own_writes(info).await.get(&info.key(namespace, name)) {
+            Some(cached) => parse(&cached.json, "a cached object"),
+            None => self.get_value(kind, namespace, name).await,
+        }
+    }
+
     pub async fn get(&self, kind: &str, namespace: &str, name: &str) -> Result<Bytes, Error> {
         let info = KindInfo::by_kind(kind)?;
         let (_, stored, current) = self.read(info, namespace, name).await?;
