@@ -240,8 +240,9 @@ pub struct Cluster {
     apiserver_args: Vec<String>,
     /// The CA and identities; None for an insecure cluster.
     pki: Option<ClusterPki>,
-    /// The administrator's client config.
+    /// The administrator's client config, and its file (None when insecure).
     admin: skiff_client::ClientConfig,
+    admin_file: Option<PathBuf>,
 }
 
 /// A skiff service (scheduler, controller-manager, kubelet…) started by
@@ -314,13 +315,13 @@ impl Cluster {
             .apiserver_listen
             .unwrap_or_else(|| SocketAddr::from((listen_ip, options.apiserver_port.unwrap_or_else(free_port))));
         let apiserver_metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let (pki, admin) = if options.insecure {
-            (None, skiff_client::ClientConfig::insecure(format!("http://{apiserver_listen}")))
+        let (pki, admin, admin_file) = if options.insecure {
+            (None, skiff_client::ClientConfig::insecure(format!("http://{apiserver_listen}")), None)
         } else {
             let names = [apiserver_listen.ip().to_string(), "127.0.0.1".into(), "localhost".into()];
             let pki = ClusterPki::open(&dir.join("pki"), &format!("https://{apiserver_listen}"), &names)?;
-            let (_, admin) = pki.client_config("admin", ADMIN)?;
-            (Some(pki), admin)
+            let (file, admin) = pki.client_config("admin", ADMIN)?;
+            (Some(pki), admin, Some(file))
         };
         let mut cluster = Cluster {
             services: Vec::new(),
@@ -337,6 +338,7 @@ impl Cluster {
             apiserver_args: options.apiserver_args,
             pki,
             admin,
+            admin_file,
         };
         cluster.start_apiserver().await?;
         if let Some(runtime) = &options.runtime {
@@ -396,8 +398,12 @@ impl Cluster {
     pub fn kubeconfig_for(&self, binary: &str) -> Result<Option<PathBuf>> {
         let Some(pki) = &self.pki else { return Ok(None) };
         let identity = identity_of(binary);
-        let file = if identity.user == ADMIN.user { "admin" } else { binary };
-        Ok(Some(pki.client_config(file, identity)?.0))
+        // The admin's was written at start; issuing it again for every
+        // skiffctl run would rewrite files another run may be reading.
+        if identity.user == ADMIN.user {
+            return Ok(self.admin_file.clone());
+        }
+        Ok(Some(pki.client_config(binary, identity)?.0))
     }
 
     pub fn apiserver_pid(&self) -> Option<u32> {
