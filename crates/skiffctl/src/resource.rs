@@ -8,15 +8,10 @@ pub fn lookup(name: &str) -> Result<&'static KindInfo> {
     KindInfo::lookup(name).ok_or_else(|| anyhow!("the server doesn't have a resource type {name:?}"))
 }
 
-/// The API group, "" for the core group.
-pub fn group(info: &KindInfo) -> &'static str {
-    info.api_version.rsplit_once('/').map_or("", |(group, _)| group)
-}
-
 /// `deployment.apps` or `pod`: the kind kubectl names in its messages.
 pub fn kind_ref(info: &KindInfo) -> String {
     let kind = info.kind.to_ascii_lowercase();
-    match group(info) {
+    match info.group() {
         "" => kind,
         group => format!("{kind}.{group}"),
     }
