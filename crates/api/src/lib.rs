@@ -22,6 +22,7 @@ pub use duration::{parse_duration, parse_period};
 pub use error::{Error, FieldError};
 pub use kinds::{KindInfo, KINDS};
 pub use selector::{FieldSelector, LabelSelector};
+pub use validation::dns_subdomain_problem;
 
 /// The largest object the apiserver stores, as Kubernetes allows (etcd's
 /// default request limit is 1.5 MiB).

@@ -42,7 +42,7 @@ pub(crate) fn dns_label_problem(s: &str) -> Option<String> {
 }
 
 /// Why `s` is not a DNS-1123 subdomain (`web.example-1`), if it is not.
-pub(crate) fn dns_subdomain_problem(s: &str) -> Option<String> {
+pub fn dns_subdomain_problem(s: &str) -> Option<String> {
     if s.len() > DNS_SUBDOMAIN_MAX {
         return Some(format!("must be no more than {DNS_SUBDOMAIN_MAX} characters"));
     }

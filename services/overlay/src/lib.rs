@@ -10,12 +10,19 @@
 //!   endpoint is ready, masquerade where replies would otherwise go astray.
 //!   Each change is one nft transaction.
 //!
-//! Both are fed by informers on Nodes, Services and Endpoints and reconcile
-//! the whole desired state on every batch of changes (level-triggered).
+//! - [`gateway`] (`--role gateway`, on a host that is no node): routes to
+//!   each node's podCIDR via the node, so that host reaches pods directly.
+//!
+//! All are fed by informers on Nodes, Services and Endpoints and reconcile
+//! the whole desired state on every batch of changes (level-triggered);
+//! [`link`] is their one access to the host's links and routes.
 #![forbid(unsafe_code)]
 
 mod error;
+pub mod gateway;
+mod link;
 mod metrics;
+mod nodes;
 pub mod proxy;
 pub mod wireguard;
 
@@ -39,8 +46,13 @@ pub struct Config {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "127.0.0.1:10256")]
     pub metrics_listen: SocketAddr,
-    /// This node's name (its Node object, registered by the kubelet).
-    #[arg(long)]
+    /// `node`: a node's agent (Service rules and the WireGuard mesh), or
+    /// `gateway`: a host that is no node and only routes to the pods.
+    #[arg(long, value_enum, default_value = "node")]
+    pub role: Role,
+    /// This node's name (its Node object, registered by the kubelet);
+    /// required for the node role.
+    #[arg(long, required_if_eq("role", "node"), default_value = "")]
     pub node_name: String,
     /// The cluster's pod network, from which every node's podCIDR is cut.
     #[arg(long, default_value = "10.42.0.0/16")]
@@ -71,6 +83,13 @@ pub struct Config {
     pub delete_table_on_exit: bool,
 }
 
+/// What this host is to the pod network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    Node,
+    Gateway,
+}
+
 /// Runs skiff-overlay until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
     let client = config.api.client().map_err(Error::Connect)?;
@@ -80,6 +99,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         reason: e,
     })?;
     let ops = ServiceOps::start(config.metrics_listen).await.map_err(Error::from)?;
+    if config.role == Role::Gateway {
+        return run_gateway(client, cluster_cidr, ops, shutdown).await;
+    }
     let recorder = EventRecorder::new(client.clone(), "skiff-overlay");
 
     let nodes = Informer::new(client.api::<Node>(""), ListParams::default());
@@ -164,5 +186,33 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 
     ops.shutdown().await;
     while tasks.join_next().await.is_some() {}
+    result
+}
+
+/// The gateway role: the Node informer and the routes it drives.
+async fn run_gateway(
+    client: skiff_client::Client,
+    cluster_cidr: Cidr,
+    ops: ServiceOps,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let nodes = Informer::new(client.api::<Node>(""), ListParams::default());
+    let gateway = gateway::Gateway::new(nodes.store(), cluster_cidr, &ops.metrics)?;
+    let changes = gateway.subscribe();
+    let store = nodes.store();
+    let informer = tokio::spawn(nodes.run(ops.stop.raised()));
+    let result = async {
+        tokio::pin!(shutdown);
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            synced = store.wait_synced() => synced.map_err(Error::CacheSync)?,
+        }
+        ops.readiness.set_ready();
+        tracing::info!("overlay running as a gateway");
+        gateway.run(changes, shutdown).await
+    }
+    .await;
+    ops.shutdown().await;
+    let _ = informer.await;
     result
 }

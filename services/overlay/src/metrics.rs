@@ -38,6 +38,25 @@ impl MeshMetrics {
     }
 }
 
+/// The gateway role's routes.
+#[derive(Clone)]
+pub struct GatewayMetrics {
+    /// `skiff_overlay_gateway_routes`: routes to nodes' pod CIDRs now.
+    pub routes: IntGauge,
+    /// `skiff_overlay_gateway_reconcile_errors_total`.
+    pub errors: IntCounter,
+}
+
+impl GatewayMetrics {
+    pub fn register(metrics: &Metrics) -> Result<Self, Error> {
+        const ROUTES: &str = "skiff_overlay_gateway_routes";
+        const ERRORS: &str = "skiff_overlay_gateway_reconcile_errors_total";
+        let routes = IntGauge::new(ROUTES, "Routes to nodes' pod CIDRs via the nodes.").map_err(err(ROUTES))?;
+        let errors = IntCounter::new(ERRORS, "Failed reconciles of the gateway's routes.").map_err(err(ERRORS))?;
+        Ok(Self { routes: metrics.register(routes)?, errors: metrics.register(errors)? })
+    }
+}
+
 /// The service proxy.
 #[derive(Clone)]
 pub struct ProxyMetrics {

@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod auth;
+pub mod certs;
 pub mod cordon;
 pub mod create;
 pub mod delete;
@@ -12,6 +13,7 @@ pub mod exec;
 pub mod get;
 pub mod logs;
 pub mod rollout;
+pub mod sample_images;
 pub mod scale;
 pub mod top;
 pub mod up;
@@ -62,6 +64,10 @@ pub enum Command {
     Up(up::UpArgs),
     /// Stop the local cluster `up` started.
     Down(up::DownArgs),
+    /// Write a cluster's CA, certificates and client configs into a folder.
+    Certs(certs::Args),
+    /// Build the sample app's images into a registry storage folder.
+    SampleImages(sample_images::Args),
     /// Inspect authorization: `auth can-i VERB KIND[/NAME]`.
     Auth(auth::Args),
     /// Print the client version.
@@ -72,6 +78,8 @@ pub async fn run(globals: &Globals, command: Command) -> Result<()> {
     match command {
         Command::Apply(args) => apply::run(globals, args).await,
         Command::Auth(args) => auth::run(globals, args).await,
+        Command::Certs(args) => certs::run(args),
+        Command::SampleImages(args) => sample_images::run(args).await,
         Command::Get(args) => get::run(globals, args).await,
         Command::Describe(args) => describe::run(globals, args).await,
         Command::Delete(args) => delete::run(globals, args).await,

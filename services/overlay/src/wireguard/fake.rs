@@ -1,9 +1,9 @@
-//! In-memory [`WireGuard`] and [`Links`] for unit tests of the mesh: they
-//! keep what they were told (peers, addresses, routes), fail when a test
+//! In-memory [`WireGuard`] and [`Links`] for unit tests of the mesh and the
+//! gateway: they keep what they were told (peers, addresses, routes), fail when a test
 //! says so, and can "die" as a wireguard-go does. Clones share state, so a
 //! test keeps one to look through while the mesh owns the other.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -11,8 +11,8 @@ use skiff_api::cidr::Cidr;
 use wireguard_control::Key;
 
 use super::device::WireGuard;
-use super::link::Links;
 use super::peers::Peer;
+use crate::link::Links;
 use crate::Error;
 
 /// The interface index the fake host gives the WireGuard link.
@@ -122,6 +122,7 @@ struct LinkState {
     mtu: Option<u32>,
     addresses: BTreeSet<Ipv4Addr>,
     routes: BTreeSet<Cidr>,
+    gateway_routes: BTreeMap<Cidr, Ipv4Addr>,
     /// Route syncs still to refuse.
     failures: u32,
 }
@@ -133,6 +134,7 @@ impl FakeLinks {
             mtu: None,
             addresses: BTreeSet::new(),
             routes: BTreeSet::new(),
+            gateway_routes: BTreeMap::new(),
             failures: 0,
         };
         Self { state: Arc::new(Mutex::new(state)) }
@@ -149,6 +151,10 @@ impl FakeLinks {
 
     pub fn routes(&self) -> BTreeSet<Cidr> {
         lock(&self.state).routes.clone()
+    }
+
+    pub fn gateway_routes(&self) -> BTreeMap<Cidr, Ipv4Addr> {
+        lock(&self.state).gateway_routes.clone()
     }
 
     pub fn fail_next_route_syncs(&self, n: u32) {
@@ -192,6 +198,16 @@ impl Links for FakeLinks {
             return Err(Error::Netlink { what: "adding a route: injected by the test".into() });
         }
         st.routes = want.clone();
+        Ok(())
+    }
+
+    async fn sync_gateway_routes(&self, want: &BTreeMap<Cidr, Ipv4Addr>) -> Result<(), Error> {
+        let mut st = lock(&self.state);
+        if st.failures > 0 {
+            st.failures -= 1;
+            return Err(Error::Netlink { what: "adding a route: injected by the test".into() });
+        }
+        st.gateway_routes = want.clone();
         Ok(())
     }
 }

@@ -13,9 +13,8 @@
 
 mod device;
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 mod key;
-mod link;
 pub mod peers;
 #[cfg(test)]
 mod tests;
@@ -32,10 +31,11 @@ use skiff_client::{Changes, Client, EventRecorder, EventType, ObjectRef, Store};
 use skiff_telemetry::Metrics;
 use wireguard_control::Key;
 
+use crate::link::{Links, Netlink};
 use crate::metrics::MeshMetrics;
+use crate::nodes::{internal_ip, pod_cidr};
 use crate::Error;
 use device::{Device, WireGuard};
-use link::{Links, Netlink};
 use peers::{desired_peers, Peer};
 use skiff_api::well_known::{WIREGUARD_ENDPOINT_ANNOTATION, WIREGUARD_PUBLIC_KEY_ANNOTATION};
 
@@ -234,13 +234,4 @@ impl Mesh {
             }
         }
     }
-}
-
-fn pod_cidr(node: &Node) -> Option<Cidr> {
-    node.spec.as_ref()?.pod_cidr.as_deref()?.parse().ok()
-}
-
-fn internal_ip(node: &Node) -> Option<String> {
-    let addresses = node.status.as_ref()?.addresses.as_ref()?;
-    addresses.iter().find(|a| a.type_ == "InternalIP").map(|a| a.address.clone())
 }

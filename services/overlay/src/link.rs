@@ -1,11 +1,13 @@
-//! The interface's address, MTU and routes ([`Links`]), and the real
-//! access to them over rtnetlink ([`Netlink`]).
+//! The host's links and routes as the overlay changes them ([`Links`]):
+//! the WireGuard interface's address, MTU and routes, and a gateway's
+//! routes via the nodes; and the real access to them over rtnetlink
+//! ([`Netlink`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use skiff_api::cidr::Cidr;
 
@@ -22,7 +24,15 @@ pub trait Links: Send + Sync + 'static {
     async fn ensure_address(&self, index: u32, addr: Ipv4Addr) -> Result<(), Error>;
     /// Makes the main table's routes through link `index` exactly `want`.
     async fn sync_routes(&self, index: u32, want: &BTreeSet<Cidr>) -> Result<(), Error>;
+    /// Makes the main table's routes of protocol [`GATEWAY_ROUTE_PROTOCOL`]
+    /// exactly `want`: each CIDR via its next hop.
+    async fn sync_gateway_routes(&self, want: &BTreeMap<Cidr, Ipv4Addr>) -> Result<(), Error>;
 }
+
+/// The routing protocol number a gateway's routes carry (`ip route show
+/// proto 83`): how it tells its own routes from everyone else's, across
+/// restarts, without a file of what it added.
+pub const GATEWAY_ROUTE_PROTOCOL: u8 = 83;
 
 /// A netlink connection in this process's network namespace.
 pub struct Netlink {
@@ -67,8 +77,7 @@ impl Links for Netlink {
 
     async fn sync_routes(&self, index: u32, want: &BTreeSet<Cidr>) -> Result<(), Error> {
         let mut have = BTreeSet::new();
-        let mut routes = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
-        while let Some(route) = routes.try_next().await.map_err(failed("listing routes"))? {
+        for route in self.main_routes().await? {
             if let Some(cidr) = destination_via(&route, index) {
                 if want.contains(&cidr) {
                     have.insert(cidr);
@@ -89,15 +98,71 @@ impl Links for Netlink {
         }
         Ok(())
     }
+
+    async fn sync_gateway_routes(&self, want: &BTreeMap<Cidr, Ipv4Addr>) -> Result<(), Error> {
+        let mut have = BTreeMap::new();
+        for route in self.main_routes().await? {
+            let Some((cidr, via)) = gateway_route(&route) else { continue };
+            if via.is_some() && via == want.get(&cidr).copied() {
+                have.insert(cidr, via);
+            } else {
+                self.handle.route().del(route).execute().await.map_err(failed(format!("deleting route {cidr}")))?;
+                tracing::info!(%cidr, "removed a gateway route");
+            }
+        }
+        for (cidr, via) in want.iter().filter(|(cidr, _)| !have.contains_key(*cidr)) {
+            let base = cidr.nth(0).unwrap_or(Ipv4Addr::UNSPECIFIED);
+            let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(base, cidr.prefix())
+                .gateway(*via)
+                .protocol(RouteProtocol::Other(GATEWAY_ROUTE_PROTOCOL))
+                .build();
+            let add = self.handle.route().add(route).replace().execute().await;
+            add.map_err(failed(format!("adding route {cidr} via {via}")))?;
+            tracing::info!(%cidr, %via, "routed a node's pod CIDR via the node");
+        }
+        Ok(())
+    }
 }
 
-/// The destination of a main-table route leaving by link `index`.
-fn destination_via(route: &RouteMessage, index: u32) -> Option<Cidr> {
-    let oif = route.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
-    let main = route.header.table == 254;
+impl Netlink {
+    /// The main table's IPv4 routes.
+    async fn main_routes(&self) -> Result<Vec<RouteMessage>, Error> {
+        let mut all = Vec::new();
+        let mut routes = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+        while let Some(route) = routes.try_next().await.map_err(failed("listing routes"))? {
+            if route.header.table == MAIN_TABLE {
+                all.push(route);
+            }
+        }
+        Ok(all)
+    }
+}
+
+const MAIN_TABLE: u8 = 254;
+
+/// `(destination, next hop)` of a gateway route of ours.
+fn gateway_route(route: &RouteMessage) -> Option<(Cidr, Option<Ipv4Addr>)> {
+    if route.header.protocol != RouteProtocol::Other(GATEWAY_ROUTE_PROTOCOL) {
+        return None;
+    }
     let dest = route.attributes.iter().find_map(|a| match a {
         RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
         _ => None,
     })?;
-    (oif && main).then(|| Cidr::new(dest, route.header.destination_prefix_length))
+    let via = route.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(*ip),
+        _ => None,
+    });
+    Some((Cidr::new(dest, route.header.destination_prefix_length), via))
+}
+
+/// The destination of a route leaving by link `index`.
+fn destination_via(route: &RouteMessage, index: u32) -> Option<Cidr> {
+    let oif = route.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
+    let dest = route.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+        _ => None,
+    })?;
+    oif.then(|| Cidr::new(dest, route.header.destination_prefix_length))
 }
