@@ -47,6 +47,9 @@ enum Scenario {
     /// wrk, beside nginx and HAProxy proxying to the same upstreams, and
     /// each proxy's memory after the load.
     Ingress(scenarios::ingress::Options),
+    /// docker-compose: the images' sizes and the stack's cold start to
+    /// every node Ready, beside its etcd cluster's alone.
+    ComposeUp(scenarios::compose_up::Options),
 }
 
 #[tokio::main]
@@ -59,5 +62,6 @@ async fn main() -> anyhow::Result<()> {
         Scenario::ServiceRules(o) => scenarios::service_rules::run(o).await,
         Scenario::OverlayThroughput(o) => scenarios::overlay_throughput::run(o).await,
         Scenario::Ingress(o) => scenarios::ingress::run(o).await,
+        Scenario::ComposeUp(o) => scenarios::compose_up::run(o).await,
     }
 }

@@ -9,6 +9,7 @@
 //! in `$SKIFF_BIN_DIR`): run `cargo build --bins` before the tests.
 #![forbid(unsafe_code)]
 
+pub mod compose;
 mod dns;
 pub mod netns;
 mod network;

@@ -1,4 +1,5 @@
 pub mod api;
+pub mod compose_up;
 pub mod dns;
 pub mod ingress;
 pub mod overlay_throughput;
