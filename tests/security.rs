@@ -312,3 +312,77 @@ async fn every_namespace_comes_with_a_default_service_account() {
     let account = client.get("ServiceAccount", "fresh", "default").await.expect("made with the namespace");
     assert!(account["metadata"]["uid"].as_str().is_some_and(|u| !u.is_empty()));
 }
+
+/// RBAC's escalation prevention: a user who may write Roles and bindings
+/// in a namespace grants only what it holds there, unless it may
+/// `escalate` or `bind`.
+#[tokio::test]
+async fn writing_rbac_objects_grants_no_more_than_the_writer_holds() {
+    let cluster = Cluster::start().await.expect("cluster");
+    let admin = cluster.client();
+    admin.create("Namespace", "", &json!({"metadata": {"name": "team"}})).await.unwrap();
+    let role = |name: &str, rules: Value| {
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+               "metadata": {"name": name}, "rules": rules})
+    };
+    let binding = |name: &str, kind: &str, role: &str, user: &str| {
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": name},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": role},
+               "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]})
+    };
+    // The lead may manage RBAC in the namespace and read pods there. (Not
+    // `*` verbs on roles: those include escalate and bind.)
+    let lead_rules = json!([
+        {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"],
+         "verbs": ["get", "list", "create", "update", "patch", "delete"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+    ]);
+    admin.create("Role", "team", &role("lead", lead_rules)).await.unwrap();
+    admin.create("RoleBinding", "team", &binding("lead", "Role", "lead", "lead")).await.unwrap();
+    let lead = client_as(&cluster, "lead", "lead", &[]);
+
+    // What the lead holds, it may hand on.
+    let reader = json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]);
+    eventually("the lead's binding to reach the policy", || async {
+        lead.create("Role", "team", &role("pod-reader", reader.clone())).await.ok()
+    })
+    .await;
+    eventually("the new role to reach the policy", || async {
+        lead.create("RoleBinding", "team", &binding("dev-reads", "Role", "pod-reader", "dev")).await.ok()
+    })
+    .await;
+
+    // More than it holds, it may not: by a new role, by growing a role it
+    // may edit, or by binding a bigger role.
+    let secrets = json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]);
+    let refused = lead.create("Role", "team", &role("secret-reader", secrets.clone())).await.unwrap_err();
+    assert_eq!(refused.code(), Some(Code::PermissionDenied), "{refused}");
+    assert!(refused.to_string().contains("get secrets"), "names what is missing: {refused}");
+    let grown = lead.patch("Role", "team", "pod-reader", &json!({"rules": secrets})).await.unwrap_err();
+    assert_eq!(grown.code(), Some(Code::PermissionDenied), "{grown}");
+    for (kind, name) in [("ClusterRole", "admin"), ("ClusterRole", "cluster-admin")] {
+        let bound = lead.create("RoleBinding", "team", &binding("take-over", kind, name, "lead")).await.unwrap_err();
+        assert_eq!(bound.code(), Some(Code::PermissionDenied), "binding {name}: {bound}");
+    }
+    let missing = lead.create("RoleBinding", "team", &binding("ghost", "Role", "no-such-role", "dev")).await;
+    assert_eq!(code(missing), Code::PermissionDenied);
+    // Nothing refused was stored, and the role kept its rules.
+    assert!(admin.get("Role", "team", "secret-reader").await.unwrap_err().is_not_found());
+    assert!(admin.get("RoleBinding", "team", "take-over").await.unwrap_err().is_not_found());
+    let kept = admin.get("Role", "team", "pod-reader").await.unwrap();
+    assert_eq!(kept["rules"][0]["resources"], json!(["pods"]));
+
+    // `bind` on one ClusterRole lets it bind that one, and no other.
+    let binder = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": "bind-view"},
+        "rules": [{"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"],
+                   "verbs": ["bind"], "resourceNames": ["view"]}]});
+    admin.create("ClusterRole", "", &binder).await.unwrap();
+    admin.create("RoleBinding", "team", &binding("lead-binds-view", "ClusterRole", "bind-view", "lead")).await.unwrap();
+    eventually("the new binding to reach the policy", || async {
+        lead.create("RoleBinding", "team", &binding("dev-views", "ClusterRole", "view", "dev")).await.ok()
+    })
+    .await;
+    let other = lead.create("RoleBinding", "team", &binding("dev-edits", "ClusterRole", "edit", "dev")).await;
+    assert_eq!(code(other), Code::PermissionDenied);
+}

@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::audit::{AuditLog, Record};
+use crate::auth::escalation::{self, Target, Written};
 use crate::auth::{rbac::Attributes, Access, Authorizer, PeerInfo, UserInfo, AUTHENTICATED};
 use crate::cache::Filter;
 use crate::registry::Registry;
@@ -155,7 +156,10 @@ impl Objects for ObjectsService {
         let (meta, _, r) = req.into_parts();
         let name = object_name(&r.object);
         let access = Access { verb: "create", kind: &r.kind, subresource: "", namespace: &r.namespace, name: &name };
+        let target = Target { kind: &r.kind, namespace: &r.namespace, name: &name };
+        let user = caller.user.clone();
         self.mutate("Create", access, caller, &meta, async {
+            escalation::admit(&self.authorizer, &self.registry, &user, &target, Written::Object(&r.object)).await?;
             let object = self.registry.create(&r.kind, &r.namespace, &r.object).await?;
             if r.kind == "Namespace" {
                 self.registry.ensure_default_service_account(&object_name(&object)).await?;
@@ -224,7 +228,10 @@ impl Objects for ObjectsService {
         let (meta, _, r) = req.into_parts();
         let name = object_name(&r.object);
         let access = Access { verb: "update", kind: &r.kind, subresource: "", namespace: &r.namespace, name: &name };
+        let target = Target { kind: &r.kind, namespace: &r.namespace, name: &name };
+        let user = caller.user.clone();
         self.mutate("Update", access, caller, &meta, async {
+            escalation::admit(&self.authorizer, &self.registry, &user, &target, Written::Object(&r.object)).await?;
             Ok(ObjectReply { object: self.registry.update(&r.kind, &r.namespace, &r.object, false).await? })
         })
         .await
@@ -246,7 +253,10 @@ impl Objects for ObjectsService {
         let caller = Caller::of(&req)?;
         let (meta, _, r) = req.into_parts();
         let access = Access { verb: "patch", kind: &r.kind, subresource: "", namespace: &r.namespace, name: &r.name };
+        let target = Target { kind: &r.kind, namespace: &r.namespace, name: &r.name };
+        let user = caller.user.clone();
         self.mutate("Patch", access, caller, &meta, async {
+            escalation::admit(&self.authorizer, &self.registry, &user, &target, Written::Patch(&r.patch)).await?;
             Ok(ObjectReply { object: self.registry.patch(&r.kind, &r.namespace, &r.name, &r.patch).await? })
         })
         .await

@@ -9,6 +9,7 @@
 //! Roles and bindings, or AlwaysAllow.
 
 pub mod bootstrap;
+pub mod escalation;
 pub mod node_restriction;
 mod policy;
 pub mod rbac;

@@ -18,7 +18,7 @@ mod rules;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding, Subject};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, Subject};
 use skiff_api::well_known::{MASTERS_GROUP, SERVICE_ACCOUNT_USER_PREFIX};
 
 use rules::Rule;
@@ -55,6 +55,8 @@ pub struct Attributes<'a> {
 pub struct Policy {
     users: HashMap<String, Grants>,
     groups: HashMap<String, Grants>,
+    /// Every role's rules, for the escalation check of a binding.
+    roles: RoleRules,
 }
 
 /// The rule sets bound to one subject.
@@ -66,13 +68,13 @@ struct Grants {
     in_namespace: HashMap<String, Vec<Arc<[Rule]>>>,
 }
 
-/// Every role's compiled rules, by name, while a Policy is built. Bindings
-/// of one role share its rules.
-struct RoleRules<'a> {
+/// Every role's compiled rules, by name. Bindings of one role share its rules.
+#[derive(Debug, Default)]
+struct RoleRules {
     /// Roles by namespace and name.
-    namespaced: HashMap<(&'a str, &'a str), Arc<[Rule]>>,
+    namespaced: HashMap<(String, String), Arc<[Rule]>>,
     /// ClusterRoles by name, aggregated ones expanded.
-    cluster: HashMap<&'a str, Arc<[Rule]>>,
+    cluster: HashMap<String, Arc<[Rule]>>,
 }
 
 /// Whom a binding's subject stands for. A ServiceAccount is the user
@@ -103,7 +105,45 @@ impl Policy {
         for binding in &role_bindings {
             policy.grant_in_namespace(binding, &rules);
         }
+        policy.roles = rules;
         policy
+    }
+
+    /// Whether `user` already holds every permission `rules` grant, in
+    /// `namespace` (through ClusterRoleBindings and that namespace's
+    /// RoleBindings), or cluster-wide when it is empty (ClusterRoleBindings
+    /// only): RBAC's escalation check, so the right to write roles is not
+    /// the right to grant oneself more. Says which permission is missing.
+    pub fn covers(&self, user: &UserInfo, namespace: &str, rules: &[PolicyRule]) -> Result<(), String> {
+        let compiled: Vec<Rule> = rules.iter().filter_map(Rule::compile).collect();
+        self.covers_compiled(user, namespace, &compiled)
+    }
+
+    /// [`covers`](Self::covers) for the rules of an existing role: `kind`
+    /// `Role` (in `namespace`) or `ClusterRole`. A missing role is an error,
+    /// as in Kubernetes: its rules can't be checked.
+    pub fn covers_role(&self, user: &UserInfo, namespace: &str, kind: &str, name: &str) -> Result<(), String> {
+        let rules = match kind {
+            "Role" => self.roles.namespaced.get(&(namespace.to_string(), name.to_string())),
+            "ClusterRole" => self.roles.cluster.get(name),
+            _ => None,
+        };
+        let rules = rules.ok_or_else(|| format!("{kind} {name:?} not found"))?;
+        self.covers_compiled(user, namespace, rules)
+    }
+
+    fn covers_compiled(&self, user: &UserInfo, namespace: &str, wanted: &[Rule]) -> Result<(), String> {
+        if user.groups.iter().any(|g| g == MASTERS_GROUP) {
+            return Ok(());
+        }
+        let own = self.users.get(user.name.as_str());
+        let grants: Vec<&Grants> =
+            own.into_iter().chain(user.groups.iter().filter_map(|g| self.groups.get(g.as_str()))).collect();
+        let held = grants.iter().flat_map(|g| g.applicable(namespace)).flat_map(|rules| rules.iter());
+        for rule in wanted {
+            rule.covered_by(held.clone()).map_err(|missing| format!("user {:?} may not grant {missing}", user.name))?;
+        }
+        Ok(())
     }
 
     /// Allows the request, or says why not in Kubernetes' words:
@@ -138,7 +178,7 @@ impl Policy {
         let namespace = binding.metadata.namespace.as_deref().unwrap_or_default();
         let name = binding.role_ref.name.as_str();
         let rules = match binding.role_ref.kind.as_str() {
-            "Role" => rules.namespaced.get(&(namespace, name)),
+            "Role" => rules.namespaced.get(&(namespace.to_string(), name.to_string())),
             "ClusterRole" => rules.cluster.get(name),
             _ => None,
         };
@@ -182,19 +222,19 @@ fn denial(user: &UserInfo, attrs: &Attributes) -> String {
 
 // === impl RoleRules ===
 
-impl<'a> RoleRules<'a> {
-    fn compile(roles: &'a [Role], cluster_roles: &'a [ClusterRole]) -> RoleRules<'a> {
+impl RoleRules {
+    fn compile(roles: &[Role], cluster_roles: &[ClusterRole]) -> RoleRules {
         let namespaced = roles
             .iter()
             .map(|r| {
-                let namespace = r.metadata.namespace.as_deref().unwrap_or_default();
-                let name = r.metadata.name.as_deref().unwrap_or_default();
+                let namespace = r.metadata.namespace.clone().unwrap_or_default();
+                let name = r.metadata.name.clone().unwrap_or_default();
                 ((namespace, name), r.rules.iter().flatten().filter_map(Rule::compile).collect())
             })
             .collect();
         let cluster = aggregation::cluster_role_rules(cluster_roles)
             .into_iter()
-            .map(|(name, rules)| (name, rules.into()))
+            .map(|(name, rules)| (name.to_string(), rules.into()))
             .collect();
         RoleRules { namespaced, cluster }
     }
@@ -203,6 +243,12 @@ impl<'a> RoleRules<'a> {
 // === impl Grants ===
 
 impl Grants {
+    /// The rule sets that apply in `namespace` ("": cluster-wide only).
+    fn applicable<'g>(&'g self, namespace: &str) -> impl Iterator<Item = &'g Arc<[Rule]>> + Clone {
+        let local = (!namespace.is_empty()).then(|| self.in_namespace.get(namespace)).flatten();
+        self.everywhere.iter().chain(local.into_iter().flatten())
+    }
+
     fn allow(&self, attrs: &Attributes) -> bool {
         let allows = |sets: &[Arc<[Rule]>]| sets.iter().flat_map(|rules| rules.iter()).any(|r| r.allows(attrs));
         allows(&self.everywhere)

@@ -308,3 +308,96 @@ fn bindings_are_indexed_by_subject() {
     let policy = Policy::build(vec![], vec![pod_reader()], vec![], twice);
     assert_eq!(policy.users["u"].everywhere.len(), 1);
 }
+
+// === escalation: what a user's rules cover ===
+
+fn rules(v: Value) -> Vec<k8s_openapi::api::rbac::v1::PolicyRule> {
+    from(v)
+}
+
+/// `lead` holds `held` in namespace `team` through a RoleBinding, and
+/// reading nodes cluster-wide through a ClusterRoleBinding.
+fn lead_policy(held: Value) -> Policy {
+    Policy::build(
+        vec![role("team", "lead", held)],
+        vec![cluster_role(
+            "node-reader",
+            json!({}),
+            json!([{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]),
+        )],
+        vec![role_binding("team", "Role", "lead", user("lead"))],
+        vec![cluster_role_binding("node-reader", user("lead"))],
+    )
+}
+
+#[test]
+fn a_user_covers_what_it_holds_where_it_holds_it() {
+    let policy = lead_policy(json!([{"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get", "list"]}]));
+    let lead = someone("lead", &[]);
+    let pods = rules(json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]));
+    assert!(policy.covers(&lead, "team", &pods).is_ok());
+    assert!(policy.covers(&lead, "other", &pods).is_err(), "held only in team");
+    assert!(policy.covers(&lead, "", &pods).is_err(), "not cluster-wide");
+    let nodes = rules(json!([{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]));
+    assert!(policy.covers(&lead, "", &nodes).is_ok(), "ClusterRoleBindings count everywhere");
+    assert!(policy.covers(&lead, "team", &nodes).is_ok());
+    let more = rules(json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "delete"]}]));
+    let missing = policy.covers(&lead, "team", &more).unwrap_err();
+    assert!(missing.contains("delete pods"), "{missing}");
+}
+
+#[test]
+fn a_wildcard_is_covered_only_by_a_wildcard() {
+    let policy =
+        lead_policy(json!([{"apiGroups": [""], "resources": ["pods", "services"], "verbs": ["get", "list", "watch"]}]));
+    let lead = someone("lead", &[]);
+    for wanted in [
+        json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["*"]}]),
+        json!([{"apiGroups": ["*"], "resources": ["pods"], "verbs": ["get"]}]),
+        json!([{"apiGroups": [""], "resources": ["*"], "verbs": ["get"]}]),
+        json!([{"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]}]),
+    ] {
+        assert!(policy.covers(&lead, "team", &rules(wanted.clone())).is_err(), "{wanted}");
+    }
+    let admin = lead_policy(json!([{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]));
+    for wanted in [
+        json!([{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]),
+        json!([{"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["update"]}]),
+    ] {
+        assert!(admin.covers(&lead, "team", &rules(wanted.clone())).is_ok(), "{wanted}");
+    }
+}
+
+#[test]
+fn subresource_wildcards_and_names_cover_what_they_name() {
+    let policy = lead_policy(json!([
+        {"apiGroups": [""], "resources": ["pods/*"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["update"], "resourceNames": ["settings"]},
+    ]));
+    let lead = someone("lead", &[]);
+    let covers = |v: Value| policy.covers(&lead, "team", &rules(v)).is_ok();
+    assert!(covers(json!([{"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]}])));
+    assert!(covers(json!([{"apiGroups": [""], "resources": ["pods/*"], "verbs": ["get"]}])));
+    assert!(!covers(json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}])), "pods/* is not pods");
+    assert!(covers(
+        json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["update"], "resourceNames": ["settings"]}])
+    ));
+    assert!(!covers(
+        json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["update"], "resourceNames": ["other"]}])
+    ));
+    assert!(!covers(json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["update"]}])), "any name");
+}
+
+#[test]
+fn masters_cover_everything_and_a_missing_role_nothing() {
+    let policy = lead_policy(json!([]));
+    let root = someone("root", &["system:masters"]);
+    let all = rules(json!([{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]));
+    assert!(policy.covers(&root, "", &all).is_ok());
+    assert!(policy.covers_role(&root, "team", "Role", "lead").is_ok());
+    let lead = someone("lead", &[]);
+    assert!(policy.covers_role(&lead, "team", "Role", "lead").is_ok(), "an empty role is covered");
+    assert!(policy.covers_role(&lead, "", "ClusterRole", "node-reader").is_ok());
+    let missing = policy.covers_role(&lead, "team", "Role", "ghost").unwrap_err();
+    assert!(missing.contains("not found"), "{missing}");
+}
