@@ -4,8 +4,8 @@
 //! back to JSON.
 
 use k8s_openapi::api::{
-    apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch, coordination::v1 as coordination,
-    core::v1 as core, networking::v1 as networking, rbac::v1 as rbac,
+    apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch, certificates::v1 as certificates,
+    coordination::v1 as coordination, core::v1 as core, networking::v1 as networking, rbac::v1 as rbac,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{de::DeserializeOwned, Serialize};
@@ -72,8 +72,16 @@ impl Rules for core::ConfigMap {
 }
 
 impl Rules for core::Secret {
+    /// `stringData` is write-only, as in Kubernetes: merged into `data`
+    /// (its values win) and never stored.
     fn apply_defaults(&mut self) {
         self.type_.get_or_insert_with(|| "Opaque".into());
+        if let Some(strings) = self.string_data.take() {
+            let data = self.data.get_or_insert_with(Default::default);
+            for (key, value) in strings {
+                data.insert(key, k8s_openapi::ByteString(value.into_bytes()));
+            }
+        }
     }
     fn validate(&self, errs: &mut Errors) {
         check::data_keys(self.data.iter().flat_map(|d| d.keys()), "data", errs);
@@ -227,6 +235,25 @@ impl Rules for rbac::RoleBinding {
     }
 }
 
+/// The request's content (a CSR that verifies) and who made it are the
+/// apiserver's to check and fill in: it holds the caller and the parser.
+impl Rules for certificates::CertificateSigningRequest {
+    fn validate(&self, errs: &mut Errors) {
+        let spec = &self.spec;
+        if spec.request.0.is_empty() {
+            errs.add("spec.request", "required: a PEM certificate signing request");
+        }
+        if spec.signer_name.is_empty() {
+            errs.add("spec.signerName", "required, such as kubernetes.io/kube-apiserver-client-kubelet");
+        } else if let Some(problem) = check::label_key_problem(&spec.signer_name) {
+            errs.add("spec.signerName", problem);
+        }
+        if spec.expiration_seconds.is_some_and(|s| s < 600) {
+            errs.add("spec.expirationSeconds", "must be at least 600 (10 minutes)");
+        }
+    }
+}
+
 impl Rules for rbac::ClusterRoleBinding {
     const NAMES: NameRule = NameRule::PathSegment;
     fn apply_defaults(&mut self) {
@@ -369,6 +396,7 @@ pub fn normalize(info: &KindInfo, mut value: Value, encoded_len: usize) -> Resul
         "ClusterRole" => typed_pass::<rbac::ClusterRole>(value),
         "RoleBinding" => typed_pass::<rbac::RoleBinding>(value),
         "ClusterRoleBinding" => typed_pass::<rbac::ClusterRoleBinding>(value),
+        "CertificateSigningRequest" => typed_pass::<certificates::CertificateSigningRequest>(value),
         other => Err(Error::UnknownKind(other.into())),
     }
 }
@@ -380,6 +408,16 @@ mod tests {
 
     fn run(kind: &str, v: Value) -> Result<Value, Error> {
         normalize(KindInfo::by_kind(kind).unwrap(), v, 100)
+    }
+
+    #[test]
+    fn string_data_is_merged_into_data_and_not_kept() {
+        let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": "default"},
+                            "data": {"a": "b2xk", "b": "a2VwdA=="}, "stringData": {"a": "new"}});
+        let stored = run("Secret", secret).unwrap();
+        assert_eq!(stored["data"]["a"], "bmV3", "stringData wins");
+        assert_eq!(stored["data"]["b"], "a2VwdA==");
+        assert!(stored.get("stringData").is_none(), "{stored}");
     }
 
     fn deployment() -> Value {

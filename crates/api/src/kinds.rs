@@ -52,6 +52,7 @@ pub static KINDS: &[KindInfo] = &[
     kind("ClusterRole", "rbac.authorization.k8s.io/v1", "clusterroles", false, &[], false),
     kind("RoleBinding", "rbac.authorization.k8s.io/v1", "rolebindings", true, &[], false),
     kind("ClusterRoleBinding", "rbac.authorization.k8s.io/v1", "clusterrolebindings", false, &[], false),
+    kind("CertificateSigningRequest", "certificates.k8s.io/v1", "certificatesigningrequests", false, &["csr"], true),
 ];
 
 impl KindInfo {

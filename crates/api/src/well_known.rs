@@ -54,6 +54,24 @@ pub const MASTERS_GROUP: &str = "system:masters";
 /// The group of every kubelet's identity (user `system:node:<node name>`).
 pub const NODES_GROUP: &str = "system:nodes";
 
+/// A kubelet acts as the user `system:node:<node name>`.
+pub const NODE_USER_PREFIX: &str = "system:node:";
+
+/// Bootstrap tokens (`ID.SECRET`), as kubeadm's: each is a Secret
+/// `kube-system/bootstrap-token-ID` of this type, and authenticates as the
+/// user `system:bootstrap:ID` in [`BOOTSTRAPPERS_GROUP`], which may only ask
+/// for a node's certificate.
+pub const BOOTSTRAP_TOKEN_SECRET_TYPE: &str = "bootstrap.kubernetes.io/token";
+pub const BOOTSTRAP_TOKEN_SECRET_PREFIX: &str = "bootstrap-token-";
+pub const BOOTSTRAP_USER_PREFIX: &str = "system:bootstrap:";
+pub const BOOTSTRAPPERS_GROUP: &str = "system:bootstrappers";
+
+/// The signers of CertificateSigningRequests skiff-controller-manager
+/// approves and signs for nodes: a kubelet's client certificate, and its
+/// API's serving certificate.
+pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+pub const KUBELET_SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";
+
 /// A ServiceAccount acts as the user `system:serviceaccount:<namespace>:<name>`.
 pub const SERVICE_ACCOUNT_USER_PREFIX: &str = "system:serviceaccount:";
 

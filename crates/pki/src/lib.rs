@@ -5,6 +5,7 @@
 //! Kubernetes.
 #![forbid(unsafe_code)]
 
+pub mod csr;
 pub mod serve;
 
 use std::net::IpAddr;

@@ -152,6 +152,16 @@ pub fn binary(name: &str) -> Result<PathBuf> {
     }
 }
 
+/// Where a started service's identity comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Credentials {
+    /// The cluster's PKI: a client config (and a kubelet's serving
+    /// certificate) issued here.
+    Issued,
+    /// Its own flags say (a joining kubelet's bootstrap).
+    OwnFlags,
+}
+
 /// Stops everything a detached cluster (`skiffctl up`) left under
 /// `state_dir`: pods and containerd (through CRI, so CNI releases what it
 /// holds), the services, etcd, the registry, and a networked cluster's host
@@ -488,7 +498,7 @@ impl Cluster {
     /// `args`, and waits until its /healthz answers. Every skiff service
     /// takes those two flags.
     pub async fn start_service(&mut self, id: &str, binary: &str, args: &[String]) -> Result<SocketAddr> {
-        self.spawn_service(None, id, binary, args).await
+        self.spawn_service(None, id, binary, args, Credentials::Issued).await
     }
 
     /// [`Cluster::start_service`] inside `host` of a networked cluster, its
@@ -502,7 +512,31 @@ impl Cluster {
         args: &[String],
         private_run: bool,
     ) -> Result<SocketAddr> {
-        self.spawn_service(Some((host, private_run)), id, binary, args).await
+        self.spawn_service(Some((host, private_run)), id, binary, args, Credentials::Issued).await
+    }
+
+    /// A kubelet for `node_name` that joins as a new machine would: with
+    /// the bootstrap client config `bootstrap` (a token) and no
+    /// certificate of its own, asking for its client and serving
+    /// certificates (under `<dir>/join/NODE`). Returns once it serves
+    /// /healthz, that is once it has its certificates; fails if it exits.
+    pub async fn start_joining_kubelet(&mut self, node_name: &str, bootstrap: &Path) -> Result<SocketAddr> {
+        let containerd = self.runtime().ok_or(Error::NoRuntime)?.containerd();
+        let dir = self.dir.join("join").join(node_name);
+        let args = vec![
+            format!("--node-name={node_name}"),
+            "--node-ip=127.0.0.1".to_string(),
+            "--kubelet-port=0".to_string(),
+            format!("--container-runtime-endpoint={}", containerd.endpoint()),
+            format!("--pod-cidr={}", containerd.pod_cidr()),
+            format!("--pod-log-dir={}", containerd.pod_log_dir().display()),
+            format!("--root-dir={}", dir.join("root").display()),
+            format!("--kubeconfig={}", dir.join("kubelet.yaml").display()),
+            format!("--bootstrap-kubeconfig={}", bootstrap.display()),
+            format!("--cert-dir={}", dir.join("pki").display()),
+        ];
+        let id = format!("kubelet-{node_name}");
+        self.spawn_service(None, &id, "skiff-kubelet", &args, Credentials::OwnFlags).await
     }
 
     async fn spawn_service(
@@ -511,6 +545,7 @@ impl Cluster {
         id: &str,
         binary: &str,
         args: &[String],
+        credentials: Credentials,
     ) -> Result<SocketAddr> {
         let bin = self::binary(binary)?;
         let ip = host.map_or(std::net::Ipv4Addr::LOCALHOST, |(h, _)| h.ip());
@@ -518,14 +553,20 @@ impl Cluster {
         let mut all = vec![format!("--server={}", self.server()), format!("--metrics-listen={metrics}")];
         // A kubelet for one node is that node; anything else is its binary's identity.
         let node = args.iter().find_map(|a| a.strip_prefix("--node-name=")).filter(|_| binary == "skiff-kubelet");
-        let config = match node {
-            Some(node) => self.kubeconfig_for_node(node)?,
-            None => self.kubeconfig_for(binary)?,
+        let config = match (credentials, node) {
+            (Credentials::OwnFlags, _) => None,
+            (Credentials::Issued, Some(node)) => self.kubeconfig_for_node(node)?,
+            (Credentials::Issued, None) => self.kubeconfig_for(binary)?,
         };
         if let Some(config) = config {
             all.push(format!("--kubeconfig={}", config.display()));
         }
-        if binary == "skiff-kubelet" {
+        // Signs nodes' certificate requests (joining with a bootstrap token).
+        if let (Some(pki), "skiff-controller-manager") = (&self.pki, binary) {
+            all.push(format!("--cluster-signing-cert-file={}", pki.ca_file().display()));
+            all.push(format!("--cluster-signing-key-file={}", pki.ca_key_file().display()));
+        }
+        if binary == "skiff-kubelet" && credentials == Credentials::Issued {
             match &self.pki {
                 Some(pki) => all.extend(pki.kubelet_args(&format!("kubelet-{id}"), ip.into())?),
                 None => all.extend(["--authorization-mode=AlwaysAllow".into(), "--anonymous-auth".into()]),

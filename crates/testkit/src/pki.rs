@@ -140,6 +140,11 @@ impl ClusterPki {
         self.dir.join("ca.crt")
     }
 
+    /// The CA's private key: the controller-manager's signing key.
+    pub fn ca_key_file(&self) -> PathBuf {
+        self.dir.join("ca.key")
+    }
+
     /// The client config of `identity`, written as `pki/FILE.yaml` with its
     /// certificate and key beside it.
     pub fn client_config(&self, file: &str, identity: Identity<'_>) -> Result<(PathBuf, ClientConfig)> {

@@ -7,6 +7,7 @@ mod allocator;
 mod audit;
 mod auth;
 mod cache;
+mod certificates;
 pub mod encryption;
 mod error;
 mod proxy;
@@ -192,8 +193,12 @@ pub async fn run(
     };
     let service_accounts =
         token_signer.clone().map(|signer| auth::ServiceAccountTokens { signer, registry: registry.clone() });
-    let authenticate =
-        auth::Authenticate(Arc::new(auth::Authenticator::new(tokens, service_accounts, config.anonymous_auth)));
+    let authenticate = auth::Authenticate(Arc::new(auth::Authenticator::new(
+        tokens,
+        service_accounts,
+        auth::bootstrap_tokens::BootstrapTokens::new(registry.clone()),
+        config.anonymous_auth,
+    )));
     let tls = config.tls.server_config()?;
 
     // Logs and exec, streamed through to the pod's kubelet (proxy.rs).

@@ -160,7 +160,8 @@ impl Objects for ObjectsService {
         let user = caller.user.clone();
         self.mutate("Create", access, caller, &meta, async {
             escalation::admit(&self.authorizer, &self.registry, &user, &target, Written::Object(&r.object)).await?;
-            let object = self.registry.create(&r.kind, &r.namespace, &r.object).await?;
+            let admitted = crate::certificates::admit_create(&user, &r.kind, &r.object)?;
+            let object = self.registry.create(&r.kind, &r.namespace, admitted.as_deref().unwrap_or(&r.object)).await?;
             if r.kind == "Namespace" {
                 self.registry.ensure_default_service_account(&object_name(&object)).await?;
             }

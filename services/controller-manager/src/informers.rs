@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service};
 use skiff_api::well_known::NODE_LEASE_NAMESPACE;
@@ -23,6 +24,7 @@ pub struct Informers {
     pub namespaces: Store<Namespace>,
     pub services: Store<Service>,
     pub endpoints: Store<Endpoints>,
+    pub certificate_requests: Store<CertificateSigningRequest>,
 }
 
 impl Informers {
@@ -38,6 +40,7 @@ impl Informers {
             namespaces: spawn(client.api::<Namespace>(""), &stop, &mut runners),
             services: spawn(client.api::<Service>(""), &stop, &mut runners),
             endpoints: spawn(client.api::<Endpoints>(""), &stop, &mut runners),
+            certificate_requests: spawn(client.api::<CertificateSigningRequest>(""), &stop, &mut runners),
         };
         (informers, runners)
     }
@@ -53,6 +56,7 @@ impl Informers {
             Arc::new(self.namespaces.clone()),
             Arc::new(self.services.clone()),
             Arc::new(self.endpoints.clone()),
+            Arc::new(self.certificate_requests.clone()),
         ]
     }
 

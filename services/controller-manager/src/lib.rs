@@ -61,12 +61,20 @@ pub struct Config {
     /// The prefix length of each node's pod subnet.
     #[arg(long, default_value_t = 24)]
     pub node_cidr_mask_size: u8,
+    /// The cluster CA's certificate (PEM), to sign nodes' certificate
+    /// requests with; with `--cluster-signing-key-file`.
+    #[arg(long, requires = "cluster_signing_key_file")]
+    pub cluster_signing_cert_file: Option<std::path::PathBuf>,
+    /// The cluster CA's private key (PEM).
+    #[arg(long, requires = "cluster_signing_cert_file")]
+    pub cluster_signing_key_file: Option<std::path::PathBuf>,
 }
 
 /// Runs until `shutdown` resolves (or leadership is lost, which is an error:
 /// the process exits and a supervisor restarts it as a fresh candidate).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
     let node_ipam = node_ipam_ranges(&config)?;
+    let signing_ca = signing_ca(&config)?;
     let client = config.api.client().map_err(Error::Connect)?;
     let ops = ServiceOps::start(config.metrics_listen).await?;
     let reconcile_metrics = metrics::ReconcileMetrics::register(&ops.metrics)?;
@@ -95,6 +103,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         default_unreachable_toleration_seconds: config.default_unreachable_toleration_seconds,
         default_not_ready_toleration_seconds: config.default_not_ready_toleration_seconds,
         node_ipam,
+        signing_ca,
     };
     let on_leading = controllers::run_all(controllers, ops.stop.clone());
 
@@ -119,6 +128,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         let _ = runner.await;
     }
     result
+}
+
+/// The CA of `--cluster-signing-cert-file` and `--cluster-signing-key-file`.
+fn signing_ca(config: &Config) -> Result<Option<std::sync::Arc<skiff_pki::Ca>>, Error> {
+    let (Some(cert), Some(key)) = (&config.cluster_signing_cert_file, &config.cluster_signing_key_file) else {
+        return Ok(None);
+    };
+    let read = |flag: &'static str, path: &std::path::Path| {
+        std::fs::read_to_string(path).map_err(|e| Error::Flag { flag, reason: format!("{}: {e}", path.display()) })
+    };
+    let ca =
+        skiff_pki::Ca::load(&read("--cluster-signing-cert-file", cert)?, &read("--cluster-signing-key-file", key)?)
+            .map_err(|e| Error::Flag { flag: "--cluster-signing-key-file", reason: e.to_string() })?;
+    Ok(Some(std::sync::Arc::new(ca)))
 }
 
 /// `--cluster-cidr` split into `--node-cidr-mask-size` subnets: at least

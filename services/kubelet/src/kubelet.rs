@@ -30,6 +30,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             reason: "must not be longer than --crash-backoff-max".into(),
         });
     }
+    crate::bootstrap::ensure_client_config(&config, &node.name).await?;
     let client = config.api.client()?;
     let ops = ServiceOps::start(config.metrics_listen).await.map_err(Error::from)?;
     ops.readiness.set_not_ready("registering the node");
@@ -38,7 +39,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     // The kubelet API (logs, exec, stats) for the apiserver to proxy to, on
     // the address the Node reports.
     let api_addr = std::net::SocketAddr::from((node.ip, config.kubelet_port));
-    let security = api_security(&config, &node.name, &client)?;
+    let names = [node.ip.to_string(), node.name.clone()];
+    let tls = crate::bootstrap::serving_tls(&config, &client, &node.name, &names).await?;
+    let security = api_security(&config, &tls, &node.name, &client)?;
     node.kubelet_port = server::serve(api_addr, runtime.clone(), security, ops.stop.raised()).await?.port();
     let node = Arc::new(node);
 
@@ -97,8 +100,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 }
 
 /// The kubelet API's TLS and who may call it, from the flags.
-fn api_security(config: &Config, node: &str, client: &skiff_client::Client) -> Result<server::ApiSecurity, Error> {
-    let tls = config.tls.server_config()?;
+fn api_security(
+    config: &Config,
+    tls: &skiff_pki::serve::TlsFlags,
+    node: &str,
+    client: &skiff_client::Client,
+) -> Result<server::ApiSecurity, Error> {
+    let tls = tls.server_config()?;
     let auth = server::auth::KubeletAuth::new(
         node.to_string(),
         config.anonymous_auth,

@@ -14,6 +14,7 @@
 //!   150,000 pods on one machine.
 #![forbid(unsafe_code)]
 
+pub mod bootstrap;
 mod error;
 pub mod hollow;
 pub mod kubelet;
@@ -144,6 +145,8 @@ pub struct Config {
     pub eviction_disk_free_percent: u8,
     #[command(flatten)]
     pub tls: skiff_pki::serve::TlsFlags,
+    #[command(flatten)]
+    pub bootstrap: bootstrap::BootstrapFlags,
     /// Let callers without a certificate in as `system:anonymous`
     /// (authorization still decides). Off: they are refused.
     #[arg(long, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]

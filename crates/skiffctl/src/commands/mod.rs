@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod auth;
+pub mod certificate;
 pub mod certs;
 pub mod cordon;
 pub mod create;
@@ -15,6 +16,7 @@ pub mod logs;
 pub mod rollout;
 pub mod sample_images;
 pub mod scale;
+pub mod token;
 pub mod top;
 pub mod up;
 pub mod version;
@@ -64,6 +66,10 @@ pub enum Command {
     Up(up::UpArgs),
     /// Stop the local cluster `up` started.
     Down(up::DownArgs),
+    /// Approve or deny certificate signing requests.
+    Certificate(certificate::Args),
+    /// Create, list or delete bootstrap tokens, with which nodes join.
+    Token(token::Args),
     /// Write a cluster's CA, certificates and client configs into a folder.
     Certs(certs::Args),
     /// Build the sample app's images into a registry storage folder.
@@ -79,6 +85,8 @@ pub async fn run(globals: &Globals, command: Command) -> Result<()> {
         Command::Apply(args) => apply::run(globals, args).await,
         Command::Auth(args) => auth::run(globals, args).await,
         Command::Certs(args) => certs::run(args),
+        Command::Certificate(args) => certificate::run(globals, args).await,
+        Command::Token(args) => token::run(globals, args).await,
         Command::SampleImages(args) => sample_images::run(args).await,
         Command::Get(args) => get::run(globals, args).await,
         Command::Describe(args) => describe::run(globals, args).await,

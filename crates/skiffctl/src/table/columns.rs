@@ -28,6 +28,7 @@ pub(super) fn header(kind: &str, wide: bool) -> &'static [&'static str] {
         ("Ingress", _) => &["CLASS", "HOSTS", "ADDRESS", "PORTS", "AGE"],
         ("IngressClass", _) => &["CONTROLLER", "PARAMETERS", "AGE"],
         ("Role" | "ClusterRole", _) => &["CREATED AT"],
+        ("CertificateSigningRequest", _) => &["AGE", "SIGNERNAME", "REQUESTOR", "CONDITION"],
         ("RoleBinding" | "ClusterRoleBinding", false) => &["ROLE", "AGE"],
         ("RoleBinding" | "ClusterRoleBinding", true) => &["ROLE", "AGE", "USERS", "GROUPS", "SERVICEACCOUNTS"],
         _ => &["AGE"],
@@ -73,6 +74,12 @@ pub(super) fn cells(kind: &str, obj: &Value, wide: bool, now: DateTime<Utc>) -> 
             vec![text(obj, "/spec/controller", "<none>"), parameters, object_age(obj, now)]
         }
         "Role" | "ClusterRole" => vec![created_at(obj)],
+        "CertificateSigningRequest" => vec![
+            object_age(obj, now),
+            text(obj, "/spec/signerName", "<none>"),
+            text(obj, "/spec/username", "<none>"),
+            csr_condition(obj),
+        ],
         "RoleBinding" | "ClusterRoleBinding" => {
             vec![format!("{}/{}", text(obj, "/roleRef/kind", ""), text(obj, "/roleRef/name", "")), object_age(obj, now)]
         }
@@ -405,4 +412,22 @@ fn map_selector(sel: Option<&Value>) -> String {
     } else {
         terms.join(",")
     }
+}
+
+/// As kubectl: the decision (`Approved`, `Denied`, or `Pending` without
+/// one), then `Issued` once the certificate is there, or `Failed`.
+fn csr_condition(obj: &Value) -> String {
+    let conditions = obj.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut shown: Vec<String> = conditions
+        .iter()
+        .filter(|c| c["status"] == "True")
+        .filter_map(|c| c["type"].as_str().map(str::to_string))
+        .collect();
+    if shown.is_empty() {
+        shown.push("Pending".into());
+    }
+    if obj.pointer("/status/certificate").and_then(Value::as_str).is_some_and(|c| !c.is_empty()) {
+        shown.push("Issued".into());
+    }
+    shown.join(",")
 }

@@ -20,8 +20,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::rbac::v1::{AggregationRule, ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use skiff_api::well_known::{
-    APISERVER_KUBELET_CLIENT_USER, CONTROLLER_MANAGER_LEASE, CONTROLLER_MANAGER_USER, DNS_USER, INGRESS_USER,
-    MASTERS_GROUP, NODES_GROUP, OVERLAY_USER, RBAC_GROUP, SCHEDULER_LEASE, SCHEDULER_USER,
+    APISERVER_KUBELET_CLIENT_USER, BOOTSTRAPPERS_GROUP, CONTROLLER_MANAGER_LEASE, CONTROLLER_MANAGER_USER, DNS_USER,
+    INGRESS_USER, MASTERS_GROUP, NODES_GROUP, OVERLAY_USER, RBAC_GROUP, SCHEDULER_LEASE, SCHEDULER_USER,
 };
 use skiff_api::{KindInfo, KINDS};
 
@@ -34,6 +34,8 @@ pub const AUTOUPDATE_ANNOTATION: &str = "rbac.authorization.kubernetes.io/autoup
 /// The node role and the group its binding grants it to. Kubelets act as
 /// `system:node:<node name>` in this group.
 pub const NODE_ROLE: &str = "system:node";
+const NODE_BOOTSTRAPPER_ROLE: &str = "system:node-bootstrapper";
+const CERTIFICATES_GROUP: &str = "certificates.k8s.io";
 
 const CLUSTER_ADMIN: &str = "cluster-admin";
 /// What may use every kubelet's API; the apiserver's kubelet client has it.
@@ -52,7 +54,16 @@ const RECORD: &[&str] = &["create", "get", "patch"];
 pub fn cluster_roles() -> Vec<ClusterRole> {
     let mut roles = vec![cluster_admin()];
     roles.extend(user_facing_roles());
-    roles.extend([scheduler(), controller_manager(), node(), kubelet_api_admin(), overlay(), dns(), ingress()]);
+    roles.extend([
+        scheduler(),
+        controller_manager(),
+        node(),
+        node_bootstrapper(),
+        kubelet_api_admin(),
+        overlay(),
+        dns(),
+        ingress(),
+    ]);
     roles
 }
 
@@ -63,6 +74,7 @@ pub fn cluster_role_bindings() -> Vec<ClusterRoleBinding> {
         binding(SCHEDULER_USER, "User", SCHEDULER_USER),
         binding(CONTROLLER_MANAGER_USER, "User", CONTROLLER_MANAGER_USER),
         binding(NODE_ROLE, "Group", NODES_GROUP),
+        binding(NODE_BOOTSTRAPPER_ROLE, "Group", BOOTSTRAPPERS_GROUP),
         binding(KUBELET_API_ADMIN, "User", APISERVER_KUBELET_CLIENT_USER),
         binding(OVERLAY_USER, "User", OVERLAY_USER),
         binding(DNS_USER, "User", DNS_USER),
@@ -167,6 +179,9 @@ fn controller_manager() -> ClusterRole {
         rule(&["list", "watch", "create", "update", "delete"], "", &["endpoints"]),
         rule(INFORM, "coordination.k8s.io", &["leases"]),
         rule(RECORD, "", &["events"]),
+        // Approves and signs nodes' certificate requests.
+        rule(READ, CERTIFICATES_GROUP, &["certificatesigningrequests"]),
+        rule(&["update"], CERTIFICATES_GROUP, &["certificatesigningrequests/status"]),
     ];
     rules.extend(namespaced_kinds(&["list", "delete"], |_| true));
     rules.extend(leader_lease(CONTROLLER_MANAGER_LEASE));
@@ -195,7 +210,19 @@ fn node() -> ClusterRole {
             rule(&["create"], "authorization.k8s.io", &["subjectaccessreviews"]),
             // Tokens for the pods it runs, projected into them.
             rule(&["create"], "", &["serviceaccounts/token"]),
+            // Its API's serving certificate, and renewals.
+            rule(&["create", "get", "list", "watch"], CERTIFICATES_GROUP, &["certificatesigningrequests"]),
         ],
+    )
+}
+
+/// What a bootstrap token may do: ask for a node's client certificate and
+/// wait for it, as Kubernetes' role of that name.
+fn node_bootstrapper() -> ClusterRole {
+    cluster_role(
+        NODE_BOOTSTRAPPER_ROLE,
+        &[],
+        vec![rule(&["create", "get", "list", "watch"], CERTIFICATES_GROUP, &["certificatesigningrequests"])],
     )
 }
 

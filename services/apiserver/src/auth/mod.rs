@@ -9,6 +9,7 @@
 //! Roles and bindings, or AlwaysAllow.
 
 pub mod bootstrap;
+pub mod bootstrap_tokens;
 pub mod escalation;
 pub mod node_restriction;
 mod policy;
@@ -32,6 +33,7 @@ pub const AUTHENTICATED: &str = "system:authenticated";
 pub struct Authenticator {
     tokens: tokens::TokenFile,
     service_accounts: Option<ServiceAccountTokens>,
+    bootstrap_tokens: bootstrap_tokens::BootstrapTokens,
     anonymous: bool,
 }
 
@@ -70,8 +72,13 @@ impl ServiceAccountTokens {
 }
 
 impl Authenticator {
-    pub fn new(tokens: tokens::TokenFile, service_accounts: Option<ServiceAccountTokens>, anonymous: bool) -> Self {
-        Self { tokens, service_accounts, anonymous }
+    pub fn new(
+        tokens: tokens::TokenFile,
+        service_accounts: Option<ServiceAccountTokens>,
+        bootstrap_tokens: bootstrap_tokens::BootstrapTokens,
+        anonymous: bool,
+    ) -> Self {
+        Self { tokens, service_accounts, bootstrap_tokens, anonymous }
     }
 
     /// The caller of `request`: its certificate's user, its token's, or
@@ -89,6 +96,12 @@ impl Authenticator {
             let Some(token) = token else { return Err(Status::unauthenticated("invalid bearer token")) };
             if let Some(user) = self.tokens.user(token) {
                 return Ok(user.clone());
+            }
+            if bootstrap_tokens::is_bootstrap_token(token) {
+                return self
+                    .bootstrap_tokens
+                    .user(token, chrono::Utc::now())
+                    .map_err(|why| Status::unauthenticated(format!("invalid bootstrap token: {why}")));
             }
             return match &self.service_accounts {
                 Some(sa) if token.matches('.').count() == 2 => {

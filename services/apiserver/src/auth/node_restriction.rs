@@ -6,13 +6,12 @@
 //! another node or its workloads.
 
 use serde_json::Value;
-use skiff_api::well_known::NODE_LEASE_NAMESPACE;
+use skiff_api::well_known::{NODE_LEASE_NAMESPACE, NODE_USER_PREFIX};
 
 use super::{Access, UserInfo};
 use crate::registry::Registry;
 use crate::Error;
 
-const NODE_USER_PREFIX: &str = "system:node:";
 const NODES_GROUP: &str = "system:nodes";
 
 /// The node a kubelet's user acts for, if the user is a kubelet.

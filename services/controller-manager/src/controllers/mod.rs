@@ -6,6 +6,7 @@
 //! Not here yet: Job, CronJob, DaemonSet, StatefulSet, EndpointSlice and the
 //! HorizontalPodAutoscaler controllers.
 
+pub mod certificates;
 pub mod deployment;
 pub mod endpoints;
 pub mod garbage_collector;
@@ -38,6 +39,8 @@ pub struct Context {
     pub default_not_ready_toleration_seconds: i64,
     /// The pod network the node IPAM controller splits among nodes.
     pub node_ipam: node_ipam::Ranges,
+    /// The CA that signs nodes' certificate requests, when one is given.
+    pub signing_ca: Option<Arc<skiff_pki::Ca>>,
 }
 
 /// Runs every controller until `stop` is raised. Dropping the future (the
@@ -52,6 +55,7 @@ pub async fn run_all(ctx: Context, stop: Stop) {
     namespace::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     endpoints::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     node_ipam::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
+    certificates::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     while let Some(done) = set.join_next().await {
         if let Err(error) = done {
             if error.is_panic() {

@@ -1,0 +1,156 @@
+//! TLS bootstrap, as Kubernetes' kubelet does it: a node that has only a
+//! bootstrap token (`--bootstrap-kubeconfig`) makes its own key, asks for
+//! a client certificate as `system:node:NAME` through a
+//! CertificateSigningRequest, waits for the controller-manager to approve
+//! and sign it, and writes the client config `--kubeconfig` names; from
+//! then on it is that node. With that identity it asks the same way for
+//! its API's serving certificate (for its address and name), unless
+//! `--tls-cert-file` gives one. Keys never leave the node. The files live
+//! in `--cert-dir`; a node restarted with them skips the requests.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use serde_json::json;
+use skiff_api::well_known::{KUBELET_CLIENT_SIGNER, KUBELET_SERVING_SIGNER, NODES_GROUP, NODE_USER_PREFIX};
+use skiff_client::{Client, ClientConfig};
+use skiff_pki::serve::TlsFlags;
+
+use crate::{Config, Error};
+
+/// How long a request may wait for approval and signing.
+const SIGNING_TIMEOUT: Duration = Duration::from_secs(300);
+const POLL: Duration = Duration::from_millis(500);
+
+/// Flags of the TLS bootstrap.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BootstrapFlags {
+    /// A client config holding a bootstrap token (`skiffctl token create`),
+    /// the server and the cluster CA: used to ask for this node's
+    /// certificates when the `--kubeconfig` file does not exist yet.
+    #[arg(long, requires = "kubeconfig")]
+    pub bootstrap_kubeconfig: Option<PathBuf>,
+    /// Where bootstrapped keys and certificates are kept (default
+    /// `ROOT_DIR/pki`).
+    #[arg(long)]
+    pub cert_dir: Option<PathBuf>,
+}
+
+fn cert_dir(config: &Config) -> PathBuf {
+    config.bootstrap.cert_dir.clone().unwrap_or_else(|| config.root_dir.join("pki"))
+}
+
+fn flag(flag: &'static str, reason: impl Into<String>) -> Error {
+    Error::InvalidFlag { flag, reason: reason.into() }
+}
+
+/// Makes sure `--kubeconfig` exists, bootstrapping it with the token of
+/// `--bootstrap-kubeconfig` if it does not. Nothing to do without one.
+pub async fn ensure_client_config(config: &Config, node: &str) -> Result<(), Error> {
+    let Some(bootstrap_path) = &config.bootstrap.bootstrap_kubeconfig else { return Ok(()) };
+    let kubeconfig = config.api.kubeconfig.as_ref().ok_or_else(|| flag("kubeconfig", "required with a bootstrap"))?;
+    if kubeconfig.exists() {
+        return Ok(());
+    }
+    let bootstrap = ClientConfig::load_from(bootstrap_path)?
+        .ok_or_else(|| flag("bootstrap-kubeconfig", format!("{}: no such file", bootstrap_path.display())))?;
+    let client = Client::connect(&bootstrap)?;
+    let user = format!("{NODE_USER_PREFIX}{node}");
+    tracing::info!(node, "asking for this node's client certificate with the bootstrap token");
+    let (cert, key) = obtain(&client, &cert_dir(config), "kubelet-client", KUBELET_CLIENT_SIGNER, &user, &[]).await?;
+    let own = ClientConfig {
+        server: bootstrap.server.clone(),
+        certificate_authority: bootstrap.certificate_authority.clone(),
+        client_certificate: Some(cert),
+        client_key: Some(key),
+        token: None,
+    };
+    own.save_to(kubeconfig)?;
+    tracing::info!(node, kubeconfig = %kubeconfig.display(), "bootstrapped: now acting as the node");
+    Ok(())
+}
+
+/// The TLS flags the kubelet API serves with: `--tls-cert-file` when
+/// given; after a bootstrap, a serving certificate requested for `names`
+/// (the node's address and name), trusting the cluster CA's clients.
+pub async fn serving_tls(config: &Config, client: &Client, node: &str, names: &[String]) -> Result<TlsFlags, Error> {
+    if config.tls.tls_cert_file.is_some() || config.bootstrap.bootstrap_kubeconfig.is_none() {
+        return Ok(config.tls.clone());
+    }
+    let client_config = ClientConfig::resolve(&config.api)?;
+    let client_ca = config.tls.client_ca_file.clone().or(client_config.certificate_authority);
+    let dir = cert_dir(config);
+    let (cert, key) = (dir.join("kubelet.crt"), dir.join("kubelet.key"));
+    let (cert, key) = if cert.exists() && key.exists() {
+        (cert, key)
+    } else {
+        let user = format!("{NODE_USER_PREFIX}{node}");
+        tracing::info!(node, ?names, "asking for this node's serving certificate");
+        obtain(client, &dir, "kubelet", KUBELET_SERVING_SIGNER, &user, names).await?
+    };
+    Ok(TlsFlags { tls_cert_file: Some(cert), tls_private_key_file: Some(key), client_ca_file: client_ca })
+}
+
+/// Makes a key, sends a CSR for `user` (with `names`) to `signer`, waits
+/// for the certificate, and writes `DIR/FILE.crt` and `DIR/FILE.key`.
+async fn obtain(
+    client: &Client,
+    dir: &Path,
+    file: &str,
+    signer: &str,
+    user: &str,
+    names: &[String],
+) -> Result<(PathBuf, PathBuf), Error> {
+    let made = skiff_pki::csr::request(user, &[NODES_GROUP], names)
+        .map_err(|e| flag("node-name", format!("making a certificate request: {e}")))?;
+    let name = format!("node-csr-{}-{:08x}", file, rand::random::<u32>());
+    let usages = match signer {
+        KUBELET_SERVING_SIGNER => json!(["digital signature", "key encipherment", "server auth"]),
+        _ => json!(["digital signature", "key encipherment", "client auth"]),
+    };
+    let request = json!({
+        "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+        "metadata": {"name": name},
+        "spec": {"request": base64::engine::general_purpose::STANDARD.encode(&made.cert_pem),
+                 "signerName": signer, "usages": usages},
+    });
+    client.create("CertificateSigningRequest", "", &request).await?;
+    let certificate = wait_signed(client, &name).await?;
+    std::fs::create_dir_all(dir).map_err(|e| io("creating", dir, e))?;
+    let (cert, key) = (dir.join(format!("{file}.crt")), dir.join(format!("{file}.key")));
+    skiff_client::config::write_private(&key, made.key_pem.as_bytes()).map_err(|e| io("writing", &key, e))?;
+    std::fs::write(&cert, certificate).map_err(|e| io("writing", &cert, e))?;
+    Ok((cert, key))
+}
+
+/// The signed certificate of request `name`, or why there is none.
+async fn wait_signed(client: &Client, name: &str) -> Result<Vec<u8>, Error> {
+    let deadline = Instant::now() + SIGNING_TIMEOUT;
+    let api = client.api::<CertificateSigningRequest>("");
+    loop {
+        let csr = api.get(name).await?;
+        let status = csr.status.unwrap_or_default();
+        if let Some(certificate) = status.certificate.filter(|c| !c.0.is_empty()) {
+            return Ok(certificate.0);
+        }
+        let refused =
+            status.conditions.unwrap_or_default().into_iter().find(|c| c.type_ == "Denied" || c.type_ == "Failed");
+        if let Some(c) = refused {
+            let why = c.message.unwrap_or_default();
+            return Err(flag("bootstrap-kubeconfig", format!("certificate request {name} {}: {why}", c.type_)));
+        }
+        if Instant::now() > deadline {
+            return Err(flag(
+                "bootstrap-kubeconfig",
+                format!("certificate request {name} not signed after {SIGNING_TIMEOUT:?}: is the controller-manager running with --cluster-signing-key-file, or approve it with skiffctl certificate approve {name}"),
+            ));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn io(what: &'static str, path: &Path, source: std::io::Error) -> Error {
+    Error::Io { what, path: path.display().to_string(), source }
+}
