@@ -6,6 +6,7 @@ RUN apt-get update -qq \
  && apt-get install -y -qq --no-install-recommends containerd runc containernetworking-plugins \
       wireguard-go wireguard-tools nftables iproute2 iptables ca-certificates util-linux procps >/dev/null \
  && rm -rf /var/lib/apt/lists/* /usr/share/doc /usr/share/man
-COPY node-bin/ /usr/local/bin/
+COPY bin/ /usr/local/bin/
 COPY skiff-node /usr/local/bin/skiff-node
+COPY lib/containerd.sh /usr/local/lib/skiff/containerd.sh
 ENTRYPOINT ["/usr/local/bin/skiff-node"]

@@ -12,9 +12,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// The service `skiffctl` runs in: any control-plane container carries it
-/// and the administrator's config; dns is never stopped by the tests.
-const TOOLBOX: &str = "dns";
 const ADMIN_CONFIG: &str = "/etc/skiff/pki/admin.yaml";
 
 /// The repository's root (where docker-compose.yml is).
@@ -44,6 +41,9 @@ pub struct Stack {
     project: String,
     env: Vec<(String, String)>,
     http: SocketAddr,
+    /// A container of the `skiffctl` service kept running, to exec
+    /// skiffctl in without starting a container per call.
+    toolbox: std::sync::OnceLock<String>,
 }
 
 impl Stack {
@@ -51,8 +51,12 @@ impl Stack {
     pub fn new(prefix: &str) -> Self {
         let pid = std::process::id();
         let http = crate::free_port();
-        let mut stack =
-            Self { project: format!("{prefix}-{pid}"), env: Vec::new(), http: ([127, 0, 0, 1], http).into() };
+        let mut stack = Self {
+            project: format!("{prefix}-{pid}"),
+            env: Vec::new(),
+            http: ([127, 0, 0, 1], http).into(),
+            toolbox: std::sync::OnceLock::new(),
+        };
         stack.set("SKIFF_NET", &format!("172.29.{}", 100 + pid % 100));
         stack.set("SKIFF_HTTP_PORT", &http.to_string());
         for port in ["SKIFF_HTTPS_PORT", "SKIFF_API_PORT", "SKIFF_PROMETHEUS_PORT"] {
@@ -99,9 +103,24 @@ impl Stack {
 
     /// `skiffctl ARGS` as the administrator, inside the stack's network.
     pub fn skiffctl(&self, args: &[&str]) -> Result<String, String> {
-        let mut all = vec!["exec", "-T", TOOLBOX, "skiffctl", "--kubeconfig", ADMIN_CONFIG];
-        all.extend(args);
-        self.compose(&all)
+        let toolbox = match self.toolbox.get() {
+            Some(id) => id.clone(),
+            None => {
+                let run = ["run", "-d", "--entrypoint", "sleep", "skiffctl", "infinity"];
+                let id = self.compose(&run)?.trim().to_string();
+                self.toolbox.get_or_init(|| id).clone()
+            }
+        };
+        let out = Command::new("docker")
+            .args(["exec", &toolbox, "skiffctl", "--kubeconfig", ADMIN_CONFIG])
+            .args(args)
+            .output()
+            .map_err(|e| format!("running docker exec: {e}"))?;
+        if out.status.success() {
+            Ok(text(&out.stdout))
+        } else {
+            Err(format!("skiffctl {args:?}: {}{}", text(&out.stdout), text(&out.stderr)))
+        }
     }
 
     /// `skiffctl get ARGS -o json`, parsed.
@@ -163,6 +182,9 @@ impl Stack {
 
     /// `docker-compose down`, volumes and the tools profile's containers included.
     pub fn down(&self) -> Result<(), String> {
+        if let Some(toolbox) = self.toolbox.get() {
+            let _ = Command::new("docker").args(["rm", "-f", toolbox]).output();
+        }
         self.compose(&["--profile", "tools", "down", "-v", "--remove-orphans", "-t", "2"]).map(drop)
     }
 }

@@ -16,6 +16,7 @@ mod network;
 mod pki;
 mod process;
 pub mod runtime;
+pub mod units;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

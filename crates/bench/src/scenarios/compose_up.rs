@@ -28,12 +28,20 @@ pub struct Options {
 
 const START_TIMEOUT: Duration = Duration::from_secs(600);
 const ETCD: [&str; 3] = ["etcd-1", "etcd-2", "etcd-3"];
-/// Image (as scripts/images tags it) and the figure's name.
-const IMAGES: [(&str, &str); 4] = [
-    ("skiff:latest", "control_plane"),
-    ("skiff-node:latest", "node"),
-    ("skiff-registry:latest", "registry"),
-    ("skiff-prometheus:latest", "prometheus"),
+/// The images scripts/images makes (tag `latest`); each figure is named
+/// after one. The control plane's are the base and one per service.
+const IMAGES: [&str; 11] = [
+    "skiff-base",
+    "skiff-apiserver",
+    "skiff-scheduler",
+    "skiff-controller-manager",
+    "skiff-dns",
+    "skiff-ingress",
+    "skiffctl",
+    "skiff-etcd",
+    "skiff-node",
+    "skiff-registry",
+    "skiff-prometheus",
 ];
 
 pub async fn run(o: Options) -> anyhow::Result<()> {
@@ -42,8 +50,9 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         println!("# scripts/images --profile {}", o.profile);
         build_images(&o.profile).map_err(|e| anyhow!(e))?;
     }
-    for (image, name) in IMAGES {
-        figure(format!("image_size_{name}"), image_size(image)? as f64 / (1 << 20) as f64, "MiB")?;
+    for image in IMAGES {
+        let size = image_size(&format!("{image}:latest"))? as f64 / (1 << 20) as f64;
+        figure(format!("image_size_{}", image.replace('-', "_")), size, "MiB")?;
     }
     // Blocking all the way (docker-compose and polls): off the runtime.
     let (etcd, skiff) =

@@ -41,6 +41,11 @@ pub struct CreateArgs {
     /// Why the token exists, shown by `token list`.
     #[arg(long, default_value = "")]
     pub description: String,
+    /// Print the command that joins a node with this token
+    /// (`deploy/install.sh node ...`), with the server and the cluster CA
+    /// of this client's config.
+    #[arg(long)]
+    pub print_join_command: bool,
 }
 
 pub async fn run(globals: &Globals, args: Args) -> Result<()> {
@@ -49,7 +54,11 @@ pub async fn run(globals: &Globals, args: Args) -> Result<()> {
         TokenCommand::Create(args) => {
             let (id, secret) = (random(6), random(16));
             client.create("Secret", NAMESPACE, &secret_for(&id, &secret, &args)).await?;
-            outln!("{id}.{secret}");
+            if args.print_join_command {
+                outln!("{}", join_command(globals, &format!("{id}.{secret}"))?);
+            } else {
+                outln!("{id}.{secret}");
+            }
         }
         TokenCommand::List => {
             let list = client.list("Secret", NAMESPACE, &Default::default()).await?;
@@ -95,6 +104,16 @@ fn secret_for(id: &str, secret: &str, args: &CreateArgs) -> Value {
     })
 }
 
+/// `install.sh node` with this client's server, its CA (inline: it is
+/// public, and the node needs it before it can trust anything) and `token`.
+fn join_command(globals: &Globals, token: &str) -> Result<String> {
+    let config = skiff_client::ClientConfig::resolve(&globals.api)?;
+    let ca = config.certificate_authority.context("this client's config names no certificate-authority")?;
+    let pem = std::fs::read(&ca).with_context(|| format!("reading {}", ca.display()))?;
+    let ca = base64::engine::general_purpose::STANDARD.encode(pem);
+    Ok(format!("deploy/install.sh node --server {} --token {token} --ca-cert-base64 {ca}", config.server))
+}
+
 fn data(secret: &Value, name: &str) -> Option<String> {
     let encoded = secret["data"][name].as_str()?;
     String::from_utf8(base64::engine::general_purpose::STANDARD.decode(encoded).ok()?).ok()
@@ -114,12 +133,14 @@ mod tests {
         let (id, secret) = (random(6), random(16));
         assert_eq!((id.len(), secret.len()), (6, 16));
         assert!(format!("{id}{secret}").bytes().all(|b| ALPHABET.contains(&b)));
-        let args = CreateArgs { ttl: Duration::from_secs(3600), description: "for node-3".into() };
+        let args =
+            CreateArgs { ttl: Duration::from_secs(3600), description: "for node-3".into(), print_join_command: false };
         let stored = secret_for(&id, &secret, &args);
         assert_eq!(stored["metadata"]["name"], format!("bootstrap-token-{id}"));
         assert_eq!(stored["stringData"]["token-secret"], secret);
         assert!(stored["stringData"]["expiration"].as_str().unwrap().ends_with('Z'));
-        let forever = secret_for(&id, &secret, &CreateArgs { ttl: Duration::ZERO, description: String::new() });
+        let forever = CreateArgs { ttl: Duration::ZERO, description: String::new(), print_join_command: false };
+        let forever = secret_for(&id, &secret, &forever);
         assert!(forever["stringData"]["expiration"].is_null());
     }
 }

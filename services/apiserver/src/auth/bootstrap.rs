@@ -204,6 +204,9 @@ fn node() -> ClusterRole {
             rule(&["list", "watch", "delete"], "", &["pods"]),
             rule(&["update"], "", &["pods/status"]),
             rule(INFORM, "", &["configmaps", "secrets"]),
+            // skiff-overlay on a joined node acts as the node, as kube-proxy
+            // may: Service rules from Services and Endpoints.
+            rule(INFORM, "", &["services", "endpoints"]),
             rule(&["create", "patch"], "coordination.k8s.io", &["leases"]),
             rule(RECORD, "", &["events"]),
             // The kubelet API asks the apiserver who may use it.
