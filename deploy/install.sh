@@ -114,12 +114,15 @@ install_server() {
     --apiserver-names "$advertise,$(hostname)" >/dev/null
   mkdir -p "$state/etcd"
   flags etcd --name default --data-dir "$state/etcd" \
-    --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
+    --listen-client-urls https://127.0.0.1:2379 --advertise-client-urls https://127.0.0.1:2379 \
     --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
-    --initial-cluster default=http://127.0.0.1:2380
+    --initial-cluster default=http://127.0.0.1:2380 --listen-metrics-urls http://127.0.0.1:2381 \
+    --cert-file "$pki/etcd-server.crt" --key-file "$pki/etcd-server.key" \
+    --trusted-ca-file "$pki/ca.crt" --client-cert-auth
   unit etcd "etcd, the store" /usr/local/bin/etcd
   flags apiserver --listen "$advertise:6443" --metrics-listen 127.0.0.1:6444 \
-    --etcd-endpoints http://127.0.0.1:2379 \
+    --etcd-endpoints https://127.0.0.1:2379 --etcd-cafile "$pki/ca.crt" \
+    --etcd-certfile "$pki/apiserver-etcd-client.crt" --etcd-keyfile "$pki/apiserver-etcd-client.key" \
     --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
     --client-ca-file "$pki/ca.crt" --service-account-key-file "$pki/sa.key" \
     --kubelet-certificate-authority "$pki/ca.crt" \

@@ -174,7 +174,7 @@ async fn informer_survives_apiserver_restart_and_compaction_without_losing_event
     // A deletion while the apiserver is down, with etcd's history compacted
     // past it: the informer must relist, and still report the deletion.
     cluster.stop_apiserver();
-    let mut etcd = etcd_client::Client::connect([cluster.etcd_endpoint()], None).await.unwrap();
+    let mut etcd = cluster.etcd_client().await.unwrap();
     etcd.delete("/registry/configmaps/default/before-2", None).await.unwrap();
     let put = etcd.put("/skiff-test/bump", "x", None).await.unwrap();
     let revision = put.header().map(|h| h.revision()).expect("etcd answers with a header");

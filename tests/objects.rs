@@ -330,7 +330,7 @@ async fn compacted_history_expires_and_a_relist_recovers() {
     let latest = rv(&client.get("ConfigMap", "default", "n-4").await.unwrap());
     // Else the watch below could still be served from the cache's history.
     cache_reaches(&client, latest).await;
-    let mut etcd = etcd_client::Client::connect([cluster.etcd_endpoint()], None).await.unwrap();
+    let mut etcd = cluster.etcd_client().await.unwrap();
     etcd.compact(latest, None).await.unwrap();
 
     let mut w =
@@ -481,7 +481,7 @@ async fn lists_come_in_pages_of_one_snapshot() {
     let latest = rv(&client.get("ConfigMap", "default", "after").await.unwrap());
     // Else the cache could still show the second page's revision and serve it.
     cache_reaches(&client, latest).await;
-    let mut etcd = etcd_client::Client::connect([cluster.etcd_endpoint()], None).await.unwrap();
+    let mut etcd = cluster.etcd_client().await.unwrap();
     etcd.compact(latest, None).await.unwrap();
     let err = raw.list(page(second.continue_token)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::OutOfRange, "{err:?}");

@@ -24,7 +24,7 @@ fn config(keys: &[(&str, u8)]) -> String {
 }
 
 async fn raw(cluster: &Cluster, key: &str) -> Vec<u8> {
-    let mut etcd = etcd_client::Client::connect([cluster.etcd_endpoint()], None).await.unwrap();
+    let mut etcd = cluster.etcd_client().await.unwrap();
     let resp = etcd.get(key, None).await.unwrap();
     resp.kvs().first().map(|kv| kv.value().to_vec()).expect("the key is in etcd")
 }

@@ -386,3 +386,40 @@ async fn writing_rbac_objects_grants_no_more_than_the_writer_holds() {
     let other = lead.create("RoleBinding", "team", &binding("dev-edits", "ClusterRole", "edit", "dev")).await;
     assert_eq!(code(other), Code::PermissionDenied);
 }
+
+/// etcd of a secure cluster speaks only TLS and takes only clients with a
+/// certificate of the cluster CA: reaching its port is not reading the
+/// cluster's state.
+#[tokio::test]
+async fn etcd_takes_only_clients_with_a_certificate_of_the_cluster_ca() {
+    let cluster = Cluster::start().await.expect("cluster");
+    let endpoint = cluster.etcd_endpoint().to_string();
+    assert!(endpoint.starts_with("https://"), "{endpoint}");
+    let mut apiserver_identity = cluster.etcd_client().await.unwrap();
+    apiserver_identity.put("/probe", "x", None).await.expect("the apiserver's certificate is taken");
+
+    let plain = endpoint.replace("https://", "http://");
+    let refused = async |options: Option<etcd_client::ConnectOptions>, url: &str| {
+        let timeout = std::time::Duration::from_secs(5);
+        let options = options.unwrap_or_default().with_connect_timeout(timeout).with_timeout(timeout);
+        match etcd_client::Client::connect([url], Some(options)).await {
+            Err(_) => true,
+            Ok(mut client) => client.get("/probe", None).await.is_err(),
+        }
+    };
+    assert!(refused(None, &plain).await, "plain HTTP must get nothing");
+    let ca = std::fs::read(cluster.pki().unwrap().ca_file()).unwrap();
+    let without_certificate =
+        etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(ca.clone()));
+    let options = etcd_client::ConnectOptions::new().with_tls(without_certificate);
+    assert!(refused(Some(options), &endpoint).await, "TLS without a client certificate must get nothing");
+    let other = tempfile::tempdir().unwrap();
+    let foreign = skiff_testkit::ClusterPki::open(other.path(), &cluster.server(), &["127.0.0.1".into()]).unwrap();
+    let foreign = foreign.etcd_tls(&[]).unwrap();
+    let read = |p: &Path| std::fs::read(p).unwrap();
+    let foreign_identity = etcd_client::TlsOptions::new()
+        .ca_certificate(etcd_client::Certificate::from_pem(ca))
+        .identity(etcd_client::Identity::from_pem(read(&foreign.client_cert), read(&foreign.client_key)));
+    let options = etcd_client::ConnectOptions::new().with_tls(foreign_identity);
+    assert!(refused(Some(options), &endpoint).await, "another CA's certificate must get nothing");
+}

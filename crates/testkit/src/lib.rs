@@ -24,7 +24,7 @@ use std::time::Duration;
 
 pub use dns::{bridge_gateway, DNS_SERVICE_IP};
 pub use network::{Network, NetworkOptions, NodeHost};
-pub use pki::{identity_of, ClusterPki, Identity, ADMIN, NODES_GROUP};
+pub use pki::{identity_of, ClusterPki, EtcdTls, Identity, ADMIN, NODES_GROUP};
 pub use process::{running, stop_detached, Process};
 pub use runtime::{Runtime, RuntimeOptions};
 
@@ -247,6 +247,8 @@ pub struct Cluster {
     dir: PathBuf,
     detach: bool,
     etcd_endpoint: String,
+    /// How to reach etcd when it takes only TLS clients.
+    etcd_tls: Option<EtcdTls>,
     apiserver_listen: SocketAddr,
     apiserver_metrics: SocketAddr,
     apiserver_args: Vec<String>,
@@ -298,29 +300,6 @@ impl Cluster {
         if let Some(ports) = options.etcd_ports {
             ensure_etcd_ports_free(ports)?;
         }
-        let (client_port, peer_port) = options.etcd_ports.unwrap_or_else(|| (free_port(), free_port()));
-        let etcd_endpoint = format!("http://127.0.0.1:{client_port}");
-        let peer = format!("http://127.0.0.1:{peer_port}");
-        let etcd = Process::spawn(
-            "etcd",
-            Path::new("etcd"),
-            &[
-                "--name=default",
-                &format!("--data-dir={}", dir.join("etcd").display()),
-                &format!("--listen-client-urls={etcd_endpoint}"),
-                &format!("--advertise-client-urls={etcd_endpoint}"),
-                &format!("--listen-peer-urls={peer}"),
-                &format!("--initial-advertise-peer-urls={peer}"),
-                &format!("--initial-cluster=default={peer}"),
-                "--logger=zap",
-                "--log-level=warn",
-            ],
-            &dir,
-            options.detach,
-        )?;
-        let etcd_addr: SocketAddr = etcd_endpoint.trim_start_matches("http://").parse().expect("loopback address");
-        etcd.wait_http_ok(etcd_addr, "/health", READY_TIMEOUT).await?;
-
         let lan = options.network.as_ref().map(|_| netns::Lan::create()).transpose()?;
         let listen_ip = lan.as_ref().map_or(std::net::Ipv4Addr::LOCALHOST, netns::Lan::gateway);
         let apiserver_listen = options
@@ -335,6 +314,31 @@ impl Cluster {
             let (file, admin) = pki.client_config("admin", ADMIN)?;
             (Some(pki), admin, Some(file))
         };
+        // A secure cluster's etcd takes only TLS clients with a certificate
+        // of the cluster CA; its health is served apart, over plain HTTP.
+        let etcd_tls = pki.as_ref().map(|pki| pki.etcd_tls(&[])).transpose()?;
+        let (client_port, peer_port) = options.etcd_ports.unwrap_or_else(|| (free_port(), free_port()));
+        let scheme = if etcd_tls.is_some() { "https" } else { "http" };
+        let etcd_endpoint = format!("{scheme}://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let etcd_health = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut etcd_args = vec![
+            "--name=default".to_string(),
+            format!("--data-dir={}", dir.join("etcd").display()),
+            format!("--listen-client-urls={etcd_endpoint}"),
+            format!("--advertise-client-urls={etcd_endpoint}"),
+            format!("--listen-peer-urls={peer}"),
+            format!("--initial-advertise-peer-urls={peer}"),
+            format!("--initial-cluster=default={peer}"),
+            format!("--listen-metrics-urls=http://{etcd_health}"),
+            "--logger=zap".to_string(),
+            "--log-level=warn".to_string(),
+        ];
+        etcd_args.extend(etcd_tls.iter().flat_map(EtcdTls::etcd_args));
+        let etcd_args: Vec<&str> = etcd_args.iter().map(String::as_str).collect();
+        let etcd = Process::spawn("etcd", Path::new("etcd"), &etcd_args, &dir, options.detach)?;
+        etcd.wait_http_ok(etcd_health, "/health", READY_TIMEOUT).await?;
+
         let mut cluster = Cluster {
             services: Vec::new(),
             runtime: None,
@@ -344,6 +348,7 @@ impl Cluster {
             detach: options.detach,
             etcd,
             etcd_endpoint,
+            etcd_tls,
             apiserver: None,
             apiserver_listen,
             apiserver_metrics,
@@ -378,6 +383,17 @@ impl Cluster {
 
     pub fn etcd_endpoint(&self) -> &str {
         &self.etcd_endpoint
+    }
+
+    /// A client of this cluster's etcd, as the apiserver reaches it (with
+    /// its client certificate where etcd takes only TLS clients).
+    pub async fn etcd_client(&self) -> Result<etcd_client::Client> {
+        let options = self.etcd_tls.as_ref().map(EtcdTls::client_options).transpose()?;
+        etcd_client::Client::connect([self.etcd_endpoint.as_str()], options).await.map_err(|e| Error::Io {
+            what: "connecting to etcd",
+            path: self.etcd_endpoint.clone(),
+            source: std::io::Error::other(e),
+        })
     }
 
     /// `https://HOST:PORT` of the apiserver's gRPC API (`http://` for an
@@ -474,6 +490,7 @@ impl Cluster {
             Some(pki) => args.extend(pki.apiserver_args()),
             None => args.extend(["--authorization-mode=AlwaysAllow".into(), "--anonymous-auth".into()]),
         }
+        args.extend(self.etcd_tls.iter().flat_map(EtcdTls::apiserver_args));
         args.extend(self.apiserver_args.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let p = Process::spawn("skiff-apiserver", &bin, &args, &self.dir, self.detach)?;

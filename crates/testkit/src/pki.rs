@@ -25,6 +25,50 @@ pub const ADMIN: Identity<'static> = Identity { user: "skiff-admin", groups: &["
 /// The group of kubelets, which RBAC's `system:node` role is bound to.
 pub const NODES_GROUP: &str = "system:nodes";
 
+/// The apiserver when it calls etcd.
+const ETCD_CLIENT: Identity<'static> = Identity { user: "kube-apiserver-etcd-client", groups: &[] };
+
+/// etcd's TLS files: it serves clients with `server_*` and takes only
+/// clients with a certificate from `ca`; the apiserver is one, with `client_*`.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl EtcdTls {
+    /// etcd's flags for serving clients over TLS.
+    pub fn etcd_args(&self) -> Vec<String> {
+        vec![
+            format!("--cert-file={}", self.server_cert.display()),
+            format!("--key-file={}", self.server_key.display()),
+            format!("--trusted-ca-file={}", self.ca.display()),
+            "--client-cert-auth".to_string(),
+        ]
+    }
+
+    /// The apiserver's flags for calling etcd, as kube-apiserver's.
+    pub fn apiserver_args(&self) -> Vec<String> {
+        vec![
+            format!("--etcd-cafile={}", self.ca.display()),
+            format!("--etcd-certfile={}", self.client_cert.display()),
+            format!("--etcd-keyfile={}", self.client_key.display()),
+        ]
+    }
+
+    /// An etcd client's TLS settings with the apiserver's certificate.
+    pub fn client_options(&self) -> Result<etcd_client::ConnectOptions> {
+        let read = |p: &Path| std::fs::read(p).map_err(|e| io("reading", p, e));
+        let tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read(&self.ca)?))
+            .identity(etcd_client::Identity::from_pem(read(&self.client_cert)?, read(&self.client_key)?));
+        Ok(etcd_client::ConnectOptions::new().with_tls(tls))
+    }
+}
+
 /// The apiserver when it calls kubelets.
 const KUBELET_CLIENT: Identity<'static> = Identity { user: "kube-apiserver-kubelet-client", groups: &[] };
 
@@ -106,6 +150,19 @@ impl ClusterPki {
             format!("--kubelet-client-key={}", path("apiserver-kubelet-client.key")),
             format!("--service-account-key-file={}", path("sa.key")),
         ]
+    }
+
+    /// etcd's serving pair, valid for loopback and `names`, and the
+    /// apiserver's client certificate for it (`etcd-server.*`,
+    /// `apiserver-etcd-client.*`), as kubeadm lays them out.
+    pub fn etcd_tls(&self, names: &[String]) -> Result<EtcdTls> {
+        let mut all = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+        all.extend(names.iter().cloned());
+        let serving =
+            self.ca.issue(&Usage::Server { names: &all }, LEAF_VALIDITY).map_err(|e| pki_error(&self.dir, e))?;
+        let (server_cert, server_key) = self.write_pair("etcd-server", &serving)?;
+        let (client_cert, client_key) = self.write_pair("apiserver-etcd-client", &self.issue(ETCD_CLIENT)?)?;
+        Ok(EtcdTls { ca: self.ca_file(), server_cert, server_key, client_cert, client_key })
     }
 
     /// A kubelet API's TLS files: a serving certificate for `ip` (as

@@ -37,6 +37,16 @@ pub struct Config {
     /// etcd client URLs, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
     pub etcd_endpoints: Vec<String>,
+    /// The CA (PEM) etcd's serving certificate must come from; with it,
+    /// etcd is called over TLS (`https://` endpoints).
+    #[arg(long, requires_all = ["etcd_certfile", "etcd_keyfile"])]
+    pub etcd_cafile: Option<std::path::PathBuf>,
+    /// The client certificate (PEM) presented to etcd.
+    #[arg(long, requires = "etcd_cafile")]
+    pub etcd_certfile: Option<std::path::PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, requires = "etcd_cafile")]
+    pub etcd_keyfile: Option<std::path::PathBuf>,
     /// Address of the gRPC API.
     #[arg(long, default_value = "127.0.0.1:6443")]
     pub listen: SocketAddr,
@@ -139,7 +149,9 @@ pub async fn run(
     )?)?;
     let watchers = ops.metrics.register(IntGauge::new("skiff_apiserver_watchers", "Open client watches")?)?;
 
-    let etcd: Arc<dyn storage::Storage> = Arc::new(storage::Etcd::connect(&config.etcd_endpoints, etcd_latency).await?);
+    let etcd_tls = storage::EtcdTls::from_flags(&config.etcd_cafile, &config.etcd_certfile, &config.etcd_keyfile)?;
+    let etcd: Arc<dyn storage::Storage> =
+        Arc::new(storage::Etcd::connect(&config.etcd_endpoints, etcd_tls, etcd_latency).await?);
     let storage: Arc<dyn storage::Storage> = match &config.encryption_provider_config {
         Some(path) => {
             let encrypted = storage::Encrypted::new(etcd, encryption::Encryption::load(path)?);

@@ -173,7 +173,7 @@ async fn service_creates(cluster: &Cluster, o: &Options) -> anyhow::Result<(usiz
 async fn etcd_puts(cluster: &Cluster, o: &Options, payload: &str) -> anyhow::Result<(f64, f64)> {
     let mut clients = Vec::new();
     for _ in 0..o.clients {
-        let mut c = etcd_client::Client::connect([cluster.etcd_endpoint()], None).await?;
+        let mut c = cluster.etcd_client().await?;
         c.get("warm", None).await?;
         clients.push((c, payload.to_string()));
     }
@@ -320,11 +320,11 @@ async fn skiff_fanout(cluster: &Cluster, o: &Options) -> anyhow::Result<(f64, f6
 }
 
 async fn etcd_fanout(cluster: &Cluster, o: &Options) -> anyhow::Result<(f64, f64)> {
-    let writer = etcd_client::Client::connect([cluster.etcd_endpoint()], None).await?;
+    let writer = cluster.etcd_client().await?;
     let connections = o.watchers.div_ceil(STREAMS_PER_CONNECTION);
     let mut clients = Vec::new();
     for _ in 0..connections {
-        clients.push(etcd_client::Client::connect([cluster.etcd_endpoint()], None).await?);
+        clients.push(cluster.etcd_client().await?);
     }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Sighting>();
     let mut tasks = Vec::new();

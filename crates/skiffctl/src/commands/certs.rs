@@ -34,6 +34,11 @@ pub struct Args {
     /// user `system:node:NAME`) and serving certificate (`kubelet-NAME`).
     #[arg(long = "node", value_parser = parse_node)]
     pub nodes: Vec<(String, IpAddr)>,
+    /// Names and addresses etcd's serving certificate is valid for, besides
+    /// loopback (comma-separated): written as `etcd-server.*`, with the
+    /// apiserver's client certificate for etcd (`apiserver-etcd-client.*`).
+    #[arg(long, value_delimiter = ',')]
+    pub etcd_names: Vec<String>,
     /// Also write `admin-local.yaml`: the administrator's config with this
     /// server address, for use from outside the cluster's network (such as
     /// `https://127.0.0.1:6443` where a port is published).
@@ -63,6 +68,7 @@ pub fn run(args: Args) -> Result<()> {
     for binary in COMPONENTS {
         pki.client_config(binary, identity_of(binary))?;
     }
+    pki.etcd_tls(&args.etcd_names)?;
     for (name, ip) in &args.nodes {
         let user = format!("system:node:{name}");
         pki.client_config(&format!("node-{name}"), Identity { user: &user, groups: &[NODES_GROUP] })?;
@@ -128,6 +134,7 @@ mod tests {
             server: "https://apiserver:6443".into(),
             apiserver_names: vec!["apiserver-1".into()],
             nodes: vec![("node-1".into(), "172.30.0.21".parse().unwrap())],
+            etcd_names: vec!["etcd-1".into()],
             local_server: Some("https://127.0.0.1:6443".into()),
         };
         run(args()).unwrap();

@@ -17,11 +17,36 @@ pub struct Etcd {
     latency: HistogramVec,
 }
 
+/// How the apiserver proves itself to etcd and checks etcd's certificate
+/// (`--etcd-cafile`, `--etcd-certfile`, `--etcd-keyfile`).
+pub struct EtcdTls(etcd_client::TlsOptions);
+
+impl EtcdTls {
+    /// The TLS settings the three flags give, if any: all or none.
+    pub fn from_flags(
+        ca: &Option<std::path::PathBuf>,
+        cert: &Option<std::path::PathBuf>,
+        key: &Option<std::path::PathBuf>,
+    ) -> Result<Option<Self>, Error> {
+        let (Some(ca), Some(cert), Some(key)) = (ca, cert, key) else { return Ok(None) };
+        let read = |flag: &str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| Error::BadRequest(format!("--{flag} {}: {e}", path.display())))
+        };
+        let options = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read("etcd-cafile", ca)?))
+            .identity(etcd_client::Identity::from_pem(read("etcd-certfile", cert)?, read("etcd-keyfile", key)?));
+        Ok(Some(Self(options)))
+    }
+}
+
 impl Etcd {
-    pub async fn connect(endpoints: &[String], latency: HistogramVec) -> Result<Self, Error> {
-        let options = etcd_client::ConnectOptions::new()
+    pub async fn connect(endpoints: &[String], tls: Option<EtcdTls>, latency: HistogramVec) -> Result<Self, Error> {
+        let mut options = etcd_client::ConnectOptions::new()
             .with_connect_timeout(std::time::Duration::from_secs(5))
             .with_keep_alive(std::time::Duration::from_secs(10), std::time::Duration::from_secs(5));
+        if let Some(EtcdTls(tls)) = tls {
+            options = options.with_tls(tls);
+        }
         let client = etcd_client::Client::connect(endpoints, Some(options))
             .await
             .map_err(|source| Error::Etcd { op: "connect", source })?;

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 
 pub use self::encrypted::Encrypted;
-pub use self::etcd::Etcd;
+pub use self::etcd::{Etcd, EtcdTls};
 use crate::Error;
 
 /// One stored object: its JSON and the revision that last wrote it.
