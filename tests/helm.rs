@@ -282,7 +282,7 @@ fn rendered_commands_use_real_binaries_and_flags() {
 }
 
 const OVERRIDES: &str = r#"
-image: {repository: registry.example.com/skiff, tag: "0.2.0"}
+image: {registry: registry.example.com, tag: "0.2.0"}
 etcd:
   endpoints: [https://etcd-0.etcd:2379, https://etcd-1.etcd:2379, https://etcd-2.etcd:2379]
 apiserver: {replicas: 3}
@@ -295,7 +295,7 @@ dns: {replicas: 3, service: {clusterIP: 10.43.0.10}}
 ingress: {replicas: 3}
 leaderElection: {leaseDuration: 30s}
 node:
-  kubelet: {image: {repository: registry.example.com/skiff-node}}
+  kubelet: {image: {repository: skiff-node-gpu}}
 metrics: {scrapeAnnotations: false}
 "#;
 
@@ -305,7 +305,7 @@ fn overrides_are_honoured() {
     for name in ["apiserver", "scheduler", "controller-manager", "dns", "ingress"] {
         let d = &objs[&format!("Deployment/skiff-{name}")];
         assert_eq!(d["spec"]["replicas"], 3, "{name}");
-        assert_eq!(container(d)["image"], "registry.example.com/skiff:0.2.0", "{name}");
+        assert_eq!(container(d)["image"], format!("registry.example.com/skiff-{name}:0.2.0"), "{name}");
         assert!(d["spec"]["template"]["metadata"]["annotations"].is_null(), "{name}: scrape annotations turned off");
     }
     let apiserver = &objs["Deployment/skiff-apiserver"];
@@ -323,8 +323,8 @@ fn overrides_are_honoured() {
     let kubelet = &objs["DaemonSet/skiff-kubelet"];
     assert!(args(kubelet).contains(&"--cluster-dns=10.43.0.10"), "{:?}", args(kubelet));
     assert!(args(kubelet).contains(&"--server=http://skiff-apiserver.prod.svc:6443"), "{:?}", args(kubelet));
-    assert_eq!(container(kubelet)["image"], "registry.example.com/skiff-node:0.2.0");
-    assert_eq!(container(&objs["DaemonSet/skiff-overlay"])["image"], "registry.example.com/skiff:0.2.0");
+    assert_eq!(container(kubelet)["image"], "registry.example.com/skiff-node-gpu:0.2.0", "its own repository");
+    assert_eq!(container(&objs["DaemonSet/skiff-overlay"])["image"], "registry.example.com/skiff-node:0.2.0");
 }
 
 /// Applies a rendered chart: every object must be accepted as it is (a

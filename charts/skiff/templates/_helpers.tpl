@@ -30,10 +30,15 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
-{{/* Image reference: the component's `image` keys over the global ones. */}}
+{{/*
+Image reference: the component's `image` keys over the global ones, the
+registry (if any) before the repository.
+*/}}
 {{- define "skiff.image" -}}
 {{- $img := merge (deepCopy (.values.image | default dict)) .root.Values.image -}}
-{{- printf "%s:%s" $img.repository (toString ($img.tag | default .root.Chart.AppVersion)) -}}
+{{- $registry := $img.registry | default "" | trimSuffix "/" -}}
+{{- $repository := ternary (printf "%s/%s" $registry $img.repository) $img.repository (ne $registry "") -}}
+{{- printf "%s:%s" $repository (toString ($img.tag | default .root.Chart.AppVersion)) -}}
 {{- end -}}
 
 {{- define "skiff.pullPolicy" -}}

@@ -539,20 +539,13 @@ impl Cluster {
     /// certificates (under `<dir>/join/NODE`). Returns once it serves
     /// /healthz, that is once it has its certificates; fails if it exits.
     pub async fn start_joining_kubelet(&mut self, node_name: &str, bootstrap: &Path) -> Result<SocketAddr> {
-        let containerd = self.runtime().ok_or(Error::NoRuntime)?.containerd();
         let dir = self.dir.join("join").join(node_name);
-        let args = vec![
-            format!("--node-name={node_name}"),
-            "--node-ip=127.0.0.1".to_string(),
-            "--kubelet-port=0".to_string(),
-            format!("--container-runtime-endpoint={}", containerd.endpoint()),
-            format!("--pod-cidr={}", containerd.pod_cidr()),
-            format!("--pod-log-dir={}", containerd.pod_log_dir().display()),
-            format!("--root-dir={}", dir.join("root").display()),
+        let mut args = self.local_kubelet_args(node_name, &dir.join("root"))?;
+        args.extend([
             format!("--kubeconfig={}", dir.join("kubelet.yaml").display()),
             format!("--bootstrap-kubeconfig={}", bootstrap.display()),
             format!("--cert-dir={}", dir.join("pki").display()),
-        ];
+        ]);
         let id = format!("kubelet-{node_name}");
         self.spawn_service(None, &id, "skiff-kubelet", &args, Credentials::OwnFlags).await
     }
@@ -606,18 +599,23 @@ impl Cluster {
     /// 127.0.0.1 and its kubelet API takes a free port. `extra` flags come
     /// last, so they can override (back-off times in tests, say).
     pub async fn start_kubelet(&mut self, node_name: &str, extra: &[String]) -> Result<SocketAddr> {
+        let mut args = self.local_kubelet_args(node_name, &self.dir.join("kubelet"))?;
+        args.extend(extra.iter().cloned());
+        self.start_service("kubelet", "skiff-kubelet", &args).await
+    }
+
+    /// A kubelet's flags for a node on this cluster's runtime, on loopback.
+    fn local_kubelet_args(&self, node_name: &str, root_dir: &Path) -> Result<Vec<String>> {
         let containerd = self.runtime().ok_or(Error::NoRuntime)?.containerd();
-        let mut args = vec![
+        Ok(vec![
             format!("--node-name={node_name}"),
             "--node-ip=127.0.0.1".to_string(),
             "--kubelet-port=0".to_string(),
             format!("--container-runtime-endpoint={}", containerd.endpoint()),
             format!("--pod-cidr={}", containerd.pod_cidr()),
             format!("--pod-log-dir={}", containerd.pod_log_dir().display()),
-            format!("--root-dir={}", self.dir.join("kubelet").display()),
-        ];
-        args.extend(extra.iter().cloned());
-        self.start_service("kubelet", "skiff-kubelet", &args).await
+            format!("--root-dir={}", root_dir.display()),
+        ])
     }
 
     pub fn service(&self, id: &str) -> Option<&Service> {
