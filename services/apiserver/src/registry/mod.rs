@@ -417,7 +417,6 @@ impl Registry {
         Err(Error::conflict(info, name))
     }
 
-    /// Creates the system namespaces that are missing.
     /// Gives namespace `ns` its ServiceAccount `default`, the one its pods
     /// run as unless they name another (Kubernetes' serviceaccounts
     /// controller does this; here it comes with the namespace, so pods
@@ -433,7 +432,8 @@ impl Registry {
     }
 
     /// [`ensure_default_service_account`](Self::ensure_default_service_account)
-    /// for every namespace, at start: namespaces made before it existed.
+    /// for every namespace in the (synced) cache, at start: namespaces
+    /// made before it existed.
     pub async fn ensure_default_service_accounts(&self) -> Result<(), Error> {
         let info = KindInfo::by_kind("Namespace")?;
         let (namespaces, _) = self.cache(info).objects(&info.key_prefix(None));
@@ -444,11 +444,14 @@ impl Registry {
         Ok(())
     }
 
+    /// Creates the system namespaces that are missing, each with its
+    /// default ServiceAccount: by name, since the Namespace cache may not
+    /// show a namespace created a moment ago.
     pub async fn ensure_system_namespaces(&self) -> Result<(), Error> {
         for ns in SYSTEM_NAMESPACES {
             let body = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
             match self.create("Namespace", "", body.to_string().as_bytes()).await {
-                Ok(_) | Err(Error::AlreadyExists { .. }) => {}
+                Ok(_) | Err(Error::AlreadyExists { .. }) => self.ensure_default_service_account(ns).await?,
                 Err(e) => return Err(e),
             }
         }
