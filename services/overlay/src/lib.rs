@@ -52,8 +52,8 @@ pub struct Config {
     pub role: Role,
     /// This node's name (its Node object, registered by the kubelet);
     /// required for the node role.
-    #[arg(long, required_if_eq("role", "node"), default_value = "")]
-    pub node_name: String,
+    #[arg(long)]
+    pub node_name: Option<String>,
     /// The cluster's pod network, from which every node's podCIDR is cut.
     #[arg(long, default_value = "10.42.0.0/16")]
     pub cluster_cidr: String,
@@ -98,6 +98,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         value: config.cluster_cidr.clone(),
         reason: e,
     })?;
+    // clap's required_if_eq does not see the role's default: checked here.
+    let node_name = match (config.role, config.node_name.as_deref()) {
+        (Role::Node, None | Some("")) => {
+            let reason = "required for the node role".into();
+            return Err(Error::Flag { flag: "node-name", value: String::new(), reason });
+        }
+        (_, name) => name.unwrap_or_default().to_string(),
+    };
     let ops = ServiceOps::start(config.metrics_listen).await.map_err(Error::from)?;
     if config.role == Role::Gateway {
         return run_gateway(client, cluster_cidr, ops, shutdown).await;
@@ -112,7 +120,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let proxier = proxy::Proxier::new(
         proxy::Options {
             table: config.nft_table.clone(),
-            node_name: config.node_name.clone(),
+            node_name: node_name.clone(),
             cluster_cidr,
             wireguard_interface: (config.wireguard != wireguard::Mode::Off).then(|| config.wireguard_interface.clone()),
             delete_table_on_exit: config.delete_table_on_exit,
@@ -128,7 +136,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             wireguard::Mesh::new(
                 wireguard::Options {
                     mode,
-                    node_name: config.node_name.clone(),
+                    node_name: node_name.clone(),
                     interface: config.wireguard_interface.clone(),
                     listen_port: config.wireguard_port,
                     mtu: config.wireguard_mtu,
@@ -162,7 +170,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             loops.spawn(mesh.run(events, ops.stop.raised()));
         }
         ops.readiness.set_ready();
-        tracing::info!(node = %config.node_name, "overlay running");
+        tracing::info!(node = %node_name, "overlay running");
         let joined = |done: Result<Result<(), Error>, tokio::task::JoinError>| match done {
             Ok(result) => result,
             Err(e) => Err(Error::Io { what: "overlay loop", path: String::new(), source: std::io::Error::other(e) }),
@@ -215,4 +223,24 @@ async fn run_gateway(
     ops.shutdown().await;
     let _ = informer.await;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    #[tokio::test]
+    async fn the_node_role_needs_a_node_name() {
+        let cli = Cli::parse_from(["skiff-overlay", "--server=http://127.0.0.1:1"]);
+        let refused = run(cli.config, async {}).await.unwrap_err();
+        assert!(refused.to_string().starts_with("invalid --node-name"), "{refused}");
+    }
 }
