@@ -57,6 +57,11 @@ pub const NODES_GROUP: &str = "system:nodes";
 /// A kubelet acts as the user `system:node:<node name>`.
 pub const NODE_USER_PREFIX: &str = "system:node:";
 
+/// The node a `system:node:<node name>` user name stands for, if it names one.
+pub fn node_name(user: &str) -> Option<&str> {
+    user.strip_prefix(NODE_USER_PREFIX).filter(|n| !n.is_empty())
+}
+
 /// Bootstrap tokens (`ID.SECRET`), as kubeadm's: each is a Secret
 /// `kube-system/bootstrap-token-ID` of this type, and authenticates as the
 /// user `system:bootstrap:ID` in [`BOOTSTRAPPERS_GROUP`], which may only ask

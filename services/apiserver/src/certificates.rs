@@ -7,7 +7,7 @@
 
 use base64::Engine;
 use serde_json::{json, Value};
-use skiff_api::well_known::{BOOTSTRAPPERS_GROUP, KUBELET_CLIENT_SIGNER, NODES_GROUP, NODE_USER_PREFIX};
+use skiff_api::well_known::{node_name, BOOTSTRAPPERS_GROUP, KUBELET_CLIENT_SIGNER, NODES_GROUP, NODE_USER_PREFIX};
 
 use crate::auth::UserInfo;
 use crate::Error;
@@ -49,15 +49,14 @@ pub fn admit_create(user: &UserInfo, kind: &str, object: &[u8]) -> Result<Option
 /// A kubelet client certificate names one node in `system:nodes`, and a
 /// node may ask only for its own.
 fn node_client_request(user: &UserInfo, subject: &skiff_pki::Subject) -> Result<(), String> {
-    let node = subject.user.strip_prefix(NODE_USER_PREFIX).filter(|n| !n.is_empty());
-    let Some(node) = node else {
+    let Some(node) = node_name(&subject.user) else {
         return Err(format!("the subject's CN must be {NODE_USER_PREFIX}<node name>, not {:?}", subject.user));
     };
     if subject.groups != [NODES_GROUP] {
         return Err(format!("the subject's O must be exactly {NODES_GROUP}, not {:?}", subject.groups));
     }
     let bootstrapper = user.groups.iter().any(|g| g == BOOTSTRAPPERS_GROUP);
-    if !bootstrapper && user.name.strip_prefix(NODE_USER_PREFIX).is_some_and(|own| own != node) {
+    if !bootstrapper && node_name(&user.name).is_some_and(|own| own != node) {
         return Err(format!("node {:?} may not ask for node {node:?}'s certificate", user.name));
     }
     Ok(())

@@ -6,18 +6,15 @@
 //! another node or its workloads.
 
 use serde_json::Value;
-use skiff_api::well_known::{NODE_LEASE_NAMESPACE, NODE_USER_PREFIX};
+use skiff_api::well_known::{node_name, NODES_GROUP, NODE_LEASE_NAMESPACE};
 
 use super::{Access, UserInfo};
 use crate::registry::Registry;
 use crate::Error;
 
-const NODES_GROUP: &str = "system:nodes";
-
 /// The node a kubelet's user acts for, if the user is a kubelet.
 pub fn node_of(user: &UserInfo) -> Option<&str> {
-    let name = user.name.strip_prefix(NODE_USER_PREFIX)?;
-    (user.groups.iter().any(|g| g == NODES_GROUP) && !name.is_empty()).then_some(name)
+    node_name(&user.name).filter(|_| user.groups.iter().any(|g| g == NODES_GROUP))
 }
 
 /// Ok unless `user` is a kubelet asking to change what is not its own.

@@ -27,7 +27,7 @@ use k8s_openapi::api::certificates::v1::{
 };
 use k8s_openapi::ByteString;
 use skiff_api::well_known::{
-    BOOTSTRAPPERS_GROUP, KUBELET_CLIENT_SIGNER, KUBELET_SERVING_SIGNER, NODES_GROUP, NODE_USER_PREFIX,
+    node_name, BOOTSTRAPPERS_GROUP, KUBELET_CLIENT_SIGNER, KUBELET_SERVING_SIGNER, NODES_GROUP,
 };
 use skiff_client::{Action, Client, Reconcile, Store, WorkQueue};
 use skiff_pki::csr::Signed;
@@ -102,7 +102,7 @@ fn auto_approval(csr: &CertificateSigningRequest, signed: Signed) -> Option<Stri
     let groups = spec.groups.as_deref().unwrap_or_default();
     let pem = String::from_utf8(spec.request.0.clone()).ok()?;
     let asked = skiff_pki::csr::parse(&pem).ok()?;
-    let node = asked.subject.user.strip_prefix(NODE_USER_PREFIX).filter(|n| !n.is_empty())?;
+    let node = node_name(&asked.subject.user)?;
     if asked.subject.groups != [NODES_GROUP] {
         return None;
     }
