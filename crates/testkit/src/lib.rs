@@ -412,13 +412,11 @@ impl Cluster {
         &self.admin
     }
 
-    /// The client config of the kubelet of node `name`: the user
-    /// `system:node:NAME` in `system:nodes`, as Kubernetes' node identities,
-    /// which NodeRestriction holds to its own Node and pods.
+    /// The client config of the kubelet of node `name`
+    /// ([`ClusterPki::node_client_config`]); None for an insecure cluster.
     pub fn kubeconfig_for_node(&self, name: &str) -> Result<Option<PathBuf>> {
         let Some(pki) = &self.pki else { return Ok(None) };
-        let user = format!("system:node:{name}");
-        Ok(Some(pki.client_config(&format!("node-{name}"), Identity { user: &user, groups: &[NODES_GROUP] })?.0))
+        Ok(Some(pki.node_client_config(name)?.0))
     }
 
     /// The client config file `binary` is started with, written on first

@@ -23,7 +23,8 @@ pub struct Identity<'a> {
 pub const ADMIN: Identity<'static> = Identity { user: "skiff-admin", groups: &["system:masters"] };
 
 /// The group of kubelets, which RBAC's `system:node` role is bound to.
-pub const NODES_GROUP: &str = "system:nodes";
+pub use skiff_api::well_known::NODES_GROUP;
+use skiff_api::well_known::NODE_USER_PREFIX;
 
 /// The apiserver when it calls etcd.
 const ETCD_CLIENT: Identity<'static> = Identity { user: "kube-apiserver-etcd-client", groups: &[] };
@@ -216,6 +217,14 @@ impl ClusterPki {
         let path = self.dir.join(format!("{file}.yaml"));
         config.save_to(&path)?;
         Ok((path, config))
+    }
+
+    /// The client config of node `name`'s kubelet (`pki/node-NAME.yaml`):
+    /// the user `system:node:NAME` in `system:nodes`, as Kubernetes' node
+    /// identities, which NodeRestriction holds to its own Node and pods.
+    pub fn node_client_config(&self, name: &str) -> Result<(PathBuf, ClientConfig)> {
+        let user = format!("{NODE_USER_PREFIX}{name}");
+        self.client_config(&format!("node-{name}"), Identity { user: &user, groups: &[NODES_GROUP] })
     }
 
     /// A certificate and key for `identity`, signed by the cluster CA, for

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use skiff_testkit::{identity_of, ClusterPki, Identity, ADMIN, NODES_GROUP};
+use skiff_testkit::{identity_of, ClusterPki, ADMIN};
 
 /// The components that run with a client config of their own, by binary.
 const COMPONENTS: [&str; 5] =
@@ -70,8 +70,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     pki.etcd_tls(&args.etcd_names)?;
     for (name, ip) in &args.nodes {
-        let user = format!("system:node:{name}");
-        pki.client_config(&format!("node-{name}"), Identity { user: &user, groups: &[NODES_GROUP] })?;
+        pki.node_client_config(name)?;
         pki.kubelet_tls(&format!("kubelet-{name}"), *ip)?;
     }
     if let Some(local) = &args.local_server {
