@@ -57,9 +57,8 @@ pub async fn ensure_client_config(config: &Config, node: &str) -> Result<(), Err
     let bootstrap = ClientConfig::load_from(bootstrap_path)?
         .ok_or_else(|| flag("bootstrap-kubeconfig", format!("{}: no such file", bootstrap_path.display())))?;
     let client = Client::connect(&bootstrap)?;
-    let user = format!("{NODE_USER_PREFIX}{node}");
     tracing::info!(node, "asking for this node's client certificate with the bootstrap token");
-    let (cert, key) = obtain(&client, &cert_dir(config), "kubelet-client", KUBELET_CLIENT_SIGNER, &user, &[]).await?;
+    let (cert, key) = obtain(&client, &cert_dir(config), "kubelet-client", KUBELET_CLIENT_SIGNER, node, &[]).await?;
     let own = ClientConfig {
         server: bootstrap.server.clone(),
         certificate_authority: bootstrap.certificate_authority.clone(),
@@ -86,24 +85,24 @@ pub async fn serving_tls(config: &Config, client: &Client, node: &str, names: &[
     let (cert, key) = if cert.exists() && key.exists() {
         (cert, key)
     } else {
-        let user = format!("{NODE_USER_PREFIX}{node}");
         tracing::info!(node, ?names, "asking for this node's serving certificate");
-        obtain(client, &dir, "kubelet", KUBELET_SERVING_SIGNER, &user, names).await?
+        obtain(client, &dir, "kubelet", KUBELET_SERVING_SIGNER, node, names).await?
     };
     Ok(TlsFlags { tls_cert_file: Some(cert), tls_private_key_file: Some(key), client_ca_file: client_ca })
 }
 
-/// Makes a key, sends a CSR for `user` (with `names`) to `signer`, waits
-/// for the certificate, and writes `DIR/FILE.crt` and `DIR/FILE.key`.
+/// Makes a key, sends a CSR for `node` (`system:node:NODE` in
+/// `system:nodes`, with `names`) to `signer`, waits for the certificate,
+/// and writes `DIR/FILE.crt` and `DIR/FILE.key`.
 async fn obtain(
     client: &Client,
     dir: &Path,
     file: &str,
     signer: &str,
-    user: &str,
+    node: &str,
     names: &[String],
 ) -> Result<(PathBuf, PathBuf), Error> {
-    let made = skiff_pki::csr::request(user, &[NODES_GROUP], names)
+    let made = skiff_pki::csr::request(&format!("{NODE_USER_PREFIX}{node}"), &[NODES_GROUP], names)
         .map_err(|e| flag("node-name", format!("making a certificate request: {e}")))?;
     let name = format!("node-csr-{}-{:08x}", file, rand::random::<u32>());
     let usages = match signer {
