@@ -49,6 +49,18 @@ pub fn remove(obj: &mut Value, field: &str) -> Option<Value> {
     metadata_mut(obj).remove(field)
 }
 
+/// Sets one annotation, making `metadata.annotations` if it is missing (or
+/// not a map, which validation refuses anyway).
+pub fn set_annotation(obj: &mut Value, key: &str, value: &str) {
+    let annotations = metadata_mut(obj).entry("annotations").or_insert_with(|| Value::Object(Map::new()));
+    if !annotations.is_object() {
+        *annotations = Value::Object(Map::new());
+    }
+    if let Some(map) = annotations.as_object_mut() {
+        map.insert(key.to_string(), Value::String(value.to_string()));
+    }
+}
+
 pub fn labels(obj: &Value) -> Option<&Map<String, Value>> {
     obj.get("metadata").and_then(|m| m.get("labels")).and_then(Value::as_object)
 }
@@ -92,6 +104,16 @@ mod tests {
         let mut bare = json!("not an object");
         set(&mut bare, "name", "x");
         assert_eq!(name(&bare), "x");
+    }
+
+    #[test]
+    fn set_annotation_keeps_the_others_and_makes_the_map() {
+        let mut obj = json!({"metadata": {"annotations": {"a": "1"}}});
+        set_annotation(&mut obj, "b", "2");
+        assert_eq!(obj["metadata"]["annotations"], json!({"a": "1", "b": "2"}));
+        let mut bare = json!({"metadata": {"annotations": null}});
+        set_annotation(&mut bare, "b", "2");
+        assert_eq!(bare["metadata"]["annotations"], json!({"b": "2"}));
     }
 
     #[test]

@@ -26,6 +26,12 @@ pub const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
 /// Why a Deployment changed (`kubectl annotate … kubernetes.io/change-cause`).
 pub const CHANGE_CAUSE_ANNOTATION: &str = "kubernetes.io/change-cause";
 
+/// The W3C `traceparent` of the traced request that created an object. The
+/// controllers, the scheduler and the kubelet make the work they do for the
+/// object part of that trace, so one `skiffctl apply` of a Deployment is one
+/// trace down to its pods' starts.
+pub const TRACE_CONTEXT_ANNOTATION: &str = "skiff.io/trace-context";
+
 /// Taints the node lifecycle controller puts on nodes and the scheduler
 /// and taint eviction honour.
 pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";

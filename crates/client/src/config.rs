@@ -176,10 +176,12 @@ impl ApiFlags {
     }
 }
 
-/// A channel whose every call carries the client's bearer token, if any.
+/// A channel whose every call carries the client's bearer token, if any,
+/// and the caller's trace context, when it traces.
 pub type AuthedChannel = InterceptedService<Channel, Credentials>;
 
-/// Adds `authorization: Bearer TOKEN` to each call.
+/// Adds `authorization: Bearer TOKEN` and the current span's `traceparent`
+/// to each call.
 #[derive(Clone)]
 pub struct Credentials {
     authorization: Option<MetadataValue<Ascii>>,
@@ -203,6 +205,7 @@ impl tonic::service::Interceptor for Credentials {
         if let Some(value) = &self.authorization {
             request.metadata_mut().insert("authorization", value.clone());
         }
+        skiff_telemetry::inject_trace_context(request.metadata_mut());
         Ok(request)
     }
 }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
+use tracing::Instrument as _;
 
 use crate::{Object, Result, Store, WorkQueue};
 
@@ -73,6 +74,15 @@ pub trait Reconcile: Send + Sync + 'static {
 
     fn reconcile(&self, key: &str) -> impl Future<Output = std::result::Result<Action, Self::Error>> + Send;
 
+    /// The W3C `traceparent` the reconcile of `key` continues, if any:
+    /// usually the object's [`TRACE_CONTEXT_ANNOTATION`], read with
+    /// [`trace_parent_of`]. Without one, each reconcile is a trace of its own.
+    ///
+    /// [`TRACE_CONTEXT_ANNOTATION`]: skiff_api::well_known::TRACE_CONTEXT_ANNOTATION
+    fn trace_parent(&self, _key: &str) -> Option<String> {
+        None
+    }
+
     /// What to do after `reconcile` failed for `key`; by default, retry
     /// after the key's back-off.
     fn error_policy(&self, _key: &str, _error: &Self::Error) -> Action {
@@ -89,6 +99,12 @@ impl<K: Object> CacheSync for Store<K> {
     fn wait_synced(&self) -> Pin<Box<dyn Future<Output = Result<()>> + Send + '_>> {
         Box::pin(Store::wait_synced(self))
     }
+}
+
+/// The trace context an object carries from the traced request that created
+/// it, for [`Reconcile::trace_parent`].
+pub fn trace_parent_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<String> {
+    meta.annotations.as_ref()?.get(skiff_api::well_known::TRACE_CONTEXT_ANNOTATION).cloned()
 }
 
 /// Waits until every cache has synced: what a loop does before it trusts
@@ -195,7 +211,11 @@ pub async fn run_controller<R: Reconcile>(
 async fn worker<R: Reconcile>(reconciler: Arc<R>, queue: WorkQueue<String>, observer: Option<Observer>) {
     while let Some(key) = queue.get().await {
         let started = Instant::now();
-        let result = reconciler.reconcile(&key).await;
+        let span = tracing::info_span!("reconcile", controller = R::NAME, %key);
+        if let Some(parent) = reconciler.trace_parent(&key) {
+            skiff_telemetry::set_parent_from_traceparent(&span, &parent);
+        }
+        let result = reconciler.reconcile(&key).instrument(span).await;
         let outcome = if result.is_ok() { Outcome::Ok } else { Outcome::Error };
         if let Some(observe) = &observer {
             observe(R::NAME, outcome, started.elapsed());

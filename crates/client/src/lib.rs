@@ -21,7 +21,9 @@ pub use backoff::{Backoff, Retry};
 pub use changes::Changes;
 pub use client::{Api, Client, ListParams, ObjectList, WatchEvent};
 pub use config::{ApiFlags, ClientConfig};
-pub use controller::{run_controller, wait_all_synced, Action, CacheSync, Controller, Outcome, Reconcile};
+pub use controller::{
+    run_controller, trace_parent_of, wait_all_synced, Action, CacheSync, Controller, Outcome, Reconcile,
+};
 pub use error::Error;
 pub use events::{EventRecorder, EventType, ObjectRef};
 pub use informer::{key_of, Informer, InformerEvent, Object, Store};

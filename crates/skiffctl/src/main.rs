@@ -15,10 +15,11 @@ mod table;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory as _, FromArgMatches as _};
 use commands::{AlreadyReported, Command, ExitStatus, Globals};
+use tracing::Instrument as _;
 
-#[derive(Debug, Parser)]
+#[derive(Debug, clap::Parser)]
 #[command(name = "skiffctl", version, about = "Control a skiff cluster")]
 struct Cli {
     #[command(flatten)]
@@ -32,9 +33,26 @@ struct Cli {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let command_name = matches.subcommand_name().unwrap_or_default().to_string();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // Exports this command's span, and so the trace its requests join, only
+    // when OTEL_EXPORTER_OTLP_ENDPOINT is set; otherwise it installs nothing.
+    let telemetry = match skiff_telemetry::init_cli("skiffctl") {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let globals = Globals { api: cli.api, namespace: cli.namespace };
-    match commands::run(&globals, cli.command).await {
+    let span = tracing::info_span!("skiffctl", otel.name = format!("skiffctl {command_name}"));
+    let result = commands::run(&globals, cli.command).instrument(span).await;
+    telemetry.shutdown().await;
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         // Already explained on stderr, one line per failure.
         Err(e) if e.is::<AlreadyReported>() => ExitCode::FAILURE,

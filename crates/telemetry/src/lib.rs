@@ -32,12 +32,13 @@ mod status;
 
 pub use crate::error::Error;
 pub use crate::http::serve_http;
-pub use crate::logging::{init, TelemetryGuard};
+pub use crate::logging::{init, init_cli, TelemetryGuard};
 pub use crate::metrics::{grpc_code_label, GrpcMetrics, Metrics, DURATION_BUCKETS};
 pub use crate::ops::{ServiceOps, Stop};
 pub use crate::propagation::{
-    extract_trace_context, inject_trace_context, set_remote_parent, set_remote_parent_from_headers,
-    trace_context_headers, TraceInterceptor,
+    carries_trace_context, current_traceparent, extract_trace_context, inject_trace_context,
+    set_parent_from_traceparent, set_remote_parent, set_remote_parent_from_headers, trace_context_headers,
+    TraceInterceptor,
 };
 pub use crate::readiness::Readiness;
 pub use crate::signal::shutdown_signal;

@@ -23,6 +23,8 @@ const LOG_FORMAT_VAR: &str = "SKIFF_LOG_FORMAT";
 const OTLP_ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 const OTLP_TRACES_ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
 const DEFAULT_FILTER: &str = "info";
+/// What a CLI prints of its own logs unless `RUST_LOG` says otherwise.
+const CLI_LOG_FILTER: &str = "warn";
 
 /// How long dropping the guard waits for buffered spans to leave. Bounded so
 /// an unreachable collector cannot hold up a pod's termination.
@@ -49,10 +51,48 @@ const EXPORT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bad `RUST_LOG` or `SKIFF_LOG_FORMAT` values are errors in every case, so
 /// a typo is never silently ignored.
 pub fn init(service_name: &'static str) -> Result<TelemetryGuard, Error> {
-    let filter = parse_filter(env_var(LOG_FILTER_VAR)?.as_deref())?;
+    let log_filter = env_var(LOG_FILTER_VAR)?;
     let format = LogFormat::parse(env_var(LOG_FORMAT_VAR)?.as_deref())?;
-    let otlp = env_var(OTLP_ENDPOINT_VAR)?.is_some() || env_var(OTLP_TRACES_ENDPOINT_VAR)?.is_some();
+    let otlp = otlp_configured()?;
+    let filters = Filters {
+        logs: parse_filter(log_filter.as_deref(), DEFAULT_FILTER)?,
+        spans: parse_filter(log_filter.as_deref(), DEFAULT_FILTER)?,
+    };
+    install(service_name, filters, format, otlp)
+}
 
+/// [`init`] for a command-line tool, which must stay quiet and cheap: with no
+/// OTLP endpoint configured it installs nothing at all. With one, it exports
+/// the tool's spans (at `info`, whatever `RUST_LOG` says) and logs only
+/// warnings and errors to stderr unless `RUST_LOG` asks for more.
+pub fn init_cli(name: &'static str) -> Result<TelemetryGuard, Error> {
+    if !otlp_configured()? {
+        return Ok(TelemetryGuard::noop());
+    }
+    let filters = Filters {
+        logs: parse_filter(env_var(LOG_FILTER_VAR)?.as_deref(), CLI_LOG_FILTER)?,
+        spans: parse_filter(None, DEFAULT_FILTER)?,
+    };
+    install(name, filters, LogFormat::parse(env_var(LOG_FORMAT_VAR)?.as_deref())?, true)
+}
+
+/// What reaches stderr and what is exported, decided apart: a CLI exports
+/// spans it would never print.
+struct Filters {
+    logs: EnvFilter,
+    spans: EnvFilter,
+}
+
+fn otlp_configured() -> Result<bool, Error> {
+    Ok(env_var(OTLP_ENDPOINT_VAR)?.is_some() || env_var(OTLP_TRACES_ENDPOINT_VAR)?.is_some())
+}
+
+fn install(
+    service_name: &'static str,
+    filters: Filters,
+    format: LogFormat,
+    otlp: bool,
+) -> Result<TelemetryGuard, Error> {
     // Checked first so a second call does not build an exporter it would
     // immediately throw away; the race with a concurrent caller is handled
     // by set_global_default below.
@@ -63,7 +103,7 @@ pub fn init(service_name: &'static str) -> Result<TelemetryGuard, Error> {
     let provider = if otlp { Some(tracer_provider(service_name, None)?) } else { None };
     let tracer = provider.as_ref().map(|p| p.tracer(service_name));
 
-    if tracing::subscriber::set_global_default(subscriber(filter, format, tracer)).is_err() {
+    if tracing::subscriber::set_global_default(subscriber(filters, format, tracer)).is_err() {
         if let Some(provider) = provider {
             shutdown_provider(&provider);
         }
@@ -157,8 +197,8 @@ impl LogFormat {
     }
 }
 
-fn parse_filter(value: Option<&str>) -> Result<EnvFilter, Error> {
-    let value = value.unwrap_or(DEFAULT_FILTER);
+fn parse_filter(value: Option<&str>, default: &str) -> Result<EnvFilter, Error> {
+    let value = value.unwrap_or(default);
     EnvFilter::builder().parse(value).map_err(|source| Error::ParseLogFilter { value: value.to_owned(), source })
 }
 
@@ -191,7 +231,7 @@ fn tracer_provider(service_name: &'static str, endpoint: Option<&str>) -> Result
         .build())
 }
 
-fn subscriber(filter: EnvFilter, format: LogFormat, tracer: Option<SdkTracer>) -> impl Subscriber + Send + Sync {
+fn subscriber(filters: Filters, format: LogFormat, tracer: Option<SdkTracer>) -> impl Subscriber + Send + Sync {
     let fmt = match format {
         // Colour codes only help a person at a terminal; in files and
         // container logs they are noise.
@@ -206,9 +246,10 @@ fn subscriber(filter: EnvFilter, format: LogFormat, tracer: Option<SdkTracer>) -
     let otel = tracer.map(|tracer| {
         tracing_opentelemetry::layer()
             .with_tracer(tracer)
+            .with_filter(filters.spans)
             .with_filter(filter_fn(|meta| !is_export_transport(meta.target())))
     });
-    tracing_subscriber::registry().with(fmt).with(otel).with(filter)
+    tracing_subscriber::registry().with(fmt.with_filter(filters.logs)).with(otel)
 }
 
 fn is_export_transport(target: &str) -> bool {
@@ -239,12 +280,14 @@ mod tests {
 
     #[test]
     fn filter_defaults_to_info_and_rejects_garbage() {
-        assert_eq!(parse_filter(None).expect("default").to_string(), "info");
+        assert_eq!(parse_filter(None, DEFAULT_FILTER).expect("default").to_string(), "info");
         assert_eq!(
-            parse_filter(Some("warn,skiff_apiserver=debug")).expect("valid directives").max_level_hint(),
+            parse_filter(Some("warn,skiff_apiserver=debug"), DEFAULT_FILTER)
+                .expect("valid directives")
+                .max_level_hint(),
             Some(LevelFilter::DEBUG)
         );
-        match parse_filter(Some("skiff=notalevel")) {
+        match parse_filter(Some("skiff=notalevel"), DEFAULT_FILTER) {
             Err(Error::ParseLogFilter { value, .. }) => assert_eq!(value, "skiff=notalevel"),
             other => panic!("expected ParseLogFilter, got {other:?}"),
         }

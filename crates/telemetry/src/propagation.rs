@@ -5,6 +5,7 @@
 //! propagator, so these calls cost a function call and write nothing.
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry::Context;
 use tonic::metadata::{KeyRef, MetadataKey, MetadataMap, MetadataValue};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -48,6 +49,31 @@ pub fn set_remote_parent_from_headers(span: &tracing::Span, headers: std::collec
     let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&headers));
     let _ = span.set_parent(cx);
 }
+
+/// Whether an incoming request carries a valid trace context: a caller that
+/// traces. The apiserver records such a request's context on the objects it
+/// creates (see [`current_traceparent`]).
+pub fn carries_trace_context(metadata: &MetadataMap) -> bool {
+    extract_trace_context(metadata).span().span_context().is_valid()
+}
+
+/// The current `tracing` span's context as one W3C `traceparent` value, to
+/// be kept on an object so that the work it causes later, in other
+/// processes, joins the same trace. None when export is off or there is no
+/// span.
+pub fn current_traceparent() -> Option<String> {
+    trace_context_headers().remove(TRACEPARENT)
+}
+
+/// Makes `span` a child of the context in a `traceparent` value kept on an
+/// object (see [`current_traceparent`]). A value that does not parse leaves
+/// the span as it was: a stale or hand-edited annotation only loses a link.
+pub fn set_parent_from_traceparent(span: &tracing::Span, traceparent: &str) {
+    let headers = std::collections::HashMap::from([(TRACEPARENT.to_owned(), traceparent.to_owned())]);
+    set_remote_parent_from_headers(span, headers);
+}
+
+const TRACEPARENT: &str = "traceparent";
 
 fn inject_with(propagator: &dyn TextMapPropagator, cx: &Context, metadata: &mut MetadataMap) {
     propagator.inject_context(cx, &mut MetadataInjector(metadata));

@@ -13,6 +13,7 @@ pub mod compose;
 mod dns;
 pub mod netns;
 mod network;
+pub mod otlp;
 mod pki;
 mod process;
 pub mod runtime;
@@ -231,6 +232,10 @@ pub struct ClusterOptions {
     /// controller-manager and skiff-dns (see [`network`]). The apiserver
     /// then listens on the hosts' LAN.
     pub network: Option<NetworkOptions>,
+    /// Variables added to the environment of every skiff process of the
+    /// cluster (apiserver, services, [`Cluster::skiffctl_command`]), such as
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub env: Vec<(String, String)>,
 }
 
 /// etcd, an apiserver and any services started on them, running.
@@ -257,6 +262,7 @@ pub struct Cluster {
     /// The administrator's client config, and its file (None when insecure).
     admin: skiff_client::ClientConfig,
     admin_file: Option<PathBuf>,
+    env: Vec<(String, String)>,
 }
 
 /// A skiff service (scheduler, controller-manager, kubelet…) started by
@@ -356,6 +362,7 @@ impl Cluster {
             pki,
             admin,
             admin_file,
+            env: options.env.clone(),
         };
         cluster.start_apiserver().await?;
         if let Some(runtime) = &options.runtime {
@@ -446,6 +453,7 @@ impl Cluster {
     pub fn skiffctl_command(&self) -> Result<std::process::Command> {
         let mut command = std::process::Command::new(binary("skiffctl")?);
         command.arg("--server").arg(self.server()).env_remove("SKIFF_SERVER").env_remove("SKIFF_CONFIG");
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some(config) = self.kubeconfig_for("skiffctl")? {
             command.arg("--kubeconfig").arg(config);
         }
@@ -491,7 +499,7 @@ impl Cluster {
         args.extend(self.etcd_tls.iter().flat_map(EtcdTls::apiserver_args));
         args.extend(self.apiserver_args.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let p = Process::spawn("skiff-apiserver", &bin, &args, &self.dir, self.detach)?;
+        let p = Process::spawn_with_env("skiff-apiserver", &bin, &args, &self.env, &self.dir, self.detach)?;
         p.wait_http_ok(self.apiserver_metrics, "/readyz", READY_TIMEOUT).await?;
         self.apiserver = Some(p);
         Ok(())
@@ -584,8 +592,10 @@ impl Cluster {
         all.extend(args.iter().cloned());
         let all: Vec<&str> = all.iter().map(String::as_str).collect();
         let process = match host {
-            Some((h, private_run)) => h.spawn(id, &bin, &all, &self.dir, private_run, self.detach)?,
-            None => Process::spawn(id, &bin, &all, &self.dir, self.detach)?,
+            Some((h, private_run)) => {
+                h.spawn_with_env(id, &bin, &all, &self.env, &self.dir, private_run, self.detach)?
+            }
+            None => Process::spawn_with_env(id, &bin, &all, &self.env, &self.dir, self.detach)?,
         };
         process.wait_http_ok(metrics, "/healthz", READY_TIMEOUT).await?;
         self.services.push(Service { id: id.to_string(), process, metrics });

@@ -189,6 +189,21 @@ impl Host {
         private_run: bool,
         detach: bool,
     ) -> Result<Process> {
+        self.spawn_with_env(name, program, args, &[], dir, private_run, detach)
+    }
+
+    /// [`spawn`](Self::spawn) with `env` added to the inherited environment.
+    #[allow(clippy::too_many_arguments)]
+    pub fn spawn_with_env(
+        &self,
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        env: &[(String, String)],
+        dir: &Path,
+        private_run: bool,
+        detach: bool,
+    ) -> Result<Process> {
         let net = format!("--net={}", self.netns_path().display());
         let program = program.to_string_lossy();
         let mut all: Vec<&str> = vec![&net];
@@ -209,7 +224,7 @@ impl Host {
         }
         all.push(&program);
         all.extend_from_slice(args);
-        Process::spawn(name, Path::new("nsenter"), &all, dir, detach)
+        Process::spawn_with_env(name, Path::new("nsenter"), &all, env, dir, detach)
     }
 }
 

@@ -40,6 +40,18 @@ fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
 
 impl Process {
     pub fn spawn(name: &str, program: &Path, args: &[&str], dir: &Path, detach: bool) -> Result<Self> {
+        Self::spawn_with_env(name, program, args, &[], dir, detach)
+    }
+
+    /// [`spawn`](Self::spawn) with `env` added to the inherited environment.
+    pub fn spawn_with_env(
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        env: &[(String, String)],
+        dir: &Path,
+        detach: bool,
+    ) -> Result<Self> {
         let log = dir.join("logs").join(format!("{name}.log"));
         let pid_file = dir.join("pids").join(format!("{name}.pid"));
         let io_err = |what, path: &Path| {
@@ -49,7 +61,7 @@ impl Process {
         let out = std::fs::File::create(&log).map_err(io_err("creating log", &log))?;
         let err = out.try_clone().map_err(io_err("opening log", &log))?;
         let mut cmd = Command::new(program);
-        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+        cmd.args(args).envs(env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null()).stdout(out).stderr(err);
         if detach {
             // Its own process group: a Ctrl-C at the terminal that ran
             // `skiffctl up` must not take the cluster down with it.

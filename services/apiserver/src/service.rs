@@ -158,10 +158,15 @@ impl Objects for ObjectsService {
         let access = Access { verb: "create", kind: &r.kind, subresource: "", namespace: &r.namespace, name: &name };
         let target = Target { kind: &r.kind, namespace: &r.namespace, name: &name };
         let user = caller.user.clone();
+        let traced = skiff_telemetry::carries_trace_context(&meta);
         self.mutate("Create", access, caller, &meta, async {
             escalation::admit(&self.authorizer, &self.registry, &user, &target, Written::Object(&r.object)).await?;
             let admitted = crate::certificates::admit_create(&user, &r.kind, &r.object)?;
-            let object = self.registry.create(&r.kind, &r.namespace, admitted.as_deref().unwrap_or(&r.object)).await?;
+            let body = admitted.as_deref().unwrap_or(&r.object);
+            // This request's own span, a child of the caller's: what the
+            // object's controllers continue.
+            let trace_context = if traced { skiff_telemetry::current_traceparent() } else { None };
+            let object = self.registry.create(&r.kind, &r.namespace, body, trace_context.as_deref()).await?;
             if r.kind == "Namespace" {
                 self.registry.ensure_default_service_account(&object_name(&object)).await?;
             }

@@ -6,10 +6,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod, PodCondition};
-use skiff_client::{key_of, Client, EventRecorder, EventType, InformerEvent, ObjectRef, Store};
+use skiff_client::{key_of, trace_parent_of, Client, EventRecorder, EventType, InformerEvent, ObjectRef, Store};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::algorithm::Algorithm;
 use crate::cache::Cache;
@@ -248,6 +249,12 @@ impl Scheduler {
             return;
         }
         let started = Instant::now();
+        // One span per decision, in the trace of the request that made the pod.
+        let span = tracing::info_span!("schedule", pod = %key);
+        if let Some(parent) = trace_parent_of(&pod.metadata) {
+            skiff_telemetry::set_parent_from_traceparent(&span, &parent);
+        }
+        let _entered = span.enter();
         let info = PodInfo::new(pod);
         let verdict = {
             let mut cache = self.cache();
@@ -263,14 +270,14 @@ impl Scheduler {
         };
         match verdict {
             Ok(node) => {
-                tasks.spawn(self.clone().bind(info, node, started, permit));
+                tasks.spawn(self.clone().bind(info, node, started, permit).instrument(span.clone()));
             }
             Err(fit) => {
                 let message = fit.to_string();
                 tracing::debug!(pod = %key, %message, "pod is unschedulable");
                 self.metrics.attempt(Outcome::Unschedulable, started.elapsed());
                 self.queue.park_unschedulable(popped);
-                tasks.spawn(self.clone().report_unschedulable(info.pod, message, permit));
+                tasks.spawn(self.clone().report_unschedulable(info.pod, message, permit).instrument(span.clone()));
             }
         }
     }

@@ -217,7 +217,7 @@ pub async fn ensure_default_policy(registry: &crate::registry::Registry) -> Resu
         wanted["apiVersion"] = "rbac.authorization.k8s.io/v1".into();
         wanted["kind"] = kind.into();
         let name = wanted["metadata"]["name"].as_str().unwrap_or_default().to_string();
-        match registry.create(kind, "", wanted.to_string().as_bytes()).await {
+        match registry.create(kind, "", wanted.to_string().as_bytes(), None).await {
             Ok(_) => continue,
             Err(crate::Error::AlreadyExists { .. }) => {}
             Err(e) => return Err(e),

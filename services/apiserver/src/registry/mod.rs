@@ -163,7 +163,18 @@ impl Registry {
         Ok(())
     }
 
-    pub async fn create(&self, kind: &str, namespace: &str, body: &[u8]) -> Result<Bytes, Error> {
+    /// Stores a new object. `trace_context` (a `traceparent`) is kept on it
+    /// as [`TRACE_CONTEXT_ANNOTATION`] so that the work done for it later
+    /// joins the trace of the request that created it.
+    ///
+    /// [`TRACE_CONTEXT_ANNOTATION`]: skiff_api::well_known::TRACE_CONTEXT_ANNOTATION
+    pub async fn create(
+        &self,
+        kind: &str,
+        namespace: &str,
+        body: &[u8],
+        trace_context: Option<&str>,
+    ) -> Result<Bytes, Error> {
         let info = KindInfo::by_kind(kind)?;
         if body.len() > MAX_OBJECT_BYTES {
             return Err(skiff_api::Error::TooLarge { size: body.len(), limit: MAX_OBJECT_BYTES }.into());
@@ -185,6 +196,9 @@ impl Registry {
         meta::set(&mut obj, "uid", uuid::Uuid::new_v4().to_string());
         meta::set(&mut obj, "creationTimestamp", clock::now_rfc3339());
         meta::set(&mut obj, "generation", 1);
+        if let Some(traceparent) = trace_context {
+            meta::set_annotation(&mut obj, skiff_api::well_known::TRACE_CONTEXT_ANNOTATION, traceparent);
+        }
         // Nodes report their own status when they register; for every
         // other kind status is the controllers' to write.
         if info.has_status && info.kind != "Node" {
@@ -423,7 +437,7 @@ impl Registry {
     /// never wait on a controller for it).
     pub async fn ensure_default_service_account(&self, ns: &str) -> Result<(), Error> {
         let body = serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}});
-        match self.create("ServiceAccount", ns, body.to_string().as_bytes()).await {
+        match self.create("ServiceAccount", ns, body.to_string().as_bytes(), None).await {
             Ok(_) | Err(Error::AlreadyExists { .. } | Error::NamespaceTerminating(_) | Error::NamespaceNotFound(_)) => {
                 Ok(())
             }
@@ -450,7 +464,7 @@ impl Registry {
     pub async fn ensure_system_namespaces(&self) -> Result<(), Error> {
         for ns in SYSTEM_NAMESPACES {
             let body = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-            match self.create("Namespace", "", body.to_string().as_bytes()).await {
+            match self.create("Namespace", "", body.to_string().as_bytes(), None).await {
                 Ok(_) | Err(Error::AlreadyExists { .. }) => self.ensure_default_service_account(ns).await?,
                 Err(e) => return Err(e),
             }

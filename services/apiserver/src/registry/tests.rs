@@ -43,7 +43,7 @@ fn body(v: &Value) -> Vec<u8> {
 
 impl World {
     async fn create(&self, kind: &str, v: Value) -> Value {
-        value(&self.registry.create(kind, "default", &body(&v)).await.unwrap())
+        value(&self.registry.create(kind, "default", &body(&v), None).await.unwrap())
     }
 
     async fn get(&self, kind: &str, name: &str) -> Result<Value, Error> {
@@ -108,7 +108,7 @@ fn pod(name: &str, node: &str) -> Value {
 #[tokio::test]
 async fn a_pod_on_a_ready_node_waits_for_its_kubelet_to_delete_it_for_good() {
     let w = world().await;
-    w.registry.create("Node", "", &body(&node("n1", "True"))).await.unwrap();
+    w.registry.create("Node", "", &body(&node("n1", "True")), None).await.unwrap();
     w.create("Pod", pod("web", "n1")).await;
 
     let marked = w.delete("Pod", "web", None).await.unwrap();
@@ -123,7 +123,7 @@ async fn a_pod_on_a_ready_node_waits_for_its_kubelet_to_delete_it_for_good() {
 #[tokio::test]
 async fn a_huge_grace_period_is_bounded_not_a_panic() {
     let w = world().await;
-    w.registry.create("Node", "", &body(&node("n1", "True"))).await.unwrap();
+    w.registry.create("Node", "", &body(&node("n1", "True")), None).await.unwrap();
     let mut own = pod("own", "n1");
     own["spec"]["terminationGracePeriodSeconds"] = json!(i64::MAX);
     w.create("Pod", own).await;
@@ -140,7 +140,7 @@ async fn a_huge_grace_period_is_bounded_not_a_panic() {
 #[tokio::test]
 async fn a_pod_without_a_live_kubelet_is_deleted_at_once() {
     let w = world().await;
-    w.registry.create("Node", "", &body(&node("gone", "Unknown"))).await.unwrap();
+    w.registry.create("Node", "", &body(&node("gone", "Unknown")), None).await.unwrap();
     w.create("Pod", pod("on-dead-node", "gone")).await;
     w.create("Pod", pod("on-no-node", "missing")).await;
 

@@ -6,6 +6,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use etcd_client::{Compare, CompareOp, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse, WatchOptions};
 use skiff_telemetry::prometheus::HistogramVec;
+use tracing::Instrument as _;
 
 use super::{Change, Storage, Stored, Swap, WatchStream, Watched};
 use crate::Error;
@@ -64,6 +65,11 @@ impl Etcd {
     }
 }
 
+/// One etcd round trip in the trace of the request that needed it.
+fn etcd_span(op: &'static str, key: &str) -> tracing::Span {
+    tracing::info_span!("etcd", op, key)
+}
+
 fn stored(kv: &KeyValue) -> Stored {
     Stored { value: Bytes::copy_from_slice(kv.value()), mod_revision: kv.mod_revision() }
 }
@@ -89,7 +95,13 @@ fn change(ev: &etcd_client::Event) -> Option<Change> {
 impl Storage for Etcd {
     async fn get(&self, key: &str) -> Result<Option<Stored>, Error> {
         let _t = self.timer("get");
-        let resp = self.client.kv_client().get(key, None).await.map_err(|source| Error::Etcd { op: "get", source })?;
+        let resp = self
+            .client
+            .kv_client()
+            .get(key, None)
+            .instrument(etcd_span("get", key))
+            .await
+            .map_err(|source| Error::Etcd { op: "get", source })?;
         Ok(resp.kvs().first().map(stored))
     }
 
@@ -99,6 +111,7 @@ impl Storage for Etcd {
             .client
             .kv_client()
             .get(prefix, Some(GetOptions::new().with_prefix()))
+            .instrument(etcd_span("list", prefix))
             .await
             .map_err(|source| Error::Etcd { op: "list", source })?;
         let revision = resp.header().map_or(0, |h| h.revision());
@@ -114,7 +127,7 @@ impl Storage for Etcd {
     ) -> Result<(Vec<(String, Stored)>, bool), Error> {
         let _t = self.timer("list");
         let options = GetOptions::new().with_range(end).with_limit(limit).with_revision(revision);
-        let resp = match self.client.kv_client().get(start, Some(options)).await {
+        let resp = match self.client.kv_client().get(start, Some(options)).instrument(etcd_span("list", start)).await {
             Ok(resp) => resp,
             Err(etcd_client::Error::GRpcStatus(s)) if s.code() == tonic::Code::OutOfRange => {
                 return Err(Error::Expired { requested: revision, compacted: 0 })
@@ -129,7 +142,13 @@ impl Storage for Etcd {
         let txn = Txn::new()
             .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
             .and_then([TxnOp::put(key, value, None)]);
-        let resp = self.client.kv_client().txn(txn).await.map_err(|source| Error::Etcd { op: "put", source })?;
+        let resp = self
+            .client
+            .kv_client()
+            .txn(txn)
+            .instrument(etcd_span("put", key))
+            .await
+            .map_err(|source| Error::Etcd { op: "put", source })?;
         if !resp.succeeded() {
             return Ok(Swap::Lost);
         }
@@ -150,7 +169,13 @@ impl Storage for Etcd {
         let txn = Txn::new()
             .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
             .and_then([TxnOp::delete(key, None)]);
-        let resp = self.client.kv_client().txn(txn).await.map_err(|source| Error::Etcd { op: "delete", source })?;
+        let resp = self
+            .client
+            .kv_client()
+            .txn(txn)
+            .instrument(etcd_span("delete", key))
+            .await
+            .map_err(|source| Error::Etcd { op: "delete", source })?;
         if !resp.succeeded() {
             return Ok(Swap::Lost);
         }

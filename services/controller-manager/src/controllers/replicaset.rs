@@ -25,7 +25,8 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use skiff_api::LabelSelector;
 use skiff_client::{
-    key_of, Action, Client, EventRecorder, EventType, InformerEvent, ObjectRef, Reconcile, Store, WorkQueue,
+    key_of, trace_parent_of, Action, Client, EventRecorder, EventType, InformerEvent, ObjectRef, Reconcile, Store,
+    WorkQueue,
 };
 
 use super::{Context, Wiring};
@@ -141,6 +142,10 @@ fn enqueue_matching(queue: &WorkQueue<String>, replicasets: &Store<ReplicaSet>, 
 impl Reconcile for ReplicaSetController {
     const NAME: &'static str = "replicaset";
     type Error = Error;
+
+    fn trace_parent(&self, key: &str) -> Option<String> {
+        trace_parent_of(&self.replicasets.get(key)?.metadata)
+    }
 
     async fn reconcile(&self, key: &str) -> Result<Action> {
         let Some(rs) = self.replicasets.get(key) else {

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use skiff_client::{
-    key_of, Action, Backoff, Client, Controller, EventRecorder, EventType, Informer, InformerEvent, ListParams,
-    ObjectRef, Reconcile, Store, WorkQueue,
+    key_of, trace_parent_of, Action, Backoff, Client, Controller, EventRecorder, EventType, Informer, InformerEvent,
+    ListParams, ObjectRef, Reconcile, Store, WorkQueue,
 };
 use skiff_telemetry::Stop;
 use tokio::sync::mpsc;
@@ -232,6 +232,10 @@ struct PodWorker {
 impl Reconcile for PodWorker {
     const NAME: &'static str = "pod";
     type Error = Error;
+
+    fn trace_parent(&self, key: &str) -> Option<String> {
+        trace_parent_of(&self.store.get(key)?.metadata)
+    }
 
     async fn reconcile(&self, key: &str) -> Result<Action, Error> {
         match sync_key(&self.client, &self.syncer, &self.store, &self.recorder, key).await {

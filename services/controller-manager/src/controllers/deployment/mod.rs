@@ -30,7 +30,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
 use skiff_api::LabelSelector;
 use skiff_client::{
-    key_of, Action, Client, EventRecorder, EventType, InformerEvent, ObjectRef, Reconcile, Store, WorkQueue,
+    key_of, trace_parent_of, Action, Client, EventRecorder, EventType, InformerEvent, ObjectRef, Reconcile, Store,
+    WorkQueue,
 };
 
 mod status;
@@ -213,6 +214,10 @@ struct Sync<'a> {
 impl Reconcile for DeploymentController {
     const NAME: &'static str = "deployment";
     type Error = Error;
+
+    fn trace_parent(&self, key: &str) -> Option<String> {
+        trace_parent_of(&self.deployments.get(key)?.metadata)
+    }
 
     async fn reconcile(&self, key: &str) -> Result<Action> {
         let Some(d) = self.deployments.get(key) else { return Ok(Action::done()) };
