@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod csr;
+pub mod keys;
 pub mod serve;
 
 use std::net::IpAddr;
@@ -30,6 +31,8 @@ pub enum Error {
     BadName(String),
     #[error("a certificate made here names at most one group (O), not {0}")]
     TooManyGroups(usize),
+    #[error("private key: {0}")]
+    Key(String),
 }
 
 /// How long a CA is trusted, as kubeadm's.
@@ -88,7 +91,7 @@ impl Ca {
 
     /// The CA stored as PEM certificate and key.
     pub fn load(cert_pem: &str, key_pem: &str) -> Result<Self, Error> {
-        let key = KeyPair::from_pem(key_pem)?;
+        let key = KeyPair::try_from(keys::pkcs8_der(key_pem)?.as_slice())?;
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
         Ok(Self { issuer, cert_pem: cert_pem.to_string() })
     }

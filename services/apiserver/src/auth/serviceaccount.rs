@@ -72,7 +72,8 @@ impl TokenSigner {
         let text = std::fs::read_to_string(path)
             .map_err(|source| KeyError::Read { path: path.display().to_string(), source })?;
         let invalid = |reason: String| KeyError::Invalid { path: path.display().to_string(), reason };
-        let der = pem_body(&text, "PRIVATE KEY").ok_or_else(|| invalid("no PRIVATE KEY block".into()))?;
+        // PKCS#8, or SEC1 (`EC PRIVATE KEY`) as openssl and Helm write it.
+        let der = skiff_pki::keys::pkcs8_der(&text).map_err(|e| invalid(e.to_string()))?;
         let rng = SystemRandom::new();
         let key = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &der, &rng)
             .map_err(|e| invalid(e.to_string()))?;
@@ -145,15 +146,6 @@ fn decode_json<T: serde::de::DeserializeOwned>(part: &str) -> Option<T> {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).ok()?).ok()
 }
 
-fn pem_body(text: &str, label: &str) -> Option<Vec<u8>> {
-    let begin = format!("-----BEGIN {label}-----");
-    let end = format!("-----END {label}-----");
-    let start = text.find(&begin)? + begin.len();
-    let stop = start + text[start..].find(&end)?;
-    let b64: String = text[start..stop].chars().filter(|c| !c.is_whitespace()).collect();
-    base64::engine::general_purpose::STANDARD.decode(b64).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +171,24 @@ mod tests {
                 pod: None,
             },
         }
+    }
+
+    #[test]
+    fn an_ec_private_key_in_sec1_form_signs_too() {
+        // `openssl ecparam -genkey -noout`, the form Helm's genPrivateKey writes.
+        let sec1 = "-----BEGIN EC PRIVATE KEY-----
+MHcCAQEEIOLBcyEpHE9U1fU9nq+s/vRymiE4wJhoRj+aLVqabhwfoAoGCCqGSM49
+AwEHoUQDQgAErk2V0HXYyfUBS4KBC/t2vGqGLk2Nnt1RX8UGWv8EzN3sFfSBAeha
+oNaxn5Rdz0P7FkwjIW85CwWEH9f2+OG0+w==
+-----END EC PRIVATE KEY-----\n";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sa.key");
+        std::fs::write(&path, sec1).unwrap();
+        let s = TokenSigner::load(&path, "https://skiff".into(), vec!["https://skiff".into()]).unwrap();
+        let token = s.sign(&claims("https://skiff", 2000)).unwrap();
+        assert!(s.verify(&token, 1500).is_ok());
+        std::fs::write(&path, "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n").unwrap();
+        assert!(TokenSigner::load(&path, "https://skiff".into(), vec![]).is_err());
     }
 
     #[test]
