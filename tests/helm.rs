@@ -16,7 +16,9 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 use skiff_api::kinds::KindInfo;
-use skiff_testkit::Cluster;
+use skiff_client::ClientConfig;
+use skiff_testkit::runtime::RuntimeOptions;
+use skiff_testkit::{eventually, Cluster, ClusterOptions};
 
 const NS: &str = "skiff-system";
 
@@ -206,7 +208,8 @@ fn defaults_render_the_control_plane_and_node_agents() {
             "--leader-elect=true",
             "--leader-elect-identity=$(POD_NAME)",
             &format!("--lease-namespace={NS}"),
-            &format!("--server=http://skiff-apiserver.{NS}.svc:6443"),
+            &format!("--server=https://skiff-apiserver.{NS}.svc:6443"),
+            "--kubeconfig=/etc/skiff/pki/kubeconfig.yaml",
         ] {
             assert!(a.contains(&flag), "{name}: {flag} in {a:?}");
         }
@@ -322,7 +325,7 @@ fn overrides_are_honoured() {
     assert_eq!(objs["Service/skiff-dns"]["spec"]["clusterIP"], "10.43.0.10");
     let kubelet = &objs["DaemonSet/skiff-kubelet"];
     assert!(args(kubelet).contains(&"--cluster-dns=10.43.0.10"), "{:?}", args(kubelet));
-    assert!(args(kubelet).contains(&"--server=http://skiff-apiserver.prod.svc:6443"), "{:?}", args(kubelet));
+    assert!(args(kubelet).contains(&"--server=https://skiff-apiserver.prod.svc:6443"), "{:?}", args(kubelet));
     assert_eq!(container(kubelet)["image"], "registry.example.com/skiff-node-gpu:0.2.0", "its own repository");
     assert_eq!(container(&objs["DaemonSet/skiff-overlay"])["image"], "registry.example.com/skiff-node:0.2.0");
 }
@@ -373,4 +376,122 @@ async fn rendered_chart_applies_to_skiff() {
     assert_eq!(scheduler["spec"]["replicas"], 3);
     let svc = client.get("Service", NS, "skiff-ingress").await.expect("stored");
     assert!(svc["spec"]["ports"][0]["nodePort"].as_i64().is_some(), "a LoadBalancer Service gets node ports: {svc}");
+}
+
+/// Every component reaches the apiserver over TLS with credentials of its
+/// own, and only the controller-manager, which signs nodes' requests, gets
+/// the CA's key.
+#[test]
+fn components_get_their_own_credentials_and_only_the_signer_the_ca_key() {
+    let objs = objects(&render(NS, None));
+    for name in ["ca", "apiserver-tls", "kubelet-bootstrap", "admin"] {
+        assert!(objs.contains_key(&format!("Secret/skiff-{name}")), "Secret skiff-{name}");
+    }
+    for (key, w) in workloads(&objs) {
+        let a = args(w);
+        assert!(
+            a.iter().any(|f| f.starts_with("--server=https://") || f.starts_with("--tls-cert-file=")),
+            "{key}: {a:?}"
+        );
+        let volumes = w["spec"]["template"]["spec"]["volumes"].as_array().cloned().unwrap_or_default();
+        let secrets: Vec<&Value> = volumes.iter().filter(|v| v["secret"].is_object()).collect();
+        assert!(!secrets.is_empty(), "{key}: no credentials mounted");
+        // A Secret volume without `items` mounts every key.
+        let holds_ca_key = secrets.iter().any(|v| {
+            let items = v["secret"]["items"].as_array();
+            v["secret"]["secretName"] == "skiff-ca" && items.is_none_or(|i| i.iter().any(|i| i["key"] == "ca.key"))
+        });
+        assert_eq!(holds_ca_key, key == "Deployment/skiff-controller-manager", "{key}");
+    }
+    let kubelet = args(&objs["DaemonSet/skiff-kubelet"]);
+    assert!(kubelet.contains(&"--bootstrap-kubeconfig=/etc/skiff/pki/bootstrap.yaml"), "{kubelet:?}");
+    let apiserver = args(&objs["Deployment/skiff-apiserver"]);
+    for flag in ["--client-ca-file=/etc/skiff/pki/ca.crt", "--token-auth-file=/etc/skiff/pki/tokens.csv"] {
+        assert!(apiserver.contains(&flag), "{flag} in {apiserver:?}");
+    }
+}
+
+/// The data of Secret `name` of a rendered release, decoded.
+fn secret_data(objs: &BTreeMap<String, Value>, name: &str) -> BTreeMap<String, Vec<u8>> {
+    let secret: k8s_openapi::api::core::v1::Secret =
+        serde_json::from_value(objs[&format!("Secret/{name}")].clone()).expect("a Secret");
+    secret.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect()
+}
+
+fn write(path: &Path, contents: &[u8]) -> PathBuf {
+    std::fs::write(path, contents).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    path.to_path_buf()
+}
+
+/// What the chart makes with Helm's crypto functions runs a real cluster:
+/// its CA (an RSA key, from genCA) signs, its ServiceAccount key (SEC1, from
+/// genPrivateKey) loads, its token file lets the administrator in, each
+/// component's certificate is that component and no more, and a kubelet
+/// holding only the chart's join token and CA joins and gets its
+/// certificates signed by the chart's CA.
+#[tokio::test]
+async fn the_charts_certificates_and_tokens_run_a_cluster_a_node_joins() {
+    let objs = objects(&render(NS, None));
+    let ca = secret_data(&objs, "skiff-ca");
+    let dir = tempfile::tempdir().unwrap();
+    // The testkit takes the CA and ServiceAccount key found in its state
+    // dir's pki/ and issues the rest from that CA.
+    let state = dir.path().join("state");
+    let pki = state.join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    for key in ["ca.crt", "ca.key", "sa.key"] {
+        write(&pki.join(key), &ca[key]);
+    }
+    assert!(text(&ca["ca.key"]).starts_with("-----BEGIN RSA PRIVATE KEY-----"), "genCA's key form");
+    let tokens = write(&dir.path().join("tokens.csv"), &ca["tokens.csv"]);
+    let options = ClusterOptions {
+        state_dir: Some(state),
+        runtime: Some(RuntimeOptions::default()),
+        apiserver_args: vec![format!("--token-auth-file={}", tokens.display())],
+        ..Default::default()
+    };
+    let mut cluster = Cluster::start_with(options).await.expect("a cluster on the chart's CA");
+    cluster.start_service("controller-manager", "skiff-controller-manager", &[]).await.expect("controller-manager");
+    let ca_file = pki.join("ca.crt");
+
+    let admin = ClientConfig {
+        server: cluster.server(),
+        certificate_authority: Some(ca_file.clone()),
+        token: Some(text(&ca["admin-token"])),
+        ..ClientConfig::default()
+    };
+    let admin = skiff_client::Client::connect(&admin).unwrap();
+    admin.list("Secret", "kube-system", &Default::default()).await.expect("the admin token may do anything");
+
+    // The scheduler's pair: the scheduler's rights (nodes), not more (Secrets).
+    let scheduler = secret_data(&objs, "skiff-scheduler-client");
+    let config: ClientConfig = serde_yaml_ng::from_slice(&scheduler["kubeconfig.yaml"]).unwrap();
+    assert_eq!(config.server, format!("https://skiff-apiserver.{NS}.svc:6443"));
+    let scheduler = ClientConfig {
+        server: cluster.server(),
+        certificate_authority: Some(ca_file.clone()),
+        client_certificate: Some(write(&dir.path().join("scheduler.crt"), &scheduler["tls.crt"])),
+        client_key: Some(write(&dir.path().join("scheduler.key"), &scheduler["tls.key"])),
+        token: None,
+    };
+    let scheduler = skiff_client::Client::connect(&scheduler).unwrap();
+    scheduler.list("Node", "", &Default::default()).await.expect("the scheduler reads nodes");
+    let denied = scheduler.list("Secret", "kube-system", &Default::default()).await.expect_err("no Secrets");
+    assert!(denied.to_string().contains("system:kube-scheduler"), "{denied}");
+
+    // A node joins with the chart's bootstrap config, pointed at this cluster.
+    let bootstrap = secret_data(&objs, "skiff-kubelet-bootstrap");
+    let mut join: ClientConfig = serde_yaml_ng::from_slice(&bootstrap["bootstrap.yaml"]).unwrap();
+    assert!(join.token.as_deref().is_some_and(|t| t.len() == 23 && t.as_bytes()[6] == b'.'), "{join:?}");
+    join.server = cluster.server();
+    join.certificate_authority = Some(ca_file);
+    let join_file = dir.path().join("bootstrap.yaml");
+    join.save_to(&join_file).unwrap();
+    cluster.start_joining_kubelet("chart-node", &join_file).await.expect("the node joins");
+    eventually("node chart-node Ready", || async {
+        let node = admin.get("Node", "", "chart-node").await.ok()?;
+        let conditions = node["status"]["conditions"].as_array()?.clone();
+        conditions.iter().any(|c| c["type"] == "Ready" && c["status"] == "True").then_some(())
+    })
+    .await;
 }

@@ -51,7 +51,7 @@ registry (if any) before the repository.
 {{- if .Values.apiServerURL -}}
 {{- .Values.apiServerURL -}}
 {{- else -}}
-{{- printf "http://%s-apiserver.%s.svc:%v" (include "skiff.fullname" .) .Release.Namespace .Values.apiserver.port -}}
+{{- printf "https://%s-apiserver.%s.svc:%v" (include "skiff.fullname" .) .Release.Namespace .Values.apiserver.port -}}
 {{- end -}}
 {{- end -}}
 
@@ -120,3 +120,42 @@ affinity:
 - --retry-period={{ $le.retryPeriod }}
 {{- end }}
 {{- end -}}
+
+{{/*
+A component's credentials (pki.yaml's <fullname>-<component>-client, or
+the kubelet's bootstrap Secret), mounted at /etc/skiff/pki.
+*/}}
+{{- define "skiff.pkiMount" -}}
+- name: pki
+  mountPath: /etc/skiff/pki
+  readOnly: true
+{{- end -}}
+
+{{/* The volume for skiff.pkiMount. Call with (dict "root" $ "component" "x"). */}}
+{{- define "skiff.pkiVolume" -}}
+- name: pki
+  secret:
+    secretName: {{ include "skiff.fullname" .root }}-{{ .component }}-client
+    defaultMode: 256  # 0400
+{{- end -}}
+
+{{- define "skiff.kubeconfigPath" -}}
+/etc/skiff/pki/kubeconfig.yaml
+{{- end -}}
+
+{{/*
+A skiff client config (--kubeconfig): the server, the CA, and a client
+pair or a token, as files under /etc/skiff/pki. Call with
+(dict "server" URL "client" true) or (dict "server" URL "token" T).
+*/}}
+{{- define "skiff.kubeconfig" -}}
+server: {{ .server }}
+certificate-authority: /etc/skiff/pki/ca.crt
+{{- if .client }}
+client-certificate: /etc/skiff/pki/tls.crt
+client-key: /etc/skiff/pki/tls.key
+{{- end }}
+{{- with .token }}
+token: {{ . }}
+{{- end }}
+{{ end -}}
