@@ -65,6 +65,10 @@ pub struct Subject {
 pub enum Usage<'a> {
     /// A TLS server reached by these DNS names and IP addresses.
     Server { names: &'a [String] },
+    /// A member of a cluster of servers that also dial each other (etcd's
+    /// peers): a server certificate good for client authentication too, as
+    /// kubeadm's etcd certificates are.
+    Peer { names: &'a [String] },
     /// A client authenticating as `user` in `groups`.
     Client { user: &'a str, groups: &'a [&'a str] },
 }
@@ -111,11 +115,14 @@ impl Ca {
         let mut params = CertificateParams::default();
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         match usage {
-            Usage::Server { names } => {
+            Usage::Server { names } | Usage::Peer { names } => {
                 let first = names.first().map(String::as_str).unwrap_or("skiff");
                 params.distinguished_name.push(DnType::CommonName, first);
                 params.subject_alt_names = names.iter().map(|n| san(n)).collect::<Result<_, _>>()?;
                 params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+                if matches!(usage, Usage::Peer { .. }) {
+                    params.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
+                }
             }
             Usage::Client { user, groups } => {
                 // rcgen keeps one value per attribute type; certificates
@@ -167,8 +174,14 @@ pub fn subject(der: &[u8]) -> Result<Subject, Error> {
 
 /// When a DER certificate stops being valid, in seconds since the epoch.
 pub fn not_after(der: &[u8]) -> Result<i64, Error> {
+    Ok(validity(der)?.1)
+}
+
+/// When a DER certificate starts and stops being valid, in seconds since
+/// the epoch.
+pub fn validity(der: &[u8]) -> Result<(i64, i64), Error> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| Error::Parse(e.to_string()))?;
-    Ok(cert.validity().not_after.timestamp())
+    Ok((cert.validity().not_before.timestamp(), cert.validity().not_after.timestamp()))
 }
 
 /// A PEM certificate chain (leaf first) and its PEM private key, ready to
@@ -242,6 +255,21 @@ mod tests {
         let err = certified_key(a.cert_pem.as_bytes(), b.key_pem.as_bytes()).err().unwrap();
         assert!(err.contains("does not match"), "{err}");
         assert!(certified_key(b"junk", a.key_pem.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_peer_certificate_serves_and_authenticates_a_server_only_serves() {
+        let ca = Ca::generate("skiff-ca").unwrap();
+        let names = vec!["etcd-1".to_string()];
+        let usages = |usage: &Usage| {
+            let issued = ca.issue(usage, LEAF_VALIDITY).unwrap();
+            let der = pem_certificates(&issued.cert_pem).unwrap().remove(0);
+            let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+            let eku = cert.extended_key_usage().unwrap().expect("extended key usage").value.clone();
+            (eku.server_auth, eku.client_auth)
+        };
+        assert_eq!(usages(&Usage::Peer { names: &names }), (true, true));
+        assert_eq!(usages(&Usage::Server { names: &names }), (true, false));
     }
 
     #[test]

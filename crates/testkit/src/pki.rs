@@ -159,8 +159,9 @@ impl ClusterPki {
     pub fn etcd_tls(&self, names: &[String]) -> Result<EtcdTls> {
         let mut all = vec!["127.0.0.1".to_string(), "localhost".to_string()];
         all.extend(names.iter().cloned());
+        // Also the members' certificate towards each other (compose's three).
         let serving =
-            self.ca.issue(&Usage::Server { names: &all }, LEAF_VALIDITY).map_err(|e| pki_error(&self.dir, e))?;
+            self.ca.issue(&Usage::Peer { names: &all }, LEAF_VALIDITY).map_err(|e| pki_error(&self.dir, e))?;
         let (server_cert, server_key) = self.write_pair("etcd-server", &serving)?;
         let (client_cert, client_key) = self.write_pair("apiserver-etcd-client", &self.issue(ETCD_CLIENT)?)?;
         Ok(EtcdTls { ca: self.ca_file(), server_cert, server_key, client_cert, client_key })
