@@ -126,3 +126,70 @@ async fn an_expired_token_is_refused() {
     assert_eq!(refused.code(), Some(tonic::Code::Unauthenticated), "{refused}");
     assert!(refused.to_string().contains("expired"), "{refused}");
 }
+
+/// The end of the certificate in `path`, in seconds since the epoch.
+fn certificate_end(path: &Path) -> i64 {
+    let pem = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    skiff_pki::not_after(&skiff_pki::pem_certificates(&pem).unwrap()[0]).unwrap()
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// With certificates signed for 40 s (`--cluster-signing-duration`), a
+/// joined node renews its client and serving certificates before they end
+/// and goes on working on the new ones without a restart. The apiserver
+/// checks a client certificate's end on every request, so heartbeats after
+/// the first certificate ended prove the new one is in use; a pod created
+/// then still starts, so the node's pod watch still delivers.
+#[tokio::test]
+async fn a_joined_node_renews_its_certificates_before_they_end() {
+    let mut cluster =
+        Cluster::start_with(ClusterOptions { runtime: Some(RuntimeOptions::default()), ..Default::default() })
+            .await
+            .expect("cluster with a container runtime");
+    let short = ["--cluster-signing-duration=40s".to_string()];
+    cluster.start_service("controller-manager", "skiff-controller-manager", &short).await.expect("controller-manager");
+    let dir = tempfile::tempdir().unwrap();
+    let token = skiffctl(&cluster, &["token", "create"]).trim().to_string();
+    cluster.start_joining_kubelet("renewer", &bootstrap_config(&cluster, dir.path(), &token)).await.expect("joins");
+    let admin = cluster.client();
+    eventually("node renewer Ready", || async { admin.get("Node", "", "renewer").await.ok().filter(node_ready) }).await;
+
+    let pki = cluster.dir().join("join/renewer/pki");
+    let first_client_end = certificate_end(&pki.join("kubelet-client.crt"));
+    let first_serving_end = certificate_end(&pki.join("kubelet.crt"));
+    assert!(first_client_end <= now() + 40, "signed for at most 40 s");
+    let lease_time = |lease: &Value| {
+        let at = lease["spec"]["renewTime"].as_str().unwrap_or_default().to_string();
+        chrono::DateTime::parse_from_rfc3339(&at).map_or(0, |t| t.timestamp())
+    };
+    eventually("a heartbeat after the first client certificate ended", || async {
+        let lease = admin.get("Lease", "kube-node-lease", "renewer").await.ok()?;
+        (lease_time(&lease) > first_client_end + 2).then_some(())
+    })
+    .await;
+    assert!(certificate_end(&pki.join("kubelet-client.crt")) > first_client_end, "a new client certificate");
+    assert!(certificate_end(&pki.join("kubelet.crt")) > first_serving_end, "a new serving certificate");
+    let requests = admin.list("CertificateSigningRequest", "", &Default::default()).await.unwrap().items;
+    let renewals = requests
+        .iter()
+        .filter(|r| r["spec"]["username"] == "system:node:renewer")
+        .filter(|r| r["spec"]["signerName"] == "kubernetes.io/kube-apiserver-client-kubelet")
+        .count();
+    assert!(renewals >= 1, "the node asked as itself: {requests:?}");
+
+    let busybox = cluster.runtime().unwrap().registry().image(skiff_testkit::runtime::BUSYBOX_IMAGE);
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "after-renewal"},
+        "spec": {"nodeName": "renewer", "terminationGracePeriodSeconds": 0,
+                 "containers": [{"name": "app", "image": busybox, "command": ["sleep", "3600"]}]},
+    });
+    admin.create("Pod", "default", &pod).await.unwrap();
+    eventually("the pod running on the renewed node", || async {
+        let pod = admin.get("Pod", "default", "after-renewal").await.ok()?;
+        (pod["status"]["phase"] == "Running").then_some(())
+    })
+    .await;
+}

@@ -12,6 +12,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Status};
 
+use crate::channel::ClientChannel;
 use crate::Error;
 
 /// The client config file: `$SKIFF_CONFIG`, else
@@ -106,8 +107,14 @@ impl ClientConfig {
     }
 
     /// A lazily connected channel to the server, with TLS when the server
-    /// is `https://`, and the interceptor that adds the bearer token.
+    /// is `https://`, and the interceptor that adds the bearer token. It
+    /// follows renewals of the client certificate's files.
     pub fn channel(&self) -> Result<AuthedChannel, Error> {
+        let credentials = Credentials::bearer(self.token.as_deref())?;
+        Ok(InterceptedService::new(ClientChannel::new(self)?, credentials))
+    }
+
+    pub(crate) fn connect_lazy(&self) -> Result<Channel, Error> {
         let invalid = |source| Error::InvalidServer { server: self.server.clone(), source };
         let mut endpoint = Endpoint::from_shared(self.server.clone())
             .map_err(invalid)?
@@ -118,8 +125,16 @@ impl ClientConfig {
         if self.server.starts_with("https://") {
             endpoint = endpoint.tls_config(self.tls()?).map_err(invalid)?;
         }
-        let credentials = Credentials::bearer(self.token.as_deref())?;
-        Ok(InterceptedService::new(endpoint.connect_lazy(), credentials))
+        Ok(endpoint.connect_lazy())
+    }
+
+    /// A new channel for a client certificate whose files changed, once
+    /// they hold a certificate and the key that matches it.
+    pub(crate) fn renewed_channel(&self) -> Result<Channel, Error> {
+        if let (Some(cert), Some(key)) = (&self.client_certificate, &self.client_key) {
+            skiff_pki::certified_key(&read(cert)?, &read(key)?).map_err(|reason| config_error(cert, reason))?;
+        }
+        self.connect_lazy()
     }
 
     fn tls(&self) -> Result<ClientTlsConfig, Error> {
@@ -178,7 +193,7 @@ impl ApiFlags {
 
 /// A channel whose every call carries the client's bearer token, if any,
 /// and the caller's trace context, when it traces.
-pub type AuthedChannel = InterceptedService<Channel, Credentials>;
+pub type AuthedChannel = InterceptedService<ClientChannel, Credentials>;
 
 /// Adds `authorization: Bearer TOKEN` and the current span's `traceparent`
 /// to each call.

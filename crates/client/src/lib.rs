@@ -6,6 +6,7 @@
 
 pub mod backoff;
 pub mod changes;
+pub mod channel;
 mod client;
 pub mod config;
 pub mod controller;

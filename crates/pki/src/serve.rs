@@ -84,8 +84,25 @@ pub struct TlsFiles {
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
     pub remote_addr: Option<SocketAddr>,
-    /// Who a verified client certificate names.
-    pub certificate: Option<Subject>,
+    /// Who a verified client certificate names, and until when (seconds
+    /// since the epoch) it may: read it through [`PeerInfo::subject`].
+    pub certificate: Option<(Subject, i64)>,
+}
+
+impl PeerInfo {
+    /// Who the client certificate names, if it is still valid at `now`
+    /// (seconds since the epoch). rustls checked it at the handshake, but a
+    /// connection outlives its certificate, so each request asks again, as
+    /// Kubernetes does: a renewed client opens a new connection.
+    pub fn subject(&self, now: i64) -> Result<Option<&Subject>, String> {
+        match &self.certificate {
+            Some((subject, not_after)) if now > *not_after => {
+                Err(format!("the client certificate of {} expired", subject.user))
+            }
+            Some((subject, _)) => Ok(Some(subject)),
+            None => Ok(None),
+        }
+    }
 }
 
 /// One accepted connection, TLS or not.
@@ -220,9 +237,11 @@ pub fn incoming(listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) -
     ReceiverStream::new(rx)
 }
 
-/// Who a verified client certificate names; one without a CN names no one.
-fn subject_of(cert: &CertificateDer<'_>) -> Option<Subject> {
-    crate::subject(cert).ok().filter(|s| !s.user.is_empty())
+/// Who a verified client certificate names, and its end of validity; one
+/// without a CN names no one.
+fn subject_of(cert: &CertificateDer<'_>) -> Option<(Subject, i64)> {
+    let subject = crate::subject(cert).ok().filter(|s| !s.user.is_empty())?;
+    Some((subject, crate::not_after(cert).ok()?))
 }
 
 /// The serving certificate, re-read when its files change.
@@ -301,4 +320,20 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsConfigErro
 
 fn invalid(path: &Path, reason: impl std::fmt::Display) -> TlsConfigError {
     TlsConfigError::Invalid { path: path.display().to_string(), reason: reason.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_names_its_subject_only_until_it_expires() {
+        let alice = Subject { user: "alice".into(), groups: vec![] };
+        let peer = PeerInfo { remote_addr: None, certificate: Some((alice.clone(), 1000)) };
+        assert_eq!(peer.subject(1000), Ok(Some(&alice)));
+        let expired = peer.subject(1001).unwrap_err();
+        assert!(expired.contains("alice") && expired.contains("expired"), "{expired}");
+        let anonymous = PeerInfo { remote_addr: None, certificate: None };
+        assert_eq!(anonymous.subject(1001), Ok(None));
+    }
 }

@@ -68,6 +68,10 @@ pub struct Config {
     /// The cluster CA's private key (PEM).
     #[arg(long, requires = "cluster_signing_cert_file")]
     pub cluster_signing_key_file: Option<std::path::PathBuf>,
+    /// The longest a certificate signed here is valid; a request asking
+    /// for less (spec.expirationSeconds) gets less.
+    #[arg(long, default_value = "8760h", value_parser = parse_duration)]
+    pub cluster_signing_duration: Duration,
 }
 
 /// Runs until `shutdown` resolves (or leadership is lost, which is an error:
@@ -104,6 +108,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         default_not_ready_toleration_seconds: config.default_not_ready_toleration_seconds,
         node_ipam,
         signing_ca,
+        signing_duration: config.cluster_signing_duration,
     };
     let on_leading = controllers::run_all(controllers, ops.stop.clone());
 

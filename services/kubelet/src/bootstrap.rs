@@ -7,6 +7,11 @@
 //! its API's serving certificate (for its address and name), unless
 //! `--tls-cert-file` gives one. Keys never leave the node. The files live
 //! in `--cert-dir`; a node restarted with them skips the requests.
+//!
+//! Both certificates are renewed the same way before they expire
+//! ([`rotate`]), as the kubelet's certificate manager does: the files are
+//! replaced, and the client connection and the API's server take the new
+//! pairs up without a restart.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -17,6 +22,8 @@ use serde_json::json;
 use skiff_api::well_known::{KUBELET_CLIENT_SIGNER, KUBELET_SERVING_SIGNER, NODES_GROUP, NODE_USER_PREFIX};
 use skiff_client::{Client, ClientConfig};
 use skiff_pki::serve::TlsFlags;
+
+use skiff_telemetry::Stop;
 
 use crate::{Config, Error};
 
@@ -91,9 +98,80 @@ pub async fn serving_tls(config: &Config, client: &Client, node: &str, names: &[
     Ok(TlsFlags { tls_cert_file: Some(cert), tls_private_key_file: Some(key), client_ca_file: client_ca })
 }
 
+/// Renews the bootstrapped certificates in `--cert-dir` until `stop`: each
+/// at a random point between 70% and 90% of its lifetime (so a fleet's
+/// nodes don't all ask at once), asked for as the node with a new key, while
+/// the old certificate still works. A failed request is tried again after a
+/// back-off; the old files stay until a new pair is signed.
+pub async fn rotate(config: &Config, client: Client, node: String, names: Vec<String>, stop: Stop) {
+    if config.bootstrap.bootstrap_kubeconfig.is_none() {
+        return;
+    }
+    let dir = cert_dir(config);
+    let mut set = tokio::task::JoinSet::new();
+    let serving = config.tls.tls_cert_file.is_none().then_some(("kubelet", KUBELET_SERVING_SIGNER, names));
+    for (file, signer, names) in [("kubelet-client", KUBELET_CLIENT_SIGNER, Vec::new())].into_iter().chain(serving) {
+        let (client, dir, node, stop) = (client.clone(), dir.clone(), node.clone(), stop.clone());
+        set.spawn(async move {
+            tokio::select! {
+                _ = stop.raised() => {}
+                _ = keep_renewed(&client, &dir, file, signer, &node, &names) => {}
+            }
+        });
+    }
+    while set.join_next().await.is_some() {}
+}
+
+async fn keep_renewed(client: &Client, dir: &Path, file: &str, signer: &str, node: &str, names: &[String]) {
+    let mut failures = 0u32;
+    loop {
+        let cert = dir.join(format!("{file}.crt"));
+        let wait = match renewal_due(&cert) {
+            Ok(due) => due.duration_since(std::time::SystemTime::now()).unwrap_or_default(),
+            Err(error) => {
+                tracing::warn!(%error, cert = %cert.display(), "cannot read the certificate to renew it");
+                RENEW_RETRY_MAX
+            }
+        };
+        tokio::time::sleep(wait).await;
+        match obtain(client, dir, file, signer, node, names).await {
+            Ok(_) => {
+                failures = 0;
+                tracing::info!(node, certificate = file, "renewed");
+            }
+            Err(error) => {
+                failures = failures.saturating_add(1);
+                let backoff = (RENEW_RETRY_MIN * 2u32.saturating_pow(failures.min(8))).min(RENEW_RETRY_MAX);
+                tracing::warn!(node, certificate = file, %error, ?backoff, "renewal failed; retrying");
+                tokio::time::sleep(backoff).await;
+            }
+        }
+    }
+}
+
+const RENEW_RETRY_MIN: Duration = Duration::from_secs(1);
+const RENEW_RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// When the certificate in `path` should be renewed: a random point between
+/// 70% and 90% of its lifetime.
+fn renewal_due(path: &Path) -> Result<std::time::SystemTime, String> {
+    let pem = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let der = skiff_pki::pem_certificates(&pem).map_err(|e| e.to_string())?;
+    let leaf = der.first().ok_or("no certificate in it")?;
+    let (not_before, not_after) = skiff_pki::validity(leaf).map_err(|e| e.to_string())?;
+    Ok(due_between(not_before, not_after, 0.7 + 0.2 * rand::random::<f64>()))
+}
+
+/// `fraction` of the way from `not_before` to `not_after` (seconds since the epoch).
+fn due_between(not_before: i64, not_after: i64, fraction: f64) -> std::time::SystemTime {
+    let lifetime = not_after.saturating_sub(not_before).max(0) as f64;
+    let at = not_before.saturating_add((lifetime * fraction) as i64).max(0);
+    std::time::UNIX_EPOCH + Duration::from_secs(at as u64)
+}
+
 /// Makes a key, sends a CSR for `node` (`system:node:NODE` in
 /// `system:nodes`, with `names`) to `signer`, waits for the certificate,
-/// and writes `DIR/FILE.crt` and `DIR/FILE.key`.
+/// and writes `DIR/FILE.crt` and `DIR/FILE.key`, each replaced whole.
 async fn obtain(
     client: &Client,
     dir: &Path,
@@ -119,8 +197,13 @@ async fn obtain(
     let certificate = wait_signed(client, &name).await?;
     std::fs::create_dir_all(dir).map_err(|e| io("creating", dir, e))?;
     let (cert, key) = (dir.join(format!("{file}.crt")), dir.join(format!("{file}.key")));
-    skiff_client::config::write_private(&key, made.key_pem.as_bytes()).map_err(|e| io("writing", &key, e))?;
-    std::fs::write(&cert, certificate).map_err(|e| io("writing", &cert, e))?;
+    // Each file replaced in one rename, so no reader sees half of one; the
+    // readers check that key and certificate match before using them.
+    let (cert_new, key_new) = (dir.join(format!("{file}.crt.new")), dir.join(format!("{file}.key.new")));
+    skiff_client::config::write_private(&key_new, made.key_pem.as_bytes()).map_err(|e| io("writing", &key_new, e))?;
+    std::fs::write(&cert_new, certificate).map_err(|e| io("writing", &cert_new, e))?;
+    std::fs::rename(&key_new, &key).map_err(|e| io("replacing", &key, e))?;
+    std::fs::rename(&cert_new, &cert).map_err(|e| io("replacing", &cert, e))?;
     Ok((cert, key))
 }
 
@@ -152,4 +235,26 @@ async fn wait_signed(client: &Client, name: &str) -> Result<Vec<u8>, Error> {
 
 fn io(what: &'static str, path: &Path, source: std::io::Error) -> Error {
     Error::Io { what, path: path.display().to_string(), source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_falls_within_the_lifetime() {
+        let at = |fraction| due_between(1000, 2000, fraction).duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        assert_eq!(at(0.7), 1700);
+        assert_eq!(at(0.9), 1900);
+        // A certificate that ends before it starts is due at once, not never.
+        assert_eq!(due_between(2000, 1000, 0.8).duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(), 2000);
+    }
+
+    #[test]
+    fn a_missing_or_garbled_certificate_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(renewal_due(&dir.path().join("absent.crt")).is_err());
+        std::fs::write(dir.path().join("junk.crt"), "junk").unwrap();
+        assert!(renewal_due(&dir.path().join("junk.crt")).is_err());
+    }
 }

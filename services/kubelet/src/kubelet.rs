@@ -43,6 +43,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let tls = crate::bootstrap::serving_tls(&config, &client, &node.name, &names).await?;
     let security = api_security(&config, &tls, &node.name, &client)?;
     node.kubelet_port = server::serve(api_addr, runtime.clone(), security, ops.stop.raised()).await?.port();
+    let node_name = node.name.clone();
     let node = Arc::new(node);
 
     let (pods, config_maps, secrets) = pods::informers(&client, &node.name);
@@ -89,6 +90,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     });
     let stats = server::StatsMetrics::register(&ops.metrics)?;
     tasks.spawn(stats.run(runtime.clone(), config.status_interval, ops.stop.raised()));
+    tasks.spawn({
+        let (config, client, node, stop) = (config.clone(), client.clone(), node_name.clone(), ops.stop.clone());
+        async move { crate::bootstrap::rotate(&config, client, node, names.to_vec(), stop).await }
+    });
     let pod_loop = PodLoop { client, syncer, pods, config_maps, secrets, relist_interval: config.relist_interval };
     tasks.spawn(pods::run(pod_loop, ops.stop.clone()));
 

@@ -86,10 +86,13 @@ impl Authenticator {
     /// anonymous calls are allowed: a client that meant to be someone must
     /// not silently become no one.
     pub fn authenticate<T>(&self, request: &Request<T>) -> Result<UserInfo, Status> {
-        if let Some(subject) = request.extensions().get::<PeerInfo>().and_then(|p| p.certificate.clone()) {
-            let mut groups = subject.groups;
-            groups.push(AUTHENTICATED.to_string());
-            return Ok(UserInfo { name: subject.user, uid: String::new(), groups });
+        if let Some(peer) = request.extensions().get::<PeerInfo>() {
+            let now = chrono::Utc::now().timestamp();
+            if let Some(subject) = peer.subject(now).map_err(Status::unauthenticated)? {
+                let mut groups = subject.groups.clone();
+                groups.push(AUTHENTICATED.to_string());
+                return Ok(UserInfo { name: subject.user.clone(), uid: String::new(), groups });
+            }
         }
         if let Some(header) = request.metadata().get("authorization") {
             let token = header.to_str().ok().and_then(|h| h.strip_prefix("Bearer ")).map(str::trim);

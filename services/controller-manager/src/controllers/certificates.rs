@@ -37,13 +37,13 @@ use super::{Context, Wiring};
 use crate::error::{Error, Result};
 
 const KIND: &str = "CertificateSigningRequest";
-/// The longest a certificate signed here is valid, as kubeadm's leaves.
-const MAX_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 
 pub struct CertificateController {
     client: Client,
     requests: Store<CertificateSigningRequest>,
     ca: Arc<Ca>,
+    /// `--cluster-signing-duration`: the longest validity given.
+    max_validity: Duration,
 }
 
 pub fn start(ctx: &Context, w: &mut Wiring<'_>) {
@@ -53,8 +53,12 @@ pub fn start(ctx: &Context, w: &mut Wiring<'_>) {
         let queue = queue.clone();
         w.on_events(&ctx.caches.certificate_requests, move |ev| queue.add(ev.key()));
     }
-    let controller =
-        CertificateController { client: ctx.client.clone(), requests: ctx.caches.certificate_requests.clone(), ca };
+    let controller = CertificateController {
+        client: ctx.client.clone(),
+        requests: ctx.caches.certificate_requests.clone(),
+        ca,
+        max_validity: ctx.signing_duration,
+    };
     w.run(ctx, controller, queue);
 }
 
@@ -152,7 +156,7 @@ impl CertificateController {
     fn sign(&self, csr: &CertificateSigningRequest, signed: Signed) -> std::result::Result<String, String> {
         let pem = String::from_utf8(csr.spec.request.0.clone()).map_err(|_| "the request is not PEM".to_string())?;
         let asked = csr.spec.expiration_seconds.and_then(|s| u64::try_from(s).ok()).map(Duration::from_secs);
-        let validity = asked.unwrap_or(MAX_VALIDITY).min(MAX_VALIDITY);
+        let validity = asked.unwrap_or(self.max_validity).min(self.max_validity);
         let validity = time::Duration::try_from(validity).map_err(|e| e.to_string())?;
         self.ca.sign(&pem, signed, validity).map_err(|e| e.to_string())
     }

@@ -41,6 +41,8 @@ pub struct Context {
     pub node_ipam: node_ipam::Ranges,
     /// The CA that signs nodes' certificate requests, when one is given.
     pub signing_ca: Option<Arc<skiff_pki::Ca>>,
+    /// The longest a certificate it signs is valid.
+    pub signing_duration: Duration,
 }
 
 /// Runs every controller until `stop` is raised. Dropping the future (the

@@ -68,7 +68,10 @@ impl KubeletAuth {
     /// UNAUTHENTICATED without a certificate (unless anonymous calls are
     /// allowed), PERMISSION_DENIED naming the user and what it asked.
     pub async fn check<T>(&self, request: &Request<T>, access: NodeAccess) -> Result<(), Status> {
-        let subject = match request.extensions().get::<PeerInfo>().and_then(|p| p.certificate.clone()) {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        let peer = request.extensions().get::<PeerInfo>();
+        let subject = peer.map(|p| p.subject(now)).transpose().map_err(Status::unauthenticated)?.flatten().cloned();
+        let subject = match subject {
             Some(subject) => subject,
             None if self.anonymous => {
                 Subject { user: "system:anonymous".into(), groups: vec!["system:unauthenticated".into()] }
