@@ -142,7 +142,8 @@ fn now() -> i64 {
 /// and goes on working on the new ones without a restart. The apiserver
 /// checks a client certificate's end on every request, so heartbeats after
 /// the first certificate ended prove the new one is in use; a pod created
-/// then still starts, so the node's pod watch still delivers.
+/// then still starts, so the node's pod watch still delivers. Requests whose
+/// certificates ended are deleted.
 #[tokio::test]
 async fn a_joined_node_renews_its_certificates_before_they_end() {
     let mut cluster =
@@ -179,6 +180,14 @@ async fn a_joined_node_renews_its_certificates_before_they_end() {
         .filter(|r| r["spec"]["signerName"] == "kubernetes.io/kube-apiserver-client-kubelet")
         .count();
     assert!(renewals >= 1, "the node asked as itself: {requests:?}");
+    // The joining request's certificate has ended: the controller-manager
+    // deletes the request (as Kubernetes' csrcleaner does).
+    eventually("the joining request cleaned up once its certificate ended", || async {
+        let requests = admin.list("CertificateSigningRequest", "", &Default::default()).await.ok()?.items;
+        let joining = format!("system:bootstrap:{}", &token[..6]);
+        (!requests.iter().any(|r| r["spec"]["username"] == joining.as_str())).then_some(())
+    })
+    .await;
 
     let busybox = cluster.runtime().unwrap().registry().image(skiff_testkit::runtime::BUSYBOX_IMAGE);
     let pod = serde_json::json!({

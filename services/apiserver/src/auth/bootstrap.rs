@@ -179,8 +179,8 @@ fn controller_manager() -> ClusterRole {
         rule(&["list", "watch", "create", "update", "delete"], "", &["endpoints"]),
         rule(INFORM, "coordination.k8s.io", &["leases"]),
         rule(RECORD, "", &["events"]),
-        // Approves and signs nodes' certificate requests.
-        rule(READ, CERTIFICATES_GROUP, &["certificatesigningrequests"]),
+        // Approves and signs nodes' certificate requests; deletes old ones.
+        rule(&[READ, &["delete"]].concat(), CERTIFICATES_GROUP, &["certificatesigningrequests"]),
         rule(&["update"], CERTIFICATES_GROUP, &["certificatesigningrequests/status"]),
     ];
     rules.extend(namespaced_kinds(&["list", "delete"], |_| true));

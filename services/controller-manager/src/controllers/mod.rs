@@ -7,6 +7,7 @@
 //! HorizontalPodAutoscaler controllers.
 
 pub mod certificates;
+pub mod csr_cleaner;
 pub mod deployment;
 pub mod endpoints;
 pub mod garbage_collector;
@@ -58,6 +59,7 @@ pub async fn run_all(ctx: Context, stop: Stop) {
     endpoints::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     node_ipam::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     certificates::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
+    csr_cleaner::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     while let Some(done) = set.join_next().await {
         if let Err(error) = done {
             if error.is_panic() {
