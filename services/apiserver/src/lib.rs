@@ -13,6 +13,7 @@ mod error;
 mod proxy;
 mod registry;
 mod service;
+mod service_accounts;
 mod storage;
 mod watch;
 

@@ -239,3 +239,30 @@ async fn generation_counts_spec_changes_only() {
     assert_eq!(generation(&rolled), 2);
     assert_eq!(rolled["status"]["replicas"], 3, "an Update keeps the status");
 }
+
+/// A pod silent on automountServiceAccountToken takes its account's `false`;
+/// a pod that says, or an account that allows, is left as it is.
+#[tokio::test]
+async fn a_pod_takes_its_service_accounts_automount_setting() {
+    let w = world().await;
+    w.create("ServiceAccount", json!({"metadata": {"name": "quiet"}, "automountServiceAccountToken": false})).await;
+    w.create("ServiceAccount", json!({"metadata": {"name": "open"}})).await;
+    let pod = |account: &str, automount: Option<bool>| {
+        let mut spec = json!({"serviceAccountName": account, "containers": [{"name": "c", "image": "busybox"}]});
+        if let Some(a) = automount {
+            spec["automountServiceAccountToken"] = json!(a);
+        }
+        body(&json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": spec}))
+    };
+    let admit = |object: Vec<u8>| {
+        let registry = &w.registry;
+        async move { crate::service_accounts::admit_pod(registry, "Pod", "default", &object).await.unwrap() }
+    };
+    let quiet = admit(pod("quiet", None)).await.expect("the pod is changed");
+    assert_eq!(value(&Bytes::from(quiet))["spec"]["automountServiceAccountToken"], false);
+    assert!(admit(pod("quiet", Some(true))).await.is_none(), "the pod's own word wins");
+    assert!(admit(pod("open", None)).await.is_none());
+    assert!(admit(pod("missing", None)).await.is_none());
+    let not_a_pod = crate::service_accounts::admit_pod(&w.registry, "Secret", "default", b"{}").await.unwrap();
+    assert!(not_a_pod.is_none());
+}
