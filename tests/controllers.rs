@@ -831,3 +831,62 @@ async fn deleting_a_namespace_deletes_its_contents_then_the_namespace() {
         assert!(list(&client, kind, "doomed", "").await.is_empty(), "{kind} left behind");
     }
 }
+
+/// A namespace's LimitRange fills its pods' resources and its ResourceQuota
+/// bounds them: the controller-manager keeps the quota's usage, the
+/// apiserver charges each new pod and refuses the one that would pass the
+/// limit, naming the quota; a deleted pod gives its share back. skiffctl
+/// shows both as kubectl does.
+#[tokio::test]
+async fn a_namespace_quota_bounds_its_pods_and_a_limit_range_fills_them() {
+    let (cluster, _) = cluster().await;
+    let client = cluster.client();
+    client.create("Namespace", "", &json!({"metadata": {"name": "team"}})).await.unwrap();
+    let range = json!({"metadata": {"name": "bounds"}, "spec": {"limits": [{"type": "Container",
+        "default": {"cpu": "400m", "memory": "64Mi"}, "defaultRequest": {"cpu": "400m"}, "max": {"cpu": "1"}}]}});
+    client.create("LimitRange", "team", &range).await.unwrap();
+    let quota = json!({"metadata": {"name": "compute"}, "spec": {"hard": {"pods": "3", "requests.cpu": "1"}}});
+    client.create("ResourceQuota", "team", &quota).await.unwrap();
+    eventually("the quota's status", || async {
+        let q = client.get("ResourceQuota", "team", "compute").await.ok()?;
+        (q["status"]["used"]["pods"] == "0").then_some(())
+    })
+    .await;
+
+    let pod =
+        |name: &str| json!({"metadata": {"name": name}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+    let first = client.create("Pod", "team", &pod("a")).await.unwrap();
+    assert_eq!(first["spec"]["containers"][0]["resources"]["requests"]["cpu"], "400m", "the LimitRange's default");
+    client.create("Pod", "team", &pod("b")).await.unwrap();
+    let refused = client.create("Pod", "team", &pod("c")).await.unwrap_err();
+    let why = refused.to_string();
+    assert!(
+        why.contains(
+            "exceeded quota: compute, requested: requests.cpu=400m, used: requests.cpu=800m, limited: requests.cpu=1"
+        ),
+        "{why}"
+    );
+    let too_big = json!({"metadata": {"name": "big"}, "spec": {"containers": [{"name": "c", "image": "busybox",
+        "resources": {"limits": {"cpu": "2"}}}]}});
+    let why = client.create("Pod", "team", &too_big).await.unwrap_err().to_string();
+    assert!(why.contains("maximum cpu usage per Container is 1, but limit is 2"), "{why}");
+
+    let out = cluster.skiffctl(&["get", "quota", "-n", "team"], None).unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("pods: 2/3, requests.cpu: 800m/1"), "{table}");
+    let out = cluster.skiffctl(&["describe", "limitrange", "bounds", "-n", "team"], None).unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Container  cpu"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // A deleted pod's share comes back once the controller recounts.
+    client.delete("Pod", "team", "a").await.unwrap();
+    eventually("the quota to give back pod a's share", || async {
+        let q = client.get("ResourceQuota", "team", "compute").await.ok()?;
+        (q["status"]["used"]["requests.cpu"] == "400m").then_some(())
+    })
+    .await;
+    client.create("Pod", "team", &pod("c")).await.expect("room again");
+}

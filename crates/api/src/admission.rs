@@ -89,6 +89,36 @@ impl Rules for core::Secret {
     }
 }
 
+impl Rules for core::ResourceQuota {
+    fn validate(&self, errs: &mut Errors) {
+        let spec = self.spec.as_ref();
+        check::quantities(spec.and_then(|s| s.hard.as_ref()), "spec.hard", errs);
+    }
+}
+
+impl Rules for core::LimitRange {
+    fn validate(&self, errs: &mut Errors) {
+        for (i, item) in self.spec.as_ref().map(|s| s.limits.as_slice()).unwrap_or_default().iter().enumerate() {
+            let at = format!("spec.limits[{i}]");
+            if !matches!(item.type_.as_str(), "Container" | "Pod" | "PersistentVolumeClaim") {
+                errs.add(
+                    format!("{at}.type"),
+                    format!("{:?}: must be Container, Pod or PersistentVolumeClaim", item.type_),
+                );
+            }
+            for (field, list) in [
+                ("default", &item.default),
+                ("defaultRequest", &item.default_request),
+                ("max", &item.max),
+                ("min", &item.min),
+                ("maxLimitRequestRatio", &item.max_limit_request_ratio),
+            ] {
+                check::quantities(list.as_ref(), &format!("{at}.{field}"), errs);
+            }
+        }
+    }
+}
+
 impl Rules for core::ServiceAccount {}
 impl Rules for core::Event {}
 impl Rules for core::PersistentVolume {}
@@ -378,6 +408,8 @@ pub fn normalize(info: &KindInfo, mut value: Value, encoded_len: usize) -> Resul
         "Endpoints" => typed_pass::<core::Endpoints>(value),
         "ConfigMap" => typed_pass::<core::ConfigMap>(value),
         "Secret" => typed_pass::<core::Secret>(value),
+        "ResourceQuota" => typed_pass::<core::ResourceQuota>(value),
+        "LimitRange" => typed_pass::<core::LimitRange>(value),
         "ServiceAccount" => typed_pass::<core::ServiceAccount>(value),
         "Event" => typed_pass::<core::Event>(value),
         "PersistentVolume" => typed_pass::<core::PersistentVolume>(value),

@@ -34,6 +34,8 @@ pub static KINDS: &[KindInfo] = &[
     kind("Endpoints", "v1", "endpoints", true, &["ep"], false),
     kind("ConfigMap", "v1", "configmaps", true, &["cm"], false),
     kind("Secret", "v1", "secrets", true, &[], false),
+    kind("ResourceQuota", "v1", "resourcequotas", true, &["quota"], true),
+    kind("LimitRange", "v1", "limitranges", true, &["limits"], false),
     kind("ServiceAccount", "v1", "serviceaccounts", true, &["sa"], false),
     kind("Event", "v1", "events", true, &["ev"], false),
     kind("PersistentVolume", "v1", "persistentvolumes", false, &["pv"], true),

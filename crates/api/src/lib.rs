@@ -13,6 +13,8 @@ mod error;
 pub mod kinds;
 pub mod meta;
 pub mod quantity;
+pub mod quota;
+pub mod resources;
 pub mod selector;
 mod validation;
 pub mod well_known;

@@ -172,7 +172,7 @@ fn port(value: i32, path: &str, errs: &mut Errors) {
     }
 }
 
-fn quantities(
+pub(crate) fn quantities(
     map: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
     path: &str,
     errs: &mut Errors,

@@ -38,6 +38,8 @@ pub fn describe(info: &KindInfo, obj: &Value, related: &Related, now: DateTime<U
         "Pod" => pod(&mut w, obj, now),
         "Deployment" => deployment(&mut w, obj, now),
         "Ingress" => ingress(&mut w, obj, &related.endpoints),
+        "ResourceQuota" => resource_quota(&mut w, obj),
+        "LimitRange" => limit_range(&mut w, obj),
         _ => generic(&mut w, info, obj),
     }
     events_section(&mut w, &related.events, now);
@@ -137,8 +139,7 @@ fn ingress(w: &mut Writer, obj: &Value, endpoints: &[Value]) {
             w.text(2, &format!("{} terminates {}", str_at(t, "/secretName").unwrap_or("<none>"), hosts.join(",")));
         }
     }
-    let mut rows = vec![vec!["Host".to_string(), "Path".into(), "Backends".into()]];
-    rows.push(vec!["----".to_string(), "----".into(), "--------".into()]);
+    let mut rows = Vec::new();
     for rule in array(obj, "/spec/rules") {
         rows.push(vec![str_at(rule, "/host").unwrap_or("*").to_string(), String::new(), String::new()]);
         for p in array(rule, "/http/paths") {
@@ -148,10 +149,44 @@ fn ingress(w: &mut Writer, obj: &Value, endpoints: &[Value]) {
         }
     }
     w.text(0, "Rules:");
-    let widths: Vec<usize> = (0..3).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
-    for row in rows {
-        w.text(2, &format!("{:w0$}  {:w1$}  {}", row[0], row[1], row[2], w0 = widths[0], w1 = widths[1]));
+    w.table(2, &["Host", "Path", "Backends"], rows);
+}
+
+/// Each limited resource, what is used of it and the limit, as kubectl
+/// describes a quota.
+fn resource_quota(w: &mut Writer, obj: &Value) {
+    let hard = obj.pointer("/status/hard").or_else(|| obj.pointer("/spec/hard"));
+    let rows = hard
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(resource, hard)| {
+            let used = obj.pointer("/status/used").and_then(|u| u.get(resource)).map_or("0".to_string(), scalar);
+            vec![resource.clone(), used, scalar(hard)]
+        })
+        .collect();
+    w.table(0, &["Resource", "Used", "Hard"], rows);
+}
+
+/// One row per item and resource, as kubectl describes a LimitRange.
+fn limit_range(w: &mut Writer, obj: &Value) {
+    let columns = ["min", "max", "defaultRequest", "default", "maxLimitRequestRatio"];
+    let mut rows = Vec::new();
+    for item in array(obj, "/spec/limits") {
+        let mut resources: Vec<&String> =
+            columns.iter().filter_map(|c| item.get(*c).and_then(Value::as_object)).flat_map(|m| m.keys()).collect();
+        resources.sort();
+        resources.dedup();
+        for resource in resources {
+            let mut row = vec![str_at(item, "/type").unwrap_or("").to_string(), resource.clone()];
+            row.extend(
+                columns.iter().map(|c| item.get(*c).and_then(|m| m.get(resource)).map_or("-".to_string(), scalar)),
+            );
+            rows.push(row);
+        }
     }
+    let header = ["Type", "Resource", "Min", "Max", "Default Request", "Default Limit", "Max Limit/Request Ratio"];
+    w.table(0, &header, rows);
 }
 
 /// `svc:port (ip:port,…)`, the endpoints from the Service's Endpoints.
@@ -294,6 +329,21 @@ impl Writer {
 
     fn text(&mut self, indent: usize, text: &str) {
         self.lines.push(Line::Text { indent, text: text.to_string() });
+    }
+
+    /// Rows under a header and its underline, each column as wide as its
+    /// widest cell.
+    fn table(&mut self, indent: usize, header: &[&str], rows: Vec<Vec<String>>) {
+        let mut all = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
+        all.push(header.iter().map(|h| "-".repeat(h.chars().count())).collect());
+        all.extend(rows);
+        let widths: Vec<usize> = (0..header.len())
+            .map(|c| all.iter().map(|r| r.get(c).map_or(0, |s| s.chars().count())).max().unwrap_or(0))
+            .collect();
+        for row in all {
+            let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:w$}")).collect();
+            self.text(indent, &cells.join("  "));
+        }
     }
 
     fn render(&self) -> String {
@@ -454,6 +504,25 @@ Events:
   Normal   Scheduled   5m    scheduler   assigned demo/web-1 to n1
 ";
         assert_eq!(text, want);
+    }
+
+    #[test]
+    fn describes_a_quota_and_a_limit_range_as_kubectl_does() {
+        let quota = json!({"metadata": {"name": "compute", "namespace": "team"},
+            "spec": {"hard": {"pods": "10", "limits.cpu": "2"}},
+            "status": {"hard": {"pods": "10", "limits.cpu": "2"}, "used": {"pods": "3", "limits.cpu": "1500m"}}});
+        let text = describe(info("quota"), &quota, &Related::default(), now());
+        assert!(text.contains("Resource    Used   Hard\n--------    ----   ----\n"), "{text}");
+        assert!(text.contains("limits.cpu  1500m  2\n"), "{text}");
+        assert!(text.contains("pods        3      10\n"), "{text}");
+        let range = json!({"metadata": {"name": "bounds", "namespace": "team"},
+            "spec": {"limits": [{"type": "Container", "max": {"cpu": "1"}, "default": {"cpu": "500m"}, "defaultRequest": {"cpu": "100m"}}]}});
+        let text = describe(info("limitrange"), &range, &Related::default(), now());
+        assert!(
+            text.contains("Type       Resource  Min  Max  Default Request  Default Limit  Max Limit/Request Ratio"),
+            "{text}"
+        );
+        assert!(text.contains("Container  cpu       -    1    100m             500m           -"), "{text}");
     }
 
     #[test]

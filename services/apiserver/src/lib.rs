@@ -3,17 +3,16 @@
 //! cache so that many watchers cost etcd one watch per kind.
 #![forbid(unsafe_code)]
 
+mod admission;
 mod allocator;
 mod audit;
 mod auth;
 mod cache;
-mod certificates;
 pub mod encryption;
 mod error;
 mod proxy;
 mod registry;
 mod service;
-mod service_accounts;
 mod storage;
 mod watch;
 

@@ -161,10 +161,8 @@ impl Objects for ObjectsService {
         let traced = skiff_telemetry::carries_trace_context(&meta);
         self.mutate("Create", access, caller, &meta, async {
             escalation::admit(&self.authorizer, &self.registry, &user, &target, Written::Object(&r.object)).await?;
-            let admitted = match crate::certificates::admit_create(&user, &r.kind, &r.object)? {
-                Some(admitted) => Some(admitted),
-                None => crate::service_accounts::admit_pod(&self.registry, &r.kind, &r.namespace, &r.object).await?,
-            };
+            let admitted =
+                crate::admission::admit_create(&self.registry, &user, &r.kind, &r.namespace, &r.object).await?;
             let body = admitted.as_deref().unwrap_or(&r.object);
             // This request's own span, a child of the caller's: what the
             // object's controllers continue.

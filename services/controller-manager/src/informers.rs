@@ -6,7 +6,7 @@ use std::sync::Arc;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, ResourceQuota, Service};
 use skiff_api::well_known::NODE_LEASE_NAMESPACE;
 use skiff_client::{wait_all_synced, CacheSync, Client, Informer, ListParams, Object, Store};
 use skiff_telemetry::Stop;
@@ -25,6 +25,7 @@ pub struct Informers {
     pub services: Store<Service>,
     pub endpoints: Store<Endpoints>,
     pub certificate_requests: Store<CertificateSigningRequest>,
+    pub resource_quotas: Store<ResourceQuota>,
 }
 
 impl Informers {
@@ -41,6 +42,7 @@ impl Informers {
             services: spawn(client.api::<Service>(""), &stop, &mut runners),
             endpoints: spawn(client.api::<Endpoints>(""), &stop, &mut runners),
             certificate_requests: spawn(client.api::<CertificateSigningRequest>(""), &stop, &mut runners),
+            resource_quotas: spawn(client.api::<ResourceQuota>(""), &stop, &mut runners),
         };
         (informers, runners)
     }
@@ -57,6 +59,7 @@ impl Informers {
             Arc::new(self.services.clone()),
             Arc::new(self.endpoints.clone()),
             Arc::new(self.certificate_requests.clone()),
+            Arc::new(self.resource_quotas.clone()),
         ]
     }
 

@@ -27,7 +27,8 @@ pub(super) fn header(kind: &str, wide: bool) -> &'static [&'static str] {
         ("Event", _) => &["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
         ("Ingress", _) => &["CLASS", "HOSTS", "ADDRESS", "PORTS", "AGE"],
         ("IngressClass", _) => &["CONTROLLER", "PARAMETERS", "AGE"],
-        ("Role" | "ClusterRole", _) => &["CREATED AT"],
+        ("Role" | "ClusterRole" | "LimitRange", _) => &["CREATED AT"],
+        ("ResourceQuota", _) => &["AGE", "REQUEST", "LIMIT"],
         ("CertificateSigningRequest", _) => &["AGE", "SIGNERNAME", "REQUESTOR", "CONDITION"],
         ("RoleBinding" | "ClusterRoleBinding", false) => &["ROLE", "AGE"],
         ("RoleBinding" | "ClusterRoleBinding", true) => &["ROLE", "AGE", "USERS", "GROUPS", "SERVICEACCOUNTS"],
@@ -73,7 +74,11 @@ pub(super) fn cells(kind: &str, obj: &Value, wide: bool, now: DateTime<Utc>) -> 
             };
             vec![text(obj, "/spec/controller", "<none>"), parameters, object_age(obj, now)]
         }
-        "Role" | "ClusterRole" => vec![created_at(obj)],
+        "Role" | "ClusterRole" | "LimitRange" => vec![created_at(obj)],
+        "ResourceQuota" => {
+            let (requests, limits) = quota_usage(obj);
+            vec![object_age(obj, now), requests, limits]
+        }
         "CertificateSigningRequest" => vec![
             object_age(obj, now),
             text(obj, "/spec/signerName", "<none>"),
@@ -202,6 +207,22 @@ fn ingress(obj: &Value, now: DateTime<Utc>) -> Vec<String> {
 
 /// CREATED AT of a Role or ClusterRole: the creation time itself, in UTC,
 /// as kubectl prints it, rather than an age.
+/// A quota's `resource: used/hard` pairs as kubectl lists them: limits.*
+/// in LIMIT, everything else in REQUEST.
+fn quota_usage(obj: &Value) -> (String, String) {
+    let (mut requests, mut limits) = (Vec::new(), Vec::new());
+    for (resource, hard) in obj.pointer("/status/hard").and_then(Value::as_object).into_iter().flatten() {
+        let used = obj.pointer(&format!("/status/used/{}", resource.replace('~', "~0").replace('/', "~1")));
+        let pair = format!("{resource}: {}/{}", str_or(used, "0"), str_or(Some(hard), ""));
+        if resource.starts_with("limits.") {
+            limits.push(pair)
+        } else {
+            requests.push(pair)
+        }
+    }
+    (requests.join(", "), limits.join(", "))
+}
+
 fn created_at(obj: &Value) -> String {
     match parse_time(str_at(obj, "/metadata/creationTimestamp")) {
         Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),

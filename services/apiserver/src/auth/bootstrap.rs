@@ -123,8 +123,11 @@ fn view_rules() -> Vec<PolicyRule> {
 /// that mounts any Secret anyway). Endpoints stay read-only, as Kubernetes
 /// made them after CVE-2021-25740: hand-written endpoints could send a
 /// Service's traffic anywhere. No `/status` writes: those are controllers'.
+/// ResourceQuotas and LimitRanges are read-only here, as in Kubernetes:
+/// whoever sets a namespace's bounds is above its editors and admins.
 fn edit_rules() -> Vec<PolicyRule> {
-    let mut rules = namespaced_kinds(WRITE, |k| for_people(k) && k.kind != "Endpoints");
+    let bounds = |k: &KindInfo| matches!(k.kind, "Endpoints" | "ResourceQuota" | "LimitRange");
+    let mut rules = namespaced_kinds(WRITE, |k| for_people(k) && !bounds(k));
     rules.push(rule(READ, "", &["secrets"]));
     rules.push(rule(&["create"], "", &["pods/exec"]));
     rules
@@ -179,6 +182,9 @@ fn controller_manager() -> ClusterRole {
         rule(&["list", "watch", "create", "update", "delete"], "", &["endpoints"]),
         rule(INFORM, "coordination.k8s.io", &["leases"]),
         rule(RECORD, "", &["events"]),
+        // Recounts quotas' usage (other kinds are listed below).
+        rule(INFORM, "", &["resourcequotas"]),
+        rule(&["update"], "", &["resourcequotas/status"]),
         // Approves and signs nodes' certificate requests; deletes old ones.
         rule(&[READ, &["delete"]].concat(), CERTIFICATES_GROUP, &["certificatesigningrequests"]),
         rule(&["update"], CERTIFICATES_GROUP, &["certificatesigningrequests/status"]),

@@ -252,6 +252,15 @@ impl Registry {
         }
     }
 
+    /// Every object of `kind` in `namespace` as the watch cache holds them
+    /// (once it shows this apiserver's own writes), decoded: for admission
+    /// decisions on the few objects that bound a namespace.
+    pub async fn cached_in_namespace(&self, kind: &str, namespace: &str) -> Result<Vec<Value>, Error> {
+        let info = KindInfo::by_kind(kind)?;
+        let (objects, _) = self.cache_with_own_writes(info).await.objects(&info.key_prefix(Some(namespace)));
+        objects.iter().map(|o| parse(&o.json, "a cached object")).collect()
+    }
+
     pub async fn get(&self, kind: &str, namespace: &str, name: &str) -> Result<Bytes, Error> {
         let info = KindInfo::by_kind(kind)?;
         let (_, stored, current) = self.read(info, namespace, name).await?;

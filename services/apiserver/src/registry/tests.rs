@@ -240,6 +240,21 @@ async fn generation_counts_spec_changes_only() {
     assert_eq!(rolled["status"]["replicas"], 3, "an Update keeps the status");
 }
 
+fn admin() -> crate::auth::UserInfo {
+    crate::auth::UserInfo { name: "admin".into(), uid: String::new(), groups: vec!["system:masters".into()] }
+}
+
+fn pod_body(name: &str, spec: Value) -> Vec<u8> {
+    body(&json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}))
+}
+
+/// The admission chain on a pod, as the Create call runs it: the object to
+/// store (None: as sent) or the refusal.
+async fn admit(w: &World, object: &[u8]) -> Result<Option<Value>, Error> {
+    let admitted = crate::admission::admit_create(&w.registry, &admin(), "Pod", "default", object).await?;
+    Ok(admitted.map(|b| value(&Bytes::from(b))))
+}
+
 /// A pod silent on automountServiceAccountToken takes its account's `false`;
 /// a pod that says, or an account that allows, is left as it is.
 #[tokio::test]
@@ -252,17 +267,82 @@ async fn a_pod_takes_its_service_accounts_automount_setting() {
         if let Some(a) = automount {
             spec["automountServiceAccountToken"] = json!(a);
         }
-        body(&json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": spec}))
+        pod_body("p", spec)
     };
-    let admit = |object: Vec<u8>| {
-        let registry = &w.registry;
-        async move { crate::service_accounts::admit_pod(registry, "Pod", "default", &object).await.unwrap() }
+    let quiet = admit(&w, &pod("quiet", None)).await.unwrap().expect("the pod is changed");
+    assert_eq!(quiet["spec"]["automountServiceAccountToken"], false);
+    assert!(admit(&w, &pod("quiet", Some(true))).await.unwrap().is_none(), "the pod's own word wins");
+    assert!(admit(&w, &pod("open", None)).await.unwrap().is_none());
+    assert!(admit(&w, &pod("missing", None)).await.unwrap().is_none());
+}
+
+/// A LimitRange's defaults fill a container's missing requests and limits;
+/// a container past its max is refused, naming the bound and the range.
+#[tokio::test]
+async fn a_limit_range_defaults_and_bounds_containers() {
+    let w = world().await;
+    let range = json!({"metadata": {"name": "bounds"}, "spec": {"limits": [{"type": "Container",
+        "default": {"cpu": "500m", "memory": "128Mi"}, "defaultRequest": {"cpu": "100m"}, "max": {"cpu": "1"}}]}});
+    w.create("LimitRange", range).await;
+    let bare = pod_body("bare", json!({"containers": [{"name": "c", "image": "busybox"}]}));
+    let admitted = admit(&w, &bare).await.unwrap().expect("defaults set");
+    let resources = &admitted["spec"]["containers"][0]["resources"];
+    assert_eq!(resources["limits"], json!({"cpu": "500m", "memory": "128Mi"}));
+    assert_eq!(
+        resources["requests"],
+        json!({"cpu": "100m", "memory": "128Mi"}),
+        "memory's request is its default limit"
+    );
+    let limited = pod_body(
+        "own",
+        json!({"containers": [{"name": "c", "image": "busybox", "resources": {"limits": {"cpu": "800m"}}}]}),
+    );
+    let admitted = admit(&w, &limited).await.unwrap().expect("defaults set");
+    assert!(admitted["spec"]["containers"][0]["resources"]["requests"]["cpu"].is_null(), "its limit is its request");
+    let big = pod_body(
+        "big",
+        json!({"containers": [{"name": "c", "image": "busybox", "resources": {"limits": {"cpu": "2"}}}]}),
+    );
+    let refused = admit(&w, &big).await.unwrap_err().to_string();
+    assert!(refused.contains("maximum cpu usage per Container is 1, but limit is 2"), "{refused}");
+    assert!(refused.contains("LimitRange \"bounds\""), "{refused}");
+}
+
+/// A pod is charged to its namespace's quota by a compare-and-swap of the
+/// quota's status; the one that would pass the limit is refused and
+/// charges nothing; an unsynced quota admits nothing it limits.
+#[tokio::test]
+async fn a_resource_quota_charges_pods_and_refuses_the_one_too_many() {
+    let w = world().await;
+    w.create("ResourceQuota", json!({"metadata": {"name": "q"}, "spec": {"hard": {"pods": "2", "requests.cpu": "1"}}}))
+        .await;
+    let pod = |name: &str, cpu: &str| {
+        pod_body(
+            name,
+            json!({"containers": [{"name": "c", "image": "busybox", "resources": {"requests": {"cpu": cpu}}}]}),
+        )
     };
-    let quiet = admit(pod("quiet", None)).await.expect("the pod is changed");
-    assert_eq!(value(&Bytes::from(quiet))["spec"]["automountServiceAccountToken"], false);
-    assert!(admit(pod("quiet", Some(true))).await.is_none(), "the pod's own word wins");
-    assert!(admit(pod("open", None)).await.is_none());
-    assert!(admit(pod("missing", None)).await.is_none());
-    let not_a_pod = crate::service_accounts::admit_pod(&w.registry, "Secret", "default", b"{}").await.unwrap();
-    assert!(not_a_pod.is_none());
+    let unsynced = admit(&w, &pod("a", "100m")).await.unwrap_err().to_string();
+    assert!(unsynced.contains("status unknown for quota: q"), "{unsynced}");
+    // What the quota controller writes first.
+    let mut q = w.get("ResourceQuota", "q").await.unwrap();
+    q["status"] = json!({"hard": {"pods": "2", "requests.cpu": "1"}, "used": {"pods": "0", "requests.cpu": "0"}});
+    w.registry.update("ResourceQuota", "default", &body(&q), true).await.unwrap();
+
+    admit(&w, &pod("a", "400m")).await.unwrap();
+    let too_much = admit(&w, &pod("b", "700m")).await.unwrap_err().to_string();
+    assert!(
+        too_much.contains(
+            "exceeded quota: q, requested: requests.cpu=700m, used: requests.cpu=400m, limited: requests.cpu=1"
+        ),
+        "{too_much}"
+    );
+    admit(&w, &pod("b", "600m")).await.unwrap();
+    let third = admit(&w, &pod("c", "0")).await.unwrap_err().to_string();
+    assert!(third.contains("exceeded quota: q, requested: pods=1, used: pods=2, limited: pods=2"), "{third}");
+    let used = &w.get("ResourceQuota", "q").await.unwrap()["status"]["used"];
+    assert_eq!(used, &json!({"pods": "2", "requests.cpu": "1"}), "refusals charged nothing");
+    let no_request = pod_body("d", json!({"containers": [{"name": "c", "image": "busybox"}]}));
+    let refused = admit(&w, &no_request).await.unwrap_err().to_string();
+    assert!(refused.contains("must specify requests.cpu for: c"), "{refused}");
 }

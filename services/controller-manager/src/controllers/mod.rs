@@ -15,6 +15,7 @@ pub mod namespace;
 pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod replicaset;
+pub mod resource_quota;
 pub mod taint_eviction;
 
 use std::sync::Arc;
@@ -60,6 +61,7 @@ pub async fn run_all(ctx: Context, stop: Stop) {
     node_ipam::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     certificates::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     csr_cleaner::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
+    resource_quota::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     while let Some(done) = set.join_next().await {
         if let Err(error) = done {
             if error.is_panic() {
