@@ -165,3 +165,56 @@ fn pod_total(pod: &Pod, of: fn(&Container) -> Resources) -> Resources {
     }
     reqs
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(spec: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": spec})).unwrap()
+    }
+
+    #[test]
+    fn sums_containers_and_takes_the_init_peak() {
+        let p = pod(json!({
+            "containers": [
+                {"name": "a", "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}},
+                {"name": "b", "resources": {"requests": {"cpu": "200m", "nvidia.com/gpu": "1"}}},
+            ],
+            "initContainers": [
+                {"name": "i", "resources": {"requests": {"cpu": "1", "memory": "10Mi"}}},
+            ],
+        }));
+        let r = pod_requests(&p);
+        assert_eq!(r.cpu, 1000);
+        assert_eq!(r.memory, 64 * 1024 * 1024 * 1000);
+        assert_eq!(r.get("nvidia.com/gpu"), 1000);
+    }
+
+    #[test]
+    fn sidecars_add_to_the_sum_and_to_later_init_containers() {
+        let p = pod(json!({
+            "containers": [{"name": "a", "resources": {"requests": {"cpu": "100m"}}}],
+            "initContainers": [
+                {"name": "side", "restartPolicy": "Always", "resources": {"requests": {"cpu": "200m"}}},
+                {"name": "i", "resources": {"requests": {"cpu": "250m"}}},
+            ],
+        }));
+        // containers + sidecar = 300m; during init: sidecar + i = 450m.
+        assert_eq!(pod_requests(&p).cpu, 450);
+    }
+
+    #[test]
+    fn limits_sum_as_requests_do() {
+        let p = pod(json!({
+            "containers": [
+                {"name": "a", "resources": {"limits": {"cpu": "500m"}, "requests": {"cpu": "100m"}}},
+                {"name": "b", "resources": {"requests": {"cpu": "100m"}}},
+            ],
+            "initContainers": [{"name": "i", "resources": {"limits": {"cpu": "2"}}}],
+        }));
+        assert_eq!(pod_limits(&p).cpu, 2000, "the init container's peak");
+        assert_eq!(pod_requests(&p).cpu, 2000, "its limit is its request");
+    }
+}

@@ -59,8 +59,12 @@ impl ClientChannel {
     /// Takes the newest connection, first making one if the certificate's
     /// files changed since they were last looked at.
     fn refresh(&mut self) {
+        // A token or no credentials at all: nothing to follow, no lock.
+        if self.shared.config.client_certificate.is_none() {
+            return;
+        }
         let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        if self.shared.config.client_certificate.is_some() && state.checked.elapsed() >= CHECK_INTERVAL {
+        if state.checked.elapsed() >= CHECK_INTERVAL {
             state.checked = Instant::now();
             let files = stamp(&self.shared.config);
             if files != state.files {

@@ -71,36 +71,6 @@ mod tests {
     }
 
     #[test]
-    fn sums_containers_and_takes_the_init_peak() {
-        let p = pod(json!({
-            "containers": [
-                {"name": "a", "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}},
-                {"name": "b", "resources": {"requests": {"cpu": "200m", "nvidia.com/gpu": "1"}}},
-            ],
-            "initContainers": [
-                {"name": "i", "resources": {"requests": {"cpu": "1", "memory": "10Mi"}}},
-            ],
-        }));
-        let r = pod_requests(&p);
-        assert_eq!(r.cpu, 1000);
-        assert_eq!(r.memory, 64 * 1024 * 1024 * 1000);
-        assert_eq!(r.get("nvidia.com/gpu"), 1000);
-    }
-
-    #[test]
-    fn sidecars_add_to_the_sum_and_to_later_init_containers() {
-        let p = pod(json!({
-            "containers": [{"name": "a", "resources": {"requests": {"cpu": "100m"}}}],
-            "initContainers": [
-                {"name": "side", "restartPolicy": "Always", "resources": {"requests": {"cpu": "200m"}}},
-                {"name": "i", "resources": {"requests": {"cpu": "250m"}}},
-            ],
-        }));
-        // containers + sidecar = 300m; during init: sidecar + i = 450m.
-        assert_eq!(pod_requests(&p).cpu, 450);
-    }
-
-    #[test]
     fn limits_stand_in_for_missing_requests_and_overhead_adds() {
         let p = pod(json!({
             "containers": [{"name": "a", "resources": {"limits": {"cpu": "500m", "memory": "1Gi"}, "requests": {"memory": "100Mi"}}}],

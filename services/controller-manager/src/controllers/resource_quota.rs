@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, ResourceQuota, ResourceQuotaStatus, Service};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
 use skiff_api::kinds::{KindInfo, KINDS};
 use skiff_api::quota::{format_milli, usage};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use skiff_client::{Action, Client, InformerEvent, Object, Reconcile, Store, WorkQueue};
 
 use super::{Context, Wiring};
