@@ -15,6 +15,7 @@ pub mod meta;
 pub mod quantity;
 pub mod quota;
 pub mod resources;
+pub mod scheduling;
 pub mod selector;
 mod validation;
 pub mod well_known;

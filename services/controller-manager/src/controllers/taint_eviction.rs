@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
+use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 use skiff_client::{
     key_of, Action, Client, EventRecorder, EventType, InformerEvent, ObjectRef, Reconcile, Store, WorkQueue,
 };
@@ -89,18 +89,7 @@ pub fn start(ctx: &Context, w: &mut Wiring<'_>) {
     w.run(ctx, controller, queue);
 }
 
-/// Whether `t` tolerates `taint`, by Kubernetes' rules.
-pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
-    if t.effect.as_deref().is_some_and(|e| !e.is_empty() && e != taint.effect) {
-        return false;
-    }
-    let exists = t.operator.as_deref() == Some("Exists");
-    match t.key.as_deref().filter(|k| !k.is_empty()) {
-        None => exists,
-        Some(k) if k != taint.key => false,
-        Some(_) => exists || t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
-    }
-}
+pub use skiff_api::scheduling::tolerates;
 
 impl TaintEvictionController {
     /// When `pod` must leave because of `taint`, in ms since the epoch;
@@ -167,6 +156,7 @@ impl Reconcile for TaintEvictionController {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::Toleration;
 
     fn taint(key: &str) -> Taint {
         Taint { key: key.into(), effect: "NoExecute".into(), value: None, time_added: None }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{NodeAffinity as K8sNodeAffinity, NodeSelectorRequirement, NodeSelectorTerm};
+use k8s_openapi::api::core::v1::{NodeAffinity as K8sNodeAffinity, NodeSelectorTerm};
 
 use crate::cache::NodeInfo;
 use crate::framework::{Filter, PodInfo, Score, Unfit, MAX_NODE_SCORE};
@@ -16,44 +16,9 @@ fn labels(node: &NodeInfo) -> Option<&BTreeMap<String, String>> {
     node.node.as_ref().and_then(|n| n.metadata.labels.as_ref())
 }
 
-/// Whether one requirement holds for `value` (the label, or field, if set).
-fn requirement_matches(req: &NodeSelectorRequirement, value: Option<&str>) -> bool {
-    let values = req.values.as_deref().unwrap_or_default();
-    match req.operator.as_str() {
-        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
-        "NotIn" => !value.is_some_and(|v| values.iter().any(|x| x == v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        // Gt and Lt take exactly one integer value; a label that is not an
-        // integer never matches.
-        op @ ("Gt" | "Lt") => {
-            let (Some(v), [bound]) = (value.and_then(|v| v.parse::<i64>().ok()), values) else { return false };
-            let Ok(bound) = bound.parse::<i64>() else { return false };
-            if op == "Gt" {
-                v > bound
-            } else {
-                v < bound
-            }
-        }
-        _ => false,
-    }
-}
-
-/// A term matches when all its expressions and fields do; a term with
-/// neither matches nothing, as in Kubernetes.
+/// A term matches when all its expressions and fields do.
 pub(crate) fn term_matches(term: &NodeSelectorTerm, node: &NodeInfo) -> bool {
-    let exprs = term.match_expressions.as_deref().unwrap_or_default();
-    let fields = term.match_fields.as_deref().unwrap_or_default();
-    if exprs.is_empty() && fields.is_empty() {
-        return false;
-    }
-    let labels = labels(node);
-    exprs.iter().all(|r| requirement_matches(r, labels.and_then(|l| l.get(&r.key)).map(String::as_str)))
-        && fields.iter().all(|r| {
-            // metadata.name is the only node field selectors may name.
-            let value = (r.key == "metadata.name").then_some(node.name.as_str());
-            requirement_matches(r, value)
-        })
+    skiff_api::scheduling::term_matches(term, labels(node), &node.name)
 }
 
 /// Requires the node's labels to match `spec.nodeSelector` and at least one

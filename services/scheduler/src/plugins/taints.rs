@@ -1,31 +1,12 @@
 //! Taints and tolerations: NoSchedule and NoExecute taints keep pods that
 //! don't tolerate them off a node; PreferNoSchedule ones only lower its score.
 
-use k8s_openapi::api::core::v1::{Taint, Toleration};
+use k8s_openapi::api::core::v1::Taint;
 
 use crate::cache::NodeInfo;
 use crate::framework::{Filter, PodInfo, Score, Unfit, MAX_NODE_SCORE};
 
-/// Whether `toleration` tolerates `taint`, by Kubernetes' rules: an empty
-/// effect matches every effect, an empty key with `Exists` matches every
-/// taint, `Equal` (the default) compares values.
-pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
-    if let Some(effect) = toleration.effect.as_deref().filter(|e| !e.is_empty()) {
-        if effect != taint.effect {
-            return false;
-        }
-    }
-    if let Some(key) = toleration.key.as_deref().filter(|k| !k.is_empty()) {
-        if key != taint.key {
-            return false;
-        }
-    }
-    match toleration.operator.as_deref().unwrap_or("Equal") {
-        "Exists" => true,
-        "Equal" | "" => toleration.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
-        _ => false,
-    }
-}
+pub use skiff_api::scheduling::tolerates;
 
 fn taints(node: &NodeInfo) -> &[Taint] {
     node.node.as_ref().and_then(|n| n.spec.as_ref()).and_then(|s| s.taints.as_deref()).unwrap_or_default()
@@ -40,11 +21,7 @@ impl Filter for TaintToleration {
     }
 
     fn filter(&self, pod: &PodInfo, node: &NodeInfo) -> Result<(), Unfit> {
-        let untolerated = taints(node).iter().find(|taint| {
-            matches!(taint.effect.as_str(), "NoSchedule" | "NoExecute")
-                && !pod.tolerations().iter().any(|t| tolerates(t, taint))
-        });
-        match untolerated {
+        match skiff_api::scheduling::untolerated(taints(node), pod.tolerations()) {
             None => Ok(()),
             Some(t) => Err(Unfit::new(format!(
                 "node(s) had untolerated taint {{{}: {}}}",
