@@ -10,7 +10,7 @@
 //!
 //! Build first: `cargo build -p skiff-apiserver -p skiff-controller-manager`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -889,4 +889,75 @@ async fn a_namespace_quota_bounds_its_pods_and_a_limit_range_fills_them() {
     })
     .await;
     client.create("Pod", "team", &pod("c")).await.expect("room again");
+}
+
+/// Hollow nodes for the DaemonSet test: `n` of them named `PREFIX0000`….
+fn hollow_args(n: usize, prefix: &str) -> Vec<String> {
+    [format!("--hollow-nodes={n}"), format!("--node-name-prefix={prefix}"), "--heartbeat-interval=1s".into()].to_vec()
+}
+
+/// The DaemonSet's live pods by node.
+async fn daemon_pods(client: &Client, ds: &str) -> BTreeMap<String, Value> {
+    let pods = client.list("Pod", "default", &Default::default()).await.map(|l| l.items).unwrap_or_default();
+    pods.into_iter()
+        .filter(|p| p["metadata"]["ownerReferences"][0]["name"] == ds && p["metadata"]["deletionTimestamp"].is_null())
+        .filter_map(|p| Some((p["spec"]["nodeName"].as_str().filter(|n| !n.is_empty())?.to_string(), p)))
+        .collect()
+}
+
+/// A DaemonSet runs one pod on every node, through the scheduler: on a node
+/// that joins later too; a removed node's pod goes; a new template rolls
+/// over every node.
+#[tokio::test]
+async fn a_daemon_set_runs_on_every_node_including_one_that_joins_later() {
+    let (mut cluster, _) = cluster().await;
+    cluster.start_service("scheduler", "skiff-scheduler", &[]).await.unwrap();
+    cluster.start_service("hollow", "skiff-kubelet", &hollow_args(2, "base-")).await.unwrap();
+    let client = cluster.client();
+    let ds = json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agent"},
+        "spec": {"selector": {"matchLabels": {"app": "agent"}},
+            "template": {"metadata": {"labels": {"app": "agent"}}, "spec": {"containers": [{"name": "c", "image": "busybox:1"}]}}}});
+    client.create("DaemonSet", "default", &ds).await.unwrap();
+    let placed = eventually("a daemon pod on each of the two nodes", || async {
+        let pods = daemon_pods(&client, "agent").await;
+        (pods.keys().collect::<Vec<_>>() == ["base-0000", "base-0001"]).then_some(pods)
+    })
+    .await;
+    assert!(placed.values().all(|p| p["spec"]["affinity"]["nodeAffinity"].is_object()), "pinned through the scheduler");
+
+    cluster.start_service("late", "skiff-kubelet", &hollow_args(1, "late-")).await.unwrap();
+    eventually("the joining node's pod", || async {
+        daemon_pods(&client, "agent").await.contains_key("late-0000").then_some(())
+    })
+    .await;
+    let status = eventually("status counting three nodes", || async {
+        let ds = client.get("DaemonSet", "default", "agent").await.ok()?;
+        (ds["status"]["desiredNumberScheduled"] == 3 && ds["status"]["currentNumberScheduled"] == 3).then_some(ds)
+    })
+    .await;
+    assert_eq!(status["status"]["numberMisscheduled"], 0);
+
+    // The late node goes away: so does its pod.
+    cluster.stop_service("late");
+    client.delete("Node", "", "late-0000").await.unwrap();
+    eventually("the removed node's pod gone", || async {
+        let pods = daemon_pods(&client, "agent").await;
+        (pods.keys().collect::<Vec<_>>() == ["base-0000", "base-0001"]).then_some(())
+    })
+    .await;
+
+    // A new template rolls over both nodes.
+    let mut live = client.get("DaemonSet", "default", "agent").await.unwrap();
+    live["spec"]["template"]["spec"]["containers"][0]["image"] = json!("busybox:2");
+    client.update("DaemonSet", "default", &live).await.unwrap();
+    eventually("every node on the new template", || async {
+        let pods = daemon_pods(&client, "agent").await;
+        let updated = pods.values().filter(|p| p["spec"]["containers"][0]["image"] == "busybox:2").count();
+        (pods.len() == 2 && updated == 2).then_some(())
+    })
+    .await;
+    let out = cluster.skiffctl(&["rollout", "status", "ds/agent", "--timeout", "60s"], None).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("daemon set \"agent\" successfully rolled out"), "{text}");
 }

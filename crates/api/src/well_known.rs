@@ -23,6 +23,10 @@ pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
 /// the hash of the pod template, so that two ReplicaSets never share pods.
 pub const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
 
+/// A DaemonSet's pods carry the hash of the template they were made from,
+/// so a rolling update tells old pods from new.
+pub const REVISION_HASH_LABEL: &str = "controller-revision-hash";
+
 /// Why a Deployment changed (`kubectl annotate … kubernetes.io/change-cause`).
 pub const CHANGE_CAUSE_ANNOTATION: &str = "kubernetes.io/change-cause";
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, ResourceQuota, Service};
@@ -18,6 +18,7 @@ pub struct Informers {
     pub pods: Store<Pod>,
     pub replicasets: Store<ReplicaSet>,
     pub deployments: Store<Deployment>,
+    pub daemonsets: Store<DaemonSet>,
     pub nodes: Store<Node>,
     /// Node heartbeats, in kube-node-lease only.
     pub node_leases: Store<Lease>,
@@ -36,6 +37,7 @@ impl Informers {
             pods: spawn(client.api::<Pod>(""), &stop, &mut runners),
             replicasets: spawn(client.api::<ReplicaSet>(""), &stop, &mut runners),
             deployments: spawn(client.api::<Deployment>(""), &stop, &mut runners),
+            daemonsets: spawn(client.api::<DaemonSet>(""), &stop, &mut runners),
             nodes: spawn(client.api::<Node>(""), &stop, &mut runners),
             node_leases: spawn(client.api::<Lease>(NODE_LEASE_NAMESPACE), &stop, &mut runners),
             namespaces: spawn(client.api::<Namespace>(""), &stop, &mut runners),
@@ -53,6 +55,7 @@ impl Informers {
             Arc::new(self.pods.clone()),
             Arc::new(self.replicasets.clone()),
             Arc::new(self.deployments.clone()),
+            Arc::new(self.daemonsets.clone()),
             Arc::new(self.nodes.clone()),
             Arc::new(self.node_leases.clone()),
             Arc::new(self.namespaces.clone()),

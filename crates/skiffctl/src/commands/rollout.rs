@@ -24,7 +24,8 @@ pub struct Args {
 
 #[derive(Debug, clap::Args)]
 pub struct Target {
-    /// The deployment: deploy/web, or deployment web.
+    /// The deployment (deploy/web, or deployment web); `status` also takes
+    /// a daemonset (ds/agent).
     #[arg(required = true, num_args = 1..=2)]
     pub target: Vec<String>,
 }
@@ -73,15 +74,16 @@ pub async fn run(globals: &Globals, args: Args) -> Result<()> {
         What::Resume { target } => (target, "resume"),
     };
     let (info, name) = resource::parse_target(&target.target)?;
-    if info.kind != "Deployment" {
-        bail!("rollout {what} supports deployments only, not {}", info.plural);
+    let followed = what == "status" && info.kind == "DaemonSet";
+    if info.kind != "Deployment" && !followed {
+        bail!("rollout {what} supports deployments (and status daemonsets) only, not {}", info.plural);
     }
     let client = globals.client()?;
     let ns = globals.namespace.as_str();
     let object_ref = resource::object_ref(info, &name);
     match args.what {
         What::Status { timeout, .. } => {
-            let wait = follow(&client, ns, &name);
+            let wait = follow(&client, info.kind, ns, &name);
             if timeout.is_zero() {
                 wait.await
             } else {
@@ -134,9 +136,42 @@ pub enum Progress {
     Done(String),
 }
 
+/// Reads a Deployment's or DaemonSet's progress.
+pub fn progress(kind: &str, object: &Value) -> Result<Progress> {
+    match kind {
+        "DaemonSet" => daemon_set_progress(object),
+        _ => deployment_progress(object),
+    }
+}
+
+/// A DaemonSet's progress, in kubectl's words: every node's pod updated,
+/// then available. Only RollingUpdate DaemonSets have a rollout to follow.
+fn daemon_set_progress(ds: &Value) -> Result<Progress> {
+    let name = meta::name(ds);
+    let strategy = ds.pointer("/spec/updateStrategy/type").and_then(Value::as_str).unwrap_or("RollingUpdate");
+    if strategy != "RollingUpdate" {
+        bail!("rollout status is only available for RollingUpdate strategy type");
+    }
+    let int = |p: &str| ds.pointer(p).and_then(Value::as_i64).unwrap_or(0);
+    if int("/metadata/generation") > int("/status/observedGeneration") {
+        return Ok(Progress::Waiting("Waiting for daemon set spec update to be observed...".into()));
+    }
+    let (desired, updated, available) =
+        (int("/status/desiredNumberScheduled"), int("/status/updatedNumberScheduled"), int("/status/numberAvailable"));
+    let waiting =
+        |what: String| Ok(Progress::Waiting(format!("Waiting for daemon set {name:?} rollout to finish: {what}")));
+    if updated < desired {
+        return waiting(format!("{updated} out of {desired} new pods have been updated..."));
+    }
+    if available < desired {
+        return waiting(format!("{available} of {desired} updated pods are available..."));
+    }
+    Ok(Progress::Done(format!("daemon set {name:?} successfully rolled out")))
+}
+
 /// Reads a Deployment's progress; fails once it is past its progress
 /// deadline.
-pub fn progress(deploy: &Value) -> Result<Progress> {
+fn deployment_progress(deploy: &Value) -> Result<Progress> {
     let name = meta::name(deploy);
     let int = |p: &str| deploy.pointer(p).and_then(Value::as_i64);
     if int("/metadata/generation").unwrap_or(0) > int("/status/observedGeneration").unwrap_or(0) {
@@ -170,10 +205,10 @@ pub fn progress(deploy: &Value) -> Result<Progress> {
 
 /// Prints each new progress line until the rollout is done, resuming the
 /// watch whenever it ends.
-async fn follow(client: &Client, ns: &str, name: &str) -> Result<()> {
+async fn follow(client: &Client, kind: &str, ns: &str, name: &str) -> Result<()> {
     let mut last = String::new();
-    let mut report = |deploy: &Value| -> Result<bool> {
-        match progress(deploy)? {
+    let mut report = |object: &Value| -> Result<bool> {
+        match progress(kind, object)? {
             Progress::Done(line) => {
                 outln!("{line}");
                 Ok(true)
@@ -189,11 +224,11 @@ async fn follow(client: &Client, ns: &str, name: &str) -> Result<()> {
     };
     let params = ListParams::default().fields(&format!("metadata.name={name}"));
     loop {
-        let deploy = client.get("Deployment", ns, name).await?;
-        if report(&deploy)? {
+        let object = client.get(kind, ns, name).await?;
+        if report(&object)? {
             return Ok(());
         }
-        let mut stream = client.watch("Deployment", ns, &params, meta::resource_version(&deploy)).await?;
+        let mut stream = client.watch(kind, ns, &params, meta::resource_version(&object)).await?;
         while let Some(event) = stream.next().await {
             match event {
                 Ok(WatchEvent::Added(d) | WatchEvent::Modified(d)) => {
@@ -201,7 +236,7 @@ async fn follow(client: &Client, ns: &str, name: &str) -> Result<()> {
                         return Ok(());
                     }
                 }
-                Ok(WatchEvent::Deleted(_)) => bail!("deployment {name:?} was deleted"),
+                Ok(WatchEvent::Deleted(_)) => bail!("{} {name:?} was deleted", kind.to_lowercase()),
                 Ok(WatchEvent::Bookmark(_)) => {}
                 // Expired or cut: start again from a fresh read.
                 Err(_) => break,
@@ -301,30 +336,53 @@ mod tests {
     fn progress_follows_the_replica_counts() {
         let status = |updated, total, available| json!({"observedGeneration": 2, "updatedReplicas": updated, "replicas": total, "availableReplicas": available});
         assert_eq!(
-            waiting(progress(&deploy(3, status(1, 4, 3))).unwrap()),
+            waiting(progress("Deployment", &deploy(3, status(1, 4, 3))).unwrap()),
             "Waiting for deployment \"web\" rollout to finish: 1 out of 3 new replicas have been updated..."
         );
         assert_eq!(
-            waiting(progress(&deploy(3, status(3, 5, 3))).unwrap()),
+            waiting(progress("Deployment", &deploy(3, status(3, 5, 3))).unwrap()),
             "Waiting for deployment \"web\" rollout to finish: 2 old replicas are pending termination..."
         );
         assert_eq!(
-            waiting(progress(&deploy(3, status(3, 3, 1))).unwrap()),
+            waiting(progress("Deployment", &deploy(3, status(3, 3, 1))).unwrap()),
             "Waiting for deployment \"web\" rollout to finish: 1 of 3 updated replicas are available..."
         );
         assert_eq!(
-            progress(&deploy(3, status(3, 3, 3))).unwrap(),
+            progress("Deployment", &deploy(3, status(3, 3, 3))).unwrap(),
             Progress::Done("deployment \"web\" successfully rolled out".into())
         );
         // Scaled to zero: nothing to wait for.
-        assert!(matches!(progress(&deploy(0, status(0, 0, 0))).unwrap(), Progress::Done(_)));
+        assert!(matches!(progress("Deployment", &deploy(0, status(0, 0, 0))).unwrap(), Progress::Done(_)));
+    }
+
+    #[test]
+    fn a_daemon_sets_progress_counts_its_nodes() {
+        let ds = |updated: i64, available: i64| {
+            json!({"metadata": {"name": "agent", "generation": 2},
+                   "status": {"observedGeneration": 2, "desiredNumberScheduled": 3,
+                              "updatedNumberScheduled": updated, "numberAvailable": available}})
+        };
+        assert_eq!(
+            waiting(progress("DaemonSet", &ds(1, 3)).unwrap()),
+            "Waiting for daemon set \"agent\" rollout to finish: 1 out of 3 new pods have been updated..."
+        );
+        assert_eq!(
+            waiting(progress("DaemonSet", &ds(3, 2)).unwrap()),
+            "Waiting for daemon set \"agent\" rollout to finish: 2 of 3 updated pods are available..."
+        );
+        assert!(matches!(progress("DaemonSet", &ds(3, 3)).unwrap(), Progress::Done(_)));
+        let on_delete = json!({"metadata": {"name": "agent"}, "spec": {"updateStrategy": {"type": "OnDelete"}}});
+        assert!(progress("DaemonSet", &on_delete).is_err());
     }
 
     #[test]
     fn progress_waits_for_the_controller_and_fails_past_the_deadline() {
         let stale =
             deploy(1, json!({"observedGeneration": 1, "updatedReplicas": 1, "replicas": 1, "availableReplicas": 1}));
-        assert_eq!(waiting(progress(&stale).unwrap()), "Waiting for deployment spec update to be observed...");
+        assert_eq!(
+            waiting(progress("Deployment", &stale).unwrap()),
+            "Waiting for deployment spec update to be observed..."
+        );
         let stuck = deploy(
             1,
             json!({"observedGeneration": 2, "conditions": [
@@ -332,7 +390,10 @@ mod tests {
                 {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}
             ]}),
         );
-        assert_eq!(progress(&stuck).unwrap_err().to_string(), "deployment \"web\" exceeded its progress deadline");
+        assert_eq!(
+            progress("Deployment", &stuck).unwrap_err().to_string(),
+            "deployment \"web\" exceeded its progress deadline"
+        );
     }
 
     fn rs(name: &str, revision: &str, image: &str, cause: Option<&str>) -> Value {

@@ -175,6 +175,8 @@ fn controller_manager() -> ClusterRole {
         rule(&["update"], "apps", &["replicasets/status"]),
         rule(&["get", "list", "watch", "patch"], "apps", &["deployments"]),
         rule(&["update"], "apps", &["deployments/status"]),
+        rule(INFORM, "apps", &["daemonsets"]),
+        rule(&["update"], "apps", &["daemonsets/status"]),
         rule(&["list", "watch", "update", "patch"], "", &["nodes"]),
         rule(&["update"], "", &["nodes/status"]),
         rule(INFORM, "", &["namespaces", "services"]),

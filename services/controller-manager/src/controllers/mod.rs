@@ -8,6 +8,7 @@
 
 pub mod certificates;
 pub mod csr_cleaner;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod garbage_collector;
@@ -53,6 +54,7 @@ pub async fn run_all(ctx: Context, stop: Stop) {
     let mut set = JoinSet::new();
     replicaset::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     deployment::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
+    daemonset::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     garbage_collector::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     node_lifecycle::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     taint_eviction::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
