@@ -15,6 +15,7 @@ mod error;
 mod expectations;
 mod informers;
 mod metrics;
+mod pod_control;
 mod util;
 
 use skiff_api::parse_duration;

@@ -31,14 +31,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use skiff_api::scheduling::{node_matches, untolerated};
 use skiff_api::well_known::{NOT_READY_TAINT, REVISION_HASH_LABEL, UNREACHABLE_TAINT, UNSCHEDULABLE_TAINT};
-use skiff_client::{
-    key_of, Action, Client, EventRecorder, EventType, InformerEvent, ObjectRef, Reconcile, Store, WorkQueue,
-};
+use skiff_client::{key_of, Action, Client, InformerEvent, ObjectRef, Reconcile, Store, WorkQueue};
 
 use super::deployment::template_hash;
 use super::{Context, Wiring};
 use crate::error::{Error, Result};
 use crate::expectations::Expectations;
+use crate::pod_control::PodControl;
 use crate::util::{self, controller_ref, millis};
 
 const KIND: &str = "DaemonSet";
@@ -49,7 +48,7 @@ pub struct DaemonSetController {
     pods: Store<Pod>,
     nodes: Store<Node>,
     expectations: Arc<Expectations>,
-    recorder: EventRecorder,
+    pod_control: PodControl,
 }
 
 pub fn start(ctx: &Context, w: &mut Wiring<'_>) {
@@ -87,7 +86,7 @@ pub fn start(ctx: &Context, w: &mut Wiring<'_>) {
         pods: ctx.caches.pods.clone(),
         nodes: ctx.caches.nodes.clone(),
         expectations,
-        recorder: EventRecorder::new(ctx.client.clone(), "daemonset-controller"),
+        pod_control: PodControl::new(ctx.client.clone(), "daemonset-controller"),
     };
     w.run(ctx, controller, queue);
 }
@@ -131,7 +130,7 @@ impl Reconcile for DaemonSetController {
         let plan = Plan::new(&ds, &self.nodes.list(), &self.owned(&ds), &hash);
         if self.expectations.satisfied(key) {
             self.create(key, &ds, &hash, &plan.to_create).await?;
-            self.delete(key, &ds, &plan.to_delete).await?;
+            self.pod_control.delete(key, &ObjectRef::of(ds.as_ref()), &plan.to_delete, &self.expectations).await?;
         }
         let status = plan.status(&ds, &hash, millis(&util::now()));
         if ds.status.as_ref() != Some(&status) {
@@ -163,60 +162,17 @@ impl DaemonSetController {
             return Ok(());
         }
         self.expectations.expect_creations(key, nodes.len());
-        let api = self.client.api::<Pod>(util::namespace(&ds.metadata));
-        let results = join_all(nodes.iter().map(|node| {
-            let pod = pod_for_node(ds, hash, node);
-            let api = &api;
-            async move {
-                match api.create(&pod).await {
-                    Ok(created) => {
-                        let msg = format!("Created pod: {}", util::name(&created.metadata));
-                        self.event(ds, EventType::Normal, "SuccessfulCreate", &msg).await;
-                        Ok(())
-                    }
-                    Err(source) => {
-                        self.expectations.creations_observed(key, 1);
-                        self.event(ds, EventType::Warning, "FailedCreate", &format!("Error creating: {source}")).await;
-                        Err(Error::Create { kind: "Pod", namespace: api.namespace().to_string(), source })
-                    }
-                }
+        let owner = ObjectRef::of(ds);
+        let results = join_all(nodes.iter().map(|node| async {
+            let created = self.pod_control.create(&owner, &pod_for_node(ds, hash, node)).await;
+            if created.is_err() {
+                // No informer event will come for it.
+                self.expectations.creations_observed(key, 1);
             }
+            created
         }))
         .await;
         results.into_iter().find_map(Result::err).map_or(Ok(()), Err)
-    }
-
-    async fn delete(&self, key: &str, ds: &DaemonSet, pods: &[Arc<Pod>]) -> Result<()> {
-        if pods.is_empty() {
-            return Ok(());
-        }
-        self.expectations.expect_deletions(key, pods.iter().map(|p| key_of(p.as_ref())));
-        let api = self.client.api::<Pod>(util::namespace(&ds.metadata));
-        let results = join_all(pods.iter().map(|pod| async {
-            let name = util::name(&pod.metadata);
-            match api.delete(name).await {
-                Ok(_) => {
-                    self.event(ds, EventType::Normal, "SuccessfulDelete", &format!("Deleted pod: {name}")).await;
-                    Ok(())
-                }
-                Err(e) if e.is_not_found() => {
-                    self.expectations.deletion_observed(key, &key_of(pod.as_ref()));
-                    Ok(())
-                }
-                Err(source) => {
-                    self.expectations.deletion_observed(key, &key_of(pod.as_ref()));
-                    Err(Error::Delete { kind: "Pod".into(), key: key_of(pod.as_ref()), source })
-                }
-            }
-        }))
-        .await;
-        results.into_iter().find_map(Result::err).map_or(Ok(()), Err)
-    }
-
-    async fn event(&self, ds: &DaemonSet, type_: EventType, reason: &str, message: &str) {
-        if let Err(error) = self.recorder.record(&ObjectRef::of(ds), type_, reason, message).await {
-            tracing::debug!(%error, reason, "recording event failed");
-        }
     }
 }
 

@@ -24,14 +24,12 @@ use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use skiff_api::LabelSelector;
-use skiff_client::{
-    key_of, trace_parent_of, Action, Client, EventRecorder, EventType, InformerEvent, ObjectRef, Reconcile, Store,
-    WorkQueue,
-};
+use skiff_client::{key_of, trace_parent_of, Action, Client, InformerEvent, ObjectRef, Reconcile, Store, WorkQueue};
 
 use super::{Context, Wiring};
 use crate::error::{Error, Result};
 use crate::expectations::Expectations;
+use crate::pod_control::PodControl;
 use crate::util::{self, controller_ref, millis, Claimer};
 
 pub struct ReplicaSetController {
@@ -39,7 +37,7 @@ pub struct ReplicaSetController {
     pods: Store<Pod>,
     replicasets: Store<ReplicaSet>,
     expectations: Arc<Expectations>,
-    recorder: EventRecorder,
+    pod_control: PodControl,
     burst: usize,
 }
 
@@ -61,7 +59,7 @@ pub fn start(ctx: &Context, w: &mut Wiring<'_>) {
         pods: ctx.caches.pods.clone(),
         replicasets: ctx.caches.replicasets.clone(),
         expectations,
-        recorder: EventRecorder::new(ctx.client.clone(), "replicaset-controller"),
+        pod_control: PodControl::new(ctx.client.clone(), "replicaset-controller"),
         burst: ctx.burst_replicas,
     };
     w.run(ctx, controller, queue);
@@ -232,13 +230,13 @@ impl ReplicaSetController {
     async fn create_pods(&self, key: &str, rs: &ReplicaSet, n: usize) -> Result<()> {
         self.expectations.expect_creations(key, n);
         let pod = pod_from_template(rs);
-        let api = self.client.api::<Pod>(util::namespace(&rs.metadata));
+        let owner = ObjectRef::of(rs);
         let mut remaining = n;
         let mut batch = 1;
         while remaining > 0 {
             let size = batch.min(remaining);
             remaining -= size;
-            let results = join_all((0..size).map(|_| self.create_pod(&api, rs, &pod))).await;
+            let results = join_all((0..size).map(|_| self.pod_control.create(&owner, &pod))).await;
             let failed = results.iter().filter(|r| r.is_err()).count();
             if failed > 0 {
                 // Neither the failures nor the creates never tried will be
@@ -257,52 +255,11 @@ impl ReplicaSetController {
         Ok(())
     }
 
-    async fn create_pod(&self, api: &skiff_client::Api<Pod>, rs: &ReplicaSet, pod: &Pod) -> Result<()> {
-        match api.create(pod).await {
-            Ok(created) => {
-                let msg = format!("Created pod: {}", util::name(&created.metadata));
-                self.event(rs, EventType::Normal, "SuccessfulCreate", &msg).await;
-                Ok(())
-            }
-            Err(source) => {
-                let msg = format!("Error creating: {source}");
-                self.event(rs, EventType::Warning, "FailedCreate", &msg).await;
-                Err(Error::Create { kind: "Pod", namespace: api.namespace().to_string(), source })
-            }
-        }
-    }
-
     async fn delete_pods(&self, key: &str, rs: &ReplicaSet, owned: &[Arc<Pod>], n: usize) -> Result<()> {
         let mut victims: Vec<Arc<Pod>> = owned.to_vec();
         victims.sort_by_key(|p| deletion_rank(p));
         victims.truncate(n);
-        self.expectations.expect_deletions(key, victims.iter().map(|p| key_of(p.as_ref())));
-        let api = self.client.api::<Pod>(util::namespace(&rs.metadata));
-        let results = join_all(victims.iter().map(|pod| async {
-            let name = util::name(&pod.metadata);
-            match api.delete(name).await {
-                Ok(_) => {
-                    self.event(rs, EventType::Normal, "SuccessfulDelete", &format!("Deleted pod: {name}")).await;
-                    Ok(())
-                }
-                Err(e) if e.is_not_found() => {
-                    self.expectations.deletion_observed(key, &key_of(pod.as_ref()));
-                    Ok(())
-                }
-                Err(source) => {
-                    self.expectations.deletion_observed(key, &key_of(pod.as_ref()));
-                    Err(Error::Delete { kind: "Pod".into(), key: key_of(pod.as_ref()), source })
-                }
-            }
-        }))
-        .await;
-        results.into_iter().find_map(Result::err).map_or(Ok(()), Err)
-    }
-
-    async fn event(&self, rs: &ReplicaSet, type_: EventType, reason: &str, message: &str) {
-        if let Err(error) = self.recorder.record(&ObjectRef::of(rs), type_, reason, message).await {
-            tracing::debug!(%error, reason, "recording event failed");
-        }
+        self.pod_control.delete(key, &ObjectRef::of(rs), &victims, &self.expectations).await
     }
 }
 
