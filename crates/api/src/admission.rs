@@ -16,7 +16,7 @@ use crate::validation::{self as check, Errors, NameRule};
 use crate::{defaults, Error, FieldError, KindInfo, MAX_OBJECT_BYTES};
 
 /// What skiff enforces for one kind beyond its schema.
-trait Rules: Serialize + DeserializeOwned + k8s_openapi::Metadata<Ty = ObjectMeta> {
+pub(crate) trait Rules: Serialize + DeserializeOwned + k8s_openapi::Metadata<Ty = ObjectMeta> {
     /// What the object's name must be. Namespaces and Services are DNS names
     /// themselves, so theirs are DNS labels rather than subdomains.
     const NAMES: NameRule = NameRule::Subdomain;
@@ -400,37 +400,57 @@ pub fn normalize(info: &KindInfo, mut value: Value, encoded_len: usize) -> Resul
             return Err(Error::field("kind", format!("{other} does not match the requested kind {}", info.kind)))
         }
     }
-    match info.kind {
-        "Namespace" => typed_pass::<core::Namespace>(value),
-        "Node" => typed_pass::<core::Node>(value),
-        "Pod" => typed_pass::<core::Pod>(value),
-        "Service" => typed_pass::<core::Service>(value),
-        "Endpoints" => typed_pass::<core::Endpoints>(value),
-        "ConfigMap" => typed_pass::<core::ConfigMap>(value),
-        "Secret" => typed_pass::<core::Secret>(value),
-        "ResourceQuota" => typed_pass::<core::ResourceQuota>(value),
-        "LimitRange" => typed_pass::<core::LimitRange>(value),
-        "ServiceAccount" => typed_pass::<core::ServiceAccount>(value),
-        "Event" => typed_pass::<core::Event>(value),
-        "PersistentVolume" => typed_pass::<core::PersistentVolume>(value),
-        "PersistentVolumeClaim" => typed_pass::<core::PersistentVolumeClaim>(value),
-        "Deployment" => typed_pass::<apps::Deployment>(value),
-        "ReplicaSet" => typed_pass::<apps::ReplicaSet>(value),
-        "DaemonSet" => typed_pass::<apps::DaemonSet>(value),
-        "StatefulSet" => typed_pass::<apps::StatefulSet>(value),
-        "Job" => typed_pass::<batch::Job>(value),
-        "CronJob" => typed_pass::<batch::CronJob>(value),
-        "Ingress" => typed_pass::<networking::Ingress>(value),
-        "IngressClass" => typed_pass::<networking::IngressClass>(value),
-        "Lease" => typed_pass::<coordination::Lease>(value),
-        "HorizontalPodAutoscaler" => typed_pass::<autoscaling::HorizontalPodAutoscaler>(value),
-        "Role" => typed_pass::<rbac::Role>(value),
-        "ClusterRole" => typed_pass::<rbac::ClusterRole>(value),
-        "RoleBinding" => typed_pass::<rbac::RoleBinding>(value),
-        "ClusterRoleBinding" => typed_pass::<rbac::ClusterRoleBinding>(value),
-        "CertificateSigningRequest" => typed_pass::<certificates::CertificateSigningRequest>(value),
-        other => Err(Error::UnknownKind(other.into())),
+    struct TypedPass(Value);
+    impl KindVisitor for TypedPass {
+        type Output = Result<Value, Error>;
+        fn visit<K: Rules + schemars::JsonSchema>(self) -> Self::Output {
+            typed_pass::<K>(self.0)
+        }
     }
+    visit_kind(info.kind, TypedPass(value)).unwrap_or_else(|| Err(Error::UnknownKind(info.kind.into())))
+}
+
+/// Something done with the k8s-openapi type of a served kind: admission's
+/// typed pass, its OpenAPI schema.
+pub(crate) trait KindVisitor {
+    type Output;
+    fn visit<K: Rules + schemars::JsonSchema>(self) -> Self::Output;
+}
+
+/// Calls `visitor` with the type of `kind`: the one place a kind's name
+/// picks its type. None for a kind skiff does not serve.
+pub(crate) fn visit_kind<V: KindVisitor>(kind: &str, visitor: V) -> Option<V::Output> {
+    Some(match kind {
+        "Namespace" => visitor.visit::<core::Namespace>(),
+        "Node" => visitor.visit::<core::Node>(),
+        "Pod" => visitor.visit::<core::Pod>(),
+        "Service" => visitor.visit::<core::Service>(),
+        "Endpoints" => visitor.visit::<core::Endpoints>(),
+        "ConfigMap" => visitor.visit::<core::ConfigMap>(),
+        "Secret" => visitor.visit::<core::Secret>(),
+        "ResourceQuota" => visitor.visit::<core::ResourceQuota>(),
+        "LimitRange" => visitor.visit::<core::LimitRange>(),
+        "ServiceAccount" => visitor.visit::<core::ServiceAccount>(),
+        "Event" => visitor.visit::<core::Event>(),
+        "PersistentVolume" => visitor.visit::<core::PersistentVolume>(),
+        "PersistentVolumeClaim" => visitor.visit::<core::PersistentVolumeClaim>(),
+        "Deployment" => visitor.visit::<apps::Deployment>(),
+        "ReplicaSet" => visitor.visit::<apps::ReplicaSet>(),
+        "DaemonSet" => visitor.visit::<apps::DaemonSet>(),
+        "StatefulSet" => visitor.visit::<apps::StatefulSet>(),
+        "Job" => visitor.visit::<batch::Job>(),
+        "CronJob" => visitor.visit::<batch::CronJob>(),
+        "Ingress" => visitor.visit::<networking::Ingress>(),
+        "IngressClass" => visitor.visit::<networking::IngressClass>(),
+        "Lease" => visitor.visit::<coordination::Lease>(),
+        "HorizontalPodAutoscaler" => visitor.visit::<autoscaling::HorizontalPodAutoscaler>(),
+        "Role" => visitor.visit::<rbac::Role>(),
+        "ClusterRole" => visitor.visit::<rbac::ClusterRole>(),
+        "RoleBinding" => visitor.visit::<rbac::RoleBinding>(),
+        "ClusterRoleBinding" => visitor.visit::<rbac::ClusterRoleBinding>(),
+        "CertificateSigningRequest" => visitor.visit::<certificates::CertificateSigningRequest>(),
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

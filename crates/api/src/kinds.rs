@@ -57,7 +57,25 @@ pub static KINDS: &[KindInfo] = &[
     kind("CertificateSigningRequest", "certificates.k8s.io/v1", "certificatesigningrequests", false, &["csr"], true),
 ];
 
+/// The group/versions the kinds are served under, in the order first
+/// seen (the core group's `v1` first), as (group, version).
+pub fn group_versions() -> Vec<(&'static str, &'static str)> {
+    let mut seen: Vec<(&str, &str)> = Vec::new();
+    for info in KINDS {
+        let gv = info.group_version();
+        if !seen.contains(&gv) {
+            seen.push(gv);
+        }
+    }
+    seen
+}
+
 impl KindInfo {
+    /// (group, version): `("apps", "v1")`, `("", "v1")` for the core group.
+    pub fn group_version(&self) -> (&'static str, &'static str) {
+        self.api_version.rsplit_once('/').unwrap_or(("", self.api_version))
+    }
+
     /// Finds a kind by its name, plural, singular or short name, in any case
     /// (`Deployment`, `deployments`, `deployment`, `deploy`).
     pub fn lookup(name: &str) -> Option<&'static KindInfo> {

@@ -7,11 +7,14 @@
 pub mod admission;
 pub mod cidr;
 pub mod clock;
+pub mod columns;
 mod defaults;
 pub mod duration;
 mod error;
 pub mod kinds;
 pub mod meta;
+pub mod openapi;
+pub mod patch;
 pub mod quantity;
 pub mod quota;
 pub mod resources;

@@ -105,3 +105,13 @@ pub const APISERVER_KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
 /// says otherwise; the bootstrap policy lets each update only its own.
 pub const SCHEDULER_LEASE: &str = "skiff-scheduler";
 pub const CONTROLLER_MANAGER_LEASE: &str = "skiff-controller-manager";
+
+/// The finalizers a delete with `propagationPolicy: Foreground` or
+/// `Orphan` puts on the owner; the garbage collector carries them out.
+pub const FOREGROUND_DELETION: &str = "foregroundDeletion";
+pub const ORPHAN_FINALIZER: &str = "orphan";
+
+/// The owner kinds the garbage collector collects dependents of (each
+/// with its dependents' kind). A delete of any other kind has nothing to
+/// propagate, so it takes no propagation finalizer that nothing would remove.
+pub const COLLECTED_OWNERS: &[(&str, &str)] = &[("ReplicaSet", "Pod"), ("Deployment", "ReplicaSet")];

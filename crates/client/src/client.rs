@@ -191,6 +191,7 @@ impl Client {
             namespace: namespace.into(),
             name: name.into(),
             patch: encode(kind, patch)?,
+            patch_type: proto::PatchType::Merge.into(),
         };
         decode(kind, &self.objects.clone().patch(req).await?.into_inner().object)
     }
@@ -218,6 +219,7 @@ impl Client {
             name: name.into(),
             resource_version: String::new(),
             grace_period_seconds,
+            propagation_policy: String::new(),
         };
         decode(kind, &self.objects.clone().delete(req).await?.into_inner().object)
     }

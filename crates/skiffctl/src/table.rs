@@ -2,9 +2,8 @@
 //! columns, ages like `5s`, `3m`, `2h`, `4d`, and the List wrapper of
 //! `-o json|yaml`.
 
-mod columns;
-
-pub use columns::{event_time, last_seen, pod_status, selector};
+use skiff_api::columns;
+pub use skiff_api::columns::{age, event_time, last_seen, parse_time, pod_status, selector};
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
@@ -101,73 +100,6 @@ impl Printer {
     }
 }
 
-/// kubectl's human-readable duration (`HumanDuration`): exact seconds up to
-/// two minutes, then coarser units as the age grows.
-pub fn human_duration(seconds: i64) -> String {
-    if seconds < -1 {
-        return "<invalid>".to_string();
-    }
-    let seconds = seconds.max(0);
-    if seconds < 120 {
-        return format!("{seconds}s");
-    }
-    let minutes = seconds / 60;
-    if minutes < 10 {
-        return match seconds % 60 {
-            0 => format!("{minutes}m"),
-            s => format!("{minutes}m{s}s"),
-        };
-    }
-    if minutes < 180 {
-        return format!("{minutes}m");
-    }
-    let hours = minutes / 60;
-    if hours < 8 {
-        return match minutes % 60 {
-            0 => format!("{hours}h"),
-            m => format!("{hours}h{m}m"),
-        };
-    }
-    if hours < 48 {
-        return format!("{hours}h");
-    }
-    let days = hours / 24;
-    if hours < 24 * 8 {
-        return match hours % 24 {
-            0 => format!("{days}d"),
-            h => format!("{days}d{h}h"),
-        };
-    }
-    if hours < 24 * 365 * 2 {
-        return format!("{days}d");
-    }
-    let years = days / 365;
-    if hours < 24 * 365 * 8 {
-        return match days % 365 {
-            0 => format!("{years}y"),
-            d => format!("{years}y{d}d"),
-        };
-    }
-    format!("{years}y")
-}
-
-/// How long ago an RFC 3339 timestamp was, or `<unknown>`.
-pub fn age(timestamp: Option<&str>, now: DateTime<Utc>) -> String {
-    match parse_time(timestamp) {
-        Some(t) => human_duration((now - t).num_seconds()),
-        None => "<unknown>".to_string(),
-    }
-}
-
-pub fn parse_time(timestamp: Option<&str>) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(timestamp?).ok().map(|t| t.with_timezone(&Utc))
-}
-
-/// An object's age from `metadata.creationTimestamp`.
-pub fn object_age(obj: &Value, now: DateTime<Utc>) -> String {
-    age(obj.pointer("/metadata/creationTimestamp").and_then(Value::as_str), now)
-}
-
 /// What `-o json|yaml` prints for a list: a Kubernetes `<Kind>List`.
 pub fn list_object(info: &KindInfo, items: Vec<Value>, resource_version: &str) -> Value {
     json!({
@@ -200,41 +132,6 @@ mod tests {
 
     fn lookup(name: &str) -> &'static KindInfo {
         KindInfo::lookup(name).unwrap()
-    }
-
-    #[test]
-    fn ages_read_like_kubectl() {
-        let cases = [
-            (-5, "<invalid>"),
-            (-1, "0s"),
-            (0, "0s"),
-            (5, "5s"),
-            (119, "119s"),
-            (120, "2m"),
-            (185, "3m5s"),
-            (600, "10m"),
-            (179 * 60 + 59, "179m"),
-            (3 * 3600, "3h"),
-            (3 * 3600 + 25 * 60, "3h25m"),
-            (8 * 3600 + 59 * 60, "8h"),
-            (47 * 3600, "47h"),
-            (2 * 86400, "2d"),
-            (4 * 86400 + 5 * 3600, "4d5h"),
-            (30 * 86400, "30d"),
-            (3 * 365 * 86400 + 10 * 86400, "3y10d"),
-            (9 * 365 * 86400, "9y"),
-        ];
-        for (seconds, want) in cases {
-            assert_eq!(human_duration(seconds), want, "{seconds}s");
-        }
-    }
-
-    #[test]
-    fn age_parses_timestamps() {
-        assert_eq!(age(Some("2024-05-01T11:57:00Z"), now()), "3m");
-        assert_eq!(age(Some("2024-05-01T13:57:00+02:00"), now()), "3m");
-        assert_eq!(age(Some("not a time"), now()), "<unknown>");
-        assert_eq!(age(None, now()), "<unknown>");
     }
 
     #[test]

@@ -154,8 +154,63 @@ impl Error {
     }
 }
 
+impl Error {
+    /// Kubernetes' reason for this failure (a metav1 StatusReason): what
+    /// the REST front answers with, beside the gRPC code.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Model(skiff_api::Error::Invalid(_)) | Error::Invalid { .. } => "Invalid",
+            Error::Model(skiff_api::Error::TooLarge { .. }) => "RequestEntityTooLarge",
+            Error::Model(_) | Error::BadJson { .. } | Error::BadRequest(_) | Error::PodNotScheduled { .. } => {
+                "BadRequest"
+            }
+            Error::NotFound { .. } | Error::NamespaceNotFound(_) | Error::ContainerNotInPod { .. } => "NotFound",
+            Error::AlreadyExists { .. } => "AlreadyExists",
+            Error::Conflict { .. } => "Conflict",
+            Error::NamespaceTerminating(_) | Error::Forbidden(_) | Error::Denied(_) => "Forbidden",
+            Error::Expired { .. } => "Expired",
+            Error::Etcd { .. } | Error::WatchClosed | Error::ShuttingDown | Error::KubeletUnreachable { .. } => {
+                "ServiceUnavailable"
+            }
+            _ => "InternalError",
+        }
+    }
+
+    /// The fields an invalid object is refused for.
+    fn causes(&self) -> &[skiff_api::FieldError] {
+        match self {
+            Error::Model(skiff_api::Error::Invalid(causes))
+            | Error::Invalid { source: skiff_api::Error::Invalid(causes), .. } => causes,
+            _ => &[],
+        }
+    }
+}
+
+/// What a Status carries in its details, for the REST front: the reason
+/// and, for an invalid object, each field and why (metav1 StatusCause).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct StatusDetails {
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub causes: Vec<(String, String)>,
+}
+
+impl StatusDetails {
+    pub fn of(status: &Status) -> Option<Self> {
+        serde_json::from_slice(status.details()).ok()
+    }
+}
+
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
-        skiff_telemetry::status_with_causes(e.code(), &e)
+        let status = skiff_telemetry::status_with_causes(e.code(), &e);
+        let details = StatusDetails {
+            reason: e.reason().to_string(),
+            causes: e.causes().iter().map(|c| (c.path.clone(), c.message.clone())).collect(),
+        };
+        match serde_json::to_vec(&details) {
+            Ok(bytes) => Status::with_details(status.code(), status.message(), bytes.into()),
+            Err(_) => status,
+        }
     }
 }

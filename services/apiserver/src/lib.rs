@@ -12,6 +12,7 @@ pub mod encryption;
 mod error;
 mod proxy;
 mod registry;
+mod rest;
 mod service;
 mod storage;
 mod watch;
@@ -50,6 +51,11 @@ pub struct Config {
     /// Address of the gRPC API.
     #[arg(long, default_value = "127.0.0.1:6443")]
     pub listen: SocketAddr,
+    /// Address of the Kubernetes REST API (what kubectl and client
+    /// libraries speak), served with the gRPC API's TLS and credentials.
+    /// `off` serves none.
+    #[arg(long, default_value = "127.0.0.1:6445")]
+    pub rest_listen: RestListen,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "127.0.0.1:6444")]
     pub metrics_listen: SocketAddr,
@@ -106,6 +112,20 @@ pub struct Config {
     /// bindings) or `AlwaysAllow`.
     #[arg(long, value_enum, default_value = "RBAC")]
     pub authorization_mode: AuthorizationMode,
+}
+
+/// `--rest-listen`: an address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestListen(pub Option<SocketAddr>);
+
+impl std::str::FromStr for RestListen {
+    type Err = std::net::AddrParseError;
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "off" => Ok(RestListen(None)),
+            addr => addr.parse().map(|a| RestListen(Some(a))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -205,16 +225,17 @@ pub async fn run(
     };
     let service_accounts =
         token_signer.clone().map(|signer| auth::ServiceAccountTokens { signer, registry: registry.clone() });
-    let authenticate = auth::Authenticate(Arc::new(auth::Authenticator::new(
+    let authenticator = Arc::new(auth::Authenticator::new(
         tokens,
         service_accounts,
         auth::bootstrap_tokens::BootstrapTokens::new(registry.clone()),
         config.anonymous_auth,
-    )));
+    ));
+    let authenticate = auth::Authenticate(authenticator.clone());
     let tls = config.tls.server_config()?;
 
     // Logs and exec, streamed through to the pod's kubelet (proxy.rs).
-    let pod_proxy = PodProxyServer::new(proxy::PodProxyService {
+    let pod_proxy = Arc::new(proxy::PodProxyService {
         registry: registry.clone(),
         authorizer: authorizer.clone(),
         metrics: grpc.clone(),
@@ -229,7 +250,7 @@ pub async fn run(
         ),
         None => None,
     };
-    let service = service::ObjectsService {
+    let service = Arc::new(service::ObjectsService {
         registry,
         authorizer,
         token_signer,
@@ -238,8 +259,20 @@ pub async fn run(
         shutdown: ops.stop.receiver(),
         bookmark_interval: config.bookmark_interval,
         audit,
-    };
-    let server = ObjectsServer::new(service)
+    });
+    if let RestListen(Some(addr)) = config.rest_listen {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Listen { addr, source })?;
+        tracing::info!(%addr, "serving the Kubernetes REST API");
+        let rest = Arc::new(rest::Rest {
+            objects: service.clone(),
+            pods: pod_proxy.clone(),
+            authenticator,
+            max_body: MAX_MESSAGE_BYTES,
+        });
+        tokio::spawn(rest::serve(listener, tls.clone(), rest, ops.stop.raised()));
+    }
+    let pod_proxy = PodProxyServer::from_arc(pod_proxy);
+    let server = ObjectsServer::from_arc(service)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let listen = |source| Error::Listen { addr: config.listen, source };

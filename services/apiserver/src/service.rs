@@ -9,8 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use skiff_api::proto::{
     objects_server::Objects, AccessReviewReply, AccessReviewRequest, BindRequest, CreateRequest, DeleteRequest,
-    GetRequest, ListReply, ListRequest, ObjectReply, PatchRequest, TokenReply, TokenRequest, UpdateRequest, WatchEvent,
-    WatchRequest,
+    GetRequest, ListReply, ListRequest, ObjectReply, PatchRequest, PatchType, TokenReply, TokenRequest, UpdateRequest,
+    WatchEvent, WatchRequest,
 };
 use skiff_api::{FieldSelector, KindInfo, LabelSelector};
 use skiff_telemetry::prometheus::IntGauge;
@@ -263,8 +263,18 @@ impl Objects for ObjectsService {
         let target = Target { kind: &r.kind, namespace: &r.namespace, name: &r.name };
         let user = caller.user.clone();
         self.mutate("Patch", access, caller, &meta, async {
+            if r.patch_type() == PatchType::Json && escalation::guards(&r.kind) {
+                // The escalation check reads the roles a write grants; from
+                // a list of operations it cannot tell them in advance.
+                return Err(Error::BadRequest(format!(
+                    "{} may be patched with a merge or strategic merge patch only",
+                    r.kind
+                )));
+            }
             escalation::admit(&self.authorizer, &self.registry, &user, &target, Written::Patch(&r.patch)).await?;
-            Ok(ObjectReply { object: self.registry.patch(&r.kind, &r.namespace, &r.name, &r.patch).await? })
+            Ok(ObjectReply {
+                object: self.registry.patch(&r.kind, &r.namespace, &r.name, &r.patch, r.patch_type()).await?,
+            })
         })
         .await
     }
@@ -276,7 +286,14 @@ impl Objects for ObjectsService {
         self.mutate("Delete", access, caller, &meta, async {
             let object = self
                 .registry
-                .delete(&r.kind, &r.namespace, &r.name, &r.resource_version, r.grace_period_seconds)
+                .delete(
+                    &r.kind,
+                    &r.namespace,
+                    &r.name,
+                    &r.resource_version,
+                    r.grace_period_seconds,
+                    &r.propagation_policy,
+                )
                 .await?;
             Ok(ObjectReply { object })
         })

@@ -35,6 +35,11 @@ pub struct Target<'a> {
     pub name: &'a str,
 }
 
+/// Whether writes of `kind` are checked here.
+pub fn guards(kind: &str) -> bool {
+    matches!(kind, "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding")
+}
+
 /// Ok unless `user` writes an RBAC object granting what it doesn't hold.
 /// A body that doesn't decode passes: admission refuses it with the field named.
 pub async fn admit(
@@ -45,7 +50,7 @@ pub async fn admit(
     written: Written<'_>,
 ) -> Result<(), Error> {
     let Authorizer::Rbac(rbac) = authorizer else { return Ok(()) };
-    if !matches!(target.kind, "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding") {
+    if !guards(target.kind) {
         return Ok(());
     }
     let body: Value = match written {

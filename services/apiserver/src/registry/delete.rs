@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use serde_json::Value;
-use skiff_api::{meta, KindInfo};
+use skiff_api::{meta, well_known, KindInfo};
 
 use super::rules::{awaits_kubelet, has_finalizers, termination_grace};
 use super::{stamped, Registry, CAS_ATTEMPTS, SYSTEM_NAMESPACES};
@@ -32,6 +32,7 @@ impl Registry {
         name: &str,
         precondition: &str,
         grace: Option<i64>,
+        propagation: &str,
     ) -> Result<Bytes, Error> {
         let grace = grace.filter(|g| *g >= 0);
         let info = KindInfo::by_kind(kind)?;
@@ -42,6 +43,9 @@ impl Registry {
             let (key, stored, mut current) = self.read(info, namespace, name).await?;
             if !precondition.is_empty() && precondition != stored.mod_revision.to_string() {
                 return Err(Error::conflict(info, name));
+            }
+            if meta::str_field(&current, "deletionTimestamp").is_empty() {
+                add_propagation_finalizer(info, &mut current, propagation);
             }
             // An empty namespace has nothing for the namespace controller to
             // clean up, so its `kubernetes` finalizer would only add a round trip.
@@ -130,5 +134,23 @@ impl Registry {
                 self.note_write(info, revision);
             }
         }
+    }
+}
+
+/// Puts the finalizer of a Foreground or Orphan delete on an owner the
+/// garbage collector collects for; the delete then only marks it.
+fn add_propagation_finalizer(info: &KindInfo, object: &mut Value, propagation: &str) {
+    let finalizer = match propagation {
+        "Foreground" => well_known::FOREGROUND_DELETION,
+        "Orphan" => well_known::ORPHAN_FINALIZER,
+        _ => return,
+    };
+    if !well_known::COLLECTED_OWNERS.iter().any(|(owner, _)| *owner == info.kind) {
+        return;
+    }
+    let mut finalizers: Vec<Value> = meta::finalizers(object).into_iter().map(Value::from).collect();
+    if !finalizers.iter().any(|f| f == finalizer) {
+        finalizers.push(finalizer.into());
+        meta::set(object, "finalizers", Value::Array(finalizers));
     }
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
+use skiff_api::proto::PatchType;
 use skiff_api::{clock, meta, normalize, KindInfo, MAX_OBJECT_BYTES};
 
 use crate::allocator::{Allocation, Ranges, ServiceAllocator};
@@ -314,23 +315,45 @@ impl Registry {
         self.commit(info, &key, &name, stored, current, next, body.len()).await
     }
 
-    /// Applies a JSON merge patch to spec and metadata, retrying when another
-    /// write slips in between read and write (unless the patch pins a
-    /// resourceVersion).
-    pub async fn patch(&self, kind: &str, namespace: &str, name: &str, body: &[u8]) -> Result<Bytes, Error> {
+    /// Applies a patch of `patch_type` to spec and metadata, retrying when
+    /// another write slips in between read and write (unless the patch pins
+    /// a resourceVersion).
+    pub async fn patch(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        body: &[u8],
+        patch_type: PatchType,
+    ) -> Result<Bytes, Error> {
         let info = KindInfo::by_kind(kind)?;
         let patch = parse(body, "the patch")?;
-        if !patch.is_object() {
-            return Err(Error::BadRequest("a merge patch must be a JSON object".into()));
-        }
-        let pinned = meta::resource_version(&patch).to_string();
+        let pinned = match patch_type {
+            PatchType::Merge | PatchType::Strategic if !patch.is_object() => {
+                return Err(Error::BadRequest("a merge patch must be a JSON object".into()))
+            }
+            PatchType::Merge | PatchType::Strategic => meta::resource_version(&patch).to_string(),
+            PatchType::Json => String::new(),
+        };
+        let operations: Option<json_patch::Patch> = match patch_type {
+            PatchType::Json => Some(
+                serde_json::from_value(patch.clone())
+                    .map_err(|source| Error::BadJson { what: "the JSON patch", source })?,
+            ),
+            _ => None,
+        };
         for _ in 0..CAS_ATTEMPTS {
             let (key, stored, current) = self.read(info, namespace, name).await?;
             if !pinned.is_empty() && pinned != stored.mod_revision.to_string() {
                 return Err(Error::conflict(info, name));
             }
             let mut next = current.clone();
-            json_patch::merge(&mut next, &patch);
+            match (&operations, patch_type) {
+                (Some(operations), _) => json_patch::patch(&mut next, operations)
+                    .map_err(|e| Error::BadRequest(format!("the JSON patch does not apply: {e}")))?,
+                (None, PatchType::Strategic) => skiff_api::patch::strategic_merge(&mut next, &patch)?,
+                (None, _) => json_patch::merge(&mut next, &patch),
+            }
             if info.has_status {
                 set_status(&mut next, current.get("status").cloned());
             }

@@ -56,7 +56,7 @@ impl World {
     }
 
     async fn delete(&self, kind: &str, name: &str, grace: Option<i64>) -> Result<Value, Error> {
-        self.registry.delete(kind, "default", name, "", grace).await.map(|b| value(&b))
+        self.registry.delete(kind, "default", name, "", grace, "").await.map(|b| value(&b))
     }
 }
 
@@ -173,7 +173,11 @@ async fn a_patch_or_delete_that_loses_a_race_reads_again_and_retries() {
     w.create("ConfigMap", config_map("cm", &[])).await;
 
     w.store.interleave_writes(2);
-    let patched = w.registry.patch("ConfigMap", "default", "cm", br#"{"data": {"k": "patched"}}"#).await.unwrap();
+    let patched = w
+        .registry
+        .patch("ConfigMap", "default", "cm", br#"{"data": {"k": "patched"}}"#, PatchType::Merge)
+        .await
+        .unwrap();
     assert_eq!(value(&patched)["data"]["k"], "patched");
 
     w.store.interleave_writes(2);
@@ -188,7 +192,11 @@ async fn a_patch_that_keeps_losing_gives_up_with_a_conflict_naming_the_object() 
     w.store.interleave_writes(u32::MAX);
     let before = w.store.revision();
 
-    let err = w.registry.patch("ConfigMap", "default", "busy", br#"{"data": {"k": "x"}}"#).await.unwrap_err();
+    let err = w
+        .registry
+        .patch("ConfigMap", "default", "busy", br#"{"data": {"k": "x"}}"#, PatchType::Merge)
+        .await
+        .unwrap_err();
 
     assert!(matches!(&err, Error::Conflict { name, .. } if name == "busy"), "{err:?}");
     assert_eq!(w.store.revision() - before, CAS_ATTEMPTS as i64, "one interleaved write per attempt, none of ours");
@@ -201,7 +209,7 @@ async fn a_patch_pinned_to_a_stale_version_is_not_retried() {
     w.update("ConfigMap", &json!({"metadata": {"name": "cm"}, "data": {"k": "moved on"}})).await.unwrap();
     let pinned = json!({"metadata": {"resourceVersion": meta::resource_version(&created)}, "data": {"k": "late"}});
 
-    let err = w.registry.patch("ConfigMap", "default", "cm", &body(&pinned)).await.unwrap_err();
+    let err = w.registry.patch("ConfigMap", "default", "cm", &body(&pinned), PatchType::Merge).await.unwrap_err();
 
     assert!(matches!(err, Error::Conflict { .. }), "{err:?}");
 }

@@ -30,11 +30,10 @@ use super::{Context, Wiring};
 use crate::error::{Error, Result};
 use crate::util;
 
-pub const FOREGROUND: &str = "foregroundDeletion";
-pub const ORPHAN: &str = "orphan";
+pub use skiff_api::well_known::{FOREGROUND_DELETION as FOREGROUND, ORPHAN_FINALIZER as ORPHAN};
 
 /// The owner kinds collected, and their dependents' kind.
-const OWNER_KINDS: &[(&str, &str)] = &[("ReplicaSet", "Pod"), ("Deployment", "ReplicaSet")];
+const OWNER_KINDS: &[(&str, &str)] = skiff_api::well_known::COLLECTED_OWNERS;
 
 pub struct GarbageCollector {
     client: Client,

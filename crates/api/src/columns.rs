@@ -1,12 +1,79 @@
 //! The columns kubectl shows for each kind after NAME, and how each cell is
 //! read from the object. Kinds without their own columns show AGE only.
+//! skiffctl prints them; the apiserver's REST front serves them as a
+//! meta.k8s.io Table, so `skiffctl get` and `kubectl get` agree.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::{age, object_age, parse_time};
+/// kubectl's human-readable duration (`HumanDuration`): exact seconds up to
+/// two minutes, then coarser units as the age grows.
+pub fn human_duration(seconds: i64) -> String {
+    if seconds < -1 {
+        return "<invalid>".to_string();
+    }
+    let seconds = seconds.max(0);
+    if seconds < 120 {
+        return format!("{seconds}s");
+    }
+    let minutes = seconds / 60;
+    if minutes < 10 {
+        return match seconds % 60 {
+            0 => format!("{minutes}m"),
+            s => format!("{minutes}m{s}s"),
+        };
+    }
+    if minutes < 180 {
+        return format!("{minutes}m");
+    }
+    let hours = minutes / 60;
+    if hours < 8 {
+        return match minutes % 60 {
+            0 => format!("{hours}h"),
+            m => format!("{hours}h{m}m"),
+        };
+    }
+    if hours < 48 {
+        return format!("{hours}h");
+    }
+    let days = hours / 24;
+    if hours < 24 * 8 {
+        return match hours % 24 {
+            0 => format!("{days}d"),
+            h => format!("{days}d{h}h"),
+        };
+    }
+    if hours < 24 * 365 * 2 {
+        return format!("{days}d");
+    }
+    let years = days / 365;
+    if hours < 24 * 365 * 8 {
+        return match days % 365 {
+            0 => format!("{years}y"),
+            d => format!("{years}y{d}d"),
+        };
+    }
+    format!("{years}y")
+}
 
-pub(super) fn header(kind: &str, wide: bool) -> &'static [&'static str] {
+/// How long ago an RFC 3339 timestamp was, or `<unknown>`.
+pub fn age(timestamp: Option<&str>, now: DateTime<Utc>) -> String {
+    match parse_time(timestamp) {
+        Some(t) => human_duration((now - t).num_seconds()),
+        None => "<unknown>".to_string(),
+    }
+}
+
+pub fn parse_time(timestamp: Option<&str>) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(timestamp?).ok().map(|t| t.with_timezone(&Utc))
+}
+
+/// An object's age from `metadata.creationTimestamp`.
+pub fn object_age(obj: &Value, now: DateTime<Utc>) -> String {
+    age(obj.pointer("/metadata/creationTimestamp").and_then(Value::as_str), now)
+}
+
+pub fn header(kind: &str, wide: bool) -> &'static [&'static str] {
     match (kind, wide) {
         ("Pod", false) => &["READY", "STATUS", "RESTARTS", "AGE"],
         ("Pod", true) => &["READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"],
@@ -36,7 +103,7 @@ pub(super) fn header(kind: &str, wide: bool) -> &'static [&'static str] {
     }
 }
 
-pub(super) fn cells(kind: &str, obj: &Value, wide: bool, now: DateTime<Utc>) -> Vec<String> {
+pub fn cells(kind: &str, obj: &Value, wide: bool, now: DateTime<Utc>) -> Vec<String> {
     let mut cells = match kind {
         "Pod" => pod(obj, now),
         "Deployment" => vec![
@@ -131,7 +198,7 @@ fn pod(obj: &Value, now: DateTime<Utc>) -> Vec<String> {
         .filter_map(|s| parse_time(s.pointer("/lastState/terminated/finishedAt").and_then(Value::as_str)))
         .max();
     let restarts = match last_restart {
-        Some(t) => format!("{restarts} ({} ago)", super::human_duration((now - t).num_seconds())),
+        Some(t) => format!("{restarts} ({} ago)", human_duration((now - t).num_seconds())),
         None => restarts.to_string(),
     };
     vec![format!("{ready}/{total}"), pod_status(obj), restarts, object_age(obj, now)]
@@ -294,7 +361,7 @@ fn node(obj: &Value, now: DateTime<Utc>) -> Vec<String> {
     if obj.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true) {
         status.push_str(",SchedulingDisabled");
     }
-    let mut roles: Vec<&str> = skiff_api::meta::labels(obj)
+    let mut roles: Vec<&str> = crate::meta::labels(obj)
         .into_iter()
         .flat_map(|labels| labels.keys())
         .filter_map(|k| k.strip_prefix("node-role.kubernetes.io/"))
@@ -451,4 +518,48 @@ fn csr_condition(obj: &Value) -> String {
         shown.push("Issued".into());
     }
     shown.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> DateTime<Utc> {
+        parse_time(Some("2024-05-01T12:00:00Z")).unwrap()
+    }
+
+    #[test]
+    fn ages_read_like_kubectl() {
+        let cases = [
+            (-5, "<invalid>"),
+            (-1, "0s"),
+            (0, "0s"),
+            (5, "5s"),
+            (119, "119s"),
+            (120, "2m"),
+            (185, "3m5s"),
+            (600, "10m"),
+            (179 * 60 + 59, "179m"),
+            (3 * 3600, "3h"),
+            (3 * 3600 + 25 * 60, "3h25m"),
+            (8 * 3600 + 59 * 60, "8h"),
+            (47 * 3600, "47h"),
+            (2 * 86400, "2d"),
+            (4 * 86400 + 5 * 3600, "4d5h"),
+            (30 * 86400, "30d"),
+            (3 * 365 * 86400 + 10 * 86400, "3y10d"),
+            (9 * 365 * 86400, "9y"),
+        ];
+        for (seconds, want) in cases {
+            assert_eq!(human_duration(seconds), want, "{seconds}s");
+        }
+    }
+
+    #[test]
+    fn age_parses_timestamps() {
+        assert_eq!(age(Some("2024-05-01T11:57:00Z"), now()), "3m");
+        assert_eq!(age(Some("2024-05-01T13:57:00+02:00"), now()), "3m");
+        assert_eq!(age(Some("not a time"), now()), "<unknown>");
+        assert_eq!(age(None, now()), "<unknown>");
+    }
 }
