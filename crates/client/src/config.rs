@@ -156,6 +156,72 @@ impl ClientConfig {
     }
 }
 
+impl ClientConfig {
+    /// Adds this config to the kubeconfig at `path` (creating it) as
+    /// cluster, user and context `name`, with `rest_server` (the
+    /// apiserver's Kubernetes REST API) as the server, and makes it the
+    /// current context, as `kind` and `k3d` do: `kubectl` then works with
+    /// no flags. Other clusters, users and contexts are kept.
+    pub fn merge_into_kubeconfig(&self, path: &Path, name: &str, rest_server: &str) -> Result<(), Error> {
+        use serde_json::{json, Value};
+        let mut kubeconfig: Value = match std::fs::read_to_string(path) {
+            Ok(text) if !text.trim().is_empty() => serde_yaml_ng::from_str(&text).map_err(|e| config_error(path, e))?,
+            Ok(_) => Value::Null,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Value::Null,
+            Err(e) => return Err(config_error(path, e)),
+        };
+        if !kubeconfig.is_object() {
+            kubeconfig = json!({"apiVersion": "v1", "kind": "Config", "preferences": {}});
+        }
+        let file = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        let mut cluster = json!({"server": rest_server});
+        if let Some(ca) = file(&self.certificate_authority) {
+            cluster["certificate-authority"] = ca.into();
+        }
+        let mut user = json!({});
+        if let Some(cert) = file(&self.client_certificate) {
+            user["client-certificate"] = cert.into();
+        }
+        if let Some(key) = file(&self.client_key) {
+            user["client-key"] = key.into();
+        }
+        if let Some(token) = &self.token {
+            user["token"] = token.as_str().into();
+        }
+        let entries = [
+            ("clusters", json!({"name": name, "cluster": cluster})),
+            ("users", json!({"name": name, "user": user})),
+            ("contexts", json!({"name": name, "context": {"cluster": name, "user": name}})),
+        ];
+        for (list, entry) in entries {
+            let slot = &mut kubeconfig[list];
+            if !slot.is_array() {
+                *slot = json!([]);
+            }
+            let items = slot.as_array_mut().expect("made a list above");
+            items.retain(|item| item["name"] != name);
+            items.push(entry);
+        }
+        kubeconfig["current-context"] = name.into();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| config_error(path, e))?;
+        }
+        let text = serde_yaml_ng::to_string(&kubeconfig).map_err(|e| config_error(path, e))?;
+        write_private(path, text.as_bytes()).map_err(|e| config_error(path, e))
+    }
+}
+
+/// The kubeconfig kubectl reads: the first file of `$KUBECONFIG`, else
+/// `~/.kube/config`.
+pub fn kubeconfig_path() -> PathBuf {
+    if let Some(first) = std::env::var_os("KUBECONFIG").and_then(|v| std::env::split_paths(&v).next()) {
+        if !first.as_os_str().is_empty() {
+            return first;
+        }
+    }
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")).join(".kube").join("config")
+}
+
 fn read(path: &Path) -> Result<Vec<u8>, Error> {
     std::fs::read(path).map_err(|e| config_error(path, e))
 }
@@ -228,6 +294,37 @@ impl tonic::service::Interceptor for Credentials {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kubeconfig_gains_a_skiff_context_and_keeps_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kube").join("config");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(
+            &path,
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: other\n  cluster: {server: https://10.0.0.1}\n\
+             contexts:\n- name: other\n  context: {cluster: other, user: other}\ncurrent-context: other\n",
+        )
+        .unwrap();
+        let config = ClientConfig {
+            server: "https://127.0.0.1:6443".into(),
+            certificate_authority: Some("/pki/ca.crt".into()),
+            client_certificate: Some("/pki/admin.crt".into()),
+            client_key: Some("/pki/admin.key".into()),
+            token: None,
+        };
+        config.merge_into_kubeconfig(&path, "skiff", "https://127.0.0.1:6445").unwrap();
+        config.merge_into_kubeconfig(&path, "skiff", "https://127.0.0.1:6446").unwrap();
+        let written: serde_json::Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(written["current-context"], "skiff");
+        let clusters = written["clusters"].as_array().unwrap();
+        assert_eq!(clusters.len(), 2, "{written}");
+        let skiff = clusters.iter().find(|c| c["name"] == "skiff").unwrap();
+        assert_eq!(skiff["cluster"]["server"], "https://127.0.0.1:6446", "rewritten, not added twice");
+        assert_eq!(skiff["cluster"]["certificate-authority"], "/pki/ca.crt");
+        assert_eq!(written["users"][0]["user"]["client-key"], "/pki/admin.key");
+        assert!(written["contexts"].as_array().unwrap().iter().any(|c| c["name"] == "other"));
+    }
 
     #[test]
     fn a_config_with_only_a_server_still_loads() {

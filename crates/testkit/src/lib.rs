@@ -217,6 +217,9 @@ pub struct ClusterOptions {
     pub apiserver_port: Option<u16>,
     /// Fixed loopback ports for etcd's clients and peers (default: free ports).
     pub etcd_ports: Option<(u16, u16)>,
+    /// Fixed port for the apiserver's Kubernetes REST API, on the gRPC
+    /// API's address (default: a free port).
+    pub rest_port: Option<u16>,
     /// Extra apiserver flags.
     pub apiserver_args: Vec<String>,
     /// Serve the API without TLS or authentication, everything allowed
@@ -255,6 +258,8 @@ pub struct Cluster {
     /// How to reach etcd when it takes only TLS clients.
     etcd_tls: Option<EtcdTls>,
     apiserver_listen: SocketAddr,
+    /// The Kubernetes REST API's address (kubectl's server).
+    rest_listen: SocketAddr,
     apiserver_metrics: SocketAddr,
     apiserver_args: Vec<String>,
     /// The CA and identities; None for an insecure cluster.
@@ -311,6 +316,7 @@ impl Cluster {
         let apiserver_listen = options
             .apiserver_listen
             .unwrap_or_else(|| SocketAddr::from((listen_ip, options.apiserver_port.unwrap_or_else(free_port))));
+        let rest_listen = SocketAddr::new(apiserver_listen.ip(), options.rest_port.unwrap_or_else(free_port));
         let apiserver_metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let (pki, admin, admin_file) = if options.insecure {
             (None, skiff_client::ClientConfig::insecure(format!("http://{apiserver_listen}")), None)
@@ -357,6 +363,7 @@ impl Cluster {
             etcd_tls,
             apiserver: None,
             apiserver_listen,
+            rest_listen,
             apiserver_metrics,
             apiserver_args: options.apiserver_args,
             pki,
@@ -407,6 +414,23 @@ impl Cluster {
     /// insecure cluster).
     pub fn server(&self) -> String {
         self.admin.server.clone()
+    }
+
+    /// `https://HOST:PORT` of the apiserver's Kubernetes REST API, what
+    /// kubectl and client libraries speak (`http://` for an insecure cluster).
+    pub fn rest_server(&self) -> String {
+        let scheme = if self.pki.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.rest_listen)
+    }
+
+    /// Writes (or updates) the kubeconfig at `path` with a context `name`
+    /// for this cluster's REST API as its administrator, made current.
+    pub fn write_kubeconfig(&self, path: &Path, name: &str) -> Result<()> {
+        self.admin.merge_into_kubeconfig(path, name, &self.rest_server()).map_err(|e| Error::Io {
+            what: "writing the kubeconfig",
+            path: path.display().to_string(),
+            source: std::io::Error::other(e),
+        })
     }
 
     /// The cluster's CA and identities; None for an insecure cluster.
@@ -490,6 +514,7 @@ impl Cluster {
         let mut args = vec![
             format!("--etcd-endpoints={}", self.etcd_endpoint),
             format!("--listen={}", self.apiserver_listen),
+            format!("--rest-listen={}", self.rest_listen),
             format!("--metrics-listen={}", self.apiserver_metrics),
         ];
         match &self.pki {

@@ -80,6 +80,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
         detach: true,
         apiserver_listen: Some(args.listen),
         etcd_ports: Some(ETCD_PORTS),
+        rest_port: Some(rest_port(args.listen)),
         runtime: (!args.no_node).then(RuntimeOptions::local_node),
         ..Default::default()
     };
@@ -107,6 +108,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
     start_ingress(&mut cluster, None, (http, https), Ipv4Addr::LOCALHOST).await?;
     let config = cluster.admin_config().clone();
     let path = config.save()?;
+    write_kubeconfig(&cluster)?;
     outln!("skiff is up: apiserver {} (address written to {})", cluster.server(), path.display());
     let node_services = if cluster.runtime().is_some() { ", skiff-dns, skiff-overlay" } else { "" };
     outln!("running: etcd, skiff-apiserver, skiff-scheduler, skiff-controller-manager, skiff-ingress{node_services}");
@@ -146,6 +148,7 @@ async fn up_hosts(state_dir: PathBuf, nodes: usize, port: u16, ports: (Option<u1
         etcd_ports: Some(ETCD_PORTS),
         network: Some(NetworkOptions { hosts: nodes, ..Default::default() }),
         apiserver_port: Some(port),
+        rest_port: Some(rest_port(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))),
         ..Default::default()
     };
     let mut cluster = Cluster::start_with(options).await.context("starting the cluster")?;
@@ -158,6 +161,7 @@ async fn up_hosts(state_dir: PathBuf, nodes: usize, port: u16, ports: (Option<u1
     start_ingress(&mut cluster, Some(&first), (http, https), first.ip()).await?;
     let config = cluster.admin_config().clone();
     let path = config.save()?;
+    write_kubeconfig(&cluster)?;
     let network = cluster.network().context("the cluster has no hosts")?;
     outln!("skiff is up: apiserver {} (address written to {})", cluster.server(), path.display());
     outln!("running: etcd, skiff-apiserver, skiff-scheduler, skiff-controller-manager, skiff-dns");
@@ -184,6 +188,28 @@ async fn up_hosts(state_dir: PathBuf, nodes: usize, port: u16, ports: (Option<u1
     outln!("state and logs: {}; stop with `skiffctl down`", state_dir.display());
     Ok(())
 }
+
+/// The REST API's port: two above the gRPC API's (6445 beside 6443) where
+/// that is free, else any free port.
+fn rest_port(grpc: SocketAddr) -> u16 {
+    let ip = match grpc.ip() {
+        std::net::IpAddr::V4(ip) => ip,
+        std::net::IpAddr::V6(_) => Ipv4Addr::LOCALHOST,
+    };
+    port_or(None, ip, grpc.port().saturating_add(2))
+}
+
+/// Points kubectl at the cluster: context `skiff` in the kubeconfig
+/// (`$KUBECONFIG`'s first file, else `~/.kube/config`), made current.
+fn write_kubeconfig(cluster: &Cluster) -> Result<()> {
+    let path = skiff_client::config::kubeconfig_path();
+    cluster.write_kubeconfig(&path, KUBECONFIG_CONTEXT).context("writing the kubeconfig")?;
+    outln!("kubectl: context {KUBECONFIG_CONTEXT} in {} (REST API {})", path.display(), cluster.rest_server());
+    Ok(())
+}
+
+/// The kubeconfig context (and cluster and user) `up` writes.
+const KUBECONFIG_CONTEXT: &str = "skiff";
 
 /// The one-node cluster's nftables table (family ip): a name of its own,
 /// so that no other skiff-overlay's table on this machine is touched.

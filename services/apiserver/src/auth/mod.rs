@@ -150,6 +150,44 @@ pub fn caller<T>(request: &Request<T>) -> Result<UserInfo, Status> {
         .ok_or_else(|| Status::unauthenticated("the request was not authenticated"))
 }
 
+/// The user `caller` acts as through Kubernetes' impersonation
+/// (`Impersonate-User`, `Impersonate-Group`; kubectl's `--as`,
+/// `--as-group`): allowed only where the caller may `impersonate` that user
+/// (or ServiceAccount) and each group. The impersonated user is
+/// authenticated, as in Kubernetes.
+pub fn impersonate(
+    authorizer: &Authorizer,
+    caller: &UserInfo,
+    user: &str,
+    groups: &[String],
+) -> Result<UserInfo, String> {
+    let (resource, namespace, name) = match user.strip_prefix(skiff_api::well_known::SERVICE_ACCOUNT_USER_PREFIX) {
+        Some(account) => match account.split_once(':') {
+            Some((namespace, name)) => ("serviceaccounts", namespace, name),
+            None => return Err(format!("{user:?} is not a ServiceAccount's user name")),
+        },
+        None => ("users", "", user),
+    };
+    let may = |resource: &str, namespace: &str, name: &str| {
+        let attributes =
+            rbac::Attributes { verb: "impersonate", resource, namespace, name, ..rbac::Attributes::default() };
+        authorizer.authorize_attributes(caller, &attributes)
+    };
+    may(resource, namespace, name)?;
+    for group in groups {
+        may("groups", "", group)?;
+    }
+    let mut impersonated_groups = groups.to_vec();
+    if resource == "serviceaccounts" {
+        impersonated_groups.push("system:serviceaccounts".into());
+        impersonated_groups.push(format!("system:serviceaccounts:{namespace}"));
+    }
+    if !impersonated_groups.iter().any(|g| g == AUTHENTICATED) {
+        impersonated_groups.push(AUTHENTICATED.to_string());
+    }
+    Ok(UserInfo { name: user.to_string(), uid: String::new(), groups: impersonated_groups })
+}
+
 /// What a call does, in the words RBAC rules use.
 pub struct Access<'a> {
     pub verb: &'a str,

@@ -13,6 +13,7 @@
 
 mod discovery;
 mod path;
+mod protobuf;
 mod status;
 mod table;
 
@@ -162,7 +163,27 @@ fn failure_reply(failure: Failure) -> Response<Body> {
     response
 }
 
+/// A body of a kind kubectl may send as protobuf (`protobuf.rs`), as JSON.
+fn typed_body(call: &Call, body: &[u8], kind: &str) -> Result<Value, Failure> {
+    let content_type = call.header(header::CONTENT_TYPE);
+    if content_type.starts_with(protobuf::CONTENT_TYPE) {
+        return protobuf::decode(body, kind).map_err(|e| Failure::bad_request(format!("the {kind} body: {e}")));
+    }
+    parse_json(body, content_type)
+}
+
+fn unsupported_media_type(content_type: &str) -> Failure {
+    Failure::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "UnsupportedMediaType",
+        format!("the body of the request was in an unknown format ({content_type:?}); accepted: application/json, application/yaml"),
+    )
+}
+
 fn parse_json(bytes: &[u8], content_type: &str) -> Result<Value, Failure> {
+    if content_type.starts_with(protobuf::CONTENT_TYPE) {
+        return Err(unsupported_media_type(content_type));
+    }
     if content_type.starts_with("application/yaml") || content_type.starts_with("application/apply-patch+yaml") {
         return serde_yaml_ng::from_slice(bytes)
             .map_err(|e| Failure::bad_request(format!("the body is not valid YAML: {e}")));
@@ -177,7 +198,7 @@ impl Rest {
         if route == Route::Health {
             return json_reply(StatusCode::OK, "ok", "text/plain");
         }
-        let result = match self.authenticate(&parts.headers, &peer) {
+        let result = match self.authenticate(&parts.headers, &peer).and_then(|u| self.impersonate(&parts.headers, u)) {
             Ok(user) => {
                 let call = Call { user, peer, headers: parts.headers, query: parse_query(parts.uri.query()) };
                 self.route(&call, parts.method, route, body).await
@@ -198,6 +219,21 @@ impl Rest {
             probe.metadata_mut().insert("authorization", value);
         }
         self.authenticator.authenticate(&probe).map_err(|status| Failure::from_status(&status, None))
+    }
+
+    /// The user the request acts as: the caller, or whom its
+    /// `Impersonate-User` and `Impersonate-Group` headers name, if allowed.
+    fn impersonate(&self, headers: &HeaderMap, caller: UserInfo) -> Result<UserInfo, Failure> {
+        let text = |v: &HeaderValue| v.to_str().unwrap_or_default().to_string();
+        let groups: Vec<String> = headers.get_all("impersonate-group").iter().map(text).collect();
+        let Some(user) = headers.get("impersonate-user").map(text) else {
+            if groups.is_empty() {
+                return Ok(caller);
+            }
+            return Err(Failure::bad_request("Impersonate-Group needs Impersonate-User"));
+        };
+        crate::auth::impersonate(&self.objects.authorizer, &caller, &user, &groups)
+            .map_err(|why| Failure::new(StatusCode::FORBIDDEN, "Forbidden", why))
     }
 
     async fn route(&self, call: &Call, method: Method, route: Route, body: Body) -> Reply {
@@ -361,6 +397,9 @@ impl Rest {
         let content_type = call.header(header::CONTENT_TYPE);
         if content_type.starts_with("application/yaml") {
             return Ok(parse_json(body, content_type)?.to_string().into());
+        }
+        if content_type.starts_with(protobuf::CONTENT_TYPE) {
+            return Err(unsupported_media_type(content_type));
         }
         Ok(body.clone())
     }
@@ -552,7 +591,7 @@ impl Rest {
     /// An Eviction deletes the pod gracefully (no PodDisruptionBudgets are
     /// served, so none can refuse it).
     async fn evict(&self, call: &Call, t: &Target, body: Bytes) -> Reply {
-        let eviction = parse_json(&body, call.header(header::CONTENT_TYPE))?;
+        let eviction = typed_body(call, &body, "Eviction")?;
         let options = eviction.get("deleteOptions").map(|o| o.to_string().into_bytes()).unwrap_or_default();
         let options = DeleteOptions::read(call, &Bytes::from(options))?;
         self.delete_one(call, t, self.name(t), &options).await?;
@@ -579,7 +618,7 @@ impl Rest {
     }
 
     async fn token(&self, call: &Call, t: &Target, body: Bytes) -> Reply {
-        let mut review = parse_json(&body, call.header(header::CONTENT_TYPE))?;
+        let mut review = typed_body(call, &body, "TokenRequest")?;
         let spec = review.get("spec").cloned().unwrap_or_default();
         let audiences =
             spec["audiences"].as_array().map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect());
@@ -608,7 +647,10 @@ impl Rest {
 
     /// SelfSubjectAccessReview (`kubectl auth can-i`) and SubjectAccessReview.
     async fn access_review(&self, call: &Call, about_self: bool, body: Bytes) -> Reply {
-        let mut review = parse_json(&body, call.header(header::CONTENT_TYPE))?;
+        let kind = if about_self { "SelfSubjectAccessReview" } else { "SubjectAccessReview" };
+        let mut review = typed_body(call, &body, kind)?;
+        review["apiVersion"] = "authorization.k8s.io/v1".into();
+        review["kind"] = kind.into();
         let attributes = review.pointer("/spec/resourceAttributes").cloned().unwrap_or_default();
         let field = |name: &str| attributes.get(name).and_then(Value::as_str).unwrap_or_default().to_string();
         let resource = field("resource");
