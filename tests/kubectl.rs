@@ -205,6 +205,15 @@ async fn kubectl_drives_a_cluster_with_real_containers() {
     let pod = k.json(&["get", "pods", "-l", "app=web"])["items"][0]["metadata"]["name"].as_str().unwrap().to_string();
     k.until(&["logs", &pod], "the container's log", |out| out.contains(&format!("hello from {pod}")));
 
+    // diff and a server-side dry run show a change without making it.
+    let changed = write(&dir, "changed.yaml", &manifest(&busybox).replace("mode: blue", "mode: amber"));
+    let changed = changed.to_str().unwrap();
+    let diff = k.run(&["diff", "-f", changed]);
+    assert_eq!(diff.status.code(), Some(1), "diff exits 1 when something differs: {}", text(&diff.stderr));
+    assert!(text(&diff.stdout).contains("+  mode: amber"), "{}", text(&diff.stdout));
+    assert!(k.ok(&["apply", "-f", changed, "--dry-run=server"]).contains("configured (server dry run)"));
+    assert_eq!(k.ok(&["get", "cm", "settings", "-o", "jsonpath={.data.mode}"]), "blue");
+
     // Scale, label, annotate; each one visible in the object.
     assert!(k.ok(&["scale", "deployment/web", "--replicas=3"]).contains("scaled"));
     k.until(&["get", "deploy", "web", "-o", "jsonpath={.status.readyReplicas}"], "three ready", |out| out == "3");

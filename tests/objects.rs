@@ -429,6 +429,7 @@ async fn bad_input_is_refused_with_the_field_named_and_nothing_stored() {
                 kind: "ConfigMap".into(),
                 namespace: "default".into(),
                 object: body.to_vec().into(),
+                ..Default::default()
             })
             .await
             .unwrap_err();

@@ -99,8 +99,12 @@ impl Client {
     }
 
     pub async fn create(&self, kind: &str, namespace: &str, object: &Value) -> Result<Value> {
-        let req =
-            proto::CreateRequest { kind: kind.into(), namespace: namespace.into(), object: encode(kind, object)? };
+        let req = proto::CreateRequest {
+            kind: kind.into(),
+            namespace: namespace.into(),
+            object: encode(kind, object)?,
+            ..Default::default()
+        };
         decode(kind, &self.objects.clone().create(req).await?.into_inner().object)
     }
 
@@ -173,14 +177,22 @@ impl Client {
     }
 
     pub async fn update(&self, kind: &str, namespace: &str, object: &Value) -> Result<Value> {
-        let req =
-            proto::UpdateRequest { kind: kind.into(), namespace: namespace.into(), object: encode(kind, object)? };
+        let req = proto::UpdateRequest {
+            kind: kind.into(),
+            namespace: namespace.into(),
+            object: encode(kind, object)?,
+            ..Default::default()
+        };
         decode(kind, &self.objects.clone().update(req).await?.into_inner().object)
     }
 
     pub async fn update_status(&self, kind: &str, namespace: &str, object: &Value) -> Result<Value> {
-        let req =
-            proto::UpdateRequest { kind: kind.into(), namespace: namespace.into(), object: encode(kind, object)? };
+        let req = proto::UpdateRequest {
+            kind: kind.into(),
+            namespace: namespace.into(),
+            object: encode(kind, object)?,
+            ..Default::default()
+        };
         decode(kind, &self.objects.clone().update_status(req).await?.into_inner().object)
     }
 
@@ -191,7 +203,7 @@ impl Client {
             namespace: namespace.into(),
             name: name.into(),
             patch: encode(kind, patch)?,
-            patch_type: proto::PatchType::Merge.into(),
+            ..Default::default()
         };
         decode(kind, &self.objects.clone().patch(req).await?.into_inner().object)
     }
@@ -219,7 +231,7 @@ impl Client {
             name: name.into(),
             resource_version: String::new(),
             grace_period_seconds,
-            propagation_policy: String::new(),
+            ..Default::default()
         };
         decode(kind, &self.objects.clone().delete(req).await?.into_inner().object)
     }

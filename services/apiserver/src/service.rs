@@ -24,7 +24,7 @@ use crate::audit::{AuditLog, Record};
 use crate::auth::escalation::{self, Target, Written};
 use crate::auth::{rbac::Attributes, Access, Authorizer, PeerInfo, UserInfo, AUTHENTICATED};
 use crate::cache::Filter;
-use crate::registry::Registry;
+use crate::registry::{DeleteOptions, Registry};
 use crate::watch::{self, WatchParams};
 use crate::Error;
 
@@ -162,13 +162,14 @@ impl Objects for ObjectsService {
         self.mutate("Create", access, caller, &meta, async {
             escalation::admit(&self.authorizer, &self.registry, &user, &target, Written::Object(&r.object)).await?;
             let admitted =
-                crate::admission::admit_create(&self.registry, &user, &r.kind, &r.namespace, &r.object).await?;
+                crate::admission::admit_create(&self.registry, &user, &r.kind, &r.namespace, &r.object, r.dry_run)
+                    .await?;
             let body = admitted.as_deref().unwrap_or(&r.object);
             // This request's own span, a child of the caller's: what the
             // object's controllers continue.
             let trace_context = if traced { skiff_telemetry::current_traceparent() } else { None };
-            let object = self.registry.create(&r.kind, &r.namespace, body, trace_context.as_deref()).await?;
-            if r.kind == "Namespace" {
+            let object = self.registry.create(&r.kind, &r.namespace, body, trace_context.as_deref(), r.dry_run).await?;
+            if r.kind == "Namespace" && !r.dry_run {
                 self.registry.ensure_default_service_account(&object_name(&object)).await?;
             }
             Ok(ObjectReply { object })
@@ -239,7 +240,7 @@ impl Objects for ObjectsService {
         let user = caller.user.clone();
         self.mutate("Update", access, caller, &meta, async {
             escalation::admit(&self.authorizer, &self.registry, &user, &target, Written::Object(&r.object)).await?;
-            Ok(ObjectReply { object: self.registry.update(&r.kind, &r.namespace, &r.object, false).await? })
+            Ok(ObjectReply { object: self.registry.update(&r.kind, &r.namespace, &r.object, false, r.dry_run).await? })
         })
         .await
     }
@@ -251,7 +252,7 @@ impl Objects for ObjectsService {
         let access =
             Access { verb: "update", kind: &r.kind, subresource: "status", namespace: &r.namespace, name: &name };
         self.mutate("UpdateStatus", access, caller, &meta, async {
-            Ok(ObjectReply { object: self.registry.update(&r.kind, &r.namespace, &r.object, true).await? })
+            Ok(ObjectReply { object: self.registry.update(&r.kind, &r.namespace, &r.object, true, r.dry_run).await? })
         })
         .await
     }
@@ -273,7 +274,10 @@ impl Objects for ObjectsService {
             }
             escalation::admit(&self.authorizer, &self.registry, &user, &target, Written::Patch(&r.patch)).await?;
             Ok(ObjectReply {
-                object: self.registry.patch(&r.kind, &r.namespace, &r.name, &r.patch, r.patch_type()).await?,
+                object: self
+                    .registry
+                    .patch(&r.kind, &r.namespace, &r.name, &r.patch, r.patch_type(), r.dry_run)
+                    .await?,
             })
         })
         .await
@@ -284,17 +288,13 @@ impl Objects for ObjectsService {
         let (meta, _, r) = req.into_parts();
         let access = Access { verb: "delete", kind: &r.kind, subresource: "", namespace: &r.namespace, name: &r.name };
         self.mutate("Delete", access, caller, &meta, async {
-            let object = self
-                .registry
-                .delete(
-                    &r.kind,
-                    &r.namespace,
-                    &r.name,
-                    &r.resource_version,
-                    r.grace_period_seconds,
-                    &r.propagation_policy,
-                )
-                .await?;
+            let options = DeleteOptions {
+                precondition: &r.resource_version,
+                grace: r.grace_period_seconds,
+                propagation: &r.propagation_policy,
+                dry_run: r.dry_run,
+            };
+            let object = self.registry.delete(&r.kind, &r.namespace, &r.name, &options).await?;
             Ok(ObjectReply { object })
         })
         .await

@@ -32,6 +32,7 @@ pub async fn admit_create(
     kind: &str,
     namespace: &str,
     object: &[u8],
+    dry_run: bool,
 ) -> Result<Option<Vec<u8>>, Error> {
     if let Some(csr) = certificates::admit_create(user, kind, object)? {
         return Ok(Some(csr));
@@ -47,7 +48,10 @@ pub async fn admit_create(
         service_accounts::admit_pod(registry, &namespace, &mut admitted).await?;
         limit_ranger::admit_pod(registry, &namespace, &mut admitted).await?;
     }
-    resource_quota::charge(registry, info, &namespace, &mut admitted).await?;
+    // A dry run is not charged: it would spend quota on nothing.
+    if !dry_run {
+        resource_quota::charge(registry, info, &namespace, &mut admitted).await?;
+    }
     admitted.into_bytes()
 }
 

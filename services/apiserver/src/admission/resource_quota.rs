@@ -149,7 +149,7 @@ impl Charge {
             }
             let body = serde_json::to_vec(&quota)
                 .map_err(|source| ChargeError::Store(Error::BadJson { what: "a ResourceQuota", source }))?;
-            match registry.update(KIND, namespace, &body, true).await {
+            match registry.update(KIND, namespace, &body, true, false).await {
                 Ok(_) => return Ok(()),
                 Err(Error::Conflict { .. }) => continue,
                 Err(e) => return Err(ChargeError::Store(e)),

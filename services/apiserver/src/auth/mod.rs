@@ -258,7 +258,7 @@ pub async fn ensure_default_policy(registry: &crate::registry::Registry) -> Resu
         wanted["apiVersion"] = "rbac.authorization.k8s.io/v1".into();
         wanted["kind"] = kind.into();
         let name = wanted["metadata"]["name"].as_str().unwrap_or_default().to_string();
-        match registry.create(kind, "", wanted.to_string().as_bytes(), None).await {
+        match registry.create(kind, "", wanted.to_string().as_bytes(), None, false).await {
             Ok(_) => continue,
             Err(crate::Error::AlreadyExists { .. }) => {}
             Err(e) => return Err(e),
@@ -271,7 +271,7 @@ pub async fn ensure_default_policy(registry: &crate::registry::Registry) -> Resu
             continue;
         }
         wanted["metadata"]["resourceVersion"] = stored["metadata"]["resourceVersion"].clone();
-        match registry.update(kind, "", wanted.to_string().as_bytes(), false).await {
+        match registry.update(kind, "", wanted.to_string().as_bytes(), false, false).await {
             // Another apiserver reconciled it meanwhile.
             Ok(_) | Err(crate::Error::Conflict { .. }) => tracing::info!(kind, name, "default RBAC object updated"),
             Err(e) => return Err(e),

@@ -16,6 +16,20 @@ use crate::Error;
 /// that every client parses.
 const MAX_GRACE_SECONDS: i64 = 1000 * 365 * 24 * 60 * 60;
 
+/// How a delete is carried out.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DeleteOptions<'a> {
+    /// Fail with a conflict unless the stored resourceVersion is this one.
+    pub precondition: &'a str,
+    /// Seconds a bound Pod gets to stop; None: its own grace period.
+    pub grace: Option<i64>,
+    /// `Foreground` or `Orphan` put the garbage collector's finalizer on an
+    /// owner it collects for; anything else deletes in the background.
+    pub propagation: &'a str,
+    /// Decide everything, write nothing.
+    pub dry_run: bool,
+}
+
 impl Registry {
     /// Deletes an object, or marks it with deletionTimestamp while
     /// finalizers remain; returns its last state.
@@ -30,10 +44,9 @@ impl Registry {
         kind: &str,
         namespace: &str,
         name: &str,
-        precondition: &str,
-        grace: Option<i64>,
-        propagation: &str,
+        options: &DeleteOptions<'_>,
     ) -> Result<Bytes, Error> {
+        let DeleteOptions { precondition, grace, propagation, dry_run } = *options;
         let grace = grace.filter(|g| *g >= 0);
         let info = KindInfo::by_kind(kind)?;
         if info.kind == "Namespace" && SYSTEM_NAMESPACES.contains(&name) {
@@ -55,6 +68,9 @@ impl Registry {
             // Only a kubelet can stop a bound pod's containers, so only its
             // final delete (grace 0) removes the pod.
             let graceful = info.kind == "Pod" && grace != Some(0) && self.has_live_kubelet(&current).await;
+            if dry_run {
+                return Ok(stamped(current, stored.mod_revision));
+            }
             let swap = if (!has_finalizers(info, &current) && !graceful) || empty_namespace {
                 self.storage.delete_if(&key, stored.mod_revision).await?
             } else if meta::str_field(&current, "deletionTimestamp").is_empty() {

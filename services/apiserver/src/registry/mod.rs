@@ -23,6 +23,7 @@ use crate::Error;
 pub use skiff_api::well_known::SYSTEM_NAMESPACES;
 
 mod delete;
+pub use delete::DeleteOptions;
 mod list;
 mod rules;
 #[cfg(test)]
@@ -175,6 +176,7 @@ impl Registry {
         namespace: &str,
         body: &[u8],
         trace_context: Option<&str>,
+        dry_run: bool,
     ) -> Result<Bytes, Error> {
         let info = KindInfo::by_kind(kind)?;
         if body.len() > MAX_OBJECT_BYTES {
@@ -217,6 +219,14 @@ impl Registry {
             self.check_namespace(&ns).await?;
         }
         let key = info.key(&ns, &name);
+        if dry_run {
+            // Nothing is allocated (cluster IPs, node ports) for an object
+            // that will not be stored.
+            if self.storage.get(&key).await?.is_some() {
+                return Err(Error::already_exists(info, &name));
+            }
+            return serde_json::to_vec(&obj).map(Bytes::from).map_err(|source| Error::Corrupt { key, source });
+        }
         let mut allocation = self.allocation(info).await;
         if let Some(a) = allocation.as_mut() {
             a.assign(&key, &mut obj, None).map_err(Self::invalid(info, &name))?;
@@ -285,7 +295,14 @@ impl Registry {
     }
 
     /// Update (spec and metadata) or UpdateStatus (status only).
-    pub async fn update(&self, kind: &str, namespace: &str, body: &[u8], status_only: bool) -> Result<Bytes, Error> {
+    pub async fn update(
+        &self,
+        kind: &str,
+        namespace: &str,
+        body: &[u8],
+        status_only: bool,
+        dry_run: bool,
+    ) -> Result<Bytes, Error> {
         let info = KindInfo::by_kind(kind)?;
         if body.len() > MAX_OBJECT_BYTES {
             return Err(skiff_api::Error::TooLarge { size: body.len(), limit: MAX_OBJECT_BYTES }.into());
@@ -312,7 +329,7 @@ impl Registry {
             keep_namespace_finalizers(info, &current, &mut new);
             new
         };
-        self.commit(info, &key, &name, stored, current, next, body.len()).await
+        self.commit(info, &key, &name, stored, current, next, body.len(), dry_run).await
     }
 
     /// Applies a patch of `patch_type` to spec and metadata, retrying when
@@ -325,6 +342,7 @@ impl Registry {
         name: &str,
         body: &[u8],
         patch_type: PatchType,
+        dry_run: bool,
     ) -> Result<Bytes, Error> {
         let info = KindInfo::by_kind(kind)?;
         let patch = parse(body, "the patch")?;
@@ -359,7 +377,7 @@ impl Registry {
             }
             keep_namespace_finalizers(info, &current, &mut next);
             let size = serde_json::to_vec(&next).map(|v| v.len()).unwrap_or(0);
-            match self.commit(info, &key, name, stored, current, next, size).await {
+            match self.commit(info, &key, name, stored, current, next, size, dry_run).await {
                 Err(Error::Conflict { .. }) if pinned.is_empty() => continue,
                 other => return other,
             }
@@ -381,6 +399,7 @@ impl Registry {
         current: Value,
         mut next: Value,
         size: usize,
+        dry_run: bool,
     ) -> Result<Bytes, Error> {
         for owned in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
             match current.get("metadata").and_then(|m| m.get(owned)) {
@@ -394,7 +413,7 @@ impl Registry {
         meta::remove(&mut next, "resourceVersion");
         let mut next = normalize(info, next, size).map_err(Self::invalid(info, name))?;
         let mut allocation = None;
-        if spec_of(&next) != spec_of(&current) {
+        if spec_of(&next) != spec_of(&current) && !dry_run {
             allocation = self.allocation(info).await;
         }
         if let Some(a) = allocation.as_mut() {
@@ -406,6 +425,9 @@ impl Registry {
         if spec_of(&next) != spec_of(&current) {
             let generation = current.get("metadata").and_then(|m| m.get("generation")).and_then(Value::as_i64);
             meta::set(&mut next, "generation", generation.unwrap_or(0) + 1);
+        }
+        if dry_run {
+            return Ok(stamped(next, stored.mod_revision));
         }
         let deleting = !meta::str_field(&next, "deletionTimestamp").is_empty();
         let removed = deleting && !has_finalizers(info, &next) && !awaits_kubelet(info, &next);
@@ -469,7 +491,7 @@ impl Registry {
     /// never wait on a controller for it).
     pub async fn ensure_default_service_account(&self, ns: &str) -> Result<(), Error> {
         let body = serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}});
-        match self.create("ServiceAccount", ns, body.to_string().as_bytes(), None).await {
+        match self.create("ServiceAccount", ns, body.to_string().as_bytes(), None, false).await {
             Ok(_) | Err(Error::AlreadyExists { .. } | Error::NamespaceTerminating(_) | Error::NamespaceNotFound(_)) => {
                 Ok(())
             }
@@ -496,7 +518,7 @@ impl Registry {
     pub async fn ensure_system_namespaces(&self) -> Result<(), Error> {
         for ns in SYSTEM_NAMESPACES {
             let body = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-            match self.create("Namespace", "", body.to_string().as_bytes(), None).await {
+            match self.create("Namespace", "", body.to_string().as_bytes(), None, false).await {
                 Ok(_) | Err(Error::AlreadyExists { .. }) => self.ensure_default_service_account(ns).await?,
                 Err(e) => return Err(e),
             }

@@ -43,7 +43,7 @@ fn body(v: &Value) -> Vec<u8> {
 
 impl World {
     async fn create(&self, kind: &str, v: Value) -> Value {
-        value(&self.registry.create(kind, "default", &body(&v), None).await.unwrap())
+        value(&self.registry.create(kind, "default", &body(&v), None, false).await.unwrap())
     }
 
     async fn get(&self, kind: &str, name: &str) -> Result<Value, Error> {
@@ -52,11 +52,14 @@ impl World {
     }
 
     async fn update(&self, kind: &str, v: &Value) -> Result<Value, Error> {
-        self.registry.update(kind, "default", &body(v), false).await.map(|b| value(&b))
+        self.registry.update(kind, "default", &body(v), false, false).await.map(|b| value(&b))
     }
 
     async fn delete(&self, kind: &str, name: &str, grace: Option<i64>) -> Result<Value, Error> {
-        self.registry.delete(kind, "default", name, "", grace, "").await.map(|b| value(&b))
+        self.registry
+            .delete(kind, "default", name, &DeleteOptions { grace, ..Default::default() })
+            .await
+            .map(|b| value(&b))
     }
 }
 
@@ -108,7 +111,7 @@ fn pod(name: &str, node: &str) -> Value {
 #[tokio::test]
 async fn a_pod_on_a_ready_node_waits_for_its_kubelet_to_delete_it_for_good() {
     let w = world().await;
-    w.registry.create("Node", "", &body(&node("n1", "True")), None).await.unwrap();
+    w.registry.create("Node", "", &body(&node("n1", "True")), None, false).await.unwrap();
     w.create("Pod", pod("web", "n1")).await;
 
     let marked = w.delete("Pod", "web", None).await.unwrap();
@@ -123,7 +126,7 @@ async fn a_pod_on_a_ready_node_waits_for_its_kubelet_to_delete_it_for_good() {
 #[tokio::test]
 async fn a_huge_grace_period_is_bounded_not_a_panic() {
     let w = world().await;
-    w.registry.create("Node", "", &body(&node("n1", "True")), None).await.unwrap();
+    w.registry.create("Node", "", &body(&node("n1", "True")), None, false).await.unwrap();
     let mut own = pod("own", "n1");
     own["spec"]["terminationGracePeriodSeconds"] = json!(i64::MAX);
     w.create("Pod", own).await;
@@ -140,7 +143,7 @@ async fn a_huge_grace_period_is_bounded_not_a_panic() {
 #[tokio::test]
 async fn a_pod_without_a_live_kubelet_is_deleted_at_once() {
     let w = world().await;
-    w.registry.create("Node", "", &body(&node("gone", "Unknown")), None).await.unwrap();
+    w.registry.create("Node", "", &body(&node("gone", "Unknown")), None, false).await.unwrap();
     w.create("Pod", pod("on-dead-node", "gone")).await;
     w.create("Pod", pod("on-no-node", "missing")).await;
 
@@ -209,7 +212,8 @@ async fn a_patch_pinned_to_a_stale_version_is_not_retried() {
     w.update("ConfigMap", &json!({"metadata": {"name": "cm"}, "data": {"k": "moved on"}})).await.unwrap();
     let pinned = json!({"metadata": {"resourceVersion": meta::resource_version(&created)}, "data": {"k": "late"}});
 
-    let err = w.registry.patch("ConfigMap", "default", "cm", &body(&pinned), PatchType::Merge).await.unwrap_err();
+    let err =
+        w.registry.patch("ConfigMap", "default", "cm", &body(&pinned), PatchType::Merge, false).await.unwrap_err();
 
     assert!(matches!(err, Error::Conflict { .. }), "{err:?}");
 }
@@ -238,7 +242,7 @@ async fn generation_counts_spec_changes_only() {
 
     let mut status = labelled.clone();
     status["status"] = json!({"replicas": 3});
-    let status = value(&w.registry.update("Deployment", "default", &body(&status), true).await.unwrap());
+    let status = value(&w.registry.update("Deployment", "default", &body(&status), true, false).await.unwrap());
     assert_eq!(generation(&status), 1, "status is not spec");
 
     let mut rolled = status;
@@ -335,7 +339,7 @@ async fn a_resource_quota_charges_pods_and_refuses_the_one_too_many() {
     // What the quota controller writes first.
     let mut q = w.get("ResourceQuota", "q").await.unwrap();
     q["status"] = json!({"hard": {"pods": "2", "requests.cpu": "1"}, "used": {"pods": "0", "requests.cpu": "0"}});
-    w.registry.update("ResourceQuota", "default", &body(&q), true).await.unwrap();
+    w.registry.update("ResourceQuota", "default", &body(&q), true, false).await.unwrap();
 
     admit(&w, &pod("a", "400m")).await.unwrap();
     let too_much = admit(&w, &pod("b", "700m")).await.unwrap_err().to_string();

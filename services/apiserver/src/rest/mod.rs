@@ -385,9 +385,9 @@ impl Rest {
     }
 
     async fn create(&self, call: &Call, t: &Target, body: Bytes) -> Reply {
-        refuse_dry_run(call)?;
         let object = self.normalized_body(call, &body)?;
-        let request = CreateRequest { kind: t.info.kind.into(), namespace: t.namespace.clone(), object };
+        let request =
+            CreateRequest { kind: t.info.kind.into(), namespace: t.namespace.clone(), object, dry_run: dry_run(call)? };
         let reply = self.objects.create(call.grpc(request)).await.map_err(|s| Failure::from_status(&s, Some(t)))?;
         Ok(json_reply(StatusCode::CREATED, reply.into_inner().object, "application/json"))
     }
@@ -405,7 +405,6 @@ impl Rest {
     }
 
     async fn update(&self, call: &Call, t: &Target, body: Bytes, status: bool) -> Reply {
-        refuse_dry_run(call)?;
         let object = self.normalized_body(call, &body)?;
         let named: Value = parse_json(&object, "application/json")?;
         let name = skiff_api::meta::name(&named);
@@ -415,7 +414,8 @@ impl Rest {
                 self.name(t)
             )));
         }
-        let request = UpdateRequest { kind: t.info.kind.into(), namespace: t.namespace.clone(), object };
+        let request =
+            UpdateRequest { kind: t.info.kind.into(), namespace: t.namespace.clone(), object, dry_run: dry_run(call)? };
         let reply = if status {
             self.objects.update_status(call.grpc(request)).await
         } else {
@@ -426,7 +426,6 @@ impl Rest {
     }
 
     async fn patch(&self, call: &Call, t: &Target, body: Bytes) -> Reply {
-        refuse_dry_run(call)?;
         let patch_type = patch_type(call.header(header::CONTENT_TYPE))?;
         let object = self.patch_object(call, t, body, patch_type).await?;
         Ok(json_reply(StatusCode::OK, object, "application/json"))
@@ -445,13 +444,13 @@ impl Rest {
             name: self.name(t).into(),
             patch,
             patch_type: patch_type.into(),
+            dry_run: dry_run(call)?,
         };
         let reply = self.objects.patch(call.grpc(request)).await.map_err(|s| Failure::from_status(&s, Some(t)))?;
         Ok(reply.into_inner().object)
     }
 
     async fn delete(&self, call: &Call, t: &Target, body: Bytes) -> Reply {
-        refuse_dry_run(call)?;
         let options = DeleteOptions::read(call, &body)?;
         let object = self.delete_one(call, t, self.name(t), &options).await?;
         Ok(json_reply(StatusCode::OK, object, "application/json"))
@@ -465,6 +464,7 @@ impl Rest {
             resource_version: options.resource_version.clone(),
             grace_period_seconds: options.grace_period_seconds,
             propagation_policy: options.propagation_policy.clone(),
+            dry_run: options.dry_run,
         };
         let reply = self.objects.delete(call.grpc(request)).await.map_err(|s| Failure::from_status(&s, Some(t)))?;
         Ok(reply.into_inner().object)
@@ -473,7 +473,6 @@ impl Rest {
     /// Deletes what a list with the same selectors would show, one object
     /// at a time, each through the delete path (and its authorization).
     async fn delete_collection(&self, call: &Call, t: &Target) -> Reply {
-        refuse_dry_run(call)?;
         let options = DeleteOptions::read(call, &Bytes::new())?;
         let mut request = self.list_request(call, t)?;
         request.limit = 0;
@@ -561,7 +560,6 @@ impl Rest {
                 .into_inner()
                 .object
         } else {
-            refuse_dry_run(call)?;
             let body = parse_json(&body, call.header(header::CONTENT_TYPE))?;
             let replicas = requested_replicas(&body)
                 .ok_or_else(|| Failure::bad_request("the Scale must set spec.replicas to a number"))?;
@@ -719,12 +717,12 @@ fn openapi_v3(path: &str) -> Reply {
     Ok(json_reply(StatusCode::OK, document.clone(), "application/json"))
 }
 
-/// `?dryRun=All` needs every write path to stop short of etcd, which the
-/// registry does not offer yet: refused rather than carried out for real.
-fn refuse_dry_run(call: &Call) -> Result<(), Failure> {
+/// `?dryRun=All`: validate and admit, store nothing.
+fn dry_run(call: &Call) -> Result<bool, Failure> {
     match call.param("dryRun") {
-        "" => Ok(()),
-        _ => Err(Failure::bad_request("dryRun is not supported by this server yet")),
+        "" => Ok(false),
+        "All" => Ok(true),
+        other => Err(Failure::bad_request(format!("dryRun: {other:?} is not supported; the one value is All"))),
     }
 }
 
@@ -755,6 +753,7 @@ struct DeleteOptions {
     grace_period_seconds: Option<i64>,
     resource_version: String,
     propagation_policy: String,
+    dry_run: bool,
 }
 
 impl DeleteOptions {
@@ -784,6 +783,7 @@ impl DeleteOptions {
                 .unwrap_or_default()
                 .into(),
             propagation_policy: policy.into(),
+            dry_run: dry_run(call)? || options["dryRun"].as_array().is_some_and(|d| d.iter().any(|v| v == "All")),
         })
     }
 }
