@@ -178,7 +178,7 @@ async fn a_patch_or_delete_that_loses_a_race_reads_again_and_retries() {
     w.store.interleave_writes(2);
     let patched = w
         .registry
-        .patch("ConfigMap", "default", "cm", br#"{"data": {"k": "patched"}}"#, PatchType::Merge)
+        .patch("ConfigMap", "default", "cm", br#"{"data": {"k": "patched"}}"#, PatchType::Merge, false)
         .await
         .unwrap();
     assert_eq!(value(&patched)["data"]["k"], "patched");
@@ -197,7 +197,7 @@ async fn a_patch_that_keeps_losing_gives_up_with_a_conflict_naming_the_object() 
 
     let err = w
         .registry
-        .patch("ConfigMap", "default", "busy", br#"{"data": {"k": "x"}}"#, PatchType::Merge)
+        .patch("ConfigMap", "default", "busy", br#"{"data": {"k": "x"}}"#, PatchType::Merge, false)
         .await
         .unwrap_err();
 
@@ -263,7 +263,7 @@ fn pod_body(name: &str, spec: Value) -> Vec<u8> {
 /// The admission chain on a pod, as the Create call runs it: the object to
 /// store (None: as sent) or the refusal.
 async fn admit(w: &World, object: &[u8]) -> Result<Option<Value>, Error> {
-    let admitted = crate::admission::admit_create(&w.registry, &admin(), "Pod", "default", object).await?;
+    let admitted = crate::admission::admit_create(&w.registry, &admin(), "Pod", "default", object, false).await?;
     Ok(admitted.map(|b| value(&Bytes::from(b))))
 }
 
@@ -357,4 +357,24 @@ async fn a_resource_quota_charges_pods_and_refuses_the_one_too_many() {
     let no_request = pod_body("d", json!({"containers": [{"name": "c", "image": "busybox"}]}));
     let refused = admit(&w, &no_request).await.unwrap_err().to_string();
     assert!(refused.contains("must specify requests.cpu for: c"), "{refused}");
+}
+
+#[tokio::test]
+async fn dry_runs_answer_as_the_write_would_and_store_nothing() {
+    let w = world().await;
+    let cm = config_map("cm", &[]);
+    let would = w.registry.create("ConfigMap", "default", &body(&cm), None, true).await.unwrap();
+    assert_eq!(value(&would)["metadata"]["name"], "cm");
+    assert!(matches!(w.get("ConfigMap", "cm").await, Err(Error::NotFound { .. })), "a dry create stores nothing");
+
+    w.create("ConfigMap", cm.clone()).await;
+    let err = w.registry.create("ConfigMap", "default", &body(&cm), None, true).await.unwrap_err();
+    assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
+    let patch = br#"{"data": {"k": "dry"}}"#;
+    let would = w.registry.patch("ConfigMap", "default", "cm", patch, PatchType::Strategic, true).await.unwrap();
+    assert_eq!(value(&would)["data"]["k"], "dry");
+    assert!(w.get("ConfigMap", "cm").await.unwrap().pointer("/data/k").is_none(), "a dry patch changes nothing");
+    let dry_delete = DeleteOptions { dry_run: true, ..Default::default() };
+    w.registry.delete("ConfigMap", "default", "cm", &dry_delete).await.unwrap();
+    assert!(w.get("ConfigMap", "cm").await.is_ok(), "a dry delete removes nothing");
 }
