@@ -423,6 +423,11 @@ impl Cluster {
         format!("{scheme}://{}", self.rest_listen)
     }
 
+    /// The REST API's address.
+    pub fn rest_listen(&self) -> SocketAddr {
+        self.rest_listen
+    }
+
     /// Writes (or updates) the kubeconfig at `path` with a context `name`
     /// for this cluster's REST API as its administrator, made current.
     pub fn write_kubeconfig(&self, path: &Path, name: &str) -> Result<()> {

@@ -7,7 +7,9 @@
 //! the event is measured; raw etcd gets the same number of etcd watches.
 //! Services: the same clients create `services` Services with no clusterIP,
 //! so each create allocates an IP among all the Services already there;
-//! the ConfigMap creates above are their baseline.
+//! the ConfigMap creates above are their baseline. REST: the same creates
+//! through the Kubernetes REST front, and a list of `list_pods` pods
+//! through both fronts, on the cluster without TLS.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -43,6 +45,9 @@ pub struct Options {
     /// Services created (spread over the clients) for the allocation figure.
     #[arg(long, default_value_t = 10_000)]
     services: usize,
+    /// Pods listed whole, over gRPC and REST, for the list figures.
+    #[arg(long, default_value_t = 10_000)]
+    list_pods: usize,
 }
 
 /// Watch streams per connection: well under HTTP/2's usual stream limit.
@@ -96,7 +101,103 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     figure("api_create_throughput_no_auth", open_rate, "creates/s")?;
     figure("api_create_p99_no_auth", open_p99, "ms")?;
     ratio("api_create_throughput_tls_rbac_vs_no_auth", skiff_rate, open_rate)?;
+    rest_figures(&insecure, &o, &payload, open_rate).await
+}
+
+/// The Kubernetes REST front beside gRPC on the same cluster (without TLS,
+/// so both pay the same transport): creates/s by the same number of
+/// clients, and the latency of listing `list_pods` pods whole.
+async fn rest_figures(cluster: &Cluster, o: &Options, payload: &str, grpc_rate: f64) -> anyhow::Result<()> {
+    let mut clients = Vec::new();
+    for _ in 0..o.clients {
+        let mut rest = Rest::connect(cluster.rest_listen()).await?;
+        rest.call(http::Method::GET, "/api/v1/namespaces/default", None, 200).await?;
+        clients.push((rest, Arc::<str>::from(payload)));
+    }
+    let (rest_rate, rest_p99) = hammer(clients, o.creates_per_client, |(mut rest, payload), id, i| async move {
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": format!("rest-{id}-{i}")}, "data": {"payload": &*payload}});
+        let r = rest.call(http::Method::POST, "/api/v1/namespaces/default/configmaps", Some(cm.to_string()), 201).await;
+        ((rest, payload), r.map(|_| ()))
+    })
+    .await?;
+    figure("rest_create_throughput", rest_rate, "creates/s")?;
+    figure("rest_create_p99", rest_p99, "ms")?;
+    ratio("rest_create_throughput_vs_grpc", rest_rate, grpc_rate)?;
+
+    let writers = (0..o.clients).map(|_| Client::connect(cluster.admin_config())).collect::<Result<Vec<_>, _>>()?;
+    let per_writer = o.list_pods.div_ceil(writers.len().max(1));
+    hammer(writers, per_writer, |client, id, i| async move {
+        let pod = json!({"metadata": {"name": format!("list-{id}-{i}"), "labels": {"app": "bench"}},
+                         "spec": {"containers": [{"name": "c", "image": "bench:1"}]}});
+        let r = client.create("Pod", "default", &pod).await.map(|_| ()).map_err(Into::into);
+        (client, r)
+    })
+    .await?;
+    let pods = per_writer * o.clients;
+    let grpc = Client::connect(cluster.admin_config())?;
+    let mut rest = Rest::connect(cluster.rest_listen()).await?;
+    let (mut grpc_ms, mut rest_ms) = (Vec::new(), Vec::new());
+    for _ in 0..LIST_ROUNDS {
+        let started = Instant::now();
+        let listed = grpc.list("Pod", "default", &Default::default()).await?;
+        grpc_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        anyhow::ensure!(listed.items.len() >= pods, "gRPC listed {} of {pods} pods", listed.items.len());
+        let started = Instant::now();
+        let body = rest.call(http::Method::GET, "/api/v1/namespaces/default/pods", None, 200).await?;
+        rest_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        let listed: serde_json::Value = serde_json::from_slice(&body)?;
+        let items = listed["items"].as_array().map_or(0, Vec::len);
+        anyhow::ensure!(items >= pods, "REST listed {items} of {pods} pods");
+    }
+    let (grpc_p50, _) = summarize(grpc_ms)?;
+    let (rest_p50, _) = summarize(rest_ms)?;
+    figure(format!("grpc_list_{pods}_pods_p50"), grpc_p50, "ms")?;
+    figure(format!("rest_list_{pods}_pods_p50"), rest_p50, "ms")?;
+    ratio(format!("rest_list_{pods}_pods_vs_grpc"), rest_p50, grpc_p50)?;
     Ok(())
+}
+
+/// Lists timed per figure.
+const LIST_ROUNDS: usize = 5;
+
+/// One HTTP/1.1 keep-alive connection to the REST API, as a client
+/// library holds one.
+struct Rest {
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+}
+
+impl Rest {
+    async fn connect(addr: std::net::SocketAddr) -> anyhow::Result<Rest> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        Ok(Rest { sender })
+    }
+
+    /// Sends one request and reads the whole answer, which must have `status`.
+    async fn call(
+        &mut self,
+        method: http::Method,
+        path: &str,
+        body: Option<String>,
+        status: u16,
+    ) -> anyhow::Result<bytes::Bytes> {
+        use http_body_util::BodyExt;
+        let request = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, "skiff")
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::ACCEPT, "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body.unwrap_or_default())))?;
+        let response = self.sender.send_request(request).await?;
+        let code = response.status().as_u16();
+        let body = response.into_body().collect().await?.to_bytes();
+        anyhow::ensure!(code == status, "{path}: {code} {}", String::from_utf8_lossy(&body));
+        Ok(body)
+    }
 }
 
 /// Runs `per_client` timed operations on each of `clients` tasks at once;
