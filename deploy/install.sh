@@ -120,7 +120,7 @@ install_server() {
     --cert-file "$pki/etcd-server.crt" --key-file "$pki/etcd-server.key" \
     --trusted-ca-file "$pki/ca.crt" --client-cert-auth
   unit etcd "etcd, the store" /usr/local/bin/etcd
-  flags apiserver --listen "$advertise:6443" --metrics-listen 127.0.0.1:6444 \
+  flags apiserver --listen "$advertise:6443" --rest-listen "$advertise:6445" --metrics-listen 127.0.0.1:6444 \
     --etcd-endpoints https://127.0.0.1:2379 --etcd-cafile "$pki/ca.crt" \
     --etcd-certfile "$pki/apiserver-etcd-client.crt" --etcd-keyfile "$pki/apiserver-etcd-client.key" \
     --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
