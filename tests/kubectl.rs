@@ -255,6 +255,21 @@ async fn kubectl_drives_a_cluster_with_real_containers() {
     let watched = text(&watch.wait_with_output().unwrap().stdout);
     assert!(watched.contains("green") && watched.contains("red"), "get -w printed {watched:?}");
 
+    // Server-side apply: fields a manager drops go, another manager's
+    // different value conflicts unless forced.
+    let ssa = |data: &str| format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\ndata:\n{data}");
+    let first = write(&dir, "ssa1.yaml", &ssa("  a: \"1\"\n  b: \"2\"\n"));
+    assert!(k.ok(&["apply", "--server-side", "-f", first.to_str().unwrap()]).contains("serverside-applied"));
+    let second = write(&dir, "ssa2.yaml", &ssa("  a: \"1\"\n"));
+    k.ok(&["apply", "--server-side", "-f", second.to_str().unwrap()]);
+    assert_eq!(k.ok(&["get", "cm", "ssa", "-o", "jsonpath={.data}"]), r#"{"a":"1"}"#);
+    let other = write(&dir, "ssa3.yaml", &ssa("  a: \"9\"\n"));
+    let conflict = k.run(&["apply", "--server-side", "--field-manager=other", "-f", other.to_str().unwrap()]);
+    assert!(!conflict.status.success());
+    assert!(text(&conflict.stderr).contains(r#"conflict with "kubectl""#), "{}", text(&conflict.stderr));
+    k.ok(&["apply", "--server-side", "--field-manager=other", "--force-conflicts", "-f", other.to_str().unwrap()]);
+    assert_eq!(k.ok(&["get", "cm", "ssa", "-o", "jsonpath={.data.a}"]), "9");
+
     // Authorization answers, and bad input is refused with the field named.
     assert_eq!(k.ok(&["auth", "can-i", "create", "deployments"]).trim(), "yes");
     // An unknown user (impersonated, as the admin may) is granted nothing.

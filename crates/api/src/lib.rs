@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod apply;
 pub mod cidr;
 pub mod clock;
 pub mod columns;

@@ -138,7 +138,7 @@ fn kind_paths(info: &KindInfo, schema: &str) -> Map<String, Value> {
             }}}},
         })
     };
-    let writes = ["fieldManager", "fieldValidation"];
+    let writes = ["dryRun", "fieldManager", "fieldValidation"];
     let mut paths = Map::new();
     paths.insert(
         format!("{prefix}{scope}/{}", info.plural),
@@ -153,8 +153,8 @@ fn kind_paths(info: &KindInfo, schema: &str) -> Map<String, Value> {
         json!({
             "get": operation("get", &[]),
             "put": operation("put", &writes),
-            "patch": operation("patch", &writes),
-            "delete": operation("delete", &["gracePeriodSeconds", "propagationPolicy"]),
+            "patch": operation("patch", &["dryRun", "fieldManager", "fieldValidation", "force"]),
+            "delete": operation("delete", &["dryRun", "gracePeriodSeconds", "propagationPolicy"]),
         }),
     );
     paths

@@ -39,6 +39,9 @@ pub enum Error {
     Expired { requested: i64, compacted: i64 },
     #[error("{0}")]
     Forbidden(String),
+    /// A server-side apply would take fields other appliers own.
+    #[error("{0}")]
+    ApplyConflict(String),
     /// The caller's roles don't allow the call.
     #[error("{0}")]
     Denied(String),
@@ -129,7 +132,7 @@ impl Error {
             }
             Error::NotFound { .. } | Error::NamespaceNotFound(_) | Error::ContainerNotInPod { .. } => Code::NotFound,
             Error::AlreadyExists { .. } => Code::AlreadyExists,
-            Error::Conflict { .. } => Code::Aborted,
+            Error::Conflict { .. } | Error::ApplyConflict(_) => Code::Aborted,
             Error::NamespaceTerminating(_) | Error::Forbidden(_) | Error::PodNotScheduled { .. } => {
                 Code::FailedPrecondition
             }
@@ -166,7 +169,7 @@ impl Error {
             }
             Error::NotFound { .. } | Error::NamespaceNotFound(_) | Error::ContainerNotInPod { .. } => "NotFound",
             Error::AlreadyExists { .. } => "AlreadyExists",
-            Error::Conflict { .. } => "Conflict",
+            Error::Conflict { .. } | Error::ApplyConflict(_) => "Conflict",
             Error::NamespaceTerminating(_) | Error::Forbidden(_) | Error::Denied(_) => "Forbidden",
             Error::Expired { .. } => "Expired",
             Error::Etcd { .. } | Error::WatchClosed | Error::ShuttingDown | Error::KubeletUnreachable { .. } => {
@@ -183,6 +186,14 @@ impl Error {
             | Error::Invalid { source: skiff_api::Error::Invalid(causes), .. } => causes,
             _ => &[],
         }
+    }
+}
+
+/// A refused server-side apply, as the API's error.
+pub fn from_apply(e: skiff_api::apply::ApplyError) -> Error {
+    match e {
+        skiff_api::apply::ApplyError::Invalid(e) => Error::Model(e),
+        conflicts => Error::ApplyConflict(conflicts.to_string()),
     }
 }
 

@@ -160,18 +160,10 @@ impl Objects for ObjectsService {
         let user = caller.user.clone();
         let traced = skiff_telemetry::carries_trace_context(&meta);
         self.mutate("Create", access, caller, &meta, async {
-            escalation::admit(&self.authorizer, &self.registry, &user, &target, Written::Object(&r.object)).await?;
-            let admitted =
-                crate::admission::admit_create(&self.registry, &user, &r.kind, &r.namespace, &r.object, r.dry_run)
-                    .await?;
-            let body = admitted.as_deref().unwrap_or(&r.object);
             // This request's own span, a child of the caller's: what the
             // object's controllers continue.
             let trace_context = if traced { skiff_telemetry::current_traceparent() } else { None };
-            let object = self.registry.create(&r.kind, &r.namespace, body, trace_context.as_deref(), r.dry_run).await?;
-            if r.kind == "Namespace" && !r.dry_run {
-                self.registry.ensure_default_service_account(&object_name(&object)).await?;
-            }
+            let object = self.create_object(&user, &target, &r.object, trace_context.as_deref(), r.dry_run).await?;
             Ok(ObjectReply { object })
         })
         .await
@@ -273,6 +265,9 @@ impl Objects for ObjectsService {
                 )));
             }
             escalation::admit(&self.authorizer, &self.registry, &user, &target, Written::Patch(&r.patch)).await?;
+            if r.patch_type() == PatchType::Apply {
+                return self.apply(&user, &target, &r).await.map(|object| ObjectReply { object });
+            }
             Ok(ObjectReply {
                 object: self
                     .registry
@@ -338,6 +333,56 @@ impl Objects for ObjectsService {
 }
 
 impl ObjectsService {
+    /// A create after authorization: escalation check, admission, the
+    /// registry, and a new Namespace's default ServiceAccount.
+    async fn create_object(
+        &self,
+        user: &UserInfo,
+        target: &Target<'_>,
+        object: &[u8],
+        trace_context: Option<&str>,
+        dry_run: bool,
+    ) -> Result<bytes::Bytes, Error> {
+        escalation::admit(&self.authorizer, &self.registry, user, target, Written::Object(object)).await?;
+        let admitted =
+            crate::admission::admit_create(&self.registry, user, target.kind, target.namespace, object, dry_run)
+                .await?;
+        let body = admitted.as_deref().unwrap_or(object);
+        let object = self.registry.create(target.kind, target.namespace, body, trace_context, dry_run).await?;
+        if target.kind == "Namespace" && !dry_run {
+            self.registry.ensure_default_service_account(&object_name(&object)).await?;
+        }
+        Ok(object)
+    }
+
+    /// Server-side apply: onto the stored object, or, when there is none, a
+    /// create of what the apply makes (which takes the create permission
+    /// and goes through admission like any create).
+    async fn apply(&self, user: &UserInfo, target: &Target<'_>, r: &PatchRequest) -> Result<bytes::Bytes, Error> {
+        let config: serde_json::Value = serde_json::from_slice(&r.patch)
+            .map_err(|source| Error::BadJson { what: "the applied configuration", source })?;
+        let now = skiff_api::clock::now_rfc3339();
+        let applier = crate::registry::applier(&r.field_manager, r.force, &config, &now)?;
+        for _ in 0..2 {
+            match self.registry.apply(&r.kind, &r.namespace, &r.name, &config, &applier, r.dry_run).await {
+                Err(Error::NotFound { .. }) => {}
+                other => return other,
+            }
+            let access =
+                Access { verb: "create", kind: &r.kind, subresource: "", namespace: &r.namespace, name: &r.name };
+            self.authorizer.authorize(user, &access).map_err(Error::Denied)?;
+            let object = skiff_api::apply::apply(None, &config, &applier).map_err(crate::error::from_apply)?;
+            let body =
+                serde_json::to_vec(&object).map_err(|source| Error::BadJson { what: "the applied object", source })?;
+            match self.create_object(user, target, &body, None, r.dry_run).await {
+                // Created meanwhile by someone else: apply onto theirs.
+                Err(Error::AlreadyExists { .. }) => continue,
+                other => return other,
+            }
+        }
+        Err(Error::Conflict { resource: r.kind.clone(), name: r.name.clone() })
+    }
+
     /// The kind asked about, and whether the review's subject may do it.
     fn review(&self, caller: UserInfo, r: &AccessReviewRequest) -> Result<(&'static str, Result<(), String>), Status> {
         let subject = if r.user.is_empty() {

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
+use skiff_api::apply::Applier;
 use skiff_api::proto::PatchType;
 use skiff_api::{clock, meta, normalize, KindInfo, MAX_OBJECT_BYTES};
 
@@ -352,6 +353,7 @@ impl Registry {
             }
             PatchType::Merge | PatchType::Strategic => meta::resource_version(&patch).to_string(),
             PatchType::Json => String::new(),
+            PatchType::Apply => return Err(Error::BadRequest("an apply is not a patch: see Registry::apply".into())),
         };
         let operations: Option<json_patch::Patch> = match patch_type {
             PatchType::Json => Some(
@@ -379,6 +381,42 @@ impl Registry {
             let size = serde_json::to_vec(&next).map(|v| v.len()).unwrap_or(0);
             match self.commit(info, &key, name, stored, current, next, size, dry_run).await {
                 Err(Error::Conflict { .. }) if pinned.is_empty() => continue,
+                other => return other,
+            }
+        }
+        Err(Error::conflict(info, name))
+    }
+
+    /// Server-side apply of `config` onto the stored object (NotFound when
+    /// there is none: creating it is the caller's, through admission),
+    /// retrying when another write slips in between read and write.
+    pub async fn apply(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        config: &Value,
+        applier: &Applier<'_>,
+        dry_run: bool,
+    ) -> Result<Bytes, Error> {
+        let info = KindInfo::by_kind(kind)?;
+        let named = meta::name(config);
+        if named != name {
+            return Err(Error::BadRequest(format!(
+                "metadata.name: {named:?} does not match the name on the URL ({name:?})"
+            )));
+        }
+        for _ in 0..CAS_ATTEMPTS {
+            let (key, stored, current) = self.read(info, namespace, name).await?;
+            let mut next =
+                skiff_api::apply::apply(Some(&current), config, applier).map_err(crate::error::from_apply)?;
+            if info.has_status {
+                set_status(&mut next, current.get("status").cloned());
+            }
+            keep_namespace_finalizers(info, &current, &mut next);
+            let size = serde_json::to_vec(&next).map(|v| v.len()).unwrap_or(0);
+            match self.commit(info, &key, name, stored, current, next, size, dry_run).await {
+                Err(Error::Conflict { .. }) => continue,
                 other => return other,
             }
         }
@@ -534,4 +572,14 @@ fn set_status(obj: &mut Value, status: Option<Value>) {
             None => root.remove("status"),
         };
     }
+}
+
+/// Who applies a server-side apply: `fieldManager` is required, as in
+/// Kubernetes; the config's apiVersion is recorded with its fields.
+pub fn applier<'a>(manager: &'a str, force: bool, config: &'a Value, now: &'a str) -> Result<Applier<'a>, Error> {
+    if manager.is_empty() {
+        return Err(Error::BadRequest("fieldManager: Required value: is required for apply requests".into()));
+    }
+    let api_version = config.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    Ok(Applier { manager, force, api_version, now })
 }

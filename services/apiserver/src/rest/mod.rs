@@ -427,6 +427,11 @@ impl Rest {
 
     async fn patch(&self, call: &Call, t: &Target, body: Bytes) -> Reply {
         let patch_type = patch_type(call.header(header::CONTENT_TYPE))?;
+        // An applied configuration may be YAML; the API takes it as JSON.
+        let body = match patch_type {
+            PatchType::Apply => Bytes::from(parse_json(&body, "application/apply-patch+yaml")?.to_string()),
+            _ => body,
+        };
         let object = self.patch_object(call, t, body, patch_type).await?;
         Ok(json_reply(StatusCode::OK, object, "application/json"))
     }
@@ -445,6 +450,8 @@ impl Rest {
             patch,
             patch_type: patch_type.into(),
             dry_run: dry_run(call)?,
+            field_manager: call.param("fieldManager").into(),
+            force: call.flag("force"),
         };
         let reply = self.objects.patch(call.grpc(request)).await.map_err(|s| Failure::from_status(&s, Some(t)))?;
         Ok(reply.into_inner().object)
@@ -740,10 +747,11 @@ fn patch_type(content_type: &str) -> Result<PatchType, Failure> {
         "application/merge-patch+json" => Ok(PatchType::Merge),
         "application/json-patch+json" => Ok(PatchType::Json),
         "application/strategic-merge-patch+json" => Ok(PatchType::Strategic),
+        "application/apply-patch+yaml" | "application/apply-patch+json" => Ok(PatchType::Apply),
         other => Err(Failure::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format ({other:?}); accepted: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json"),
+            format!("the body of the request was in an unknown format ({other:?}); accepted: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml"),
         )),
     }
 }
