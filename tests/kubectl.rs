@@ -214,6 +214,19 @@ async fn kubectl_drives_a_cluster_with_real_containers() {
     assert!(k.ok(&["apply", "-f", changed, "--dry-run=server"]).contains("configured (server dry run)"));
     assert_eq!(k.ok(&["get", "cm", "settings", "-o", "jsonpath={.data.mode}"]), "blue");
 
+    // exec over WebSocket: output, stderr and the exit code; stdin; cp.
+    let out = k.run(&["exec", &pod, "--", "sh", "-c", "echo out; echo err >&2; exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "out\n");
+    assert!(text(&out.stderr).contains("err"), "{}", text(&out.stderr));
+    assert_eq!(k.ok_with(&["exec", "-i", &pod, "--", "tr", "a-z", "A-Z"], "hello\n", &[]), "HELLO\n");
+    let local = write(&dir, "copied.txt", "copied through tar\n");
+    k.ok(&["cp", local.to_str().unwrap(), &format!("{pod}:/tmp/copied.txt")]);
+    assert_eq!(k.ok(&["exec", &pod, "--", "cat", "/tmp/copied.txt"]), "copied through tar\n");
+    let back = dir.join("back.txt");
+    k.ok(&["cp", &format!("{pod}:/tmp/copied.txt"), back.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&back).unwrap(), "copied through tar\n");
+
     // Scale, label, annotate; each one visible in the object.
     assert!(k.ok(&["scale", "deployment/web", "--replicas=3"]).contains("scaled"));
     k.until(&["get", "deploy", "web", "-o", "jsonpath={.status.readyReplicas}"], "three ready", |out| out == "3");

@@ -21,7 +21,9 @@ use futures::{Stream, StreamExt};
 use serde_json::Value;
 use skiff_api::proto::kubelet_client::KubeletClient;
 use skiff_api::proto::pod_proxy_server::PodProxy;
-use skiff_api::proto::{exec_input, ExecInput, ExecOutput, LogChunk, LogsRequest, PodStats, StatsReply, StatsRequest};
+use skiff_api::proto::{
+    exec_input, ExecInput, ExecOutput, ExecStart, LogChunk, LogsRequest, PodStats, StatsReply, StatsRequest,
+};
 use skiff_api::{FieldSelector, KindInfo, LabelSelector};
 use skiff_telemetry::{grpc_code_label, GrpcMetrics};
 use tokio::sync::watch as signal;
@@ -207,6 +209,35 @@ impl PodProxyService {
     }
 
     /// Counts a call by method and outcome, as the Objects service does.
+    /// An exec session for `user`, whichever front it came in by: `start`
+    /// says what to run where, `inbound` (stdin, resizes) follows it to the
+    /// kubelet, and the output streams back.
+    pub async fn exec_session<S: Stream<Item = ExecInput> + Send + 'static>(
+        &self,
+        user: crate::auth::UserInfo,
+        meta: tonic::metadata::MetadataMap,
+        mut start: ExecStart,
+        inbound: S,
+    ) -> Result<BoxStream<ExecOutput>, Status> {
+        let started = Instant::now();
+        let span = tracing::info_span!("rpc", method = "Exec", kind = "Pod");
+        skiff_telemetry::set_remote_parent(&span, &meta);
+        let result = async {
+            self.allow(&user, "create", "exec", &start.namespace, &start.pod)?;
+            let target = self.resolve(&start.namespace, &start.pod, &start.container).await?;
+            start.container = target.container.clone();
+            let first = ExecInput { input: Some(exec_input::Input::Start(start)) };
+            let mut request = Request::new(futures::stream::iter([first]).chain(inbound));
+            skiff_telemetry::inject_trace_context(request.metadata_mut());
+            let reply = self.kubelet(&target)?.exec(request).await.map_err(|s| from_kubelet(&target, s))?;
+            Ok::<_, Status>(self.until_shutdown(reply.into_inner()))
+        }
+        .instrument(span)
+        .await;
+        self.observe("Exec", started, &result);
+        result
+    }
+
     fn observe<T>(&self, method: &'static str, started: Instant, result: &Result<T, Status>) {
         let code = result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
         self.metrics.observe(method, "Pod", grpc_code_label(code), started.elapsed());
@@ -317,33 +348,16 @@ impl PodProxy for PodProxyService {
     type ExecStream = BoxStream<ExecOutput>;
 
     async fn exec(&self, req: Request<Streaming<ExecInput>>) -> Result<Response<Self::ExecStream>, Status> {
-        let started = Instant::now();
         let user = crate::auth::caller(&req)?;
         let (meta, _, mut inbound) = req.into_parts();
-        let span = tracing::info_span!("rpc", method = "Exec", kind = "Pod");
-        skiff_telemetry::set_remote_parent(&span, &meta);
-        let result = async {
-            let mut start = match inbound.next().await {
-                Some(Ok(ExecInput { input: Some(exec_input::Input::Start(start)) })) => start,
-                Some(Err(status)) => return Err(status),
-                _ => return Err(Error::BadRequest("the first exec message must be the start".into()).into()),
-            };
-            self.allow(&user, "create", "exec", &start.namespace, &start.pod)?;
-            let target = self.resolve(&start.namespace, &start.pod, &start.container).await?;
-            start.container = target.container.clone();
-            let first = ExecInput { input: Some(exec_input::Input::Start(start)) };
-            // The caller's later messages (stdin, resizes) follow the start;
-            // the stream ends where the caller's does or fails.
-            let rest = inbound.take_while(|m| std::future::ready(m.is_ok())).filter_map(|m| std::future::ready(m.ok()));
-            let mut request = Request::new(futures::stream::iter([first]).chain(rest));
-            skiff_telemetry::inject_trace_context(request.metadata_mut());
-            let reply = self.kubelet(&target)?.exec(request).await.map_err(|s| from_kubelet(&target, s))?;
-            Ok::<_, Status>(Response::new(self.until_shutdown(reply.into_inner())))
-        }
-        .instrument(span)
-        .await;
-        self.observe("Exec", started, &result);
-        result
+        let start = match inbound.next().await {
+            Some(Ok(ExecInput { input: Some(exec_input::Input::Start(start)) })) => start,
+            Some(Err(status)) => return Err(status),
+            _ => return Err(Error::BadRequest("the first exec message must be the start".into()).into()),
+        };
+        // The session's input ends where the caller's stream does or fails.
+        let inbound = tokio_stream::StreamExt::map_while(inbound, Result::ok);
+        self.exec_session(user, meta, start, inbound).await.map(Response::new)
     }
 
     async fn stats(&self, req: Request<StatsRequest>) -> Result<Response<StatsReply>, Status> {

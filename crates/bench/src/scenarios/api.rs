@@ -145,8 +145,9 @@ async fn rest_figures(cluster: &Cluster, o: &Options, payload: &str, grpc_rate: 
         anyhow::ensure!(listed.items.len() >= pods, "gRPC listed {} of {pods} pods", listed.items.len());
         let started = Instant::now();
         let body = rest.call(http::Method::GET, "/api/v1/namespaces/default/pods", None, 200).await?;
-        rest_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        // Decoded, as the gRPC client's list is.
         let listed: serde_json::Value = serde_json::from_slice(&body)?;
+        rest_ms.push(started.elapsed().as_secs_f64() * 1e3);
         let items = listed["items"].as_array().map_or(0, Vec::len);
         anyhow::ensure!(items >= pods, "REST listed {items} of {pods} pods");
     }

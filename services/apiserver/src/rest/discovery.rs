@@ -96,6 +96,13 @@ fn subresources(info: &'static KindInfo) -> Vec<Subresource> {
                 verbs: &["create"],
             });
             subs.push(own("log", &["get"]));
+            subs.push(Subresource {
+                name: "exec",
+                group: "",
+                version: "v1",
+                kind: "PodExecOptions",
+                verbs: &["create", "get"],
+            });
         }
         "ServiceAccount" => subs.push(Subresource {
             name: "token",

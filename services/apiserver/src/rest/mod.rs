@@ -12,6 +12,7 @@
 //! log, token, access reviews).
 
 mod discovery;
+mod exec;
 mod path;
 mod protobuf;
 mod status;
@@ -104,12 +105,17 @@ struct Call {
     user: UserInfo,
     peer: PeerInfo,
     headers: HeaderMap,
-    query: HashMap<String, String>,
+    /// In order, repeats kept (`command=sh&command=-c`).
+    query: Vec<(String, String)>,
 }
 
 impl Call {
     fn param(&self, name: &str) -> &str {
-        self.query.get(name).map(String::as_str).unwrap_or_default()
+        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or_default()
+    }
+
+    fn query_all(&self, name: &str) -> Vec<String> {
+        self.query.iter().filter(|(k, _)| k == name).map(|(_, v)| v.clone()).collect()
     }
 
     fn flag(&self, name: &str) -> bool {
@@ -135,12 +141,12 @@ impl Call {
     }
 
     fn table(&self) -> Option<Include> {
-        table::wants_table(self.header(header::ACCEPT))
-            .then(|| Include::parse(self.query.get("includeObject").map(String::as_str)))
+        let include = Some(self.param("includeObject")).filter(|v| !v.is_empty());
+        table::wants_table(self.header(header::ACCEPT)).then(|| Include::parse(include))
     }
 }
 
-fn parse_query(query: Option<&str>) -> HashMap<String, String> {
+fn parse_query(query: Option<&str>) -> Vec<(String, String)> {
     query.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
 }
 
@@ -193,7 +199,8 @@ fn parse_json(bytes: &[u8], content_type: &str) -> Result<Value, Failure> {
 
 impl Rest {
     async fn handle(&self, request: http::Request<Body>, peer: PeerInfo) -> Response<Body> {
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
+        let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
         let route = Route::of(parts.uri.path());
         if route == Route::Health {
             return json_reply(StatusCode::OK, "ok", "text/plain");
@@ -201,7 +208,7 @@ impl Rest {
         let result = match self.authenticate(&parts.headers, &peer).and_then(|u| self.impersonate(&parts.headers, u)) {
             Ok(user) => {
                 let call = Call { user, peer, headers: parts.headers, query: parse_query(parts.uri.query()) };
-                self.route(&call, parts.method, route, body).await
+                self.route(&call, parts.method, route, body, upgrade).await
             }
             Err(failure) => Err(failure),
         };
@@ -236,7 +243,14 @@ impl Rest {
             .map_err(|why| Failure::new(StatusCode::FORBIDDEN, "Forbidden", why))
     }
 
-    async fn route(&self, call: &Call, method: Method, route: Route, body: Body) -> Reply {
+    async fn route(
+        &self,
+        call: &Call,
+        method: Method,
+        route: Route,
+        body: Body,
+        upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Reply {
         let accept = call.header(header::ACCEPT);
         let discovery = |value: Value| Ok(value_reply(StatusCode::OK, &value));
         match route {
@@ -254,7 +268,7 @@ impl Rest {
             Route::AccessReview { about_self } if method == Method::POST => {
                 self.access_review(call, about_self, self.body(body).await?).await
             }
-            Route::Object(target) => self.object(call, method, target, body).await,
+            Route::Object(target) => self.object(call, method, target, body, upgrade).await,
             Route::AccessReview { .. } => Err(Failure::method_not_allowed("access reviews")),
             Route::OpenApiV3(path) => openapi_v3(&path),
             Route::OpenApiV2 | Route::Health | Route::NotFound => Err(not_found()),
@@ -271,7 +285,14 @@ impl Rest {
         })
     }
 
-    async fn object(&self, call: &Call, method: Method, t: Target, body: Body) -> Reply {
+    async fn object(
+        &self,
+        call: &Call,
+        method: Method,
+        t: Target,
+        body: Body,
+        upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Reply {
         let named = t.name.is_some();
         let kind = t.info.kind;
         match (&method, named, t.subresource.as_deref()) {
@@ -303,6 +324,7 @@ impl Rest {
                 self.evict(call, &t, self.body(body).await?).await
             }
             (&Method::GET, true, Some("log")) if kind == "Pod" => self.logs(call, &t).await,
+            (&Method::GET | &Method::POST, true, Some("exec")) if kind == "Pod" => self.exec(call, &t, upgrade).await,
             (&Method::POST, true, Some("token")) if kind == "ServiceAccount" => {
                 self.token(call, &t, self.body(body).await?).await
             }
