@@ -111,6 +111,23 @@ proptest! {
     }
 
     #[test]
+    fn strategic_merge_patches_apply_or_refuse(target in json(), patch in json()) {
+        let mut target = target;
+        let _ = skiff_api::patch::strategic_merge(&mut target, &patch);
+    }
+
+    #[test]
+    fn server_side_applies_apply_or_refuse(current in json(), config in json(), force in any::<bool>()) {
+        let applier = skiff_api::apply::Applier { manager: "fuzz", force, api_version: "v1", now: "2026-01-01T00:00:00Z" };
+        let first = skiff_api::apply::apply(None, &config, &applier);
+        let _ = skiff_api::apply::apply(Some(&current), &config, &applier);
+        if let Ok(object) = first {
+            let other = skiff_api::apply::Applier { manager: "other", ..applier };
+            let _ = skiff_api::apply::apply(Some(&object), &current, &other);
+        }
+    }
+
+    #[test]
     fn selectors_parse_or_refuse(s in ".*", fields in ".*", kind in 0..KINDS.len()) {
         if let Ok(sel) = LabelSelector::parse(&s) {
             let labels = [("app".to_string(), s.clone())].into();

@@ -56,6 +56,12 @@ pub struct Config {
     /// `off` serves none.
     #[arg(long, default_value = "127.0.0.1:6445")]
     pub rest_listen: RestListen,
+    /// REST reads served at once; past it they are answered 429 (0: no limit).
+    #[arg(long, default_value_t = 400)]
+    pub max_requests_inflight: usize,
+    /// REST writes served at once; past it they are answered 429 (0: no limit).
+    #[arg(long, default_value_t = 200)]
+    pub max_mutating_requests_inflight: usize,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "127.0.0.1:6444")]
     pub metrics_listen: SocketAddr,
@@ -268,6 +274,7 @@ pub async fn run(
             pods: pod_proxy.clone(),
             authenticator,
             max_body: MAX_MESSAGE_BYTES,
+            inflight: rest::InFlight::new(config.max_requests_inflight, config.max_mutating_requests_inflight),
         });
         tokio::spawn(rest::serve(listener, tls.clone(), rest, ops.stop.raised()));
     }

@@ -53,6 +53,41 @@ pub struct Rest {
     pub authenticator: Arc<Authenticator>,
     /// The largest request body taken, as the gRPC API's message limit.
     pub max_body: usize,
+    pub inflight: InFlight,
+}
+
+/// kube-apiserver's in-flight limits: at most so many reads and so many
+/// writes at once (long-running requests — watches, exec, followed logs —
+/// apart); past them a request is answered 429 with Retry-After, and the
+/// client backs off rather than piling more work on a saturated server.
+pub struct InFlight {
+    reads: Option<tokio::sync::Semaphore>,
+    writes: Option<tokio::sync::Semaphore>,
+}
+
+impl InFlight {
+    /// Limits of `reads` and `writes` at once; 0 is none.
+    pub fn new(reads: usize, writes: usize) -> InFlight {
+        let limit = |n: usize| (n > 0).then(|| tokio::sync::Semaphore::new(n));
+        InFlight { reads: limit(reads), writes: limit(writes) }
+    }
+
+    /// A place for one request, or the 429 that refuses it.
+    fn admit(&self, method: &Method) -> Result<Option<tokio::sync::SemaphorePermit<'_>>, Failure> {
+        let limit = if matches!(*method, Method::GET | Method::HEAD) { &self.reads } else { &self.writes };
+        let Some(limit) = limit else { return Ok(None) };
+        limit.try_acquire().map(Some).map_err(|_| {
+            Failure::new(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", "Too many requests, please try again later.")
+        })
+    }
+}
+
+/// Requests that stay open as long as the client wants: not counted in flight.
+fn long_running(call: &Call, route: &Route) -> bool {
+    match route {
+        Route::Object(t) => call.flag("watch") || matches!(t.subresource.as_deref(), Some("exec" | "log")),
+        _ => false,
+    }
 }
 
 type Reply = Result<Response<Body>, Failure>;
@@ -208,7 +243,11 @@ impl Rest {
         let result = match self.authenticate(&parts.headers, &peer).and_then(|u| self.impersonate(&parts.headers, u)) {
             Ok(user) => {
                 let call = Call { user, peer, headers: parts.headers, query: parse_query(parts.uri.query()) };
-                self.route(&call, parts.method, route, body, upgrade).await
+                let permit = if long_running(&call, &route) { Ok(None) } else { self.inflight.admit(&parts.method) };
+                match permit {
+                    Ok(_held) => self.route(&call, parts.method, route, body, upgrade).await,
+                    Err(refused) => Err(refused),
+                }
             }
             Err(failure) => Err(failure),
         };
@@ -410,7 +449,11 @@ impl Rest {
         let object = self.normalized_body(call, &body)?;
         let request =
             CreateRequest { kind: t.info.kind.into(), namespace: t.namespace.clone(), object, dry_run: dry_run(call)? };
-        let reply = self.objects.create(call.grpc(request)).await.map_err(|s| Failure::from_status(&s, Some(t)))?;
+        // A refusal names the object the body meant to create.
+        let name = serde_json::from_slice::<Value>(&request.object).ok().map(|o| skiff_api::meta::name(&o).to_string());
+        let named = Target { info: t.info, namespace: t.namespace.clone(), name, subresource: None };
+        let reply =
+            self.objects.create(call.grpc(request)).await.map_err(|s| Failure::from_status(&s, Some(&named)))?;
         Ok(json_reply(StatusCode::CREATED, reply.into_inner().object, "application/json"))
     }
 
@@ -911,6 +954,20 @@ fn scale_of(object: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_flight_limits_refuse_with_429_and_free_their_places() {
+        let limits = InFlight::new(1, 1);
+        let read = limits.admit(&Method::GET).unwrap();
+        let refused = limits.admit(&Method::GET).unwrap_err();
+        assert_eq!(refused.code, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.retry_after(), Some(1));
+        let write = limits.admit(&Method::POST).expect("writes have their own places");
+        drop(read);
+        assert!(limits.admit(&Method::GET).is_ok(), "a finished read frees its place");
+        drop(write);
+        assert!(InFlight::new(0, 0).admit(&Method::DELETE).unwrap().is_none(), "0 is no limit");
+    }
 
     #[test]
     fn patch_types_by_content_type() {

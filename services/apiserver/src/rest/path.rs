@@ -121,6 +121,15 @@ fn decode(segment: &str) -> String {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, failure_persistence: None, ..Default::default() })]
+        #[test]
+        fn any_path_is_routed_without_panicking(path in "(/[a-z0-9%.:-]{0,12}){0,8}", raw in "\\PC*") {
+            let _ = Route::of(&path);
+            let _ = Route::of(&raw);
+        }
+    }
+
     fn object(path: &str) -> Target {
         match Route::of(path) {
             Route::Object(t) => t,

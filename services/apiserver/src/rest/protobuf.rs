@@ -161,6 +161,17 @@ fn message(bytes: &[u8], schema: &[(u32, &str, Field)]) -> Result<Value, String>
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, failure_persistence: None, ..Default::default() })]
+        #[test]
+        fn any_body_is_decoded_or_refused(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            for kind in ["SelfSubjectAccessReview", "Eviction", "TokenRequest"] {
+                let _ = decode(&body, kind);
+                let _ = decode(&[b"k8s\0".as_slice(), &body].concat(), kind);
+            }
+        }
+    }
+
     fn field(number: u32, bytes: &[u8]) -> Vec<u8> {
         let mut out = vec![(number << 3 | 2) as u8, bytes.len() as u8];
         out.extend_from_slice(bytes);
