@@ -95,6 +95,51 @@ impl Kubectl {
     }
 }
 
+/// A long-running kubectl (`-w`, `-f`) whose output lines are read as
+/// they come; killed on drop.
+struct Follow {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Follow {
+    fn start(k: &Kubectl, args: &[&str]) -> Follow {
+        use std::io::BufRead;
+        let mut child = k.command(args).spawn().expect("kubectl starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Follow { child, lines }
+    }
+
+    /// Reads lines until one satisfies `check`.
+    fn until(&mut self, what: &str, check: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if check(&line) => return,
+                Ok(line) => seen.push(line),
+                Err(_) => panic!("{what}: kubectl printed {seen:?}"),
+            }
+        }
+    }
+}
+
+impl Drop for Follow {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -258,15 +303,21 @@ async fn kubectl_drives_a_cluster_with_real_containers() {
     );
     assert_eq!(k.ok(&["get", "cm", "settings", "-o", "jsonpath={.data.mode}"]), "green");
 
-    // A watch prints the current row and then follows changes.
-    let mut watch =
-        k.command(&["get", "configmap", "settings", "-w", "-o", "jsonpath={.data.mode}{\"\\n\"}"]).spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Watches print the current state, then follow changes: as values,
+    // and as the table rows kubectl prints by default.
+    let mut values = Follow::start(&k, &["get", "configmap", "settings", "-w", "-o", "jsonpath={.data.mode}{\"\\n\"}"]);
+    let mut rows = Follow::start(&k, &["get", "configmap", "settings", "-w"]);
+    values.until("the current value", |line| line == "green");
+    rows.until("the table header", |line| line.starts_with("NAME") && line.contains("DATA"));
+    rows.until("the current row", |line| line.starts_with("settings "));
     k.ok(&["patch", "configmap", "settings", "--type=merge", "-p", r#"{"data":{"mode":"red"}}"#]);
-    std::thread::sleep(Duration::from_millis(1500));
-    watch.kill().unwrap();
-    let watched = text(&watch.wait_with_output().unwrap().stdout);
-    assert!(watched.contains("green") && watched.contains("red"), "get -w printed {watched:?}");
+    values.until("the changed value", |line| line == "red");
+    rows.until("the changed row", |line| line.starts_with("settings "));
+
+    // logs -f follows a running container (one of the Deployment's, as
+    // kubectl picks it).
+    Follow::start(&k, &["logs", "-f", "deployment/web"])
+        .until("the followed log", |l| l.starts_with("hello from web-"));
 
     // Server-side apply: fields a manager drops go, another manager's
     // different value conflicts unless forced.

@@ -8,6 +8,7 @@ import time
 
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
+from kubernetes.stream import stream as exec_stream
 
 config.load_kube_config(config_file=sys.argv[1])
 image = sys.argv[2]
@@ -91,6 +92,10 @@ until("two ready replicas",
       lambda: (apps.read_namespaced_deployment_status("py", ns).status or client.V1DeploymentStatus()).ready_replicas == 2)
 pod = core.list_namespaced_pod(ns, label_selector="app=py").items[0].metadata.name
 until("the pod's log", lambda: "hello from python" in core.read_namespaced_pod_log(pod, ns))
+# exec through the client's stream helper (a WebSocket, channel.k8s.io).
+out = exec_stream(core.connect_get_namespaced_pod_exec, pod, ns, command=["sh", "-c", "echo $((6 * 7))"],
+                  stderr=True, stdin=False, stdout=True, tty=False)
+assert out.strip() == "42", repr(out)
 
 # Bad input is refused with Kubernetes' codes and the field named.
 invalid = dict(deployment, metadata={"name": "invalid"})
