@@ -334,6 +334,20 @@ async fn kubectl_drives_a_cluster_with_real_containers() {
     k.ok(&["apply", "--server-side", "--field-manager=other", "--force-conflicts", "-f", other.to_str().unwrap()]);
     assert_eq!(k.ok(&["get", "cm", "ssa", "-o", "jsonpath={.data.a}"]), "9");
 
+    // Imperative commands, which kubectl sends as protobuf.
+    k.ok(&["create", "configmap", "literal", "--from-literal=greeting=hi"]);
+    assert_eq!(k.ok(&["get", "cm", "literal", "-o", "jsonpath={.data.greeting}"]), "hi");
+    k.ok(&["create", "deployment", "made", &format!("--image={busybox}"), "--", "sleep", "3600"]);
+    k.ok(&["expose", "deployment", "made", "--port=80", "--target-port=8080"]);
+    let svc = k.json(&["get", "service", "made"]);
+    assert!(svc["spec"]["clusterIP"].as_str().is_some_and(|ip| ip.starts_with("10.43.")), "{svc}");
+    assert_eq!(svc["spec"]["selector"]["app"], "made");
+    k.ok(&["rollout", "status", "deployment/made", "--timeout=120s"]);
+    k.ok(&["run", "once", &format!("--image={busybox}"), "--restart=Never", "--", "sh", "-c", "echo ran"]);
+    k.ok(&["wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/once", "--timeout=120s"]);
+    k.until(&["logs", "once"], "the finished pod's log", |out| out == "ran\n");
+    k.ok(&["delete", "deployment/made", "service/made", "pod/once", "configmap/literal"]);
+
     // Authorization answers, and bad input is refused with the field named.
     assert_eq!(k.ok(&["auth", "can-i", "create", "deployments"]).trim(), "yes");
     // An unknown user (impersonated, as the admin may) is granted nothing.

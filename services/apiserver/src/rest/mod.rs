@@ -208,7 +208,7 @@ fn failure_reply(failure: Failure) -> Response<Body> {
 fn typed_body(call: &Call, body: &[u8], kind: &str) -> Result<Value, Failure> {
     let content_type = call.header(header::CONTENT_TYPE);
     if content_type.starts_with(protobuf::CONTENT_TYPE) {
-        return protobuf::decode(body, kind).map_err(|e| Failure::bad_request(format!("the {kind} body: {e}")));
+        return protobuf::decode(body).map_err(|e| Failure::bad_request(format!("the {kind} body: {e}")));
     }
     parse_json(body, content_type)
 }
@@ -464,7 +464,8 @@ impl Rest {
             return Ok(parse_json(body, content_type)?.to_string().into());
         }
         if content_type.starts_with(protobuf::CONTENT_TYPE) {
-            return Err(unsupported_media_type(content_type));
+            let object = protobuf::decode(body).map_err(|e| Failure::bad_request(format!("the body: {e}")))?;
+            return Ok(object.to_string().into());
         }
         Ok(body.clone())
     }

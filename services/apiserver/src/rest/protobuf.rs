@@ -1,203 +1,222 @@
-//! The few protobuf bodies clients send: kubectl's typed clients post
-//! SelfSubjectAccessReviews (`auth can-i`), Evictions (`drain`) and
-//! TokenRequests (`create token`) as `application/vnd.kubernetes.protobuf`
-//! whatever the server prefers. Those are decoded here into the JSON the
-//! handlers read (answers go back as JSON, which the clients accept); any
-//! other protobuf body is refused as an unsupported media type.
+//! Protobuf request bodies (`application/vnd.kubernetes.protobuf`), which
+//! kubectl's typed clients send whatever the server prefers: `kubectl
+//! create deployment|configmap|secret|job…`, `run`, `expose`, `auth can-i`,
+//! `drain`, `create token`. They are decoded here into the JSON the rest of
+//! the apiserver reads (answers go back as JSON, which those clients
+//! accept).
 //!
-//! The wire format: the magic `k8s\0`, then a `runtime.Unknown` whose
-//! field 2 holds the object's own protobuf encoding.
+//! The wire format: the magic `k8s\0`, then a `runtime.Unknown` (field 1
+//! its TypeMeta — apiVersion, kind — and field 2 the object's own
+//! encoding). The objects' messages come from Kubernetes' definitions
+//! (`proto/k8s.io`, compiled by build.rs) and are read dynamically; the
+//! few types whose JSON form is not their message's (IntOrString,
+//! Quantity, Time, MicroTime, Duration, RawExtension, FieldsV1) are turned
+//! into what the JSON API has.
 
+use std::sync::OnceLock;
+
+use base64::Engine as _;
+use prost_reflect::{DescriptorPool, DynamicMessage, MapKey, ReflectMessage, Value as Field};
 use serde_json::{Map, Value};
 
 pub const CONTENT_TYPE: &str = "application/vnd.kubernetes.protobuf";
 
-/// How one field of a message reads.
-enum Field {
-    Text,
-    Int,
-    Texts,
-    Message(&'static [(u32, &'static str, Field)]),
+const MAGIC: &[u8] = b"k8s\0";
+
+fn pool() -> &'static DescriptorPool {
+    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let set = include_bytes!(concat!(env!("OUT_DIR"), "/k8s.descriptor.bin"));
+        DescriptorPool::decode(set.as_slice()).expect("build.rs compiled a valid descriptor set")
+    })
 }
 
-use Field::{Int, Message, Text, Texts};
-
-const RESOURCE_ATTRIBUTES: &[(u32, &str, Field)] = &[
-    (1, "namespace", Text),
-    (2, "verb", Text),
-    (3, "group", Text),
-    (4, "version", Text),
-    (5, "resource", Text),
-    (6, "subresource", Text),
-    (7, "name", Text),
-];
-const OBJECT_META: &[(u32, &str, Field)] = &[(1, "name", Text), (3, "namespace", Text), (5, "uid", Text)];
-const ACCESS_REVIEW: &[(u32, &str, Field)] = &[
-    (1, "metadata", Message(OBJECT_META)),
-    (
-        2,
-        "spec",
-        Message(&[(1, "resourceAttributes", Message(RESOURCE_ATTRIBUTES)), (3, "user", Text), (4, "groups", Texts)]),
-    ),
-];
-const EVICTION: &[(u32, &str, Field)] = &[
-    (1, "metadata", Message(OBJECT_META)),
-    (
-        2,
-        "deleteOptions",
-        Message(&[
-            (1, "gracePeriodSeconds", Int),
-            (2, "preconditions", Message(&[(1, "uid", Text), (2, "resourceVersion", Text)])),
-            (4, "propagationPolicy", Text),
-        ]),
-    ),
-];
-const TOKEN_REQUEST: &[(u32, &str, Field)] = &[
-    (1, "metadata", Message(OBJECT_META)),
-    (
-        2,
-        "spec",
-        Message(&[
-            (1, "audiences", Texts),
-            (4, "expirationSeconds", Int),
-            (
-                3,
-                "boundObjectRef",
-                Message(&[(1, "kind", Text), (2, "apiVersion", Text), (3, "name", Text), (4, "uid", Text)]),
-            ),
-        ]),
-    ),
-];
-
-/// Which message a protobuf body of `kind` is.
-fn schema(kind: &str) -> Option<&'static [(u32, &'static str, Field)]> {
-    match kind {
-        "SelfSubjectAccessReview" | "SubjectAccessReview" => Some(ACCESS_REVIEW),
-        "Eviction" => Some(EVICTION),
-        "TokenRequest" => Some(TOKEN_REQUEST),
-        _ => None,
-    }
+/// The body as JSON: the object it carries, with its apiVersion and kind.
+pub fn decode(body: &[u8]) -> Result<Value, String> {
+    let envelope = body.strip_prefix(MAGIC).ok_or("the body lacks the k8s protobuf magic")?;
+    let unknown = message("k8s.io.apimachinery.pkg.runtime.Unknown", envelope)?;
+    let api_version = unknown.pointer("/typeMeta/apiVersion").and_then(Value::as_str).unwrap_or_default().to_string();
+    let kind = unknown.pointer("/typeMeta/kind").and_then(Value::as_str).unwrap_or_default().to_string();
+    let raw = unknown.get("raw").and_then(Value::as_str).unwrap_or_default();
+    let raw = base64::engine::general_purpose::STANDARD.decode(raw).map_err(|e| e.to_string())?;
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", &api_version));
+    // `rbac.authorization.k8s.io` is package `k8s.io.api.rbac`, the core group `core`.
+    let package = match group.split('.').next() {
+        Some("") | None => "core",
+        Some(first) => first,
+    };
+    let mut object = message(&format!("k8s.io.api.{package}.{version}.{kind}"), &raw)?;
+    let map = object.as_object_mut().ok_or("the object is not a message")?;
+    map.insert("apiVersion".into(), api_version.into());
+    map.insert("kind".into(), kind.into());
+    Ok(object)
 }
 
-/// The body, decoded as `kind` (the kind the path's handler takes).
-pub fn decode(body: &[u8], kind: &str) -> Result<Value, String> {
-    let schema = schema(kind).ok_or_else(|| format!("{kind} is not accepted as protobuf; send JSON"))?;
-    let unknown = body.strip_prefix(b"k8s\0").ok_or("the body lacks the k8s protobuf magic")?;
-    let raw = fields(unknown)?
-        .into_iter()
-        .find_map(|(number, value)| match (number, value) {
-            (2, Wire::Bytes(raw)) => Some(raw),
-            _ => None,
-        })
-        .ok_or("the body's envelope holds no object")?;
-    message(raw, schema)
+fn message(name: &str, bytes: &[u8]) -> Result<Value, String> {
+    let descriptor = pool().get_message_by_name(name).ok_or_else(|| format!("{name} is not a served type"))?;
+    let message = DynamicMessage::decode(descriptor, bytes).map_err(|e| format!("decoding {name}: {e}"))?;
+    Ok(json_of(&message))
 }
 
-enum Wire<'a> {
-    Varint(u64),
-    Bytes(&'a [u8]),
-}
-
-fn varint(bytes: &[u8], at: &mut usize) -> Result<u64, String> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *bytes.get(*at).ok_or("a truncated varint")?;
-        *at += 1;
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Ok(value);
-        }
-    }
-    Err("a varint longer than 64 bits".into())
-}
-
-/// The fields of one message, in order; fixed-width ones are skipped.
-fn fields(bytes: &[u8]) -> Result<Vec<(u32, Wire<'_>)>, String> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < bytes.len() {
-        let key = varint(bytes, &mut at)?;
-        let number = u32::try_from(key >> 3).map_err(|_| "a field number out of range")?;
-        match key & 7 {
-            0 => out.push((number, Wire::Varint(varint(bytes, &mut at)?))),
-            2 => {
-                let len = usize::try_from(varint(bytes, &mut at)?).map_err(|_| "a length out of range")?;
-                let end = at.checked_add(len).filter(|end| *end <= bytes.len()).ok_or("a truncated field")?;
-                out.push((number, Wire::Bytes(&bytes[at..end])));
-                at = end;
+/// A message as the JSON API writes it.
+fn json_of(message: &DynamicMessage) -> Value {
+    let field = |name: &str| message.get_field_by_name(name).map(|v| json_field(&v));
+    match message.descriptor().full_name() {
+        "k8s.io.apimachinery.pkg.util.intstr.IntOrString" => match message.get_field_by_name("type").as_deref() {
+            Some(Field::I64(1)) => field("strVal").unwrap_or_default(),
+            _ => field("intVal").unwrap_or_default(),
+        },
+        "k8s.io.apimachinery.pkg.api.resource.Quantity" => field("string").unwrap_or_default(),
+        "k8s.io.apimachinery.pkg.apis.meta.v1.Duration" => field("duration").unwrap_or_default(),
+        "k8s.io.apimachinery.pkg.apis.meta.v1.Time" | "k8s.io.apimachinery.pkg.apis.meta.v1.MicroTime" => {
+            let seconds = field("seconds").and_then(|s| s.as_i64()).unwrap_or(0);
+            let nanos = field("nanos").and_then(|n| n.as_i64()).unwrap_or(0);
+            // Go writes a zero time it holds by value; its JSON says null.
+            if seconds == 0 && nanos == 0 {
+                return Value::Null;
             }
-            1 => at += 8,
-            5 => at += 4,
-            other => return Err(format!("wire type {other} is not supported")),
+            let at = chrono::DateTime::from_timestamp(seconds, u32::try_from(nanos).unwrap_or(0)).unwrap_or_default();
+            let micro = message.descriptor().name() == "MicroTime";
+            let format = if micro { chrono::SecondsFormat::Micros } else { chrono::SecondsFormat::Secs };
+            at.to_rfc3339_opts(format, true).into()
         }
-    }
-    Ok(out)
-}
-
-fn message(bytes: &[u8], schema: &[(u32, &str, Field)]) -> Result<Value, String> {
-    let mut out = Map::new();
-    for (number, wire) in fields(bytes)? {
-        let Some((_, name, field)) = schema.iter().find(|(n, _, _)| *n == number) else { continue };
-        let value = match (field, wire) {
-            (Text, Wire::Bytes(b)) => Value::from(String::from_utf8_lossy(b).into_owned()),
-            // int64 fields are two's complement varints.
-            (Int, Wire::Varint(v)) => Value::from(v as i64),
-            (Message(inner), Wire::Bytes(b)) => message(b, inner)?,
-            (Texts, Wire::Bytes(b)) => {
-                let list = out.entry(name.to_string()).or_insert_with(|| Value::Array(Vec::new()));
-                if let Value::Array(items) = list {
-                    items.push(String::from_utf8_lossy(b).into_owned().into());
+        "k8s.io.apimachinery.pkg.runtime.RawExtension" | "k8s.io.apimachinery.pkg.apis.meta.v1.FieldsV1" => {
+            let raw = message.get_field_by_name(if message.descriptor().name() == "FieldsV1" { "Raw" } else { "raw" });
+            match raw.as_deref() {
+                Some(Field::Bytes(bytes)) => serde_json::from_slice(bytes).unwrap_or_default(),
+                _ => Value::Null,
+            }
+        }
+        _ => {
+            let mut fields = Map::new();
+            for (field, value) in message.fields() {
+                match json_field(value) {
+                    // Go writes every string field it holds by value, empty
+                    // or not; its JSON leaves out the empty ones.
+                    Value::Null => {}
+                    Value::String(s) if s.is_empty() => {}
+                    Value::Object(inner) if inline(&field) => fields.extend(inner),
+                    json => {
+                        fields.insert(field.name().to_string(), json);
+                    }
                 }
-                continue;
             }
-            _ => return Err(format!("field {name} has the wrong wire type")),
-        };
-        out.insert(name.to_string(), value);
+            Value::Object(fields)
+        }
     }
-    Ok(Value::Object(out))
+}
+
+/// Fields whose type Go embeds (`json:",inline"`): in protobuf a field of
+/// their own, in JSON their fields are the parent's.
+fn inline(field: &prost_reflect::FieldDescriptor) -> bool {
+    let prost_reflect::Kind::Message(message) = field.kind() else { return false };
+    matches!(
+        message.full_name(),
+        "k8s.io.api.networking.v1.IngressRuleValue"
+            | "k8s.io.api.core.v1.VolumeSource"
+            | "k8s.io.api.core.v1.PersistentVolumeSource"
+            | "k8s.io.api.core.v1.ProbeHandler"
+            | "k8s.io.api.core.v1.EphemeralContainerCommon"
+    )
+}
+
+fn json_field(value: &Field) -> Value {
+    match value {
+        Field::Bool(b) => (*b).into(),
+        Field::I32(n) => (*n).into(),
+        Field::I64(n) => (*n).into(),
+        Field::U32(n) => (*n).into(),
+        Field::U64(n) => (*n).into(),
+        Field::F32(n) => f64::from(*n).into(),
+        Field::F64(n) => (*n).into(),
+        Field::String(s) => s.as_str().into(),
+        Field::Bytes(bytes) => base64::engine::general_purpose::STANDARD.encode(bytes).into(),
+        Field::EnumNumber(n) => (*n).into(),
+        Field::Message(message) => json_of(message),
+        Field::List(items) => items.iter().map(json_field).filter(|v| !v.is_null()).collect(),
+        Field::Map(entries) => {
+            let key = |k: &MapKey| match k {
+                MapKey::String(s) => s.clone(),
+                MapKey::Bool(b) => b.to_string(),
+                MapKey::I32(n) => n.to_string(),
+                MapKey::I64(n) => n.to_string(),
+                MapKey::U32(n) => n.to_string(),
+                MapKey::U64(n) => n.to_string(),
+            };
+            Value::Object(entries.iter().map(|(k, v)| (key(k), json_field(v))).collect())
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message as _;
+
+    /// `message` encoded as kubectl sends it.
+    fn envelope(api_version: &str, kind: &str, object: &DynamicMessage) -> Vec<u8> {
+        let mut unknown =
+            DynamicMessage::new(pool().get_message_by_name("k8s.io.apimachinery.pkg.runtime.Unknown").unwrap());
+        let mut type_meta =
+            DynamicMessage::new(pool().get_message_by_name("k8s.io.apimachinery.pkg.runtime.TypeMeta").unwrap());
+        type_meta.set_field_by_name("apiVersion", Field::String(api_version.into()));
+        type_meta.set_field_by_name("kind", Field::String(kind.into()));
+        unknown.set_field_by_name("typeMeta", Field::Message(type_meta));
+        unknown.set_field_by_name("raw", Field::Bytes(object.encode_to_vec().into()));
+        [MAGIC, &unknown.encode_to_vec()].concat()
+    }
+
+    fn from_json(name: &str, json: &str) -> DynamicMessage {
+        let descriptor = pool().get_message_by_name(name).unwrap();
+        let mut de = serde_json::Deserializer::from_str(json);
+        DynamicMessage::deserialize(descriptor, &mut de).unwrap()
+    }
+
+    #[test]
+    fn a_deployment_decodes_to_its_json() {
+        let deployment = from_json(
+            "k8s.io.api.apps.v1.Deployment",
+            r#"{"metadata": {"name": "web", "labels": {"app": "web"}},
+                "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "web"}},
+                         "strategy": {"rollingUpdate": {"maxSurge": {"type": 1, "strVal": "25%"}, "maxUnavailable": {"intVal": 1}}},
+                         "template": {"spec": {"containers": [{"name": "web", "image": "nginx",
+                             "resources": {"limits": {"cpu": {"string": "500m"}}}}]}}}}"#,
+        );
+        let json = decode(&envelope("apps/v1", "Deployment", &deployment)).unwrap();
+        assert_eq!((json["apiVersion"].as_str(), json["kind"].as_str()), (Some("apps/v1"), Some("Deployment")));
+        assert_eq!(json["metadata"]["labels"]["app"], "web");
+        assert_eq!(json["spec"]["replicas"], 0, "a field set to zero is kept: {json}");
+        assert_eq!(json["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
+        assert_eq!(json["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 1);
+        assert_eq!(json["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"], "500m");
+    }
+
+    #[test]
+    fn core_kinds_and_reviews_decode() {
+        let secret = from_json("k8s.io.api.core.v1.Secret", r#"{"metadata": {"name": "s"}, "data": {"k": "aGk="}}"#);
+        let json = decode(&envelope("v1", "Secret", &secret)).unwrap();
+        assert_eq!(json["data"]["k"], "aGk=", "bytes are base64, as in JSON");
+        let review = from_json(
+            "k8s.io.api.authorization.v1.SelfSubjectAccessReview",
+            r#"{"spec": {"resourceAttributes": {"verb": "create", "resource": "deployments", "group": "apps"}}}"#,
+        );
+        let json = decode(&envelope("authorization.k8s.io/v1", "SelfSubjectAccessReview", &review)).unwrap();
+        assert_eq!(json["spec"]["resourceAttributes"]["verb"], "create");
+    }
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, failure_persistence: None, ..Default::default() })]
         #[test]
         fn any_body_is_decoded_or_refused(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
-            for kind in ["SelfSubjectAccessReview", "Eviction", "TokenRequest"] {
-                let _ = decode(&body, kind);
-                let _ = decode(&[b"k8s\0".as_slice(), &body].concat(), kind);
-            }
+            let _ = decode(&body);
+            let _ = decode(&[MAGIC, &body].concat());
         }
     }
 
-    fn field(number: u32, bytes: &[u8]) -> Vec<u8> {
-        let mut out = vec![(number << 3 | 2) as u8, bytes.len() as u8];
-        out.extend_from_slice(bytes);
-        out
-    }
-
     #[test]
-    fn a_self_subject_access_review_decodes() {
-        let attributes =
-            [field(1, b"default"), field(2, b"create"), field(3, b"apps"), field(5, b"deployments")].concat();
-        let review = field(2, &field(1, &attributes));
-        let envelope = [b"k8s\0".to_vec(), field(1, &field(2, b"SelfSubjectAccessReview")), field(2, &review)].concat();
-        let value = decode(&envelope, "SelfSubjectAccessReview").unwrap();
-        let attributes = &value["spec"]["resourceAttributes"];
-        assert_eq!(attributes["verb"], "create");
-        assert_eq!(attributes["resource"], "deployments");
-        assert_eq!(attributes["namespace"], "default");
-    }
-
-    #[test]
-    fn garbage_is_an_error_not_a_panic() {
-        for body in
-            [&b"k8s\0\x12\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01"[..], b"nope", b"k8s\0\x12\x05ab", b"k8s\0\x0f"]
-        {
-            assert!(decode(body, "Eviction").is_err(), "{body:?}");
-        }
-        assert!(decode(b"k8s\0", "Deployment").is_err());
+    fn garbage_and_unserved_types_are_errors() {
+        assert!(decode(b"nope").is_err());
+        let node = from_json("k8s.io.api.core.v1.Node", r#"{"metadata": {"name": "n"}}"#);
+        assert!(decode(&envelope("v9", "Node", &node)).is_err(), "no such package");
     }
 }
