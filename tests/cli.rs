@@ -256,6 +256,8 @@ fn skiffctl_with(config: &Path, args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new(skiff_testkit::binary("skiffctl").expect("skiffctl is built"))
         .args(args)
         .env("SKIFF_CONFIG", config)
+        // `up` adds its kubectl context here, not to the machine's ~/.kube/config.
+        .env("KUBECONFIG", config.with_file_name("kubeconfig"))
         .env_remove("SKIFF_SERVER")
         .env_remove("SKIFF_STATE_DIR")
         .output()
@@ -288,6 +290,15 @@ async fn up_starts_a_control_plane_that_down_stops() {
     // No --server: skiffctl reads the address up wrote to $SKIFF_CONFIG.
     let (ok, out, err) = skiffctl(&["get", "ns"]);
     assert!(ok && out.contains("default") && out.contains("kube-system"), "get ns: {out}{err}");
+    // kubectl too, with no flags: up made its context current in $KUBECONFIG.
+    let kubectl = std::process::Command::new("kubectl")
+        .args(["get", "namespaces"])
+        .env("KUBECONFIG", config.with_file_name("kubeconfig"))
+        .env("HOME", state.path())
+        .output()
+        .expect("kubectl is on PATH");
+    let out = text(&kubectl.stdout);
+    assert!(kubectl.status.success() && out.contains("kube-system"), "kubectl: {out}{}", text(&kubectl.stderr));
 
     let (ok, _, err) = skiffctl(&["down", "--state-dir", &state_dir]);
     assert!(ok, "down: {err}");
