@@ -155,12 +155,7 @@ async fn cluster() -> Cluster {
         Cluster::start_with(ClusterOptions { runtime: Some(RuntimeOptions::default()), ..Default::default() })
             .await
             .expect("start the cluster");
-    cluster.start_kubelet(NODE, &[]).await.expect("start the kubelet");
-    cluster.start_service("scheduler", "skiff-scheduler", &[]).await.expect("start the scheduler");
-    cluster
-        .start_service("controller-manager", "skiff-controller-manager", &[])
-        .await
-        .expect("start the controller-manager");
+    cluster.start_workers(NODE).await.expect("start the scheduler, controller-manager and kubelet");
     cluster
 }
 

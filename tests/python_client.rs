@@ -18,12 +18,7 @@ async fn the_python_client_works_unmodified() {
         Cluster::start_with(ClusterOptions { runtime: Some(RuntimeOptions::default()), ..Default::default() })
             .await
             .expect("start the cluster");
-    cluster.start_kubelet("python-node", &[]).await.expect("start the kubelet");
-    cluster.start_service("scheduler", "skiff-scheduler", &[]).await.expect("start the scheduler");
-    cluster
-        .start_service("controller-manager", "skiff-controller-manager", &[])
-        .await
-        .expect("start the controller-manager");
+    cluster.start_workers("python-node").await.expect("start the scheduler, controller-manager and kubelet");
     let image = cluster.runtime().expect("the runtime").registry().image(BUSYBOX_IMAGE);
     let home = tempfile::tempdir().unwrap();
     let kubeconfig = home.path().join("kubeconfig");

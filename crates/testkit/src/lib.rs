@@ -632,6 +632,16 @@ impl Cluster {
         Ok(metrics)
     }
 
+    /// The rest of a working cluster on this one's runtime: the scheduler,
+    /// the controller-manager and a real kubelet named `node_name`, so that
+    /// workloads applied to it run as containers.
+    pub async fn start_workers(&mut self, node_name: &str) -> Result<()> {
+        self.start_service("scheduler", "skiff-scheduler", &[]).await?;
+        self.start_service("controller-manager", "skiff-controller-manager", &[]).await?;
+        self.start_kubelet(node_name, &[]).await?;
+        Ok(())
+    }
+
     /// Starts a real kubelet named `node_name` on this cluster's runtime
     /// (which must have been asked for), on loopback: the node's address is
     /// 127.0.0.1 and its kubelet API takes a free port. `extra` flags come

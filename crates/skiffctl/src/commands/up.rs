@@ -189,15 +189,23 @@ async fn up_hosts(state_dir: PathBuf, nodes: usize, port: u16, ports: (Option<u1
     Ok(())
 }
 
-/// The REST API's port: two above the gRPC API's (6445 beside 6443) where
-/// that is free, else any free port.
+/// The REST API's port: 6445 beside the default gRPC port 6443 where that
+/// is free, else any free port (never "the gRPC port plus two", which may
+/// be a port the caller picked for something else).
 fn rest_port(grpc: SocketAddr) -> u16 {
     let ip = match grpc.ip() {
         std::net::IpAddr::V4(ip) => ip,
         std::net::IpAddr::V6(_) => Ipv4Addr::LOCALHOST,
     };
-    port_or(None, ip, grpc.port().saturating_add(2))
+    if grpc.port() == DEFAULT_GRPC_PORT {
+        port_or(None, ip, DEFAULT_REST_PORT)
+    } else {
+        skiff_testkit::free_port()
+    }
 }
+
+const DEFAULT_GRPC_PORT: u16 = 6443;
+const DEFAULT_REST_PORT: u16 = 6445;
 
 /// Points kubectl at the cluster: context `skiff` in the kubeconfig
 /// (`$KUBECONFIG`'s first file, else `~/.kube/config`), made current.
