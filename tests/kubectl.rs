@@ -343,6 +343,17 @@ async fn kubectl_drives_a_cluster_with_real_containers() {
     k.until(&["logs", "once"], "the finished pod's log", |out| out == "ran\n");
     k.ok(&["delete", "deployment/made", "service/made", "pod/once", "configmap/literal"]);
 
+    // pods/proxy and services/proxy reach a pod's HTTP server.
+    let httpd = "echo proxied > /tmp/index.html; exec httpd -f -p 8080 -h /tmp";
+    k.ok(&["run", "http", &format!("--image={busybox}"), "--port=8080", "--", "sh", "-c", httpd]);
+    k.ok(&["wait", "--for=condition=Ready", "pod/http", "--timeout=120s"]);
+    let page = "/api/v1/namespaces/default/pods/http:8080/proxy/index.html";
+    k.until(&["get", "--raw", page], "the pod's page through pods/proxy", |out| out == "proxied\n");
+    k.ok(&["expose", "pod", "http", "--port=80", "--target-port=8080"]);
+    let page = "/api/v1/namespaces/default/services/http:80/proxy/index.html";
+    k.until(&["get", "--raw", page], "the page through services/proxy", |out| out == "proxied\n");
+    k.ok(&["delete", "pod/http", "service/http"]);
+
     // Authorization answers, and bad input is refused with the field named.
     assert_eq!(k.ok(&["auth", "can-i", "create", "deployments"]).trim(), "yes");
     // An unknown user (impersonated, as the admin may) is granted nothing.

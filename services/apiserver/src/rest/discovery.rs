@@ -62,6 +62,9 @@ fn categories(info: &KindInfo) -> &'static [&'static str] {
     }
 }
 
+/// What may be done through a proxy subresource.
+const PROXY_VERBS: &[&str] = &["create", "delete", "get", "patch", "update"];
+
 /// A subresource: its name, the group/version/kind it answers with, and its verbs.
 struct Subresource {
     name: &'static str,
@@ -97,6 +100,13 @@ fn subresources(info: &'static KindInfo) -> Vec<Subresource> {
             });
             subs.push(own("log", &["get"]));
             subs.push(Subresource {
+                name: "proxy",
+                group: "",
+                version: "v1",
+                kind: "PodProxyOptions",
+                verbs: PROXY_VERBS,
+            });
+            subs.push(Subresource {
                 name: "exec",
                 group: "",
                 version: "v1",
@@ -112,6 +122,13 @@ fn subresources(info: &'static KindInfo) -> Vec<Subresource> {
             verbs: &["create"],
         }),
         "Namespace" => subs.push(own("finalize", &["update"])),
+        "Service" => subs.push(Subresource {
+            name: "proxy",
+            group: "",
+            version: "v1",
+            kind: "ServiceProxyOptions",
+            verbs: PROXY_VERBS,
+        }),
         _ => {}
     }
     subs

@@ -15,6 +15,7 @@ mod discovery;
 mod exec;
 mod path;
 mod protobuf;
+mod proxy;
 mod status;
 mod table;
 
@@ -85,7 +86,7 @@ impl InFlight {
 /// Requests that stay open as long as the client wants: not counted in flight.
 fn long_running(call: &Call, route: &Route) -> bool {
     match route {
-        Route::Object(t) => call.flag("watch") || matches!(t.subresource.as_deref(), Some("exec" | "log")),
+        Route::Object(t) => call.flag("watch") || matches!(t.subresource.as_deref(), Some("exec" | "log" | "proxy")),
         _ => false,
     }
 }
@@ -364,6 +365,7 @@ impl Rest {
             }
             (&Method::GET, true, Some("log")) if kind == "Pod" => self.logs(call, &t).await,
             (&Method::GET | &Method::POST, true, Some("exec")) if kind == "Pod" => self.exec(call, &t, upgrade).await,
+            (_, true, Some("proxy")) if matches!(kind, "Pod" | "Service") => self.proxy(call, &t, &method, body).await,
             (&Method::POST, true, Some("token")) if kind == "ServiceAccount" => {
                 self.token(call, &t, self.body(body).await?).await
             }
@@ -451,7 +453,8 @@ impl Rest {
             CreateRequest { kind: t.info.kind.into(), namespace: t.namespace.clone(), object, dry_run: dry_run(call)? };
         // A refusal names the object the body meant to create.
         let name = serde_json::from_slice::<Value>(&request.object).ok().map(|o| skiff_api::meta::name(&o).to_string());
-        let named = Target { info: t.info, namespace: t.namespace.clone(), name, subresource: None };
+        let named =
+            Target { info: t.info, namespace: t.namespace.clone(), name, subresource: None, tail: String::new() };
         let reply =
             self.objects.create(call.grpc(request)).await.map_err(|s| Failure::from_status(&s, Some(&named)))?;
         Ok(json_reply(StatusCode::CREATED, reply.into_inner().object, "application/json"))
@@ -553,7 +556,7 @@ impl Rest {
         for item in reply.into_inner().items {
             let item: Value = serde_json::from_slice(&item).map_err(internal)?;
             let namespace = skiff_api::meta::namespace(&item).to_string();
-            let target = Target { info: t.info, namespace, name: None, subresource: None };
+            let target = Target { info: t.info, namespace, name: None, subresource: None, tail: String::new() };
             match self.delete_one(call, &target, skiff_api::meta::name(&item), &options).await {
                 Ok(_) => {}
                 Err(f) if f.code == StatusCode::NOT_FOUND => {}
@@ -605,7 +608,7 @@ impl Rest {
         let events = self.objects.watch(call.grpc(request)).await.map_err(|s| Failure::from_status(&s, Some(t)))?;
         let info = t.info;
         let body = watch_body(initial, events.into_inner(), timeout, move |event| {
-            let target = Target { info, namespace: String::new(), name: None, subresource: None };
+            let target = Target { info, namespace: String::new(), name: None, subresource: None, tail: String::new() };
             let kind = match EventType::try_from(event.r#type) {
                 Ok(EventType::Added) => "ADDED",
                 Ok(EventType::Modified) => "MODIFIED",

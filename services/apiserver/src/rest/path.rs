@@ -40,6 +40,9 @@ pub struct Target {
     pub namespace: String,
     pub name: Option<String>,
     pub subresource: Option<String>,
+    /// What follows `proxy/` in a `pods/NAME/proxy/…` or
+    /// `services/NAME/proxy/…` path.
+    pub tail: String,
 }
 
 impl Route {
@@ -75,10 +78,13 @@ fn target(api_version: &str, rest: &[&str]) -> Route {
         ["namespaces", ns, rest @ ..] if !rest.is_empty() => (*ns, rest),
         _ => ("", rest),
     };
-    let (plural, name, subresource) = match rest {
-        [plural] => (*plural, None, None),
-        [plural, name] => (*plural, Some(*name), None),
-        [plural, name, sub] => (*plural, Some(*name), Some(*sub)),
+    let (plural, name, subresource, tail) = match rest {
+        [plural] => (*plural, None, None, String::new()),
+        [plural, name] => (*plural, Some(*name), None, String::new()),
+        [plural @ ("pods" | "services"), name, "proxy", tail @ ..] => {
+            (*plural, Some(*name), Some("proxy"), tail.join("/"))
+        }
+        [plural, name, sub] => (*plural, Some(*name), Some(*sub), String::new()),
         _ => return Route::NotFound,
     };
     let Some(info) = KINDS.iter().find(|k| k.plural == plural && k.api_version == api_version) else {
@@ -92,6 +98,7 @@ fn target(api_version: &str, rest: &[&str]) -> Route {
         namespace: namespace.to_string(),
         name: name.map(str::to_string),
         subresource: subresource.map(str::to_string),
+        tail,
     })
 }
 
@@ -148,6 +155,11 @@ mod tests {
         assert_eq!((t.info.kind, t.name.as_deref()), ("Namespace", Some("kube-system")));
         let t = object("/api/v1/namespaces/doomed/finalize");
         assert_eq!((t.info.kind, t.subresource.as_deref()), ("Namespace", Some("finalize")));
+        let t = object("/api/v1/namespaces/default/services/web:http/proxy/a/b");
+        assert_eq!(
+            (t.name.as_deref(), t.subresource.as_deref(), t.tail.as_str()),
+            (Some("web:http"), Some("proxy"), "a/b")
+        );
         let t = object("/apis/rbac.authorization.k8s.io/v1/clusterroles/system%3Anode");
         assert_eq!(t.name.as_deref(), Some("system:node"));
     }
