@@ -2,42 +2,36 @@
 //! the Python client and the rest of the ecosystem speak.
 //!
 //! Each request becomes the call the gRPC API would make on the same
-//! [`ObjectsService`] (or [`PodProxyService`] for logs), with the caller
-//! this module authenticated through the same [`Authenticator`]: so
-//! authorization, admission, validation, the registry, the watch cache,
+//! [`ObjectsService`] (or [`PodProxyService`] for logs and exec), with the
+//! caller this module authenticated through the same [`Authenticator`]:
+//! so authorization, admission, validation, the registry, the watch cache,
 //! audit and metrics are the gRPC path's, one copy of every rule. What is
-//! REST's own lives here: paths (`path.rs`), discovery (`discovery.rs`),
-//! Status bodies (`status.rs`), Tables (`table.rs`), list and watch framing,
-//! and the subresources kubectl reaches by URL (scale, binding, eviction,
-//! log, token, access reviews).
+//! REST's own: serving, authentication and routing (here), paths
+//! (`path.rs`), discovery (`discovery.rs`), the verbs with list and watch
+//! framing (`objects.rs`), the subresources kubectl reaches by URL
+//! (`subresources.rs`, `exec.rs`, `proxy.rs`), Status bodies (`status.rs`),
+//! Tables (`table.rs`) and protobuf bodies (`protobuf.rs`).
 
 mod discovery;
 mod exec;
+mod objects;
 mod path;
 mod protobuf;
 mod proxy;
 mod status;
+mod subresources;
 mod table;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 use serde_json::{json, Value};
-use skiff_api::proto::objects_server::Objects;
-use skiff_api::proto::pod_proxy_server::PodProxy;
-use skiff_api::proto::{
-    watch_event::Type as EventType, AccessReviewRequest, BindRequest, CreateRequest, DeleteRequest, GetRequest,
-    ListRequest, LogsRequest, PatchRequest, PatchType, TokenRequest, UpdateRequest, WatchRequest,
-};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
 use self::path::{Route, Target};
@@ -92,10 +86,6 @@ fn long_running(call: &Call, route: &Route) -> bool {
 }
 
 type Reply = Result<Response<Body>, Failure>;
-
-/// How long a watch runs without `timeoutSeconds`: kube-apiserver's
-/// default minimum request timeout.
-const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
 
 /// Serves `listener` until `stop` resolves: HTTP/1.1 and HTTP/2 (ALPN
 /// under TLS), each connection carrying its peer for authentication.
@@ -376,384 +366,6 @@ impl Rest {
             ))),
         }
     }
-
-    fn name<'t>(&self, t: &'t Target) -> &'t str {
-        t.name.as_deref().unwrap_or_default()
-    }
-
-    /// The object as the response to a read: JSON, or a one-row Table.
-    fn object_reply(&self, call: &Call, t: &Target, code: StatusCode, object: Bytes) -> Reply {
-        match call.table() {
-            Some(include) => {
-                let value: Value = serde_json::from_slice(&object).map_err(internal)?;
-                let rv = skiff_api::meta::resource_version(&value).to_string();
-                Ok(value_reply(code, &table::table(t.info, vec![value], &rv, "", include)))
-            }
-            None => Ok(json_reply(code, object, "application/json")),
-        }
-    }
-
-    async fn get(&self, call: &Call, t: &Target) -> Reply {
-        let request =
-            GetRequest { kind: t.info.kind.into(), namespace: t.namespace.clone(), name: self.name(t).into() };
-        let reply = self.objects.get(call.grpc(request)).await.map_err(|s| Failure::from_status(&s, Some(t)))?;
-        self.object_reply(call, t, StatusCode::OK, reply.into_inner().object)
-    }
-
-    fn list_request(&self, call: &Call, t: &Target) -> Result<ListRequest, Failure> {
-        let limit = match call.param("limit") {
-            "" => 0,
-            n => n.parse::<i64>().map_err(|_| Failure::bad_request(format!("limit: {n:?} is not a number")))?,
-        };
-        Ok(ListRequest {
-            kind: t.info.kind.into(),
-            namespace: t.namespace.clone(),
-            label_selector: call.param("labelSelector").into(),
-            field_selector: call.param("fieldSelector").into(),
-            limit,
-            continue_token: call.param("continue").into(),
-        })
-    }
-
-    async fn list(&self, call: &Call, t: &Target) -> Reply {
-        let request = self.list_request(call, t)?;
-        let reply = self.objects.list(call.grpc(request)).await.map_err(|s| Failure::from_status(&s, Some(t)))?;
-        let reply = reply.into_inner();
-        if let Some(include) = call.table() {
-            let items = reply.items.iter().map(|i| serde_json::from_slice(i)).collect::<Result<Vec<Value>, _>>();
-            let table =
-                table::table(t.info, items.map_err(internal)?, &reply.resource_version, &reply.continue_token, include);
-            return Ok(value_reply(StatusCode::OK, &table));
-        }
-        // The items are stored JSON already: framed, not re-encoded.
-        let mut metadata = json!({"resourceVersion": reply.resource_version});
-        if !reply.continue_token.is_empty() {
-            metadata["continue"] = reply.continue_token.into();
-        }
-        let mut out = format!(
-            r#"{{"kind":"{}","apiVersion":"{}","metadata":{},"items":["#,
-            t.info.list_kind(),
-            t.info.api_version,
-            metadata
-        )
-        .into_bytes();
-        for (i, item) in reply.items.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(item);
-        }
-        out.extend_from_slice(b"]}");
-        Ok(json_reply(StatusCode::OK, out, "application/json"))
-    }
-
-    async fn create(&self, call: &Call, t: &Target, body: Bytes) -> Reply {
-        let object = self.normalized_body(call, &body)?;
-        let request =
-            CreateRequest { kind: t.info.kind.into(), namespace: t.namespace.clone(), object, dry_run: dry_run(call)? };
-        // A refusal names the object the body meant to create.
-        let name = serde_json::from_slice::<Value>(&request.object).ok().map(|o| skiff_api::meta::name(&o).to_string());
-        let named =
-            Target { info: t.info, namespace: t.namespace.clone(), name, subresource: None, tail: String::new() };
-        let reply =
-            self.objects.create(call.grpc(request)).await.map_err(|s| Failure::from_status(&s, Some(&named)))?;
-        Ok(json_reply(StatusCode::CREATED, reply.into_inner().object, "application/json"))
-    }
-
-    /// A JSON body as bytes, YAML bodies turned into JSON.
-    fn normalized_body(&self, call: &Call, body: &Bytes) -> Result<Bytes, Failure> {
-        let content_type = call.header(header::CONTENT_TYPE);
-        if content_type.starts_with("application/yaml") {
-            return Ok(parse_json(body, content_type)?.to_string().into());
-        }
-        if content_type.starts_with(protobuf::CONTENT_TYPE) {
-            let object = protobuf::decode(body).map_err(|e| Failure::bad_request(format!("the body: {e}")))?;
-            return Ok(object.to_string().into());
-        }
-        Ok(body.clone())
-    }
-
-    async fn update(&self, call: &Call, t: &Target, body: Bytes, status: bool) -> Reply {
-        let object = self.normalized_body(call, &body)?;
-        let named: Value = parse_json(&object, "application/json")?;
-        let name = skiff_api::meta::name(&named);
-        if name != self.name(t) {
-            return Err(Failure::bad_request(format!(
-                "the name of the object ({name}) does not match the name on the URL ({})",
-                self.name(t)
-            )));
-        }
-        let request =
-            UpdateRequest { kind: t.info.kind.into(), namespace: t.namespace.clone(), object, dry_run: dry_run(call)? };
-        let reply = if status {
-            self.objects.update_status(call.grpc(request)).await
-        } else {
-            self.objects.update(call.grpc(request)).await
-        };
-        let reply = reply.map_err(|s| Failure::from_status(&s, Some(t)))?;
-        Ok(json_reply(StatusCode::OK, reply.into_inner().object, "application/json"))
-    }
-
-    async fn patch(&self, call: &Call, t: &Target, body: Bytes) -> Reply {
-        let patch_type = patch_type(call.header(header::CONTENT_TYPE))?;
-        // An applied configuration may be YAML; the API takes it as JSON.
-        let body = match patch_type {
-            PatchType::Apply => Bytes::from(parse_json(&body, "application/apply-patch+yaml")?.to_string()),
-            _ => body,
-        };
-        let object = self.patch_object(call, t, body, patch_type).await?;
-        Ok(json_reply(StatusCode::OK, object, "application/json"))
-    }
-
-    async fn patch_object(
-        &self,
-        call: &Call,
-        t: &Target,
-        patch: Bytes,
-        patch_type: PatchType,
-    ) -> Result<Bytes, Failure> {
-        let request = PatchRequest {
-            kind: t.info.kind.into(),
-            namespace: t.namespace.clone(),
-            name: self.name(t).into(),
-            patch,
-            patch_type: patch_type.into(),
-            dry_run: dry_run(call)?,
-            field_manager: call.param("fieldManager").into(),
-            force: call.flag("force"),
-        };
-        let reply = self.objects.patch(call.grpc(request)).await.map_err(|s| Failure::from_status(&s, Some(t)))?;
-        Ok(reply.into_inner().object)
-    }
-
-    async fn delete(&self, call: &Call, t: &Target, body: Bytes) -> Reply {
-        let options = DeleteOptions::read(call, &body)?;
-        let object = self.delete_one(call, t, self.name(t), &options).await?;
-        Ok(json_reply(StatusCode::OK, object, "application/json"))
-    }
-
-    async fn delete_one(&self, call: &Call, t: &Target, name: &str, options: &DeleteOptions) -> Result<Bytes, Failure> {
-        let request = DeleteRequest {
-            kind: t.info.kind.into(),
-            namespace: t.namespace.clone(),
-            name: name.into(),
-            resource_version: options.resource_version.clone(),
-            grace_period_seconds: options.grace_period_seconds,
-            propagation_policy: options.propagation_policy.clone(),
-            dry_run: options.dry_run,
-        };
-        let reply = self.objects.delete(call.grpc(request)).await.map_err(|s| Failure::from_status(&s, Some(t)))?;
-        Ok(reply.into_inner().object)
-    }
-
-    /// Deletes what a list with the same selectors would show, one object
-    /// at a time, each through the delete path (and its authorization).
-    async fn delete_collection(&self, call: &Call, t: &Target) -> Reply {
-        let options = DeleteOptions::read(call, &Bytes::new())?;
-        let mut request = self.list_request(call, t)?;
-        request.limit = 0;
-        let reply = self.objects.list(call.grpc(request)).await.map_err(|s| Failure::from_status(&s, Some(t)))?;
-        for item in reply.into_inner().items {
-            let item: Value = serde_json::from_slice(&item).map_err(internal)?;
-            let namespace = skiff_api::meta::namespace(&item).to_string();
-            let target = Target { info: t.info, namespace, name: None, subresource: None, tail: String::new() };
-            match self.delete_one(call, &target, skiff_api::meta::name(&item), &options).await {
-                Ok(_) => {}
-                Err(f) if f.code == StatusCode::NOT_FOUND => {}
-                Err(f) => return Err(f),
-            }
-        }
-        Ok(value_reply(StatusCode::OK, &status::success(t)))
-    }
-
-    async fn watch(&self, call: &Call, t: &Target) -> Reply {
-        let timeout = match call.param("timeoutSeconds") {
-            "" => DEFAULT_WATCH_TIMEOUT,
-            s => Duration::from_secs(
-                s.parse().map_err(|_| Failure::bad_request(format!("timeoutSeconds: {s:?} is not a number")))?,
-            ),
-        };
-        let bookmarks = call.flag("allowWatchBookmarks");
-        let table = call.table();
-        let mut rv = call.param("resourceVersion").to_string();
-        let send_initial = call.flag("sendInitialEvents");
-        let mut initial = Vec::new();
-        // No version (or "0"): the state first, as synthetic ADDED events,
-        // then the changes after it, as Kubernetes does.
-        if rv.is_empty() || rv == "0" || send_initial {
-            let mut request = self.list_request(call, t)?;
-            request.limit = 0;
-            request.continue_token.clear();
-            let reply = self.objects.list(call.grpc(request)).await.map_err(|s| Failure::from_status(&s, Some(t)))?;
-            let reply = reply.into_inner();
-            for item in reply.items {
-                initial.extend(frame(t, table, "ADDED", &item)?);
-            }
-            if send_initial && bookmarks {
-                let end = json!({"kind": t.info.kind, "apiVersion": t.info.api_version, "metadata": {
-                    "resourceVersion": reply.resource_version,
-                    "annotations": {"k8s.io/initial-events-end": "true"},
-                }});
-                initial.extend(frame(t, None, "BOOKMARK", end.to_string().as_bytes())?);
-            }
-            rv = reply.resource_version;
-        }
-        let request = WatchRequest {
-            kind: t.info.kind.into(),
-            namespace: t.namespace.clone(),
-            label_selector: call.param("labelSelector").into(),
-            field_selector: call.param("fieldSelector").into(),
-            resource_version: rv,
-        };
-        let events = self.objects.watch(call.grpc(request)).await.map_err(|s| Failure::from_status(&s, Some(t)))?;
-        let info = t.info;
-        let body = watch_body(initial, events.into_inner(), timeout, move |event| {
-            let target = Target { info, namespace: String::new(), name: None, subresource: None, tail: String::new() };
-            let kind = match EventType::try_from(event.r#type) {
-                Ok(EventType::Added) => "ADDED",
-                Ok(EventType::Modified) => "MODIFIED",
-                Ok(EventType::Deleted) => "DELETED",
-                Ok(EventType::Bookmark) if bookmarks && table.is_none() => {
-                    let object = json!({"kind": info.kind, "apiVersion": info.api_version,
-                        "metadata": {"resourceVersion": event.resource_version}});
-                    return frame(&target, None, "BOOKMARK", object.to_string().as_bytes()).ok();
-                }
-                _ => return None,
-            };
-            frame(&target, table, kind, &event.object).ok()
-        });
-        Ok(json_reply(StatusCode::OK, body, "application/json"))
-    }
-
-    async fn scale(&self, call: &Call, t: &Target, method: &Method, body: Bytes) -> Reply {
-        let object = if method == Method::GET {
-            let request =
-                GetRequest { kind: t.info.kind.into(), namespace: t.namespace.clone(), name: self.name(t).into() };
-            self.objects
-                .get(call.grpc(request))
-                .await
-                .map_err(|s| Failure::from_status(&s, Some(t)))?
-                .into_inner()
-                .object
-        } else {
-            let body = parse_json(&body, call.header(header::CONTENT_TYPE))?;
-            let replicas = requested_replicas(&body)
-                .ok_or_else(|| Failure::bad_request("the Scale must set spec.replicas to a number"))?;
-            let patch = Bytes::from(json!({"spec": {"replicas": replicas}}).to_string());
-            self.patch_object(call, t, patch, PatchType::Merge).await?
-        };
-        let object: Value = serde_json::from_slice(&object).map_err(internal)?;
-        Ok(value_reply(StatusCode::OK, &scale_of(&object)))
-    }
-
-    async fn bind(&self, call: &Call, t: &Target, body: Bytes) -> Reply {
-        let binding = parse_json(&body, call.header(header::CONTENT_TYPE))?;
-        let node = binding.pointer("/target/name").and_then(Value::as_str).unwrap_or_default();
-        if node.is_empty() {
-            return Err(Failure::bad_request("target.name: Required value: the node to bind to"));
-        }
-        let request = BindRequest {
-            namespace: t.namespace.clone(),
-            name: self.name(t).into(),
-            node_name: node.into(),
-            uid: binding.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default().into(),
-        };
-        self.objects.bind(call.grpc(request)).await.map_err(|s| Failure::from_status(&s, Some(t)))?;
-        Ok(value_reply(StatusCode::CREATED, &status::success(t)))
-    }
-
-    /// An Eviction deletes the pod gracefully (no PodDisruptionBudgets are
-    /// served, so none can refuse it).
-    async fn evict(&self, call: &Call, t: &Target, body: Bytes) -> Reply {
-        let eviction = typed_body(call, &body, "Eviction")?;
-        let options = eviction.get("deleteOptions").map(|o| o.to_string().into_bytes()).unwrap_or_default();
-        let options = DeleteOptions::read(call, &Bytes::from(options))?;
-        self.delete_one(call, t, self.name(t), &options).await?;
-        Ok(value_reply(StatusCode::CREATED, &status::success(t)))
-    }
-
-    async fn logs(&self, call: &Call, t: &Target) -> Reply {
-        let tail_lines = match call.param("tailLines") {
-            "" => None,
-            n => Some(n.parse().map_err(|_| Failure::bad_request(format!("tailLines: {n:?} is not a number")))?),
-        };
-        let request = LogsRequest {
-            namespace: t.namespace.clone(),
-            pod: self.name(t).into(),
-            container: call.param("container").into(),
-            follow: call.flag("follow"),
-            previous: call.flag("previous"),
-            tail_lines,
-            timestamps: call.flag("timestamps"),
-        };
-        let chunks = self.pods.logs(call.grpc(request)).await.map_err(|s| Failure::from_status(&s, Some(t)))?;
-        let body = chunks.into_inner().map(|chunk| chunk.map(|c| c.data));
-        Ok(json_reply(StatusCode::OK, Body::from_stream(body), "text/plain"))
-    }
-
-    async fn token(&self, call: &Call, t: &Target, body: Bytes) -> Reply {
-        let mut review = typed_body(call, &body, "TokenRequest")?;
-        let spec = review.get("spec").cloned().unwrap_or_default();
-        let audiences =
-            spec["audiences"].as_array().map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect());
-        let bound_pod = spec.pointer("/boundObjectRef/kind").and_then(Value::as_str) == Some("Pod");
-        let field = |pointer: &str| spec.pointer(pointer).and_then(Value::as_str).unwrap_or_default().to_string();
-        let request = TokenRequest {
-            namespace: t.namespace.clone(),
-            service_account: self.name(t).into(),
-            audiences: audiences.unwrap_or_default(),
-            expiration_seconds: spec["expirationSeconds"].as_i64().unwrap_or(0),
-            pod_name: if bound_pod { field("/boundObjectRef/name") } else { String::new() },
-            pod_uid: if bound_pod { field("/boundObjectRef/uid") } else { String::new() },
-        };
-        let token =
-            self.objects.create_token(call.grpc(request)).await.map_err(|s| Failure::from_status(&s, Some(t)))?;
-        let token = token.into_inner();
-        let expires = chrono::DateTime::from_timestamp(token.expiration_timestamp, 0).unwrap_or_default();
-        review["apiVersion"] = "authentication.k8s.io/v1".into();
-        review["kind"] = "TokenRequest".into();
-        review["status"] = json!({
-            "token": token.token,
-            "expirationTimestamp": expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        });
-        Ok(value_reply(StatusCode::CREATED, &review))
-    }
-
-    /// SelfSubjectAccessReview (`kubectl auth can-i`) and SubjectAccessReview.
-    async fn access_review(&self, call: &Call, about_self: bool, body: Bytes) -> Reply {
-        let kind = if about_self { "SelfSubjectAccessReview" } else { "SubjectAccessReview" };
-        let mut review = typed_body(call, &body, kind)?;
-        review["apiVersion"] = "authorization.k8s.io/v1".into();
-        review["kind"] = kind.into();
-        let attributes = review.pointer("/spec/resourceAttributes").cloned().unwrap_or_default();
-        let field = |name: &str| attributes.get(name).and_then(Value::as_str).unwrap_or_default().to_string();
-        let resource = field("resource");
-        let kind = skiff_api::KINDS
-            .iter()
-            .find(|k| k.plural == resource && (k.group() == field("group") || resource == "*"))
-            .map_or(resource.clone(), |k| k.kind.to_string());
-        let (user, groups) = if about_self {
-            (String::new(), Vec::new())
-        } else {
-            let spec = review.get("spec").cloned().unwrap_or_default();
-            let groups =
-                spec["groups"].as_array().map(|g| g.iter().filter_map(Value::as_str).map(str::to_string).collect());
-            (spec["user"].as_str().unwrap_or_default().to_string(), groups.unwrap_or_default())
-        };
-        let request = AccessReviewRequest {
-            verb: field("verb"),
-            kind,
-            subresource: field("subresource"),
-            namespace: field("namespace"),
-            name: field("name"),
-            user,
-            groups,
-        };
-        let reply = self.objects.review_access(call.grpc(request)).await;
-        let reply = reply.map_err(|s| Failure::from_status(&s, None))?.into_inner();
-        review["status"] = json!({"allowed": reply.allowed, "reason": reply.reason});
-        Ok(value_reply(StatusCode::CREATED, &review))
-    }
 }
 
 /// The OpenAPI v3 documents, built from the types once, with the hash
@@ -793,166 +405,12 @@ fn openapi_v3(path: &str) -> Reply {
     Ok(json_reply(StatusCode::OK, document.clone(), "application/json"))
 }
 
-/// `?dryRun=All`: validate and admit, store nothing.
-fn dry_run(call: &Call) -> Result<bool, Failure> {
-    match call.param("dryRun") {
-        "" => Ok(false),
-        "All" => Ok(true),
-        other => Err(Failure::bad_request(format!("dryRun: {other:?} is not supported; the one value is All"))),
-    }
-}
-
 fn not_found() -> Failure {
     Failure::not_found("the server could not find the requested resource")
 }
 
 fn internal(e: impl std::fmt::Display) -> Failure {
     Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string())
-}
-
-fn patch_type(content_type: &str) -> Result<PatchType, Failure> {
-    let media = content_type.split(';').next().unwrap_or_default().trim();
-    match media {
-        "application/merge-patch+json" => Ok(PatchType::Merge),
-        "application/json-patch+json" => Ok(PatchType::Json),
-        "application/strategic-merge-patch+json" => Ok(PatchType::Strategic),
-        "application/apply-patch+yaml" | "application/apply-patch+json" => Ok(PatchType::Apply),
-        other => Err(Failure::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format ({other:?}); accepted: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml"),
-        )),
-    }
-}
-
-/// What a delete asks for, from its DeleteOptions body and query.
-struct DeleteOptions {
-    grace_period_seconds: Option<i64>,
-    resource_version: String,
-    propagation_policy: String,
-    dry_run: bool,
-}
-
-impl DeleteOptions {
-    fn read(call: &Call, body: &Bytes) -> Result<DeleteOptions, Failure> {
-        let options: Value =
-            if body.iter().all(u8::is_ascii_whitespace) { Value::Null } else { parse_json(body, "application/json")? };
-        let grace = match (options.get("gracePeriodSeconds").and_then(Value::as_i64), call.param("gracePeriodSeconds"))
-        {
-            (Some(g), _) => Some(g),
-            (None, "") => None,
-            (None, g) => Some(
-                g.parse().map_err(|_| Failure::bad_request(format!("gracePeriodSeconds: {g:?} is not a number")))?,
-            ),
-        };
-        let policy =
-            options.get("propagationPolicy").and_then(Value::as_str).unwrap_or(call.param("propagationPolicy"));
-        if !matches!(policy, "" | "Foreground" | "Background" | "Orphan") {
-            return Err(Failure::bad_request(format!(
-                "propagationPolicy: {policy:?} is not Foreground, Background or Orphan"
-            )));
-        }
-        Ok(DeleteOptions {
-            grace_period_seconds: grace,
-            resource_version: options
-                .pointer("/preconditions/resourceVersion")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .into(),
-            propagation_policy: policy.into(),
-            dry_run: dry_run(call)? || options["dryRun"].as_array().is_some_and(|d| d.iter().any(|v| v == "All")),
-        })
-    }
-}
-
-/// One watch event as a line: `{"type":…,"object":…}`, the object's bytes
-/// as stored (or a one-row Table of it).
-fn frame(t: &Target, table: Option<Include>, kind: &str, object: &[u8]) -> Result<Vec<u8>, Failure> {
-    let mut line = format!(r#"{{"type":"{kind}","object":"#).into_bytes();
-    match table {
-        Some(include) => {
-            let value: Value = serde_json::from_slice(object).map_err(internal)?;
-            let rv = skiff_api::meta::resource_version(&value).to_string();
-            line.extend(table::table(t.info, vec![value], &rv, "", include).to_string().into_bytes());
-        }
-        None => line.extend_from_slice(object),
-    }
-    line.extend_from_slice(b"}\n");
-    Ok(line)
-}
-
-/// A watch's body: the initial lines, then each event `framed`, until the
-/// watch ends, fails (an ERROR event carrying the Status), or times out.
-fn watch_body(
-    initial: Vec<u8>,
-    mut events: impl Stream<Item = Result<skiff_api::proto::WatchEvent, tonic::Status>> + Unpin + Send + 'static,
-    timeout: Duration,
-    framed: impl Fn(skiff_api::proto::WatchEvent) -> Option<Vec<u8>> + Send + 'static,
-) -> Body {
-    let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(64);
-    tokio::spawn(async move {
-        if !initial.is_empty() && tx.send(Ok(initial.into())).await.is_err() {
-            return;
-        }
-        let deadline = tokio::time::sleep(timeout);
-        tokio::pin!(deadline);
-        loop {
-            let event = tokio::select! {
-                _ = &mut deadline => return,
-                _ = tx.closed() => return,
-                event = events.next() => event,
-            };
-            let line = match event {
-                None => return,
-                Some(Ok(event)) => match framed(event) {
-                    Some(line) => line,
-                    None => continue,
-                },
-                Some(Err(status)) => {
-                    let failure = Failure::from_status(&status, None);
-                    let line = format!("{{\"type\":\"ERROR\",\"object\":{}}}\n", failure.body);
-                    let _ = tx.send(Ok(line.into())).await;
-                    return;
-                }
-            };
-            if tx.send(Ok(line.into())).await.is_err() {
-                return;
-            }
-        }
-    });
-    Body::from_stream(ReceiverStream::new(rx))
-}
-
-/// spec.replicas from a Scale (PUT), or from a merge, strategic merge or
-/// JSON patch of one (PATCH).
-fn requested_replicas(body: &Value) -> Option<i64> {
-    match body {
-        Value::Array(operations) => operations
-            .iter()
-            .rev()
-            .find(|op| op["path"] == "/spec/replicas" && matches!(op["op"].as_str(), Some("replace" | "add")))
-            .and_then(|op| op["value"].as_i64()),
-        _ => body.pointer("/spec/replicas").and_then(Value::as_i64),
-    }
-}
-
-/// The autoscaling/v1 Scale of a Deployment, ReplicaSet or StatefulSet.
-fn scale_of(object: &Value) -> Value {
-    let metadata = &object["metadata"];
-    let keep = ["name", "namespace", "uid", "resourceVersion", "creationTimestamp"];
-    let metadata: serde_json::Map<String, Value> =
-        keep.iter().filter_map(|k| Some((k.to_string(), metadata.get(*k)?.clone()))).collect();
-    let selector = skiff_api::columns::selector(object.pointer("/spec/selector"));
-    json!({
-        "kind": "Scale",
-        "apiVersion": "autoscaling/v1",
-        "metadata": metadata,
-        "spec": {"replicas": object.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1)},
-        "status": {
-            "replicas": object.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0),
-            "selector": if selector == "<none>" { String::new() } else { selector },
-        },
-    })
 }
 
 #[cfg(test)]
@@ -971,30 +429,5 @@ mod tests {
         assert!(limits.admit(&Method::GET).is_ok(), "a finished read frees its place");
         drop(write);
         assert!(InFlight::new(0, 0).admit(&Method::DELETE).unwrap().is_none(), "0 is no limit");
-    }
-
-    #[test]
-    fn patch_types_by_content_type() {
-        assert_eq!(patch_type("application/merge-patch+json").unwrap(), PatchType::Merge);
-        assert_eq!(patch_type("application/strategic-merge-patch+json; charset=utf-8").unwrap(), PatchType::Strategic);
-        assert_eq!(patch_type("application/json-patch+json").unwrap(), PatchType::Json);
-        assert_eq!(patch_type("text/plain").unwrap_err().code, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    }
-
-    #[test]
-    fn replicas_from_any_scale_patch() {
-        assert_eq!(requested_replicas(&json!({"spec": {"replicas": 3}})), Some(3));
-        assert_eq!(requested_replicas(&json!([{"op": "replace", "path": "/spec/replicas", "value": 5}])), Some(5));
-        assert_eq!(requested_replicas(&json!({"spec": {}})), None);
-    }
-
-    #[test]
-    fn scale_reads_the_object() {
-        let deployment = json!({"metadata": {"name": "web", "namespace": "default", "labels": {"x": "y"}},
-            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}}}, "status": {"replicas": 2}});
-        let scale = scale_of(&deployment);
-        assert_eq!(scale["spec"]["replicas"], 3);
-        assert_eq!(scale["status"], json!({"replicas": 2, "selector": "app=web"}));
-        assert!(scale["metadata"].get("labels").is_none());
     }
 }
