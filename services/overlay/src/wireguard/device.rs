@@ -32,8 +32,11 @@ pub trait WireGuard: Send + Sync + 'static {
     async fn exited(&mut self);
     /// Starts it again after it died.
     async fn restart(&mut self) -> Result<(), Error>;
-    /// Sets the key, the listen port and exactly these peers.
-    async fn configure(&self, key: &Key, port: u16, peers: &[Peer]) -> Result<(), Error>;
+    /// Sets the key, the listen port and exactly these peers. `previous`,
+    /// the peers set last time, lets the peers that stay keep their
+    /// sessions: only those gone are removed. Without it (the first time,
+    /// or after a restart) every peer is replaced.
+    async fn configure(&self, key: &Key, port: u16, peers: &[Peer], previous: Option<&[Peer]>) -> Result<(), Error>;
 }
 
 pub struct Device {
@@ -115,8 +118,20 @@ impl WireGuard for Device {
         Ok(())
     }
 
-    async fn configure(&self, key: &Key, port: u16, peers: &[Peer]) -> Result<(), Error> {
-        let mut update = DeviceUpdate::new().set_private_key(key.clone()).set_listen_port(port).replace_peers();
+    async fn configure(&self, key: &Key, port: u16, peers: &[Peer], previous: Option<&[Peer]>) -> Result<(), Error> {
+        let mut update = DeviceUpdate::new().set_private_key(key.clone()).set_listen_port(port);
+        // Replacing every peer would drop every session: the next packet to
+        // a peer whose handshake then crosses its own reconfiguration waits
+        // out WireGuard's 5 s handshake retry. Peers that stay are updated
+        // in place.
+        match previous {
+            None => update = update.replace_peers(),
+            Some(previous) => {
+                for gone in previous.iter().filter(|p| !peers.iter().any(|n| n.public_key == p.public_key)) {
+                    update = update.remove_peer_by_key(&gone.public_key);
+                }
+            }
+        }
         for peer in peers {
             let base = peer.pod_cidr.nth(0).unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
             update = update.add_peer(

@@ -96,7 +96,7 @@ impl WireGuard for FakeWireGuard {
         Ok(())
     }
 
-    async fn configure(&self, _key: &Key, port: u16, peers: &[Peer]) -> Result<(), Error> {
+    async fn configure(&self, _key: &Key, port: u16, peers: &[Peer], _previous: Option<&[Peer]>) -> Result<(), Error> {
         let mut st = lock(&self.state);
         if st.failures > 0 {
             st.failures -= 1;

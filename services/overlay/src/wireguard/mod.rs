@@ -180,7 +180,7 @@ impl Mesh {
         let (peers, rejected) = desired_peers(nodes.iter().map(|n| n.as_ref()), &self.options.node_name);
         self.report(&rejected).await;
         if self.applied.as_ref() != Some(&peers) {
-            self.device.configure(&self.key, self.options.listen_port, &peers).await?;
+            self.device.configure(&self.key, self.options.listen_port, &peers, self.applied.as_deref()).await?;
             tracing::info!(peers = ?peers.iter().map(|p| p.node.as_str()).collect::<Vec<_>>(), "WireGuard peers set");
             self.applied = Some(peers.clone());
         }
