@@ -961,3 +961,120 @@ async fn a_daemon_set_runs_on_every_node_including_one_that_joins_later() {
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("daemon set \"agent\" successfully rolled out"), "{text}");
 }
+
+async fn job_pods(client: &Client, job_uid: &str) -> Vec<Value> {
+    owned(client, "Pod", "default", job_uid).await
+}
+
+fn condition(obj: &Value, type_: &str) -> bool {
+    obj["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == type_ && c["status"] == "True")
+}
+
+/// A Job on hollow nodes (whose job pods succeed as soon as they run):
+/// every pod counted once, the tracking finalizers gone, Complete, and
+/// deleted with its pods once its TTL after finishing has passed.
+#[tokio::test]
+async fn a_job_counts_each_pod_once_completes_and_expires() {
+    let (mut cluster, _) = cluster().await;
+    cluster.start_service("scheduler", "skiff-scheduler", &[]).await.unwrap();
+    cluster.start_service("hollow", "skiff-kubelet", &hollow_args(2, "job-")).await.unwrap();
+    let client = cluster.client();
+    let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "count"},
+        "spec": {"completions": 5, "parallelism": 2,
+            "template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox:1"}]}}}});
+    let created = client.create("Job", "default", &job).await.unwrap();
+    let job_uid = uid(&created).to_string();
+    let done = eventually("the Job Complete", || async {
+        let job = client.get("Job", "default", "count").await.ok()?;
+        condition(&job, "Complete").then_some(job)
+    })
+    .await;
+    assert_eq!(done["status"]["succeeded"], 5, "{done}");
+    assert!(done["status"]["failed"].is_null() || done["status"]["failed"] == 0, "{done}");
+    assert_eq!(done["status"]["active"], 0);
+    assert!(done["status"]["completionTime"].is_string());
+    let uncounted = &done["status"]["uncountedTerminatedPods"];
+    assert!(uncounted["succeeded"].as_array().is_none_or(Vec::is_empty), "{uncounted}");
+    let pods = job_pods(&client, &job_uid).await;
+    assert_eq!(pods.len(), 5, "one pod per completion, none extra");
+    for pod in &pods {
+        assert_eq!(pod["status"]["phase"], "Succeeded", "{pod}");
+        assert!(pod["metadata"]["finalizers"].as_array().is_none_or(Vec::is_empty), "released: {pod}");
+        assert_eq!(pod["metadata"]["labels"]["batch.kubernetes.io/job-name"], "count");
+    }
+    let out = cluster.skiffctl(&["get", "jobs"], None).unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("COMPLETIONS") && table.contains("Complete") && table.contains("5/5"), "{table}");
+
+    // A TTL after finishing: the Job goes, and its pods with it.
+    client.patch("Job", "default", "count", &json!({"spec": {"ttlSecondsAfterFinished": 1}})).await.unwrap();
+    eventually("the expired Job and its pods gone", || async {
+        let gone = client.get("Job", "default", "count").await.is_err_and(|e| e.is_not_found());
+        (gone && job_pods(&client, &job_uid).await.is_empty()).then_some(())
+    })
+    .await;
+}
+
+/// A CronJob firing every minute with concurrencyPolicy Forbid: its first
+/// Job never ends (it is suspended), so the next minute is skipped
+/// (JobAlreadyActive); once that Job is let go and completes, the missed
+/// run starts late, as Kubernetes catches up at most one. A Job made by
+/// hand from it (`create job --from`) carries the template.
+#[tokio::test]
+async fn a_cron_job_runs_every_minute_and_forbid_skips_while_one_runs() {
+    let (mut cluster, _) = cluster().await;
+    cluster.start_service("scheduler", "skiff-scheduler", &[]).await.unwrap();
+    cluster.start_service("hollow", "skiff-kubelet", &hollow_args(1, "cron-")).await.unwrap();
+    let client = cluster.client();
+    let cj = json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "tick"},
+        "spec": {"schedule": "* * * * *", "concurrencyPolicy": "Forbid",
+            "jobTemplate": {"metadata": {"labels": {"app": "tick"}}, "spec": {"suspend": true,
+                "template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox:1"}]}}}}}});
+    let created = client.create("CronJob", "default", &cj).await.unwrap();
+    let cj_uid = uid(&created).to_string();
+    let first = eventually("the first scheduled Job", || async {
+        let jobs = owned(&client, "Job", "default", &cj_uid).await;
+        jobs.into_iter().next()
+    })
+    .await;
+    let first_name = name(&first).to_string();
+    let minutes: i64 = first_name.strip_prefix("tick-").unwrap().parse().unwrap();
+    assert_eq!(first["metadata"]["labels"]["app"], "tick");
+    let scheduled =
+        first["metadata"]["annotations"]["batch.kubernetes.io/cronjob-scheduled-timestamp"].as_str().unwrap();
+    assert_eq!(chrono::DateTime::parse_from_rfc3339(scheduled).unwrap().timestamp(), minutes * 60);
+    let status = client.get("CronJob", "default", "tick").await.unwrap();
+    assert_eq!(status["status"]["active"][0]["name"], first_name.as_str(), "{status}");
+
+    eventually("a JobAlreadyActive event at the next minute", || async {
+        let events = client.list("Event", "default", &ListParams::default()).await.ok()?.items;
+        events.iter().any(|e| e["involvedObject"]["name"] == "tick" && e["reason"] == "JobAlreadyActive").then_some(())
+    })
+    .await;
+    assert_eq!(owned(&client, "Job", "default", &cj_uid).await.len(), 1, "Forbid: no second Job while one runs");
+
+    // Let the first Job run: it completes, and the missed minute runs late.
+    client.patch("Job", "default", &first_name, &json!({"spec": {"suspend": false}})).await.unwrap();
+    let second = eventually("the missed run started once the first Job completed", || async {
+        let jobs = owned(&client, "Job", "default", &cj_uid).await;
+        jobs.into_iter().find(|j| name(j) != first_name)
+    })
+    .await;
+    let second_minutes: i64 = name(&second).strip_prefix("tick-").unwrap().parse().unwrap();
+    assert!(second_minutes > minutes, "{} after {first_name}", name(&second));
+    let status = eventually("lastSuccessfulTime set", || async {
+        let cj = client.get("CronJob", "default", "tick").await.ok()?;
+        cj["status"]["lastSuccessfulTime"].is_string().then_some(cj)
+    })
+    .await;
+    assert!(status["status"]["lastScheduleTime"].is_string(), "{status}");
+
+    let out = cluster.skiffctl(&["create", "job", "tick-now", "--from=cronjob/tick"], None).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let manual = client.get("Job", "default", "tick-now").await.unwrap();
+    assert_eq!(manual["metadata"]["annotations"]["cronjob.kubernetes.io/instantiate"], "manual");
+    assert_eq!(manual["metadata"]["ownerReferences"][0]["uid"], cj_uid.as_str());
+    let out = cluster.skiffctl(&["get", "cronjobs"], None).unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("SCHEDULE") && table.contains("* * * * *"), "{table}");
+}

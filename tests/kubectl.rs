@@ -11,8 +11,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use skiff_testkit::runtime::{RuntimeOptions, BUSYBOX_IMAGE, TESTSERVER_IMAGE};
-use skiff_testkit::{Cluster, ClusterOptions};
+use skiff_testkit::runtime::{BUSYBOX_IMAGE, TESTSERVER_IMAGE};
+use skiff_testkit::Cluster;
 
 const NODE: &str = "kubectl-node";
 const WAIT: Duration = Duration::from_secs(120);
@@ -151,12 +151,7 @@ fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
 }
 
 async fn cluster() -> Cluster {
-    let mut cluster =
-        Cluster::start_with(ClusterOptions { runtime: Some(RuntimeOptions::default()), ..Default::default() })
-            .await
-            .expect("start the cluster");
-    cluster.start_workers(NODE).await.expect("start the scheduler, controller-manager and kubelet");
-    cluster
+    Cluster::start_with_workers(NODE).await.expect("start a cluster with a runtime and a kubelet")
 }
 
 fn manifest(image: &str) -> String {

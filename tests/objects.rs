@@ -439,6 +439,86 @@ async fn bad_input_is_refused_with_the_field_named_and_nothing_stored() {
     client.create("ConfigMap", "default", &configmap("fine")).await.unwrap();
 }
 
+/// Jobs and CronJobs: the apiserver makes a Job's selector from its uid,
+/// refuses what Kubernetes refuses (naming the field), and keeps a Job's
+/// selector and template as they were made.
+#[tokio::test]
+async fn jobs_get_their_selector_and_bad_jobs_and_cron_jobs_are_refused() {
+    let cluster = Cluster::start().await.expect("cluster");
+    let client = cluster.client();
+    let (_, job) = samples().into_iter().find(|(k, _)| *k == "Job").unwrap();
+    let (_, cron) = samples().into_iter().find(|(k, _)| *k == "CronJob").unwrap();
+
+    let created = client.create("Job", "default", &job).await.unwrap();
+    let uid = created["metadata"]["uid"].as_str().unwrap();
+    assert_eq!(created["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"], uid);
+    let labels = &created["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(
+        (labels["batch.kubernetes.io/job-name"].as_str(), labels["controller-uid"].as_str()),
+        (Some("j"), Some(uid))
+    );
+    assert_eq!(created["spec"]["completions"], 1, "defaulted with parallelism");
+
+    let mut changed = created.clone();
+    changed["spec"]["template"]["spec"]["containers"][0]["image"] = json!("busybox:2");
+    let err = client.update("Job", "default", &changed).await.unwrap_err();
+    assert!(err.is_invalid() && err.to_string().contains("spec.template: field is immutable"), "{err}");
+    let mut resumed = created.clone();
+    resumed["spec"]["suspend"] = json!(true);
+    client.update("Job", "default", &resumed).await.expect("suspend may change");
+
+    let refused = |patch: Value, field: &'static str, why: &'static str| (patch, field, why);
+    let bad_jobs = [
+        refused(
+            json!({"spec": {"completionMode": "Indexed", "parallelism": 3}}),
+            "spec.completions",
+            "required when completionMode is Indexed",
+        ),
+        refused(json!({"spec": {"completionMode": "Sideways"}}), "spec.completionMode", "unsupported value"),
+        refused(json!({"spec": {"selector": {"matchLabels": {"a": "b"}}}}), "spec.selector", "auto-generated"),
+        refused(json!({"spec": {"activeDeadlineSeconds": 0}}), "spec.activeDeadlineSeconds", "greater than 0"),
+        refused(
+            json!({"spec": {"template": {"spec": {"restartPolicy": "Always"}}}}),
+            "spec.template.spec.restartPolicy",
+            "not allowed",
+        ),
+        refused(
+            json!({"spec": {"podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {"operator": "In", "values": [0]}}]}}}),
+            "spec.podFailurePolicy.rules[0].onExitCodes.values",
+            "0 is not allowed",
+        ),
+    ];
+    for (i, (patch, field, why)) in bad_jobs.into_iter().enumerate() {
+        let mut bad = job.clone();
+        bad["metadata"]["name"] = json!(format!("bad-{i}"));
+        json_patch::merge(&mut bad, &patch);
+        let err = client.create("Job", "default", &bad).await.unwrap_err();
+        assert!(err.is_invalid() && err.to_string().contains(field) && err.to_string().contains(why), "{field}: {err}");
+    }
+    let bad_crons = [
+        refused(
+            json!({"spec": {"schedule": "61 * * * *"}}),
+            "spec.schedule",
+            "minute field \"61\": 61 is out of range 0-59",
+        ),
+        refused(json!({"spec": {"schedule": "* * *"}}), "spec.schedule", "has 3 fields"),
+        refused(json!({"spec": {"timeZone": "Mars/Olympus"}}), "spec.timeZone", "unknown time zone"),
+        refused(json!({"spec": {"concurrencyPolicy": "Sometimes"}}), "spec.concurrencyPolicy", "unsupported value"),
+    ];
+    for (i, (patch, field, why)) in bad_crons.into_iter().enumerate() {
+        let mut bad = cron.clone();
+        bad["metadata"]["name"] = json!(format!("bad-{i}"));
+        json_patch::merge(&mut bad, &patch);
+        let err = client.create("CronJob", "default", &bad).await.unwrap_err();
+        assert!(err.is_invalid() && err.to_string().contains(field) && err.to_string().contains(why), "{field}: {err}");
+    }
+    let mut zoned = cron.clone();
+    zoned["spec"]["timeZone"] = json!("Europe/Berlin");
+    client.create("CronJob", "default", &zoned).await.expect("a known time zone");
+    let jobs = client.list("Job", "default", &ListParams::default()).await.unwrap().items;
+    assert_eq!(jobs.len(), 1, "no bad Job was stored");
+}
+
 #[tokio::test]
 async fn lists_come_in_pages_of_one_snapshot() {
     let cluster = Cluster::start().await.expect("cluster");

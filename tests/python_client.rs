@@ -9,16 +9,13 @@
 
 use std::process::Command;
 
-use skiff_testkit::runtime::{RuntimeOptions, BUSYBOX_IMAGE};
-use skiff_testkit::{Cluster, ClusterOptions};
+use skiff_testkit::runtime::BUSYBOX_IMAGE;
+use skiff_testkit::Cluster;
 
 #[tokio::test]
 async fn the_python_client_works_unmodified() {
-    let mut cluster =
-        Cluster::start_with(ClusterOptions { runtime: Some(RuntimeOptions::default()), ..Default::default() })
-            .await
-            .expect("start the cluster");
-    cluster.start_workers("python-node").await.expect("start the scheduler, controller-manager and kubelet");
+    let cluster =
+        Cluster::start_with_workers("python-node").await.expect("start a cluster with a runtime and a kubelet");
     let image = cluster.runtime().expect("the runtime").registry().image(BUSYBOX_IMAGE);
     let home = tempfile::tempdir().unwrap();
     let kubeconfig = home.path().join("kubeconfig");

@@ -189,9 +189,7 @@ impl Rules for batch::Job {
         let Some(spec) = &self.spec else {
             return errs.add("spec", "required");
         };
-        check::non_negative(spec.parallelism, "spec.parallelism", errs);
-        check::non_negative(spec.completions, "spec.completions", errs);
-        check::non_negative(spec.backoff_limit, "spec.backoffLimit", errs);
+        check::job_spec(spec, "spec", errs);
         template_spec(spec.template.spec.as_ref(), "spec.template.spec", &["OnFailure", "Never"], errs);
     }
 }
@@ -202,10 +200,13 @@ impl Rules for batch::CronJob {
     }
     fn validate(&self, errs: &mut Errors) {
         let spec = &self.spec;
-        if spec.schedule.split_whitespace().count() != 5 && !spec.schedule.starts_with('@') {
-            errs.add("spec.schedule", format!("{:?} is not a cron schedule of five fields", spec.schedule));
+        check::cron_job_spec(spec, errs);
+        // The name goes into its Jobs' names, with 11 characters of suffix.
+        if let Some(name) = self.metadata.name.as_deref().filter(|n| n.len() > 52) {
+            errs.add("metadata.name", format!("{name:?} must be no more than 52 characters"));
         }
         if let Some(job) = &spec.job_template.spec {
+            check::job_spec(job, "spec.jobTemplate.spec", errs);
             template_spec(
                 job.template.spec.as_ref(),
                 "spec.jobTemplate.spec.template.spec",

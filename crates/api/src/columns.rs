@@ -84,6 +84,12 @@ pub fn header(kind: &str, wide: bool) -> &'static [&'static str] {
         ("StatefulSet", false) => &["READY", "AGE"],
         ("StatefulSet", true) => &["READY", "AGE", "CONTAINERS", "IMAGES"],
         ("DaemonSet", _) => &["DESIRED", "CURRENT", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+        ("Job", false) => &["STATUS", "COMPLETIONS", "DURATION", "AGE"],
+        ("Job", true) => &["STATUS", "COMPLETIONS", "DURATION", "AGE", "CONTAINERS", "IMAGES", "SELECTOR"],
+        ("CronJob", false) => &["SCHEDULE", "TIMEZONE", "SUSPEND", "ACTIVE", "LAST SCHEDULE", "AGE"],
+        ("CronJob", true) => {
+            &["SCHEDULE", "TIMEZONE", "SUSPEND", "ACTIVE", "LAST SCHEDULE", "AGE", "CONTAINERS", "IMAGES", "SELECTOR"]
+        }
         ("Service", false) => &["TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"],
         ("Service", true) => &["TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE", "SELECTOR"],
         ("Node", false) => &["STATUS", "ROLES", "AGE", "VERSION"],
@@ -125,6 +131,18 @@ pub fn cells(kind: &str, obj: &Value, wide: bool, now: DateTime<Utc>) -> Vec<Str
             int(obj, "/status/numberReady").to_string(),
             int(obj, "/status/updatedNumberScheduled").to_string(),
             int(obj, "/status/numberAvailable").to_string(),
+            object_age(obj, now),
+        ],
+        "Job" => job(obj, now),
+        "CronJob" => vec![
+            text(obj, "/spec/schedule", ""),
+            text(obj, "/spec/timeZone", "<none>"),
+            obj.pointer("/spec/suspend").and_then(Value::as_bool).unwrap_or(false).to_string(),
+            array(obj, "/status/active").len().to_string(),
+            match str_at(obj, "/status/lastScheduleTime") {
+                Some(t) => age(Some(t), now),
+                None => "<none>".to_string(),
+            },
             object_age(obj, now),
         ],
         "Service" => service(obj, now),
@@ -173,6 +191,14 @@ fn wide_cells(kind: &str, obj: &Value) -> Vec<String> {
         "StatefulSet" => {
             let (names, images) = containers(obj.pointer("/spec/template/spec/containers"));
             vec![names, images]
+        }
+        "Job" => {
+            let (names, images) = containers(obj.pointer("/spec/template/spec/containers"));
+            vec![names, images, selector(obj.pointer("/spec/selector"))]
+        }
+        "CronJob" => {
+            let (names, images) = containers(obj.pointer("/spec/jobTemplate/spec/template/spec/containers"));
+            vec![names, images, selector(obj.pointer("/spec/jobTemplate/spec/selector"))]
         }
         "Service" => vec![map_selector(obj.pointer("/spec/selector"))],
         "RoleBinding" | "ClusterRoleBinding" => binding_subjects(obj),
@@ -249,6 +275,32 @@ pub fn pod_status(obj: &Value) -> String {
 /// As kubectl prints an Ingress: its class, the rules' hosts (`*` for a
 /// rule without one, at most three named), the load balancer's addresses,
 /// and 443 beside 80 when it terminates TLS.
+/// STATUS, COMPLETIONS, DURATION, AGE, as kubectl's job printer has them.
+fn job(obj: &Value, now: DateTime<Utc>) -> Vec<String> {
+    let condition =
+        |type_: &str| array(obj, "/status/conditions").iter().any(|c| c["type"] == type_ && c["status"] == "True");
+    let status = ["Complete", "Failed", "FailureTarget", "SuccessCriteriaMet", "Suspended"]
+        .into_iter()
+        .find(|c| condition(c))
+        .unwrap_or("Running");
+    let succeeded = int(obj, "/status/succeeded");
+    let completions = match obj.pointer("/spec/completions").and_then(Value::as_i64) {
+        Some(c) => format!("{succeeded}/{c}"),
+        None => match obj.pointer("/spec/parallelism").and_then(Value::as_i64).unwrap_or(1) {
+            p if p > 1 => format!("{succeeded}/1 of {p}"),
+            _ => format!("{succeeded}/1"),
+        },
+    };
+    let duration = match parse_time(str_at(obj, "/status/startTime")) {
+        None => String::new(),
+        Some(start) => {
+            let end = parse_time(str_at(obj, "/status/completionTime")).unwrap_or(now);
+            human_duration((end - start).num_seconds())
+        }
+    };
+    vec![status.to_string(), completions, duration, object_age(obj, now)]
+}
+
 fn ingress(obj: &Value, now: DateTime<Utc>) -> Vec<String> {
     let class = obj
         .pointer("/spec/ingressClassName")
@@ -553,6 +605,25 @@ mod tests {
         for (seconds, want) in cases {
             assert_eq!(human_duration(seconds), want, "{seconds}s");
         }
+    }
+
+    #[test]
+    fn jobs_and_cron_jobs_read_like_kubectl() {
+        let job = serde_json::json!({
+            "metadata": {"creationTimestamp": "2024-05-01T11:59:00Z"},
+            "spec": {"completions": 5, "parallelism": 2},
+            "status": {"succeeded": 5, "startTime": "2024-05-01T11:59:00Z", "completionTime": "2024-05-01T11:59:42Z",
+                       "conditions": [{"type": "Complete", "status": "True"}]}
+        });
+        assert_eq!(cells("Job", &job, false, now()), ["Complete", "5/5", "42s", "60s"]);
+        let queue = serde_json::json!({"spec": {"parallelism": 3}, "status": {"succeeded": 1}});
+        assert_eq!(cells("Job", &queue, false, now())[..3], ["Running", "1/1 of 3", ""]);
+        let cron = serde_json::json!({
+            "metadata": {"creationTimestamp": "2024-05-01T11:00:00Z"},
+            "spec": {"schedule": "*/5 * * * *", "suspend": false},
+            "status": {"active": [{"name": "j"}], "lastScheduleTime": "2024-05-01T11:55:00Z"}
+        });
+        assert_eq!(cells("CronJob", &cron, false, now()), ["*/5 * * * *", "<none>", "false", "1", "5m", "60m"]);
     }
 
     #[test]

@@ -95,8 +95,13 @@ pub(crate) fn stateful_set(ss: &mut apps::StatefulSetSpec) {
 
 pub(crate) fn job(j: &mut batch::JobSpec) {
     set_if_none(&mut j.backoff_limit, 6);
-    set_if_none(&mut j.completions, 1);
+    // A Job with a parallelism but no completions is a work queue: it is
+    // done when one pod succeeds and none runs (Kubernetes' defaulting).
+    if j.completions.is_none() && j.parallelism.is_none() {
+        j.completions = Some(1);
+    }
     set_if_none(&mut j.parallelism, 1);
+    set_if_none(&mut j.suspend, false);
     set_if_none(&mut j.completion_mode, "NonIndexed".into());
     if let Some(spec) = j.template.spec.as_mut() {
         set_if_none(&mut spec.restart_policy, "Never".into());

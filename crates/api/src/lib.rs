@@ -9,6 +9,7 @@ pub mod apply;
 pub mod cidr;
 pub mod clock;
 pub mod columns;
+pub mod cron;
 mod defaults;
 pub mod duration;
 mod error;

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use k8s_openapi::api::{apps::v1 as apps, core::v1 as core, networking::v1 as networking};
+use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, core::v1 as core, networking::v1 as networking};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -158,7 +158,7 @@ pub(crate) fn labels(labels: Option<&BTreeMap<String, String>>, path: &str, errs
     }
 }
 
-fn one_of(value: Option<&str>, allowed: &[&str], path: &str, errs: &mut Errors) {
+pub(crate) fn one_of(value: Option<&str>, allowed: &[&str], path: &str, errs: &mut Errors) {
     if let Some(v) = value {
         if !allowed.contains(&v) {
             errs.add(path, format!("unsupported value {v:?}: must be one of {}", allowed.join(", ")));
@@ -504,6 +504,100 @@ pub(crate) fn data_keys<'a>(keys: impl Iterator<Item = &'a String>, path: &str, 
             errs.add(format!("{path}[{k:?}]"), "a key must consist of letters, digits, '-', '_' or '.'");
         }
     }
+}
+
+/// The most indexes an Indexed Job may have, as in Kubernetes.
+const MAX_JOB_INDEXES: i32 = 100_000;
+
+/// A Job's spec, at `path` (`spec`, or `spec.jobTemplate.spec` in a
+/// CronJob). The pod template's own rules are the caller's.
+pub(crate) fn job_spec(spec: &batch::JobSpec, path: &str, errs: &mut Errors) {
+    non_negative(spec.parallelism, &format!("{path}.parallelism"), errs);
+    non_negative(spec.completions, &format!("{path}.completions"), errs);
+    non_negative(spec.backoff_limit, &format!("{path}.backoffLimit"), errs);
+    non_negative(spec.ttl_seconds_after_finished, &format!("{path}.ttlSecondsAfterFinished"), errs);
+    if let Some(d) = spec.active_deadline_seconds.filter(|d| *d <= 0) {
+        errs.add(format!("{path}.activeDeadlineSeconds"), format!("{d} must be greater than 0"));
+    }
+    let mode = spec.completion_mode.as_deref();
+    one_of(mode, &["NonIndexed", "Indexed"], &format!("{path}.completionMode"), errs);
+    if mode == Some("Indexed") {
+        match spec.completions {
+            None => errs.add(format!("{path}.completions"), "required when completionMode is Indexed"),
+            Some(c) if c > MAX_JOB_INDEXES => errs.add(
+                format!("{path}.completions"),
+                format!("{c} must be at most {MAX_JOB_INDEXES} when completionMode is Indexed"),
+            ),
+            Some(_) => {}
+        }
+        if let Some(p) = spec.parallelism.filter(|p| *p > MAX_JOB_INDEXES) {
+            errs.add(
+                format!("{path}.parallelism"),
+                format!("{p} must be at most {MAX_JOB_INDEXES} when completionMode is Indexed"),
+            );
+        }
+    }
+    if spec.manual_selector == Some(true) || spec.selector.is_some() {
+        let selector = spec.selector.clone().unwrap_or_default();
+        workload_selector(&selector, &spec.template, path, errs);
+    }
+    if let Some(policy) = &spec.pod_failure_policy {
+        pod_failure_policy(policy, spec, &format!("{path}.podFailurePolicy"), errs);
+    }
+}
+
+fn pod_failure_policy(policy: &batch::PodFailurePolicy, spec: &batch::JobSpec, path: &str, errs: &mut Errors) {
+    let restart = spec.template.spec.as_ref().and_then(|s| s.restart_policy.as_deref());
+    if restart != Some("Never") {
+        errs.add(path, "only allowed when spec.template.spec.restartPolicy is Never");
+    }
+    for (i, rule) in policy.rules.iter().enumerate() {
+        let at = format!("{path}.rules[{i}]");
+        one_of(Some(rule.action.as_str()), &["FailJob", "Ignore", "Count"], &format!("{at}.action"), errs);
+        match (&rule.on_exit_codes, rule.on_pod_conditions.as_deref().filter(|c| !c.is_empty())) {
+            (Some(_), Some(_)) => errs.add(at.clone(), "onExitCodes and onPodConditions are mutually exclusive"),
+            (None, None) => errs.add(at.clone(), "one of onExitCodes and onPodConditions is required"),
+            (Some(codes), None) => {
+                let at = format!("{at}.onExitCodes");
+                one_of(Some(codes.operator.as_str()), &["In", "NotIn"], &format!("{at}.operator"), errs);
+                if codes.values.is_empty() {
+                    errs.add(format!("{at}.values"), "at least one exit code is required");
+                }
+                if codes.operator == "In" && codes.values.contains(&0) {
+                    errs.add(format!("{at}.values"), "0 is not allowed with the In operator");
+                }
+                let mut sorted = codes.values.clone();
+                sorted.sort_unstable();
+                sorted.dedup();
+                if sorted.len() != codes.values.len() {
+                    errs.add(format!("{at}.values"), "exit codes must be unique");
+                }
+            }
+            (None, Some(conditions)) => {
+                for (j, c) in conditions.iter().enumerate() {
+                    let status = c.status.as_deref();
+                    one_of(status, &["True", "False", "Unknown"], &format!("{at}.onPodConditions[{j}].status"), errs);
+                }
+            }
+        }
+    }
+}
+
+/// A CronJob's spec beyond its Job template: the schedule and time zone
+/// must be readable, the policies known.
+pub(crate) fn cron_job_spec(spec: &batch::CronJobSpec, errs: &mut Errors) {
+    if let Err(why) = crate::cron::Schedule::parse(&spec.schedule) {
+        errs.add("spec.schedule", why);
+    }
+    if let Err(why) = crate::cron::time_zone(spec.time_zone.as_deref()) {
+        errs.add("spec.timeZone", why);
+    }
+    one_of(spec.concurrency_policy.as_deref(), &["Allow", "Forbid", "Replace"], "spec.concurrencyPolicy", errs);
+    if let Some(d) = spec.starting_deadline_seconds.filter(|d| *d < 0) {
+        errs.add("spec.startingDeadlineSeconds", format!("{d} must be greater than or equal to 0"));
+    }
+    non_negative(spec.successful_jobs_history_limit, "spec.successfulJobsHistoryLimit", errs);
+    non_negative(spec.failed_jobs_history_limit, "spec.failedJobsHistoryLimit", errs);
 }
 
 #[cfg(test)]

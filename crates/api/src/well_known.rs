@@ -27,6 +27,32 @@ pub const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
 /// so a rolling update tells old pods from new.
 pub const REVISION_HASH_LABEL: &str = "controller-revision-hash";
 
+/// The labels the apiserver gives a Job's selector and pod template when
+/// the Job does not bring its own selector (`spec.manualSelector`): the
+/// Job's uid, so two Jobs of one name in turn never share pods, and its
+/// name. The unprefixed forms are the ones older clients select on.
+pub const JOB_CONTROLLER_UID_LABEL: &str = "batch.kubernetes.io/controller-uid";
+pub const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
+pub const LEGACY_JOB_CONTROLLER_UID_LABEL: &str = "controller-uid";
+pub const LEGACY_JOB_NAME_LABEL: &str = "job-name";
+
+/// An Indexed Job's pod carries its index as this annotation and label
+/// (and as `JOB_COMPLETION_INDEX` in its containers' environment).
+pub const JOB_COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
+
+/// The finalizer a Job's pods carry until the Job controller has counted
+/// them as succeeded or failed, so a finished pod deleted at once is still
+/// counted exactly once.
+pub const JOB_TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
+
+/// The time (RFC 3339, in the CronJob's zone) a CronJob's Job was
+/// scheduled for.
+pub const CRONJOB_SCHEDULED_TIMESTAMP: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
+
+/// A Job made from a CronJob by hand (`create job --from=cronjob/NAME`)
+/// carries `cronjob.kubernetes.io/instantiate: manual`.
+pub const CRONJOB_INSTANTIATE_ANNOTATION: &str = "cronjob.kubernetes.io/instantiate";
+
 /// Why a Deployment changed (`kubectl annotate … kubernetes.io/change-cause`).
 pub const CHANGE_CAUSE_ANNOTATION: &str = "kubernetes.io/change-cause";
 
@@ -114,4 +140,11 @@ pub const ORPHAN_FINALIZER: &str = "orphan";
 /// The owner kinds the garbage collector collects dependents of (each
 /// with its dependents' kind). A delete of any other kind has nothing to
 /// propagate, so it takes no propagation finalizer that nothing would remove.
-pub const COLLECTED_OWNERS: &[(&str, &str)] = &[("ReplicaSet", "Pod"), ("Deployment", "ReplicaSet")];
+pub const COLLECTED_OWNERS: &[(&str, &str)] = &[
+    ("ReplicaSet", "Pod"),
+    ("Deployment", "ReplicaSet"),
+    ("DaemonSet", "Pod"),
+    ("StatefulSet", "Pod"),
+    ("Job", "Pod"),
+    ("CronJob", "Job"),
+];

@@ -632,6 +632,19 @@ impl Cluster {
         Ok(metrics)
     }
 
+    /// A whole cluster running real containers: a runtime (containerd, the
+    /// registry), the control plane, and [`start_workers`](Self::start_workers)
+    /// with one kubelet named `node_name`.
+    pub async fn start_with_workers(node_name: &str) -> Result<Self> {
+        let mut cluster = Self::start_with(ClusterOptions {
+            runtime: Some(runtime::RuntimeOptions::default()),
+            ..Default::default()
+        })
+        .await?;
+        cluster.start_workers(node_name).await?;
+        Ok(cluster)
+    }
+
     /// The rest of a working cluster on this one's runtime: the scheduler,
     /// the controller-manager and a real kubelet named `node_name`, so that
     /// workloads applied to it run as containers.

@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, ResourceQuota, Service};
@@ -19,6 +20,9 @@ pub struct Informers {
     pub replicasets: Store<ReplicaSet>,
     pub deployments: Store<Deployment>,
     pub daemonsets: Store<DaemonSet>,
+    pub statefulsets: Store<StatefulSet>,
+    pub jobs: Store<Job>,
+    pub cronjobs: Store<CronJob>,
     pub nodes: Store<Node>,
     /// Node heartbeats, in kube-node-lease only.
     pub node_leases: Store<Lease>,
@@ -38,6 +42,9 @@ impl Informers {
             replicasets: spawn(client.api::<ReplicaSet>(""), &stop, &mut runners),
             deployments: spawn(client.api::<Deployment>(""), &stop, &mut runners),
             daemonsets: spawn(client.api::<DaemonSet>(""), &stop, &mut runners),
+            statefulsets: spawn(client.api::<StatefulSet>(""), &stop, &mut runners),
+            jobs: spawn(client.api::<Job>(""), &stop, &mut runners),
+            cronjobs: spawn(client.api::<CronJob>(""), &stop, &mut runners),
             nodes: spawn(client.api::<Node>(""), &stop, &mut runners),
             node_leases: spawn(client.api::<Lease>(NODE_LEASE_NAMESPACE), &stop, &mut runners),
             namespaces: spawn(client.api::<Namespace>(""), &stop, &mut runners),
@@ -56,6 +63,9 @@ impl Informers {
             Arc::new(self.replicasets.clone()),
             Arc::new(self.deployments.clone()),
             Arc::new(self.daemonsets.clone()),
+            Arc::new(self.statefulsets.clone()),
+            Arc::new(self.jobs.clone()),
+            Arc::new(self.cronjobs.clone()),
             Arc::new(self.nodes.clone()),
             Arc::new(self.node_leases.clone()),
             Arc::new(self.namespaces.clone()),

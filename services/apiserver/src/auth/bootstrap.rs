@@ -160,7 +160,12 @@ fn scheduler() -> ClusterRole {
 /// - deployment: creates, updates, deletes and adopts ReplicaSets; patches
 ///   its Deployment's revision; Deployment status;
 /// - garbage_collector: gets owners it doesn't have cached, deletes and
-///   patches (owner references, finalizers) Pods, ReplicaSets, Deployments;
+///   patches (owner references, finalizers) every collected kind: Pods,
+///   ReplicaSets, Deployments, DaemonSets, StatefulSets, Jobs, CronJobs;
+/// - daemonset: creates and deletes Pods; DaemonSet status;
+/// - job: creates, deletes and patches (tracking finalizer) Pods; deletes
+///   Jobs past their TTL; Job status;
+/// - cronjob: creates and deletes Jobs; CronJob status;
 /// - node_lifecycle: Node status and taints (update), Pod Ready conditions;
 ///   reads node heartbeats in kube-node-lease;
 /// - taint_eviction: deletes Pods; node_ipam: patches Node podCIDRs;
@@ -175,8 +180,11 @@ fn controller_manager() -> ClusterRole {
         rule(&["update"], "apps", &["replicasets/status"]),
         rule(&["get", "list", "watch", "patch"], "apps", &["deployments"]),
         rule(&["update"], "apps", &["deployments/status"]),
-        rule(INFORM, "apps", &["daemonsets"]),
-        rule(&["update"], "apps", &["daemonsets/status"]),
+        rule(&["get", "list", "watch", "patch"], "apps", &["daemonsets", "statefulsets"]),
+        rule(&["update"], "apps", &["daemonsets/status", "statefulsets/status"]),
+        rule(&[READ, WRITE].concat(), "batch", &["jobs"]),
+        rule(&["get", "list", "watch", "patch"], "batch", &["cronjobs"]),
+        rule(&["update"], "batch", &["jobs/status", "cronjobs/status"]),
         rule(&["list", "watch", "update", "patch"], "", &["nodes"]),
         rule(&["update"], "", &["nodes/status"]),
         rule(INFORM, "", &["namespaces", "services"]),

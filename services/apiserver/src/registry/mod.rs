@@ -30,7 +30,10 @@ mod rules;
 #[cfg(test)]
 mod tests;
 
-use self::rules::{add_namespace_finalizer, awaits_kubelet, has_finalizers, keep_namespace_finalizers, set_condition};
+use self::rules::{
+    add_namespace_finalizer, awaits_kubelet, check_immutable, generate_job_selector, has_finalizers,
+    keep_namespace_finalizers, set_condition,
+};
 
 /// Attempts at a patch or delete that lost a compare-and-swap race before
 /// giving up with a conflict.
@@ -215,6 +218,7 @@ impl Registry {
             obj["status"] = serde_json::json!({"phase": "Active"});
         }
         let name = meta::name(&obj).to_string();
+        generate_job_selector(info, &mut obj).map_err(Self::invalid(info, &name))?;
         let mut obj = normalize(info, obj, body.len()).map_err(Self::invalid(info, &name))?;
         if info.namespaced {
             self.check_namespace(&ns).await?;
@@ -450,6 +454,7 @@ impl Registry {
         meta::set(&mut next, "name", name);
         meta::remove(&mut next, "resourceVersion");
         let mut next = normalize(info, next, size).map_err(Self::invalid(info, name))?;
+        check_immutable(info, &current, &next).map_err(Self::invalid(info, name))?;
         let mut allocation = None;
         if spec_of(&next) != spec_of(&current) && !dry_run {
             allocation = self.allocation(info).await;

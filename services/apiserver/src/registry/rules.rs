@@ -4,7 +4,10 @@
 //! there applies to every kind alike.
 
 use serde_json::Value;
-use skiff_api::well_known::NAMESPACE_FINALIZER;
+use skiff_api::well_known::{
+    JOB_CONTROLLER_UID_LABEL, JOB_NAME_LABEL, LEGACY_JOB_CONTROLLER_UID_LABEL, LEGACY_JOB_NAME_LABEL,
+    NAMESPACE_FINALIZER,
+};
 use skiff_api::{clock, meta, KindInfo};
 
 pub(super) fn add_namespace_finalizer(obj: &mut Value) {
@@ -89,4 +92,75 @@ pub(super) fn set_condition(obj: &mut Value, type_: &str, status: &str, reason: 
     let list = conditions.as_array_mut().expect("just made an array");
     list.retain(|c| c["type"] != type_);
     list.push(condition);
+}
+
+/// A new Job without `spec.manualSelector: true` gets its selector from the
+/// apiserver, as in Kubernetes: its own uid, put on the pod template's
+/// labels as well (with the Job's name), so two Jobs never share pods.
+/// A selector the Job brings along without asking for a manual one is
+/// refused, as Kubernetes refuses it.
+pub(super) fn generate_job_selector(info: &KindInfo, job: &mut Value) -> Result<(), skiff_api::Error> {
+    if info.kind != "Job" || job.pointer("/spec/manualSelector") == Some(&Value::Bool(true)) {
+        return Ok(());
+    }
+    let Some(spec) = job.get_mut("spec").and_then(Value::as_object_mut) else {
+        return Ok(());
+    };
+    if spec.get("selector").is_some_and(|s| !s.is_null()) {
+        return Err(skiff_api::Error::field(
+            "spec.selector",
+            "`selector` will be auto-generated: set spec.manualSelector to true to give your own",
+        ));
+    }
+    let uid = meta::str_field(job, "uid").to_string();
+    let name = meta::name(job).to_string();
+    job["spec"]["selector"] = serde_json::json!({"matchLabels": {JOB_CONTROLLER_UID_LABEL: uid}});
+    let template = &mut job["spec"]["template"];
+    if !template.is_object() {
+        return Ok(());
+    }
+    if !template["metadata"].is_object() {
+        template["metadata"] = serde_json::json!({});
+    }
+    if !template["metadata"]["labels"].is_object() {
+        template["metadata"]["labels"] = serde_json::json!({});
+    }
+    let labels = &mut template["metadata"]["labels"];
+    for (label, value) in [
+        (JOB_CONTROLLER_UID_LABEL, &uid),
+        (LEGACY_JOB_CONTROLLER_UID_LABEL, &uid),
+        (JOB_NAME_LABEL, &name),
+        (LEGACY_JOB_NAME_LABEL, &name),
+    ] {
+        labels[label] = value.as_str().into();
+    }
+    Ok(())
+}
+
+/// Fields that may not change once an object exists, by kind: a workload's
+/// selector (its controller would lose its pods), and a Job's template and
+/// completion mode (its pods are already made from them).
+const IMMUTABLE: &[(&str, &[&str])] = &[
+    ("Deployment", &["/spec/selector"]),
+    ("ReplicaSet", &["/spec/selector"]),
+    ("DaemonSet", &["/spec/selector"]),
+    (
+        "StatefulSet",
+        &["/spec/selector", "/spec/serviceName", "/spec/volumeClaimTemplates", "/spec/podManagementPolicy"],
+    ),
+    ("Job", &["/spec/selector", "/spec/template", "/spec/completionMode", "/spec/manualSelector"]),
+];
+
+/// Refuses an update that changes an immutable field, naming it.
+pub(super) fn check_immutable(info: &KindInfo, current: &Value, next: &Value) -> Result<(), skiff_api::Error> {
+    let Some((_, fields)) = IMMUTABLE.iter().find(|(kind, _)| *kind == info.kind) else {
+        return Ok(());
+    };
+    for pointer in *fields {
+        if current.pointer(pointer) != next.pointer(pointer) {
+            let field = pointer.trim_start_matches('/').replace('/', ".");
+            return Err(skiff_api::Error::field(field, "field is immutable"));
+        }
+    }
+    Ok(())
 }

@@ -1,8 +1,12 @@
 //! The garbage collector: deletes objects whose owners are gone, and
 //! carries out foreground and orphan deletion of owners.
 //!
-//! Covered: Pods (owned by ReplicaSets) and ReplicaSets (owned by
-//! Deployments). Owner references of other kinds are left alone.
+//! Covered: the owner and dependent kinds of
+//! [`COLLECTED_OWNERS`](skiff_api::well_known::COLLECTED_OWNERS) (Pods of
+//! ReplicaSets, DaemonSets, StatefulSets and Jobs; ReplicaSets of
+//! Deployments; Jobs of CronJobs). Owner references of other kinds are left
+//! alone. The collector reads every kind alike, as metadata from the shared
+//! caches, and writes through the untyped client.
 //!
 //! - Background: a dependent none of whose owners exists any more (no live
 //!   object of that kind and name with that uid) is deleted; dangling
@@ -10,21 +14,20 @@
 //!   a read from the API, never judged from the cache alone, since a cache
 //!   may not have seen an owner created a moment ago.
 //! - Foreground: an owner being deleted with the `foregroundDeletion`
-//!   finalizer has its dependents deleted (ReplicaSets in foreground too),
-//!   and loses the finalizer once no dependent with `blockOwnerDeletion`
-//!   remains.
+//!   finalizer has its dependents deleted (those that own others in turn,
+//!   in foreground too), and loses the finalizer once no dependent with
+//!   `blockOwnerDeletion` remains.
 //! - Orphan: an owner being deleted with the `orphan` finalizer has its
 //!   reference removed from every dependent, then loses the finalizer.
 //!
 //! Keys are `Kind/namespace/name`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde_json::json;
-use skiff_client::{key_of, Action, Client, InformerEvent, Object, Reconcile, Store, WorkQueue};
+use skiff_client::{Action, Client, InformerEvent, Object, Reconcile, Store, WorkQueue};
 
 use super::{Context, Wiring};
 use crate::error::{Error, Result};
@@ -35,11 +38,33 @@ pub use skiff_api::well_known::{FOREGROUND_DELETION as FOREGROUND, ORPHAN_FINALI
 /// The owner kinds collected, and their dependents' kind.
 const OWNER_KINDS: &[(&str, &str)] = skiff_api::well_known::COLLECTED_OWNERS;
 
+/// A cache the collector reads, as metadata, whatever its kind.
+trait MetaCache: Send + Sync {
+    fn meta(&self, key: &str) -> Option<ObjectMeta>;
+    /// Objects in `ns` with an owner reference to `uid`.
+    fn owned_by(&self, ns: &str, uid: &str) -> Vec<ObjectMeta>;
+}
+
+impl<K: Object> MetaCache for Store<K> {
+    fn meta(&self, key: &str) -> Option<ObjectMeta> {
+        self.get(key).map(|o| o.metadata().clone())
+    }
+    fn owned_by(&self, ns: &str, uid: &str) -> Vec<ObjectMeta> {
+        self.list()
+            .iter()
+            .map(|o| o.metadata())
+            .filter(|m| util::namespace(m) == ns && m.owner_references.iter().flatten().any(|r| r.uid == uid))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Every collected kind's cache, by kind.
+type Caches = Arc<BTreeMap<&'static str, Arc<dyn MetaCache>>>;
+
 pub struct GarbageCollector {
     client: Client,
-    pods: Store<Pod>,
-    replicasets: Store<ReplicaSet>,
-    deployments: Store<Deployment>,
+    caches: Caches,
 }
 
 fn gc_key(kind: &str, meta: &ObjectMeta) -> String {
@@ -47,7 +72,15 @@ fn gc_key(kind: &str, meta: &ObjectMeta) -> String {
 }
 
 fn tracked_refs(meta: &ObjectMeta) -> impl Iterator<Item = &OwnerReference> {
-    meta.owner_references.iter().flatten().filter(|r| OWNER_KINDS.iter().any(|(k, _)| *k == r.kind))
+    meta.owner_references.iter().flatten().filter(|r| is_owner_kind(&r.kind))
+}
+
+fn is_owner_kind(kind: &str) -> bool {
+    OWNER_KINDS.iter().any(|(owner, _)| *owner == kind)
+}
+
+fn dependent_kinds(owner: &str) -> impl Iterator<Item = &'static str> + '_ {
+    OWNER_KINDS.iter().filter(move |(o, _)| *o == owner).map(|(_, d)| *d)
 }
 
 fn owner_finalizing(meta: &ObjectMeta) -> bool {
@@ -56,30 +89,35 @@ fn owner_finalizing(meta: &ObjectMeta) -> bool {
 
 pub fn start(ctx: &Context, w: &mut Wiring<'_>) {
     let queue = WorkQueue::new();
-    {
-        let queue = queue.clone();
-        w.on_events(&ctx.caches.pods, move |ev| on_dependent_event(&queue, ev));
-    }
-    {
-        let queue = queue.clone();
-        let pods = ctx.caches.pods.clone();
-        w.on_events(&ctx.caches.replicasets, move |ev| {
-            on_owner_event(&queue, &ev, &pods);
-            on_dependent_event(&queue, ev);
-        });
-    }
-    {
-        let queue = queue.clone();
-        let replicasets = ctx.caches.replicasets.clone();
-        w.on_events(&ctx.caches.deployments, move |ev| on_owner_event(&queue, &ev, &replicasets));
-    }
-    let gc = GarbageCollector {
-        client: ctx.client.clone(),
-        pods: ctx.caches.pods.clone(),
-        replicasets: ctx.caches.replicasets.clone(),
-        deployments: ctx.caches.deployments.clone(),
-    };
-    w.run(ctx, gc, queue);
+    let c = &ctx.caches;
+    let mut caches: BTreeMap<&'static str, Arc<dyn MetaCache>> = BTreeMap::new();
+    caches.insert("Pod", Arc::new(c.pods.clone()));
+    caches.insert("ReplicaSet", Arc::new(c.replicasets.clone()));
+    caches.insert("Deployment", Arc::new(c.deployments.clone()));
+    caches.insert("DaemonSet", Arc::new(c.daemonsets.clone()));
+    caches.insert("StatefulSet", Arc::new(c.statefulsets.clone()));
+    caches.insert("Job", Arc::new(c.jobs.clone()));
+    caches.insert("CronJob", Arc::new(c.cronjobs.clone()));
+    let caches: Caches = Arc::new(caches);
+    follow(w, &queue, &c.pods, &caches);
+    follow(w, &queue, &c.replicasets, &caches);
+    follow(w, &queue, &c.deployments, &caches);
+    follow(w, &queue, &c.daemonsets, &caches);
+    follow(w, &queue, &c.statefulsets, &caches);
+    follow(w, &queue, &c.jobs, &caches);
+    follow(w, &queue, &c.cronjobs, &caches);
+    w.run(ctx, GarbageCollector { client: ctx.client.clone(), caches }, queue);
+}
+
+/// Feeds `store`'s events to the queue in the roles its kind plays.
+fn follow<K: Object>(w: &mut Wiring<'_>, queue: &WorkQueue<String>, store: &Store<K>, caches: &Caches) {
+    let (queue, caches) = (queue.clone(), caches.clone());
+    w.on_events(store, move |ev| {
+        if is_owner_kind(K::KIND) {
+            on_owner_event(&queue, &ev, &caches);
+        }
+        on_dependent_event(&queue, ev);
+    });
 }
 
 /// A dependent appeared or its references changed: check its owners. One
@@ -108,8 +146,8 @@ fn on_dependent_event<K: Object>(queue: &WorkQueue<String>, ev: InformerEvent<K>
 }
 
 /// An owner started finalizing (its own key) or was deleted (its
-/// dependents' keys, found by uid in `dependents`).
-fn on_owner_event<K: Object, D: Object>(queue: &WorkQueue<String>, ev: &InformerEvent<K>, dependents: &Store<D>) {
+/// dependents' keys, found by uid).
+fn on_owner_event<K: Object>(queue: &WorkQueue<String>, ev: &InformerEvent<K>, caches: &Caches) {
     match ev {
         InformerEvent::Added(obj) | InformerEvent::Modified { new: obj, .. } => {
             if owner_finalizing(obj.metadata()) {
@@ -117,22 +155,15 @@ fn on_owner_event<K: Object, D: Object>(queue: &WorkQueue<String>, ev: &Informer
             }
         }
         InformerEvent::Deleted(obj) => {
-            let uid = obj.metadata().uid.clone().unwrap_or_default();
-            for dep in dependents_of(dependents, util::namespace(obj.metadata()), &uid) {
-                queue.add(gc_key(D::KIND, dep.metadata()));
+            let meta = obj.metadata();
+            let uid = meta.uid.clone().unwrap_or_default();
+            for kind in dependent_kinds(K::KIND) {
+                for dep in caches.get(kind).map(|c| c.owned_by(util::namespace(meta), &uid)).unwrap_or_default() {
+                    queue.add(gc_key(kind, &dep));
+                }
             }
         }
     }
-}
-
-fn dependents_of<D: Object>(store: &Store<D>, ns: &str, uid: &str) -> Vec<Arc<D>> {
-    store
-        .list()
-        .into_iter()
-        .filter(|d| {
-            util::namespace(d.metadata()) == ns && d.metadata().owner_references.iter().flatten().any(|r| r.uid == uid)
-        })
-        .collect()
 }
 
 impl Reconcile for GarbageCollector {
@@ -145,34 +176,19 @@ impl Reconcile for GarbageCollector {
             (Some(k), Some(ns), Some(n)) => (k, ns, n),
             _ => return Ok(Action::done()),
         };
-        let cache_key = skiff_api::meta::object_key(ns, name);
-        match kind {
-            "Pod" => match self.pods.get(&cache_key) {
-                Some(pod) => self.collect_if_orphaned(pod.as_ref()).await,
-                None => Ok(Action::done()),
-            },
-            "ReplicaSet" => match self.replicasets.get(&cache_key) {
-                Some(rs) => {
-                    let action = self.finalize_owner(rs.as_ref(), &self.pods).await?;
-                    self.collect_if_orphaned(rs.as_ref()).await?;
-                    Ok(action)
-                }
-                None => Ok(Action::done()),
-            },
-            "Deployment" => match self.deployments.get(&cache_key) {
-                Some(d) => self.finalize_owner(d.as_ref(), &self.replicasets).await,
-                None => Ok(Action::done()),
-            },
-            _ => Ok(Action::done()),
-        }
+        let Some(meta) = self.caches.get(kind).and_then(|c| c.meta(&skiff_api::meta::object_key(ns, name))) else {
+            return Ok(Action::done());
+        };
+        let action = if is_owner_kind(kind) { self.finalize_owner(kind, &meta).await? } else { Action::done() };
+        self.collect_if_orphaned(kind, &meta).await?;
+        Ok(action)
     }
 }
 
 impl GarbageCollector {
-    /// Background deletion: deletes `obj` when every tracked owner is gone,
-    /// drops the dangling references when only some are.
-    async fn collect_if_orphaned<K: Object>(&self, obj: &K) -> Result<Action> {
-        let meta = obj.metadata();
+    /// Background deletion: deletes the object when every tracked owner is
+    /// gone, drops the dangling references when only some are.
+    async fn collect_if_orphaned(&self, kind: &str, meta: &ObjectMeta) -> Result<Action> {
         if meta.deletion_timestamp.is_some() {
             return Ok(Action::done());
         }
@@ -190,74 +206,61 @@ impl GarbageCollector {
             return Ok(Action::done());
         }
         let all_refs = meta.owner_references.as_deref().unwrap_or_default();
-        let api = self.client.api::<K>(util::namespace(meta));
+        let (ns, name) = (util::namespace(meta), util::name(meta));
+        let key = || skiff_api::meta::object_key(ns, name);
         if dangling.len() == all_refs.len() {
-            tracing::info!(kind = K::KIND, key = %key_of(obj), "owner gone, deleting");
-            return match api.delete(util::name(meta)).await {
+            tracing::info!(kind, key = %key(), "owner gone, deleting");
+            return match self.client.delete(kind, ns, name).await {
                 Ok(_) => Ok(Action::done()),
                 Err(e) if e.is_not_found() => Ok(Action::done()),
-                Err(source) => Err(Error::Delete { kind: K::KIND.into(), key: key_of(obj), source }),
+                Err(source) => Err(Error::Delete { kind: kind.into(), key: key(), source }),
             };
         }
         let kept: Vec<OwnerReference> = all_refs.iter().filter(|r| !dangling.contains(&r.uid)).cloned().collect();
-        match api.patch(util::name(meta), &util::owner_refs_patch(meta, kept)).await {
-            Ok(_) => Ok(Action::done()),
-            Err(e) if e.is_not_found() => Ok(Action::done()),
-            Err(source) => Err(Error::Patch { kind: K::KIND, key: key_of(obj), source }),
-        }
+        self.patch(kind, meta, &util::owner_refs_patch(meta, kept)).await?;
+        Ok(Action::done())
     }
 
     /// Whether the owner `r` names is alive: in the cache with that uid, or
     /// failing that, in the API.
     async fn owner_exists(&self, ns: &str, r: &OwnerReference) -> Result<bool> {
         let key = util::ref_key(ns, r);
-        let cached_uid = match r.kind.as_str() {
-            "ReplicaSet" => self.replicasets.get(&key).and_then(|o| o.metadata.uid.clone()),
-            "Deployment" => self.deployments.get(&key).and_then(|o| o.metadata.uid.clone()),
-            _ => return Ok(true),
+        let Some(cache) = self.caches.get(r.kind.as_str()) else {
+            return Ok(true);
         };
-        if cached_uid.as_deref() == Some(r.uid.as_str()) {
+        if cache.meta(&key).and_then(|m| m.uid).as_deref() == Some(r.uid.as_str()) {
             return Ok(true);
         }
-        let live = match r.kind.as_str() {
-            "ReplicaSet" => self.client.api::<ReplicaSet>(ns).get(&r.name).await.map(|o| o.metadata.uid),
-            _ => self.client.api::<Deployment>(ns).get(&r.name).await.map(|o| o.metadata.uid),
-        };
-        match live {
-            Ok(uid) => Ok(uid.as_deref() == Some(r.uid.as_str())),
+        match self.client.get(&r.kind, ns, &r.name).await {
+            Ok(live) => Ok(live.pointer("/metadata/uid").and_then(|u| u.as_str()) == Some(r.uid.as_str())),
             Err(e) if e.is_not_found() => Ok(false),
             Err(source) => Err(Error::Get { kind: "owner", key, source }),
         }
     }
 
-    /// Foreground or orphan deletion of an owner whose dependents live in
-    /// `dependents`.
-    async fn finalize_owner<K: Object, D: Object>(&self, owner: &K, dependents: &Store<D>) -> Result<Action> {
-        let meta = owner.metadata();
+    /// Foreground or orphan deletion of an owner.
+    async fn finalize_owner(&self, kind: &str, meta: &ObjectMeta) -> Result<Action> {
         if !owner_finalizing(meta) {
             return Ok(Action::done());
         }
         let ns = util::namespace(meta);
         let uid = meta.uid.clone().unwrap_or_default();
-        let deps = dependents_of(dependents, ns, &uid);
-        let api = self.client.api::<D>(ns);
-        let finalizers: Vec<String> = meta.finalizers.clone().unwrap_or_default();
-        if finalizers.iter().any(|f| f == ORPHAN) {
-            for dep in &deps {
-                let dm = dep.metadata();
+        let deps: Vec<(&'static str, ObjectMeta)> = dependent_kinds(kind)
+            .flat_map(|d| {
+                let owned = self.caches.get(d).map(|c| c.owned_by(ns, &uid)).unwrap_or_default();
+                owned.into_iter().map(move |m| (d, m))
+            })
+            .collect();
+        if meta.finalizers.iter().flatten().any(|f| f == ORPHAN) {
+            for (dep_kind, dm) in &deps {
                 let kept: Vec<_> = dm.owner_references.iter().flatten().filter(|r| r.uid != uid).cloned().collect();
-                match api.patch(util::name(dm), &util::owner_refs_patch(dm, kept)).await {
-                    Ok(_) => {}
-                    Err(e) if e.is_not_found() => {}
-                    Err(source) => return Err(Error::Patch { kind: D::KIND, key: key_of(dep.as_ref()), source }),
-                }
+                self.patch(dep_kind, dm, &util::owner_refs_patch(dm, kept)).await?;
             }
-            return self.remove_finalizer(owner, ORPHAN).await;
+            return self.remove_finalizer(kind, meta, ORPHAN).await;
         }
         // Foreground.
         let mut blocking = 0;
-        for dep in &deps {
-            let dm = dep.metadata();
+        for (dep_kind, dm) in &deps {
             let blocks =
                 dm.owner_references.iter().flatten().any(|r| r.uid == uid && r.block_owner_deletion == Some(true));
             if blocks {
@@ -266,42 +269,57 @@ impl GarbageCollector {
             if dm.deletion_timestamp.is_some() {
                 continue;
             }
-            if OWNER_KINDS.iter().any(|(k, _)| *k == D::KIND) {
+            if is_owner_kind(dep_kind) {
                 // An owner itself: delete it in the foreground too, so the
                 // chain waits for the leaves.
                 let patch = json!({"metadata": {"finalizers": with(dm, FOREGROUND)}});
-                match api.patch(util::name(dm), &patch).await {
-                    Ok(_) => {}
-                    Err(e) if e.is_not_found() => continue,
-                    Err(source) => return Err(Error::Patch { kind: D::KIND, key: key_of(dep.as_ref()), source }),
+                if !self.patch(dep_kind, dm, &patch).await? {
+                    continue;
                 }
             }
-            match api.delete(util::name(dm)).await {
+            let name = util::name(dm);
+            match self.client.delete(dep_kind, ns, name).await {
                 Ok(_) => {}
                 Err(e) if e.is_not_found() => {}
-                Err(source) => return Err(Error::Delete { kind: D::KIND.into(), key: key_of(dep.as_ref()), source }),
+                Err(source) => {
+                    let key = skiff_api::meta::object_key(ns, name);
+                    return Err(Error::Delete { kind: (*dep_kind).into(), key, source });
+                }
             }
         }
         if blocking > 0 {
             // Dependents' deletions bring the owner back.
             return Ok(Action::done());
         }
-        self.remove_finalizer(owner, FOREGROUND).await
+        self.remove_finalizer(kind, meta, FOREGROUND).await
     }
 
-    async fn remove_finalizer<K: Object>(&self, owner: &K, finalizer: &str) -> Result<Action> {
-        let meta = owner.metadata();
+    async fn remove_finalizer(&self, kind: &str, meta: &ObjectMeta, finalizer: &str) -> Result<Action> {
         let rest: Vec<&String> = meta.finalizers.iter().flatten().filter(|f| *f != finalizer).collect();
         let patch = json!({"metadata": {"finalizers": rest, "resourceVersion": meta.resource_version}});
-        match self.client.api::<K>(util::namespace(meta)).patch(util::name(meta), &patch).await {
-            Ok(_) => {
-                tracing::info!(kind = K::KIND, key = %key_of(owner), finalizer, "finalized");
-                Ok(Action::done())
+        if self.patch(kind, meta, &patch).await? {
+            let key = skiff_api::meta::object_key(util::namespace(meta), util::name(meta));
+            tracing::info!(kind, %key, finalizer, "finalized");
+        }
+        Ok(Action::done())
+    }
+
+    /// Patches the object `meta` describes; false if it is gone.
+    async fn patch(&self, kind: &str, meta: &ObjectMeta, patch: &serde_json::Value) -> Result<bool> {
+        let (ns, name) = (util::namespace(meta), util::name(meta));
+        match self.client.patch(kind, ns, name, patch).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(source) => {
+                Err(Error::Patch { kind: static_kind(kind), key: skiff_api::meta::object_key(ns, name), source })
             }
-            Err(e) if e.is_not_found() => Ok(Action::done()),
-            Err(source) => Err(Error::Patch { kind: K::KIND, key: key_of(owner), source }),
         }
     }
+}
+
+/// The kind's name as the error type keeps it.
+fn static_kind(kind: &str) -> &'static str {
+    skiff_api::KindInfo::by_kind(kind).map(|info| info.kind).unwrap_or("object")
 }
 
 fn with(meta: &ObjectMeta, finalizer: &str) -> Vec<String> {
@@ -314,6 +332,8 @@ fn with(meta: &ObjectMeta, finalizer: &str) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+    use k8s_openapi::api::core::v1::Pod;
     use serde_json::Value;
     use skiff_client::fake_server::{eventually, FakeApiserver, Running};
 
@@ -338,18 +358,20 @@ mod tests {
         obj
     }
 
-    async fn world(objects: &[Value]) -> (Running, GarbageCollector) {
+    async fn world(objects: &[Value]) -> (Running, GarbageCollector, Store<ReplicaSet>) {
         let server = FakeApiserver::start().await;
         for o in objects {
             server.client.create(o["kind"].as_str().unwrap(), "default", o).await.unwrap();
         }
-        let gc = GarbageCollector {
-            client: server.client.clone(),
-            pods: server.store("").await,
-            replicasets: server.store("").await,
-            deployments: server.store("").await,
-        };
-        (server, gc)
+        let pods: Store<Pod> = server.store("").await;
+        let replicasets: Store<ReplicaSet> = server.store("").await;
+        let deployments: Store<Deployment> = server.store("").await;
+        let mut caches: BTreeMap<&'static str, Arc<dyn MetaCache>> = BTreeMap::new();
+        caches.insert("Pod", Arc::new(pods));
+        caches.insert("ReplicaSet", Arc::new(replicasets.clone()));
+        caches.insert("Deployment", Arc::new(deployments));
+        let gc = GarbageCollector { client: server.client.clone(), caches: Arc::new(caches) };
+        (server, gc, replicasets)
     }
 
     async fn get(server: &Running, kind: &str, name: &str) -> Option<Value> {
@@ -369,7 +391,7 @@ mod tests {
     async fn a_dependent_whose_owners_are_all_gone_is_deleted_and_a_live_owner_keeps_it() {
         let live = owner_ref("ReplicaSet", "web", "rs-uid", true);
         let gone = owner_ref("ReplicaSet", "old", "gone-uid", true);
-        let (server, gc) = world(&[
+        let (server, gc, _) = world(&[
             object("ReplicaSet", "web", "rs-uid", &[]),
             object("Pod", "orphan", "p1", std::slice::from_ref(&gone)),
             object("Pod", "owned", "p2", std::slice::from_ref(&live)),
@@ -389,7 +411,7 @@ mod tests {
     #[tokio::test]
     async fn an_owner_recreated_under_the_same_name_does_not_keep_the_old_ones_dependents() {
         let old = owner_ref("ReplicaSet", "web", "old-uid", true);
-        let (server, gc) = world(&[
+        let (server, gc, _) = world(&[
             object("ReplicaSet", "web", "new-uid", &[]),
             object("Pod", "stale", "p1", std::slice::from_ref(&old)),
         ])
@@ -403,7 +425,7 @@ mod tests {
     #[tokio::test]
     async fn orphan_deletion_releases_the_dependents_then_the_owner() {
         let rs = finalizing(object("ReplicaSet", "web", "rs-uid", &[]), ORPHAN);
-        let (server, gc) =
+        let (server, gc, _) =
             world(&[rs, object("Pod", "kept", "p1", &[owner_ref("ReplicaSet", "web", "rs-uid", true)])]).await;
 
         assert_eq!(gc.reconcile("ReplicaSet/default/web").await.unwrap(), Action::done());
@@ -416,7 +438,7 @@ mod tests {
     async fn foreground_deletion_keeps_the_owner_until_its_blocking_dependents_are_gone() {
         let deployment = finalizing(object("Deployment", "app", "d-uid", &[]), FOREGROUND);
         let rs = object("ReplicaSet", "app-1", "rs-uid", &[owner_ref("Deployment", "app", "d-uid", true)]);
-        let (server, gc) = world(&[deployment, rs]).await;
+        let (server, gc, replicasets) = world(&[deployment, rs]).await;
 
         gc.reconcile("Deployment/default/app").await.unwrap();
 
@@ -425,7 +447,7 @@ mod tests {
         assert_eq!(get(&server, "ReplicaSet", "app-1").await, None);
         assert_eq!(finalizers(&get(&server, "Deployment", "app").await.unwrap()), [FOREGROUND]);
 
-        eventually("the ReplicaSet cache to see the delete", || gc.replicasets.is_empty()).await;
+        eventually("the ReplicaSet cache to see the delete", || replicasets.is_empty()).await;
         gc.reconcile("Deployment/default/app").await.unwrap();
         assert_eq!(finalizers(&get(&server, "Deployment", "app").await.unwrap()), Vec::<&str>::new());
     }

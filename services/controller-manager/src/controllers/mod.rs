@@ -3,15 +3,17 @@
 //! maps informer events to keys (handlers map, they never decide or call
 //! the API), and a [`skiff_client::Controller`] running its reconciles.
 //!
-//! Not here yet: Job, CronJob, DaemonSet, StatefulSet, EndpointSlice and the
-//! HorizontalPodAutoscaler controllers.
+//! Not here yet: the StatefulSet, EndpointSlice and HorizontalPodAutoscaler
+//! controllers.
 
 pub mod certificates;
+pub mod cronjob;
 pub mod csr_cleaner;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod garbage_collector;
+pub mod job;
 pub mod namespace;
 pub mod node_ipam;
 pub mod node_lifecycle;
@@ -55,6 +57,8 @@ pub async fn run_all(ctx: Context, stop: Stop) {
     replicaset::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     deployment::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     daemonset::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
+    job::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
+    cronjob::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     garbage_collector::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     node_lifecycle::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     taint_eviction::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });

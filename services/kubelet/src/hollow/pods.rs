@@ -1,7 +1,8 @@
 //! Pods on hollow nodes: a bound pod is marked Running (with a pod IP from
 //! its node's slice) as if its containers had started, and a pod being
 //! deleted is removed for good, as a kubelet does once its containers have
-//! stopped.
+//! stopped. A pod that runs to completion (restartPolicy Never or
+//! OnFailure, a Job's) then succeeds at once, its containers exiting 0.
 //!
 //! One Pod informer watches bound pods in every namespace; its events only
 //! map a pod on one of our nodes to its key in a work queue, and a few
@@ -149,6 +150,21 @@ async fn reconcile(hollow: &Hollow, store: &Store<Pod>, key: &str) -> Result<(),
             fleet.pod_ips.reserve(key, node, ip);
             Ok(())
         }
+        Step::Finish => {
+            let obj = json!({
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name, "namespace": namespace, "resourceVersion": pod.metadata.resource_version},
+                "status": succeeded_status(&pod, &clock::now_rfc3339()),
+            });
+            match hollow.client.update_status("Pod", namespace, &obj).await {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(source) => return Err(Error::UpdatePodStatus { pod: key.to_string(), source }),
+            }
+            fleet.pod_ips.release(key);
+            Ok(())
+        }
         Step::Delete => {
             // The containers "stopped" at once: remove the pod for good.
             match hollow.client.delete_with_grace("Pod", namespace, name, Some(0)).await {
@@ -199,6 +215,8 @@ enum Step {
     Nothing,
     /// Running already with this address: remember it is taken.
     Keep(Ipv4Addr),
+    /// Running, and its containers run to completion: they exit 0.
+    Finish,
     /// Being deleted: delete it for good.
     Delete,
     /// Not started yet: mark it Running.
@@ -213,9 +231,35 @@ fn next_step(pod: &Pod) -> Step {
     let ip = status.and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse().ok());
     match (status.and_then(|s| s.phase.as_deref()), ip) {
         (Some("Succeeded" | "Failed"), _) => Step::Nothing,
+        (Some("Running"), Some(_)) if runs_to_completion(pod) => Step::Finish,
         (Some("Running"), Some(ip)) => Step::Keep(ip),
         _ => Step::Start,
     }
+}
+
+fn runs_to_completion(pod: &Pod) -> bool {
+    let policy = pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref());
+    matches!(policy, Some("Never" | "OnFailure"))
+}
+
+/// The status of a Running pod once all its containers exited 0 at `now`.
+fn succeeded_status(pod: &Pod, now: &str) -> Value {
+    let mut status = serde_json::to_value(&pod.status).unwrap_or_else(|_| json!({}));
+    status["phase"] = "Succeeded".into();
+    for condition in status["conditions"].as_array_mut().into_iter().flatten() {
+        if condition["type"] == "Ready" || condition["type"] == "ContainersReady" {
+            *condition = json!({"type": condition["type"], "status": "False", "reason": "PodCompleted",
+                                "lastTransitionTime": now});
+        }
+    }
+    for c in status["containerStatuses"].as_array_mut().into_iter().flatten() {
+        let started = c.pointer("/state/running/startedAt").cloned().unwrap_or_else(|| now.into());
+        c["ready"] = false.into();
+        c["started"] = false.into();
+        c["state"] =
+            json!({"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": started, "finishedAt": now}});
+    }
+    status
 }
 
 /// The status of a pod whose containers all started at `now` and are ready.
@@ -320,6 +364,26 @@ mod tests {
         let mut done = bound();
         done["status"]["phase"] = json!("Succeeded");
         assert_eq!(next_step(&pod(done)), Step::Nothing);
+        let mut job_pod = bound();
+        job_pod["spec"]["restartPolicy"] = json!("Never");
+        assert_eq!(next_step(&pod(job_pod.clone())), Step::Start);
+        job_pod["status"] = json!({"phase": "Running", "podIP": "10.128.1.2"});
+        assert_eq!(next_step(&pod(job_pod)), Step::Finish, "a job's pod runs to completion");
+    }
+
+    #[test]
+    fn a_finished_pod_succeeds_with_its_containers_exited() {
+        let p = pod(bound());
+        let running =
+            running_status(&p, Ipv4Addr::new(10, 128, 1, 2), Ipv4Addr::new(172, 16, 0, 2), "2024-05-01T12:00:00Z");
+        let mut value = bound();
+        value["status"] = running;
+        let s = succeeded_status(&pod(value), "2024-05-01T12:00:05Z");
+        assert_eq!(s["phase"], "Succeeded");
+        let web = &s["containerStatuses"][0]["state"]["terminated"];
+        assert_eq!((&web["exitCode"], &web["startedAt"]), (&json!(0), &json!("2024-05-01T12:00:00Z")));
+        let ready = s["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
+        assert_eq!((&ready["status"], &ready["reason"]), (&json!("False"), &json!("PodCompleted")));
     }
 
     #[test]

@@ -1,0 +1,122 @@
+//! Workloads beyond Deployments on real containers (containerd, a real
+//! kubelet, the scheduler and the controller-manager): Jobs whose pods run
+//! to completion, counted by index, and failed by a podFailurePolicy rule.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+use skiff_client::{Client, ListParams};
+use skiff_testkit::runtime::BUSYBOX_IMAGE;
+use skiff_testkit::{eventually, Cluster};
+
+const NODE: &str = "worker";
+
+async fn cluster() -> Cluster {
+    Cluster::start_with_workers(NODE).await.expect("start a cluster with a runtime and a kubelet")
+}
+
+fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
+    obj["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_ && c["status"] == "True")
+}
+
+async fn finished_job(client: &Client, name: &str) -> Value {
+    eventually(&format!("job {name} to finish"), || async {
+        let job = client.get("Job", "default", name).await.ok()?;
+        (condition(&job, "Complete").is_some() || condition(&job, "Failed").is_some()).then_some(job)
+    })
+    .await
+}
+
+async fn pods_of(client: &Client, job: &str) -> Vec<Value> {
+    let params = ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}"));
+    client.list("Pod", "default", &params).await.unwrap().items
+}
+
+/// An Indexed Job of 5 completions, 2 at a time: each index succeeds
+/// exactly once, each pod sees its index in `JOB_COMPLETION_INDEX` and as
+/// its hostname, and `get jobs` reads 5/5.
+#[tokio::test]
+async fn an_indexed_job_runs_each_index_once_two_at_a_time() {
+    let cluster = cluster().await;
+    let client = cluster.client();
+    let busybox = cluster.runtime().unwrap().registry().image(BUSYBOX_IMAGE);
+    let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "squares"},
+        "spec": {"completions": 5, "parallelism": 2, "completionMode": "Indexed",
+            "template": {"spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1, "containers": [{
+                "name": "work", "image": busybox,
+                "command": ["sh", "-c", "echo index=$JOB_COMPLETION_INDEX host=$(hostname) square=$((JOB_COMPLETION_INDEX * JOB_COMPLETION_INDEX))"]}]}}}});
+    client.create("Job", "default", &job).await.unwrap();
+    let done = finished_job(&client, "squares").await;
+    assert!(condition(&done, "Complete").is_some(), "{done}");
+    assert_eq!(done["status"]["completedIndexes"], "0-4");
+    assert_eq!(done["status"]["succeeded"], 5);
+
+    let pods = pods_of(&client, "squares").await;
+    let mut by_index: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+    for pod in &pods {
+        let index = pod["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"].as_str().unwrap();
+        by_index.entry(index.to_string()).or_default().push(pod);
+        assert_eq!(pod["status"]["phase"], "Succeeded", "{pod}");
+    }
+    assert_eq!(by_index.keys().collect::<Vec<_>>(), ["0", "1", "2", "3", "4"]);
+    assert!(by_index.values().all(|p| p.len() == 1), "one pod per index: {by_index:?}");
+    // Never more than two at once: each pod after the first two started
+    // only once an earlier one had finished.
+    let mut spans: Vec<(String, String)> = pods
+        .iter()
+        .map(|p| {
+            let state = &p["status"]["containerStatuses"][0]["state"]["terminated"];
+            (state["startedAt"].as_str().unwrap().to_string(), state["finishedAt"].as_str().unwrap().to_string())
+        })
+        .collect();
+    spans.sort();
+    for (i, (started, _)) in spans.iter().enumerate() {
+        let running = spans[..i].iter().filter(|(_, finished)| finished > started).count();
+        assert!(running < 2, "pod {i} started at {started} with {running} others running: {spans:?}");
+    }
+
+    for (index, pods) in &by_index {
+        let name = pods[0]["metadata"]["name"].as_str().unwrap();
+        let out = cluster.skiffctl(&["logs", name], None).unwrap();
+        let log = String::from_utf8_lossy(&out.stdout);
+        let i: i64 = index.parse().unwrap();
+        assert_eq!(log.trim(), format!("index={i} host=squares-{i} square={}", i * i), "{name}");
+    }
+    let out = cluster.skiffctl(&["get", "jobs"], None).unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("squares") && table.contains("Complete") && table.contains("5/5"), "{table}");
+}
+
+/// A pod exiting 42 matches the podFailurePolicy's FailJob rule: the Job
+/// fails at once (no retries), naming the rule; a Job whose only pod fails
+/// with backoffLimit 0 fails as BackoffLimitExceeded.
+#[tokio::test]
+async fn failed_pods_fail_the_job_by_policy_or_backoff_limit() {
+    let cluster = cluster().await;
+    let client = cluster.client();
+    let busybox = cluster.runtime().unwrap().registry().image(BUSYBOX_IMAGE);
+    let job = |name: &str, exit: i32, policy: Value| {
+        json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+            "spec": {"backoffLimit": if policy.is_null() { 0 } else { 6 }, "podFailurePolicy": policy,
+                "template": {"spec": {"restartPolicy": "Never", "containers": [{
+                    "name": "main", "image": busybox, "command": ["sh", "-c", format!("exit {exit}")]}]}}}})
+    };
+    let policy = json!({"rules": [{"action": "FailJob", "onExitCodes": {"containerName": "main", "operator": "In", "values": [42]}}]});
+    client.create("Job", "default", &job("fatal", 42, policy)).await.unwrap();
+    client.create("Job", "default", &job("flaky", 1, Value::Null)).await.unwrap();
+
+    let fatal = finished_job(&client, "fatal").await;
+    let failed = condition(&fatal, "Failed").unwrap_or_else(|| panic!("failed: {fatal}"));
+    assert_eq!(failed["reason"], "PodFailurePolicy", "{fatal}");
+    let message = failed["message"].as_str().unwrap();
+    assert!(message.contains("container main exited with code 42") && message.contains("rule at index 0"), "{message}");
+    assert_eq!(fatal["status"]["failed"], 1);
+    assert_eq!(pods_of(&client, "fatal").await.len(), 1, "no retry after FailJob");
+
+    let flaky = finished_job(&client, "flaky").await;
+    assert_eq!(condition(&flaky, "Failed").map(|c| &c["reason"]), Some(&json!("BackoffLimitExceeded")), "{flaky}");
+    assert_eq!(flaky["status"]["failed"], 1);
+    let out = cluster.skiffctl(&["get", "jobs"], None).unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.lines().any(|l| l.starts_with("flaky") && l.contains("Failed") && l.contains("0/1")), "{table}");
+}
