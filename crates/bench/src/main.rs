@@ -47,6 +47,9 @@ enum Scenario {
     /// wrk, beside nginx and HAProxy proxying to the same upstreams, and
     /// each proxy's memory after the load.
     Ingress(scenarios::ingress::Options),
+    /// Jobs on hollow nodes: a 1,000-pod Job's time from create to
+    /// Complete, beside the same pods created bare until all succeed.
+    Job(scenarios::job::Options),
     /// docker-compose: the images' sizes and the stack's cold start to
     /// every node Ready, beside its etcd cluster's alone.
     ComposeUp(scenarios::compose_up::Options),
@@ -63,5 +66,6 @@ async fn main() -> anyhow::Result<()> {
         Scenario::OverlayThroughput(o) => scenarios::overlay_throughput::run(o).await,
         Scenario::Ingress(o) => scenarios::ingress::run(o).await,
         Scenario::ComposeUp(o) => scenarios::compose_up::run(o).await,
+        Scenario::Job(o) => scenarios::job::run(o).await,
     }
 }

@@ -2,6 +2,7 @@ pub mod api;
 pub mod compose_up;
 pub mod dns;
 pub mod ingress;
+pub mod job;
 pub mod overlay_throughput;
 pub mod pod_startup;
 pub mod scheduler;
