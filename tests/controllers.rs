@@ -780,9 +780,12 @@ async fn a_node_without_heartbeats_is_tainted_and_its_pods_evicted() {
     })
     .await;
 
+    // Evicted: deleted, though only marked so while the node's kubelet is
+    // away to confirm it (as in Kubernetes).
     eventually("pods without a lasting toleration evicted", || async {
+        let pods = list(&client, "Pod", "default", "app=on-node").await;
         let mut names: Vec<String> =
-            list(&client, "Pod", "default", "app=on-node").await.iter().map(|p| name(p).to_string()).collect();
+            pods.iter().filter(|p| p["metadata"]["deletionTimestamp"].is_null()).map(|p| name(p).to_string()).collect();
         names.sort();
         (names == ["stays"]).then_some(())
     })
@@ -1077,4 +1080,126 @@ async fn a_cron_job_runs_every_minute_and_forbid_skips_while_one_runs() {
     let out = cluster.skiffctl(&["get", "cronjobs"], None).unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("SCHEDULE") && table.contains("* * * * *"), "{table}");
+}
+
+async fn set_pods(client: &Client) -> BTreeMap<String, Value> {
+    let pods = list(client, "Pod", "default", "app=db").await;
+    pods.into_iter().map(|p| (name(&p).to_string(), p)).collect()
+}
+
+async fn claim_names(client: &Client) -> Vec<String> {
+    let mut names: Vec<String> =
+        list(client, "PersistentVolumeClaim", "default", "app=db").await.iter().map(|c| name(c).to_string()).collect();
+    names.sort();
+    names
+}
+
+fn ready_since(pod: &Value) -> Option<&str> {
+    let conditions = pod["status"]["conditions"].as_array()?;
+    let ready = conditions.iter().find(|c| c["type"] == "Ready" && c["status"] == "True")?;
+    ready["lastTransitionTime"].as_str()
+}
+
+/// A StatefulSet on hollow nodes: pods `db-0..2` made in order, each with
+/// its hostname, subdomain and claim, listed by hostname in the headless
+/// Service's Endpoints; scaled down from the top (claims going with them
+/// under `whenScaled: Delete`); a partitioned rolling update; and, when a
+/// node is lost, its ordinal not made again until the old pod is gone.
+#[tokio::test]
+async fn a_stateful_set_keeps_one_pod_per_ordinal_in_order_with_its_claims() {
+    let (mut cluster, _) = cluster().await;
+    cluster.start_service("scheduler", "skiff-scheduler", &[]).await.unwrap();
+    cluster.start_service("hollow-a", "skiff-kubelet", &hollow_args(1, "sa-")).await.unwrap();
+    cluster.start_service("hollow-b", "skiff-kubelet", &hollow_args(1, "sb-")).await.unwrap();
+    let client = cluster.client();
+    let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "db"},
+        "spec": {"clusterIP": "None", "selector": {"app": "db"}, "ports": [{"name": "sql", "port": 5432}]}});
+    client.create("Service", "default", &svc).await.unwrap();
+    let set = json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"},
+        "spec": {"replicas": 3, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+            "persistentVolumeClaimRetentionPolicy": {"whenScaled": "Delete"},
+            "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [{"name": "c", "image": "busybox:1"}]}},
+            "volumeClaimTemplates": [{"metadata": {"name": "data"},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}});
+    client.create("StatefulSet", "default", &set).await.unwrap();
+    let pods = eventually("db-0, db-1 and db-2 ready", || async {
+        let pods = set_pods(&client).await;
+        (pods.len() == 3 && pods.values().all(is_ready)).then_some(pods)
+    })
+    .await;
+    assert_eq!(pods.keys().collect::<Vec<_>>(), ["db-0", "db-1", "db-2"]);
+    for (i, pair) in ["db-0", "db-1", "db-2"].windows(2).enumerate() {
+        let before = ready_since(&pods[pair[0]]).unwrap();
+        let after = pods[pair[1]]["metadata"]["creationTimestamp"].as_str().unwrap();
+        assert!(after >= before, "ordinal {} made at {after}, before {} was ready at {before}", i + 1, pair[0]);
+    }
+    for (n, pod) in &pods {
+        assert_eq!(
+            (pod["spec"]["hostname"].as_str(), pod["spec"]["subdomain"].as_str()),
+            (Some(n.as_str()), Some("db"))
+        );
+        assert_eq!(pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"], format!("data-{n}"));
+    }
+    assert_eq!(claim_names(&client).await, ["data-db-0", "data-db-1", "data-db-2"]);
+    eventually("the headless Service's endpoints named by hostname", || async {
+        let eps = client.get("Endpoints", "default", "db").await.ok()?;
+        let mut hosts: Vec<&str> =
+            eps["subsets"][0]["addresses"].as_array()?.iter().filter_map(|a| a["hostname"].as_str()).collect();
+        hosts.sort();
+        (hosts == ["db-0", "db-1", "db-2"]).then_some(())
+    })
+    .await;
+
+    // Down to one: from the top, and the claims go with their pods.
+    client.patch("StatefulSet", "default", "db", &json!({"spec": {"replicas": 1}})).await.unwrap();
+    eventually("scaled down to db-0 with its claim alone", || async {
+        let pods = set_pods(&client).await;
+        (pods.keys().collect::<Vec<_>>() == ["db-0"] && claim_names(&client).await == ["data-db-0"]).then_some(())
+    })
+    .await;
+
+    // Back to three, then a new template above partition 1.
+    client.patch("StatefulSet", "default", "db", &json!({"spec": {"replicas": 3}})).await.unwrap();
+    eventually("three ready again", || async {
+        let pods = set_pods(&client).await;
+        (pods.len() == 3 && pods.values().all(is_ready)).then_some(())
+    })
+    .await;
+    let update = json!({"spec": {"updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 1}},
+        "template": {"spec": {"containers": [{"name": "c", "image": "busybox:2"}]}}}});
+    client.patch("StatefulSet", "default", "db", &update).await.unwrap();
+    let out = cluster.skiffctl(&["rollout", "status", "sts/db", "--timeout", "90s"], None).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("partitioned roll out complete: 2 new pods have been updated"), "{text}");
+    let pods = set_pods(&client).await;
+    let images: Vec<&str> = pods.values().map(image).collect();
+    assert_eq!(images, ["busybox:1", "busybox:2", "busybox:2"], "db-0 stays below the partition");
+
+    // db-0's node is lost: its pod is evicted but not confirmed gone, so no
+    // second db-0 is made until it is removed for good.
+    let old = &pods["db-0"];
+    let old_uid = uid(old).to_string();
+    let node = old["spec"]["nodeName"].as_str().unwrap().to_string();
+    cluster.kill_service(if node.starts_with("sa-") { "hollow-a" } else { "hollow-b" });
+    let evicted = eventually("db-0 evicted from the lost node", || async {
+        let pod = client.get("Pod", "default", "db-0").await.ok()?;
+        pod["metadata"]["deletionTimestamp"].is_string().then_some(pod)
+    })
+    .await;
+    assert_eq!(uid(&evicted), old_uid, "the old pod holds the ordinal until it is gone");
+    eventually("the StatefulSet no longer counting it ready", || async {
+        let set = client.get("StatefulSet", "default", "db").await.ok()?;
+        (set["status"]["readyReplicas"].as_i64()? < 3).then_some(())
+    })
+    .await;
+    assert_eq!(uid(&client.get("Pod", "default", "db-0").await.unwrap()), old_uid);
+    client.delete_with_grace("Pod", "default", "db-0", Some(0)).await.unwrap();
+    let replacement = eventually("a new db-0 on the live node", || async {
+        let pod = client.get("Pod", "default", "db-0").await.ok()?;
+        (uid(&pod) != old_uid && is_ready(&pod)).then_some(pod)
+    })
+    .await;
+    assert_ne!(replacement["spec"]["nodeName"].as_str(), Some(node.as_str()));
+    assert_eq!(replacement["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"], "data-db-0");
 }

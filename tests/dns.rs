@@ -208,3 +208,48 @@ async fn http_get(addr: SocketAddr, path: &str) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
 }
+
+/// A StatefulSet behind a headless Service, on hollow nodes with the real
+/// scheduler and controller-manager: each pod answers at its stable name
+/// `NAME-i.SERVICE.NS.svc.cluster.local`, and a replaced pod's name follows
+/// it to its new address.
+#[tokio::test]
+async fn stateful_set_pods_have_stable_dns_names() {
+    let (mut cluster, client, dns, _upstream) = start().await;
+    for (id, binary, args) in [
+        ("kubelet", "skiff-kubelet", vec!["--hollow-nodes=2".to_string()]),
+        ("scheduler", "skiff-scheduler", vec![]),
+        ("controller-manager", "skiff-controller-manager", vec![]),
+    ] {
+        cluster.start_service(id, binary, &args).await.expect(id);
+    }
+    client.create("Service", NS, &service("db", "None", json!([{"name": "sql", "port": 5432}]))).await.unwrap();
+    let set = json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"},
+        "spec": {"replicas": 2, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+            "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [{"name": "c", "image": "db:1"}]}}}});
+    client.create("StatefulSet", NS, &set).await.unwrap();
+    let pod_ip = |name: &'static str| {
+        let client = client.clone();
+        async move {
+            let pod = client.get("Pod", NS, name).await.ok()?;
+            let conditions = pod["status"]["conditions"].as_array()?;
+            if !conditions.iter().any(|c| c["type"] == "Ready" && c["status"] == "True") {
+                return None;
+            }
+            let ip = pod["status"]["podIP"].as_str()?.to_string();
+            Some((pod["metadata"]["uid"].as_str()?.to_string(), ip))
+        }
+    };
+    let (uid0, ip0) = eventually("db-0 ready", || pod_ip("db-0")).await;
+    let (_, ip1) = eventually("db-1 ready", || pod_ip("db-1")).await;
+    expect_answers(dns, "db-0.db.default.svc.cluster.local.", RecordType::A, &[&ip0]).await;
+    expect_answers(dns, "db-1.db.default.svc.cluster.local.", RecordType::A, &[&ip1]).await;
+
+    client.delete("Pod", NS, "db-0").await.unwrap();
+    let (_, new_ip) = eventually("db-0 back", || async {
+        let (uid, ip) = pod_ip("db-0").await?;
+        (uid != uid0).then_some((uid, ip))
+    })
+    .await;
+    expect_answers(dns, "db-0.db.default.svc.cluster.local.", RecordType::A, &[&new_ip]).await;
+}

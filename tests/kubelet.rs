@@ -437,6 +437,24 @@ async fn bound_pods_wait_for_the_kubelets_final_delete() {
     client.create("Pod", NS, &pod("shorter", Some("n1"))).await.unwrap();
     let marked = client.delete_with_grace("Pod", NS, "shorter", Some(2)).await.unwrap();
     assert_eq!(marked["metadata"]["deletionGracePeriodSeconds"], 2);
+
+    // A node that stopped answering may still be running the pod: it waits
+    // (a StatefulSet's ordinal must not run twice), unless the operator
+    // says the node is shut down with the out-of-service taint.
+    let lost = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "lost"},
+        "spec": {"taints": [{"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}]},
+        "status": {"conditions": [{"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown"}]}});
+    client.create("Node", "", &lost).await.unwrap();
+    client.create("Pod", NS, &pod("stranded", Some("lost"))).await.unwrap();
+    let marked = client.delete("Pod", NS, "stranded").await.unwrap();
+    assert!(marked["metadata"]["deletionTimestamp"].is_string(), "waits for the lost node's kubelet");
+    let taints = json!({"spec": {"taints": [{"key": "node.kubernetes.io/out-of-service", "effect": "NoExecute"}]}});
+    client.patch("Node", "", "lost", &taints).await.unwrap();
+    eventually("the out-of-service taint in the apiserver's cache", || async {
+        client.delete("Pod", NS, "stranded").await.ok()?;
+        get_pod(&client, "stranded").await.is_none().then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -45,6 +45,11 @@ pub const JOB_COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index
 /// counted exactly once.
 pub const JOB_TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
 
+/// A StatefulSet's pod carries its own name and its ordinal as labels, so
+/// a Service can select one pod of the set.
+pub const STATEFULSET_POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
+pub const STATEFULSET_POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
+
 /// The time (RFC 3339, in the CronJob's zone) a CronJob's Job was
 /// scheduled for.
 pub const CRONJOB_SCHEDULED_TIMESTAMP: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
@@ -67,6 +72,9 @@ pub const TRACE_CONTEXT_ANNOTATION: &str = "skiff.io/trace-context";
 pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
 pub const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
 pub const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
+/// Put on a node by its operator once it is known to be shut down: its
+/// pods are deleted at once instead of waiting for its kubelet.
+pub const OUT_OF_SERVICE_TAINT: &str = "node.kubernetes.io/out-of-service";
 
 /// Endpoints the endpoints controller owns carry this label (as
 /// EndpointSlices carry `endpointslice.kubernetes.io/managed-by`).
@@ -145,6 +153,8 @@ pub const COLLECTED_OWNERS: &[(&str, &str)] = &[
     ("Deployment", "ReplicaSet"),
     ("DaemonSet", "Pod"),
     ("StatefulSet", "Pod"),
+    ("StatefulSet", "PersistentVolumeClaim"),
+    ("Pod", "PersistentVolumeClaim"),
     ("Job", "Pod"),
     ("CronJob", "Job"),
 ];

@@ -74,9 +74,9 @@ pub async fn run(globals: &Globals, args: Args) -> Result<()> {
         What::Resume { target } => (target, "resume"),
     };
     let (info, name) = resource::parse_target(&target.target)?;
-    let followed = what == "status" && info.kind == "DaemonSet";
+    let followed = what == "status" && matches!(info.kind, "DaemonSet" | "StatefulSet");
     if info.kind != "Deployment" && !followed {
-        bail!("rollout {what} supports deployments (and status daemonsets) only, not {}", info.plural);
+        bail!("rollout {what} supports deployments (and status daemonsets and statefulsets) only, not {}", info.plural);
     }
     let client = globals.client()?;
     let ns = globals.namespace.as_str();
@@ -140,6 +140,7 @@ pub enum Progress {
 pub fn progress(kind: &str, object: &Value) -> Result<Progress> {
     match kind {
         "DaemonSet" => daemon_set_progress(object),
+        "StatefulSet" => stateful_set_progress(object),
         _ => deployment_progress(object),
     }
 }
@@ -167,6 +168,43 @@ fn daemon_set_progress(ds: &Value) -> Result<Progress> {
         return waiting(format!("{available} of {desired} updated pods are available..."));
     }
     Ok(Progress::Done(format!("daemon set {name:?} successfully rolled out")))
+}
+
+/// A StatefulSet's progress, in kubectl's words: every pod ready, then
+/// every pod (above the partition) on the update revision.
+fn stateful_set_progress(sts: &Value) -> Result<Progress> {
+    let strategy = sts.pointer("/spec/updateStrategy/type").and_then(Value::as_str).unwrap_or("RollingUpdate");
+    if strategy != "RollingUpdate" {
+        bail!("rollout status is only available for RollingUpdate strategy type");
+    }
+    let int = |p: &str| sts.pointer(p).and_then(Value::as_i64).unwrap_or(0);
+    let text = |p: &str| sts.pointer(p).and_then(Value::as_str).unwrap_or("").to_string();
+    let observed = int("/status/observedGeneration");
+    if observed == 0 || int("/metadata/generation") > observed {
+        return Ok(Progress::Waiting("Waiting for statefulset spec update to be observed...".into()));
+    }
+    let replicas = sts.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+    let (ready, updated) = (int("/status/readyReplicas"), int("/status/updatedReplicas"));
+    if ready < replicas {
+        return Ok(Progress::Waiting(format!("Waiting for {} pods to be ready...", replicas - ready)));
+    }
+    if let Some(partition) = sts.pointer("/spec/updateStrategy/rollingUpdate/partition").and_then(Value::as_i64) {
+        let wanted = replicas - partition;
+        if updated < wanted {
+            return Ok(Progress::Waiting(format!(
+                "Waiting for partitioned roll out to finish: {updated} out of {wanted} new pods have been updated..."
+            )));
+        }
+        return Ok(Progress::Done(format!("partitioned roll out complete: {updated} new pods have been updated...")));
+    }
+    let (current, update) = (text("/status/currentRevision"), text("/status/updateRevision"));
+    if current != update {
+        return Ok(Progress::Waiting(format!(
+            "waiting for statefulset rolling update to complete {updated} pods at revision {update}..."
+        )));
+    }
+    let current_replicas = int("/status/currentReplicas");
+    Ok(Progress::Done(format!("statefulset rolling update complete {current_replicas} pods at revision {current}...")))
 }
 
 /// Reads a Deployment's progress; fails once it is past its progress
@@ -373,6 +411,24 @@ mod tests {
         assert!(matches!(progress("DaemonSet", &ds(3, 3)).unwrap(), Progress::Done(_)));
         let on_delete = json!({"metadata": {"name": "agent"}, "spec": {"updateStrategy": {"type": "OnDelete"}}});
         assert!(progress("DaemonSet", &on_delete).is_err());
+    }
+
+    #[test]
+    fn a_stateful_sets_progress_waits_for_ready_then_the_new_revision() {
+        let sts = |ready: i64, current: &str| {
+            json!({"metadata": {"name": "db", "generation": 2}, "spec": {"replicas": 3},
+                   "status": {"observedGeneration": 2, "readyReplicas": ready, "updatedReplicas": 1, "currentReplicas": 3,
+                              "currentRevision": current, "updateRevision": "db-new"}})
+        };
+        assert_eq!(waiting(progress("StatefulSet", &sts(1, "db-new")).unwrap()), "Waiting for 2 pods to be ready...");
+        assert_eq!(
+            waiting(progress("StatefulSet", &sts(3, "db-old")).unwrap()),
+            "waiting for statefulset rolling update to complete 1 pods at revision db-new..."
+        );
+        assert_eq!(
+            progress("StatefulSet", &sts(3, "db-new")).unwrap(),
+            Progress::Done("statefulset rolling update complete 3 pods at revision db-new...".into())
+        );
     }
 
     #[test]

@@ -166,6 +166,8 @@ fn scheduler() -> ClusterRole {
 /// - job: creates, deletes and patches (tracking finalizer) Pods; deletes
 ///   Jobs past their TTL; Job status;
 /// - cronjob: creates and deletes Jobs; CronJob status;
+/// - statefulset: creates and deletes Pods, creates and patches (owners)
+///   PersistentVolumeClaims; StatefulSet status;
 /// - node_lifecycle: Node status and taints (update), Pod Ready conditions;
 ///   reads node heartbeats in kube-node-lease;
 /// - taint_eviction: deletes Pods; node_ipam: patches Node podCIDRs;
@@ -174,7 +176,7 @@ fn scheduler() -> ClusterRole {
 ///   (every namespaced kind), then finalizes it through UpdateStatus.
 fn controller_manager() -> ClusterRole {
     let mut rules = vec![
-        rule(&["list", "watch", "create", "patch", "delete"], "", &["pods"]),
+        rule(&["get", "list", "watch", "create", "patch", "delete"], "", &["pods"]),
         rule(&["update"], "", &["pods/status"]),
         rule(&[READ, WRITE].concat(), "apps", &["replicasets"]),
         rule(&["update"], "apps", &["replicasets/status"]),
@@ -185,6 +187,7 @@ fn controller_manager() -> ClusterRole {
         rule(&[READ, WRITE].concat(), "batch", &["jobs"]),
         rule(&["get", "list", "watch", "patch"], "batch", &["cronjobs"]),
         rule(&["update"], "batch", &["jobs/status", "cronjobs/status"]),
+        rule(&["get", "list", "watch", "create", "patch", "delete"], "", &["persistentvolumeclaims"]),
         rule(&["list", "watch", "update", "patch"], "", &["nodes"]),
         rule(&["update"], "", &["nodes/status"]),
         rule(INFORM, "", &["namespaces", "services"]),

@@ -67,7 +67,7 @@ impl Registry {
                 && self.namespace_is_empty(name).await;
             // Only a kubelet can stop a bound pod's containers, so only its
             // final delete (grace 0) removes the pod.
-            let graceful = info.kind == "Pod" && grace != Some(0) && self.has_live_kubelet(&current).await;
+            let graceful = info.kind == "Pod" && grace != Some(0) && self.node_finishes_deletion(&current).await;
             if dry_run {
                 return Ok(stamped(current, stored.mod_revision));
             }
@@ -110,11 +110,15 @@ impl Registry {
         Err(Error::conflict(info, name))
     }
 
-    /// Whether a pod is bound to a node whose kubelet can finish its
-    /// deletion: the Node exists and is Ready. A pod on a missing or
-    /// unreachable node is deleted at once instead of waiting forever (as
-    /// Kubernetes' pod garbage collector force-deletes such pods).
-    async fn has_live_kubelet(&self, pod: &Value) -> bool {
+    /// Whether a pod is bound to a node whose kubelet is to finish its
+    /// deletion: the Node exists, reachable or not, as in Kubernetes. A pod
+    /// on an unreachable node stays terminating until its kubelet comes back
+    /// or someone deletes it with grace 0: only then may a StatefulSet make
+    /// its ordinal again. A pod on a Node that no longer exists, or on one
+    /// tainted `node.kubernetes.io/out-of-service` (the operator's word that
+    /// it is shut down), is deleted at once, as Kubernetes' pod garbage
+    /// collector does.
+    async fn node_finishes_deletion(&self, pod: &Value) -> bool {
         let node = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default();
         if node.is_empty() {
             return false;
@@ -122,9 +126,10 @@ impl Registry {
         let Ok(info) = KindInfo::by_kind("Node") else { return false };
         let Some(cached) = self.cache_with_own_writes(info).await.get(&info.key("", node)) else { return false };
         let Ok(node) = serde_json::from_slice::<Value>(&cached.json) else { return false };
-        node.pointer("/status/conditions")
-            .and_then(Value::as_array)
-            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        let out_of_service = node.pointer("/spec/taints").and_then(Value::as_array).is_some_and(|ts| {
+            ts.iter().any(|t| t["key"] == well_known::OUT_OF_SERVICE_TAINT && t["effect"] == "NoExecute")
+        });
+        !out_of_service
     }
 
     /// Whether the watch caches hold no object in namespace `ns` but the

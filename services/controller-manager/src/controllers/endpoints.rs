@@ -117,7 +117,7 @@ impl Reconcile for EndpointsController {
             .collect();
         let spec = svc.spec.clone().unwrap_or_default();
         let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
-        let subsets = desired_subsets(spec.ports.as_deref().unwrap_or_default(), &pods, publish_not_ready);
+        let subsets = desired_subsets(name, spec.ports.as_deref().unwrap_or_default(), &pods, publish_not_ready);
         let labels = desired_labels(&svc);
         let api = self.client.api::<Endpoints>(ns);
         match existing {
@@ -214,11 +214,18 @@ fn resolve_target_port(port: &ServicePort, pod: &Pod) -> Option<i32> {
     }
 }
 
-/// The subsets of a Service with `ports` over the candidate `pods` (already
-/// selected by label): pods grouped by the set of ports they resolve to,
-/// addresses sorted by IP, subsets by their ports, so that the same state
-/// always gives the same object.
-pub fn desired_subsets(ports: &[ServicePort], pods: &[Arc<Pod>], publish_not_ready: bool) -> Vec<EndpointSubset> {
+/// The subsets of Service `service` with `ports` over the candidate `pods`
+/// (already selected by label): pods grouped by the set of ports they
+/// resolve to, addresses sorted by IP, subsets by their ports, so that the
+/// same state always gives the same object. A pod whose subdomain is the
+/// Service's name is listed with its hostname (a StatefulSet's pods), which
+/// gives it a DNS name under a headless Service.
+pub fn desired_subsets(
+    service: &str,
+    ports: &[ServicePort],
+    pods: &[Arc<Pod>],
+    publish_not_ready: bool,
+) -> Vec<EndpointSubset> {
     // Port set (name, port, protocol, appProtocol) → (ready, not ready).
     type PortKey = Vec<(String, i32, String, Option<String>)>;
     let mut groups: BTreeMap<PortKey, (Vec<EndpointAddress>, Vec<EndpointAddress>)> = BTreeMap::new();
@@ -240,7 +247,12 @@ pub fn desired_subsets(ports: &[ServicePort], pods: &[Arc<Pod>], publish_not_rea
         let address = EndpointAddress {
             ip: pod.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_default(),
             node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
-            hostname: None,
+            hostname: pod
+                .spec
+                .as_ref()
+                .filter(|s| s.subdomain.as_deref() == Some(service))
+                .and_then(|s| s.hostname.clone())
+                .filter(|h| !h.is_empty()),
             target_ref: Some(ObjectReference {
                 kind: Some("Pod".into()),
                 name: pod.metadata.name.clone(),
@@ -345,7 +357,7 @@ mod tests {
     fn ready_and_not_ready_apart() {
         let pods =
             vec![pod("b", "10.42.0.2", true, &[]), pod("a", "10.42.0.1", true, &[]), pod("c", "10.42.0.3", false, &[])];
-        let subsets = desired_subsets(&[port("http", 80, IntOrString::Int(8080))], &pods, false);
+        let subsets = desired_subsets("svc", &[port("http", 80, IntOrString::Int(8080))], &pods, false);
         assert_eq!(subsets.len(), 1);
         assert_eq!(ips(&subsets[0].addresses), ["10.42.0.1", "10.42.0.2"]);
         assert_eq!(ips(&subsets[0].not_ready_addresses), ["10.42.0.3"]);
@@ -357,8 +369,23 @@ mod tests {
             (Some("Pod"), Some("a"), Some("uid-a"))
         );
 
-        let published = desired_subsets(&[port("http", 80, IntOrString::Int(8080))], &pods, true);
+        let published = desired_subsets("svc", &[port("http", 80, IntOrString::Int(8080))], &pods, true);
         assert_eq!(ips(&published[0].addresses).len(), 3);
+    }
+
+    #[test]
+    fn pods_of_the_services_subdomain_are_listed_by_hostname() {
+        let mut member = (*pod("db-0", "10.42.0.1", true, &[])).clone();
+        let spec = member.spec.as_mut().unwrap();
+        spec.hostname = Some("db-0".into());
+        spec.subdomain = Some("db".into());
+        let mut stranger = member.clone();
+        stranger.metadata.name = Some("other".into());
+        stranger.status.as_mut().unwrap().pod_ip = Some("10.42.0.2".into());
+        stranger.spec.as_mut().unwrap().subdomain = Some("elsewhere".into());
+        let subsets = desired_subsets("db", &[], &[Arc::new(member), Arc::new(stranger)], false);
+        let hostnames: Vec<_> = subsets[0].addresses.iter().flatten().map(|a| a.hostname.as_deref()).collect();
+        assert_eq!(hostnames, [Some("db-0"), None]);
     }
 
     #[test]
@@ -366,7 +393,7 @@ mod tests {
         let mut deleting = (*pod("d", "10.42.0.4", true, &[])).clone();
         deleting.metadata.deletion_timestamp = Some(util::now_time());
         let pods = vec![pod("a", "", true, &[]), Arc::new(deleting)];
-        assert!(desired_subsets(&[port("http", 80, IntOrString::Int(80))], &pods, false).is_empty());
+        assert!(desired_subsets("svc", &[port("http", 80, IntOrString::Int(80))], &pods, false).is_empty());
     }
 
     #[test]
@@ -378,7 +405,7 @@ mod tests {
             pod("d", "10.42.0.4", true, &[("web", 8080)]),
         ];
         let ports = [port("http", 80, IntOrString::String("web".into()))];
-        let subsets = desired_subsets(&ports, &pods, false);
+        let subsets = desired_subsets("svc", &ports, &pods, false);
         // c lacks the port entirely; a and d share 8080, b has 9090.
         assert_eq!(subsets.len(), 2);
         assert_eq!(subsets[0].ports.as_ref().unwrap()[0].port, 8080);
@@ -388,7 +415,7 @@ mod tests {
 
         // With a second, numeric port, c keeps that one in a subset of its own.
         let two = [port("http", 80, IntOrString::String("web".into())), port("metrics", 9100, IntOrString::Int(9100))];
-        let subsets = desired_subsets(&two, &pods, false);
+        let subsets = desired_subsets("svc", &two, &pods, false);
         assert_eq!(subsets.len(), 3);
         let only_metrics = subsets.iter().find(|s| s.ports.as_ref().unwrap().len() == 1).unwrap();
         assert_eq!(ips(&only_metrics.addresses), ["10.42.0.3"]);

@@ -4,7 +4,8 @@
 //! Covered: the owner and dependent kinds of
 //! [`COLLECTED_OWNERS`](skiff_api::well_known::COLLECTED_OWNERS) (Pods of
 //! ReplicaSets, DaemonSets, StatefulSets and Jobs; ReplicaSets of
-//! Deployments; Jobs of CronJobs). Owner references of other kinds are left
+//! Deployments; Jobs of CronJobs; PersistentVolumeClaims of StatefulSets
+//! and Pods). Owner references of other kinds are left
 //! alone. The collector reads every kind alike, as metadata from the shared
 //! caches, and writes through the untyped client.
 //!
@@ -98,6 +99,7 @@ pub fn start(ctx: &Context, w: &mut Wiring<'_>) {
     caches.insert("StatefulSet", Arc::new(c.statefulsets.clone()));
     caches.insert("Job", Arc::new(c.jobs.clone()));
     caches.insert("CronJob", Arc::new(c.cronjobs.clone()));
+    caches.insert("PersistentVolumeClaim", Arc::new(c.persistent_volume_claims.clone()));
     let caches: Caches = Arc::new(caches);
     follow(w, &queue, &c.pods, &caches);
     follow(w, &queue, &c.replicasets, &caches);
@@ -106,6 +108,7 @@ pub fn start(ctx: &Context, w: &mut Wiring<'_>) {
     follow(w, &queue, &c.statefulsets, &caches);
     follow(w, &queue, &c.jobs, &caches);
     follow(w, &queue, &c.cronjobs, &caches);
+    follow(w, &queue, &c.persistent_volume_claims, &caches);
     w.run(ctx, GarbageCollector { client: ctx.client.clone(), caches }, queue);
 }
 

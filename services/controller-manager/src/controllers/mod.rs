@@ -3,8 +3,8 @@
 //! maps informer events to keys (handlers map, they never decide or call
 //! the API), and a [`skiff_client::Controller`] running its reconciles.
 //!
-//! Not here yet: the StatefulSet, EndpointSlice and HorizontalPodAutoscaler
-//! controllers.
+//! Not here yet: the EndpointSlice and HorizontalPodAutoscaler controllers,
+//! and PersistentVolume binding.
 
 pub mod certificates;
 pub mod cronjob;
@@ -19,6 +19,7 @@ pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod replicaset;
 pub mod resource_quota;
+pub mod statefulset;
 pub mod taint_eviction;
 
 use std::sync::Arc;
@@ -57,6 +58,7 @@ pub async fn run_all(ctx: Context, stop: Stop) {
     replicaset::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     deployment::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     daemonset::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
+    statefulset::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     job::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     cronjob::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     garbage_collector::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
