@@ -51,6 +51,7 @@ fn samples() -> Vec<(&'static str, Value)> {
             "PersistentVolumeClaim",
             json!({"metadata": {"name": "pvc"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}),
         ),
+        ("StorageClass", json!({"metadata": {"name": "fast"}, "provisioner": "example.com/fast"})),
         ("Deployment", json!({"metadata": {"name": "d"}, "spec": {"selector": selector, "template": template}})),
         ("ReplicaSet", json!({"metadata": {"name": "rs"}, "spec": {"selector": selector, "template": template}})),
         ("DaemonSet", json!({"metadata": {"name": "ds"}, "spec": {"selector": selector, "template": template}})),
@@ -439,11 +440,12 @@ async fn bad_input_is_refused_with_the_field_named_and_nothing_stored() {
     client.create("ConfigMap", "default", &configmap("fine")).await.unwrap();
 }
 
-/// Jobs and CronJobs: the apiserver makes a Job's selector from its uid,
-/// refuses what Kubernetes refuses (naming the field), and keeps a Job's
-/// selector and template as they were made.
+/// Jobs, CronJobs and claims: the apiserver makes a Job's selector from its
+/// uid, refuses what Kubernetes refuses (naming the field), keeps a Job's
+/// selector and template as they were made, and gives a claim the default
+/// StorageClass.
 #[tokio::test]
-async fn jobs_get_their_selector_and_bad_jobs_and_cron_jobs_are_refused() {
+async fn jobs_get_their_selector_and_bad_jobs_cron_jobs_and_claims_are_refused() {
     let cluster = Cluster::start().await.expect("cluster");
     let client = cluster.client();
     let (_, job) = samples().into_iter().find(|(k, _)| *k == "Job").unwrap();
@@ -512,6 +514,27 @@ async fn jobs_get_their_selector_and_bad_jobs_and_cron_jobs_are_refused() {
         let err = client.create("CronJob", "default", &bad).await.unwrap_err();
         assert!(err.is_invalid() && err.to_string().contains(field) && err.to_string().contains(why), "{field}: {err}");
     }
+    // Claims: the default class filled in, an unknown one refused.
+    let claim = |name: &str, class: Option<&str>| {
+        let mut claim = json!({"metadata": {"name": name}, "spec": {"accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": "1Gi"}}}});
+        if let Some(class) = class {
+            claim["spec"]["storageClassName"] = json!(class);
+        }
+        claim
+    };
+    let defaulted = client.create("PersistentVolumeClaim", "default", &claim("plain", None)).await.unwrap();
+    assert_eq!(defaulted["spec"]["storageClassName"], "local-path");
+    let err = client.create("PersistentVolumeClaim", "default", &claim("lost", Some("nope"))).await.unwrap_err();
+    assert!(
+        err.is_invalid() && err.to_string().contains("spec.storageClassName: storage class \"nope\" not found"),
+        "{err}"
+    );
+    let mut no_size = claim("sizeless", None);
+    no_size["spec"]["resources"] = json!({});
+    let err = client.create("PersistentVolumeClaim", "default", &no_size).await.unwrap_err();
+    assert!(err.to_string().contains("spec.resources.requests.storage: required"), "{err}");
+
     let mut zoned = cron.clone();
     zoned["spec"]["timeZone"] = json!("Europe/Berlin");
     client.create("CronJob", "default", &zoned).await.expect("a known time zone");

@@ -120,3 +120,74 @@ async fn failed_pods_fail_the_job_by_policy_or_backoff_limit() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.lines().any(|l| l.starts_with("flaky") && l.contains("Failed") && l.contains("0/1")), "{table}");
 }
+
+async fn running_pod(client: &Client, name: &str, not_uid: Option<&str>) -> Value {
+    eventually(&format!("pod {name} running"), || async {
+        let pod = client.get("Pod", "default", name).await.ok()?;
+        let fresh = not_uid.is_none_or(|uid| pod["metadata"]["uid"] != uid);
+        (fresh && pod["status"]["phase"] == "Running" && pod["metadata"]["deletionTimestamp"].is_null()).then_some(pod)
+    })
+    .await
+}
+
+async fn log_of(cluster: &Cluster, pod: &str, want: &str) {
+    eventually(&format!("{pod}'s log to read {want:?}"), || async {
+        let out = cluster.skiffctl(&["logs", pod], None).ok()?;
+        (String::from_utf8_lossy(&out.stdout).trim() == want).then_some(())
+    })
+    .await;
+}
+
+/// A StatefulSet's claim on a real node: the default `local-path` class
+/// provisions a volume on the node the scheduler chose, the data written
+/// there outlives the pod (its replacement reads it back), and deleting
+/// the set (claims deleted with it) deletes the volume and its folder.
+#[tokio::test]
+async fn a_stateful_sets_data_outlives_its_pod() {
+    let cluster = cluster().await;
+    let client = cluster.client();
+    let busybox = cluster.runtime().unwrap().registry().image(BUSYBOX_IMAGE);
+    let script = "test -f /data/first || hostname > /data/first; echo boot >> /data/boots; \
+                  cat /data/first; wc -l < /data/boots; sleep 3600";
+    let set = json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "notes"},
+        "spec": {"replicas": 1, "serviceName": "notes", "selector": {"matchLabels": {"app": "notes"}},
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete"},
+            "template": {"metadata": {"labels": {"app": "notes"}}, "spec": {"terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "c", "image": busybox, "command": ["sh", "-c", script],
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}},
+            "volumeClaimTemplates": [{"metadata": {"name": "data"},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "64Mi"}}}}]}});
+    client.create("StatefulSet", "default", &set).await.unwrap();
+    let first = running_pod(&client, "notes-0", None).await;
+    log_of(&cluster, "notes-0", "notes-0\n1").await;
+
+    let claim = client.get("PersistentVolumeClaim", "default", "data-notes-0").await.unwrap();
+    assert_eq!(claim["spec"]["storageClassName"], "local-path", "the default class");
+    assert_eq!(claim["status"]["phase"], "Bound", "{claim}");
+    assert_eq!(claim["metadata"]["annotations"]["volume.kubernetes.io/selected-node"], NODE);
+    let volume_name = claim["spec"]["volumeName"].as_str().unwrap().to_string();
+    let volume = eventually("the volume Bound", || async {
+        let volume = client.get("PersistentVolume", "", &volume_name).await.ok()?;
+        (volume["status"]["phase"] == "Bound").then_some(volume)
+    })
+    .await;
+    assert_eq!(volume["spec"]["claimRef"]["name"], "data-notes-0");
+    assert_eq!(volume["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchFields"][0]["values"][0], NODE);
+    let folder = std::path::PathBuf::from(volume["spec"]["local"]["path"].as_str().unwrap());
+    assert_eq!(std::fs::read_to_string(folder.join("first")).unwrap().trim(), "notes-0");
+
+    // The pod goes; its replacement finds the data.
+    client.delete("Pod", "default", "notes-0").await.unwrap();
+    running_pod(&client, "notes-0", first["metadata"]["uid"].as_str()).await;
+    log_of(&cluster, "notes-0", "notes-0\n2").await;
+
+    // The set goes, its claim with it, and the volume and folder with that.
+    client.delete("StatefulSet", "default", "notes").await.unwrap();
+    eventually("the claim, the volume and its folder gone", || async {
+        let claim_gone =
+            client.get("PersistentVolumeClaim", "default", "data-notes-0").await.is_err_and(|e| e.is_not_found());
+        let volume_gone = client.get("PersistentVolume", "", &volume_name).await.is_err_and(|e| e.is_not_found());
+        (claim_gone && volume_gone && !folder.exists()).then_some(())
+    })
+    .await;
+}

@@ -6,6 +6,7 @@
 use k8s_openapi::api::{
     apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch, certificates::v1 as certificates,
     coordination::v1 as coordination, core::v1 as core, networking::v1 as networking, rbac::v1 as rbac,
+    storage::v1 as storage,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{de::DeserializeOwned, Serialize};
@@ -121,8 +122,63 @@ impl Rules for core::LimitRange {
 
 impl Rules for core::ServiceAccount {}
 impl Rules for core::Event {}
-impl Rules for core::PersistentVolume {}
-impl Rules for core::PersistentVolumeClaim {}
+impl Rules for core::PersistentVolume {
+    fn apply_defaults(&mut self) {
+        if let Some(spec) = self.spec.as_mut() {
+            spec.persistent_volume_reclaim_policy.get_or_insert_with(|| "Retain".into());
+            spec.volume_mode.get_or_insert_with(|| "Filesystem".into());
+        }
+    }
+    fn validate(&self, errs: &mut Errors) {
+        let Some(spec) = &self.spec else {
+            return errs.add("spec", "required");
+        };
+        check::access_modes(spec.access_modes.as_deref(), "spec.accessModes", errs);
+        match spec.capacity.as_ref().and_then(|c| c.get("storage")) {
+            None => errs.add("spec.capacity.storage", "required"),
+            Some(_) => check::quantities(spec.capacity.as_ref(), "spec.capacity", errs),
+        }
+        let reclaim = spec.persistent_volume_reclaim_policy.as_deref();
+        check::one_of(reclaim, &["Retain", "Delete", "Recycle"], "spec.persistentVolumeReclaimPolicy", errs);
+        if spec.host_path.is_none() && spec.local.is_none() {
+            errs.add("spec", "a volume source is required: hostPath or local (the ones skiff's kubelets mount)");
+        }
+    }
+}
+
+impl Rules for core::PersistentVolumeClaim {
+    fn apply_defaults(&mut self) {
+        if let Some(spec) = self.spec.as_mut() {
+            spec.volume_mode.get_or_insert_with(|| "Filesystem".into());
+        }
+    }
+    fn validate(&self, errs: &mut Errors) {
+        let Some(spec) = &self.spec else {
+            return errs.add("spec", "required");
+        };
+        check::access_modes(spec.access_modes.as_deref(), "spec.accessModes", errs);
+        let requests = spec.resources.as_ref().and_then(|r| r.requests.as_ref());
+        match requests.and_then(|r| r.get("storage")) {
+            None => errs.add("spec.resources.requests.storage", "required"),
+            Some(_) => check::quantities(requests, "spec.resources.requests", errs),
+        }
+    }
+}
+
+impl Rules for storage::StorageClass {
+    fn apply_defaults(&mut self) {
+        self.reclaim_policy.get_or_insert_with(|| "Delete".into());
+        self.volume_binding_mode.get_or_insert_with(|| "Immediate".into());
+    }
+    fn validate(&self, errs: &mut Errors) {
+        if self.provisioner.is_empty() {
+            errs.add("provisioner", "required");
+        }
+        check::one_of(self.reclaim_policy.as_deref(), &["Delete", "Retain"], "reclaimPolicy", errs);
+        let mode = self.volume_binding_mode.as_deref();
+        check::one_of(mode, &["Immediate", "WaitForFirstConsumer"], "volumeBindingMode", errs);
+    }
+}
 
 impl Rules for apps::Deployment {
     fn apply_defaults(&mut self) {
@@ -435,6 +491,7 @@ pub(crate) fn visit_kind<V: KindVisitor>(kind: &str, visitor: V) -> Option<V::Ou
         "Event" => visitor.visit::<core::Event>(),
         "PersistentVolume" => visitor.visit::<core::PersistentVolume>(),
         "PersistentVolumeClaim" => visitor.visit::<core::PersistentVolumeClaim>(),
+        "StorageClass" => visitor.visit::<storage::StorageClass>(),
         "Deployment" => visitor.visit::<apps::Deployment>(),
         "ReplicaSet" => visitor.visit::<apps::ReplicaSet>(),
         "DaemonSet" => visitor.visit::<apps::DaemonSet>(),

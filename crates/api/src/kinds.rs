@@ -40,6 +40,7 @@ pub static KINDS: &[KindInfo] = &[
     kind("Event", "v1", "events", true, &["ev"], false),
     kind("PersistentVolume", "v1", "persistentvolumes", false, &["pv"], true),
     kind("PersistentVolumeClaim", "v1", "persistentvolumeclaims", true, &["pvc"], true),
+    kind("StorageClass", "storage.k8s.io/v1", "storageclasses", false, &["sc"], false),
     kind("Deployment", "apps/v1", "deployments", true, &["deploy"], true),
     kind("ReplicaSet", "apps/v1", "replicasets", true, &["rs"], true),
     kind("DaemonSet", "apps/v1", "daemonsets", true, &["ds"], true),

@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, NodeSelectorTerm, PodSpec, Taint, Toleration};
+use k8s_openapi::api::core::v1::{
+    Node, NodeSelectorRequirement, NodeSelectorTerm, PersistentVolume, PodSpec, Taint, Toleration,
+};
 
 /// Whether `toleration` tolerates `taint`, by Kubernetes' rules: an empty
 /// effect matches every effect, an empty key with `Exists` matches every
@@ -90,6 +92,14 @@ pub fn node_matches(spec: &PodSpec, node: &Node) -> bool {
         .as_ref()
         .and_then(|a| a.node_affinity.as_ref())
         .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref());
+    required.is_none_or(|r| r.node_selector_terms.iter().any(|t| term_matches(t, labels, name)))
+}
+
+/// Whether a PersistentVolume may be used on the node named `name` with
+/// `labels`: it has no node affinity, or one of its required terms matches
+/// (a local volume lives on one node).
+pub fn volume_allows(volume: &PersistentVolume, labels: Option<&BTreeMap<String, String>>, name: &str) -> bool {
+    let required = volume.spec.as_ref().and_then(|s| s.node_affinity.as_ref()).and_then(|a| a.required.as_ref());
     required.is_none_or(|r| r.node_selector_terms.iter().any(|t| term_matches(t, labels, name)))
 }
 

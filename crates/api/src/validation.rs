@@ -506,6 +506,18 @@ pub(crate) fn data_keys<'a>(keys: impl Iterator<Item = &'a String>, path: &str, 
     }
 }
 
+/// A volume's or claim's access modes: at least one, each known.
+pub(crate) fn access_modes(modes: Option<&[String]>, path: &str, errs: &mut Errors) {
+    let modes = modes.unwrap_or_default();
+    if modes.is_empty() {
+        errs.add(path, "at least one access mode is required");
+    }
+    for (i, mode) in modes.iter().enumerate() {
+        let allowed = ["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"];
+        one_of(Some(mode), &allowed, &format!("{path}[{i}]"), errs);
+    }
+}
+
 /// The most indexes an Indexed Job may have, as in Kubernetes.
 const MAX_JOB_INDEXES: i32 = 100_000;
 

@@ -50,6 +50,22 @@ pub const JOB_TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
 pub const STATEFULSET_POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
 pub const STATEFULSET_POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 
+/// The StorageClass a claim without one gets carries this annotation
+/// with the value "true".
+pub const DEFAULT_STORAGE_CLASS_ANNOTATION: &str = "storageclass.kubernetes.io/is-default-class";
+
+/// skiff's built-in provisioner: a folder on the node that first runs a
+/// pod of the claim, and the StorageClass the apiserver makes for it.
+pub const LOCAL_PATH_PROVISIONER: &str = "skiff.io/local-path";
+pub const LOCAL_PATH_STORAGE_CLASS: &str = "local-path";
+
+/// Who provisioned a PersistentVolume (`pv.kubernetes.io/provisioned-by`).
+pub const PROVISIONED_BY_ANNOTATION: &str = "pv.kubernetes.io/provisioned-by";
+
+/// The node the scheduler chose for the first pod of a claim whose class
+/// waits for a consumer: the volume is provisioned there.
+pub const SELECTED_NODE_ANNOTATION: &str = "volume.kubernetes.io/selected-node";
+
 /// The time (RFC 3339, in the CronJob's zone) a CronJob's Job was
 /// scheduled for.
 pub const CRONJOB_SCHEDULED_TIMESTAMP: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";

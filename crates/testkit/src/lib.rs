@@ -650,7 +650,9 @@ impl Cluster {
     /// workloads applied to it run as containers.
     pub async fn start_workers(&mut self, node_name: &str) -> Result<()> {
         self.start_service("scheduler", "skiff-scheduler", &[]).await?;
-        self.start_service("controller-manager", "skiff-controller-manager", &[]).await?;
+        // local-path volumes in the cluster's own folder, not the host's.
+        let local_path_root = format!("--local-path-root={}", self.dir.join("local-path").display());
+        self.start_service("controller-manager", "skiff-controller-manager", &[local_path_root]).await?;
         self.start_kubelet(node_name, &[]).await?;
         Ok(())
     }

@@ -205,6 +205,7 @@ pub async fn run(
         let _ = rx.wait_for(|r| *r).await;
     }
     registry.ensure_system_namespaces().await?;
+    registry.ensure_default_storage_class().await?;
     registry.ensure_default_service_accounts().await?;
     auth::ensure_default_policy(&registry).await?;
     let authorizer = Arc::new(match config.authorization_mode {

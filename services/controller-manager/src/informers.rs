@@ -7,7 +7,10 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet}
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, PersistentVolumeClaim, Pod, ResourceQuota, Service};
+use k8s_openapi::api::core::v1::{
+    Endpoints, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, ResourceQuota, Service,
+};
+use k8s_openapi::api::storage::v1::StorageClass;
 use skiff_api::well_known::NODE_LEASE_NAMESPACE;
 use skiff_client::{wait_all_synced, CacheSync, Client, Informer, ListParams, Object, Store};
 use skiff_telemetry::Stop;
@@ -24,6 +27,8 @@ pub struct Informers {
     pub jobs: Store<Job>,
     pub cronjobs: Store<CronJob>,
     pub persistent_volume_claims: Store<PersistentVolumeClaim>,
+    pub persistent_volumes: Store<PersistentVolume>,
+    pub storage_classes: Store<StorageClass>,
     pub nodes: Store<Node>,
     /// Node heartbeats, in kube-node-lease only.
     pub node_leases: Store<Lease>,
@@ -47,6 +52,8 @@ impl Informers {
             jobs: spawn(client.api::<Job>(""), &stop, &mut runners),
             cronjobs: spawn(client.api::<CronJob>(""), &stop, &mut runners),
             persistent_volume_claims: spawn(client.api::<PersistentVolumeClaim>(""), &stop, &mut runners),
+            persistent_volumes: spawn(client.api::<PersistentVolume>(""), &stop, &mut runners),
+            storage_classes: spawn(client.api::<StorageClass>(""), &stop, &mut runners),
             nodes: spawn(client.api::<Node>(""), &stop, &mut runners),
             node_leases: spawn(client.api::<Lease>(NODE_LEASE_NAMESPACE), &stop, &mut runners),
             namespaces: spawn(client.api::<Namespace>(""), &stop, &mut runners),
@@ -69,6 +76,8 @@ impl Informers {
             Arc::new(self.jobs.clone()),
             Arc::new(self.cronjobs.clone()),
             Arc::new(self.persistent_volume_claims.clone()),
+            Arc::new(self.persistent_volumes.clone()),
+            Arc::new(self.storage_classes.clone()),
             Arc::new(self.nodes.clone()),
             Arc::new(self.node_leases.clone()),
             Arc::new(self.namespaces.clone()),

@@ -73,6 +73,10 @@ pub struct Config {
     /// for less (spec.expirationSeconds) gets less.
     #[arg(long, default_value = "8760h", value_parser = parse_duration)]
     pub cluster_signing_duration: Duration,
+    /// The folder on each node under which the built-in `local-path`
+    /// provisioner makes its volumes (the node's kubelet creates them).
+    #[arg(long, default_value = "/var/lib/skiff/local-path")]
+    pub local_path_root: std::path::PathBuf,
 }
 
 /// Runs until `shutdown` resolves (or leadership is lost, which is an error:
@@ -110,6 +114,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         node_ipam,
         signing_ca,
         signing_duration: config.cluster_signing_duration,
+        local_path_root: config.local_path_root.clone(),
     };
     let on_leading = controllers::run_all(controllers, ops.stop.clone());
 

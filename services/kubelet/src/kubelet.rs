@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 
 use crate::node::{self, NodeAgent};
 use crate::pods::sync::{PodSyncer, Settings};
-use crate::pods::{self, PodLoop, StoreObjects};
+use crate::pods::{self, PodInformers, PodLoop};
 use crate::runtime::{ContainerRuntime, CriRuntime};
 use crate::server;
 use crate::serviceaccount::TokenManager;
@@ -46,8 +46,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let node_name = node.name.clone();
     let node = Arc::new(node);
 
-    let (pods, config_maps, secrets) = pods::informers(&client, &node.name);
-    let objects = Arc::new(StoreObjects { config_maps: config_maps.store(), secrets: secrets.store() });
+    let informers = PodInformers::new(&client, &node.name);
+    let objects = Arc::new(informers.objects());
     let settings = Settings {
         node_name: node.name.clone(),
         node_ip: node.ip.to_string(),
@@ -94,7 +94,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         let (config, client, node, stop) = (config.clone(), client.clone(), node_name.clone(), ops.stop.clone());
         async move { crate::bootstrap::rotate(&config, client, node, names.to_vec(), stop).await }
     });
-    let pod_loop = PodLoop { client, syncer, pods, config_maps, secrets, relist_interval: config.relist_interval };
+    let pod_loop =
+        PodLoop { client, syncer, informers, node_name: node_name.clone(), relist_interval: config.relist_interval };
     tasks.spawn(pods::run(pod_loop, ops.stop.clone()));
 
     shutdown.await;

@@ -11,8 +11,13 @@
 //!   is written again on the pod's next sync (the kubelet watches
 //!   ConfigMaps and Secrets and requeues the pods that use them).
 //!
-//! A volume naming a missing ConfigMap or Secret (not `optional`) is an
-//! error naming it; the pod waits, with a `FailedMount` Event.
+//! - `persistentVolumeClaim`: the bound volume's `local` or `hostPath`
+//!   path; a local-path volume's folder is made on first use and removed
+//!   when the volume is deleted.
+//!
+//! A volume naming a missing ConfigMap or Secret (not `optional`), or an
+//! unbound claim, is an error naming it; the pod waits, with a
+//! `FailedMount` Event, and is synced again when the claim changes.
 //!
 //! The files are small, so this does plain blocking file IO.
 
@@ -22,9 +27,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, DownwardAPIVolumeSource, EmptyDirVolumeSource, HostPathVolumeSource, KeyToPath, Pod,
-    SecretVolumeSource, Volume,
+    ConfigMapVolumeSource, DownwardAPIVolumeSource, EmptyDirVolumeSource, HostPathVolumeSource, KeyToPath,
+    PersistentVolume, Pod, SecretVolumeSource, Volume,
 };
+use skiff_api::scheduling::volume_allows;
+use skiff_api::well_known::{LOCAL_PATH_PROVISIONER, PROVISIONED_BY_ANNOTATION};
+use skiff_client::InformerEvent;
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::pods::Objects;
 use crate::Error;
@@ -99,6 +108,8 @@ impl Volumes {
             secret(&dir("kubernetes.io~secret"), source, objects, ns)
         } else if let Some(source) = &v.downward_api {
             downward_api(&dir("kubernetes.io~downward-api"), source, pod)
+        } else if let Some(source) = &v.persistent_volume_claim {
+            claimed_volume(&source.claim_name, objects, ns)
         } else {
             // projected, csi, nfs…: not on this node. Say so rather than
             // start a container without what it expects.
@@ -198,6 +209,65 @@ fn host_path(source: &HostPathVolumeSource) -> Result<PathBuf, Error> {
         _ => {}
     }
     Ok(path)
+}
+
+/// The folder of the volume a claim is bound to: a `local` or `hostPath`
+/// volume's path. A local-path volume's folder is made on first use. An
+/// unbound claim is an error the sync retries: the pod starts once the
+/// claim is bound.
+fn claimed_volume(claim_name: &str, objects: &dyn Objects, ns: &str) -> Result<PathBuf, Error> {
+    let claim = objects
+        .claim(ns, claim_name)
+        .ok_or_else(|| Error::Volume(format!("persistentvolumeclaim {claim_name:?} not found")))?;
+    let volume_name = claim.spec.as_ref().and_then(|s| s.volume_name.as_deref()).filter(|v| !v.is_empty());
+    let volume_name =
+        volume_name.ok_or_else(|| Error::Volume(format!("persistentvolumeclaim {claim_name:?} is not bound yet")))?;
+    let volume = objects
+        .volume(volume_name)
+        .ok_or_else(|| Error::Volume(format!("persistentvolume {volume_name:?} not found")))?;
+    let spec = volume.spec.as_ref();
+    if let Some(local) = spec.and_then(|s| s.local.as_ref()) {
+        let path = PathBuf::from(&local.path);
+        if provisioned_here(&volume) {
+            create_dir(&path)?;
+        } else if !path.is_dir() {
+            return Err(Error::Volume(format!("local volume {volume_name:?}: {} is not a directory", local.path)));
+        }
+        return Ok(path);
+    }
+    match spec.and_then(|s| s.host_path.as_ref()) {
+        Some(source) => host_path(source),
+        None => {
+            Err(Error::Volume(format!("persistentvolume {volume_name:?} has a type this kubelet does not support")))
+        }
+    }
+}
+
+/// Made by skiff's local-path provisioner, so its folder is ours to make
+/// and, once the volume is deleted, to remove.
+fn provisioned_here(volume: &PersistentVolume) -> bool {
+    let annotations = volume.metadata.annotations.as_ref();
+    annotations.and_then(|a| a.get(PROVISIONED_BY_ANNOTATION)).map(String::as_str) == Some(LOCAL_PATH_PROVISIONER)
+}
+
+/// Removes the folder of each deleted local-path volume that lived on
+/// `node`: the data goes with the volume (reclaim policy Delete). A volume
+/// deleted while this kubelet was down keeps its folder.
+pub async fn remove_deleted_local_paths(mut events: UnboundedReceiver<InformerEvent<PersistentVolume>>, node: String) {
+    while let Some(event) = events.recv().await {
+        let InformerEvent::Deleted(volume) = event else { continue };
+        let Some(local) = volume.spec.as_ref().and_then(|s| s.local.as_ref()) else { continue };
+        if !provisioned_here(&volume) || !volume_allows(&volume, None, &node) {
+            continue;
+        }
+        match std::fs::remove_dir_all(&local.path) {
+            Ok(()) => {
+                tracing::info!(volume = ?volume.metadata.name, path = %local.path, "removed a deleted volume's folder")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => tracing::warn!(path = %local.path, %error, "could not remove a deleted volume's folder"),
+        }
+    }
 }
 
 /// The ConfigMap's keys (or the chosen items) as files.
@@ -413,6 +483,7 @@ mod tests {
     use super::*;
     use crate::pods::tests::MapObjects;
     use serde_json::json;
+    use std::sync::Arc;
 
     fn pod(volumes: serde_json::Value) -> Pod {
         serde_json::from_value(json!({
@@ -479,6 +550,32 @@ mod tests {
         assert_eq!(std::fs::read_to_string(info.join("labels")).unwrap(), "app=\"web\"");
         assert_eq!(std::fs::read_to_string(info.join("name")).unwrap(), "p");
         assert!(prepared.paths["scratch"].is_dir());
+    }
+
+    #[test]
+    fn a_bound_claim_mounts_its_volumes_folder_made_on_first_use() {
+        let tmp = tempfile::tempdir().unwrap();
+        let folder = tmp.path().join("local-path").join("pvc-1_ns_data");
+        let objects = MapObjects::default();
+        let claim = |volume: serde_json::Value| {
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "data", "namespace": "ns"},
+                "spec": {"volumeName": volume}}))
+            .unwrap()
+        };
+        let p = pod(serde_json::json!([{"name": "d", "persistentVolumeClaim": {"claimName": "data"}}]));
+        let err = Volumes::new(tmp.path()).prepare(&p, &objects, None).unwrap_err();
+        assert!(err.to_string().contains("persistentvolumeclaim \"data\" not found"), "{err}");
+        objects.claims.lock().unwrap().insert("ns/data".into(), Arc::new(claim(serde_json::Value::Null)));
+        let err = Volumes::new(tmp.path()).prepare(&p, &objects, None).unwrap_err();
+        assert!(err.to_string().contains("is not bound yet"), "{err}");
+        objects.claims.lock().unwrap().insert("ns/data".into(), Arc::new(claim("pvc-1".into())));
+        let volume = serde_json::json!({"metadata": {"name": "pvc-1",
+            "annotations": {PROVISIONED_BY_ANNOTATION: LOCAL_PATH_PROVISIONER}},
+            "spec": {"local": {"path": folder}}});
+        objects.volumes.lock().unwrap().insert("pvc-1".into(), Arc::new(serde_json::from_value(volume).unwrap()));
+        let prepared = Volumes::new(tmp.path()).prepare(&p, &objects, None).unwrap();
+        assert_eq!(prepared.paths["d"], folder);
+        assert!(folder.is_dir());
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub struct PodInfo {
     /// The uid of the controller that owns it (a ReplicaSet, a Job), for
     /// spreading its siblings.
     pub owner: Option<String>,
+    /// What its PersistentVolumeClaims ask of the node (filled in by the
+    /// scheduling cycle, which has the claim caches).
+    pub volumes: crate::volumes::VolumeNeeds,
 }
 
 impl PodInfo {
@@ -42,6 +45,7 @@ impl PodInfo {
             non_zero: resources::non_zero_requests(&pod),
             owner,
             pod,
+            volumes: Default::default(),
         }
     }
 
@@ -108,6 +112,7 @@ impl Default for Framework {
                 Box::new(NodeAffinity),
                 Box::new(TaintToleration),
                 Box::new(NodeResourcesFit),
+                Box::new(VolumeBinding),
             ],
             scores: vec![
                 Box::new(LeastAllocated { weight: 1 }),

@@ -22,6 +22,7 @@ pub mod plugins;
 pub mod queue;
 pub mod resources;
 mod scheduler;
+pub mod volumes;
 
 use skiff_api::parse_duration;
 use std::future::Future;
@@ -29,7 +30,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::StorageClass;
 use skiff_client::{wait_all_synced, Informer, LeaderElectionFlags, ListParams};
 use skiff_telemetry::ServiceOps;
 use tokio::task::JoinSet;
@@ -78,23 +80,42 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let pod_informer = Informer::new(client.api::<Pod>(""), ListParams::default());
     let node_informer = Informer::new(client.api::<Node>(""), ListParams::default());
     let (pod_store, node_store) = (pod_informer.store(), node_informer.store());
+    let claim_informer = Informer::new(client.api::<PersistentVolumeClaim>(""), ListParams::default());
+    let volume_informer = Informer::new(client.api::<PersistentVolume>(""), ListParams::default());
+    let class_informer = Informer::new(client.api::<StorageClass>(""), ListParams::default());
+    let volumes = volumes::Volumes {
+        claims: claim_informer.store(),
+        volumes: volume_informer.store(),
+        classes: class_informer.store(),
+    };
     let options = Options {
         bind_workers: usize::from(config.bind_workers),
         percentage_of_nodes_to_score: config.percentage_of_nodes_to_score,
         unschedulable_flush_interval: config.unschedulable_flush_interval,
         record_scheduled_events: config.record_scheduled_events,
     };
-    let scheduler = Arc::new(Scheduler::new(client.clone(), pod_store.clone(), scheduler_metrics, options));
+    let scheduler =
+        Arc::new(Scheduler::new(client.clone(), pod_store.clone(), volumes.clone(), scheduler_metrics, options));
 
     let mut tasks = JoinSet::new();
     let (pod_events, node_events) = (pod_informer.subscribe(), node_informer.subscribe());
+    // A claim or volume changing may let a waiting pod fit.
+    tasks.spawn(scheduler.clone().retry_on_change(claim_informer.subscribe()));
+    tasks.spawn(scheduler.clone().retry_on_change(volume_informer.subscribe()));
     tasks.spawn(pod_informer.run(ops.stop.raised()));
     tasks.spawn(node_informer.run(ops.stop.raised()));
+    tasks.spawn(claim_informer.run(ops.stop.raised()));
+    tasks.spawn(volume_informer.run(ops.stop.raised()));
+    tasks.spawn(class_informer.run(ops.stop.raised()));
     tasks.spawn(scheduler.clone().handle_events(pod_events, node_events, ops.stop.raised()));
 
     let result = async {
         tokio::pin!(shutdown);
-        let synced = async { wait_all_synced(&[&pod_store, &node_store]).await.map_err(Error::CacheSync) };
+        let synced = async {
+            wait_all_synced(&[&pod_store, &node_store, &volumes.claims, &volumes.volumes, &volumes.classes])
+                .await
+                .map_err(Error::CacheSync)
+        };
         tokio::select! {
             _ = &mut shutdown => return Ok(()),
             synced = synced => synced?,

@@ -17,6 +17,8 @@ use crate::cache::Cache;
 use crate::framework::{Framework, PodInfo};
 use crate::metrics::{Outcome, SchedulerMetrics};
 use crate::queue::SchedulingQueue;
+use crate::volumes::Volumes;
+use skiff_api::well_known::SELECTED_NODE_ANNOTATION;
 
 /// The Event source and the scheduler name pods ask for by default.
 pub const COMPONENT: &str = "default-scheduler";
@@ -46,6 +48,7 @@ pub struct Options {
 pub struct Scheduler {
     client: Client,
     pods: Store<Pod>,
+    volumes: Volumes,
     cache: Mutex<Cache>,
     queue: SchedulingQueue,
     framework: Framework,
@@ -55,11 +58,18 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(client: Client, pods: Store<Pod>, metrics: SchedulerMetrics, options: Options) -> Self {
+    pub fn new(
+        client: Client,
+        pods: Store<Pod>,
+        volumes: Volumes,
+        metrics: SchedulerMetrics,
+        options: Options,
+    ) -> Self {
         Self {
             recorder: EventRecorder::new(client.clone(), COMPONENT),
             client,
             pods,
+            volumes,
             cache: Mutex::new(Cache::new()),
             queue: SchedulingQueue::new(crate::queue::POD_BACKOFF),
             framework: Framework::default(),
@@ -123,6 +133,17 @@ impl Scheduler {
                     self.metrics.set_pending(active, parked);
                 }
             }
+        }
+    }
+
+    /// Retries unschedulable pods on every event of `events` (claims and
+    /// volumes: one may now be bound, or exist).
+    pub async fn retry_on_change<K: skiff_client::Object>(
+        self: Arc<Self>,
+        mut events: mpsc::UnboundedReceiver<InformerEvent<K>>,
+    ) {
+        while events.recv().await.is_some() {
+            self.queue.move_all();
         }
     }
 
@@ -255,7 +276,8 @@ impl Scheduler {
             skiff_telemetry::set_parent_from_traceparent(&span, &parent);
         }
         let _entered = span.enter();
-        let info = PodInfo::new(pod);
+        let mut info = PodInfo::new(pod);
+        info.volumes = self.volumes.needs(&info.pod);
         let verdict = {
             let mut cache = self.cache();
             // Assumed already: its Bind is in flight.
@@ -285,7 +307,11 @@ impl Scheduler {
     async fn bind(self: Arc<Self>, pod: PodInfo, node: String, started: Instant, _permit: OwnedSemaphorePermit) {
         let namespace = pod.pod.metadata.namespace.as_deref().unwrap_or("");
         let name = pod.pod.metadata.name.as_deref().unwrap_or("");
-        match self.client.bind(namespace, name, &node, &pod.uid).await {
+        let bound = match self.select_node_for_claims(&pod, &node).await {
+            Ok(()) => self.client.bind(namespace, name, &node, &pod.uid).await,
+            Err(error) => Err(error),
+        };
+        match bound {
             Ok(_) => {
                 self.queue.forget(&pod.key);
                 self.metrics.attempt(Outcome::Scheduled, started.elapsed());
@@ -311,6 +337,17 @@ impl Scheduler {
                 self.record(&pod.pod, EventType::Warning, "FailedScheduling", &message).await;
             }
         }
+    }
+
+    /// Writes the chosen node on each claim of the pod that waits for its
+    /// first consumer, so its volume is made or bound there.
+    async fn select_node_for_claims(&self, pod: &PodInfo, node: &str) -> skiff_client::Result<()> {
+        let namespace = pod.pod.metadata.namespace.as_deref().unwrap_or("");
+        for claim in &pod.volumes.waiting {
+            let patch = serde_json::json!({"metadata": {"annotations": {SELECTED_NODE_ANNOTATION: node}}});
+            self.client.patch("PersistentVolumeClaim", namespace, claim, &patch).await?;
+        }
+        Ok(())
     }
 
     /// Sets PodScheduled=False (keeping the other conditions) and records

@@ -6,6 +6,8 @@
 //! - `service_accounts`: a pod takes its ServiceAccount's automount setting;
 //! - `limit_ranger`: a pod's containers get their namespace's LimitRange
 //!   defaults and must stay within its bounds;
+//! - `storage`: a PersistentVolumeClaim gets the default StorageClass, and
+//!   one naming a class that does not exist is refused;
 //! - `resource_quota`: the new object is charged to its namespace's
 //!   ResourceQuotas, or refused when it would exceed one.
 //!
@@ -16,6 +18,7 @@ mod certificates;
 mod limit_ranger;
 mod resource_quota;
 mod service_accounts;
+mod storage;
 
 use serde_json::Value;
 use skiff_api::kinds::KindInfo;
@@ -47,6 +50,9 @@ pub async fn admit_create(
     if info.kind == "Pod" {
         service_accounts::admit_pod(registry, &namespace, &mut admitted).await?;
         limit_ranger::admit_pod(registry, &namespace, &mut admitted).await?;
+    }
+    if info.kind == "PersistentVolumeClaim" {
+        storage::admit_claim(registry, &mut admitted).await?;
     }
     // A dry run is not charged: it would spend quota on nothing.
     if !dry_run {

@@ -140,13 +140,17 @@ fn admin_rules() -> Vec<PolicyRule> {
 
 // === the components ===
 
-/// kube-scheduler's needs: all Pods and Nodes through informers, Bind,
+/// kube-scheduler's needs: all Pods and Nodes through informers (and the
+/// claims, volumes and classes pods mount, for where they may run), Bind,
 /// PodScheduled=False through UpdateStatus (re-reading the pod on a
 /// conflict), FailedScheduling/Scheduled Events, its Lease. No Secrets.
 fn scheduler() -> ClusterRole {
     let mut rules = vec![
         rule(READ, "", &["pods"]),
-        rule(INFORM, "", &["nodes"]),
+        rule(INFORM, "", &["nodes", "persistentvolumes"]),
+        // A claim waiting for its first consumer learns the chosen node.
+        rule(&["list", "watch", "patch"], "", &["persistentvolumeclaims"]),
+        rule(INFORM, "storage.k8s.io", &["storageclasses"]),
         rule(&["create"], "", &["pods/binding"]),
         rule(&["update"], "", &["pods/status"]),
         rule(RECORD, "", &["events"]),
@@ -168,6 +172,8 @@ fn scheduler() -> ClusterRole {
 /// - cronjob: creates and deletes Jobs; CronJob status;
 /// - statefulset: creates and deletes Pods, creates and patches (owners)
 ///   PersistentVolumeClaims; StatefulSet status;
+/// - persistentvolume: binds claims to volumes (both sides, and their
+///   status), provisions local-path volumes, deletes released ones;
 /// - node_lifecycle: Node status and taints (update), Pod Ready conditions;
 ///   reads node heartbeats in kube-node-lease;
 /// - taint_eviction: deletes Pods; node_ipam: patches Node podCIDRs;
@@ -188,6 +194,9 @@ fn controller_manager() -> ClusterRole {
         rule(&["get", "list", "watch", "patch"], "batch", &["cronjobs"]),
         rule(&["update"], "batch", &["jobs/status", "cronjobs/status"]),
         rule(&["get", "list", "watch", "create", "patch", "delete"], "", &["persistentvolumeclaims"]),
+        rule(&["update"], "", &["persistentvolumeclaims/status", "persistentvolumes/status"]),
+        rule(&[READ, WRITE].concat(), "", &["persistentvolumes"]),
+        rule(INFORM, "storage.k8s.io", &["storageclasses"]),
         rule(&["list", "watch", "update", "patch"], "", &["nodes"]),
         rule(&["update"], "", &["nodes/status"]),
         rule(INFORM, "", &["namespaces", "services"]),
@@ -222,7 +231,7 @@ fn node() -> ClusterRole {
             rule(&["update"], "", &["nodes/status"]),
             rule(&["list", "watch", "delete"], "", &["pods"]),
             rule(&["update"], "", &["pods/status"]),
-            rule(INFORM, "", &["configmaps", "secrets"]),
+            rule(INFORM, "", &["configmaps", "secrets", "persistentvolumeclaims", "persistentvolumes"]),
             // skiff-overlay on a joined node acts as the node, as kube-proxy
             // may: Service rules from Services and Endpoints.
             rule(INFORM, "", &["services", "endpoints"]),

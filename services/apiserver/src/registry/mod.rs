@@ -555,6 +555,26 @@ impl Registry {
         Ok(())
     }
 
+    /// Creates the built-in `local-path` StorageClass if it is missing: the
+    /// cluster's default, provisioning a folder on the node that first runs
+    /// a pod of the claim, deleted with the claim.
+    pub async fn ensure_default_storage_class(&self) -> Result<(), Error> {
+        use skiff_api::well_known::{
+            DEFAULT_STORAGE_CLASS_ANNOTATION, LOCAL_PATH_PROVISIONER, LOCAL_PATH_STORAGE_CLASS,
+        };
+        let body = serde_json::json!({
+            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": LOCAL_PATH_STORAGE_CLASS, "annotations": {DEFAULT_STORAGE_CLASS_ANNOTATION: "true"}},
+            "provisioner": LOCAL_PATH_PROVISIONER,
+            "reclaimPolicy": "Delete",
+            "volumeBindingMode": "WaitForFirstConsumer",
+        });
+        match self.create("StorageClass", "", body.to_string().as_bytes(), None, false).await {
+            Ok(_) | Err(Error::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Creates the system namespaces that are missing, each with its
     /// default ServiceAccount: by name, since the Namespace cache may not
     /// show a namespace created a moment ago.

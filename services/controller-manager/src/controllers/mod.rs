@@ -3,8 +3,7 @@
 //! maps informer events to keys (handlers map, they never decide or call
 //! the API), and a [`skiff_client::Controller`] running its reconciles.
 //!
-//! Not here yet: the EndpointSlice and HorizontalPodAutoscaler controllers,
-//! and PersistentVolume binding.
+//! Not here yet: the EndpointSlice and HorizontalPodAutoscaler controllers.
 
 pub mod certificates;
 pub mod cronjob;
@@ -17,6 +16,7 @@ pub mod job;
 pub mod namespace;
 pub mod node_ipam;
 pub mod node_lifecycle;
+pub mod persistentvolume;
 pub mod replicaset;
 pub mod resource_quota;
 pub mod statefulset;
@@ -49,6 +49,8 @@ pub struct Context {
     pub signing_ca: Option<Arc<skiff_pki::Ca>>,
     /// The longest a certificate it signs is valid.
     pub signing_duration: Duration,
+    /// Where on a node local-path volumes are made.
+    pub local_path_root: std::path::PathBuf,
 }
 
 /// Runs every controller until `stop` is raised. Dropping the future (the
@@ -59,6 +61,7 @@ pub async fn run_all(ctx: Context, stop: Stop) {
     deployment::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     daemonset::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     statefulset::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
+    persistentvolume::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     job::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     cronjob::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     garbage_collector::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });

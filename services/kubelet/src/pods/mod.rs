@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret};
 use skiff_client::{
     key_of, trace_parent_of, Action, Backoff, Client, Controller, EventRecorder, EventType, Informer, InformerEvent,
     ListParams, ObjectRef, Reconcile, Store, WorkQueue,
@@ -36,16 +36,53 @@ const WORKERS: usize = 8;
 /// Retries of a failing pod sync back off from 200ms to at most 30s.
 const BACKOFF: Backoff = Backoff { base: Duration::from_millis(200), max: Duration::from_secs(30) };
 
-/// ConfigMaps and Secrets by namespace and name, as syncs read them.
+/// ConfigMaps, Secrets, PersistentVolumeClaims (by namespace and name) and
+/// PersistentVolumes, as syncs read them.
 pub trait Objects: Send + Sync {
     fn config_map(&self, namespace: &str, name: &str) -> Option<Arc<ConfigMap>>;
     fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>>;
+    fn claim(&self, namespace: &str, name: &str) -> Option<Arc<PersistentVolumeClaim>>;
+    fn volume(&self, name: &str) -> Option<Arc<PersistentVolume>>;
+}
+
+/// Informers for this node's pods and the objects they use.
+pub struct PodInformers {
+    pub pods: Informer<Pod>,
+    pub config_maps: Informer<ConfigMap>,
+    pub secrets: Informer<Secret>,
+    pub claims: Informer<PersistentVolumeClaim>,
+    pub volumes: Informer<PersistentVolume>,
+}
+
+impl PodInformers {
+    pub fn new(client: &Client, node_name: &str) -> Self {
+        let all = ListParams::default;
+        Self {
+            pods: Informer::new(client.api::<Pod>(""), all().fields(&format!("spec.nodeName={node_name}"))),
+            config_maps: Informer::new(client.api::<ConfigMap>(""), all()),
+            secrets: Informer::new(client.api::<Secret>(""), all()),
+            claims: Informer::new(client.api::<PersistentVolumeClaim>(""), all()),
+            volumes: Informer::new(client.api::<PersistentVolume>(""), all()),
+        }
+    }
+
+    /// [`Objects`] read from these informers' caches.
+    pub fn objects(&self) -> StoreObjects {
+        StoreObjects {
+            config_maps: self.config_maps.store(),
+            secrets: self.secrets.store(),
+            claims: self.claims.store(),
+            volumes: self.volumes.store(),
+        }
+    }
 }
 
 /// [`Objects`] from informer caches.
 pub struct StoreObjects {
-    pub config_maps: Store<ConfigMap>,
-    pub secrets: Store<Secret>,
+    config_maps: Store<ConfigMap>,
+    secrets: Store<Secret>,
+    claims: Store<PersistentVolumeClaim>,
+    volumes: Store<PersistentVolume>,
 }
 
 impl Objects for StoreObjects {
@@ -56,44 +93,54 @@ impl Objects for StoreObjects {
     fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
         self.secrets.get(&format!("{namespace}/{name}"))
     }
+
+    fn claim(&self, namespace: &str, name: &str) -> Option<Arc<PersistentVolumeClaim>> {
+        self.claims.get(&format!("{namespace}/{name}"))
+    }
+
+    fn volume(&self, name: &str) -> Option<Arc<PersistentVolume>> {
+        self.volumes.get(name)
+    }
 }
 
 /// Everything the pod loops share.
 pub struct PodLoop {
     pub client: Client,
     pub syncer: Arc<PodSyncer>,
-    pub pods: Informer<Pod>,
-    pub config_maps: Informer<ConfigMap>,
-    pub secrets: Informer<Secret>,
+    pub informers: PodInformers,
+    pub node_name: String,
     pub relist_interval: Duration,
-}
-
-/// Informers for this node's pods and the ConfigMaps and Secrets they use.
-pub fn informers(client: &Client, node_name: &str) -> (Informer<Pod>, Informer<ConfigMap>, Informer<Secret>) {
-    let pods =
-        Informer::new(client.api::<Pod>(""), ListParams::default().fields(&format!("spec.nodeName={node_name}")));
-    let config_maps = Informer::new(client.api::<ConfigMap>(""), ListParams::default());
-    let secrets = Informer::new(client.api::<Secret>(""), ListParams::default());
-    (pods, config_maps, secrets)
 }
 
 /// Runs the informers, the relist and the workers until stopped.
 pub async fn run(pl: PodLoop, stop: Stop) {
-    let pod_store = pl.pods.store();
-    let cm_store = pl.config_maps.store();
-    let secret_store = pl.secrets.store();
+    let informers = pl.informers;
+    let pod_store = informers.pods.store();
     let queue = WorkQueue::<String>::with_backoff(BACKOFF);
     let mut tasks = JoinSet::new();
 
-    let pod_events = pl.pods.subscribe();
-    let cm_events = pl.config_maps.subscribe();
-    let secret_events = pl.secrets.subscribe();
-    tasks.spawn(pl.pods.run(stop.raised()));
-    tasks.spawn(pl.config_maps.run(stop.raised()));
-    tasks.spawn(pl.secrets.run(stop.raised()));
+    let pod_events = informers.pods.subscribe();
+    let cm_events = informers.config_maps.subscribe();
+    let secret_events = informers.secrets.subscribe();
+    let claim_events = informers.claims.subscribe();
+    let volume_events = informers.volumes.subscribe();
+    let caches: Vec<Arc<dyn skiff_client::CacheSync>> = vec![
+        Arc::new(pod_store.clone()),
+        Arc::new(informers.config_maps.store()),
+        Arc::new(informers.secrets.store()),
+        Arc::new(informers.claims.store()),
+        Arc::new(informers.volumes.store()),
+    ];
+    tasks.spawn(informers.pods.run(stop.raised()));
+    tasks.spawn(informers.config_maps.run(stop.raised()));
+    tasks.spawn(informers.secrets.run(stop.raised()));
+    tasks.spawn(informers.claims.run(stop.raised()));
+    tasks.spawn(informers.volumes.run(stop.raised()));
     tasks.spawn(feed_pods(pod_events, queue.clone()));
     tasks.spawn(feed_users(cm_events, pod_store.clone(), queue.clone(), Uses::ConfigMap));
     tasks.spawn(feed_users(secret_events, pod_store.clone(), queue.clone(), Uses::Secret));
+    tasks.spawn(feed_users(claim_events, pod_store.clone(), queue.clone(), Uses::Claim));
+    tasks.spawn(crate::volumes::remove_deleted_local_paths(volume_events, pl.node_name.clone()));
     // Keys the relist queues wait in the queue until the workers start.
     tasks.spawn(relist(pl.syncer.clone(), queue.clone(), pl.relist_interval, stop.clone()));
 
@@ -106,11 +153,10 @@ pub async fn run(pl: PodLoop, stop: Stop) {
     };
     // Workers start once every cache holds what the API has: a sync must
     // never take a missing ConfigMap for a deleted one.
-    let controller = Controller::new(Arc::new(worker), queue)
-        .workers(WORKERS)
-        .wait_for(Arc::new(pod_store))
-        .wait_for(Arc::new(cm_store))
-        .wait_for(Arc::new(secret_store));
+    let mut controller = Controller::new(Arc::new(worker), queue).workers(WORKERS);
+    for cache in caches {
+        controller = controller.wait_for(cache);
+    }
     if let Err(error) = controller.run(stop.raised()).await {
         tracing::warn!(%error, "pod caches never synced");
     }
@@ -127,6 +173,7 @@ async fn feed_pods(mut events: mpsc::UnboundedReceiver<InformerEvent<Pod>>, queu
 enum Uses {
     ConfigMap,
     Secret,
+    Claim,
 }
 
 /// Maps a changed ConfigMap or Secret to the keys of the pods using it.
@@ -154,6 +201,7 @@ fn uses(pod: &Pod, kind: Uses, name: &str) -> bool {
     let volume = spec.volumes.iter().flatten().any(|v| match kind {
         Uses::ConfigMap => is(v.config_map.as_ref().map(|c| c.name.as_str())),
         Uses::Secret => is(v.secret.as_ref().and_then(|s| s.secret_name.as_deref())),
+        Uses::Claim => is(v.persistent_volume_claim.as_ref().map(|c| c.claim_name.as_str())),
     });
     let containers = spec.containers.iter().chain(spec.init_containers.iter().flatten());
     let env = containers.clone().flat_map(|c| c.env.iter().flatten()).any(|e| {
@@ -161,11 +209,13 @@ fn uses(pod: &Pod, kind: Uses, name: &str) -> bool {
         match kind {
             Uses::ConfigMap => is(from.and_then(|f| f.config_map_key_ref.as_ref()).map(|r| r.name.as_str())),
             Uses::Secret => is(from.and_then(|f| f.secret_key_ref.as_ref()).map(|r| r.name.as_str())),
+            Uses::Claim => false,
         }
     });
     let env_from = containers.flat_map(|c| c.env_from.iter().flatten()).any(|f| match kind {
         Uses::ConfigMap => is(f.config_map_ref.as_ref().map(|r| r.name.as_str())),
         Uses::Secret => is(f.secret_ref.as_ref().map(|r| r.name.as_str())),
+        Uses::Claim => false,
     });
     let pull = matches!(kind, Uses::Secret) && spec.image_pull_secrets.iter().flatten().any(|r| r.name == name);
     volume || env || env_from || pull
@@ -312,6 +362,8 @@ pub mod tests {
     pub struct MapObjects {
         config_maps: Mutex<HashMap<String, Arc<ConfigMap>>>,
         secrets: Mutex<HashMap<String, Arc<Secret>>>,
+        pub claims: Mutex<HashMap<String, Arc<PersistentVolumeClaim>>>,
+        pub volumes: Mutex<HashMap<String, Arc<PersistentVolume>>>,
     }
 
     impl MapObjects {
@@ -343,6 +395,14 @@ pub mod tests {
 
         fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
             self.secrets.lock().unwrap().get(&format!("{namespace}/{name}")).cloned()
+        }
+
+        fn claim(&self, namespace: &str, name: &str) -> Option<Arc<PersistentVolumeClaim>> {
+            self.claims.lock().unwrap().get(&format!("{namespace}/{name}")).cloned()
+        }
+
+        fn volume(&self, name: &str) -> Option<Arc<PersistentVolume>> {
+            self.volumes.lock().unwrap().get(name).cloned()
         }
     }
 

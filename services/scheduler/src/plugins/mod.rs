@@ -5,12 +5,14 @@ mod node_ready;
 mod owner_spread;
 mod resources_fit;
 mod taints;
+mod volume_binding;
 
 pub use node_affinity::{NodeAffinity, PreferredNodeAffinity};
 pub use node_ready::{NodeReady, NodeUnschedulable};
 pub use owner_spread::OwnerSpread;
 pub use resources_fit::{LeastAllocated, NodeResourcesFit};
 pub use taints::{tolerates, PreferNoScheduleTaints, TaintToleration};
+pub use volume_binding::VolumeBinding;
 
 #[cfg(test)]
 pub(crate) mod testing {
