@@ -293,6 +293,19 @@ impl Rules for autoscaling::HorizontalPodAutoscaler {
         if spec.max_replicas < spec.min_replicas.unwrap_or(1) {
             errs.add("spec.maxReplicas", "must be greater than or equal to minReplicas");
         }
+        let target = &spec.scale_target_ref;
+        if target.name.is_empty() {
+            errs.add("spec.scaleTargetRef.name", "required");
+        }
+        check::one_of(
+            Some(target.kind.as_str()),
+            &["Deployment", "ReplicaSet", "StatefulSet"],
+            "spec.scaleTargetRef.kind",
+            errs,
+        );
+        for (i, metric) in spec.metrics.iter().flatten().enumerate() {
+            check::hpa_metric(metric, &format!("spec.metrics[{i}]"), errs);
+        }
     }
 }
 

@@ -518,6 +518,33 @@ pub(crate) fn access_modes(modes: Option<&[String]>, path: &str, errs: &mut Erro
     }
 }
 
+/// One metric of a HorizontalPodAutoscaler: skiff's controller scales on
+/// resource metrics (cpu, memory) of the target's pods.
+pub(crate) fn hpa_metric(metric: &k8s_openapi::api::autoscaling::v2::MetricSpec, path: &str, errs: &mut Errors) {
+    if metric.type_ != "Resource" {
+        return errs.add(format!("{path}.type"), format!("unsupported value {:?}: must be Resource", metric.type_));
+    }
+    let Some(resource) = &metric.resource else {
+        return errs.add(format!("{path}.resource"), "required for type Resource");
+    };
+    one_of(Some(resource.name.as_str()), &["cpu", "memory"], &format!("{path}.resource.name"), errs);
+    let target = &resource.target;
+    let at = format!("{path}.resource.target");
+    match target.type_.as_str() {
+        "Utilization" => match target.average_utilization {
+            Some(u) if u > 0 => {}
+            _ => errs.add(format!("{at}.averageUtilization"), "must be greater than 0 for type Utilization"),
+        },
+        "AverageValue" => match &target.average_value {
+            Some(q) => quantities(Some(&[("averageValue".to_string(), q.clone())].into()), &at, errs),
+            None => errs.add(format!("{at}.averageValue"), "required for type AverageValue"),
+        },
+        other => {
+            errs.add(format!("{at}.type"), format!("unsupported value {other:?}: must be Utilization or AverageValue"))
+        }
+    }
+}
+
 /// The most indexes an Indexed Job may have, as in Kubernetes.
 const MAX_JOB_INDEXES: i32 = 100_000;
 

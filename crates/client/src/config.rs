@@ -12,6 +12,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Status};
 
+use skiff_api::proto::pod_proxy_client::PodProxyClient;
+
 use crate::channel::ClientChannel;
 use crate::Error;
 
@@ -254,6 +256,12 @@ pub struct ApiFlags {
 impl ApiFlags {
     pub fn client(&self) -> Result<crate::Client, Error> {
         crate::Client::connect(&ClientConfig::resolve(self)?)
+    }
+
+    /// The apiserver's PodProxy service (logs, exec, stats), on a channel
+    /// of its own: the object client keeps its channel to itself.
+    pub fn pod_proxy(&self) -> Result<PodProxyClient<AuthedChannel>, Error> {
+        Ok(PodProxyClient::new(ClientConfig::resolve(self)?.channel()?))
     }
 }
 

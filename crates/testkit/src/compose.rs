@@ -180,12 +180,25 @@ impl Stack {
         left
     }
 
-    /// `docker-compose down`, volumes and the tools profile's containers included.
+    /// `docker-compose down`, volumes and the tools profile's containers
+    /// included. Docker releases a removed container's network endpoint a
+    /// moment after the container is gone, so removing the network may
+    /// find it still "has active endpoints": `down` is run again (it is
+    /// idempotent) until the network goes, for a few seconds at most.
     pub fn down(&self) -> Result<(), String> {
         if let Some(toolbox) = self.toolbox.get() {
             let _ = Command::new("docker").args(["rm", "-f", toolbox]).output();
         }
-        self.compose(&["--profile", "tools", "down", "-v", "--remove-orphans", "-t", "2"]).map(drop)
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match self.compose(&["--profile", "tools", "down", "-v", "--remove-orphans", "-t", "2"]) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.contains("has active endpoints") && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 

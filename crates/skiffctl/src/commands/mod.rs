@@ -27,7 +27,7 @@ use std::fmt;
 use anyhow::{anyhow, bail, Result};
 use skiff_api::proto::pod_proxy_client::PodProxyClient;
 use skiff_api::{meta, KindInfo};
-use skiff_client::config::{AuthedChannel, ClientConfig};
+use skiff_client::config::AuthedChannel;
 use skiff_client::Client;
 
 use crate::manifest::Document;
@@ -124,8 +124,7 @@ impl Globals {
     /// The apiserver's PodProxy service (logs, exec, stats), on its own channel:
     /// the object client keeps its channel to itself.
     pub fn pod_proxy(&self) -> Result<PodProxyClient<AuthedChannel>> {
-        let config = ClientConfig::resolve(&self.api)?;
-        Ok(PodProxyClient::new(config.channel()?))
+        Ok(self.api.pod_proxy()?)
     }
 }
 
