@@ -184,21 +184,35 @@ impl Stack {
     /// included. Docker releases a removed container's network endpoint a
     /// moment after the container is gone, so removing the network may
     /// find it still "has active endpoints": `down` is run again (it is
-    /// idempotent) until the network goes, for a few seconds at most.
+    /// idempotent) for a few seconds. Seen once: an endpoint the daemon
+    /// never released, with every container gone. The stack is down then
+    /// but for an empty network under this run's own project name, which
+    /// nothing else uses; that is reported, not failed on.
     pub fn down(&self) -> Result<(), String> {
         if let Some(toolbox) = self.toolbox.get() {
             let _ = Command::new("docker").args(["rm", "-f", toolbox]).output();
         }
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             match self.compose(&["--profile", "tools", "down", "-v", "--remove-orphans", "-t", "2"]) {
                 Ok(_) => return Ok(()),
                 Err(e) if e.contains("has active endpoints") && Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(500));
                 }
+                Err(e) if e.contains("has active endpoints") && self.containers_left() == Some(0) => {
+                    eprintln!("warning: {}: the network outlived its containers (left behind): {e}", self.project);
+                    return Ok(());
+                }
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// How many containers of this project still exist, running or not.
+    fn containers_left(&self) -> Option<usize> {
+        let filter = format!("label=com.docker.compose.project={}", self.project);
+        let out = Command::new("docker").args(["ps", "-aq", "--filter", &filter]).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).lines().count())
     }
 }
 
