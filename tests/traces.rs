@@ -157,7 +157,7 @@ async fn one_apply_of_a_deployment_is_one_trace_down_to_its_pods_start() {
     let options =
         ClusterOptions { runtime: Some(RuntimeOptions::default()), env: receiver.env(), ..Default::default() };
     let mut cluster = Cluster::start_with(options).await.expect("start a cluster with a runtime");
-    cluster.start_workers(NODE).await.unwrap();
+    cluster.start_workers(NODE, &[]).await.unwrap();
     let client = cluster.client();
     let image = cluster.runtime().unwrap().registry().image(BUSYBOX_IMAGE);
 

@@ -191,3 +191,68 @@ async fn a_stateful_sets_data_outlives_its_pod() {
     })
     .await;
 }
+
+/// A Deployment whose pods burn CPU for their first seconds, under an HPA
+/// targeting 50% of a 20m request, with the controller's periods shortened
+/// by flags: it scales out while they burn, to at most maxReplicas, then
+/// back in to minReplicas once the burning stops; the HPA reports its
+/// metric, conditions and Events.
+#[tokio::test]
+async fn a_cpu_burning_deployment_scales_out_then_back_in() {
+    let options = skiff_testkit::ClusterOptions {
+        runtime: Some(skiff_testkit::runtime::RuntimeOptions::default()),
+        ..Default::default()
+    };
+    let mut cluster = Cluster::start_with(options).await.expect("start the cluster");
+    let flags =
+        ["--horizontal-pod-autoscaler-sync-period=1s", "--horizontal-pod-autoscaler-downscale-stabilization=3s"];
+    cluster.start_workers(NODE, &flags).await.expect("start the workers");
+    let client = cluster.client();
+    let busybox = cluster.runtime().unwrap().registry().image(BUSYBOX_IMAGE);
+    // About ten seconds of one busy core, then nothing.
+    let burn = "i=0; while [ $i -lt 3000000 ]; do i=$((i+1)); done; exec sleep 3600";
+    let deploy = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "burner"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "burner"}},
+            "template": {"metadata": {"labels": {"app": "burner"}}, "spec": {"terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "c", "image": busybox, "command": ["sh", "-c", burn],
+                    "resources": {"requests": {"cpu": "20m"}}}]}}}});
+    client.create("Deployment", "default", &deploy).await.unwrap();
+    let hpa = json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "burner"},
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "burner"},
+            "minReplicas": 1, "maxReplicas": 3,
+            "metrics": [{"type": "Resource", "resource": {"name": "cpu",
+                "target": {"type": "Utilization", "averageUtilization": 50}}}]}});
+    client.create("HorizontalPodAutoscaler", "default", &hpa).await.unwrap();
+
+    let out = eventually("scaled out under load", || async {
+        let hpa = client.get("HorizontalPodAutoscaler", "default", "burner").await.ok()?;
+        (hpa["status"]["desiredReplicas"].as_i64()? > 1).then_some(hpa)
+    })
+    .await;
+    let current = &out["status"]["currentMetrics"][0]["resource"];
+    assert_eq!(current["name"], "cpu", "{out}");
+    assert!(current["current"]["averageUtilization"].as_i64().unwrap() > 50, "{out}");
+    assert!(out["status"]["desiredReplicas"].as_i64().unwrap() <= 3, "never past maxReplicas: {out}");
+    let deploy = client.get("Deployment", "default", "burner").await.unwrap();
+    assert!(deploy["spec"]["replicas"].as_i64().unwrap() > 1, "{deploy}");
+
+    eventually("scaled back in once the burning stopped", || async {
+        let deploy = client.get("Deployment", "default", "burner").await.ok()?;
+        (deploy["spec"]["replicas"] == 1).then_some(())
+    })
+    .await;
+    let hpa = client.get("HorizontalPodAutoscaler", "default", "burner").await.unwrap();
+    let conditions: Vec<(&str, &str)> = hpa["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["type"].as_str().unwrap(), c["status"].as_str().unwrap()))
+        .collect();
+    assert!(conditions.contains(&("AbleToScale", "True")) && conditions.contains(&("ScalingActive", "True")), "{hpa}");
+    assert!(hpa["status"]["lastScaleTime"].is_string());
+    let events = client.list("Event", "default", &ListParams::default()).await.unwrap().items;
+    let rescales: Vec<&str> =
+        events.iter().filter(|e| e["reason"] == "SuccessfulRescale").filter_map(|e| e["message"].as_str()).collect();
+    assert!(rescales.iter().any(|m| m.contains("above target")), "{rescales:?}");
+    assert!(rescales.iter().any(|m| m.starts_with("New size: 1;") && m.contains("below target")), "{rescales:?}");
+}

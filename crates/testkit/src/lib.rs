@@ -641,18 +641,21 @@ impl Cluster {
             ..Default::default()
         })
         .await?;
-        cluster.start_workers(node_name).await?;
+        cluster.start_workers(node_name, &[]).await?;
         Ok(cluster)
     }
 
     /// The rest of a working cluster on this one's runtime: the scheduler,
     /// the controller-manager and a real kubelet named `node_name`, so that
     /// workloads applied to it run as containers.
-    pub async fn start_workers(&mut self, node_name: &str) -> Result<()> {
+    /// `controller_manager_flags` come after the testkit's own (shorter
+    /// autoscaler periods in a test, say).
+    pub async fn start_workers(&mut self, node_name: &str, controller_manager_flags: &[&str]) -> Result<()> {
         self.start_service("scheduler", "skiff-scheduler", &[]).await?;
         // local-path volumes in the cluster's own folder, not the host's.
-        let local_path_root = format!("--local-path-root={}", self.dir.join("local-path").display());
-        self.start_service("controller-manager", "skiff-controller-manager", &[local_path_root]).await?;
+        let mut flags = vec![format!("--local-path-root={}", self.dir.join("local-path").display())];
+        flags.extend(controller_manager_flags.iter().map(|f| f.to_string()));
+        self.start_service("controller-manager", "skiff-controller-manager", &flags).await?;
         self.start_kubelet(node_name, &[]).await?;
         Ok(())
     }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -29,6 +30,7 @@ pub struct Informers {
     pub persistent_volume_claims: Store<PersistentVolumeClaim>,
     pub persistent_volumes: Store<PersistentVolume>,
     pub storage_classes: Store<StorageClass>,
+    pub autoscalers: Store<HorizontalPodAutoscaler>,
     pub nodes: Store<Node>,
     /// Node heartbeats, in kube-node-lease only.
     pub node_leases: Store<Lease>,
@@ -54,6 +56,7 @@ impl Informers {
             persistent_volume_claims: spawn(client.api::<PersistentVolumeClaim>(""), &stop, &mut runners),
             persistent_volumes: spawn(client.api::<PersistentVolume>(""), &stop, &mut runners),
             storage_classes: spawn(client.api::<StorageClass>(""), &stop, &mut runners),
+            autoscalers: spawn(client.api::<HorizontalPodAutoscaler>(""), &stop, &mut runners),
             nodes: spawn(client.api::<Node>(""), &stop, &mut runners),
             node_leases: spawn(client.api::<Lease>(NODE_LEASE_NAMESPACE), &stop, &mut runners),
             namespaces: spawn(client.api::<Namespace>(""), &stop, &mut runners),
@@ -78,6 +81,7 @@ impl Informers {
             Arc::new(self.persistent_volume_claims.clone()),
             Arc::new(self.persistent_volumes.clone()),
             Arc::new(self.storage_classes.clone()),
+            Arc::new(self.autoscalers.clone()),
             Arc::new(self.nodes.clone()),
             Arc::new(self.node_leases.clone()),
             Arc::new(self.namespaces.clone()),

@@ -77,6 +77,17 @@ pub struct Config {
     /// provisioner makes its volumes (the node's kubelet creates them).
     #[arg(long, default_value = "/var/lib/skiff/local-path")]
     pub local_path_root: std::path::PathBuf,
+    /// How often each HorizontalPodAutoscaler is looked at.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub horizontal_pod_autoscaler_sync_period: Duration,
+    /// How far from its target a metric may be before anything is scaled
+    /// (a fraction: 0.1 is 10%).
+    #[arg(long, default_value_t = 0.1)]
+    pub horizontal_pod_autoscaler_tolerance: f64,
+    /// How long scaling down waits for the recommendations to stay lower,
+    /// unless an HPA's behavior says otherwise.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub horizontal_pod_autoscaler_downscale_stabilization: Duration,
 }
 
 /// Runs until `shutdown` resolves (or leadership is lost, which is an error:
@@ -85,6 +96,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let node_ipam = node_ipam_ranges(&config)?;
     let signing_ca = signing_ca(&config)?;
     let client = config.api.client().map_err(Error::Connect)?;
+    let pod_proxy = config.api.pod_proxy().map_err(Error::Connect)?;
     let ops = ServiceOps::start(config.metrics_listen).await?;
     let reconcile_metrics = metrics::ReconcileMetrics::register(&ops.metrics)?;
     ops.readiness.set_not_ready("caches not synced");
@@ -115,6 +127,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         signing_ca,
         signing_duration: config.cluster_signing_duration,
         local_path_root: config.local_path_root.clone(),
+        pod_proxy,
+        autoscaling: controllers::horizontal_pod_autoscaler::Tuning {
+            sync_period: config.horizontal_pod_autoscaler_sync_period,
+            tolerance: config.horizontal_pod_autoscaler_tolerance,
+            downscale_stabilization: config.horizontal_pod_autoscaler_downscale_stabilization,
+        },
     };
     let on_leading = controllers::run_all(controllers, ops.stop.clone());
 

@@ -172,6 +172,8 @@ fn scheduler() -> ClusterRole {
 /// - cronjob: creates and deletes Jobs; CronJob status;
 /// - statefulset: creates and deletes Pods, creates and patches (owners)
 ///   PersistentVolumeClaims; StatefulSet status;
+/// - horizontalpodautoscaler: reads its scale targets (get) and their
+///   pods' stats (list pods), patches their replicas; HPA status;
 /// - persistentvolume: binds claims to volumes (both sides, and their
 ///   status), provisions local-path volumes, deletes released ones;
 /// - node_lifecycle: Node status and taints (update), Pod Ready conditions;
@@ -197,6 +199,8 @@ fn controller_manager() -> ClusterRole {
         rule(&["update"], "", &["persistentvolumeclaims/status", "persistentvolumes/status"]),
         rule(&[READ, WRITE].concat(), "", &["persistentvolumes"]),
         rule(INFORM, "storage.k8s.io", &["storageclasses"]),
+        rule(INFORM, "autoscaling", &["horizontalpodautoscalers"]),
+        rule(&["update"], "autoscaling", &["horizontalpodautoscalers/status"]),
         rule(&["list", "watch", "update", "patch"], "", &["nodes"]),
         rule(&["update"], "", &["nodes/status"]),
         rule(INFORM, "", &["namespaces", "services"]),

@@ -3,7 +3,7 @@
 //! maps informer events to keys (handlers map, they never decide or call
 //! the API), and a [`skiff_client::Controller`] running its reconciles.
 //!
-//! Not here yet: the EndpointSlice and HorizontalPodAutoscaler controllers.
+//! Not here yet: the EndpointSlice controller.
 
 pub mod certificates;
 pub mod cronjob;
@@ -12,6 +12,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod garbage_collector;
+pub mod horizontal_pod_autoscaler;
 pub mod job;
 pub mod namespace;
 pub mod node_ipam;
@@ -51,6 +52,10 @@ pub struct Context {
     pub signing_duration: Duration,
     /// Where on a node local-path volumes are made.
     pub local_path_root: std::path::PathBuf,
+    /// The apiserver's PodProxy, for pods' CPU and memory use.
+    pub pod_proxy: skiff_api::proto::pod_proxy_client::PodProxyClient<skiff_client::config::AuthedChannel>,
+    /// The HorizontalPodAutoscaler controller's flags.
+    pub autoscaling: horizontal_pod_autoscaler::Tuning,
 }
 
 /// Runs every controller until `stop` is raised. Dropping the future (the
@@ -62,6 +67,7 @@ pub async fn run_all(ctx: Context, stop: Stop) {
     daemonset::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     statefulset::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     persistentvolume::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
+    horizontal_pod_autoscaler::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     job::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     cronjob::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
     garbage_collector::start(&ctx, &mut Wiring { set: &mut set, stop: &stop });
