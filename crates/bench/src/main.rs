@@ -50,6 +50,9 @@ enum Scenario {
     /// Jobs on hollow nodes: a 1,000-pod Job's time from create to
     /// Complete, beside the same pods created bare until all succeed.
     Job(scenarios::job::Options),
+    /// HorizontalPodAutoscaler on one real node: from load starting to the
+    /// new replicas Ready, beside the same scale-out done by hand.
+    Hpa(scenarios::hpa::Options),
     /// docker-compose: the images' sizes and the stack's cold start to
     /// every node Ready, beside its etcd cluster's alone.
     ComposeUp(scenarios::compose_up::Options),
@@ -67,5 +70,6 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Ingress(o) => scenarios::ingress::run(o).await,
         Scenario::ComposeUp(o) => scenarios::compose_up::run(o).await,
         Scenario::Job(o) => scenarios::job::run(o).await,
+        Scenario::Hpa(o) => scenarios::hpa::run(o).await,
     }
 }

@@ -1,6 +1,7 @@
 pub mod api;
 pub mod compose_up;
 pub mod dns;
+pub mod hpa;
 pub mod ingress;
 pub mod job;
 pub mod overlay_throughput;
