@@ -240,6 +240,12 @@ async fn kubectl_drives_a_cluster_with_real_containers() {
     let pod = k.json(&["get", "pods", "-l", "app=web"])["items"][0]["metadata"]["name"].as_str().unwrap().to_string();
     k.until(&["logs", &pod], "the container's log", |out| out.contains(&format!("hello from {pod}")));
 
+    // kubectl top, through metrics.k8s.io.
+    let top = k.ok(&["top", "pod", "-l", "app=web"]);
+    assert!(top.contains("CPU(cores)") && top.contains(&pod) && top.contains("Mi"), "{top}");
+    let nodes = k.ok(&["top", "node"]);
+    assert!(nodes.contains("CPU(%)") && nodes.contains(NODE), "{nodes}");
+
     // diff and a server-side dry run show a change without making it.
     let changed = write(&dir, "changed.yaml", &manifest(&busybox).replace("mode: blue", "mode: amber"));
     let changed = changed.to_str().unwrap();

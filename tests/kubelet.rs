@@ -553,6 +553,13 @@ async fn interactive_exec_and_top_through_the_apiserver_and_kubelet() {
     let (code, _, err) = skiffctl_with(&cluster, &["top", "pod", "nope"], "");
     assert_eq!(code, Some(1));
     assert!(err.contains("not found"), "stderr: {err}");
+
+    // The node's host as a whole, against its allocatable.
+    let (code, out, err) = skiffctl_with(&cluster, &["top", "node"], "");
+    assert_eq!(code, Some(0), "stderr: {err}");
+    let row: Vec<&str> = out.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+    assert_eq!(row.len(), 5, "{out}");
+    assert!(row[1].ends_with('m') && row[2].ends_with('%') && row[3].ends_with("Mi") && row[4].ends_with('%'), "{out}");
 }
 
 /// The CPU quota the container's cgroup holds, as (quota, period) in µs:

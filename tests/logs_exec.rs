@@ -254,7 +254,7 @@ async fn logs_exec_and_stats_through_the_apiserver() {
         let config = skiff_client::ClientConfig { server: format!("https://{addr}"), ..config };
         KubeletClient::new(config.channel().unwrap())
     };
-    let stats_of = |pod: &str| StatsRequest { namespace: "default".into(), pod: pod.into() };
+    let stats_of = |pod: &str| StatsRequest { namespace: "default".into(), pod: pod.into(), nodes: false };
     let anonymous = skiff_client::ClientConfig {
         certificate_authority: Some(pki.ca_file()),
         ..skiff_client::ClientConfig::default()
@@ -281,7 +281,7 @@ async fn logs_exec_and_stats_through_the_apiserver() {
     let mut kubelet = as_kubelet_client(cluster.admin_config().clone());
     let deadline = Instant::now() + WAIT;
     let pods = loop {
-        let req = StatsRequest { namespace: "default".into(), pod: "talker".into() };
+        let req = StatsRequest { namespace: "default".into(), pod: "talker".into(), nodes: false };
         let pods = kubelet.stats(req).await.expect("Stats").into_inner().pods;
         let memory = pods.first().and_then(|p| p.memory.as_ref()).map_or(0, |m| m.working_set_bytes);
         if memory > 0 || Instant::now() > deadline {
@@ -295,7 +295,7 @@ async fn logs_exec_and_stats_through_the_apiserver() {
     assert_eq!(app.iter().map(|c| (c.name.as_str(), c.id.as_str())).collect::<Vec<_>>(), [("app", first.as_str())]);
     assert!(app[0].memory.as_ref().unwrap().working_set_bytes > 0, "{pods:?}");
     assert!(app[0].cpu.as_ref().unwrap().usage_core_nano_seconds > 0, "{pods:?}");
-    let other = kubelet.stats(StatsRequest { namespace: "other".into(), pod: String::new() }).await.unwrap();
+    let other = kubelet.stats(StatsRequest { namespace: "other".into(), ..Default::default() }).await.unwrap();
     assert!(other.into_inner().pods.is_empty());
 
     // logs -f: what is there, then lines written later, and it ends by

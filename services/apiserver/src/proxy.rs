@@ -22,7 +22,7 @@ use serde_json::Value;
 use skiff_api::proto::kubelet_client::KubeletClient;
 use skiff_api::proto::pod_proxy_server::PodProxy;
 use skiff_api::proto::{
-    exec_input, ExecInput, ExecOutput, ExecStart, LogChunk, LogsRequest, PodStats, StatsReply, StatsRequest,
+    exec_input, ExecInput, ExecOutput, ExecStart, LogChunk, LogsRequest, NodeStats, PodStats, StatsReply, StatsRequest,
 };
 use skiff_api::{FieldSelector, KindInfo, LabelSelector};
 use skiff_telemetry::{grpc_code_label, GrpcMetrics};
@@ -170,7 +170,7 @@ impl PodProxyService {
             let result = async {
                 let target =
                     Target { endpoint: self.node_endpoint(&node).await?, node: node.clone(), container: String::new() };
-                let mut request = Request::new(StatsRequest { namespace: namespace.to_string(), pod: String::new() });
+                let mut request = Request::new(StatsRequest { namespace: namespace.to_string(), ..Default::default() });
                 skiff_telemetry::inject_trace_context(request.metadata_mut());
                 let reply = self.kubelet(&target)?.stats(request).await.map_err(|s| from_kubelet(&target, s))?;
                 Ok::<_, Status>(reply.into_inner().pods)
@@ -318,6 +318,64 @@ impl PodProxyService {
         let access = Access { verb, kind: "Pod", subresource, namespace, name: pod };
         self.authorizer.authorize(user, &access).map_err(|denied| Error::Denied(denied).into())
     }
+
+    /// The pods' usage (one pod, or those of a namespace, or all): readable
+    /// by whoever may read the pods. Shared by the Stats RPC and the REST
+    /// front's metrics.k8s.io.
+    pub async fn pod_usage(&self, user: &crate::auth::UserInfo, r: StatsRequest) -> Result<Vec<PodStats>, Status> {
+        let verb = if r.pod.is_empty() { "list" } else { "get" };
+        self.allow(user, verb, "", &r.namespace, &r.pod)?;
+        if r.pod.is_empty() {
+            self.namespace_stats(&r.namespace).await
+        } else {
+            self.pod_stats(r).await
+        }
+    }
+
+    /// Every node's own usage (or one node's), from its kubelet: readable
+    /// by whoever may read the nodes. A node whose kubelet can't be
+    /// reached is left out of a list.
+    pub async fn node_usage(&self, user: &crate::auth::UserInfo, node: &str) -> Result<Vec<NodeStats>, Status> {
+        let verb = if node.is_empty() { "list" } else { "get" };
+        let access = Access { verb, kind: "Node", subresource: "", namespace: "", name: node };
+        self.authorizer.authorize(user, &access).map_err(|denied| Status::from(Error::Denied(denied)))?;
+        let names: Vec<String> = if node.is_empty() {
+            let info = KindInfo::by_kind("Node").map_err(Error::from)?;
+            let filter = Filter {
+                key_prefix: info.key_prefix(None),
+                labels: LabelSelector::everything(),
+                fields: FieldSelector::default(),
+            };
+            let page = self.registry.list(info, &filter, 0, "").await?;
+            page.items
+                .iter()
+                .filter_map(|bytes| parse(bytes).ok())
+                .filter_map(|n| n.pointer("/metadata/name").and_then(Value::as_str).map(str::to_string))
+                .collect()
+        } else {
+            vec![node.to_string()]
+        };
+        let mut nodes = Vec::new();
+        for name in names {
+            let result = async {
+                let target =
+                    Target { endpoint: self.node_endpoint(&name).await?, node: name.clone(), container: String::new() };
+                let mut request = Request::new(StatsRequest { nodes: true, ..Default::default() });
+                skiff_telemetry::inject_trace_context(request.metadata_mut());
+                let reply = self.kubelet(&target)?.stats(request).await.map_err(|s| from_kubelet(&target, s))?;
+                Ok::<_, Status>(reply.into_inner().nodes)
+            }
+            .await;
+            match result {
+                Ok(stats) => nodes.extend(stats.into_iter().map(|n| NodeStats { name: name.clone(), ..n })),
+                Err(status) if !node.is_empty() => return Err(status),
+                Err(status) => {
+                    tracing::warn!(node = %name, error = %status.message(), "no stats from the node's kubelet")
+                }
+            }
+        }
+        Ok(nodes)
+    }
 }
 
 #[tonic::async_trait]
@@ -367,12 +425,12 @@ impl PodProxy for PodProxyService {
         let span = tracing::info_span!("rpc", method = "Stats", kind = "Pod");
         skiff_telemetry::set_remote_parent(&span, &meta);
         let result = async {
-            // Usage figures of pods: readable by whoever may read the pods.
-            let verb = if r.pod.is_empty() { "list" } else { "get" };
-            self.allow(&user, verb, "", &r.namespace, &r.pod)?;
-            let pods =
-                if r.pod.is_empty() { self.namespace_stats(&r.namespace).await? } else { self.pod_stats(r).await? };
-            Ok::<_, Status>(Response::new(StatsReply { pods }))
+            if r.nodes {
+                let nodes = self.node_usage(&user, "").await?;
+                return Ok(Response::new(StatsReply { pods: Vec::new(), nodes }));
+            }
+            let pods = self.pod_usage(&user, r).await?;
+            Ok::<_, Status>(Response::new(StatsReply { pods, nodes: Vec::new() }))
         }
         .instrument(span)
         .await;

@@ -7,6 +7,8 @@
 use serde_json::{json, Value};
 use skiff_api::{KindInfo, KINDS};
 
+use super::metrics;
+
 /// The Kubernetes release whose API the REST front speaks.
 pub const KUBERNETES_MINOR: &str = "32";
 
@@ -161,8 +163,15 @@ pub fn core_versions(server: &str) -> Value {
     })
 }
 
+/// The stored kinds' group versions, and metrics.k8s.io's.
+fn served_group_versions() -> Vec<(&'static str, &'static str)> {
+    let mut all = group_versions();
+    all.push((metrics::GROUP, metrics::VERSION));
+    all
+}
+
 fn group_doc(group: &str) -> Option<Value> {
-    let versions: Vec<Value> = group_versions()
+    let versions: Vec<Value> = served_group_versions()
         .into_iter()
         .filter(|(g, _)| *g == group)
         .map(|(g, v)| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
@@ -174,7 +183,7 @@ fn group_doc(group: &str) -> Option<Value> {
 /// `/apis`.
 pub fn groups() -> Value {
     let mut names: Vec<&str> = Vec::new();
-    for (group, _) in group_versions() {
+    for (group, _) in served_group_versions() {
         if !group.is_empty() && !names.contains(&group) {
             names.push(group);
         }
@@ -196,6 +205,9 @@ fn kinds_in<'a>(group: &'a str, version: &'a str) -> impl Iterator<Item = &'stat
 
 /// `/api/v1`, `/apis/GROUP/VERSION`.
 pub fn resources(group: &str, version: &str) -> Option<Value> {
+    if (group, version) == (metrics::GROUP, metrics::VERSION) {
+        return Some(metrics::resources());
+    }
     if !group_versions().contains(&(group, version)) {
         return None;
     }
@@ -259,6 +271,15 @@ pub fn aggregated(core: bool) -> Value {
             Some(item) => item["versions"].as_array_mut().expect("versions is a list").push(entry),
             None => items.push(json!({"metadata": {"name": group}, "versions": [entry]})),
         }
+    }
+    if !core {
+        let resource = |plural: &str, kind: &str, scope: &str| {
+            json!({"resource": plural, "responseKind": {"group": metrics::GROUP, "version": metrics::VERSION, "kind": kind},
+                "scope": scope, "singularResource": "", "verbs": ["get", "list"]})
+        };
+        let resources = [resource("nodes", "NodeMetrics", "Cluster"), resource("pods", "PodMetrics", "Namespaced")];
+        items.push(json!({"metadata": {"name": metrics::GROUP},
+            "versions": [{"version": metrics::VERSION, "resources": resources, "freshness": "Current"}]}));
     }
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
 }

@@ -14,6 +14,7 @@
 
 mod discovery;
 mod exec;
+mod metrics;
 mod objects;
 mod path;
 mod protobuf;
@@ -299,6 +300,8 @@ impl Rest {
                 self.access_review(call, about_self, self.body(body).await?).await
             }
             Route::Object(target) => self.object(call, method, target, body, upgrade).await,
+            Route::Metrics(what) if method == Method::GET => self.metrics(call, what).await,
+            Route::Metrics(_) => Err(Failure::method_not_allowed("metrics")),
             Route::AccessReview { .. } => Err(Failure::method_not_allowed("access reviews")),
             Route::OpenApiV3(path) => openapi_v3(&path),
             Route::OpenApiV2 | Route::Health | Route::NotFound => Err(not_found()),

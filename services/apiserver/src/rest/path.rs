@@ -24,6 +24,8 @@ pub enum Route {
     OpenApiV3(String),
     /// A resource of a served kind.
     Object(Target),
+    /// `/apis/metrics.k8s.io/v1beta1/…`: pods' and nodes' usage.
+    Metrics(super::metrics::Metrics),
     /// `/apis/authorization.k8s.io/v1/selfsubjectaccessreviews` and its kin:
     /// reviews that are asked, never stored.
     AccessReview {
@@ -64,6 +66,9 @@ impl Route {
                 "subjectaccessreviews" => Route::AccessReview { about_self: false },
                 _ => Route::NotFound,
             },
+            ["apis", "metrics.k8s.io", "v1beta1", rest @ ..] => {
+                super::metrics::Metrics::of(rest).map_or(Route::NotFound, Route::Metrics)
+            }
             ["api", "v1", rest @ ..] => target("v1", rest),
             ["apis", group, version, rest @ ..] => target(&format!("{group}/{version}"), rest),
             _ => Route::NotFound,

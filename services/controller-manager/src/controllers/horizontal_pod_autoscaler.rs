@@ -270,7 +270,7 @@ impl HorizontalPodAutoscalerController {
     /// the kubelets measure them; an unreachable apiserver or kubelet leaves
     /// pods out (they count as pods without figures).
     async fn usage(&self, ns: &str) -> HashMap<String, (i128, i128)> {
-        let request = StatsRequest { namespace: ns.into(), pod: String::new() };
+        let request = StatsRequest { namespace: ns.into(), ..Default::default() };
         match self.pod_proxy.clone().stats(request).await {
             Ok(reply) => reply
                 .into_inner()

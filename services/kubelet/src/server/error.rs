@@ -26,6 +26,12 @@ pub enum ServerError {
     NotRunning { namespace: String, pod: String, container: String },
     #[error("container {container:?} has no log file")]
     NoLogFile { container: String },
+    #[error("reading the host's {path}")]
+    ReadHost {
+        path: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("reading log file {path}")]
     ReadLog {
         path: String,
@@ -65,6 +71,7 @@ impl ServerError {
             },
             ServerError::Bind { .. }
             | ServerError::ReadLog { .. }
+            | ServerError::ReadHost { .. }
             | ServerError::Metric(_)
             | ServerError::NewMetric(_) => Code::Internal,
         }

@@ -69,8 +69,13 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
     let bound = listener.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let service =
-        KubeletService { runtime, samples: stats::CpuSamples::default(), stopping: stop_rx, auth: security.auth };
+    let service = KubeletService {
+        runtime,
+        samples: stats::CpuSamples::default(),
+        node_samples: stats::CpuSamples::default(),
+        stopping: stop_rx,
+        auth: security.auth,
+    };
     let drain = async move {
         shutdown.await;
         // Followed logs end first: the server waits for open streams.
@@ -107,6 +112,9 @@ pub fn advertise(node: &mut Node, port: u16) {
 struct KubeletService {
     runtime: Arc<dyn ContainerRuntime>,
     samples: stats::CpuSamples,
+    /// The host's own last CPU sample, apart: pods' samples are pruned to
+    /// the containers listed.
+    node_samples: stats::CpuSamples,
     stopping: watch::Receiver<bool>,
     auth: Arc<auth::KubeletAuth>,
 }
@@ -171,8 +179,12 @@ impl Kubelet for KubeletService {
 
     async fn stats(&self, req: Request<StatsRequest>) -> Result<Response<StatsReply>, Status> {
         self.auth.check(&req, STATS).await?;
+        if req.get_ref().nodes {
+            let node = stats::node_stats(&self.node_samples)?;
+            return Ok(Response::new(StatsReply { pods: Vec::new(), nodes: vec![node] }));
+        }
         let pods = stats::pod_stats(self.runtime.as_ref(), &self.samples, req.get_ref()).await?;
-        Ok(Response::new(StatsReply { pods }))
+        Ok(Response::new(StatsReply { pods, nodes: Vec::new() }))
     }
 }
 

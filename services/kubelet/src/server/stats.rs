@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use skiff_api::proto::{ContainerStats, CpuStats, MemoryStats, PodStats, StatsRequest};
+use skiff_api::proto::{ContainerStats, CpuStats, MemoryStats, NodeStats, PodStats, StatsRequest};
 use skiff_telemetry::prometheus::core::{Collector, Desc};
 use skiff_telemetry::prometheus::proto::MetricFamily;
 use skiff_telemetry::prometheus::{CounterVec, GaugeVec, Opts};
@@ -107,6 +107,46 @@ pub async fn pod_stats(
     Ok(pods)
 }
 
+/// The whole host's CPU and memory, from /proc, as the node's own figures
+/// (its name is for the caller to fill in): CPU busy time (all but idle
+/// and iowait) and memory in use (MemTotal less MemAvailable).
+pub fn node_stats(samples: &CpuSamples) -> Result<NodeStats, ServerError> {
+    let read =
+        |path: &'static str| std::fs::read_to_string(path).map_err(|source| ServerError::ReadHost { path, source });
+    let busy = cpu_busy_core_ns(&read("/proc/stat")?).unwrap_or(0);
+    let in_use = memory_in_use(&read("/proc/meminfo")?).unwrap_or(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+    Ok(NodeStats {
+        name: String::new(),
+        cpu: Some(CpuStats {
+            timestamp: now,
+            usage_nano_cores: samples.nano_cores("node", now, busy, None),
+            usage_core_nano_seconds: busy,
+        }),
+        memory: Some(MemoryStats { timestamp: now, working_set_bytes: in_use }),
+    })
+}
+
+/// CPU time the host spent busy, in core-nanoseconds, from /proc/stat's
+/// `cpu` line (in USER_HZ ticks, 100 a second on Linux).
+fn cpu_busy_core_ns(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest time is
+    // already in user and nice).
+    let busy: u64 = ticks.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, t)| t).sum();
+    Some(busy * 10_000_000)
+}
+
+/// Bytes of memory in use: MemTotal less MemAvailable.
+fn memory_in_use(meminfo: &str) -> Option<u64> {
+    let field = |name: &str| {
+        let line = meminfo.lines().find(|l| l.starts_with(name))?;
+        line.split_whitespace().nth(1)?.parse::<u64>().ok()
+    };
+    Some(field("MemTotal:")?.saturating_sub(field("MemAvailable:")?) * 1024)
+}
+
 /// Adds a container's figures to its pod's sums.
 fn add(pod: &mut PodStats, cpu: Option<&CpuStats>, memory: Option<&MemoryStats>) {
     if let (Some(sum), Some(c)) = (pod.cpu.as_mut(), cpu) {
@@ -117,6 +157,21 @@ fn add(pod: &mut PodStats, cpu: Option<&CpuStats>, memory: Option<&MemoryStats>)
     if let (Some(sum), Some(m)) = (pod.memory.as_mut(), memory) {
         sum.timestamp = sum.timestamp.max(m.timestamp);
         sum.working_set_bytes += m.working_set_bytes;
+    }
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::*;
+
+    #[test]
+    fn host_figures_come_from_proc() {
+        let stat = "cpu  100 5 50 1000 20 1 2 3 0 0\ncpu0 50 2 25 500 10 0 1 1 0 0\n";
+        assert_eq!(cpu_busy_core_ns(stat), Some((100 + 5 + 50 + 1 + 2 + 3) * 10_000_000));
+        let meminfo = "MemTotal:       16000 kB\nMemFree:         1000 kB\nMemAvailable:    6000 kB\n";
+        assert_eq!(memory_in_use(meminfo), Some(10_000 * 1024));
+        let first = node_stats(&CpuSamples::default()).unwrap();
+        assert!(first.memory.unwrap().working_set_bytes > 0, "this host uses some memory");
     }
 }
 
