@@ -140,17 +140,27 @@ async fn a_huge_grace_period_is_bounded_not_a_panic() {
     }
 }
 
+/// A pod on an unreachable node waits for its kubelet (as in Kubernetes:
+/// it may still be running); one on a node that is gone, or that its
+/// operator tainted out-of-service, is deleted at once.
 #[tokio::test]
-async fn a_pod_without_a_live_kubelet_is_deleted_at_once() {
+async fn a_pod_waits_for_an_unreachable_kubelet_but_not_for_a_gone_node() {
     let w = world().await;
-    w.registry.create("Node", "", &body(&node("gone", "Unknown")), None, false).await.unwrap();
-    w.create("Pod", pod("on-dead-node", "gone")).await;
+    w.registry.create("Node", "", &body(&node("lost", "Unknown")), None, false).await.unwrap();
+    let mut shut_down = node("shut-down", "Unknown");
+    shut_down["spec"] = json!({"taints": [{"key": "node.kubernetes.io/out-of-service", "effect": "NoExecute"}]});
+    w.registry.create("Node", "", &body(&shut_down), None, false).await.unwrap();
+    w.create("Pod", pod("on-lost-node", "lost")).await;
+    w.create("Pod", pod("on-shut-down-node", "shut-down")).await;
     w.create("Pod", pod("on-no-node", "missing")).await;
 
-    w.delete("Pod", "on-dead-node", None).await.unwrap();
+    let marked = w.delete("Pod", "on-lost-node", None).await.unwrap();
+    w.delete("Pod", "on-shut-down-node", None).await.unwrap();
     w.delete("Pod", "on-no-node", None).await.unwrap();
 
-    assert!(matches!(w.get("Pod", "on-dead-node").await, Err(Error::NotFound { .. })));
+    assert!(!deletion_timestamp(&marked).is_empty(), "marked, waiting for its kubelet");
+    assert!(w.get("Pod", "on-lost-node").await.is_ok());
+    assert!(matches!(w.get("Pod", "on-shut-down-node").await, Err(Error::NotFound { .. })));
     assert!(matches!(w.get("Pod", "on-no-node").await, Err(Error::NotFound { .. })));
 }
 
