@@ -1104,7 +1104,8 @@ fn ready_since(pod: &Value) -> Option<&str> {
 /// its hostname, subdomain and claim, listed by hostname in the headless
 /// Service's Endpoints; scaled down from the top (claims going with them
 /// under `whenScaled: Delete`); a partitioned rolling update; and, when a
-/// node is lost, its ordinal not made again until the old pod is gone.
+/// node is lost, its ordinal not made again until the old pod is gone (and,
+/// its local volume being on that node, its claim deleted).
 #[tokio::test]
 async fn a_stateful_set_keeps_one_pod_per_ordinal_in_order_with_its_claims() {
     let (mut cluster, _) = cluster().await;
@@ -1194,6 +1195,10 @@ async fn a_stateful_set_keeps_one_pod_per_ordinal_in_order_with_its_claims() {
     })
     .await;
     assert_eq!(uid(&client.get("Pod", "default", "db-0").await.unwrap()), old_uid);
+    // Its claim's local volume lives on the lost node: as with Kubernetes'
+    // local volumes, the operator lets the ordinal start over elsewhere by
+    // deleting the claim, and the pod for good.
+    client.delete("PersistentVolumeClaim", "default", "data-db-0").await.unwrap();
     client.delete_with_grace("Pod", "default", "db-0", Some(0)).await.unwrap();
     let replacement = eventually("a new db-0 on the live node", || async {
         let pod = client.get("Pod", "default", "db-0").await.ok()?;

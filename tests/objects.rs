@@ -514,6 +514,12 @@ async fn jobs_get_their_selector_and_bad_jobs_cron_jobs_and_claims_are_refused()
         let err = client.create("CronJob", "default", &bad).await.unwrap_err();
         assert!(err.is_invalid() && err.to_string().contains(field) && err.to_string().contains(why), "{field}: {err}");
     }
+    // A StatefulSet needs the Service its pods are named under.
+    let (_, mut set) = samples().into_iter().find(|(k, _)| *k == "StatefulSet").unwrap();
+    set["spec"].as_object_mut().unwrap().remove("serviceName");
+    let err = client.create("StatefulSet", "default", &set).await.unwrap_err();
+    assert!(err.is_invalid() && err.to_string().contains("spec.serviceName: required"), "{err}");
+
     // Claims: the default class filled in, an unknown one refused.
     let claim = |name: &str, class: Option<&str>| {
         let mut claim = json!({"metadata": {"name": name}, "spec": {"accessModes": ["ReadWriteOnce"],

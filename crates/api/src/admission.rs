@@ -232,6 +232,31 @@ impl Rules for apps::StatefulSet {
         let claims: Vec<&str> =
             spec.volume_claim_templates.iter().flatten().filter_map(|c| c.metadata.name.as_deref()).collect();
         template_spec_claiming(spec.template.spec.as_ref(), "spec.template.spec", &["Always"], &claims, errs);
+        // Its pods' DNS names live under this (headless) Service.
+        match spec.service_name.as_deref() {
+            None | Some("") => errs.add("spec.serviceName", "required: the headless Service its pods are named under"),
+            Some(name) => {
+                if let Some(problem) = check::dns_label_problem(name) {
+                    errs.add("spec.serviceName", format!("{name:?} {problem}"));
+                }
+            }
+        }
+        let policy = spec.pod_management_policy.as_deref();
+        check::one_of(policy, &["OrderedReady", "Parallel"], "spec.podManagementPolicy", errs);
+        let strategy = spec.update_strategy.as_ref().and_then(|s| s.type_.as_deref());
+        check::one_of(strategy, &["RollingUpdate", "OnDelete"], "spec.updateStrategy.type", errs);
+        for (i, claim) in spec.volume_claim_templates.iter().flatten().enumerate() {
+            let at = format!("spec.volumeClaimTemplates[{i}]");
+            if claim.metadata.name.as_deref().is_none_or(str::is_empty) {
+                errs.add(format!("{at}.metadata.name"), "required");
+            }
+            let claim_spec = claim.spec.as_ref();
+            check::access_modes(
+                claim_spec.and_then(|s| s.access_modes.as_deref()),
+                &format!("{at}.spec.accessModes"),
+                errs,
+            );
+        }
     }
 }
 

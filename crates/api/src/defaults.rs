@@ -90,6 +90,9 @@ pub(crate) fn stateful_set(ss: &mut apps::StatefulSetSpec) {
     set_if_none(&mut ss.revision_history_limit, 10);
     let strategy = ss.update_strategy.get_or_insert_with(Default::default);
     set_if_none(&mut strategy.type_, "RollingUpdate".into());
+    let retention = ss.persistent_volume_claim_retention_policy.get_or_insert_with(Default::default);
+    set_if_none(&mut retention.when_deleted, "Retain".into());
+    set_if_none(&mut retention.when_scaled, "Retain".into());
     pod_template(&mut ss.template);
 }
 

@@ -16,7 +16,10 @@
 //!   persistentVolumeClaimRetentionPolicy: `whenDeleted: Delete` makes the
 //!   StatefulSet the claims' owner, `whenScaled: Delete` makes a condemned
 //!   pod the owner of its claims; the garbage collector does the rest.
-//!   Retain (the default for both) leaves them.
+//!   Retain (the default for both) leaves them. A pending pod whose claim
+//!   is gone gets it made again: with a local volume whose node is lost,
+//!   deleting the claim (and the pod, for good) lets the ordinal start over
+//!   elsewhere, as in Kubernetes.
 //! - **Order.** OrderedReady (the default) creates ordinals one at a time,
 //!   each once the one before is Running and Ready, and removes surplus
 //!   pods from the highest ordinal down, one at a time; Parallel does both
@@ -152,8 +155,18 @@ impl StatefulSetController {
                         return Ok(());
                     }
                 }
-                Some(pod) if ordered && !running_and_ready(pod) => return Ok(()),
-                Some(_) => {}
+                Some(pod) => {
+                    if util::phase(pod) == "Pending" && pod.metadata.deletion_timestamp.is_none() {
+                        // A claim deleted under a waiting pod (its volume's
+                        // node gone, say) is made again, as Kubernetes does.
+                        for claim in claims_for(set, i) {
+                            self.create_claim(set, claim).await?;
+                        }
+                    }
+                    if ordered && !running_and_ready(pod) {
+                        return Ok(());
+                    }
+                }
             }
         }
         // Surplus ordinals, highest first.
