@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference,
 use k8s_openapi::jiff::Timestamp;
 use serde_json::json;
 use skiff_api::LabelSelector;
-use skiff_client::{key_of, Api, Object};
+use skiff_client::{key_of, Api, Client, Object};
 
 use crate::error::{Error, Result};
 
@@ -110,6 +110,18 @@ pub fn owner_refs_patch(meta: &ObjectMeta, refs: Vec<OwnerReference>) -> serde_j
 }
 
 // === claiming ===
+
+/// A fresh read, for [`Claimer::claim`]'s `can_adopt`: does `owner` still
+/// exist (same uid) and is it not being deleted? Read from the API, not a
+/// cache, so a deleted owner never adopts.
+pub async fn still_exists<O: Object>(client: &Client, owner: &O) -> Result<bool> {
+    let meta = owner.metadata();
+    match client.api::<O>(namespace(meta)).get(name(meta)).await {
+        Ok(fresh) => Ok(fresh.metadata().uid == meta.uid && fresh.metadata().deletion_timestamp.is_none()),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(source) => Err(Error::Get { kind: O::KIND, key: key_of(owner), source }),
+    }
+}
 
 /// The owner side of a claim.
 pub struct Claimer<'a, K> {

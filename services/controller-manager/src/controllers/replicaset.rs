@@ -172,7 +172,7 @@ impl Reconcile for ReplicaSetController {
             selector: &selector,
             deleting,
         };
-        let owned = claimer.claim(candidates, || self.still_exists(&rs)).await?;
+        let owned = claimer.claim(candidates, || util::still_exists(&self.client, rs.as_ref())).await?;
 
         let managed = if needs_sync && !deleting {
             self.manage_replicas(key, &rs, spec.replicas.unwrap_or(1).max(0) as usize, &owned).await
@@ -203,16 +203,6 @@ impl Reconcile for ReplicaSetController {
 }
 
 impl ReplicaSetController {
-    /// A fresh read: may this ReplicaSet adopt (it exists and is not going)?
-    async fn still_exists(&self, rs: &ReplicaSet) -> Result<bool> {
-        let ns = util::namespace(&rs.metadata);
-        match self.client.api::<ReplicaSet>(ns).get(util::name(&rs.metadata)).await {
-            Ok(fresh) => Ok(fresh.metadata.uid == rs.metadata.uid && fresh.metadata.deletion_timestamp.is_none()),
-            Err(e) if e.is_not_found() => Ok(false),
-            Err(source) => Err(Error::Get { kind: "ReplicaSet", key: key_of(rs), source }),
-        }
-    }
-
     async fn manage_replicas(&self, key: &str, rs: &ReplicaSet, want: usize, owned: &[Arc<Pod>]) -> Result<()> {
         if owned.len() < want {
             let n = (want - owned.len()).min(self.burst);

@@ -336,16 +336,7 @@ impl StatefulSetController {
             selector: &selector,
             deleting: set.metadata.deletion_timestamp.is_some(),
         };
-        claimer.claim(candidates, || self.still_exists(set)).await
-    }
-
-    async fn still_exists(&self, set: &StatefulSet) -> Result<bool> {
-        let ns = util::namespace(&set.metadata);
-        match self.client.api::<StatefulSet>(ns).get(util::name(&set.metadata)).await {
-            Ok(fresh) => Ok(fresh.metadata.uid == set.metadata.uid && fresh.metadata.deletion_timestamp.is_none()),
-            Err(e) if e.is_not_found() => Ok(false),
-            Err(source) => Err(Error::Get { kind: KIND, key: key_of(set), source }),
-        }
+        claimer.claim(candidates, || util::still_exists(&self.client, set.as_ref())).await
     }
 
     async fn write_status(

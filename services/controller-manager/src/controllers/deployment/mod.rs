@@ -241,7 +241,7 @@ impl Reconcile for DeploymentController {
             selector: &selector,
             deleting: false,
         };
-        let owned = claimer.claim(candidates, || self.still_exists(&d)).await?;
+        let owned = claimer.claim(candidates, || util::still_exists(&self.client, d.as_ref())).await?;
         let mut owned: Vec<_> = owned.into_iter().filter(|rs| rs.metadata.deletion_timestamp.is_none()).collect();
         owned.sort_by_key(|rs| rs.metadata.creation_timestamp.as_ref().map(|t| millis(&t.0)).unwrap_or(0));
 
@@ -284,14 +284,6 @@ impl Reconcile for DeploymentController {
 }
 
 impl DeploymentController {
-    async fn still_exists(&self, d: &Deployment) -> Result<bool> {
-        match self.client.api::<Deployment>(util::namespace(&d.metadata)).get(util::name(&d.metadata)).await {
-            Ok(fresh) => Ok(fresh.metadata.uid == d.metadata.uid && fresh.metadata.deletion_timestamp.is_none()),
-            Err(e) if e.is_not_found() => Ok(false),
-            Err(source) => Err(Error::Get { kind: "Deployment", key: key_of(d), source }),
-        }
-    }
-
     async fn rollout_rolling(
         &self,
         s: &mut Sync<'_>,

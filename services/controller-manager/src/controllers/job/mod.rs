@@ -491,17 +491,7 @@ impl JobController {
             selector: &selector,
             deleting: job.metadata.deletion_timestamp.is_some(),
         };
-        claimer.claim(candidates, || self.still_exists(job)).await
-    }
-
-    /// A fresh read: may this Job adopt (it exists and is not going)?
-    async fn still_exists(&self, job: &Job) -> Result<bool> {
-        let ns = util::namespace(&job.metadata);
-        match self.client.api::<Job>(ns).get(util::name(&job.metadata)).await {
-            Ok(fresh) => Ok(fresh.metadata.uid == job.metadata.uid && fresh.metadata.deletion_timestamp.is_none()),
-            Err(e) if e.is_not_found() => Ok(false),
-            Err(source) => Err(Error::Get { kind: KIND, key: key_of(job), source }),
-        }
+        claimer.claim(candidates, || util::still_exists(&self.client, job.as_ref())).await
     }
 
     /// A finished Job past `ttlSecondsAfterFinished` is deleted, its pods
