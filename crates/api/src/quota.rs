@@ -8,7 +8,8 @@
 //! `count/<resource>[.<group>]` for any kind), a pod's compute resources
 //! (`requests.<name>` and `limits.<name>`, with `cpu`, `memory` and
 //! `ephemeral-storage` alone meaning their requests), and a Service's
-//! `services.nodeports` and `services.loadbalancers`. Amounts are in
+//! `services.nodeports` and `services.loadbalancers`, and a claim's
+//! `requests.storage`, also per StorageClass. Amounts are in
 //! thousandths, as [`crate::quantity::parse_milli`] reads them.
 
 use k8s_openapi::api::core::v1::Pod;
@@ -29,6 +30,7 @@ pub fn usage(info: &KindInfo, object: &Value, resource: &str) -> Option<i128> {
     match info.kind {
         "Pod" => pod_usage(object, resource),
         "Service" => service_usage(object, resource),
+        "PersistentVolumeClaim" => claim_usage(object, resource),
         _ => None,
     }
 }
@@ -77,6 +79,28 @@ fn service_usage(object: &Value, resource: &str) -> Option<i128> {
             let ports = object["spec"]["ports"].as_array().map_or(0, Vec::len) as i128;
             Some(if matches!(kind, "NodePort" | "LoadBalancer") { ports * 1000 } else { 0 })
         }
+        _ => None,
+    }
+}
+
+/// A claim's storage: `requests.storage`, and per class
+/// `<class>.storageclass.storage.k8s.io/requests.storage` and
+/// `…/persistentvolumeclaims`, as Kubernetes' PVC evaluator counts them.
+fn claim_usage(object: &Value, resource: &str) -> Option<i128> {
+    let storage = || {
+        let requested = object["spec"]["resources"]["requests"]["storage"].as_str().unwrap_or("0");
+        crate::quantity::parse_milli(requested).unwrap_or(0)
+    };
+    if resource == "requests.storage" {
+        return Some(storage());
+    }
+    let (class, per_class) = resource.split_once(".storageclass.storage.k8s.io/")?;
+    if object["spec"]["storageClassName"].as_str() != Some(class) {
+        return Some(0);
+    }
+    match per_class {
+        "requests.storage" => Some(storage()),
+        "persistentvolumeclaims" => Some(1000),
         _ => None,
     }
 }
@@ -161,6 +185,20 @@ mod tests {
         assert_eq!(usage(kind("Service"), &lb, "services.loadbalancers"), Some(1000));
         let plain = json!({"spec": {"ports": [{"port": 80}]}});
         assert_eq!(usage(kind("Service"), &plain, "services.nodeports"), Some(0));
+    }
+
+    #[test]
+    fn claims_use_their_storage_overall_and_per_class() {
+        let claim = json!({"spec": {"storageClassName": "fast", "resources": {"requests": {"storage": "2Gi"}}}});
+        let gib = 1024 * 1024 * 1024 * 1000;
+        assert_eq!(usage(kind("PersistentVolumeClaim"), &claim, "requests.storage"), Some(2 * gib));
+        let fast = "fast.storageclass.storage.k8s.io/requests.storage";
+        assert_eq!(usage(kind("PersistentVolumeClaim"), &claim, fast), Some(2 * gib));
+        let slow = "slow.storageclass.storage.k8s.io/persistentvolumeclaims";
+        assert_eq!(usage(kind("PersistentVolumeClaim"), &claim, slow), Some(0), "another class");
+        let fast_count = "fast.storageclass.storage.k8s.io/persistentvolumeclaims";
+        assert_eq!(usage(kind("PersistentVolumeClaim"), &claim, fast_count), Some(1000));
+        assert_eq!(usage(kind("PersistentVolumeClaim"), &claim, "requests.cpu"), None);
     }
 
     #[test]

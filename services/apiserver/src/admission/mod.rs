@@ -9,7 +9,8 @@
 //! - `storage`: a PersistentVolumeClaim gets the default StorageClass, and
 //!   one naming a class that does not exist is refused;
 //! - `resource_quota`: the new object is charged to its namespace's
-//!   ResourceQuotas, or refused when it would exceed one.
+//!   ResourceQuotas, or refused when it would exceed one; an update is
+//!   charged what it adds ([`admit_update`]).
 //!
 //! The object is decoded only when a step needs to look into it: a
 //! namespace without LimitRanges or ResourceQuotas costs a cache lookup.
@@ -59,6 +60,18 @@ pub async fn admit_create(
         resource_quota::charge(registry, info, &namespace, &mut admitted).await?;
     }
     admitted.into_bytes()
+}
+
+/// Admission of an update of `old` to `new` (kind `info`, not a dry run):
+/// the namespace's ResourceQuotas are charged what it adds. The
+/// registry's commit calls it, so update, patch and apply all pass here,
+/// as Kubernetes runs admission inside its storage's update.
+pub async fn admit_update(registry: &Registry, info: &KindInfo, old: &Value, new: &Value) -> Result<(), Error> {
+    let namespace = new["metadata"]["namespace"].as_str().unwrap_or_default();
+    if !info.namespaced || namespace.is_empty() {
+        return Ok(());
+    }
+    resource_quota::charge_update(registry, info, namespace, old, new).await
 }
 
 /// The object being admitted: the bytes as sent, decoded once when a step

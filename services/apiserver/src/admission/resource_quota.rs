@@ -5,6 +5,11 @@
 //! that would take a quota past `spec.hard` is refused, naming the quota,
 //! what it asked, what is used and the limit. The controller-manager's quota
 //! controller fills `status` first and recounts it as objects go.
+//!
+//! An update is charged what it adds (a Service turned LoadBalancer, a
+//! claim grown), as Kubernetes charges the new usage less the old, never
+//! below zero: what an update frees comes back with the controller's
+//! recount.
 
 use std::collections::BTreeMap;
 
@@ -32,11 +37,53 @@ pub async fn charge(
         return Ok(());
     }
     let Some(object) = object.value() else { return Ok(()) };
-    let object_name = object["metadata"]["name"].as_str().unwrap_or_default();
+    charge_all(registry, info, namespace, &quotas, Usage { new: object, old: None }).await
+}
+
+/// Charges an update of `old` to `new` what it uses beyond `old`.
+pub async fn charge_update(
+    registry: &Registry,
+    info: &KindInfo,
+    namespace: &str,
+    old: &Value,
+    new: &Value,
+) -> Result<(), Error> {
+    let quotas = registry.cached_in_namespace(KIND, namespace).await?;
+    if quotas.is_empty() {
+        return Ok(());
+    }
+    charge_all(registry, info, namespace, &quotas, Usage { new, old: Some(old) }).await
+}
+
+/// The object charged, and on an update what it was before.
+#[derive(Clone, Copy)]
+struct Usage<'a> {
+    new: &'a Value,
+    old: Option<&'a Value>,
+}
+
+impl Usage<'_> {
+    /// What is charged for `resource`: all of it on a create, the growth
+    /// on an update.
+    fn of(&self, info: &KindInfo, resource: &str) -> Option<i128> {
+        let new = usage(info, self.new, resource)?;
+        let old = self.old.and_then(|old| usage(info, old, resource)).unwrap_or(0);
+        Some(new.saturating_sub(old).max(0))
+    }
+}
+
+async fn charge_all(
+    registry: &Registry,
+    info: &KindInfo,
+    namespace: &str,
+    quotas: &[Value],
+    object: Usage<'_>,
+) -> Result<(), Error> {
+    let object_name = object.new["metadata"]["name"].as_str().unwrap_or_default();
     let refused = |why: String| Error::Forbidden(format!("{} {object_name:?} is forbidden: {why}", info.plural));
     // Check every quota before charging any, so a refusal spends nothing.
     let mut charges = Vec::new();
-    for quota in &quotas {
+    for quota in quotas {
         if let Some(charge) = Charge::of(quota, info, object).map_err(refused)? {
             charges.push(charge);
         }
@@ -63,18 +110,22 @@ enum ChargeError {
 
 impl Charge {
     /// None when the quota limits nothing the object uses.
-    fn of(quota: &Value, info: &KindInfo, object: &Value) -> Result<Option<Self>, String> {
+    fn of(quota: &Value, info: &KindInfo, object: Usage<'_>) -> Result<Option<Self>, String> {
         let name = quota["metadata"]["name"].as_str().unwrap_or_default().to_string();
         let mut delta = BTreeMap::new();
         for resource in quota["spec"]["hard"].as_object().into_iter().flatten().map(|(k, _)| k) {
-            let Some(used) = usage(info, object, resource) else { continue };
-            if info.kind == "Pod" {
-                let missing = containers_missing(object, resource);
+            let Some(used) = object.of(info, resource) else { continue };
+            // A pod's resources are fixed at create, so only then checked.
+            if info.kind == "Pod" && object.old.is_none() {
+                let missing = containers_missing(object.new, resource);
                 if !missing.is_empty() {
                     return Err(format!("failed quota: {name}: must specify {resource} for: {}", missing.join(",")));
                 }
             }
-            delta.insert(resource.clone(), used);
+            // An update that adds nothing to a resource is not charged it.
+            if used != 0 || object.old.is_none() {
+                delta.insert(resource.clone(), used);
+            }
         }
         if delta.is_empty() {
             return Ok(None);
@@ -126,7 +177,7 @@ impl Charge {
         registry: &Registry,
         namespace: &str,
         info: &KindInfo,
-        object: &Value,
+        object: Usage<'_>,
     ) -> Result<(), ChargeError> {
         if self.delta.values().all(|d| *d == 0) {
             return Ok(());
@@ -167,6 +218,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn created(object: &Value) -> Usage<'_> {
+        Usage { new: object, old: None }
+    }
+
     fn quota(hard: Value, status: Value) -> Value {
         json!({"metadata": {"name": "q"}, "spec": {"hard": hard}, "status": status})
     }
@@ -182,9 +237,9 @@ mod tests {
             json!({"pods": "2", "requests.cpu": "1"}),
             json!({"hard": {"pods": "2", "requests.cpu": "1"}, "used": {"pods": "1", "requests.cpu": "500m"}}),
         );
-        let charge = Charge::of(&q, info, &pod("250m")).unwrap().expect("charged");
+        let charge = Charge::of(&q, info, created(&pod("250m"))).unwrap().expect("charged");
         assert_eq!(charge.check(&q).unwrap(), BTreeMap::from([("pods".into(), 2000), ("requests.cpu".into(), 750)]));
-        let refused = Charge::of(&q, info, &pod("750m")).err().unwrap();
+        let refused = Charge::of(&q, info, created(&pod("750m"))).err().unwrap();
         assert_eq!(
             refused,
             "exceeded quota: q, requested: requests.cpu=750m, used: requests.cpu=500m, limited: requests.cpu=1"
@@ -196,11 +251,11 @@ mod tests {
         let info = KindInfo::by_kind("Pod").unwrap();
         let unsynced = quota(json!({"pods": "2"}), json!(null));
         assert_eq!(
-            Charge::of(&unsynced, info, &pod("1")).err().unwrap(),
+            Charge::of(&unsynced, info, created(&pod("1"))).err().unwrap(),
             "status unknown for quota: q, resource: pods"
         );
         let q = quota(json!({"limits.memory": "1Gi"}), json!({"hard": {"limits.memory": "1Gi"}}));
-        let refused = Charge::of(&q, info, &pod("1")).err().unwrap();
+        let refused = Charge::of(&q, info, created(&pod("1"))).err().unwrap();
         assert_eq!(refused, "failed quota: q: must specify limits.memory for: c");
     }
 
@@ -208,6 +263,29 @@ mod tests {
     fn a_quota_of_other_things_takes_nothing() {
         let info = KindInfo::by_kind("ConfigMap").unwrap();
         let q = quota(json!({"pods": "2"}), json!({"hard": {"pods": "2"}}));
-        assert!(Charge::of(&q, info, &json!({"metadata": {"name": "c"}})).unwrap().is_none());
+        assert!(Charge::of(&q, info, created(&json!({"metadata": {"name": "c"}}))).unwrap().is_none());
+    }
+
+    #[test]
+    fn an_update_is_charged_only_what_it_adds() {
+        let info = KindInfo::by_kind("Service").unwrap();
+        let q = quota(
+            json!({"services": "5", "services.loadbalancers": "1"}),
+            json!({"hard": {"services": "5", "services.loadbalancers": "1"},
+                   "used": {"services": "2", "services.loadbalancers": "1"}}),
+        );
+        let plain = json!({"metadata": {"name": "s"}, "spec": {"ports": [{"port": 80}]}});
+        let relabelled = json!({"metadata": {"name": "s", "labels": {"a": "b"}}, "spec": {"ports": [{"port": 80}]}});
+        let update = Usage { new: &relabelled, old: Some(&plain) };
+        assert!(Charge::of(&q, info, update).unwrap().is_none(), "nothing added, nothing charged");
+        let balanced = json!({"metadata": {"name": "s"}, "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}});
+        let refused = Charge::of(&q, info, Usage { new: &balanced, old: Some(&plain) }).err().unwrap();
+        assert_eq!(
+            refused,
+            "exceeded quota: q, requested: services.loadbalancers=1, used: services.loadbalancers=1, \
+             limited: services.loadbalancers=1"
+        );
+        let back = Usage { new: &plain, old: Some(&balanced) };
+        assert!(Charge::of(&q, info, back).unwrap().is_none(), "what an update frees is the recount's");
     }
 }

@@ -465,7 +465,12 @@ impl Registry {
         if next == current {
             return Ok(stamped(current, stored.mod_revision));
         }
-        if spec_of(&next) != spec_of(&current) {
+        let spec_changed = spec_of(&next) != spec_of(&current);
+        // Quota usage follows the spec; a status write never adds to it.
+        if spec_changed && !dry_run {
+            Box::pin(crate::admission::admit_update(self, info, &current, &next)).await?;
+        }
+        if spec_changed {
             let generation = current.get("metadata").and_then(|m| m.get("generation")).and_then(Value::as_i64);
             meta::set(&mut next, "generation", generation.unwrap_or(0) + 1);
         }

@@ -369,6 +369,36 @@ async fn a_resource_quota_charges_pods_and_refuses_the_one_too_many() {
     assert!(refused.contains("must specify requests.cpu for: c"), "{refused}");
 }
 
+/// An update is charged what it adds, through every way of writing: a
+/// Service patched to LoadBalancer past the quota is refused and left as
+/// it was; within the quota it is charged.
+#[tokio::test]
+async fn an_update_that_adds_usage_is_charged_and_refused_past_the_quota() {
+    let w = world().await;
+    let hard = json!({"services.loadbalancers": "1"});
+    w.create("ResourceQuota", json!({"metadata": {"name": "q"}, "spec": {"hard": hard}})).await;
+    let mut q = w.get("ResourceQuota", "q").await.unwrap();
+    q["status"] = json!({"hard": hard, "used": {"services.loadbalancers": "0"}});
+    w.registry.update("ResourceQuota", "default", &body(&q), true, false).await.unwrap();
+    let service = |name: &str| {
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+                                     "spec": {"ports": [{"port": 80}]}})
+    };
+    w.create("Service", service("a")).await;
+    w.create("Service", service("b")).await;
+    let to_lb = body(&json!({"spec": {"type": "LoadBalancer"}}));
+
+    w.registry.patch("Service", "default", "a", &to_lb, PatchType::Merge, false).await.unwrap();
+    let used = &w.get("ResourceQuota", "q").await.unwrap()["status"]["used"];
+    assert_eq!(used["services.loadbalancers"], "1", "the update was charged");
+    let refused = w.registry.patch("Service", "default", "b", &to_lb, PatchType::Merge, false).await.unwrap_err();
+    assert!(refused.to_string().contains("exceeded quota: q, requested: services.loadbalancers=1"), "{refused}");
+    let b = w.get("Service", "b").await.unwrap();
+    assert!(b["spec"]["type"].is_null() || b["spec"]["type"] == "ClusterIP", "refused, so unchanged: {b}");
+    let relabel = body(&json!({"metadata": {"labels": {"x": "y"}}, "spec": {"ports": [{"port": 81}]}}));
+    w.registry.patch("Service", "default", "a", &relabel, PatchType::Merge, false).await.unwrap();
+}
+
 #[tokio::test]
 async fn dry_runs_answer_as_the_write_would_and_store_nothing() {
     let w = world().await;
