@@ -202,3 +202,40 @@ async fn a_joined_node_renews_its_certificates_before_they_end() {
     })
     .await;
 }
+
+/// A node that was off for longer than its client certificate's life
+/// joins again with its bootstrap token when it starts, as Kubernetes'
+/// kubelet does: it does not fail on the ended certificate, and its
+/// heartbeats go on as the same node.
+#[tokio::test]
+async fn a_node_back_after_its_certificate_ended_bootstraps_again() {
+    let mut cluster =
+        Cluster::start_with(ClusterOptions { runtime: Some(RuntimeOptions::default()), ..Default::default() })
+            .await
+            .expect("cluster with a container runtime");
+    let short = ["--cluster-signing-duration=15s".to_string()];
+    cluster.start_service("controller-manager", "skiff-controller-manager", &short).await.expect("controller-manager");
+    let dir = tempfile::tempdir().unwrap();
+    let token = skiffctl(&cluster, &["token", "create"]).trim().to_string();
+    let bootstrap = bootstrap_config(&cluster, dir.path(), &token);
+    cluster.start_joining_kubelet("returner", &bootstrap).await.expect("joins");
+    let admin = cluster.client();
+    eventually("node returner Ready", || async { admin.get("Node", "", "returner").await.ok().filter(node_ready) })
+        .await;
+
+    cluster.stop_service("kubelet-returner");
+    let client_cert = cluster.dir().join("join/returner/pki/kubelet-client.crt");
+    let first_end = certificate_end(&client_cert);
+    eventually("the node's client certificate ended while it was off", || async { (now() > first_end).then_some(()) })
+        .await;
+
+    cluster.start_joining_kubelet("returner", &bootstrap).await.expect("starts again on the ended certificate");
+    assert!(certificate_end(&client_cert) > now(), "a new client certificate");
+    eventually("a heartbeat from the node that came back", || async {
+        let lease = admin.get("Lease", "kube-node-lease", "returner").await.ok()?;
+        let at = lease["spec"]["renewTime"].as_str()?.to_string();
+        let at = chrono::DateTime::parse_from_rfc3339(&at).ok()?.timestamp();
+        (at > first_end).then_some(())
+    })
+    .await;
+}

@@ -11,7 +11,9 @@
 //! Both certificates are renewed the same way before they expire
 //! ([`rotate`]), as the kubelet's certificate manager does: the files are
 //! replaced, and the client connection and the API's server take the new
-//! pairs up without a restart.
+//! pairs up without a restart. A node that starts with a certificate that
+//! has already ended (it was off for longer than the certificate's life)
+//! asks again with the bootstrap token.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -59,7 +61,16 @@ pub async fn ensure_client_config(config: &Config, node: &str) -> Result<(), Err
     let Some(bootstrap_path) = &config.bootstrap.bootstrap_kubeconfig else { return Ok(()) };
     let kubeconfig = config.api.kubeconfig.as_ref().ok_or_else(|| flag("kubeconfig", "required with a bootstrap"))?;
     if kubeconfig.exists() {
-        return Ok(());
+        // A node off for longer than its certificate's life joins again
+        // with the bootstrap token, as Kubernetes' kubelet does.
+        match ClientConfig::load_from(kubeconfig)?.and_then(|c| c.client_certificate) {
+            Some(cert) => match certificate_ended(&cert) {
+                None => return Ok(()),
+                Some(why) => tracing::warn!(node, cert = %cert.display(), %why, "bootstrapping again"),
+            },
+            // Credentials of another kind (a token) are not the bootstrap's to renew.
+            None => return Ok(()),
+        }
     }
     let bootstrap = ClientConfig::load_from(bootstrap_path)?
         .ok_or_else(|| flag("bootstrap-kubeconfig", format!("{}: no such file", bootstrap_path.display())))?;
@@ -89,7 +100,7 @@ pub async fn serving_tls(config: &Config, client: &Client, node: &str, names: &[
     let client_ca = config.tls.client_ca_file.clone().or(client_config.certificate_authority);
     let dir = cert_dir(config);
     let (cert, key) = (dir.join("kubelet.crt"), dir.join("kubelet.key"));
-    let (cert, key) = if cert.exists() && key.exists() {
+    let (cert, key) = if key.exists() && certificate_ended(&cert).is_none() {
         (cert, key)
     } else {
         tracing::info!(node, ?names, "asking for this node's serving certificate");
@@ -155,11 +166,30 @@ const RENEW_RETRY_MAX: Duration = Duration::from_secs(300);
 /// When the certificate in `path` should be renewed: a random point between
 /// 70% and 90% of its lifetime.
 fn renewal_due(path: &Path) -> Result<std::time::SystemTime, String> {
+    let (not_before, not_after) = validity(path)?;
+    Ok(due_between(not_before, not_after, 0.7 + 0.2 * rand::random::<f64>()))
+}
+
+/// Why the certificate in `path` can no longer be used (it ended, or
+/// cannot be read); None while it can.
+fn certificate_ended(path: &Path) -> Option<String> {
+    match validity(path) {
+        Ok((_, not_after)) if not_after <= chrono::Utc::now().timestamp() => {
+            let at = chrono::DateTime::from_timestamp(not_after, 0)
+                .map_or_else(|| not_after.to_string(), |t| t.to_rfc3339());
+            Some(format!("the certificate ended at {at}"))
+        }
+        Ok(_) => None,
+        Err(why) => Some(format!("the certificate cannot be read: {why}")),
+    }
+}
+
+/// The leaf certificate's notBefore and notAfter, in seconds since the epoch.
+fn validity(path: &Path) -> Result<(i64, i64), String> {
     let pem = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     let der = skiff_pki::pem_certificates(&pem).map_err(|e| e.to_string())?;
     let leaf = der.first().ok_or("no certificate in it")?;
-    let (not_before, not_after) = skiff_pki::validity(leaf).map_err(|e| e.to_string())?;
-    Ok(due_between(not_before, not_after, 0.7 + 0.2 * rand::random::<f64>()))
+    skiff_pki::validity(leaf).map_err(|e| e.to_string())
 }
 
 /// `fraction` of the way from `not_before` to `not_after` (seconds since the epoch).
