@@ -11,7 +11,9 @@
 //! runtime has one thread per CPU). Each in turn gets the same `wrk` run —
 //! fixed time, fixed connections, one host header — and is stopped before
 //! the next, so only one proxy competes with wrk and the upstreams for the
-//! CPUs. A non-2xx answer or a socket error fails the scenario: its figures
+//! CPUs. Each proxy's CPU time per request is printed beside: on a
+//! machine where wrk and the upstreams compete for the same cores, it is
+//! what decides the throughput. A non-2xx answer or a socket error fails the scenario: its figures
 //! would count failures as throughput. Without wrk, nginx or HAProxy the
 //! scenario fails (`apt-get install wrk nginx haproxy`).
 
@@ -88,6 +90,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     ratio("ingress_skiff_vs_nginx_rps_ratio", skiff.load.requests_per_sec, nginx.load.requests_per_sec)?;
     ratio("ingress_skiff_vs_haproxy_rps_ratio", skiff.load.requests_per_sec, haproxy.load.requests_per_sec)?;
     ratio("ingress_skiff_vs_nginx_p99_ratio", skiff.load.p99_ms, nginx.load.p99_ms)?;
+    ratio("ingress_skiff_vs_nginx_cpu_per_request_ratio", skiff.cpu_us_per_request, nginx.cpu_us_per_request)?;
     ratio("ingress_skiff_vs_haproxy_p99_ratio", skiff.load.p99_ms, haproxy.load.p99_ms)?;
     Ok(())
 }
@@ -109,6 +112,8 @@ struct Server {
 struct Measured {
     load: Load,
     rss_mib: f64,
+    /// The proxy's CPU time (user and system) per request served.
+    cpu_us_per_request: f64,
 }
 
 impl Measured {
@@ -116,6 +121,7 @@ impl Measured {
         figure(format!("ingress_{proxy}_requests_per_sec"), self.load.requests_per_sec, "requests/s")?;
         figure(format!("ingress_{proxy}_p50_ms"), self.load.p50_ms, "ms")?;
         figure(format!("ingress_{proxy}_p99_ms"), self.load.p99_ms, "ms")?;
+        figure(format!("ingress_{proxy}_cpu_per_request_us"), self.cpu_us_per_request, "us")?;
         figure(format!("ingress_{proxy}_rss_mib"), self.rss_mib, "MiB")
     }
 }
@@ -286,13 +292,24 @@ http {{
 /// wrk through `proxy`, then the resident memory of its process and
 /// `others` (nginx's workers) while they still hold the load's state.
 async fn measure(proxy: &Server, others: &[u32], tools: &Tools, o: &Options) -> anyhow::Result<Measured> {
+    let before = proxy_usage(proxy, others)?;
     let load = wrk(&tools.wrk, proxy.addr, o).await?;
-    let pid = proxy.process.pid();
-    let mut rss_mib = usage("the proxy", pid)?.rss_mib;
+    let after = proxy_usage(proxy, others)?;
+    let requests = load.requests_per_sec * f64::from(o.seconds);
+    let cpu_us_per_request = (after.cpu_s - before.cpu_s) * 1e6 / requests.max(1.0);
+    Ok(Measured { load, rss_mib: after.rss_mib, cpu_us_per_request })
+}
+
+/// The proxy's CPU time and memory, its process's and `others'` (nginx's
+/// workers) together.
+fn proxy_usage(proxy: &Server, others: &[u32]) -> anyhow::Result<crate::usage::Usage> {
+    let mut total = usage("the proxy", proxy.process.pid())?;
     for &other in others {
-        rss_mib += usage("a proxy worker", Some(other))?.rss_mib;
+        let worker = usage("a proxy worker", Some(other))?;
+        total.cpu_s += worker.cpu_s;
+        total.rss_mib += worker.rss_mib;
     }
-    Ok(Measured { load, rss_mib })
+    Ok(total)
 }
 
 async fn wrk(bin: &Path, addr: SocketAddr, o: &Options) -> anyhow::Result<Load> {
