@@ -310,7 +310,17 @@ async fn every_namespace_comes_with_a_default_service_account() {
     }
     client.create("Namespace", "", &json!({"metadata": {"name": "fresh"}})).await.unwrap();
     let account = client.get("ServiceAccount", "fresh", "default").await.expect("made with the namespace");
-    assert!(account["metadata"]["uid"].as_str().is_some_and(|u| !u.is_empty()));
+    let first_uid = account["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+    assert!(!first_uid.is_empty());
+
+    // Deleted, it comes back (a new object), as Kubernetes'
+    // serviceaccounts controller brings it back.
+    client.delete("ServiceAccount", "fresh", "default").await.unwrap();
+    eventually("the default ServiceAccount made again", || async {
+        let again = client.get("ServiceAccount", "fresh", "default").await.ok()?;
+        (again["metadata"]["uid"] != first_uid.as_str()).then_some(())
+    })
+    .await;
 }
 
 /// RBAC's escalation prevention: a user who may write Roles and bindings

@@ -207,6 +207,7 @@ pub async fn run(
     registry.ensure_system_namespaces().await?;
     registry.ensure_default_storage_class().await?;
     registry.ensure_default_service_accounts().await?;
+    tokio::spawn(registry.clone().keep_default_service_accounts(ops.stop.receiver()));
     auth::ensure_default_policy(&registry).await?;
     let authorizer = Arc::new(match config.authorization_mode {
         AuthorizationMode::Rbac => auth::Authorizer::Rbac(auth::RbacAuthorizer::new(&registry)),

@@ -537,11 +537,13 @@ impl Registry {
     /// run as unless they name another (Kubernetes' serviceaccounts
     /// controller does this; here it comes with the namespace, so pods
     /// never wait on a controller for it).
-    pub async fn ensure_default_service_account(&self, ns: &str) -> Result<(), Error> {
+    /// True when it was made now.
+    pub async fn ensure_default_service_account(&self, ns: &str) -> Result<bool, Error> {
         let body = serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}});
         match self.create("ServiceAccount", ns, body.to_string().as_bytes(), None, false).await {
-            Ok(_) | Err(Error::AlreadyExists { .. } | Error::NamespaceTerminating(_) | Error::NamespaceNotFound(_)) => {
-                Ok(())
+            Ok(_) => Ok(true),
+            Err(Error::AlreadyExists { .. } | Error::NamespaceTerminating(_) | Error::NamespaceNotFound(_)) => {
+                Ok(false)
             }
             Err(e) => Err(e),
         }
@@ -558,6 +560,45 @@ impl Registry {
             self.ensure_default_service_account(&name).await?;
         }
         Ok(())
+    }
+
+    /// Brings a namespace's `default` ServiceAccount back when it is
+    /// deleted, as Kubernetes' serviceaccounts controller does, until
+    /// `stop`. It lives here with its creation, so one owner makes it. After
+    /// a gap in the feed (lagging, or the cache relisted), every namespace
+    /// is checked again.
+    pub async fn keep_default_service_accounts(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let Ok(info) = KindInfo::by_kind("ServiceAccount") else { return };
+        let mut gap = false;
+        loop {
+            let cache = self.cache(info).clone();
+            let Some(mut watch) = cache.subscribe(cache.revision()) else { continue };
+            if std::mem::take(&mut gap) {
+                if let Err(error) = self.ensure_default_service_accounts().await {
+                    tracing::warn!(%error, "checking every namespace's default ServiceAccount");
+                }
+            }
+            loop {
+                let event = tokio::select! {
+                    event = watch.feed.recv() => event,
+                    _ = stop.wait_for(|stopping| *stopping) => return,
+                };
+                let Ok(event) = event else {
+                    gap = true;
+                    break;
+                };
+                let mut path = event.object.key.rsplit('/');
+                let (Some("default"), Some(ns)) = (path.next(), path.next()) else { continue };
+                if event.kind != crate::cache::EventType::Deleted {
+                    continue;
+                }
+                match self.ensure_default_service_account(ns).await {
+                    Ok(true) => tracing::info!(namespace = ns, "the default ServiceAccount was deleted: made again"),
+                    Ok(false) => {}
+                    Err(error) => tracing::warn!(namespace = ns, %error, "making the default ServiceAccount again"),
+                }
+            }
+        }
     }
 
     /// Creates the built-in `local-path` StorageClass if it is missing: the
@@ -587,7 +628,9 @@ impl Registry {
         for ns in SYSTEM_NAMESPACES {
             let body = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
             match self.create("Namespace", "", body.to_string().as_bytes(), None, false).await {
-                Ok(_) | Err(Error::AlreadyExists { .. }) => self.ensure_default_service_account(ns).await?,
+                Ok(_) | Err(Error::AlreadyExists { .. }) => {
+                    self.ensure_default_service_account(ns).await?;
+                }
                 Err(e) => return Err(e),
             }
         }
