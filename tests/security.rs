@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use futures::StreamExt;
 use serde_json::{json, Value};
 use skiff_client::{Client, ClientConfig};
 use skiff_testkit::{eventually, Cluster, ClusterOptions, Identity};
@@ -299,6 +300,51 @@ async fn a_node_may_change_only_itself_and_the_pods_bound_to_it() {
     let b = admin.get("Node", "", "node-b").await.unwrap();
     assert!(b["metadata"]["labels"]["probe"].is_null(), "{b}");
     assert_ne!(admin.get("Pod", "default", "on-node-b").await.unwrap()["status"]["phase"], "Failed");
+}
+
+/// The Node authorizer: a kubelet reads a Secret, ConfigMap or claim only
+/// when a pod bound to its node names it, and only by name (a get, or a
+/// list or watch of `metadata.name=NAME`), as Kubernetes' `Node` mode.
+#[tokio::test]
+async fn a_node_reads_only_the_secrets_and_config_maps_its_pods_use() {
+    let cluster = Cluster::start().await.expect("cluster");
+    let admin = cluster.client();
+    for name in ["used", "unused"] {
+        admin.create("Secret", "default", &json!({"metadata": {"name": name}, "data": {"k": "dg=="}})).await.unwrap();
+        admin.create("ConfigMap", "default", &json!({"metadata": {"name": name}, "data": {"k": "v"}})).await.unwrap();
+    }
+    // No Node objects: a pod of a node that does not exist is deleted at
+    // once, with no kubelet to wait for.
+    let pod = json!({"metadata": {"name": "user"}, "spec": {
+        "nodeName": "node-a",
+        "volumes": [{"name": "conf", "configMap": {"name": "used"}}],
+        "containers": [{"name": "c", "image": "busybox",
+                        "env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "used", "key": "k"}}}]}]}});
+    admin.create("Pod", "default", &pod).await.unwrap();
+    let node_a = client_as(&cluster, "node-a-reader", "system:node:node-a", &["system:nodes"]);
+    let node_b = client_as(&cluster, "node-b-reader", "system:node:node-b", &["system:nodes"]);
+
+    node_a.get("Secret", "default", "used").await.expect("its pod's Secret");
+    node_a.get("ConfigMap", "default", "used").await.expect("its pod's ConfigMap");
+    let one = skiff_client::ListParams::default().fields("metadata.name=used");
+    assert_eq!(node_a.list("Secret", "default", &one).await.expect("a list of that one").items.len(), 1);
+    let mut watch = Box::pin(node_a.watch("Secret", "default", &one, "").await.expect("a watch of that one"));
+    admin.patch("Secret", "default", "used", &json!({"metadata": {"labels": {"changed": "yes"}}})).await.unwrap();
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(30), watch.next()).await;
+    let Ok(Some(Ok(skiff_client::WatchEvent::Modified(secret)))) = seen else { panic!("no change seen: {seen:?}") };
+    assert_eq!(secret["metadata"]["labels"]["changed"], "yes");
+    assert_eq!(code(node_a.get("Secret", "default", "unused").await), Code::PermissionDenied);
+    assert_eq!(code(node_a.get("ConfigMap", "default", "unused").await), Code::PermissionDenied);
+    let all = skiff_client::ListParams::default();
+    assert_eq!(code(node_a.list("Secret", "default", &all).await), Code::PermissionDenied, "never the whole kind");
+    let other = skiff_client::ListParams::default().fields("metadata.name=unused");
+    assert_eq!(code(node_a.list("Secret", "default", &other).await), Code::PermissionDenied);
+    assert_eq!(code(node_b.get("Secret", "default", "used").await), Code::PermissionDenied, "not its pod");
+
+    // Once the pod has gone, so has the node's reason to read it.
+    admin.delete_with_grace("Pod", "default", "user", Some(0)).await.unwrap();
+    eventually("the pod gone", || async { admin.get("Pod", "default", "user").await.is_err().then_some(()) }).await;
+    assert_eq!(code(node_a.get("Secret", "default", "used").await), Code::PermissionDenied);
 }
 
 #[tokio::test]

@@ -19,6 +19,7 @@ pub mod openapi;
 pub mod patch;
 pub mod quantity;
 pub mod quota;
+pub mod references;
 pub mod resources;
 pub mod scheduling;
 pub mod selector;

@@ -226,6 +226,13 @@ impl FieldSelector {
         self.terms.is_empty()
     }
 
+    /// The one name it selects (`metadata.name=NAME`), if it requires one:
+    /// a list or watch of one object, authorized as that object, as
+    /// Kubernetes' request info reads it.
+    pub fn exact_name(&self) -> Option<&str> {
+        self.terms.iter().find(|(field, equal, _)| *equal && field == "metadata.name").map(|(_, _, v)| v.as_str())
+    }
+
     pub fn matches_object(&self, obj: &Value) -> bool {
         self.matches(|field| std::borrow::Cow::Owned(field_string(obj, field)))
     }

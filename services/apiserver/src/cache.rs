@@ -48,6 +48,11 @@ impl CachedObject {
         let json = serde_json::to_vec(&value).map_err(|source| Error::Corrupt { key: key.clone(), source })?.into();
         Ok(Self { key, json, revision, deleting, labels, fields })
     }
+
+    /// The value of a selectable field (`spec.nodeName`), if set.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields.iter().find(|(f, _)| *f == name).map(|(_, v)| v.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

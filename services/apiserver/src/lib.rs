@@ -210,7 +210,10 @@ pub async fn run(
     tokio::spawn(registry.clone().keep_default_service_accounts(ops.stop.receiver()));
     auth::ensure_default_policy(&registry).await?;
     let authorizer = Arc::new(match config.authorization_mode {
-        AuthorizationMode::Rbac => auth::Authorizer::Rbac(auth::RbacAuthorizer::new(&registry)),
+        AuthorizationMode::Rbac => auth::Authorizer::Rbac {
+            nodes: auth::node_authorizer::NodeAuthorizer::new(&registry),
+            rbac: auth::RbacAuthorizer::new(&registry),
+        },
         AuthorizationMode::AlwaysAllow => auth::Authorizer::AlwaysAllow,
     });
     let tokens = match &config.token_auth_file {

@@ -72,6 +72,14 @@ fn object_name(object: &[u8]) -> String {
     serde_json::from_slice::<Named>(object).map(|n| n.metadata.name).unwrap_or_default()
 }
 
+/// The one object a list or watch selects by `metadata.name`, which it is
+/// authorized as (so a node may watch the one Secret its pod uses); empty
+/// for any other selector, a bad one included (the call refuses that).
+fn selected_name(kind: &str, field_selector: &str) -> String {
+    let selector = FieldSelector::parse(kind, field_selector).ok();
+    selector.as_ref().and_then(FieldSelector::exact_name).unwrap_or_default().to_string()
+}
+
 /// Events buffered per watcher before the sender waits for the client.
 const WATCH_BUFFER: usize = 256;
 
@@ -182,7 +190,8 @@ impl Objects for ObjectsService {
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListReply>, Status> {
         let caller = Caller::of(&req)?;
         let (meta, _, r) = req.into_parts();
-        let access = Access { verb: "list", kind: &r.kind, subresource: "", namespace: &r.namespace, name: "" };
+        let name = selected_name(&r.kind, &r.field_selector);
+        let access = Access { verb: "list", kind: &r.kind, subresource: "", namespace: &r.namespace, name: &name };
         self.call("List", &access, &caller.user, &meta, async {
             let info = KindInfo::by_kind(&r.kind)?;
             let filter = filter(info, &r.namespace, &r.label_selector, &r.field_selector)?;
@@ -199,7 +208,8 @@ impl Objects for ObjectsService {
     async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let caller = Caller::of(&req)?;
         let (meta, _, r) = req.into_parts();
-        let access = Access { verb: "watch", kind: &r.kind, subresource: "", namespace: &r.namespace, name: "" };
+        let name = selected_name(&r.kind, &r.field_selector);
+        let access = Access { verb: "watch", kind: &r.kind, subresource: "", namespace: &r.namespace, name: &name };
         self.call("Watch", &access, &caller.user, &meta, async {
             let info = KindInfo::by_kind(&r.kind)?;
             let filter = filter(info, &r.namespace, &r.label_selector, &r.field_selector)?;

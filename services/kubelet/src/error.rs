@@ -26,6 +26,8 @@ pub enum Error {
     },
     #[error("{0}")]
     Volume(String),
+    #[error("{what} was not read in time (may this node read it? is the apiserver reachable?)")]
+    NotRead { what: String },
     #[error("writing the status of pod {pod}")]
     WritePodStatus {
         pod: String,

@@ -47,7 +47,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let node = Arc::new(node);
 
     let informers = PodInformers::new(&client, &node.name);
-    let objects = Arc::new(informers.objects());
+    let (used_changed, used_changes) = tokio::sync::mpsc::unbounded_channel();
+    let used = Arc::new(pods::used::UsedObjects::new(client.clone(), informers.volumes.store(), used_changed));
     let settings = Settings {
         node_name: node.name.clone(),
         node_ip: node.ip.to_string(),
@@ -60,7 +61,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             host: pods::dns::HostResolv::read(&config.resolv_conf),
         },
     };
-    let mut syncer = PodSyncer::new(runtime.clone(), objects, Volumes::new(&config.root_dir), settings);
+    let mut syncer = PodSyncer::new(runtime.clone(), used.clone(), Volumes::new(&config.root_dir), settings);
     if let Some(ca) = cluster_ca(&config)? {
         syncer = syncer.with_tokens(Arc::new(TokenManager::new(client.clone(), ca)));
     }
@@ -94,8 +95,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         let (config, client, node, stop) = (config.clone(), client.clone(), node_name.clone(), ops.stop.clone());
         async move { crate::bootstrap::rotate(&config, client, node, names.to_vec(), stop).await }
     });
-    let pod_loop =
-        PodLoop { client, syncer, informers, node_name: node_name.clone(), relist_interval: config.relist_interval };
+    let pod_loop = PodLoop {
+        client,
+        syncer,
+        informers,
+        used,
+        used_changes,
+        node_name: node_name.clone(),
+        relist_interval: config.relist_interval,
+    };
     tasks.spawn(pods::run(pod_loop, ops.stop.clone()));
 
     shutdown.await;

@@ -235,7 +235,9 @@ fn node() -> ClusterRole {
             rule(&["update"], "", &["nodes/status"]),
             rule(&["list", "watch", "delete"], "", &["pods"]),
             rule(&["update"], "", &["pods/status"]),
-            rule(INFORM, "", &["configmaps", "secrets", "persistentvolumeclaims", "persistentvolumes"]),
+            // Secrets, ConfigMaps and claims only as the Node authorizer
+            // allows: those its pods name, one by one.
+            rule(INFORM, "", &["persistentvolumes"]),
             // skiff-overlay on a joined node acts as the node, as kube-proxy
             // may: Service rules from Services and Endpoints.
             rule(INFORM, "", &["services", "endpoints"]),

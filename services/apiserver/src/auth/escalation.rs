@@ -49,7 +49,7 @@ pub async fn admit(
     target: &Target<'_>,
     written: Written<'_>,
 ) -> Result<(), Error> {
-    let Authorizer::Rbac(rbac) = authorizer else { return Ok(()) };
+    let Authorizer::Rbac { rbac, .. } = authorizer else { return Ok(()) };
     if !guards(target.kind) {
         return Ok(());
     }

@@ -11,6 +11,7 @@
 pub mod bootstrap;
 pub mod bootstrap_tokens;
 pub mod escalation;
+pub mod node_authorizer;
 pub mod node_restriction;
 mod policy;
 pub mod rbac;
@@ -201,7 +202,9 @@ pub struct Access<'a> {
 pub enum Authorizer {
     /// Everything is allowed (`--authorization-mode=AlwaysAllow`).
     AlwaysAllow,
-    Rbac(RbacAuthorizer),
+    /// Kubernetes' `Node,RBAC`: kubelets' reads of what their pods use,
+    /// then RBAC for everything else.
+    Rbac { nodes: node_authorizer::NodeAuthorizer, rbac: RbacAuthorizer },
 }
 
 impl Authorizer {
@@ -238,7 +241,8 @@ impl Authorizer {
     pub fn authorize_attributes(&self, user: &UserInfo, attributes: &rbac::Attributes) -> Result<(), String> {
         match self {
             Authorizer::AlwaysAllow => Ok(()),
-            Authorizer::Rbac(rbac) => rbac.policy().authorize(user, attributes),
+            Authorizer::Rbac { nodes, .. } if nodes.allows(user, attributes) => Ok(()),
+            Authorizer::Rbac { rbac, .. } => rbac.policy().authorize(user, attributes),
         }
     }
 }

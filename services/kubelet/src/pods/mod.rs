@@ -1,6 +1,6 @@
-//! The pods bound to this node: informers on them (field selector
-//! `spec.nodeName=<node>`) and on the ConfigMaps and Secrets they use, a
-//! work queue of pod keys, and workers that each sync one pod at a time
+//! The pods bound to this node: an informer on them (field selector
+//! `spec.nodeName=<node>`), a watch of each ConfigMap, Secret and claim
+//! they use ([`used`]), a work queue of pod keys, and workers that each sync one pod at a time
 //! ([`sync::PodSyncer`]) and write what the sync reports through the API.
 //!
 //! Exits are noticed by a relist of the runtime every `--relist-interval`
@@ -13,6 +13,7 @@ pub mod dns;
 pub mod spec;
 pub mod status;
 pub mod sync;
+pub mod used;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -45,12 +46,10 @@ pub trait Objects: Send + Sync {
     fn volume(&self, name: &str) -> Option<Arc<PersistentVolume>>;
 }
 
-/// Informers for this node's pods and the objects they use.
+/// Informers for this node's pods and for PersistentVolumes; the objects
+/// the pods use are watched one by one ([`used::UsedObjects`]).
 pub struct PodInformers {
     pub pods: Informer<Pod>,
-    pub config_maps: Informer<ConfigMap>,
-    pub secrets: Informer<Secret>,
-    pub claims: Informer<PersistentVolumeClaim>,
     pub volumes: Informer<PersistentVolume>,
 }
 
@@ -59,47 +58,8 @@ impl PodInformers {
         let all = ListParams::default;
         Self {
             pods: Informer::new(client.api::<Pod>(""), all().fields(&format!("spec.nodeName={node_name}"))),
-            config_maps: Informer::new(client.api::<ConfigMap>(""), all()),
-            secrets: Informer::new(client.api::<Secret>(""), all()),
-            claims: Informer::new(client.api::<PersistentVolumeClaim>(""), all()),
             volumes: Informer::new(client.api::<PersistentVolume>(""), all()),
         }
-    }
-
-    /// [`Objects`] read from these informers' caches.
-    pub fn objects(&self) -> StoreObjects {
-        StoreObjects {
-            config_maps: self.config_maps.store(),
-            secrets: self.secrets.store(),
-            claims: self.claims.store(),
-            volumes: self.volumes.store(),
-        }
-    }
-}
-
-/// [`Objects`] from informer caches.
-pub struct StoreObjects {
-    config_maps: Store<ConfigMap>,
-    secrets: Store<Secret>,
-    claims: Store<PersistentVolumeClaim>,
-    volumes: Store<PersistentVolume>,
-}
-
-impl Objects for StoreObjects {
-    fn config_map(&self, namespace: &str, name: &str) -> Option<Arc<ConfigMap>> {
-        self.config_maps.get(&format!("{namespace}/{name}"))
-    }
-
-    fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
-        self.secrets.get(&format!("{namespace}/{name}"))
-    }
-
-    fn claim(&self, namespace: &str, name: &str) -> Option<Arc<PersistentVolumeClaim>> {
-        self.claims.get(&format!("{namespace}/{name}"))
-    }
-
-    fn volume(&self, name: &str) -> Option<Arc<PersistentVolume>> {
-        self.volumes.get(name)
     }
 }
 
@@ -108,6 +68,10 @@ pub struct PodLoop {
     pub client: Client,
     pub syncer: Arc<PodSyncer>,
     pub informers: PodInformers,
+    /// What the pods use, as the syncer reads it.
+    pub used: Arc<used::UsedObjects>,
+    /// Changes of what `used` watches.
+    pub used_changes: mpsc::UnboundedReceiver<used::UsedKey>,
     pub node_name: String,
     pub relist_interval: Duration,
 }
@@ -120,26 +84,13 @@ pub async fn run(pl: PodLoop, stop: Stop) {
     let mut tasks = JoinSet::new();
 
     let pod_events = informers.pods.subscribe();
-    let cm_events = informers.config_maps.subscribe();
-    let secret_events = informers.secrets.subscribe();
-    let claim_events = informers.claims.subscribe();
     let volume_events = informers.volumes.subscribe();
-    let caches: Vec<Arc<dyn skiff_client::CacheSync>> = vec![
-        Arc::new(pod_store.clone()),
-        Arc::new(informers.config_maps.store()),
-        Arc::new(informers.secrets.store()),
-        Arc::new(informers.claims.store()),
-        Arc::new(informers.volumes.store()),
-    ];
+    let caches: Vec<Arc<dyn skiff_client::CacheSync>> =
+        vec![Arc::new(pod_store.clone()), Arc::new(informers.volumes.store())];
     tasks.spawn(informers.pods.run(stop.raised()));
-    tasks.spawn(informers.config_maps.run(stop.raised()));
-    tasks.spawn(informers.secrets.run(stop.raised()));
-    tasks.spawn(informers.claims.run(stop.raised()));
     tasks.spawn(informers.volumes.run(stop.raised()));
-    tasks.spawn(feed_pods(pod_events, queue.clone()));
-    tasks.spawn(feed_users(cm_events, pod_store.clone(), queue.clone(), Uses::ConfigMap));
-    tasks.spawn(feed_users(secret_events, pod_store.clone(), queue.clone(), Uses::Secret));
-    tasks.spawn(feed_users(claim_events, pod_store.clone(), queue.clone(), Uses::Claim));
+    tasks.spawn(feed_pods(pod_events, pod_store.clone(), pl.used.clone(), queue.clone()));
+    tasks.spawn(feed_users(pl.used_changes, pod_store.clone(), queue.clone()));
     tasks.spawn(crate::volumes::remove_deleted_local_paths(volume_events, pl.node_name.clone()));
     // Keys the relist queues wait in the queue until the workers start.
     tasks.spawn(relist(pl.syncer.clone(), queue.clone(), pl.relist_interval, stop.clone()));
@@ -147,12 +98,14 @@ pub async fn run(pl: PodLoop, stop: Stop) {
     let worker = PodWorker {
         client: pl.client.clone(),
         syncer: pl.syncer,
+        used: pl.used,
         recorder: EventRecorder::new(pl.client, "kubelet"),
         store: pod_store.clone(),
         queue: queue.clone(),
     };
-    // Workers start once every cache holds what the API has: a sync must
-    // never take a missing ConfigMap for a deleted one.
+    // Workers start once every cache holds what the API has (and each sync
+    // waits for what its pod uses): a sync must never take a ConfigMap not
+    // read yet for a deleted one.
     let mut controller = Controller::new(Arc::new(worker), queue).workers(WORKERS);
     for cache in caches {
         controller = controller.wait_for(cache);
@@ -163,62 +116,30 @@ pub async fn run(pl: PodLoop, stop: Stop) {
     while tasks.join_next().await.is_some() {}
 }
 
-async fn feed_pods(mut events: mpsc::UnboundedReceiver<InformerEvent<Pod>>, queue: WorkQueue<String>) {
+/// Queues each pod that changed, after watching what the node's pods now
+/// use (and no longer watching what none uses).
+async fn feed_pods(
+    mut events: mpsc::UnboundedReceiver<InformerEvent<Pod>>,
+    pods: Store<Pod>,
+    used: Arc<used::UsedObjects>,
+    queue: WorkQueue<String>,
+) {
     while let Some(event) = events.recv().await {
+        used.track(&pods.list());
         queue.add(event.key());
     }
 }
 
-#[derive(Clone, Copy)]
-enum Uses {
-    ConfigMap,
-    Secret,
-    Claim,
-}
-
-/// Maps a changed ConfigMap or Secret to the keys of the pods using it.
-async fn feed_users<K: skiff_client::Object>(
-    mut events: mpsc::UnboundedReceiver<InformerEvent<K>>,
-    pods: Store<Pod>,
-    queue: WorkQueue<String>,
-    kind: Uses,
-) {
-    while let Some(event) = events.recv().await {
-        let key = event.key();
+/// Queues the pods using an object that changed.
+async fn feed_users(mut changes: mpsc::UnboundedReceiver<used::UsedKey>, pods: Store<Pod>, queue: WorkQueue<String>) {
+    while let Some((kind, key)) = changes.recv().await {
         let Some((ns, name)) = key.split_once('/') else { continue };
         for pod in pods.list() {
-            if pod.metadata.namespace.as_deref() == Some(ns) && uses(&pod, kind, name) {
+            if pod.metadata.namespace.as_deref() == Some(ns) && skiff_api::references::uses(&pod, kind, name) {
                 queue.add(key_of(pod.as_ref()));
             }
         }
     }
-}
-
-/// Whether the pod's volumes, env or pull secrets name this object.
-fn uses(pod: &Pod, kind: Uses, name: &str) -> bool {
-    let Some(spec) = pod.spec.as_ref() else { return false };
-    let is = |n: Option<&str>| n == Some(name);
-    let volume = spec.volumes.iter().flatten().any(|v| match kind {
-        Uses::ConfigMap => is(v.config_map.as_ref().map(|c| c.name.as_str())),
-        Uses::Secret => is(v.secret.as_ref().and_then(|s| s.secret_name.as_deref())),
-        Uses::Claim => is(v.persistent_volume_claim.as_ref().map(|c| c.claim_name.as_str())),
-    });
-    let containers = spec.containers.iter().chain(spec.init_containers.iter().flatten());
-    let env = containers.clone().flat_map(|c| c.env.iter().flatten()).any(|e| {
-        let from = e.value_from.as_ref();
-        match kind {
-            Uses::ConfigMap => is(from.and_then(|f| f.config_map_key_ref.as_ref()).map(|r| r.name.as_str())),
-            Uses::Secret => is(from.and_then(|f| f.secret_key_ref.as_ref()).map(|r| r.name.as_str())),
-            Uses::Claim => false,
-        }
-    });
-    let env_from = containers.flat_map(|c| c.env_from.iter().flatten()).any(|f| match kind {
-        Uses::ConfigMap => is(f.config_map_ref.as_ref().map(|r| r.name.as_str())),
-        Uses::Secret => is(f.secret_ref.as_ref().map(|r| r.name.as_str())),
-        Uses::Claim => false,
-    });
-    let pull = matches!(kind, Uses::Secret) && spec.image_pull_secrets.iter().flatten().any(|r| r.name == name);
-    volume || env || env_from || pull
 }
 
 /// Lists the runtime every `interval` and queues the pods whose
@@ -272,6 +193,7 @@ async fn relist(syncer: Arc<PodSyncer>, queue: WorkQueue<String>, interval: Dura
 struct PodWorker {
     client: Client,
     syncer: Arc<PodSyncer>,
+    used: Arc<used::UsedObjects>,
     store: Store<Pod>,
     recorder: EventRecorder,
     /// The worker's own queue: its retry count tells a failure streak's
@@ -288,7 +210,7 @@ impl Reconcile for PodWorker {
     }
 
     async fn reconcile(&self, key: &str) -> Result<Action, Error> {
-        match sync_key(&self.client, &self.syncer, &self.store, &self.recorder, key).await {
+        match sync_key(&self.client, &self.syncer, &self.used, &self.store, &self.recorder, key).await {
             Ok(requeue) => Ok(requeue.map_or_else(Action::done, Action::requeue)),
             Err(error) => {
                 let first = self.queue.num_requeues(&key.to_string()) == 0;
@@ -307,6 +229,7 @@ impl Reconcile for PodWorker {
 async fn sync_key(
     client: &Client,
     syncer: &PodSyncer,
+    used: &used::UsedObjects,
     store: &Store<Pod>,
     recorder: &EventRecorder,
     key: &str,
@@ -316,6 +239,10 @@ async fn sync_key(
         syncer.remove_pod(ns, name).await?;
         return Ok(None);
     };
+    // A pod being stopped needs none of them.
+    if pod.metadata.deletion_timestamp.is_none() {
+        used.ready(&pod).await?;
+    }
     let out = syncer.sync(&pod).await?;
     if out.delete {
         record_events(recorder, &pod, &out.events).await;
@@ -404,25 +331,5 @@ pub mod tests {
         fn volume(&self, name: &str) -> Option<Arc<PersistentVolume>> {
             self.volumes.lock().unwrap().get(name).cloned()
         }
-    }
-
-    #[test]
-    fn finds_the_pods_using_an_object() {
-        let pod: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "p", "namespace": "ns"},
-            "spec": {
-                "volumes": [{"name": "v", "configMap": {"name": "conf"}}],
-                "imagePullSecrets": [{"name": "regcred"}],
-                "containers": [{"name": "c", "image": "x", "env": [
-                    {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "pw", "key": "k"}}}
-                ]}]
-            }
-        }))
-        .unwrap();
-        assert!(uses(&pod, Uses::ConfigMap, "conf"));
-        assert!(!uses(&pod, Uses::ConfigMap, "other"));
-        assert!(uses(&pod, Uses::Secret, "pw"));
-        assert!(uses(&pod, Uses::Secret, "regcred"));
-        assert!(!uses(&pod, Uses::Secret, "conf"));
     }
 }

@@ -170,25 +170,28 @@ fn nodes_run_their_pods() {
         "watch pods",
         "delete pods a",
         "update pods/status a",
-        "list secrets",
-        "watch configmaps",
+        "watch persistentvolumes",
         "create leases kube-node-lease",
         "patch leases kube-node-lease",
         "create events a",
         // skiff-overlay on a joined node acts as the node.
         "list services",
     ];
-    assert_eq!(may(&policy, &kubelet, &allowed), [true; 13]);
+    assert_eq!(may(&policy, &kubelet, &allowed), [true; 12]);
+    // Secrets, ConfigMaps and claims: only through the Node authorizer.
     let denied = [
         "create pods a",
         "create pods/binding a",
         "delete nodes",
         "update pods a",
         "get secrets a",
+        "list secrets",
+        "watch configmaps",
+        "list persistentvolumeclaims",
         "create secrets a",
         "delete services a",
     ];
-    assert_eq!(may(&policy, &kubelet, &denied), [false; 7]);
+    assert_eq!(may(&policy, &kubelet, &denied), [false; 10]);
     assert!(policy.authorize(&user("system:node:n1"), &request("list", "pods", "")).is_err(), "only as a node");
 }
 
