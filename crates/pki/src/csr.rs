@@ -41,20 +41,26 @@ pub fn request(user: &str, groups: &[&str], names: &[String]) -> Result<Issued, 
 /// made with the key it carries.
 pub fn parse(csr_pem: &str) -> Result<Requested, Error> {
     let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| Error::Parse(format!("CSR: {e}")))?;
-    Ok(requested(&csr.params))
+    Ok(Requested { subject: subject(csr_pem)?, names: names(&csr.params) })
 }
 
-fn requested(params: &CertificateParams) -> Requested {
-    let mut user = String::new();
-    let mut groups = Vec::new();
-    for (kind, value) in params.distinguished_name.iter() {
-        match kind {
-            DnType::CommonName => user = dn_text(value),
-            DnType::OrganizationName => groups.push(dn_text(value)),
-            _ => {}
-        }
-    }
-    let names = params
+/// The CSR's subject, every O of it: rcgen keeps one value per attribute
+/// type, so a request naming several groups is read with x509-parser.
+fn subject(csr_pem: &str) -> Result<Subject, Error> {
+    let bad = |e: String| Error::Parse(format!("CSR: {e}"));
+    let (_, pem) = x509_parser::pem::parse_x509_pem(csr_pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
+    use x509_parser::prelude::FromDer;
+    let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(&pem.contents)
+        .map_err(|e| bad(e.to_string()))?;
+    let name = &csr.certification_request_info.subject;
+    let text = |a: &x509_parser::x509::AttributeTypeAndValue| a.as_str().map(str::to_string).unwrap_or_default();
+    let user = name.iter_common_name().next().map(text).unwrap_or_default();
+    let groups = name.iter_organization().map(text).collect();
+    Ok(Subject { user, groups })
+}
+
+fn names(params: &CertificateParams) -> Vec<String> {
+    params
         .subject_alt_names
         .iter()
         .filter_map(|n| match n {
@@ -62,19 +68,7 @@ fn requested(params: &CertificateParams) -> Requested {
             SanType::IpAddress(ip) => Some(ip.to_string()),
             _ => None,
         })
-        .collect();
-    Requested { subject: Subject { user, groups }, names }
-}
-
-fn dn_text(value: &rcgen::DnValue) -> String {
-    match value {
-        rcgen::DnValue::Utf8String(s) => s.clone(),
-        rcgen::DnValue::PrintableString(s) => s.as_str().to_string(),
-        rcgen::DnValue::Ia5String(s) => s.as_str().to_string(),
-        rcgen::DnValue::TeletexString(s) => s.as_str().to_string(),
-        // Not what a node's CSR carries; an empty name is refused upstream.
-        _ => String::new(),
-    }
+        .collect()
 }
 
 /// What the signed certificate may be used for.
@@ -91,6 +85,11 @@ impl Ca {
     pub fn sign(&self, csr_pem: &str, usage: Signed, validity: Duration) -> Result<String, Error> {
         let mut csr =
             CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| Error::Parse(format!("CSR: {e}")))?;
+        // rcgen writes one O: refused, rather than signed with a group lost.
+        let groups = subject(csr_pem)?.groups.len();
+        if groups > 1 {
+            return Err(Error::TooManyGroups(groups));
+        }
         let mut params = CertificateParams::default();
         params.distinguished_name = csr.params.distinguished_name.clone();
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
@@ -152,5 +151,22 @@ mod tests {
         lines[1].replace_range(20..21, flipped);
         let tampered = lines.join("\n");
         assert!(parse(&tampered).is_err(), "a request whose bytes changed no longer verifies");
+    }
+
+    /// A request from elsewhere (openssl, say) may name several groups.
+    /// They are all read; the signer, which can write only one O, refuses it
+    /// rather than sign a certificate that lost a group.
+    #[test]
+    fn a_request_naming_two_groups_is_read_whole_and_not_signed_short_of_one() {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, "alice");
+        params.distinguished_name.push(DnType::OrganizationName, "dev");
+        // The O attribute's own OID, under another key of rcgen's map.
+        params.distinguished_name.push(DnType::CustomDnType(vec![2, 5, 4, 10]), "ops");
+        let pem = params.serialize_request(&key).unwrap().pem().unwrap();
+        assert_eq!(parse(&pem).unwrap().subject.groups, ["dev", "ops"]);
+        let ca = Ca::generate("test-ca").unwrap();
+        assert!(matches!(ca.sign(&pem, Signed::Client, LEAF_VALIDITY), Err(Error::TooManyGroups(2))));
     }
 }
