@@ -59,8 +59,22 @@ impl EventRecorder {
         Self { client, component: component.to_string() }
     }
 
-    /// Records an Event; callers usually log a failure and go on, since an
-    /// Event is a report, not state.
+    /// Records an Event about `about`. A failure is logged, not returned:
+    /// an Event is a report, not state, so losing one never fails the work
+    /// it reports.
+    pub async fn report<K: crate::Object>(&self, about: &K, type_: EventType, reason: &str, message: &str) {
+        self.report_ref(&ObjectRef::of(about), type_, reason, message).await;
+    }
+
+    /// [`report`](Self::report) about an object known by reference.
+    pub async fn report_ref(&self, about: &ObjectRef, type_: EventType, reason: &str, message: &str) {
+        if let Err(error) = self.record(about, type_, reason, message).await {
+            tracing::debug!(kind = %about.kind, name = %about.name, reason, %error, "recording an Event failed");
+        }
+    }
+
+    /// Records an Event, returning a failure to callers that act on it
+    /// (most want [`report`](Self::report)).
     pub async fn record(&self, about: &ObjectRef, type_: EventType, reason: &str, message: &str) -> Result<()> {
         let namespace = if about.namespace.is_empty() { "default" } else { about.namespace.as_str() };
         let mut hasher = std::collections::hash_map::DefaultHasher::new();

@@ -30,11 +30,13 @@ impl PodControl {
         match self.client.api::<Pod>(namespace).create(pod).await {
             Ok(created) => {
                 let msg = format!("Created pod: {}", util::name(&created.metadata));
-                self.event(owner, EventType::Normal, "SuccessfulCreate", &msg).await;
+                self.recorder.report_ref(owner, EventType::Normal, "SuccessfulCreate", &msg).await;
                 Ok(())
             }
             Err(source) => {
-                self.event(owner, EventType::Warning, "FailedCreate", &format!("Error creating: {source}")).await;
+                self.recorder
+                    .report_ref(owner, EventType::Warning, "FailedCreate", &format!("Error creating: {source}"))
+                    .await;
                 Err(Error::Create { kind: "Pod", namespace: namespace.to_string(), source })
             }
         }
@@ -59,7 +61,9 @@ impl PodControl {
             let name = util::name(&pod.metadata);
             match self.client.api::<Pod>(util::namespace(&pod.metadata)).delete(name).await {
                 Ok(_) => {
-                    self.event(owner, EventType::Normal, "SuccessfulDelete", &format!("Deleted pod: {name}")).await;
+                    self.recorder
+                        .report_ref(owner, EventType::Normal, "SuccessfulDelete", &format!("Deleted pod: {name}"))
+                        .await;
                     Ok(())
                 }
                 Err(e) if e.is_not_found() => {
@@ -74,11 +78,5 @@ impl PodControl {
         }))
         .await;
         results.into_iter().find_map(Result::err).map_or(Ok(()), Err)
-    }
-
-    async fn event(&self, owner: &ObjectRef, type_: EventType, reason: &str, message: &str) {
-        if let Err(error) = self.recorder.record(owner, type_, reason, message).await {
-            tracing::debug!(%error, reason, "recording event failed");
-        }
     }
 }

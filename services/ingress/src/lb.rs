@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, PortStatus, Service, ServiceStatus};
-use skiff_client::{key_of, Action, Changes, Client, EventRecorder, EventType, ObjectRef, Reconcile, Store, WorkQueue};
+use skiff_client::{key_of, Action, Changes, Client, EventRecorder, EventType, Reconcile, Store, WorkQueue};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
 
@@ -216,10 +216,7 @@ impl LoadBalancers {
                 self.pool.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(", ")
             );
             tracing::warn!(service = %key_of(svc.as_ref()), %message, "load balancer pending");
-            let about = ObjectRef::of(svc.as_ref());
-            if let Err(e) = self.recorder.record(&about, EventType::Warning, "AllocationFailed", &message).await {
-                tracing::debug!(error = %e, "recording event");
-            }
+            self.recorder.report(svc.as_ref(), EventType::Warning, "AllocationFailed", &message).await;
         }
     }
 }

@@ -73,9 +73,7 @@ impl Reconcile for StatusReconciler {
         for problem in self.new_problems(key, problems) {
             let (reason, message) = problem.split_once(": ").unwrap_or(("BackendUnavailable", &problem));
             tracing::warn!(ingress = key, reason, message, "ingress cannot be fully served");
-            if let Err(e) = self.recorder.record(&about, EventType::Warning, reason, message).await {
-                tracing::debug!(ingress = key, error = %e, "recording event");
-            }
+            self.recorder.report_ref(&about, EventType::Warning, reason, message).await;
         }
 
         let desired = self.desired_status();

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod, PodCondition};
-use skiff_client::{key_of, trace_parent_of, Client, EventRecorder, EventType, InformerEvent, ObjectRef, Store};
+use skiff_client::{key_of, trace_parent_of, Client, EventRecorder, EventType, InformerEvent, Store};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -318,7 +318,7 @@ impl Scheduler {
                 tracing::debug!(pod = %pod.key, %node, "bound");
                 if self.options.record_scheduled_events {
                     let message = format!("Successfully assigned {} to {node}", pod.key);
-                    self.record(&pod.pod, EventType::Normal, "Scheduled", &message).await;
+                    self.recorder.report(pod.pod.as_ref(), EventType::Normal, "Scheduled", &message).await;
                 }
             }
             Err(error) if error.is_precondition_failed() || error.is_not_found() => {
@@ -334,7 +334,7 @@ impl Scheduler {
                 tracing::warn!(pod = %pod.key, %node, %error, "bind failed, retrying");
                 self.queue.requeue_backoff(&pod.key);
                 let message = format!("Binding rejected: {error}");
-                self.record(&pod.pod, EventType::Warning, "FailedScheduling", &message).await;
+                self.recorder.report(pod.pod.as_ref(), EventType::Warning, "FailedScheduling", &message).await;
             }
         }
     }
@@ -356,7 +356,7 @@ impl Scheduler {
         if let Err(error) = self.set_unschedulable_condition(&pod, &message).await {
             tracing::warn!(pod = %key_of(pod.as_ref()), %error, "could not set PodScheduled=False");
         }
-        self.record(&pod, EventType::Warning, "FailedScheduling", &message).await;
+        self.recorder.report(pod.as_ref(), EventType::Warning, "FailedScheduling", &message).await;
     }
 
     async fn set_unschedulable_condition(&self, pod: &Pod, message: &str) -> skiff_client::Result<()> {
@@ -379,12 +379,6 @@ impl Scheduler {
             }
         }
         Ok(())
-    }
-
-    async fn record(&self, pod: &Pod, type_: EventType, reason: &str, message: &str) {
-        if let Err(error) = self.recorder.record(&ObjectRef::of(pod), type_, reason, message).await {
-            tracing::debug!(pod = %key_of(pod), %error, reason, "could not record event");
-        }
     }
 }
 

@@ -31,9 +31,7 @@ use k8s_openapi::jiff::tz::TimeZone;
 use k8s_openapi::jiff::Timestamp;
 use skiff_api::cron::{time_zone, Schedule};
 use skiff_api::well_known::CRONJOB_SCHEDULED_TIMESTAMP;
-use skiff_client::{
-    key_of, Action, Client, EventRecorder, EventType, InformerEvent, ObjectRef, Reconcile, Store, WorkQueue,
-};
+use skiff_client::{key_of, Action, Client, EventRecorder, EventType, InformerEvent, Reconcile, Store, WorkQueue};
 
 use super::{Context, Wiring};
 use crate::error::{Error, Result};
@@ -133,23 +131,25 @@ impl CronJobController {
                         status.last_successful_time = Some(at);
                     }
                     if was_active {
-                        self.event(
-                            cj,
-                            EventType::Normal,
-                            "SawCompletedJob",
-                            &format!("Saw completed job: {name}, status: Complete"),
-                        )
-                        .await;
+                        self.recorder
+                            .report(
+                                cj,
+                                EventType::Normal,
+                                "SawCompletedJob",
+                                &format!("Saw completed job: {name}, status: Complete"),
+                            )
+                            .await;
                     }
                 }
                 Some(Finish::Failed) if was_active => {
-                    self.event(
-                        cj,
-                        EventType::Normal,
-                        "SawCompletedJob",
-                        &format!("Saw completed job: {name}, status: Failed"),
-                    )
-                    .await;
+                    self.recorder
+                        .report(
+                            cj,
+                            EventType::Normal,
+                            "SawCompletedJob",
+                            &format!("Saw completed job: {name}, status: Failed"),
+                        )
+                        .await;
                 }
                 _ => {}
             }
@@ -192,7 +192,8 @@ impl CronJobController {
         let schedule = match Schedule::parse(&cj.spec.schedule) {
             Ok(s) => s,
             Err(why) => {
-                self.event(cj, EventType::Warning, "UnparseableSchedule", &format!("unparseable schedule: {why}"))
+                self.recorder
+                    .report(cj, EventType::Warning, "UnparseableSchedule", &format!("unparseable schedule: {why}"))
                     .await;
                 return Ok(Action::done());
             }
@@ -200,7 +201,7 @@ impl CronJobController {
         let tz = match time_zone(cj.spec.time_zone.as_deref()) {
             Ok(tz) => tz,
             Err(why) => {
-                self.event(cj, EventType::Warning, "UnknownTimeZone", &why).await;
+                self.recorder.report(cj, EventType::Warning, "UnknownTimeZone", &why).await;
                 return Ok(Action::done());
             }
         };
@@ -217,7 +218,7 @@ impl CronJobController {
         let (missed, too_many) = schedule.times_between(since, now, &tz, MISSED_LIMIT);
         if too_many {
             let message = format!("too many missed start times (> {MISSED_LIMIT}): the most recent is run");
-            self.event(cj, EventType::Warning, "TooManyMissedTimes", &message).await;
+            self.recorder.report(cj, EventType::Warning, "TooManyMissedTimes", &message).await;
         }
         let scheduled = match (too_many, missed.last()) {
             (true, _) => schedule.times_between(since, now, &tz, usize::MAX).0.last().copied(),
@@ -229,7 +230,7 @@ impl CronJobController {
         if let Some(deadline) = cj.spec.starting_deadline_seconds {
             if millis(&scheduled) + deadline * 1000 < millis(&now) {
                 let message = format!("Missed scheduled time to start a job: {}", scheduled);
-                self.event(cj, EventType::Warning, "MissSchedule", &message).await;
+                self.recorder.report(cj, EventType::Warning, "MissSchedule", &message).await;
                 return Ok(next(now));
             }
         }
@@ -243,7 +244,7 @@ impl CronJobController {
         match cj.spec.concurrency_policy.as_deref().unwrap_or("Allow") {
             "Forbid" if !active.is_empty() => {
                 let message = "Not starting job because prior execution is running and concurrency policy is Forbid";
-                self.event(cj, EventType::Normal, "JobAlreadyActive", message).await;
+                self.recorder.report(cj, EventType::Normal, "JobAlreadyActive", message).await;
                 return Ok(next(now));
             }
             "Replace" => {
@@ -281,7 +282,7 @@ impl CronJobController {
         };
         match self.client.api::<Job>(ns).create(&job).await {
             Ok(created) => {
-                self.event(cj, EventType::Normal, "SuccessfulCreate", &format!("Created job {name}")).await;
+                self.recorder.report(cj, EventType::Normal, "SuccessfulCreate", &format!("Created job {name}")).await;
                 Ok(created)
             }
             Err(e) if e.is_already_exists() => match self.client.api::<Job>(ns).get(name).await {
@@ -289,7 +290,9 @@ impl CronJobController {
                 Err(source) => Err(Error::Get { kind: "Job", key: format!("{ns}/{name}"), source }),
             },
             Err(source) => {
-                self.event(cj, EventType::Warning, "FailedCreate", &format!("Error creating job: {source}")).await;
+                self.recorder
+                    .report(cj, EventType::Warning, "FailedCreate", &format!("Error creating job: {source}"))
+                    .await;
                 Err(Error::Create { kind: "Job", namespace: ns.into(), source })
             }
         }
@@ -299,17 +302,11 @@ impl CronJobController {
         let name = util::name(&job.metadata);
         match self.client.api::<Job>(util::namespace(&job.metadata)).delete(name).await {
             Ok(_) => {
-                self.event(cj, EventType::Normal, "SuccessfulDelete", &format!("Deleted job {name}")).await;
+                self.recorder.report(cj, EventType::Normal, "SuccessfulDelete", &format!("Deleted job {name}")).await;
                 Ok(())
             }
             Err(e) if e.is_not_found() => Ok(()),
             Err(source) => Err(Error::Delete { kind: "Job".into(), key: key_of(job), source }),
-        }
-    }
-
-    async fn event(&self, cj: &CronJob, type_: EventType, reason: &str, message: &str) {
-        if let Err(error) = self.recorder.record(&ObjectRef::of(cj), type_, reason, message).await {
-            tracing::debug!(%error, reason, "recording event failed");
         }
     }
 }

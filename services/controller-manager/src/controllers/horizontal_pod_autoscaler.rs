@@ -43,9 +43,7 @@ use skiff_api::proto::StatsRequest;
 use skiff_api::quantity::parse_milli;
 use skiff_api::LabelSelector;
 use skiff_client::config::AuthedChannel;
-use skiff_client::{
-    key_of, Action, Client, EventRecorder, EventType, InformerEvent, ObjectRef, Reconcile, Store, WorkQueue,
-};
+use skiff_client::{Action, Client, EventRecorder, EventType, InformerEvent, Reconcile, Store, WorkQueue};
 
 use super::{Context, Wiring};
 use crate::error::{Error, Result};
@@ -156,7 +154,7 @@ impl HorizontalPodAutoscalerController {
                     target_ref.kind, target_ref.name
                 );
                 set_condition(status, "AbleToScale", "False", "FailedGetScale", &message);
-                self.event(hpa, EventType::Warning, "FailedGetScale", &message).await;
+                self.recorder.report(hpa, EventType::Warning, "FailedGetScale", &message).await;
                 return Ok(());
             }
             Err(source) => {
@@ -191,7 +189,7 @@ impl HorizontalPodAutoscalerController {
                 Ok(reading) => readings.push(reading),
                 Err(message) => {
                     set_condition(status, "ScalingActive", "False", "FailedGetResourceMetric", &message);
-                    self.event(hpa, EventType::Warning, "FailedGetResourceMetric", &message).await;
+                    self.recorder.report(hpa, EventType::Warning, "FailedGetResourceMetric", &message).await;
                     return Ok(());
                 }
             }
@@ -237,12 +235,12 @@ impl HorizontalPodAutoscalerController {
             if let Err(source) = self.client.patch(&target_ref.kind, ns, &target_ref.name, &patch).await {
                 let message = format!("failed to rescale {} {}: {source}", target_ref.kind, target_ref.name);
                 set_condition(status, "AbleToScale", "False", "FailedUpdateScale", &message);
-                self.event(hpa, EventType::Warning, "FailedRescale", &message).await;
+                self.recorder.report(hpa, EventType::Warning, "FailedRescale", &message).await;
                 return Ok(());
             }
             let direction = if desired > current { "above" } else { "below" };
             let message = format!("New size: {desired}; reason: {reason} {direction} target");
-            self.event(hpa, EventType::Normal, "SuccessfulRescale", &message).await;
+            self.recorder.report(hpa, EventType::Normal, "SuccessfulRescale", &message).await;
             status.last_scale_time = Some(util::now_time());
             tracing::info!(hpa = key, from = current, to = desired, "rescaled");
         }
@@ -424,12 +422,6 @@ impl HorizontalPodAutoscalerController {
             );
         }
         (bounded, None)
-    }
-
-    async fn event(&self, hpa: &HorizontalPodAutoscaler, type_: EventType, reason: &str, message: &str) {
-        if let Err(error) = self.recorder.record(&ObjectRef::of(hpa), type_, reason, message).await {
-            tracing::debug!(%error, hpa = %key_of(hpa), reason, "recording event failed");
-        }
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Node;
 use serde_json::json;
 use skiff_api::cidr::Cidr;
-use skiff_client::{Action, Client, EventRecorder, EventType, ObjectRef, Reconcile, Store, WorkQueue};
+use skiff_client::{Action, Client, EventRecorder, EventType, Reconcile, Store, WorkQueue};
 
 use super::{Context, Wiring};
 use crate::error::{Error, Result};
@@ -117,13 +117,7 @@ impl Reconcile for NodeIpamController {
                 let Some(i) = first_free(&self.ranges, &self.taken()) else {
                     tracing::warn!(node = %name, cidr = %self.ranges.cluster_cidr, "no pod CIDR left for node");
                     let msg = format!("no free /{} left in {}", self.ranges.node_mask, self.ranges.cluster_cidr);
-                    if let Err(error) = self
-                        .recorder
-                        .record(&ObjectRef::of(node.as_ref()), EventType::Warning, "CIDRNotAvailable", &msg)
-                        .await
-                    {
-                        tracing::debug!(%error, "recording event failed");
-                    }
+                    self.recorder.report(node.as_ref(), EventType::Warning, "CIDRNotAvailable", &msg).await;
                     return Ok(Action::requeue(FULL_RETRY));
                 };
                 self.assigned().0.insert(name.to_string(), i);

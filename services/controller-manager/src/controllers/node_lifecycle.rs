@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, Taint};
-use skiff_client::{Action, Client, EventRecorder, EventType, ObjectRef, Reconcile, Store, WorkQueue};
+use skiff_client::{Action, Client, EventRecorder, EventType, Reconcile, Store, WorkQueue};
 
 use super::{Context, Wiring};
 use crate::error::{Error, Result};
@@ -155,9 +155,7 @@ impl NodeLifecycleController {
             .map_err(|source| Error::UpdateStatus { kind: "Node", key: name.clone(), source })?;
         tracing::info!(node = %name, "node stopped sending heartbeats: Ready=Unknown");
         let msg = format!("Node {name} status is now: NodeNotReady");
-        if let Err(error) = self.recorder.record(&ObjectRef::of(node), EventType::Normal, "NodeNotReady", &msg).await {
-            tracing::debug!(%error, "recording event failed");
-        }
+        self.recorder.report(node, EventType::Normal, "NodeNotReady", &msg).await;
         Ok(stored)
     }
 

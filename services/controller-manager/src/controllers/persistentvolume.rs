@@ -39,9 +39,7 @@ use skiff_api::quantity::parse_milli;
 use skiff_api::scheduling::volume_allows;
 use skiff_api::well_known::{LOCAL_PATH_PROVISIONER, PROVISIONED_BY_ANNOTATION, SELECTED_NODE_ANNOTATION};
 use skiff_api::LabelSelector;
-use skiff_client::{
-    key_of, Action, Client, EventRecorder, EventType, InformerEvent, ObjectRef, Reconcile, Store, WorkQueue,
-};
+use skiff_client::{key_of, Action, Client, EventRecorder, EventType, InformerEvent, Reconcile, Store, WorkQueue};
 
 use super::{Context, Wiring};
 use crate::error::{Error, Result};
@@ -196,12 +194,12 @@ impl PersistentVolumeController {
             }
             (Some(LOCAL_PATH_PROVISIONER), None) => {
                 let message = "local-path volumes live on one node: use volumeBindingMode WaitForFirstConsumer";
-                self.event(&claim, EventType::Warning, "ProvisioningFailed", message).await;
+                self.recorder.report(&*claim, EventType::Warning, "ProvisioningFailed", message).await;
                 self.set_claim_phase(&claim, "Pending").await
             }
             (Some(other), _) => {
                 let message = format!("waiting for a volume to be created by the external provisioner {other:?}");
-                self.event(&claim, EventType::Normal, "ExternalProvisioning", &message).await;
+                self.recorder.report(&*claim, EventType::Normal, "ExternalProvisioning", &message).await;
                 self.set_claim_phase(&claim, "Pending").await
             }
             (None, _) => {
@@ -210,7 +208,7 @@ impl PersistentVolumeController {
                 } else {
                     format!("storageclass.storage.k8s.io {class_name:?} not found")
                 };
-                self.event(&claim, EventType::Normal, "FailedBinding", &message).await;
+                self.recorder.report(&*claim, EventType::Normal, "FailedBinding", &message).await;
                 self.set_claim_phase(&claim, "Pending").await
             }
         }
@@ -233,7 +231,7 @@ impl PersistentVolumeController {
             Err(e) if e.is_conflict() || e.is_not_found() => return Ok(()),
             Err(source) => return Err(Error::Patch { kind: "PersistentVolumeClaim", key: key_of(claim), source }),
         };
-        self.event(claim, EventType::Normal, "Bound", &format!("bound to volume {name}")).await;
+        self.recorder.report(claim, EventType::Normal, "Bound", &format!("bound to volume {name}")).await;
         self.complete_binding(&bound, &name).await
     }
 
@@ -332,14 +330,14 @@ impl PersistentVolumeController {
         match self.client.api::<PersistentVolume>("").create(&volume).await {
             Ok(_) => {
                 let message = format!("Successfully provisioned volume {name} on node {node}");
-                self.event(claim, EventType::Normal, "ProvisioningSucceeded", &message).await;
+                self.recorder.report(claim, EventType::Normal, "ProvisioningSucceeded", &message).await;
                 Ok(())
             }
             Err(e) if e.is_already_exists() => Ok(()),
             Err(source) => {
                 let message =
                     format!("failed to provision volume with StorageClass {:?}: {source}", util::name(&class.metadata));
-                self.event(claim, EventType::Warning, "ProvisioningFailed", &message).await;
+                self.recorder.report(claim, EventType::Warning, "ProvisioningFailed", &message).await;
                 Err(Error::Create { kind: "PersistentVolume", namespace: String::new(), source })
             }
         }
@@ -425,12 +423,6 @@ impl PersistentVolumeController {
             Ok(_) => Ok(()),
             Err(e) if e.is_not_found() => Ok(()),
             Err(source) => Err(Error::UpdateStatus { kind: "PersistentVolumeClaim", key: key_of(claim), source }),
-        }
-    }
-
-    async fn event(&self, claim: &PersistentVolumeClaim, type_: EventType, reason: &str, message: &str) {
-        if let Err(error) = self.recorder.record(&ObjectRef::of(claim), type_, reason, message).await {
-            tracing::debug!(%error, reason, "recording event failed");
         }
     }
 }

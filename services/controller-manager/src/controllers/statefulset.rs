@@ -39,9 +39,7 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PersistentVolumeClaimVol
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use skiff_api::well_known::{REVISION_HASH_LABEL, STATEFULSET_POD_INDEX_LABEL, STATEFULSET_POD_NAME_LABEL};
 use skiff_api::LabelSelector;
-use skiff_client::{
-    key_of, Action, Client, EventRecorder, EventType, InformerEvent, ObjectRef, Reconcile, Store, WorkQueue,
-};
+use skiff_client::{key_of, Action, Client, EventRecorder, EventType, InformerEvent, Reconcile, Store, WorkQueue};
 
 use super::deployment::template_hash;
 use super::{Context, Wiring};
@@ -228,7 +226,7 @@ impl StatefulSetController {
         match self.client.api::<Pod>(ns).create(&pod).await {
             Ok(_) => {
                 let message = format!("create Pod {name} in StatefulSet {} successful", util::name(&set.metadata));
-                self.event(set, EventType::Normal, "SuccessfulCreate", &message).await;
+                self.recorder.report(set, EventType::Normal, "SuccessfulCreate", &message).await;
                 Ok(())
             }
             // The cache had not seen it yet: the next sync will.
@@ -236,7 +234,7 @@ impl StatefulSetController {
             Err(source) => {
                 let message =
                     format!("create Pod {name} in StatefulSet {} failed: {source}", util::name(&set.metadata));
-                self.event(set, EventType::Warning, "FailedCreate", &message).await;
+                self.recorder.report(set, EventType::Warning, "FailedCreate", &message).await;
                 Err(Error::Create { kind: "Pod", namespace: ns.into(), source })
             }
         }
@@ -255,7 +253,7 @@ impl StatefulSetController {
                     util::name(&claim.metadata),
                     util::name(&set.metadata)
                 );
-                self.event(set, EventType::Normal, "SuccessfulCreate", &message).await;
+                self.recorder.report(set, EventType::Normal, "SuccessfulCreate", &message).await;
                 Ok(())
             }
             Err(e) if e.is_already_exists() => Ok(()),
@@ -304,7 +302,7 @@ impl StatefulSetController {
             Ok(_) => {
                 let message =
                     format!("delete Pod {name} in StatefulSet {} successful ({why})", util::name(&set.metadata));
-                self.event(set, EventType::Normal, "SuccessfulDelete", &message).await;
+                self.recorder.report(set, EventType::Normal, "SuccessfulDelete", &message).await;
                 Ok(())
             }
             Err(e) if e.is_not_found() => Ok(()),
@@ -356,12 +354,6 @@ impl StatefulSetController {
             Ok(_) => Ok(()),
             Err(e) if e.is_not_found() => Ok(()),
             Err(source) => Err(Error::UpdateStatus { kind: KIND, key: key.into(), source }),
-        }
-    }
-
-    async fn event(&self, set: &StatefulSet, type_: EventType, reason: &str, message: &str) {
-        if let Err(error) = self.recorder.record(&ObjectRef::of(set), type_, reason, message).await {
-            tracing::debug!(%error, reason, "recording event failed");
         }
     }
 }

@@ -12,9 +12,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
-use skiff_client::{
-    key_of, Action, Client, EventRecorder, EventType, InformerEvent, ObjectRef, Reconcile, Store, WorkQueue,
-};
+use skiff_client::{key_of, Action, Client, EventRecorder, EventType, InformerEvent, Reconcile, Store, WorkQueue};
 
 use super::{Context, Wiring};
 use crate::error::{Error, Result};
@@ -140,11 +138,7 @@ impl Reconcile for TaintEvictionController {
         // The Event first, as Kubernetes' taint manager does: whoever sees
         // the pod go finds why.
         let msg = format!("Marking for deletion Pod {key}");
-        if let Err(error) =
-            self.recorder.record(&ObjectRef::of(pod.as_ref()), EventType::Normal, "TaintManagerEviction", &msg).await
-        {
-            tracing::debug!(%error, "recording event failed");
-        }
+        self.recorder.report(pod.as_ref(), EventType::Normal, "TaintManagerEviction", &msg).await;
         match self.client.api::<Pod>(util::namespace(&pod.metadata)).delete(util::name(&pod.metadata)).await {
             Ok(_) => Ok(Action::done()),
             Err(e) if e.is_not_found() => Ok(Action::done()),

@@ -217,7 +217,7 @@ impl Reconcile for PodWorker {
                 if let (true, Some(pod)) = (first, self.store.get(key)) {
                     let message = format!("{error:#}");
                     let about = ObjectRef::of(pod.as_ref());
-                    let _ = self.recorder.record(&about, EventType::Warning, "FailedSync", &message).await;
+                    self.recorder.report_ref(&about, EventType::Warning, "FailedSync", &message).await;
                 }
                 Err(error)
             }
@@ -272,9 +272,7 @@ async fn record_events(recorder: &EventRecorder, pod: &Pod, events: &[sync::PodE
     let about = ObjectRef::of(pod);
     for e in events {
         let ty = if e.warning { EventType::Warning } else { EventType::Normal };
-        if let Err(error) = recorder.record(&about, ty, e.reason, &e.message).await {
-            tracing::debug!(pod = %about.name, %error, "recording an event failed");
-        }
+        recorder.report_ref(&about, ty, e.reason, &e.message).await;
     }
 }
 

@@ -27,7 +27,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Node;
 use serde_json::json;
 use skiff_api::cidr::Cidr;
-use skiff_client::{Changes, Client, EventRecorder, EventType, ObjectRef, Store};
+use skiff_client::{Changes, Client, EventRecorder, EventType, Store};
 use skiff_telemetry::Metrics;
 use wireguard_control::Key;
 
@@ -227,11 +227,7 @@ impl Mesh {
             tracing::warn!(node = %r.node, reason = r.reason, "{}: left out of the WireGuard mesh", r.message);
             let Some(node) = self.nodes.get(&r.node) else { continue };
             let message = format!("{} (seen by {}): left out of the WireGuard mesh", r.message, self.options.node_name);
-            if let Err(error) =
-                self.recorder.record(&ObjectRef::of(&*node), EventType::Warning, r.reason, &message).await
-            {
-                tracing::debug!(%error, "recording event failed");
-            }
+            self.recorder.report(&*node, EventType::Warning, r.reason, &message).await;
         }
     }
 }

@@ -30,8 +30,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
 use skiff_api::LabelSelector;
 use skiff_client::{
-    key_of, trace_parent_of, Action, Client, EventRecorder, EventType, InformerEvent, ObjectRef, Reconcile, Store,
-    WorkQueue,
+    key_of, trace_parent_of, Action, Client, EventRecorder, EventType, InformerEvent, Reconcile, Store, WorkQueue,
 };
 
 mod status;
@@ -475,7 +474,7 @@ impl DeploymentController {
             Ok(created) => {
                 s.changed = true;
                 let msg = format!("Scaled up replica set {name} to {replicas}");
-                self.event(d, "ScalingReplicaSet", &msg).await;
+                self.recorder.report(d, EventType::Normal, "ScalingReplicaSet", &msg).await;
                 Ok(Arc::new(created))
             }
             Err(e) if e.is_already_exists() => {
@@ -541,7 +540,7 @@ impl DeploymentController {
         s.changed = true;
         let direction = if replicas > from { "up" } else { "down" };
         let msg = format!("Scaled {direction} replica set {} from {from} to {replicas}", util::name(&rs.metadata));
-        self.event(s.d, "ScalingReplicaSet", &msg).await;
+        self.recorder.report(s.d, EventType::Normal, "ScalingReplicaSet", &msg).await;
         Ok(Arc::new(updated))
     }
 
@@ -594,12 +593,6 @@ impl DeploymentController {
             }
         }
         Ok(())
-    }
-
-    async fn event(&self, d: &Deployment, reason: &str, message: &str) {
-        if let Err(error) = self.recorder.record(&ObjectRef::of(d), EventType::Normal, reason, message).await {
-            tracing::debug!(%error, reason, "recording event failed");
-        }
     }
 }
 

@@ -184,12 +184,12 @@ impl JobController {
             } else {
                 set_condition(&mut plan.status, "Suspended", "True", "JobSuspended", "Job suspended");
                 plan.status.start_time = None;
-                self.event(&job, EventType::Normal, "Suspended", "Job suspended").await;
+                self.recorder.report(&*job, EventType::Normal, "Suspended", "Job suspended").await;
             }
         } else {
             if condition_true(&status, "Suspended") {
                 set_condition(&mut plan.status, "Suspended", "False", "JobResumed", "Job resumed");
-                self.event(&job, EventType::Normal, "Resumed", "Job resumed").await;
+                self.recorder.report(&*job, EventType::Normal, "Resumed", "Job resumed").await;
                 plan.status.start_time = None;
             }
             if plan.status.start_time.is_none() {
@@ -249,7 +249,7 @@ impl JobController {
         if uncounted == 0 {
             if let Some((reason, message)) = &plan.failure {
                 set_condition(&mut plan.status, "Failed", "True", reason, message);
-                self.event(&job, EventType::Warning, reason, message).await;
+                self.recorder.report(&*job, EventType::Warning, reason, message).await;
             } else if complete {
                 set_condition(
                     &mut plan.status,
@@ -259,7 +259,7 @@ impl JobController {
                     "Reached expected number of succeeded pods",
                 );
                 plan.status.completion_time = Some(util::now_time());
-                self.event(&job, EventType::Normal, "Completed", "Job completed").await;
+                self.recorder.report(&*job, EventType::Normal, "Completed", "Job completed").await;
             }
         }
         let finished = finished_status(&plan.status);
@@ -527,12 +527,6 @@ impl JobController {
         match self.client.api::<Job>(util::namespace(&job.metadata)).update_status(&updated).await {
             Ok(stored) => Ok(Arc::new(stored)),
             Err(source) => Err(Error::UpdateStatus { kind: KIND, key: key.into(), source }),
-        }
-    }
-
-    async fn event(&self, job: &Job, type_: EventType, reason: &str, message: &str) {
-        if let Err(error) = self.recorder.record(&ObjectRef::of(job), type_, reason, message).await {
-            tracing::debug!(%error, reason, "recording event failed");
         }
     }
 }
