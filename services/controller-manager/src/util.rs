@@ -1,10 +1,14 @@
-//! Small helpers the controllers share: time, pod readiness, owner
-//! references and claiming children (adopt orphans, release strays).
+//! Small helpers the controllers share: time, pod readiness, status
+//! conditions, owner references and claiming children (adopt orphans,
+//! release strays).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::DeploymentCondition;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscalerCondition;
+use k8s_openapi::api::batch::v1::JobCondition;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -61,6 +65,65 @@ pub fn is_available(pod: &Pod, min_ready_seconds: i32, now_ms: i64) -> bool {
             min_ready_seconds <= 0 || since.is_none_or(|t| millis(&t.0) + i64::from(min_ready_seconds) * 1000 <= now_ms)
         }
         _ => false,
+    }
+}
+
+/// A status condition of one of the kinds whose status the controllers
+/// write (Job, Deployment, HorizontalPodAutoscaler).
+pub trait Condition {
+    fn type_(&self) -> Option<&str>;
+    fn status(&self) -> Option<&str>;
+    fn transition(&mut self) -> &mut Option<Time>;
+}
+
+/// Puts `new` in place of the condition of its type (or adds it). The
+/// transition time stays the old one's while the status is the same, as
+/// Kubernetes' condition helpers keep it.
+pub fn put_condition<C: Condition>(conditions: &mut Vec<C>, mut new: C) {
+    match conditions.iter_mut().find(|c| c.type_() == new.type_()) {
+        Some(old) => {
+            if old.status() == new.status() && old.transition().is_some() {
+                *new.transition() = old.transition().clone();
+            }
+            *old = new;
+        }
+        None => conditions.push(new),
+    }
+}
+
+impl Condition for JobCondition {
+    fn type_(&self) -> Option<&str> {
+        Some(&self.type_)
+    }
+    fn status(&self) -> Option<&str> {
+        Some(&self.status)
+    }
+    fn transition(&mut self) -> &mut Option<Time> {
+        &mut self.last_transition_time
+    }
+}
+
+impl Condition for HorizontalPodAutoscalerCondition {
+    fn type_(&self) -> Option<&str> {
+        Some(&self.type_)
+    }
+    fn status(&self) -> Option<&str> {
+        Some(&self.status)
+    }
+    fn transition(&mut self) -> &mut Option<Time> {
+        &mut self.last_transition_time
+    }
+}
+
+impl Condition for DeploymentCondition {
+    fn type_(&self) -> Option<&str> {
+        self.type_.as_deref()
+    }
+    fn status(&self) -> Option<&str> {
+        self.status.as_deref()
+    }
+    fn transition(&mut self) -> &mut Option<Time> {
+        &mut self.last_transition_time
     }
 }
 
@@ -246,5 +309,24 @@ mod tests {
         assert!(labels_contain(Some(&labels), Some(&wanted)));
         assert!(!labels_contain(Some(&wanted), Some(&labels)));
         assert!(labels_contain(None, None));
+    }
+
+    #[test]
+    fn a_condition_keeps_its_transition_time_until_its_status_changes() {
+        let at = |s: i64| Some(Time(Timestamp::from_second(s).unwrap()));
+        let job = |status: &str, reason: &str, when: i64| JobCondition {
+            type_: "Failed".into(),
+            status: status.into(),
+            reason: Some(reason.into()),
+            last_transition_time: at(when),
+            ..Default::default()
+        };
+        let mut conditions = vec![job("False", "a", 10)];
+        put_condition(&mut conditions, job("False", "b", 20));
+        assert_eq!((conditions[0].reason.as_deref(), &conditions[0].last_transition_time), (Some("b"), &at(10)));
+        put_condition(&mut conditions, job("True", "c", 30));
+        assert_eq!(conditions[0].last_transition_time, at(30), "the status changed");
+        put_condition(&mut conditions, JobCondition { type_: "Complete".into(), ..job("True", "d", 40) });
+        assert_eq!(conditions.len(), 2, "another type is added");
     }
 }

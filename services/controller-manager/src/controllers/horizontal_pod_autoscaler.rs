@@ -494,26 +494,15 @@ fn metric_status(reading: &Reading) -> MetricStatus {
 
 /// Sets a condition; the transition time moves only when its status does.
 fn set_condition(status: &mut HorizontalPodAutoscalerStatus, type_: &str, value: &str, reason: &str, message: &str) {
-    let now = util::now_time();
-    let conditions = status.conditions.get_or_insert_with(Vec::new);
-    let existing = conditions.iter().position(|c| c.type_ == type_);
-    let transition = existing
-        .map(|i| &conditions[i])
-        .filter(|c| c.status == value)
-        .and_then(|c| c.last_transition_time.clone())
-        .unwrap_or(now);
     let condition = HorizontalPodAutoscalerCondition {
         type_: type_.into(),
         status: value.into(),
         reason: Some(reason.into()),
         message: Some(message.into()),
-        last_transition_time: Some(transition),
+        last_transition_time: Some(util::now_time()),
         ..Default::default()
     };
-    match existing {
-        Some(i) => conditions[i] = condition,
-        None => conditions.push(condition),
-    }
+    util::put_condition(status.conditions.get_or_insert_with(Vec::new), condition);
 }
 
 #[cfg(test)]

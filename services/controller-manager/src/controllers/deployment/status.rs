@@ -32,32 +32,21 @@ fn set_condition(
     message: String,
     refresh: bool,
 ) {
-    let now = util::now_time();
-    let conditions = status.conditions.get_or_insert_with(Vec::new);
-    let existing = conditions.iter().position(|c| c.type_.as_deref() == Some(type_));
-    if let Some(i) = existing {
-        let c = &conditions[i];
+    if let Some(c) = condition(status, type_) {
         if c.status.as_deref() == Some(value) && c.reason.as_deref() == Some(reason) && !refresh {
             return;
         }
     }
-    let transition = existing
-        .map(|i| &conditions[i])
-        .filter(|c| c.status.as_deref() == Some(value))
-        .and_then(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| now.clone());
+    let now = util::now_time();
     let condition = DeploymentCondition {
         type_: Some(type_.into()),
         status: Some(value.into()),
         reason: Some(reason.into()),
         message: Some(message),
-        last_transition_time: Some(transition),
+        last_transition_time: Some(now.clone()),
         last_update_time: Some(now),
     };
-    match existing {
-        Some(i) => conditions[i] = condition,
-        None => conditions.push(condition),
-    }
+    util::put_condition(status.conditions.get_or_insert_with(Vec::new), condition);
 }
 
 pub(super) fn calculate_status(
