@@ -128,3 +128,45 @@ async fn bad_requests_get_kubernetes_statuses_and_change_nothing() {
     };
     assert_eq!(status(&expired), ("Expired", 410));
 }
+
+/// Lists at a version, as kube-apiserver serves them: `Exact` shows the
+/// objects as they were then (from etcd's history), `NotOlderThan` at least
+/// that new, `0` whatever the cache holds; a version not reached yet is 504
+/// Timeout, a bad combination 400 naming the field.
+#[tokio::test]
+async fn lists_at_a_resource_version_show_that_state() {
+    let cluster = Cluster::start_with(ClusterOptions { insecure: true, ..Default::default() }).await.unwrap();
+    let mut rest = Rest { conn: http::Conn::connect(cluster.rest_listen()).await.unwrap() };
+    let maps = "/api/v1/namespaces/default/configmaps";
+    let config_map = |name: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}});
+    let (code, first) = rest.json("POST", maps, &config_map("first")).await;
+    assert_eq!(code, 201, "{first}");
+    let then = first["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let (code, _) = rest.json("POST", maps, &config_map("second")).await;
+    assert_eq!(code, 201);
+    let names = |list: &Value| -> Vec<String> {
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        items.iter().filter_map(|i| i["metadata"]["name"].as_str().map(str::to_string)).collect()
+    };
+
+    let (code, exact) =
+        rest.send("GET", &format!("{maps}?resourceVersion={then}&resourceVersionMatch=Exact"), "", b"").await;
+    assert_eq!((code, names(&exact)), (200, vec!["first".to_string()]), "{exact}");
+    assert_eq!(exact["metadata"]["resourceVersion"], then.as_str(), "the list is at that version");
+    let (code, newer) =
+        rest.send("GET", &format!("{maps}?resourceVersion={then}&resourceVersionMatch=NotOlderThan"), "", b"").await;
+    assert_eq!((code, names(&newer)), (200, vec!["first".to_string(), "second".to_string()]), "{newer}");
+    let (code, any) = rest.send("GET", &format!("{maps}?resourceVersion=0"), "", b"").await;
+    assert_eq!((code, names(&any).len()), (200, 2), "{any}");
+
+    let future = then.parse::<i64>().unwrap() + 1_000_000;
+    let (code, body) =
+        rest.send("GET", &format!("{maps}?resourceVersion={future}&resourceVersionMatch=Exact"), "", b"").await;
+    assert_eq!((code, status(&body)), (504, ("Timeout", 504)), "{body}");
+    let (code, body) = rest.send("GET", &format!("{maps}?resourceVersionMatch=Exact"), "", b"").await;
+    assert_eq!((code, status(&body).0), (400, "BadRequest"));
+    assert!(body["message"].as_str().unwrap_or_default().contains("resourceVersionMatch"), "{body}");
+    let (code, body) =
+        rest.send("GET", &format!("{maps}?resourceVersion={then}&resourceVersionMatch=Sometime"), "", b"").await;
+    assert_eq!((code, status(&body).0), (400, "BadRequest"), "{body}");
+}

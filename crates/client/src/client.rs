@@ -127,6 +127,7 @@ impl Client {
                 field_selector: params.field_selector.clone(),
                 limit: if params.page_size > 0 { params.page_size } else { DEFAULT_PAGE_SIZE },
                 continue_token: std::mem::take(&mut continue_token),
+                ..Default::default()
             };
             let reply = self.objects.clone().list(req).await?.into_inner();
             for b in &reply.items {

@@ -37,6 +37,10 @@ pub enum Error {
     NamespaceTerminating(String),
     #[error("resourceVersion {requested} is too old (etcd has compacted up to {compacted}): relist")]
     Expired { requested: i64, compacted: i64 },
+    /// A version the store has not reached (Kubernetes' "Too large
+    /// resource version").
+    #[error("Too large resource version: {requested}: no such version yet")]
+    TooNew { requested: i64 },
     #[error("{0}")]
     Forbidden(String),
     /// A server-side apply would take fields other appliers own.
@@ -137,6 +141,7 @@ impl Error {
                 Code::FailedPrecondition
             }
             Error::Expired { .. } => Code::OutOfRange,
+            Error::TooNew { .. } => Code::DeadlineExceeded,
             Error::Denied(_) => Code::PermissionDenied,
             Error::Etcd { .. } | Error::WatchClosed | Error::ShuttingDown | Error::KubeletUnreachable { .. } => {
                 Code::Unavailable
@@ -172,6 +177,7 @@ impl Error {
             Error::Conflict { .. } | Error::ApplyConflict(_) => "Conflict",
             Error::NamespaceTerminating(_) | Error::Forbidden(_) | Error::Denied(_) => "Forbidden",
             Error::Expired { .. } => "Expired",
+            Error::TooNew { .. } => "Timeout",
             Error::Etcd { .. } | Error::WatchClosed | Error::ShuttingDown | Error::KubeletUnreachable { .. } => {
                 "ServiceUnavailable"
             }

@@ -33,7 +33,7 @@ use tracing::Instrument;
 
 use crate::auth::{Access, Authorizer};
 use crate::cache::Filter;
-use crate::registry::Registry;
+use crate::registry::{ListAt, Registry};
 use crate::Error;
 
 /// How long dialing a kubelet may take before the call fails.
@@ -154,7 +154,7 @@ impl PodProxyService {
             labels: LabelSelector::everything(),
             fields: FieldSelector::default(),
         };
-        let page = self.registry.list(info, &filter, 0, "").await?;
+        let page = self.registry.list(info, &filter, 0, "", ListAt::Latest).await?;
         // node → the (namespace, name) of its pods.
         let mut by_node: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
         for bytes in &page.items {
@@ -346,7 +346,7 @@ impl PodProxyService {
                 labels: LabelSelector::everything(),
                 fields: FieldSelector::default(),
             };
-            let page = self.registry.list(info, &filter, 0, "").await?;
+            let page = self.registry.list(info, &filter, 0, "", ListAt::Latest).await?;
             page.items
                 .iter()
                 .filter_map(|bytes| parse(bytes).ok())

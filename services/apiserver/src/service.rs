@@ -24,7 +24,7 @@ use crate::audit::{AuditLog, Record};
 use crate::auth::escalation::{self, Target, Written};
 use crate::auth::{rbac::Attributes, Access, Authorizer, PeerInfo, UserInfo, AUTHENTICATED};
 use crate::cache::Filter;
-use crate::registry::{DeleteOptions, Registry};
+use crate::registry::{DeleteOptions, ListAt, Registry};
 use crate::watch::{self, WatchParams};
 use crate::Error;
 
@@ -196,7 +196,8 @@ impl Objects for ObjectsService {
             let info = KindInfo::by_kind(&r.kind)?;
             let filter = filter(info, &r.namespace, &r.label_selector, &r.field_selector)?;
             let limit = usize::try_from(r.limit.max(0)).unwrap_or(usize::MAX);
-            let page = self.registry.list(info, &filter, limit, &r.continue_token).await?;
+            let at = ListAt::parse(&r.resource_version, &r.resource_version_match)?;
+            let page = self.registry.list(info, &filter, limit, &r.continue_token, at).await?;
             let continue_token = page.next.map(|k| format!("{}:{k}", page.revision)).unwrap_or_default();
             Ok(ListReply { items: page.items, resource_version: page.revision.to_string(), continue_token })
         })

@@ -1,6 +1,7 @@
 //! List: from the watch cache once it shows this apiserver's own writes,
 //! else (and for later pages of a snapshot the cache no longer holds) from
-//! the store at the list's revision.
+//! the store at the list's revision. A list may ask for another state, as
+//! Kubernetes' `resourceVersion` and `resourceVersionMatch` do ([`ListAt`]).
 
 use std::sync::atomic::Ordering;
 
@@ -10,21 +11,88 @@ use super::Registry;
 use crate::cache::{CachedObject, Filter, Page};
 use crate::Error;
 
+/// Which state of the objects a list shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListAt {
+    /// The latest, with this apiserver's own writes (no resourceVersion).
+    Latest,
+    /// Whatever the cache holds now (`resourceVersion=0`).
+    Any,
+    /// At least this new (`resourceVersionMatch=NotOlderThan`, the default
+    /// for a version other than 0).
+    NotOlderThan(i64),
+    /// Exactly this version (`resourceVersionMatch=Exact`), from etcd's
+    /// history unless the cache shows it.
+    Exact(i64),
+}
+
+impl ListAt {
+    /// Reads `resourceVersion` and `resourceVersionMatch` as Kubernetes
+    /// does; a combination it refuses is a bad request naming the field.
+    pub fn parse(version: &str, matching: &str) -> Result<Self, Error> {
+        let bad = |why: String| Err(Error::BadRequest(why));
+        let number = || {
+            version.parse::<i64>().ok().filter(|v| *v >= 0).ok_or_else(|| {
+                Error::BadRequest(format!("resourceVersion: Invalid value: {version:?}: must be a resource version"))
+            })
+        };
+        match (version, matching) {
+            ("", "") => Ok(Self::Latest),
+            ("", m) => {
+                bad(format!("resourceVersionMatch: Forbidden: {m:?} is forbidden unless resourceVersion is provided"))
+            }
+            ("0", "" | "NotOlderThan") => Ok(Self::Any),
+            (_, "" | "NotOlderThan") => Ok(Self::NotOlderThan(number()?)),
+            ("0", "Exact") => {
+                bad("resourceVersionMatch: Forbidden: \"Exact\" is forbidden for resourceVersion \"0\"".to_string())
+            }
+            (_, "Exact") => Ok(Self::Exact(number()?)),
+            (_, m) => bad(format!(
+                "resourceVersionMatch: Unsupported value: {m:?}: supported values: \"Exact\", \"NotOlderThan\""
+            )),
+        }
+    }
+}
+
 impl Registry {
     /// Serves a list from the watch cache once it holds this apiserver's own
-    /// latest write of the kind. With a limit, in pages of one snapshot: a
-    /// later page comes from the cache while it still shows that revision,
-    /// else from etcd at that revision.
+    /// latest write of the kind (or the state `at` asks for). With a limit,
+    /// in pages of one snapshot: a later page comes from the cache while it
+    /// still shows that revision, else from etcd at that revision.
     pub async fn list(
         &self,
         info: &'static KindInfo,
         filter: &Filter,
         limit: usize,
         continue_token: &str,
+        at: ListAt,
     ) -> Result<Page, Error> {
+        if !continue_token.is_empty() && at != ListAt::Latest {
+            return Err(Error::BadRequest(
+                "resourceVersion: Forbidden: specifying a resource version is not allowed when using continue".into(),
+            ));
+        }
         if continue_token.is_empty() {
             let limit = if limit == 0 { usize::MAX } else { limit };
             let cache = self.cache(info);
+            let prefix = &filter.key_prefix;
+            match at {
+                ListAt::Latest => {}
+                ListAt::Any => return Ok(cache.page(filter, prefix, limit, None).expect("an unpinned page answers")),
+                // The cache's revision moves only with this kind's events,
+                // so a version from another kind may lie ahead of it while
+                // etcd has it: then etcd, at that version, which is as new
+                // as asked.
+                ListAt::NotOlderThan(version) if cache.revision() >= version => {
+                    return Ok(cache.page(filter, prefix, limit, None).expect("an unpinned page answers"))
+                }
+                ListAt::NotOlderThan(version) | ListAt::Exact(version) => {
+                    if let Some(page) = cache.page(filter, prefix, limit, Some(version)) {
+                        return Ok(page);
+                    }
+                    return self.page_from_etcd(info, filter, prefix, limit, version).await;
+                }
+            }
             if self.shows_own_writes(info).await {
                 return Ok(cache
                     .page(filter, &filter.key_prefix, limit, None)
@@ -93,4 +161,28 @@ fn prefix_end(prefix: &str) -> String {
         }
     }
     String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_and_matches_read_as_kubernetes_reads_them() {
+        assert_eq!(ListAt::parse("", "").unwrap(), ListAt::Latest);
+        assert_eq!(ListAt::parse("0", "").unwrap(), ListAt::Any);
+        assert_eq!(ListAt::parse("0", "NotOlderThan").unwrap(), ListAt::Any);
+        assert_eq!(ListAt::parse("42", "").unwrap(), ListAt::NotOlderThan(42), "a list's default match");
+        assert_eq!(ListAt::parse("42", "Exact").unwrap(), ListAt::Exact(42));
+        for (version, matching, named) in [
+            ("", "Exact", "resourceVersionMatch"),
+            ("0", "Exact", "resourceVersionMatch"),
+            ("42", "Latest", "resourceVersionMatch"),
+            ("forty", "", "resourceVersion"),
+            ("-1", "Exact", "resourceVersion"),
+        ] {
+            let refused = ListAt::parse(version, matching).unwrap_err().to_string();
+            assert!(refused.starts_with(named), "{version:?} {matching:?}: {refused}");
+        }
+    }
 }

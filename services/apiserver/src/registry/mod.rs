@@ -25,6 +25,7 @@ pub use skiff_api::well_known::SYSTEM_NAMESPACES;
 
 mod delete;
 pub use delete::DeleteOptions;
+pub use list::ListAt;
 mod list;
 mod rules;
 #[cfg(test)]

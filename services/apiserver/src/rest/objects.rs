@@ -62,6 +62,8 @@ impl Rest {
             field_selector: call.param("fieldSelector").into(),
             limit,
             continue_token: call.param("continue").into(),
+            resource_version: call.param("resourceVersion").into(),
+            resource_version_match: call.param("resourceVersionMatch").into(),
         })
     }
 

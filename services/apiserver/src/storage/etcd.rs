@@ -129,6 +129,13 @@ impl Storage for Etcd {
         let options = GetOptions::new().with_range(end).with_limit(limit).with_revision(revision);
         let resp = match self.client.kv_client().get(start, Some(options)).instrument(etcd_span("list", start)).await {
             Ok(resp) => resp,
+            // etcd answers OUT_OF_RANGE both for a compacted revision and
+            // for one it has not reached; only its message tells which.
+            Err(etcd_client::Error::GRpcStatus(s))
+                if s.code() == tonic::Code::OutOfRange && s.message().contains("future revision") =>
+            {
+                return Err(Error::TooNew { requested: revision })
+            }
             Err(etcd_client::Error::GRpcStatus(s)) if s.code() == tonic::Code::OutOfRange => {
                 return Err(Error::Expired { requested: revision, compacted: 0 })
             }

@@ -115,6 +115,9 @@ impl Storage for FakeStorage {
         revision: i64,
     ) -> Result<(Vec<(String, Stored)>, bool), Error> {
         let st = self.lock();
+        if revision > st.revision {
+            return Err(Error::TooNew { requested: revision });
+        }
         let revision = if revision > 0 { revision } else { st.revision };
         let objects = st.at(revision);
         let mut items: Vec<(String, Stored)> =
