@@ -193,6 +193,10 @@ impl Rest {
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(http::header::ACCEPT, "application/json")
             .body(http_body_util::Full::new(bytes::Bytes::from(body.unwrap_or_default())))?;
+        // The connection takes the next request only once its task has
+        // finished the last one; sending before that fails ("connection was
+        // not ready") on a loaded machine.
+        self.sender.ready().await?;
         let response = self.sender.send_request(request).await?;
         let code = response.status().as_u16();
         let body = response.into_body().collect().await?.to_bytes();

@@ -154,6 +154,7 @@ async fn forward(target: SocketAddr, method: &Method, path: &str, headers: &Head
     }
     let request =
         request.header(header::HOST, target.to_string()).body(body).map_err(|e| Failure::bad_request(e.to_string()))?;
+    sender.ready().await.map_err(|e| unreachable(&e))?;
     let response = sender.send_request(request).await.map_err(|e| unreachable(&e))?;
     let (parts, body) = response.into_parts();
     Ok(Response::from_parts(parts, Body::new(body)))
