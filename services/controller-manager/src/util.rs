@@ -91,29 +91,24 @@ pub fn put_condition<C: Condition>(conditions: &mut Vec<C>, mut new: C) {
     }
 }
 
-impl Condition for JobCondition {
-    fn type_(&self) -> Option<&str> {
-        Some(&self.type_)
-    }
-    fn status(&self) -> Option<&str> {
-        Some(&self.status)
-    }
-    fn transition(&mut self) -> &mut Option<Time> {
-        &mut self.last_transition_time
-    }
+/// [`Condition`] for the kinds whose type and status are plain strings.
+macro_rules! condition_with_string_fields {
+    ($($kind:ty),*) => {$(
+        impl Condition for $kind {
+            fn type_(&self) -> Option<&str> {
+                Some(&self.type_)
+            }
+            fn status(&self) -> Option<&str> {
+                Some(&self.status)
+            }
+            fn transition(&mut self) -> &mut Option<Time> {
+                &mut self.last_transition_time
+            }
+        }
+    )*};
 }
 
-impl Condition for HorizontalPodAutoscalerCondition {
-    fn type_(&self) -> Option<&str> {
-        Some(&self.type_)
-    }
-    fn status(&self) -> Option<&str> {
-        Some(&self.status)
-    }
-    fn transition(&mut self) -> &mut Option<Time> {
-        &mut self.last_transition_time
-    }
-}
+condition_with_string_fields!(JobCondition, HorizontalPodAutoscalerCondition);
 
 impl Condition for DeploymentCondition {
     fn type_(&self) -> Option<&str> {
