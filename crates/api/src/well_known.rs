@@ -15,6 +15,10 @@ pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"
 /// Where kubelets keep their nodes' heartbeat Leases.
 pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
 
+/// The ConfigMap (in kube-system) through which tests and benchmarks stop
+/// and revive hollow nodes; hollow kubelets read it by name.
+pub const HOLLOW_CONTROL: &str = "hollow-control";
+
 /// A Deployment's ReplicaSets carry their revision here; `rollout history`
 /// and `undo` read it.
 pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";

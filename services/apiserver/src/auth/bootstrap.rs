@@ -222,10 +222,10 @@ fn controller_manager() -> ClusterRole {
 
 /// The kubelet's needs, real or hollow: registers its Node (create, or get
 /// and patch labels and podCIDR) and writes its status; watches its Node
-/// (CNI config), its Pods, and the ConfigMaps and Secrets pods mount;
-/// writes pod status and the final delete; renews its Lease in
-/// kube-node-lease (patch, else create). Kubernetes narrows this to the
-/// node's own objects with the Node authorizer; skiff has none yet.
+/// (CNI config) and its Pods; writes pod status and the final delete;
+/// renews its Lease in kube-node-lease (patch, else create). The
+/// ConfigMaps, Secrets and claims its pods use are the Node authorizer's
+/// to allow, one by one (`node_authorizer.rs`).
 fn node() -> ClusterRole {
     cluster_role(
         NODE_ROLE,
@@ -238,6 +238,11 @@ fn node() -> ClusterRole {
             // Secrets, ConfigMaps and claims only as the Node authorizer
             // allows: those its pods name, one by one.
             rule(INFORM, "", &["persistentvolumes"]),
+            // Hollow nodes' failure injection, by name only.
+            PolicyRule {
+                resource_names: Some(vec![skiff_api::well_known::HOLLOW_CONTROL.into()]),
+                ..rule(READ, "", &["configmaps"])
+            },
             // skiff-overlay on a joined node acts as the node, as kube-proxy
             // may: Service rules from Services and Endpoints.
             rule(INFORM, "", &["services", "endpoints"]),

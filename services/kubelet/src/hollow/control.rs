@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use super::{heartbeat, Fleet, Hollow};
 
 pub const CONTROL_NAMESPACE: &str = "kube-system";
-pub const CONTROL_NAME: &str = "hollow-control";
+pub const CONTROL_NAME: &str = skiff_api::well_known::HOLLOW_CONTROL;
 /// The key in the ConfigMap's data that lists stopped nodes.
 pub const STOPPED_KEY: &str = "stopped";
 

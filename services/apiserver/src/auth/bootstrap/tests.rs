@@ -192,6 +192,8 @@ fn nodes_run_their_pods() {
         "delete services a",
     ];
     assert_eq!(may(&policy, &kubelet, &denied), [false; 10]);
+    let control = named(request("watch", "configmaps", "kube-system"), skiff_api::well_known::HOLLOW_CONTROL);
+    assert!(policy.authorize(&kubelet, &control).is_ok(), "hollow nodes' failure injection, by name");
     assert!(policy.authorize(&user("system:node:n1"), &request("list", "pods", "")).is_err(), "only as a node");
 }
 
