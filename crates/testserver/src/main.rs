@@ -16,12 +16,15 @@
 //!
 //! It listens on `0.0.0.0:$PORT` (default 8080) and exits 0 on SIGTERM or
 //! SIGINT: as a container's PID 1 it would otherwise ignore SIGTERM and
-//! make every stop wait out the grace period.
+//! make every stop wait out the grace period. Before exiting it finishes
+//! the requests it is answering (for at most [`DRAIN`]) and turns new ones
+//! away unanswered, as a well-behaved server stops: a request cut halfway
+//! through its answer could not be retried by anyone.
 #![forbid(unsafe_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -77,14 +80,27 @@ fn main() {
     }
 }
 
-/// A thread that waits for SIGTERM/SIGINT and exits cleanly.
+/// How long a stop waits for the requests being answered.
+const DRAIN: Duration = Duration::from_millis(800);
+/// Connections being answered now.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+/// Set once a stop signal came: new connections are closed unanswered.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// A thread that waits for SIGTERM/SIGINT, lets the answers under way
+/// finish, and exits cleanly.
 fn exit_on_signals() {
     use signal_hook::consts::{SIGINT, SIGTERM};
     match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
         Ok(mut signals) => {
             std::thread::spawn(move || {
                 if let Some(sig) = signals.forever().next() {
-                    eprintln!("skiff-testserver: signal {sig}, exiting");
+                    eprintln!("skiff-testserver: signal {sig}, finishing the requests under way");
+                    STOPPING.store(true, Ordering::SeqCst);
+                    let deadline = std::time::Instant::now() + DRAIN;
+                    while IN_FLIGHT.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
                     std::process::exit(0);
                 }
             });
@@ -93,7 +109,28 @@ fn exit_on_signals() {
     }
 }
 
+/// Counts a connection in [`IN_FLIGHT`] until it is answered.
+struct Answering;
+
+impl Answering {
+    /// None once stopping: the connection is then closed unanswered.
+    fn begin() -> Option<Self> {
+        // Counted before the check, so a stop that sees none in flight
+        // also makes every later connection see STOPPING.
+        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        let answering = Answering;
+        (!STOPPING.load(Ordering::SeqCst)).then_some(answering)
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 fn handle(stream: TcpStream) {
+    let Some(_answering) = Answering::begin() else { return };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let mut reader = BufReader::new(match stream.try_clone() {
@@ -111,7 +148,9 @@ fn handle(stream: TcpStream) {
         reason(response.status),
         response.body.len()
     );
-    let _ = stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(&response.body));
+    let mut answer = head.into_bytes();
+    answer.extend_from_slice(&response.body);
+    let _ = stream.write_all(&answer);
     let _ = stream.flush();
     if let Some(code) = response.exit_after {
         let _ = stream.shutdown(std::net::Shutdown::Both);
