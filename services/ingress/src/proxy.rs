@@ -20,7 +20,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, COOKIE, HOST, LOCATION};
 use pingora_core::protocols::ALPN;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_error::{Error, ErrorSource, ErrorType, Result, RetryType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use skiff_telemetry::prometheus::IntGauge;
@@ -256,15 +256,25 @@ impl ProxyHttp for IngressProxy {
         session: &mut Session,
         e: Box<Error>,
         ctx: &mut RequestCtx,
-        _client_reused: bool,
+        client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("endpoint {}", peer._address));
-        if let (Some(route), Some(state)) = (&ctx.route, &ctx.current) {
-            state.record_failure(route.settings.max_fails, route.settings.fail_timeout);
-        }
         let replayable = session.req_header().method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated()
             && session.response_written().is_none();
+        // A pooled connection the endpoint had already closed (pingora
+        // marks such failures ReusedOnly) says nothing about the endpoint:
+        // it may be picked again, on a fresh connection, as pingora's own
+        // default retries. Without this a Service with one endpoint lost
+        // the request.
+        if replayable && client_reused && matches!(e.retry, RetryType::ReusedOnly) {
+            ctx.tried.pop();
+            e.set_retry(true);
+            return e;
+        }
+        if let (Some(route), Some(state)) = (&ctx.route, &ctx.current) {
+            state.record_failure(route.settings.max_fails, route.settings.fail_timeout);
+        }
         e.set_retry(replayable && self.another_endpoint_left(ctx));
         e
     }
