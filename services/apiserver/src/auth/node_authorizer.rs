@@ -43,8 +43,7 @@ impl NodeAuthorizer {
     }
 
     fn bound_pod_uses(&self, node: &str, namespace: &str, kind: Referenced, name: &str) -> bool {
-        let Ok(info) = KindInfo::by_kind("Pod") else { return false };
-        let (pods, _) = self.pods.objects(&info.key_prefix(Some(namespace)));
+        let (pods, _) = self.pods.objects(&self.pods.info.key_prefix(Some(namespace)));
         pods.iter()
             .filter(|pod| pod.field("spec.nodeName") == Some(node))
             .filter_map(|pod| serde_json::from_slice::<Pod>(&pod.json).ok())
